@@ -1,0 +1,186 @@
+//! IP allow-lists and client-address resolution (SPEC §2 "ip_allowlist").
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// One allow-list row as stored and shown: `{cidr, description}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRule {
+    pub cidr: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Parses an address or CIDR ("10.0.0.1", "10.0.0.0/8", "2001:db8::/32").
+/// A bare address becomes a single-host network. Mapped IPv4 (`::ffff:a.b.c.d`)
+/// is canonicalised to IPv4 so it matches IPv4 peers.
+pub fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(canonical_network(net));
+    }
+    let addr: IpAddr = text.parse().ok()?;
+    Some(IpNet::from(addr.to_canonical()))
+}
+
+fn canonical_network(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                    return IpNet::V4(n.trunc());
+                }
+            }
+        }
+    }
+    net.trunc()
+}
+
+/// A compiled allow-list; empty means "anywhere".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpAllowList {
+    networks: Vec<IpNet>,
+}
+
+impl IpAllowList {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        Self { networks }
+    }
+
+    /// Compiles stored rules; rows that no longer parse are skipped (they were
+    /// validated on the way in, so this only guards against hand-edited rows).
+    pub fn from_rules(rules: &[IpRule]) -> Self {
+        Self::new(rules.iter().filter_map(|r| parse_network(&r.cidr)).collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.networks.len()
+    }
+
+    /// Whether `ip` may use the key. `None` (an address we could not determine)
+    /// is allowed only by an empty list.
+    pub fn allows(&self, ip: Option<IpAddr>) -> bool {
+        if self.networks.is_empty() {
+            return true;
+        }
+        match ip {
+            Some(ip) => {
+                let ip = ip.to_canonical();
+                self.networks.iter().any(|n| n.contains(&ip))
+            }
+            None => false,
+        }
+    }
+}
+
+/// The client address of SPEC §2: the socket peer, unless the peer is a trusted
+/// proxy, in which case the right-most `X-Forwarded-For` hop that is not itself
+/// a trusted proxy. `None` when the header is present but unparsable at the hop
+/// that matters (we never guess).
+pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut current = peer;
+    // Header lines are joined in order; hops within a line are comma-separated.
+    let hops = forwarded_for
+        .iter()
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let ip = parse_hop(hop)?.to_canonical();
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        current = ip;
+    }
+    Some(current)
+}
+
+/// A hop may carry a port (`1.2.3.4:5678`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = hop.parse::<std::net::SocketAddr>() {
+        return Some(sock.ip());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(rules: &[&str]) -> IpAllowList {
+        IpAllowList::new(rules.iter().map(|r| parse_network(r).unwrap()).collect())
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v4_v6_and_single_hosts() {
+        let l = list(&["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"]);
+        assert!(l.allows(Some(ip("10.1.2.3"))));
+        assert!(l.allows(Some(ip("192.168.1.7"))));
+        assert!(!l.allows(Some(ip("192.168.1.8"))));
+        assert!(l.allows(Some(ip("2001:db8::1"))));
+        assert!(!l.allows(Some(ip("2001:db9::1"))));
+        assert!(!l.allows(None));
+        assert!(IpAllowList::default().allows(None));
+    }
+
+    #[test]
+    fn mapped_ipv6_matches_ipv4_entries_both_ways() {
+        let l = list(&["1.2.3.0/24"]);
+        assert!(l.allows(Some(ip("::ffff:1.2.3.4"))));
+        let mapped_rule = list(&["::ffff:1.2.3.0/120"]);
+        assert!(mapped_rule.allows(Some(ip("1.2.3.4"))));
+        // ::1 must stay IPv6 loopback, never become 0.0.0.1.
+        assert!(!list(&["0.0.0.0/8"]).allows(Some(ip("::1"))));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "10.0.0.0/33", "nope", "1.2.3", "::g"] {
+            assert!(parse_network(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let proxies = vec![parse_network("10.0.0.0/8").unwrap()];
+        // Untrusted peer: header ignored (spoofing).
+        assert_eq!(client_ip(ip("8.8.8.8"), &["1.1.1.1"], &proxies), Some(ip("8.8.8.8")));
+        // Trusted peer: right-most untrusted hop, skipping inner proxies.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &["6.6.6.6, 7.7.7.7, 10.0.0.2"], &proxies),
+            Some(ip("7.7.7.7"))
+        );
+        // Several header lines are one list.
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &["6.6.6.6", "7.7.7.7"], &proxies),
+            Some(ip("7.7.7.7"))
+        );
+        // No header: the peer itself.
+        assert_eq!(client_ip(ip("10.0.0.1"), &[], &proxies), Some(ip("10.0.0.1")));
+        // Garbage at the deciding hop: unknown.
+        assert_eq!(client_ip(ip("10.0.0.1"), &["junk"], &proxies), None);
+        // Mapped addresses in the header are canonicalised.
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &["::ffff:5.5.5.5"], &proxies),
+            Some(ip("5.5.5.5"))
+        );
+    }
+}
