@@ -1,1 +1,119 @@
+//! Keyflow persistence: the [`Store`] trait and its two implementations,
+//! SQLite (the embedded default) and PostgreSQL.
+//!
+//! Handlers never write SQL; they call the trait. The statements themselves are
+//! portable (integer-millisecond times, text ids and JSON) and shared by both
+//! backends through [`sql_store`]; each backend owns its migrations and its
+//! connection setup.
 
+mod error;
+mod models;
+pub mod postgres;
+mod sql_store;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use keyflow_core::{KeyDigest, Plan, clock::UnixMillis, key_settings::KeySettings};
+
+pub use error::StoreError;
+pub use models::*;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Cursor pagination: newest first, `cursor` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend_name(&self) -> &'static str;
+
+    /// Applies pending migrations; returns the names of those applied now.
+    async fn migrate(&self) -> StoreResult<Vec<String>>;
+    /// A cheap round trip, for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_workspace(&self, workspace: &Workspace) -> StoreResult<()>;
+    async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
+    /// Changes the plan and records `audit` in the same transaction.
+    /// Returns the previous plan, or `None` if the workspace does not exist.
+    async fn set_workspace_plan(&self, id: &str, plan: Plan, audit: &AuditEntry) -> StoreResult<Option<Plan>>;
+
+    async fn create_project(&self, project: &Project) -> StoreResult<()>;
+    async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
+
+    /// Creates an operator and their membership together (and `audit`, if any).
+    async fn create_operator(
+        &self,
+        operator: &Operator,
+        membership: &Membership,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<()>;
+    async fn find_operator_by_email(&self, email: &str) -> StoreResult<Option<Operator>>;
+    async fn get_membership(&self, workspace_id: &str, operator_id: &str) -> StoreResult<Option<Membership>>;
+
+    /// Stores a new key and its `api_key.created` entry atomically.
+    async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()>;
+    async fn get_api_key(&self, project_id: &str, id: &str) -> StoreResult<Option<ApiKey>>;
+    /// The authentication lookup: by digest, with the owning workspace.
+    async fn find_key_for_auth(&self, digest: &KeyDigest) -> StoreResult<Option<AuthKey>>;
+    async fn list_api_keys(&self, project_id: &str, include_revoked: bool, page: &Page) -> StoreResult<Vec<ApiKey>>;
+    /// Replaces the mutable settings of an unrevoked key; `false` if there is none.
+    async fn update_api_key_settings(
+        &self,
+        project_id: &str,
+        id: &str,
+        settings: &KeySettings,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Revokes an unrevoked key; `false` if there is none.
+    async fn revoke_api_key(&self, project_id: &str, id: &str, at: UnixMillis, audit: &AuditEntry) -> StoreResult<bool>;
+    /// Inserts `new_key` and moves the old key's expiry to `old_expires_at`, atomically.
+    /// `false` (and nothing written) if the old key is gone or revoked.
+    async fn roll_api_key(
+        &self,
+        project_id: &str,
+        old_id: &str,
+        old_expires_at: UnixMillis,
+        new_key: &ApiKey,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Writes aggregated last-used data; never moves `last_used_at` backwards.
+    async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()>;
+
+    async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// A project's activity: its own entries plus its workspace's project-less ones.
+    async fn list_audit(&self, workspace_id: &str, project_id: &str, page: &Page) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// Opens the store named by `url` (`sqlite://path` or `postgres://…`).
+pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::Config(format!(
+            "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://…",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A URL with any password replaced, safe to print.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}

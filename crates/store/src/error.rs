@@ -1,0 +1,34 @@
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (duplicate email, digest, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not be reached or answered with an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored row could not be decoded into its model.
+    #[error("unreadable row: {0}")]
+    Corrupt(String),
+    #[error("migration {name} failed: {reason}")]
+    Migration { name: String, reason: String },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Maps a unique-constraint violation to `Conflict`, anything else to `Database`.
+    pub(crate) fn from_write(err: sqlx::Error, what: &str) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(format!("{what} already exists")),
+            _ => Self::Database(err),
+        }
+    }
+
+    /// Whether the database is unreachable (503) rather than misbehaving (500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        )
+    }
+}

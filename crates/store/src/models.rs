@@ -1,0 +1,126 @@
+//! What the Store persists. Plain data; JSON shapes belong to the server.
+
+use keyflow_core::clock::UnixMillis;
+use keyflow_core::key_settings::KeySettings;
+use keyflow_core::{Environment, KeyDigest, KeyType, Plan, Role, ScopeSet};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub plan: Plan,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Operator {
+    pub id: String,
+    /// Lower-cased.
+    pub email: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: UnixMillis,
+}
+
+impl std::fmt::Debug for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operator")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub workspace_id: String,
+    pub operator_id: String,
+    pub role: Role,
+    pub created_at: UnixMillis,
+}
+
+/// Who did something: the actor of an audit entry and the creator of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Operator { id: String, email: String },
+    ApiKey { id: String, name: String, prefix: String },
+    InstanceAdmin,
+}
+
+impl Actor {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Actor::Operator { .. } => "operator",
+            Actor::ApiKey { .. } => "api_key",
+            Actor::InstanceAdmin => "instance_admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub project_id: String,
+    pub key_type: KeyType,
+    pub scopes: ScopeSet,
+    /// First 12 characters, for display.
+    pub prefix: String,
+    pub digest: KeyDigest,
+    pub settings: KeySettings,
+    pub created_at: UnixMillis,
+    pub created_by: Actor,
+    pub last_used_at: Option<UnixMillis>,
+    pub last_used_ip: Option<String>,
+    pub revoked_at: Option<UnixMillis>,
+}
+
+/// A key found by digest, with what authentication needs besides the key.
+#[derive(Debug, Clone)]
+pub struct AuthKey {
+    pub key: ApiKey,
+    pub workspace_id: String,
+    pub environment: Environment,
+}
+
+/// Aggregated last-use of one key, flushed periodically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub last_used_at: UnixMillis,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditTarget {
+    pub kind: String,
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub workspace_id: String,
+    /// `None` for workspace-wide events (plan changes, members).
+    pub project_id: Option<String>,
+    pub at: UnixMillis,
+    pub actor: Actor,
+    pub action: String,
+    pub target: AuditTarget,
+    pub ip: Option<String>,
+    pub details: serde_json::Value,
+}
+
+/// A new time-ordered id (UUIDv7).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

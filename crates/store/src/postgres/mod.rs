@@ -1,0 +1,37 @@
+//! PostgreSQL, for several `keyflow serve` instances sharing one database.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgPoolOptions;
+
+use crate::sql_store::{Migration, impl_sql_store};
+
+pub struct PostgresStore {
+    pool: sqlx::PgPool,
+}
+
+impl PostgresStore {
+    const MIGRATIONS: &'static [Migration] = &[Migration {
+        version: 1,
+        name: "0001_foundation",
+        sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
+    }];
+
+    pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Several instances may start at once; a transaction-scoped advisory lock
+    /// makes them apply migrations one after another.
+    async fn lock_migrations(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), crate::StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7231983)").execute(&mut **tx).await?;
+        Ok(())
+    }
+}
+
+impl_sql_store!(PostgresStore, sqlx::Postgres, "postgres");

@@ -1,0 +1,730 @@
+//! The SQL shared by both backends.
+//!
+//! `sqlx::query` is generic over the database only through heavy trait bounds,
+//! so instead [`impl_sql_store!`] stamps the same statements out once per
+//! backend type. The SQL here is deliberately portable (SQLite ≥ 3.35 and
+//! PostgreSQL ≥ 12 both accept it); a backend-specific statement belongs in that
+//! backend's module. Row decoding and encoding helpers below are plain
+//! functions over already-read column values, shared as they are.
+
+use keyflow_core::ip::IpRule;
+use keyflow_core::key_settings::KeySettings;
+use keyflow_core::{Environment, KeyDigest, KeyType, Plan, RateLimit, Role, ScopeSet};
+
+use crate::{Actor, ApiKey, AuditEntry, AuditTarget, StoreError, StoreResult};
+
+/// One embedded migration.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const KEY_COLUMNS: &str = "k.id, k.project_id, k.name, k.key_type, k.scopes, k.prefix, k.digest, \
+     k.created_at, k.created_by_type, k.created_by_id, k.created_by_name, k.created_by_prefix, k.expires_at, \
+     k.revoked_at, k.last_used_at, k.last_used_ip, k.ip_allowlist, k.allowed_events, k.allowed_origins, k.rate_limit";
+
+pub(crate) const INSERT_KEY: &str = "INSERT INTO api_keys (id, project_id, name, key_type, scopes, prefix, digest, \
+     created_at, created_by_type, created_by_id, created_by_name, created_by_prefix, expires_at, revoked_at, \
+     last_used_at, last_used_ip, ip_allowlist, allowed_events, allowed_origins, rate_limit) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
+
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (id, workspace_id, project_id, at, actor_type, \
+     actor_id, actor_name, actor_prefix, action, target_type, target_id, target_name, ip, details) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+pub(crate) const AUDIT_COLUMNS: &str = "id, workspace_id, project_id, at, actor_type, actor_id, actor_name, \
+     actor_prefix, action, target_type, target_id, target_name, ip, details";
+
+/// Rows per statement when flushing last-used data (3 parameters each).
+pub(crate) const USAGE_CHUNK: usize = 500;
+
+pub(crate) fn usage_update_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+        .collect();
+    format!(
+        "WITH v (id, t, ip) AS (VALUES {}) \
+         UPDATE api_keys SET last_used_at = v.t, last_used_ip = v.ip FROM v \
+         WHERE api_keys.id = v.id AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.t)",
+        values.join(", ")
+    )
+}
+
+/// The columns of an actor: (type, id, name, prefix).
+pub(crate) fn actor_columns(actor: &Actor) -> (&'static str, Option<&str>, Option<&str>, Option<&str>) {
+    match actor {
+        Actor::Operator { id, email } => ("operator", Some(id), Some(email), None),
+        Actor::ApiKey { id, name, prefix } => ("api_key", Some(id), Some(name), Some(prefix)),
+        Actor::InstanceAdmin => ("instance_admin", None, None, None),
+    }
+}
+
+pub(crate) fn actor_from_columns(
+    kind: &str,
+    id: Option<String>,
+    name: Option<String>,
+    prefix: Option<String>,
+) -> StoreResult<Actor> {
+    Ok(match kind {
+        "operator" => Actor::Operator {
+            id: id.unwrap_or_default(),
+            email: name.unwrap_or_default(),
+        },
+        "api_key" => Actor::ApiKey {
+            id: id.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+            prefix: prefix.unwrap_or_default(),
+        },
+        "instance_admin" => Actor::InstanceAdmin,
+        other => return Err(StoreError::Corrupt(format!("unknown actor type {other:?}"))),
+    })
+}
+
+/// JSON-encoded settings columns: (ip_allowlist, allowed_events, allowed_origins, rate_limit).
+pub(crate) fn settings_columns(
+    s: &KeySettings,
+) -> StoreResult<(String, Option<String>, Option<String>, Option<String>)> {
+    let json = |v: &dyn erased_json::ToJson| v.to_json();
+    Ok((
+        json(&s.ip_allowlist)?,
+        s.allowed_events.as_ref().map(|v| json(v)).transpose()?,
+        s.allowed_origins.as_ref().map(|v| json(v)).transpose()?,
+        s.rate_limit.as_ref().map(|v| json(v)).transpose()?,
+    ))
+}
+
+mod erased_json {
+    use crate::{StoreError, StoreResult};
+
+    pub trait ToJson {
+        fn to_json(&self) -> StoreResult<String>;
+    }
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> StoreResult<String> {
+            serde_json::to_string(self).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn scopes_to_column(scopes: ScopeSet) -> String {
+    scopes.to_strings().join(" ")
+}
+
+/// The raw columns of an `api_keys` row, read by the backend.
+pub(crate) struct KeyRow {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub key_type: String,
+    pub scopes: String,
+    pub prefix: String,
+    pub digest: String,
+    pub created_at: i64,
+    pub created_by_type: String,
+    pub created_by_id: Option<String>,
+    pub created_by_name: Option<String>,
+    pub created_by_prefix: Option<String>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub last_used_ip: Option<String>,
+    pub ip_allowlist: String,
+    pub allowed_events: Option<String>,
+    pub allowed_origins: Option<String>,
+    pub rate_limit: Option<String>,
+}
+
+impl KeyRow {
+    pub(crate) fn into_model(self) -> StoreResult<ApiKey> {
+        let key_type = KeyType::parse_any(&self.key_type)
+            .ok_or_else(|| StoreError::Corrupt(format!("key type {:?}", self.key_type)))?;
+        let scopes = ScopeSet::parse_all(self.scopes.split_whitespace())
+            .map_err(|s| StoreError::Corrupt(format!("scope {s:?}")))?;
+        let digest = KeyDigest::from_hex(&self.digest).ok_or_else(|| StoreError::Corrupt("digest".into()))?;
+        let ip_allowlist: Vec<IpRule> = from_json("ip_allowlist", &self.ip_allowlist)?;
+        let allowed_events = self.allowed_events.as_deref().map(|t| from_json("allowed_events", t)).transpose()?;
+        let allowed_origins = self.allowed_origins.as_deref().map(|t| from_json("allowed_origins", t)).transpose()?;
+        let rate_limit: Option<RateLimit> = self.rate_limit.as_deref().map(|t| from_json("rate_limit", t)).transpose()?;
+        Ok(ApiKey {
+            id: self.id,
+            project_id: self.project_id,
+            key_type,
+            scopes,
+            prefix: self.prefix,
+            digest,
+            settings: KeySettings {
+                name: self.name,
+                expires_at: self.expires_at,
+                ip_allowlist,
+                allowed_events,
+                allowed_origins,
+                rate_limit,
+            },
+            created_at: self.created_at,
+            created_by: actor_from_columns(
+                &self.created_by_type,
+                self.created_by_id,
+                self.created_by_name,
+                self.created_by_prefix,
+            )?,
+            last_used_at: self.last_used_at,
+            last_used_ip: self.last_used_ip,
+            revoked_at: self.revoked_at,
+        })
+    }
+}
+
+pub(crate) struct AuditRow {
+    pub id: String,
+    pub workspace_id: String,
+    pub project_id: Option<String>,
+    pub at: i64,
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub actor_name: Option<String>,
+    pub actor_prefix: Option<String>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: Option<String>,
+    pub target_name: Option<String>,
+    pub ip: Option<String>,
+    pub details: String,
+}
+
+impl AuditRow {
+    pub(crate) fn into_model(self) -> StoreResult<AuditEntry> {
+        Ok(AuditEntry {
+            id: self.id,
+            workspace_id: self.workspace_id,
+            project_id: self.project_id,
+            at: self.at,
+            actor: actor_from_columns(&self.actor_type, self.actor_id, self.actor_name, self.actor_prefix)?,
+            action: self.action,
+            target: AuditTarget {
+                kind: self.target_type,
+                id: self.target_id,
+                name: self.target_name,
+            },
+            ip: self.ip,
+            details: from_json("details", &self.details)?,
+        })
+    }
+}
+
+pub(crate) fn parse_plan(text: &str) -> StoreResult<Plan> {
+    Plan::parse(text).ok_or_else(|| StoreError::Corrupt(format!("plan {text:?}")))
+}
+
+pub(crate) fn parse_role(text: &str) -> StoreResult<Role> {
+    Role::parse(text).ok_or_else(|| StoreError::Corrupt(format!("role {text:?}")))
+}
+
+pub(crate) fn parse_environment(text: &str) -> StoreResult<Environment> {
+    Environment::parse(text).ok_or_else(|| StoreError::Corrupt(format!("environment {text:?}")))
+}
+
+pub(crate) fn page_limit(limit: u32) -> i64 {
+    i64::from(limit.clamp(1, 1000))
+}
+
+/// Implements [`crate::Store`] for a backend struct with a `pool: sqlx::Pool<$db>`
+/// field and a `MIGRATIONS: &[Migration]` constant, plus an associated
+/// `async fn lock_migrations(tx)` that serialises concurrent migrators.
+///
+/// The few statements built with `format!` only splice in the column-list
+/// constants above and numbered placeholders, never input, hence
+/// `AssertSqlSafe`.
+macro_rules! impl_sql_store {
+    ($store:ty, $db:ty, $name:literal) => {
+        use async_trait::async_trait;
+        use keyflow_core::clock::UnixMillis;
+        use keyflow_core::key_settings::KeySettings;
+        use keyflow_core::{KeyDigest, Plan};
+        use sqlx::Row as _;
+
+        use $crate::sql_store::{
+            AUDIT_COLUMNS, AuditRow, INSERT_AUDIT, INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns,
+            page_limit, parse_environment, parse_plan, parse_role, scopes_to_column, settings_columns,
+            usage_update_sql,
+        };
+        use $crate::{
+            ApiKey, AuditEntry, AuthKey, KeyUsage, Membership, Operator, Page, Project, Store, StoreError,
+            StoreResult, Workspace,
+        };
+
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Tx<'a> = sqlx::Transaction<'a, $db>;
+
+        fn key_from_row(row: &DbRow) -> StoreResult<ApiKey> {
+            KeyRow {
+                id: row.try_get("id")?,
+                project_id: row.try_get("project_id")?,
+                name: row.try_get("name")?,
+                key_type: row.try_get("key_type")?,
+                scopes: row.try_get("scopes")?,
+                prefix: row.try_get("prefix")?,
+                digest: row.try_get("digest")?,
+                created_at: row.try_get("created_at")?,
+                created_by_type: row.try_get("created_by_type")?,
+                created_by_id: row.try_get("created_by_id")?,
+                created_by_name: row.try_get("created_by_name")?,
+                created_by_prefix: row.try_get("created_by_prefix")?,
+                expires_at: row.try_get("expires_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+                last_used_at: row.try_get("last_used_at")?,
+                last_used_ip: row.try_get("last_used_ip")?,
+                ip_allowlist: row.try_get("ip_allowlist")?,
+                allowed_events: row.try_get("allowed_events")?,
+                allowed_origins: row.try_get("allowed_origins")?,
+                rate_limit: row.try_get("rate_limit")?,
+            }
+            .into_model()
+        }
+
+        fn audit_from_row(row: &DbRow) -> StoreResult<AuditEntry> {
+            AuditRow {
+                id: row.try_get("id")?,
+                workspace_id: row.try_get("workspace_id")?,
+                project_id: row.try_get("project_id")?,
+                at: row.try_get("at")?,
+                actor_type: row.try_get("actor_type")?,
+                actor_id: row.try_get("actor_id")?,
+                actor_name: row.try_get("actor_name")?,
+                actor_prefix: row.try_get("actor_prefix")?,
+                action: row.try_get("action")?,
+                target_type: row.try_get("target_type")?,
+                target_id: row.try_get("target_id")?,
+                target_name: row.try_get("target_name")?,
+                ip: row.try_get("ip")?,
+                details: row.try_get("details")?,
+            }
+            .into_model()
+        }
+
+        async fn write_audit(tx: &mut Tx<'_>, e: &AuditEntry) -> StoreResult<()> {
+            let (actor_type, actor_id, actor_name, actor_prefix) = actor_columns(&e.actor);
+            sqlx::query(INSERT_AUDIT)
+                .bind(&e.id)
+                .bind(&e.workspace_id)
+                .bind(&e.project_id)
+                .bind(e.at)
+                .bind(actor_type)
+                .bind(actor_id)
+                .bind(actor_name)
+                .bind(actor_prefix)
+                .bind(&e.action)
+                .bind(&e.target.kind)
+                .bind(&e.target.id)
+                .bind(&e.target.name)
+                .bind(&e.ip)
+                .bind(e.details.to_string())
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        async fn write_key(tx: &mut Tx<'_>, k: &ApiKey) -> StoreResult<()> {
+            let (created_type, created_id, created_name, created_prefix) = actor_columns(&k.created_by);
+            let (ip_allowlist, allowed_events, allowed_origins, rate_limit) = settings_columns(&k.settings)?;
+            sqlx::query(INSERT_KEY)
+                .bind(&k.id)
+                .bind(&k.project_id)
+                .bind(&k.settings.name)
+                .bind(k.key_type.as_str())
+                .bind(scopes_to_column(k.scopes))
+                .bind(&k.prefix)
+                .bind(k.digest.to_hex())
+                .bind(k.created_at)
+                .bind(created_type)
+                .bind(created_id)
+                .bind(created_name)
+                .bind(created_prefix)
+                .bind(k.settings.expires_at)
+                .bind(k.revoked_at)
+                .bind(k.last_used_at)
+                .bind(&k.last_used_ip)
+                .bind(ip_allowlist)
+                .bind(allowed_events)
+                .bind(allowed_origins)
+                .bind(rate_limit)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| StoreError::from_write(e, "api key"))?;
+            Ok(())
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend_name(&self) -> &'static str {
+                $name
+            }
+
+            async fn migrate(&self) -> StoreResult<Vec<String>> {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS keyflow_migrations \
+                     (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                )
+                .execute(&self.pool)
+                .await?;
+                let mut tx = self.pool.begin().await?;
+                Self::lock_migrations(&mut tx).await?;
+                let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM keyflow_migrations")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut names = Vec::new();
+                for m in Self::MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+                    sqlx::raw_sql(m.sql).execute(&mut *tx).await.map_err(|e| StoreError::Migration {
+                        name: m.name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    sqlx::query("INSERT INTO keyflow_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+                        .bind(m.version)
+                        .bind(m.name)
+                        .bind(keyflow_core::Clock::now_ms(&keyflow_core::SystemClock))
+                        .execute(&mut *tx)
+                        .await?;
+                    names.push(m.name.to_string());
+                }
+                tx.commit().await?;
+                Ok(names)
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_workspace(&self, w: &Workspace) -> StoreResult<()> {
+                sqlx::query("INSERT INTO workspaces (id, name, plan, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&w.id)
+                    .bind(&w.name)
+                    .bind(w.plan.as_str())
+                    .bind(w.created_at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| StoreError::from_write(e, "workspace"))?;
+                Ok(())
+            }
+
+            async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>> {
+                let row = sqlx::query("SELECT id, name, plan, created_at FROM workspaces WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    Ok(Workspace {
+                        id: r.try_get("id")?,
+                        name: r.try_get("name")?,
+                        plan: parse_plan(r.try_get("plan")?)?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn set_workspace_plan(&self, id: &str, plan: Plan, audit: &AuditEntry) -> StoreResult<Option<Plan>> {
+                let mut tx = self.pool.begin().await?;
+                let previous: Option<String> = sqlx::query_scalar("SELECT plan FROM workspaces WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(previous) = previous else {
+                    return Ok(None);
+                };
+                sqlx::query("UPDATE workspaces SET plan = $1 WHERE id = $2")
+                    .bind(plan.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(Some(parse_plan(&previous)?))
+            }
+
+            async fn create_project(&self, p: &Project) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO projects (id, workspace_id, name, environment, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&p.id)
+                .bind(&p.workspace_id)
+                .bind(&p.name)
+                .bind(p.environment.as_str())
+                .bind(p.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_write(e, "project"))?;
+                Ok(())
+            }
+
+            async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
+                let row = sqlx::query(
+                    "SELECT id, workspace_id, name, environment, created_at FROM projects WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(Project {
+                        id: r.try_get("id")?,
+                        workspace_id: r.try_get("workspace_id")?,
+                        name: r.try_get("name")?,
+                        environment: parse_environment(r.try_get("environment")?)?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn create_operator(
+                &self,
+                op: &Operator,
+                m: &Membership,
+                audit: Option<&AuditEntry>,
+            ) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("INSERT INTO operators (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&op.id)
+                    .bind(&op.email)
+                    .bind(&op.password_hash)
+                    .bind(op.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::from_write(e, "an operator with this email"))?;
+                sqlx::query(
+                    "INSERT INTO memberships (workspace_id, operator_id, role, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&m.workspace_id)
+                .bind(&m.operator_id)
+                .bind(m.role.as_str())
+                .bind(m.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_write(e, "membership"))?;
+                if let Some(audit) = audit {
+                    write_audit(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn find_operator_by_email(&self, email: &str) -> StoreResult<Option<Operator>> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM operators WHERE email = $1")
+                    .bind(email.to_lowercase())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    Ok(Operator {
+                        id: r.try_get("id")?,
+                        email: r.try_get("email")?,
+                        password_hash: r.try_get("password_hash")?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn get_membership(&self, workspace_id: &str, operator_id: &str) -> StoreResult<Option<Membership>> {
+                let row = sqlx::query(
+                    "SELECT workspace_id, operator_id, role, created_at FROM memberships \
+                     WHERE workspace_id = $1 AND operator_id = $2",
+                )
+                .bind(workspace_id)
+                .bind(operator_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(Membership {
+                        workspace_id: r.try_get("workspace_id")?,
+                        operator_id: r.try_get("operator_id")?,
+                        role: parse_role(r.try_get("role")?)?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                write_key(&mut tx, key).await?;
+                write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_api_key(&self, project_id: &str, id: &str) -> StoreResult<Option<ApiKey>> {
+                let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.project_id = $1 AND k.id = $2");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(project_id).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(key_from_row).transpose()
+            }
+
+            async fn find_key_for_auth(&self, digest: &KeyDigest) -> StoreResult<Option<AuthKey>> {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS}, p.workspace_id AS p_workspace_id, p.environment AS p_environment \
+                     FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.digest = $1"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(digest.to_hex()).fetch_optional(&self.pool).await?;
+                row.map(|r| {
+                    Ok(AuthKey {
+                        key: key_from_row(&r)?,
+                        workspace_id: r.try_get("p_workspace_id")?,
+                        environment: parse_environment(r.try_get("p_environment")?)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn list_api_keys(
+                &self,
+                project_id: &str,
+                include_revoked: bool,
+                page: &Page,
+            ) -> StoreResult<Vec<ApiKey>> {
+                let sql = format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.project_id = $1 \
+                     AND ($2 OR k.revoked_at IS NULL) AND ($3 IS NULL OR k.id < $3) \
+                     ORDER BY k.id DESC LIMIT $4"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(project_id)
+                    .bind(include_revoked)
+                    .bind(&page.cursor)
+                    .bind(page_limit(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(key_from_row).collect()
+            }
+
+            async fn update_api_key_settings(
+                &self,
+                project_id: &str,
+                id: &str,
+                s: &KeySettings,
+                audit: &AuditEntry,
+            ) -> StoreResult<bool> {
+                let (ip_allowlist, allowed_events, allowed_origins, rate_limit) = settings_columns(s)?;
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
+                     allowed_origins = $5, rate_limit = $6 \
+                     WHERE project_id = $7 AND id = $8 AND revoked_at IS NULL",
+                )
+                .bind(&s.name)
+                .bind(s.expires_at)
+                .bind(ip_allowlist)
+                .bind(allowed_events)
+                .bind(allowed_origins)
+                .bind(rate_limit)
+                .bind(project_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if done {
+                    write_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                }
+                Ok(done)
+            }
+
+            async fn revoke_api_key(
+                &self,
+                project_id: &str,
+                id: &str,
+                at: UnixMillis,
+                audit: &AuditEntry,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
+                )
+                .bind(at)
+                .bind(project_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if done {
+                    write_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                }
+                Ok(done)
+            }
+
+            async fn roll_api_key(
+                &self,
+                project_id: &str,
+                old_id: &str,
+                old_expires_at: UnixMillis,
+                new_key: &ApiKey,
+                audit: &AuditEntry,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                // An earlier expiry the key already had is kept.
+                let done = sqlx::query(
+                    "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < $1 \
+                     THEN expires_at ELSE $1 END \
+                     WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
+                )
+                .bind(old_expires_at)
+                .bind(project_id)
+                .bind(old_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if done {
+                    write_key(&mut tx, new_key).await?;
+                    write_audit(&mut tx, audit).await?;
+                    tx.commit().await?;
+                }
+                Ok(done)
+            }
+
+            async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                for chunk in usage.chunks(USAGE_CHUNK) {
+                    let sql = usage_update_sql(chunk.len());
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for u in chunk {
+                        query = query.bind(&u.key_id).bind(u.last_used_at).bind(&u.ip);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                write_audit(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_audit(&self, workspace_id: &str, project_id: &str, page: &Page) -> StoreResult<Vec<AuditEntry>> {
+                let sql = format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE workspace_id = $1 \
+                     AND (project_id = $2 OR project_id IS NULL) AND ($3 IS NULL OR id < $3) \
+                     ORDER BY id DESC LIMIT $4"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(workspace_id)
+                    .bind(project_id)
+                    .bind(&page.cursor)
+                    .bind(page_limit(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(audit_from_row).collect()
+            }
+        }
+    };
+}
+
+pub(crate) use impl_sql_store;
