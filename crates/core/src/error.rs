@@ -21,6 +21,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidJson,
+    InvalidRequest,
     ValidationFailed,
     RequestTimeout,
     Unauthorized,
@@ -47,6 +48,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
             Self::ValidationFailed => "validation_failed",
             Self::RequestTimeout => "request_timeout",
             Self::Unauthorized => "unauthorized",
@@ -74,7 +76,7 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::InvalidJson => 400,
+            Self::InvalidJson | Self::InvalidRequest => 400,
             Self::ValidationFailed => 422,
             Self::Internal => 500,
             Self::Unavailable => 503,
@@ -85,7 +87,7 @@ impl ErrorCode {
     /// (404 from the router, 413 from the body limit, ...).
     pub fn for_status(status: u16) -> Self {
         match status {
-            400 => Self::InvalidJson,
+            400 => Self::InvalidRequest,
             401 => Self::Unauthorized,
             404 => Self::NotFound,
             405 => Self::MethodNotAllowed,

@@ -26,14 +26,12 @@ pub fn parse_network(text: &str) -> Option<IpNet> {
 }
 
 fn canonical_network(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                    return IpNet::V4(n.trunc());
-                }
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
     }
     net.trunc()
 }
@@ -52,7 +50,12 @@ impl IpAllowList {
     /// Compiles stored rules; rows that no longer parse are skipped (they were
     /// validated on the way in, so this only guards against hand-edited rows).
     pub fn from_rules(rules: &[IpRule]) -> Self {
-        Self::new(rules.iter().filter_map(|r| parse_network(&r.cidr)).collect())
+        Self::new(
+            rules
+                .iter()
+                .filter_map(|r| parse_network(&r.cidr))
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -83,7 +86,11 @@ impl IpAllowList {
 /// proxy, in which case the right-most `X-Forwarded-For` hop that is not itself
 /// a trusted proxy. `None` when the header is present but unparsable at the hop
 /// that matters (we never guess).
-pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: IpAddr,
+    forwarded_for: &[&str],
+    trusted_proxies: &[IpNet],
+) -> Option<IpAddr> {
     let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted_proxies.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
@@ -162,7 +169,10 @@ mod tests {
     fn forwarded_for_only_from_trusted_proxies() {
         let proxies = vec![parse_network("10.0.0.0/8").unwrap()];
         // Untrusted peer: header ignored (spoofing).
-        assert_eq!(client_ip(ip("8.8.8.8"), &["1.1.1.1"], &proxies), Some(ip("8.8.8.8")));
+        assert_eq!(
+            client_ip(ip("8.8.8.8"), &["1.1.1.1"], &proxies),
+            Some(ip("8.8.8.8"))
+        );
         // Trusted peer: right-most untrusted hop, skipping inner proxies.
         assert_eq!(
             client_ip(ip("10.0.0.1"), &["6.6.6.6, 7.7.7.7, 10.0.0.2"], &proxies),
@@ -174,7 +184,10 @@ mod tests {
             Some(ip("7.7.7.7"))
         );
         // No header: the peer itself.
-        assert_eq!(client_ip(ip("10.0.0.1"), &[], &proxies), Some(ip("10.0.0.1")));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), &[], &proxies),
+            Some(ip("10.0.0.1"))
+        );
         // Garbage at the deciding hop: unknown.
         assert_eq!(client_ip(ip("10.0.0.1"), &["junk"], &proxies), None);
         // Mapped addresses in the header are canonicalised.

@@ -108,7 +108,10 @@ impl Errors {
     }
 }
 
-pub fn validate_create(req: &CreateKeyRequest, now: UnixMillis) -> Result<NewKeySpec, Vec<FieldError>> {
+pub fn validate_create(
+    req: &CreateKeyRequest,
+    now: UnixMillis,
+) -> Result<NewKeySpec, Vec<FieldError>> {
     let mut errors = Errors::default();
     let name = check_name(req.name.as_deref(), &mut errors);
     let key_type = match req.key_type.as_deref() {
@@ -119,7 +122,10 @@ pub fn validate_create(req: &CreateKeyRequest, now: UnixMillis) -> Result<NewKey
         Some(t) => {
             let parsed = KeyType::parse_api_type(t);
             if parsed.is_none() {
-                errors.add("type", format!("unknown key type {t:?}: use secret, client or read_only"));
+                errors.add(
+                    "type",
+                    format!("unknown key type {t:?}: use secret, client or read_only"),
+                );
             }
             parsed
         }
@@ -133,7 +139,10 @@ pub fn validate_create(req: &CreateKeyRequest, now: UnixMillis) -> Result<NewKey
     }
     let settings = KeySettings {
         name,
-        expires_at: req.expires_at.as_deref().and_then(|t| check_expiry(t, now, &mut errors)),
+        expires_at: req
+            .expires_at
+            .as_deref()
+            .and_then(|t| check_expiry(t, now, &mut errors)),
         ip_allowlist: req
             .ip_allowlist
             .as_deref()
@@ -147,7 +156,10 @@ pub fn validate_create(req: &CreateKeyRequest, now: UnixMillis) -> Result<NewKey
             .allowed_origins
             .as_deref()
             .map(|origins| check_origins(origins, key_type, &mut errors)),
-        rate_limit: req.rate_limit.as_ref().and_then(|rl| check_rate_limit(rl, &mut errors)),
+        rate_limit: req
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| check_rate_limit(rl, &mut errors)),
     };
     match key_type {
         Some(key_type) if errors.0.is_empty() => Ok(NewKeySpec {
@@ -168,17 +180,25 @@ pub fn apply_patch(
 ) -> Result<KeySettings, Vec<FieldError>> {
     let mut errors = Errors::default();
     if patch.scopes.is_some() {
-        errors.add("scopes", "scopes are fixed at creation; create a new key and revoke this one");
+        errors.add(
+            "scopes",
+            "scopes are fixed at creation; create a new key and revoke this one",
+        );
     }
     if patch.key_type.is_some() {
-        errors.add("type", "the type is fixed at creation; create a new key and revoke this one");
+        errors.add(
+            "type",
+            "the type is fixed at creation; create a new key and revoke this one",
+        );
     }
     let mut next = current.clone();
     if let Some(name) = &patch.name {
         next.name = check_name(name.as_deref(), &mut errors);
     }
     if let Some(expiry) = &patch.expires_at {
-        next.expires_at = expiry.as_deref().and_then(|t| check_expiry(t, now, &mut errors));
+        next.expires_at = expiry
+            .as_deref()
+            .and_then(|t| check_expiry(t, now, &mut errors));
     }
     if let Some(rows) = &patch.ip_allowlist {
         next.ip_allowlist = rows
@@ -197,7 +217,11 @@ pub fn apply_patch(
     if let Some(rl) = &patch.rate_limit {
         next.rate_limit = rl.as_ref().and_then(|rl| check_rate_limit(rl, &mut errors));
     }
-    if errors.0.is_empty() { Ok(next) } else { Err(errors.0) }
+    if errors.0.is_empty() {
+        Ok(next)
+    } else {
+        Err(errors.0)
+    }
 }
 
 fn check_name(name: Option<&str>, errors: &mut Errors) -> String {
@@ -210,7 +234,10 @@ fn check_name(name: Option<&str>, errors: &mut Errors) -> String {
     if chars == 0 {
         errors.add("name", "name must not be empty");
     } else if chars > MAX_NAME_CHARS {
-        errors.add("name", format!("name must be at most {MAX_NAME_CHARS} characters"));
+        errors.add(
+            "name",
+            format!("name must be at most {MAX_NAME_CHARS} characters"),
+        );
     } else if trimmed.chars().any(char::is_control) {
         errors.add("name", "name must not contain control characters");
     }
@@ -231,7 +258,10 @@ fn check_scopes(names: &[String], key_type: KeyType, errors: &mut Errors) -> Sco
         }
     }
     if names.is_empty() {
-        errors.add("scopes", "a key needs at least one scope (omit the field for the type's default)");
+        errors.add(
+            "scopes",
+            "a key needs at least one scope (omit the field for the type's default)",
+        );
     }
     set
 }
@@ -239,7 +269,10 @@ fn check_scopes(names: &[String], key_type: KeyType, errors: &mut Errors) -> Sco
 fn check_expiry(text: &str, now: UnixMillis, errors: &mut Errors) -> Option<UnixMillis> {
     match parse_rfc3339(text) {
         None => {
-            errors.add("expires_at", "expires_at must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z");
+            errors.add(
+                "expires_at",
+                "expires_at must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z",
+            );
             None
         }
         Some(t) if t <= now => {
@@ -252,7 +285,10 @@ fn check_expiry(text: &str, now: UnixMillis, errors: &mut Errors) -> Option<Unix
 
 fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
     if rows.len() > MAX_ALLOWLIST_ROWS {
-        errors.add("ip_allowlist", format!("at most {MAX_ALLOWLIST_ROWS} entries"));
+        errors.add(
+            "ip_allowlist",
+            format!("at most {MAX_ALLOWLIST_ROWS} entries"),
+        );
         return Vec::new();
     }
     let mut seen = HashSet::new();
@@ -266,7 +302,10 @@ fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
             continue;
         };
         if !seen.insert(net) {
-            errors.add(format!("ip_allowlist[{i}].cidr"), format!("{net} is listed twice"));
+            errors.add(
+                format!("ip_allowlist[{i}].cidr"),
+                format!("{net} is listed twice"),
+            );
             continue;
         }
         let description = row.description.as_deref().unwrap_or("").trim().to_string();
@@ -289,7 +328,10 @@ fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
 /// exactly as given.
 fn check_event_names(names: &[String], errors: &mut Errors) -> Vec<String> {
     if names.len() > MAX_ALLOWED_EVENTS {
-        errors.add("allowed_events", format!("at most {MAX_ALLOWED_EVENTS} names"));
+        errors.add(
+            "allowed_events",
+            format!("at most {MAX_ALLOWED_EVENTS} names"),
+        );
         return Vec::new();
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
@@ -307,9 +349,16 @@ fn check_event_names(names: &[String], errors: &mut Errors) -> Vec<String> {
     out
 }
 
-fn check_origins(origins: &[String], key_type: Option<KeyType>, errors: &mut Errors) -> Vec<String> {
+fn check_origins(
+    origins: &[String],
+    key_type: Option<KeyType>,
+    errors: &mut Errors,
+) -> Vec<String> {
     if key_type.is_some_and(|t| t != KeyType::Client) {
-        errors.add("allowed_origins", "allowed_origins applies to client keys only");
+        errors.add(
+            "allowed_origins",
+            "allowed_origins applies to client keys only",
+        );
         return Vec::new();
     }
     if origins.len() > MAX_ORIGINS {
@@ -338,7 +387,8 @@ pub fn normalise_origin(origin: &str) -> Option<String> {
         return None;
     }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    let valid_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
     if rest.is_empty() || !rest.chars().all(valid_char) {
         return None;
     }
@@ -348,14 +398,14 @@ pub fn normalise_origin(origin: &str) -> Option<String> {
 fn check_rate_limit(input: &RateLimitInput, errors: &mut Errors) -> Option<RateLimit> {
     let limit = u32::try_from(input.limit).ok();
     let period = u32::try_from(input.period_seconds).ok();
-    match (limit, period) {
-        (Some(limit), Some(period_seconds)) => {
-            let rl = RateLimit { limit, period_seconds };
-            if rl.is_valid() {
-                return Some(rl);
-            }
+    if let (Some(limit), Some(period_seconds)) = (limit, period) {
+        let rl = RateLimit {
+            limit,
+            period_seconds,
+        };
+        if rl.is_valid() {
+            return Some(rl);
         }
-        _ => {}
     }
     errors.add(
         "rate_limit",
@@ -381,7 +431,8 @@ mod tests {
 
     #[test]
     fn defaults_by_type() {
-        let spec = validate_create(&req(serde_json::json!({"name": "ci", "type": "client"})), 0).unwrap();
+        let spec =
+            validate_create(&req(serde_json::json!({"name": "ci", "type": "client"})), 0).unwrap();
         assert_eq!(spec.scopes.to_strings(), vec!["events:write"]);
         assert!(spec.settings.ip_allowlist.is_empty());
     }
@@ -402,8 +453,14 @@ mod tests {
         assert_eq!(
             fields(errors),
             vec![
-                "name", "scopes[0]", "scopes[1]", "expires_at", "ip_allowlist[0].cidr",
-                "ip_allowlist[2].cidr", "allowed_origins", "rate_limit"
+                "name",
+                "scopes[0]",
+                "scopes[1]",
+                "expires_at",
+                "ip_allowlist[0].cidr",
+                "ip_allowlist[2].cidr",
+                "allowed_origins",
+                "rate_limit"
             ]
         );
     }
@@ -422,14 +479,24 @@ mod tests {
         assert_eq!(next.expires_at, None);
         assert_eq!(next.name, "b");
         assert_eq!(next.rate_limit, current.rate_limit);
-        let patch: PatchKeyRequest = serde_json::from_value(serde_json::json!({"scopes": null})).unwrap();
-        assert_eq!(fields(apply_patch(&current, KeyType::Secret, &patch, 0).unwrap_err()), vec!["scopes"]);
+        let patch: PatchKeyRequest =
+            serde_json::from_value(serde_json::json!({"scopes": null})).unwrap();
+        assert_eq!(
+            fields(apply_patch(&current, KeyType::Secret, &patch, 0).unwrap_err()),
+            vec!["scopes"]
+        );
     }
 
     #[test]
     fn origins() {
-        assert_eq!(normalise_origin("HTTPS://App.Example.com/"), Some("https://app.example.com".into()));
-        assert_eq!(normalise_origin("http://localhost:3000"), Some("http://localhost:3000".into()));
+        assert_eq!(
+            normalise_origin("HTTPS://App.Example.com/"),
+            Some("https://app.example.com".into())
+        );
+        assert_eq!(
+            normalise_origin("http://localhost:3000"),
+            Some("http://localhost:3000".into())
+        );
         assert_eq!(normalise_origin("https://a.com/path"), None);
         assert_eq!(normalise_origin("ftp://a.com"), None);
     }

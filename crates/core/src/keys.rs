@@ -53,9 +53,14 @@ impl KeyType {
     }
 
     pub fn parse_any(s: &str) -> Option<Self> {
-        [KeyType::Secret, KeyType::Client, KeyType::ReadOnly, KeyType::Metrics]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            KeyType::Secret,
+            KeyType::Client,
+            KeyType::ReadOnly,
+            KeyType::Metrics,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 
     fn from_wire_prefix(s: &str) -> Option<Self> {
@@ -300,8 +305,17 @@ mod tests {
 
     #[test]
     fn rejects_wrong_shapes() {
-        for bad in ["", "sk_live_", "xx_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "sk-live-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
-            assert_eq!(parse_key(bad).unwrap_err(), KeyFormatError::Malformed, "{bad}");
+        for bad in [
+            "",
+            "sk_live_",
+            "xx_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "sk-live-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
+            assert_eq!(
+                parse_key(bad).unwrap_err(),
+                KeyFormatError::Malformed,
+                "{bad}"
+            );
         }
     }
 

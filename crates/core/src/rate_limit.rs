@@ -85,13 +85,20 @@ fn ceil_div(a: i64, b: i64) -> i64 {
 
 /// Decides one request of cost 1 at `now_us`, given the stored TAT (if any).
 /// With `consume = false` it reports the state without using quota.
-pub fn gcra(stored_tat_us: Option<i64>, now_us: i64, quota: RateLimit, consume: bool) -> GcraDecision {
+pub fn gcra(
+    stored_tat_us: Option<i64>,
+    now_us: i64,
+    quota: RateLimit,
+    consume: bool,
+) -> GcraDecision {
     let t = quota.emission_interval_us();
     let period = quota.period_us();
     let tat = stored_tat_us.unwrap_or(now_us).max(now_us);
     let remaining_of = |tat_after: i64| -> u32 {
         let spare = period - (tat_after - now_us);
-        u32::try_from((spare / t).max(0)).unwrap_or(0).min(quota.limit)
+        u32::try_from((spare / t).max(0))
+            .unwrap_or(0)
+            .min(quota.limit)
     };
     if !consume {
         return GcraDecision {

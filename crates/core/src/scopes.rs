@@ -156,7 +156,9 @@ impl ScopeSet {
 
 impl fmt::Debug for ScopeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter().map(Scope::as_str)).finish()
+        f.debug_list()
+            .entries(self.iter().map(Scope::as_str))
+            .finish()
     }
 }
 
@@ -173,7 +175,10 @@ mod tests {
         let ro = ScopeSet::allowed_for(KeyType::ReadOnly);
         assert!(!ro.contains(Scope::KeysRead));
         assert!(ro.iter().all(|s| s.as_str().ends_with(":read")));
-        assert_eq!(ScopeSet::default_for(KeyType::Client), ScopeSet::of(&[Scope::EventsWrite]));
+        assert_eq!(
+            ScopeSet::default_for(KeyType::Client),
+            ScopeSet::of(&[Scope::EventsWrite])
+        );
         assert_eq!(ScopeSet::default_for(KeyType::Secret).iter().count(), 9);
         // Only secret keys may hold keys:*.
         for t in [KeyType::Client, KeyType::ReadOnly] {
@@ -189,9 +194,6 @@ mod tests {
         assert_eq!(ScopeSet::parse_all(["contacts:read", "nope"]), Err("nope"));
         assert!(set.is_subset_of(ScopeSet::of(&Scope::ALL)));
         assert!(!ScopeSet::of(&Scope::ALL).is_subset_of(set));
-        assert_eq!(
-            ScopeSet::of(&Scope::ALL).minus(set).iter().count(),
-            7
-        );
+        assert_eq!(ScopeSet::of(&Scope::ALL).minus(set).iter().count(), 7);
     }
 }

@@ -1,1 +1,20 @@
+//! Keyflow's HTTP server: the `/v1` API, the instance admin API, the auth
+//! pipeline and rate limiting. `keyflow serve` and the integration tests both
+//! start it through [`launch_with_listener`].
 
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod json;
+pub mod limits;
+pub mod metrics;
+pub mod operations;
+pub mod state;
+pub mod usage;
+
+pub use app::{build_state, launch_with_listener, router};
+pub use config::{Config, ConfigOverrides};
+pub use state::{AppState, SharedState};

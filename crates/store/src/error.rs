@@ -19,7 +19,9 @@ impl StoreError {
     /// Maps a unique-constraint violation to `Conflict`, anything else to `Database`.
     pub(crate) fn from_write(err: sqlx::Error, what: &str) -> Self {
         match &err {
-            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(format!("{what} already exists")),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict(format!("{what} already exists"))
+            }
             _ => Self::Database(err),
         }
     }
@@ -28,7 +30,9 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+            Self::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+            )
         )
     }
 }

@@ -41,7 +41,12 @@ pub trait Store: Send + Sync + 'static {
     async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
     /// Changes the plan and records `audit` in the same transaction.
     /// Returns the previous plan, or `None` if the workspace does not exist.
-    async fn set_workspace_plan(&self, id: &str, plan: Plan, audit: &AuditEntry) -> StoreResult<Option<Plan>>;
+    async fn set_workspace_plan(
+        &self,
+        id: &str,
+        plan: Plan,
+        audit: &AuditEntry,
+    ) -> StoreResult<Option<Plan>>;
 
     async fn create_project(&self, project: &Project) -> StoreResult<()>;
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>>;
@@ -54,14 +59,23 @@ pub trait Store: Send + Sync + 'static {
         audit: Option<&AuditEntry>,
     ) -> StoreResult<()>;
     async fn find_operator_by_email(&self, email: &str) -> StoreResult<Option<Operator>>;
-    async fn get_membership(&self, workspace_id: &str, operator_id: &str) -> StoreResult<Option<Membership>>;
+    async fn get_membership(
+        &self,
+        workspace_id: &str,
+        operator_id: &str,
+    ) -> StoreResult<Option<Membership>>;
 
     /// Stores a new key and its `api_key.created` entry atomically.
     async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()>;
     async fn get_api_key(&self, project_id: &str, id: &str) -> StoreResult<Option<ApiKey>>;
     /// The authentication lookup: by digest, with the owning workspace.
     async fn find_key_for_auth(&self, digest: &KeyDigest) -> StoreResult<Option<AuthKey>>;
-    async fn list_api_keys(&self, project_id: &str, include_revoked: bool, page: &Page) -> StoreResult<Vec<ApiKey>>;
+    async fn list_api_keys(
+        &self,
+        project_id: &str,
+        include_revoked: bool,
+        page: &Page,
+    ) -> StoreResult<Vec<ApiKey>>;
     /// Replaces the mutable settings of an unrevoked key; `false` if there is none.
     async fn update_api_key_settings(
         &self,
@@ -71,7 +85,13 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> StoreResult<bool>;
     /// Revokes an unrevoked key; `false` if there is none.
-    async fn revoke_api_key(&self, project_id: &str, id: &str, at: UnixMillis, audit: &AuditEntry) -> StoreResult<bool>;
+    async fn revoke_api_key(
+        &self,
+        project_id: &str,
+        id: &str,
+        at: UnixMillis,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
     /// Inserts `new_key` and moves the old key's expiry to `old_expires_at`, atomically.
     /// `false` (and nothing written) if the old key is gone or revoked.
     async fn roll_api_key(
@@ -87,15 +107,24 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
     /// A project's activity: its own entries plus its workspace's project-less ones.
-    async fn list_audit(&self, workspace_id: &str, project_id: &str, page: &Page) -> StoreResult<Vec<AuditEntry>>;
+    async fn list_audit(
+        &self,
+        workspace_id: &str,
+        project_id: &str,
+        page: &Page,
+    ) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// Opens the store named by `url` (`sqlite://path` or `postgres://…`).
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url).await?))
+        Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url).await?,
+        ))
     } else if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(std::sync::Arc::new(
+            sqlite::SqliteStore::connect(url).await?,
+        ))
     } else {
         Err(StoreError::Config(format!(
             "unsupported database URL scheme in {:?}: use sqlite://PATH or postgres://…",

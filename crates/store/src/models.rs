@@ -51,8 +51,15 @@ pub struct Membership {
 /// Who did something: the actor of an audit entry and the creator of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    Operator { id: String, email: String },
-    ApiKey { id: String, name: String, prefix: String },
+    Operator {
+        id: String,
+        email: String,
+    },
+    ApiKey {
+        id: String,
+        name: String,
+        prefix: String,
+    },
     InstanceAdmin,
 }
 

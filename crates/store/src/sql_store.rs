@@ -52,7 +52,9 @@ pub(crate) fn usage_update_sql(rows: usize) -> String {
 }
 
 /// The columns of an actor: (type, id, name, prefix).
-pub(crate) fn actor_columns(actor: &Actor) -> (&'static str, Option<&str>, Option<&str>, Option<&str>) {
+pub(crate) fn actor_columns(
+    actor: &Actor,
+) -> (&'static str, Option<&str>, Option<&str>, Option<&str>) {
     match actor {
         Actor::Operator { id, email } => ("operator", Some(id), Some(email), None),
         Actor::ApiKey { id, name, prefix } => ("api_key", Some(id), Some(name), Some(prefix)),
@@ -81,17 +83,22 @@ pub(crate) fn actor_from_columns(
     })
 }
 
-/// JSON-encoded settings columns: (ip_allowlist, allowed_events, allowed_origins, rate_limit).
-pub(crate) fn settings_columns(
-    s: &KeySettings,
-) -> StoreResult<(String, Option<String>, Option<String>, Option<String>)> {
+/// The JSON-encoded settings columns of a key.
+pub(crate) struct SettingsColumns {
+    pub ip_allowlist: String,
+    pub allowed_events: Option<String>,
+    pub allowed_origins: Option<String>,
+    pub rate_limit: Option<String>,
+}
+
+pub(crate) fn settings_columns(s: &KeySettings) -> StoreResult<SettingsColumns> {
     let json = |v: &dyn erased_json::ToJson| v.to_json();
-    Ok((
-        json(&s.ip_allowlist)?,
-        s.allowed_events.as_ref().map(|v| json(v)).transpose()?,
-        s.allowed_origins.as_ref().map(|v| json(v)).transpose()?,
-        s.rate_limit.as_ref().map(|v| json(v)).transpose()?,
-    ))
+    Ok(SettingsColumns {
+        ip_allowlist: json(&s.ip_allowlist)?,
+        allowed_events: s.allowed_events.as_ref().map(|v| json(v)).transpose()?,
+        allowed_origins: s.allowed_origins.as_ref().map(|v| json(v)).transpose()?,
+        rate_limit: s.rate_limit.as_ref().map(|v| json(v)).transpose()?,
+    })
 }
 
 mod erased_json {
@@ -145,11 +152,24 @@ impl KeyRow {
             .ok_or_else(|| StoreError::Corrupt(format!("key type {:?}", self.key_type)))?;
         let scopes = ScopeSet::parse_all(self.scopes.split_whitespace())
             .map_err(|s| StoreError::Corrupt(format!("scope {s:?}")))?;
-        let digest = KeyDigest::from_hex(&self.digest).ok_or_else(|| StoreError::Corrupt("digest".into()))?;
+        let digest = KeyDigest::from_hex(&self.digest)
+            .ok_or_else(|| StoreError::Corrupt("digest".into()))?;
         let ip_allowlist: Vec<IpRule> = from_json("ip_allowlist", &self.ip_allowlist)?;
-        let allowed_events = self.allowed_events.as_deref().map(|t| from_json("allowed_events", t)).transpose()?;
-        let allowed_origins = self.allowed_origins.as_deref().map(|t| from_json("allowed_origins", t)).transpose()?;
-        let rate_limit: Option<RateLimit> = self.rate_limit.as_deref().map(|t| from_json("rate_limit", t)).transpose()?;
+        let allowed_events = self
+            .allowed_events
+            .as_deref()
+            .map(|t| from_json("allowed_events", t))
+            .transpose()?;
+        let allowed_origins = self
+            .allowed_origins
+            .as_deref()
+            .map(|t| from_json("allowed_origins", t))
+            .transpose()?;
+        let rate_limit: Option<RateLimit> = self
+            .rate_limit
+            .as_deref()
+            .map(|t| from_json("rate_limit", t))
+            .transpose()?;
         Ok(ApiKey {
             id: self.id,
             project_id: self.project_id,
@@ -203,7 +223,12 @@ impl AuditRow {
             workspace_id: self.workspace_id,
             project_id: self.project_id,
             at: self.at,
-            actor: actor_from_columns(&self.actor_type, self.actor_id, self.actor_name, self.actor_prefix)?,
+            actor: actor_from_columns(
+                &self.actor_type,
+                self.actor_id,
+                self.actor_name,
+                self.actor_prefix,
+            )?,
             action: self.action,
             target: AuditTarget {
                 kind: self.target_type,
@@ -330,7 +355,7 @@ macro_rules! impl_sql_store {
 
         async fn write_key(tx: &mut Tx<'_>, k: &ApiKey) -> StoreResult<()> {
             let (created_type, created_id, created_name, created_prefix) = actor_columns(&k.created_by);
-            let (ip_allowlist, allowed_events, allowed_origins, rate_limit) = settings_columns(&k.settings)?;
+            let columns = settings_columns(&k.settings)?;
             sqlx::query(INSERT_KEY)
                 .bind(&k.id)
                 .bind(&k.project_id)
@@ -348,10 +373,10 @@ macro_rules! impl_sql_store {
                 .bind(k.revoked_at)
                 .bind(k.last_used_at)
                 .bind(&k.last_used_ip)
-                .bind(ip_allowlist)
-                .bind(allowed_events)
-                .bind(allowed_origins)
-                .bind(rate_limit)
+                .bind(columns.ip_allowlist)
+                .bind(columns.allowed_events)
+                .bind(columns.allowed_origins)
+                .bind(columns.rate_limit)
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| StoreError::from_write(e, "api key"))?;
@@ -606,7 +631,7 @@ macro_rules! impl_sql_store {
                 s: &KeySettings,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let (ip_allowlist, allowed_events, allowed_origins, rate_limit) = settings_columns(s)?;
+                let columns = settings_columns(s)?;
                 let mut tx = self.pool.begin().await?;
                 let done = sqlx::query(
                     "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
@@ -615,10 +640,10 @@ macro_rules! impl_sql_store {
                 )
                 .bind(&s.name)
                 .bind(s.expires_at)
-                .bind(ip_allowlist)
-                .bind(allowed_events)
-                .bind(allowed_origins)
-                .bind(rate_limit)
+                .bind(columns.ip_allowlist)
+                .bind(columns.allowed_events)
+                .bind(columns.allowed_origins)
+                .bind(columns.rate_limit)
                 .bind(project_id)
                 .bind(id)
                 .execute(&mut *tx)

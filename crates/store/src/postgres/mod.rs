@@ -28,8 +28,12 @@ impl PostgresStore {
 
     /// Several instances may start at once; a transaction-scoped advisory lock
     /// makes them apply migrations one after another.
-    async fn lock_migrations(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), crate::StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock(7231983)").execute(&mut **tx).await?;
+    async fn lock_migrations(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), crate::StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7231983)")
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }

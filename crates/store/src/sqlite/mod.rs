@@ -37,7 +37,9 @@ impl SqliteStore {
     }
 
     /// SQLite runs one writer at a time; the migration transaction is enough.
-    async fn lock_migrations(_tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), crate::StoreError> {
+    async fn lock_migrations(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), crate::StoreError> {
         Ok(())
     }
 }

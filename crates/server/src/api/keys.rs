@@ -1,0 +1,189 @@
+//! The Management API: `/v1/keys…` (secret keys with `keys:*`).
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch, validate_create};
+use keyflow_store::{ApiKey, Project};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::repr::{issued_key_json, key_json};
+use super::{bool_query, list_body, page_from_query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::json::{JsonBody, JsonOrEmpty};
+use crate::operations::keys::{self as key_ops, MAX_ROLL_GRACE_SECONDS, refuse_escalation};
+use crate::state::SharedState;
+
+async fn caller_project(state: &SharedState, caller: &Caller) -> ApiResult<Project> {
+    state
+        .store
+        .get_project(caller.project_id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))
+}
+
+async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
+    state
+        .store
+        .get_api_key(caller.project_id(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))
+}
+
+pub async fn create_key(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let now = state.now_ms();
+    let spec = validate_create(&body, now).map_err(ApiError::validation)?;
+    let project = caller_project(&state, &caller).await?;
+    let issued = key_ops::create_key(
+        state.store.as_ref(),
+        &project,
+        spec,
+        body.scopes.is_some(),
+        &caller.actor(),
+        Some(caller.key.key.scopes),
+        caller.ip_string(),
+        now,
+    )
+    .await?;
+    state.cache.invalidate(&issued.key.digest);
+    Ok((
+        StatusCode::CREATED,
+        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)),
+    ))
+}
+
+pub async fn list_keys(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let page = page_from_query(&query)?;
+    let include_revoked = bool_query(&query, "include_revoked")?;
+    let keys = state
+        .store
+        .list_api_keys(caller.project_id(), include_revoked, &page)
+        .await?;
+    let last = keys.last().map(|k| k.id.clone());
+    let data = keys.iter().map(|k| key_json(k, &state.usage)).collect();
+    Ok(Json(list_body(data, &page, last)))
+}
+
+pub async fn get_key(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let key = load_key(&state, &caller, &id).await?;
+    Ok(Json(key_json(&key, &state.usage)))
+}
+
+/// `GET /v1/keys/self`: any valid key may read its own object.
+pub async fn get_self(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Value>> {
+    let key = load_key(&state, &caller, &caller.key.key.id.clone()).await?;
+    Ok(Json(key_json(&key, &state.usage)))
+}
+
+pub async fn update_key(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<PatchKeyRequest>,
+) -> ApiResult<Json<Value>> {
+    let now = state.now_ms();
+    let key = load_key(&state, &caller, &id).await?;
+    if key.revoked_at.is_some() {
+        return Err(ApiError::new(
+            keyflow_core::ErrorCode::Conflict,
+            "This API key is revoked and can no longer change.",
+        ));
+    }
+    let settings =
+        apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation)?;
+    key_ops::update_key(
+        state.store.as_ref(),
+        caller.workspace_id(),
+        &key,
+        &settings,
+        &caller.actor(),
+        caller.ip_string(),
+        now,
+    )
+    .await?;
+    state.cache.invalidate(&key.digest);
+    let updated = ApiKey { settings, ..key };
+    Ok(Json(key_json(&updated, &state.usage)))
+}
+
+/// Revoke. Revoking an already revoked key is a no-op `204` (no new audit entry).
+pub async fn revoke_key(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let key = load_key(&state, &caller, &id).await?;
+    if key.revoked_at.is_none() {
+        key_ops::revoke_key(
+            state.store.as_ref(),
+            caller.workspace_id(),
+            &key,
+            &caller.actor(),
+            caller.ip_string(),
+            state.now_ms(),
+        )
+        .await?;
+    }
+    state.cache.invalidate(&key.digest);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RollRequest {
+    pub expires_in_seconds: Option<i64>,
+}
+
+pub async fn roll_key(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty<RollRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let grace = body.expires_in_seconds.unwrap_or(0);
+    if !(0..=MAX_ROLL_GRACE_SECONDS).contains(&grace) {
+        return Err(ApiError::field(
+            "expires_in_seconds",
+            format!("must be 0 to {MAX_ROLL_GRACE_SECONDS} (7 days)"),
+        ));
+    }
+    let now = state.now_ms();
+    let old = load_key(&state, &caller, &id).await?;
+    refuse_escalation(old.scopes, caller.key.key.scopes)?;
+    let project = caller_project(&state, &caller).await?;
+    let issued = key_ops::roll_key(
+        state.store.as_ref(),
+        &project,
+        &old,
+        grace,
+        &caller.actor(),
+        caller.ip_string(),
+        now,
+    )
+    .await?;
+    state.cache.invalidate(&old.digest);
+    state.cache.invalidate(&issued.key.digest);
+    Ok((
+        StatusCode::CREATED,
+        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)),
+    ))
+}

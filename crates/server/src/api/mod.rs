@@ -1,0 +1,57 @@
+//! The `/v1` API: one module per resource, plus the JSON shapes they share.
+
+pub mod audit;
+pub mod keys;
+pub mod repr;
+
+use std::collections::HashMap;
+
+use keyflow_store::Page;
+
+use crate::error::{ApiError, ApiResult};
+
+/// `?limit=` (1–1000, default 100) and `?cursor=`.
+pub fn page_from_query(query: &HashMap<String, String>) -> ApiResult<Page> {
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    "must be an integer from 1 to 1000",
+                ));
+            }
+        },
+    };
+    let cursor = query.get("cursor").filter(|c| !c.is_empty()).cloned();
+    if cursor.as_ref().is_some_and(|c| c.len() > 64) {
+        return Err(ApiError::field(
+            "cursor",
+            "is not a cursor this API returned",
+        ));
+    }
+    Ok(Page { limit, cursor })
+}
+
+/// `{"data": [...], "next_cursor": …}`; a full page means there may be more.
+pub fn list_body(
+    data: Vec<serde_json::Value>,
+    page: &Page,
+    last_id: Option<String>,
+) -> serde_json::Value {
+    let next = if data.len() as u32 == page.limit {
+        last_id
+    } else {
+        None
+    };
+    serde_json::json!({ "data": data, "next_cursor": next })
+}
+
+pub fn bool_query(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::field(name, "must be true or false")),
+    }
+}

@@ -1,0 +1,232 @@
+//! The router (which doubles as the index of every endpoint), the
+//! request-context middleware, and the serve loop with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keyflow_core::Scope;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api::{audit, keys};
+use crate::auth::{self, Guard};
+use crate::error::{ApiError, REQUEST_ID, RenderedError};
+use crate::limits::Category;
+use crate::state::{AppState, SharedState};
+
+pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// Every `/v1` route with the scope and rate-limit category it requires.
+fn v1_routes(state: &SharedState) -> Router<SharedState> {
+    let guard = |scope: Option<Scope>, category: Category| {
+        from_fn_with_state(
+            Guard {
+                state: state.clone(),
+                scope,
+                category,
+            },
+            auth::require,
+        )
+    };
+    use Category::Management;
+    Router::new()
+        .route(
+            "/v1/keys",
+            get(keys::list_keys).layer(guard(Some(Scope::KeysRead), Management)),
+        )
+        .route(
+            "/v1/keys",
+            post(keys::create_key).layer(guard(Some(Scope::KeysWrite), Management)),
+        )
+        .route(
+            "/v1/keys/self",
+            get(keys::get_self).layer(guard(None, Management)),
+        )
+        .route(
+            "/v1/keys/{id}",
+            get(keys::get_key).layer(guard(Some(Scope::KeysRead), Management)),
+        )
+        .route(
+            "/v1/keys/{id}",
+            axum::routing::patch(keys::update_key).layer(guard(Some(Scope::KeysWrite), Management)),
+        )
+        .route(
+            "/v1/keys/{id}",
+            axum::routing::delete(keys::revoke_key)
+                .layer(guard(Some(Scope::KeysWrite), Management)),
+        )
+        .route(
+            "/v1/keys/{id}/roll",
+            post(keys::roll_key).layer(guard(Some(Scope::KeysWrite), Management)),
+        )
+        .route(
+            "/v1/audit",
+            get(audit::list_audit).layer(guard(Some(Scope::AuditRead), Management)),
+        )
+}
+
+pub fn router(state: SharedState) -> Router {
+    let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1_routes(&state))
+        .merge(crate::admin::router(state.clone()))
+        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(from_fn_with_state(state.clone(), request_context))
+        .layer(from_fn(catch_panics_as_500))
+        .with_state(state)
+}
+
+/// Assigns the request id, makes every error our JSON shape (also the
+/// framework's 404/405/413/415/408), counts and logs the response.
+async fn request_context(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let id_for_scope = request_id.clone();
+    let mut response = REQUEST_ID
+        .scope(id_for_scope.clone(), async move {
+            let response = next.run(req).await;
+            let status = response.status();
+            if (status.is_client_error() || status.is_server_error())
+                && response.extensions().get::<RenderedError>().is_none()
+            {
+                let mut normalised = ApiError::from_status(status).into_response();
+                for name in [header::ALLOW, header::RETRY_AFTER] {
+                    if let Some(v) = response.headers().get(&name) {
+                        normalised.headers_mut().insert(name, v.clone());
+                    }
+                }
+                normalised
+            } else {
+                response
+            }
+        })
+        .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let status = response.status().as_u16();
+    state.metrics.count_status(status);
+    // The path is logged, never headers or bodies: keys travel only in headers.
+    tracing::info!(
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// A panic in a handler becomes a 500 in our shape instead of a dropped connection.
+async fn catch_panics_as_500(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::internal("handler panicked", &"panic").into_response(),
+    }
+}
+
+async fn livez() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<SharedState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => {
+            Json(serde_json::json!({ "status": "ready", "database": state.store.backend_name() }))
+                .into_response()
+        }
+        _ => ApiError::new(
+            keyflow_core::ErrorCode::Unavailable,
+            "The database is not reachable.",
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Flushes last-used data every `last_used_flush_secs` and prunes idle
+/// rate-limit buckets; runs until the server stops.
+async fn background_flush(state: SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let period = Duration::from_secs(state.config.last_used_flush_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        flush_usage(&state).await;
+        state.local_limiter.prune(state.now_ms());
+        state.failed_auth.prune(state.now_ms());
+    }
+}
+
+pub async fn flush_usage(state: &AppState) {
+    if let Err(e) = state.usage.flush(state.store.as_ref()).await {
+        state
+            .metrics
+            .usage_flush_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(error = %e, "could not flush last-used data; will retry");
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then drains
+/// in-flight requests, flushes last-used data and returns.
+pub async fn launch_with_listener(
+    state: SharedState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
+    let app = router(state.clone());
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = flusher.await;
+    flush_usage(&state).await;
+    result
+}
+
+/// Builds the shared state around a store (migrated by the caller).
+pub fn build_state(
+    config: crate::config::Config,
+    store: Arc<dyn keyflow_store::Store>,
+    clock: Arc<dyn keyflow_core::Clock>,
+) -> SharedState {
+    Arc::new(AppState::new(config, store, clock))
+}

@@ -1,0 +1,300 @@
+//! The one auth pipeline of every `/v1` route, in SPEC §2's order:
+//! authenticate (401s) → plan, IP, scope (403s) → rate limit (429) → handler.
+//! Each route states its scope and category once, in the router.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyflow_core::keys::parse_key;
+use keyflow_core::{ErrorCode, IpAllowList, RateLimit, Scope};
+use keyflow_store::Actor;
+
+use crate::error::ApiError;
+use crate::limits::{Category, write_headers};
+use crate::state::{CachedKey, SharedState};
+
+/// The authenticated caller, available to handlers as `Extension<Caller>`.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: Arc<CachedKey>,
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Caller {
+    pub fn project_id(&self) -> &str {
+        &self.key.key.project_id
+    }
+    pub fn workspace_id(&self) -> &str {
+        &self.key.workspace_id
+    }
+    pub fn actor(&self) -> Actor {
+        Actor::ApiKey {
+            id: self.key.key.id.clone(),
+            name: self.key.key.settings.name.clone(),
+            prefix: self.key.key.prefix.clone(),
+        }
+    }
+    pub fn ip_string(&self) -> Option<String> {
+        self.client_ip.map(|ip| ip.to_string())
+    }
+}
+
+/// What a route requires: its scope (none for `/v1/keys/self`) and category.
+#[derive(Clone)]
+pub struct Guard {
+    pub state: SharedState,
+    pub scope: Option<Scope>,
+    pub category: Category,
+}
+
+/// The client address per SPEC §2 (socket peer, or X-Forwarded-For behind a trusted proxy).
+pub fn client_ip(
+    state: &SharedState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    let peer = peer?.ip();
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    keyflow_core::ip::client_ip(peer, &hops, &state.config.trusted_proxies)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
+    let state = &guard.state;
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = client_ip(state, peer, req.headers());
+    let key = match authenticate(state, req.headers(), ip).await {
+        Ok(key) => key,
+        Err(err) => {
+            state.metrics.count_auth_rejection(err.code);
+            return err.into_response();
+        }
+    };
+    let now = state.now_ms();
+    let plan = match state.plan_of(&key.workspace_id).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            return ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "This API key's workspace no longer exists.",
+            )
+            .into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let quota = key
+        .key
+        .settings
+        .rate_limit
+        .unwrap_or_else(|| state.config.plan_rate_limit(plan));
+    let bucket = format!("{}:{}", key.key.id, guard.category.as_str());
+
+    let denial = if !plan.allows_api() {
+        Some(ApiError::new(
+            ErrorCode::FeatureNotAllowed,
+            format!(
+                "API access needs the pro or team plan; this workspace is on {}.",
+                plan.as_str()
+            ),
+        ))
+    } else if !key.allowlist.allows(ip) {
+        Some(ApiError::new(
+            ErrorCode::IpNotAllowed,
+            format!(
+                "Requests from {} are not on this key's IP allow-list.",
+                ip.map(|i| i.to_string())
+                    .unwrap_or_else(|| "an unknown address".into())
+            ),
+        ))
+    } else {
+        guard
+            .scope
+            .filter(|s| !key.key.scopes.contains(*s))
+            .map(|s| {
+                ApiError::new(
+                    ErrorCode::InsufficientScope,
+                    format!("This API key lacks the {s} scope."),
+                )
+                .with_details(serde_json::json!({ "required_scope": s.as_str() }))
+            })
+    };
+    if let Some(err) = denial {
+        // Authenticated but refused: report the quota without spending it.
+        state.metrics.count_auth_rejection(err.code);
+        let d = state.limiter.check(&bucket, quota, now, false).await;
+        let mut response = err.into_response();
+        write_headers(response.headers_mut(), guard.category, quota, &d, now);
+        return response;
+    }
+
+    let decision = state.limiter.check(&bucket, quota, now, true).await;
+    if !decision.allowed {
+        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        state.metrics.count_auth_rejection(ErrorCode::RateLimited);
+        let mut response = rate_limited(&quota, decision.retry_after_seconds()).into_response();
+        write_headers(
+            response.headers_mut(),
+            guard.category,
+            quota,
+            &decision,
+            now,
+        );
+        return response;
+    }
+
+    state
+        .usage
+        .record(&key.key.id, now, ip.map(|i| i.to_string()));
+    req.extensions_mut().insert(Caller { key, client_ip: ip });
+    let mut response = next.run(req).await;
+    write_headers(
+        response.headers_mut(),
+        guard.category,
+        quota,
+        &decision,
+        now,
+    );
+    response
+}
+
+fn rate_limited(quota: &RateLimit, retry_after: i64) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "Rate limit of {} requests per {} s exceeded; retry in {retry_after} s.",
+            quota.limit, quota.period_seconds
+        ),
+    )
+}
+
+/// Steps 1–4 of the table: header, format and checksum, lookup, revoked, expired.
+async fn authenticate(
+    state: &SharedState,
+    headers: &HeaderMap,
+    ip: Option<IpAddr>,
+) -> Result<Arc<CachedKey>, ApiError> {
+    let Some(token) = bearer_token(headers) else {
+        return Err(ApiError::new(
+            ErrorCode::MissingApiKey,
+            "Send your API key as `Authorization: Bearer <key>`.",
+        ));
+    };
+    let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "The API key is not valid.");
+    // Format and checksum first: a typo or a guess never reaches cache or database.
+    let parsed = match parse_key(token) {
+        Ok(p) if p.key_type != keyflow_core::KeyType::Metrics => p,
+        _ => return Err(note_failure(state, ip, invalid())),
+    };
+    let digest = parsed.digest();
+    let now = state.now_ms();
+    let key = match state.cache.get(&digest) {
+        Some(key) => {
+            state.metrics.key_cache_hits.fetch_add(1, Ordering::Relaxed);
+            key
+        }
+        None => {
+            if state.cache.is_known_unknown(&digest) {
+                return Err(note_failure(state, ip, invalid()));
+            }
+            if failures_exhausted(state, ip, now) {
+                return Err(too_many_failures(state, ip, now));
+            }
+            state
+                .metrics
+                .key_store_lookups
+                .fetch_add(1, Ordering::Relaxed);
+            match state.store.find_key_for_auth(&digest).await? {
+                Some(found) => {
+                    let cached = Arc::new(CachedKey {
+                        allowlist: IpAllowList::from_rules(&found.key.settings.ip_allowlist),
+                        workspace_id: found.workspace_id,
+                        key: found.key,
+                    });
+                    state.cache.insert(digest, cached.clone());
+                    cached
+                }
+                None => {
+                    state.cache.insert_unknown(digest);
+                    return Err(note_failure(state, ip, invalid()));
+                }
+            }
+        }
+    };
+    if key.key.revoked_at.is_some() {
+        return Err(note_failure(
+            state,
+            ip,
+            ApiError::new(ErrorCode::KeyRevoked, "This API key has been revoked."),
+        ));
+    }
+    if key.key.settings.expires_at.is_some_and(|t| t <= now) {
+        return Err(note_failure(
+            state,
+            ip,
+            ApiError::new(ErrorCode::KeyExpired, "This API key has expired."),
+        ));
+    }
+    Ok(key)
+}
+
+fn failure_quota(state: &SharedState) -> RateLimit {
+    RateLimit::per_minute(state.config.failed_auth_per_minute.max(1))
+}
+
+fn failure_bucket(ip: Option<IpAddr>) -> String {
+    match ip {
+        Some(ip) => format!("auth-failures:{ip}"),
+        None => "auth-failures:unknown".to_string(),
+    }
+}
+
+fn failures_exhausted(state: &SharedState, ip: Option<IpAddr>, now: i64) -> bool {
+    !state
+        .failed_auth
+        .decide(&failure_bucket(ip), failure_quota(state), now, false)
+        .allowed
+}
+
+/// Counts a failed authentication against the client IP; past the limit the
+/// answer becomes 429 so keys cannot be guessed at speed.
+fn note_failure(state: &SharedState, ip: Option<IpAddr>, err: ApiError) -> ApiError {
+    let now = state.now_ms();
+    let d = state
+        .failed_auth
+        .decide(&failure_bucket(ip), failure_quota(state), now, true);
+    if d.allowed {
+        err
+    } else {
+        too_many_failures(state, ip, now)
+    }
+}
+
+fn too_many_failures(state: &SharedState, ip: Option<IpAddr>, now: i64) -> ApiError {
+    let quota = failure_quota(state);
+    let d = state
+        .failed_auth
+        .decide(&failure_bucket(ip), quota, now, false);
+    let retry = d.retry_after_seconds();
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!("Too many failed authentications from this address; retry in {retry} s."),
+    )
+    .with_header(header::RETRY_AFTER, axum::http::HeaderValue::from(retry))
+}

@@ -1,0 +1,407 @@
+//! One configuration struct, layered: defaults < TOML file < `KEYFLOW_*`
+//! environment < command-line flags. The CLI reads env and flags (clap does
+//! both, flags winning) into [`ConfigOverrides`]; [`Config::load`] applies the
+//! file first and those overrides on top.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use keyflow_core::{Plan, RateLimit};
+use serde::Deserialize;
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite at `<data_dir>/keyflow.db`.
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Enables `/admin/v1` when set.
+    pub admin_token: Option<Secret>,
+    /// Per-category default when neither the plan nor the key overrides it.
+    pub default_rate_limit: RateLimit,
+    pub plan_rate_limits: HashMap<Plan, RateLimit>,
+    /// Failed authentications allowed per client IP per minute.
+    pub failed_auth_per_minute: u32,
+    pub log_format: LogFormat,
+    pub request_timeout_secs: u64,
+    pub key_cache_capacity: u64,
+    /// How long a resolved key may be served from this instance's cache when no
+    /// invalidation reaches it (other instances' changes without Redis).
+    pub key_cache_ttl_secs: u64,
+    pub last_used_flush_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./keyflow-data"),
+            database_url: None,
+            redis_url: None,
+            trusted_proxies: Vec::new(),
+            admin_token: None,
+            default_rate_limit: RateLimit::per_minute(100),
+            plan_rate_limits: HashMap::new(),
+            failed_auth_per_minute: 300,
+            log_format: LogFormat::Text,
+            request_timeout_secs: 30,
+            key_cache_capacity: 100_000,
+            key_cache_ttl_secs: 30,
+            last_used_flush_secs: 30,
+        }
+    }
+}
+
+/// The TOML file. Every field optional; names match the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
+    redis_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    admin_token_file: Option<PathBuf>,
+    rate_limit: Option<String>,
+    plan_rate_limits: Option<HashMap<String, String>>,
+    failed_auth_per_minute: Option<u32>,
+    log_format: Option<LogFormat>,
+    request_timeout_secs: Option<u64>,
+    key_cache_capacity: Option<u64>,
+    key_cache_ttl_secs: Option<u64>,
+    last_used_flush_secs: Option<u64>,
+}
+
+/// Values from the environment and flags (already merged by the CLI).
+#[derive(Debug, Default, Clone)]
+pub struct ConfigOverrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<Secret>,
+    pub database_url_file: Option<PathBuf>,
+    pub redis_url: Option<Secret>,
+    pub trusted_proxies: Option<String>,
+    pub admin_token: Option<Secret>,
+    pub admin_token_file: Option<PathBuf>,
+    pub rate_limit: Option<String>,
+    pub failed_auth_per_minute: Option<u32>,
+    pub log_format: Option<String>,
+    pub request_timeout_secs: Option<u64>,
+    pub last_used_flush_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid {field}: {message}")]
+    Value {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Reads a secret from a file, trimming the trailing newline editors add.
+pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("{text:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+fn parse_proxies<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<IpNet>, ConfigError> {
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            keyflow_core::ip::parse_network(s).ok_or_else(|| {
+                invalid(
+                    "trusted_proxies",
+                    format!("{s:?} is not an address or CIDR"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn parse_rate_limit(field: &'static str, text: &str) -> Result<RateLimit, ConfigError> {
+    RateLimit::parse(text)
+        .ok_or_else(|| invalid(field, format!("{text:?} is not LIMIT/SECONDS, e.g. 100/60")))
+}
+
+impl Config {
+    /// Builds the effective configuration.
+    pub fn load(overrides: &ConfigOverrides) -> Result<Self, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = &overrides.config_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            config.apply_file(file)?;
+        }
+        config.apply_overrides(overrides)?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, f: ConfigFile) -> Result<(), ConfigError> {
+        if let Some(v) = f.listen {
+            self.listen = parse_listen(&v)?;
+        }
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.database_url {
+            self.database_url = Some(Secret::new(v));
+        }
+        if let Some(path) = f.database_url_file {
+            self.database_url = Some(read_secret_file(&path)?);
+        }
+        if let Some(v) = f.redis_url {
+            self.redis_url = Some(Secret::new(v));
+        }
+        if let Some(v) = f.trusted_proxies {
+            self.trusted_proxies = parse_proxies(v.iter().map(String::as_str))?;
+        }
+        if let Some(path) = f.admin_token_file {
+            self.admin_token = Some(read_secret_file(&path)?);
+        }
+        if let Some(v) = f.rate_limit {
+            self.default_rate_limit = parse_rate_limit("rate_limit", &v)?;
+        }
+        for (plan, limit) in f.plan_rate_limits.unwrap_or_default() {
+            let plan = Plan::parse(&plan)
+                .ok_or_else(|| invalid("plan_rate_limits", format!("unknown plan {plan:?}")))?;
+            self.plan_rate_limits
+                .insert(plan, parse_rate_limit("plan_rate_limits", &limit)?);
+        }
+        if let Some(v) = f.failed_auth_per_minute {
+            self.failed_auth_per_minute = v;
+        }
+        if let Some(v) = f.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = f.request_timeout_secs {
+            self.request_timeout_secs = v;
+        }
+        if let Some(v) = f.key_cache_capacity {
+            self.key_cache_capacity = v;
+        }
+        if let Some(v) = f.key_cache_ttl_secs {
+            self.key_cache_ttl_secs = v;
+        }
+        if let Some(v) = f.last_used_flush_secs {
+            self.last_used_flush_secs = v;
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: &ConfigOverrides) -> Result<(), ConfigError> {
+        if let Some(v) = &o.listen {
+            self.listen = parse_listen(v)?;
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(path) = &o.database_url_file {
+            self.database_url = Some(read_secret_file(path)?);
+        }
+        if let Some(v) = &o.database_url {
+            self.database_url = Some(v.clone());
+        }
+        if let Some(v) = &o.redis_url {
+            self.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &o.trusted_proxies {
+            self.trusted_proxies = parse_proxies(v.split(','))?;
+        }
+        if let Some(path) = &o.admin_token_file {
+            self.admin_token = Some(read_secret_file(path)?);
+        }
+        if let Some(v) = &o.admin_token {
+            self.admin_token = Some(v.clone());
+        }
+        if let Some(v) = &o.rate_limit {
+            self.default_rate_limit = parse_rate_limit("rate_limit", v)?;
+        }
+        if let Some(v) = o.failed_auth_per_minute {
+            self.failed_auth_per_minute = v;
+        }
+        if let Some(v) = &o.log_format {
+            self.log_format =
+                LogFormat::parse(v).ok_or_else(|| invalid("log_format", "use text or json"))?;
+        }
+        if let Some(v) = o.request_timeout_secs {
+            self.request_timeout_secs = v;
+        }
+        if let Some(v) = o.last_used_flush_secs {
+            self.last_used_flush_secs = v;
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        if !(1..=30).contains(&self.last_used_flush_secs) {
+            // SPEC §2: last_used_at stays within 60 s of reality.
+            return Err(invalid("last_used_flush_secs", "must be 1..=30"));
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect (SQLite in the data dir by default).
+    pub fn effective_database_url(&self) -> Secret {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => Secret::new(format!(
+                "sqlite://{}",
+                self.data_dir.join("keyflow.db").display()
+            )),
+        }
+    }
+
+    /// The quota for one category of requests of a workspace on `plan`.
+    pub fn plan_rate_limit(&self, plan: Plan) -> RateLimit {
+        self.plan_rate_limits
+            .get(&plan)
+            .copied()
+            .unwrap_or(self.default_rate_limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_secrets_stay_hidden() {
+        let dir = std::env::temp_dir().join(format!("kf-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyflow.toml");
+        let token = dir.join("token");
+        std::fs::write(&token, "a-very-long-admin-token\n").unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:9000\"\nrate_limit = \"10/60\"\nadmin_token_file = {:?}\n\
+                 database_url = \"postgres://u:hunter2@db/k\"\n[plan_rate_limits]\nteam = \"1000/60\"\n",
+                token.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&ConfigOverrides {
+            config_file: Some(file),
+            listen: Some("127.0.0.1:9001".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.default_rate_limit, RateLimit::per_minute(10));
+        assert_eq!(
+            config.plan_rate_limit(Plan::Team),
+            RateLimit::per_minute(1000)
+        );
+        assert_eq!(
+            config.admin_token.as_ref().unwrap().expose(),
+            "a-very-long-admin-token"
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("a-very-long-admin-token"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values_and_unknown_keys() {
+        let bad = ConfigOverrides {
+            trusted_proxies: Some("10.0.0.0/8,nonsense".into()),
+            ..Default::default()
+        };
+        assert!(Config::load(&bad).is_err());
+        let dir = std::env::temp_dir().join(format!("kf-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("k.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&ConfigOverrides {
+                config_file: Some(file),
+                ..Default::default()
+            }),
+            Err(ConfigError::File { .. })
+        ));
+    }
+}

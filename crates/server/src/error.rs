@@ -1,0 +1,135 @@
+//! The one error type of the HTTP layer and its `{"error": {...}}` body.
+//! Internal errors are logged with the request id and never echoed.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keyflow_core::{ErrorCode, FieldError};
+use keyflow_store::StoreError;
+use serde_json::{Value, json};
+
+tokio::task_local! {
+    /// The current request's id, set by the request-context middleware so that
+    /// every error body can carry it.
+    pub static REQUEST_ID: String;
+}
+
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Value,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: json!({}),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let summary = fields
+            .iter()
+            .map(|f| format!("{}: {}", f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::new(
+            ErrorCode::ValidationFailed,
+            format!("The request is invalid: {summary}"),
+        )
+        .with_details(json!({ "fields": fields }))
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// For bare framework responses (router 404/405, body-limit 413, timeout 408).
+    pub fn from_status(status: StatusCode) -> Self {
+        let code = ErrorCode::for_status(status.as_u16());
+        let message = match code {
+            ErrorCode::NotFound => "No such endpoint.".to_string(),
+            ErrorCode::MethodNotAllowed => "This endpoint does not accept that method.".to_string(),
+            ErrorCode::PayloadTooLarge => "The request body is larger than 1 MiB.".to_string(),
+            ErrorCode::RequestTimeout => "The request took too long.".to_string(),
+            ErrorCode::UnsupportedMediaType => "Send the body as application/json.".to_string(),
+            _ => status.canonical_reason().unwrap_or("Error").to_string(),
+        };
+        Self::new(code, message)
+    }
+
+    pub fn internal(context: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(request_id = %current_request_id(), error = %err, "{context}");
+        Self::new(
+            ErrorCode::Internal,
+            "Something went wrong on our side; the request id identifies it in our logs.",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match &err {
+            StoreError::Conflict(what) => Self::new(ErrorCode::Conflict, format!("{what}.")),
+            e if e.is_unavailable() => {
+                tracing::warn!(request_id = %current_request_id(), error = %e, "database unavailable");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "The database is unavailable; retry shortly.",
+                )
+            }
+            _ => Self::internal("store error", &err),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "request_id": current_request_id(),
+                "details": self.details,
+            }
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(RenderedError);
+        response
+    }
+}
+
+/// Marks a response whose body is already our error shape.
+#[derive(Clone, Copy)]
+pub struct RenderedError;

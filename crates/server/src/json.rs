@@ -1,0 +1,110 @@
+//! JSON request bodies with SPEC's errors: 415 for other content types, 413
+//! past the body limit, 400 for malformed JSON, 422 with the field path for
+//! wrong types. Unknown fields are ignored.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use keyflow_core::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+pub struct JsonBody<T>(pub T);
+
+/// Like [`JsonBody`], but an empty body (with or without a content type) is `T::default()`.
+pub struct JsonOrEmpty<T>(pub T);
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+        .unwrap_or(false)
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::from_status(rejection.status())
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                "The request body could not be read.",
+            )
+        }
+    })
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_data() {
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            ApiError::field(&field, strip_position(&inner.to_string()))
+        } else {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("The body is not valid JSON: {inner}"),
+            )
+        }
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("The body is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// serde_json appends " at line X column Y", which means nothing to a field path.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(&req) {
+            return Err(ApiError::from_status(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ));
+        }
+        let bytes = read_body(req, state).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = is_json(&req);
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        if !json {
+            return Err(ApiError::from_status(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ));
+        }
+        parse_json(&bytes).map(JsonOrEmpty)
+    }
+}

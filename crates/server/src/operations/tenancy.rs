@@ -1,0 +1,255 @@
+//! Workspaces, projects, operators and plans.
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use keyflow_core::clock::UnixMillis;
+use keyflow_core::{Environment, ErrorCode, Plan, Role};
+use keyflow_store::{Actor, AuditTarget, Membership, Operator, Project, Store, Workspace, new_id};
+use serde_json::json;
+
+use super::audit_entry;
+use crate::error::{ApiError, ApiResult};
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+pub fn check_name(field: &str, name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            "must be 1 to 100 printable characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+pub fn check_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(ApiError::field(
+            "email",
+            "must be an email address like ops@example.com",
+        ));
+    }
+    Ok(email)
+}
+
+/// Argon2id with the crate's defaults (19 MiB, 2 passes), off the async threads.
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(ApiError::field(
+            "password",
+            format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut salt_bytes = [0u8; 16];
+        getrandom::fill(&mut salt_bytes).map_err(|e| ApiError::internal("random salt", &e))?;
+        let salt = SaltString::encode_b64(&salt_bytes)
+            .map_err(|e| ApiError::internal("salt encoding", &e))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| ApiError::internal("password hashing", &e))
+    })
+    .await
+    .map_err(|e| ApiError::internal("password hashing task", &e))?
+}
+
+pub async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+pub async fn create_workspace(
+    store: &dyn Store,
+    name: &str,
+    plan: Plan,
+    now: UnixMillis,
+) -> ApiResult<Workspace> {
+    let workspace = Workspace {
+        id: new_id(),
+        name: check_name("name", name)?,
+        plan,
+        created_at: now,
+    };
+    store.create_workspace(&workspace).await?;
+    Ok(workspace)
+}
+
+pub async fn create_project(
+    store: &dyn Store,
+    workspace_id: &str,
+    name: &str,
+    environment: Environment,
+    now: UnixMillis,
+) -> ApiResult<Project> {
+    if store.get_workspace(workspace_id).await?.is_none() {
+        return Err(ApiError::not_found("workspace"));
+    }
+    let project = Project {
+        id: new_id(),
+        workspace_id: workspace_id.to_string(),
+        name: check_name("name", name)?,
+        environment,
+        created_at: now,
+    };
+    store.create_project(&project).await?;
+    Ok(project)
+}
+
+pub struct NewOperator {
+    pub operator: Operator,
+    pub membership: Membership,
+}
+
+pub async fn add_operator(
+    store: &dyn Store,
+    workspace_id: &str,
+    email: &str,
+    password: String,
+    role: Role,
+    actor: &Actor,
+    now: UnixMillis,
+) -> ApiResult<NewOperator> {
+    if store.get_workspace(workspace_id).await?.is_none() {
+        return Err(ApiError::not_found("workspace"));
+    }
+    let email = check_email(email)?;
+    if store.find_operator_by_email(&email).await?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "An operator with this email already exists.",
+        ));
+    }
+    let operator = Operator {
+        id: new_id(),
+        email,
+        password_hash: hash_password(password).await?,
+        created_at: now,
+    };
+    let membership = Membership {
+        workspace_id: workspace_id.to_string(),
+        operator_id: operator.id.clone(),
+        role,
+        created_at: now,
+    };
+    let entry = audit_entry(
+        workspace_id,
+        None,
+        actor,
+        "member.added",
+        AuditTarget {
+            kind: "operator".into(),
+            id: Some(operator.id.clone()),
+            name: Some(operator.email.clone()),
+        },
+        None,
+        json!({ "role": role.as_str() }),
+        now,
+    );
+    store
+        .create_operator(&operator, &membership, Some(&entry))
+        .await?;
+    Ok(NewOperator {
+        operator,
+        membership,
+    })
+}
+
+/// Changes a workspace's plan (audited as `plan.changed`). Returns the workspace
+/// and its previous plan.
+pub async fn change_plan(
+    store: &dyn Store,
+    workspace_id: &str,
+    plan: Plan,
+    actor: &Actor,
+    ip: Option<String>,
+    now: UnixMillis,
+) -> ApiResult<(Workspace, Plan)> {
+    let Some(workspace) = store.get_workspace(workspace_id).await? else {
+        return Err(ApiError::not_found("workspace"));
+    };
+    let entry = audit_entry(
+        workspace_id,
+        None,
+        actor,
+        "plan.changed",
+        AuditTarget {
+            kind: "workspace".into(),
+            id: Some(workspace.id.clone()),
+            name: Some(workspace.name.clone()),
+        },
+        ip,
+        json!({ "from": workspace.plan.as_str(), "to": plan.as_str() }),
+        now,
+    );
+    let previous = store
+        .set_workspace_plan(workspace_id, plan, &entry)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace"))?;
+    Ok((Workspace { plan, ..workspace }, previous))
+}
+
+/// `keyflow init`: first workspace, project and owner in one go.
+pub struct Bootstrap {
+    pub workspace: Workspace,
+    pub project: Project,
+    pub owner: Operator,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn bootstrap(
+    store: &dyn Store,
+    email: &str,
+    password: String,
+    workspace_name: &str,
+    project_name: &str,
+    environment: Environment,
+    plan: Plan,
+    now: UnixMillis,
+) -> ApiResult<Bootstrap> {
+    let email = check_email(email)?;
+    let password_hash = hash_password(password).await?;
+    if store.find_operator_by_email(&email).await?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "An operator with this email already exists.",
+        ));
+    }
+    let workspace = create_workspace(store, workspace_name, plan, now).await?;
+    let project = create_project(store, &workspace.id, project_name, environment, now).await?;
+    let owner = Operator {
+        id: new_id(),
+        email,
+        password_hash,
+        created_at: now,
+    };
+    let membership = Membership {
+        workspace_id: workspace.id.clone(),
+        operator_id: owner.id.clone(),
+        role: Role::Owner,
+        created_at: now,
+    };
+    store.create_operator(&owner, &membership, None).await?;
+    Ok(Bootstrap {
+        workspace,
+        project,
+        owner,
+    })
+}

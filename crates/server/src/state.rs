@@ -1,0 +1,134 @@
+//! Shared state of one `keyflow serve` instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyflow_core::{Clock, IpAllowList, KeyDigest, Plan};
+use keyflow_store::{ApiKey, Store, StoreResult};
+use moka::sync::Cache;
+
+use crate::config::Config;
+use crate::limits::{LocalRateLimiter, RateLimiter};
+use crate::metrics::Metrics;
+use crate::usage::UsageTracker;
+
+/// A key as the auth pipeline needs it, resolved once and cached.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub key: ApiKey,
+    pub workspace_id: String,
+    pub allowlist: IpAllowList,
+}
+
+/// `digest → key` and `workspace → plan`, bounded, invalidated on this
+/// instance at once by revoke/update/roll/plan change.
+pub struct KeyCache {
+    keys: Cache<KeyDigest, Arc<CachedKey>>,
+    /// Digests that matched no key, so a flood of one bad key stays off the database.
+    unknown: Cache<KeyDigest, ()>,
+    /// Short TTL: a plan change made elsewhere (CLI, another instance) is seen within 1 s.
+    plans: Cache<String, Plan>,
+}
+
+impl KeyCache {
+    pub fn new(capacity: u64, ttl: Duration) -> Self {
+        Self {
+            keys: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+            plans: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+        }
+    }
+
+    pub fn get(&self, digest: &KeyDigest) -> Option<Arc<CachedKey>> {
+        self.keys.get(digest)
+    }
+    pub fn is_known_unknown(&self, digest: &KeyDigest) -> bool {
+        self.unknown.contains_key(digest)
+    }
+    pub fn insert(&self, digest: KeyDigest, key: Arc<CachedKey>) {
+        self.keys.insert(digest, key);
+    }
+    pub fn insert_unknown(&self, digest: KeyDigest) {
+        self.unknown.insert(digest, ());
+    }
+    /// Forget everything about one key (it changed or was just created).
+    pub fn invalidate(&self, digest: &KeyDigest) {
+        self.keys.invalidate(digest);
+        self.unknown.invalidate(digest);
+    }
+    pub fn invalidate_plan(&self, workspace_id: &str) {
+        self.plans.invalidate(workspace_id);
+    }
+    pub fn cached_plan(&self, workspace_id: &str) -> Option<Plan> {
+        self.plans.get(workspace_id)
+    }
+    pub fn insert_plan(&self, workspace_id: String, plan: Plan) {
+        self.plans.insert(workspace_id, plan);
+    }
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub cache: KeyCache,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Failed authentications per client IP (always local: a guessing client
+    /// hits one instance's socket at a time).
+    pub failed_auth: LocalRateLimiter,
+    pub local_limiter: Arc<LocalRateLimiter>,
+    pub usage: UsageTracker,
+    pub metrics: Metrics,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        let cache = KeyCache::new(
+            config.key_cache_capacity,
+            Duration::from_secs(config.key_cache_ttl_secs),
+        );
+        let local_limiter = Arc::new(LocalRateLimiter::default());
+        Self {
+            config,
+            store,
+            clock,
+            cache,
+            limiter: local_limiter.clone(),
+            failed_auth: LocalRateLimiter::default(),
+            local_limiter,
+            usage: UsageTracker::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The workspace's plan, from the 1-second cache or the store.
+    pub async fn plan_of(&self, workspace_id: &str) -> StoreResult<Option<Plan>> {
+        if let Some(plan) = self.cache.cached_plan(workspace_id) {
+            return Ok(Some(plan));
+        }
+        let plan = self
+            .store
+            .get_workspace(workspace_id)
+            .await?
+            .map(|w| w.plan);
+        if let Some(plan) = plan {
+            self.cache.insert_plan(workspace_id.to_string(), plan);
+        }
+        Ok(plan)
+    }
+}
