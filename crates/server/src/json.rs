@@ -47,12 +47,22 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            ApiError::field(&field, strip_position(&inner.to_string()))
+            let message = strip_position(&inner.to_string());
+            let mut field = if path == "." { String::new() } else { path };
+            // "missing field `x`" is reported at the parent; name the field itself.
+            if let Some(missing) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(missing);
+            }
+            if field.is_empty() {
+                field.push_str("body");
+            }
+            ApiError::field(&field, message)
         } else {
             ApiError::new(
                 ErrorCode::InvalidJson,
@@ -106,5 +116,39 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmp
             ));
         }
         parse_json(&bytes).map(JsonOrEmpty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Row {
+        cidr: String,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        rows: Vec<Row>,
+        n: Option<u32>,
+    }
+
+    fn field_of(json: &str) -> String {
+        let err = parse_json::<Body>(json.as_bytes()).unwrap_err();
+        err.details["fields"][0]["field"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn field_paths() {
+        assert_eq!(field_of(r#"{"rows": [{"x": 1}]}"#), "rows[0].cidr");
+        assert_eq!(field_of(r#"{"rows": [], "n": "five"}"#), "n");
+        assert_eq!(field_of(r#"{}"#), "rows");
+        assert_eq!(field_of(r#"[]"#), "body");
+        let err = parse_json::<Body>(b"{").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        let err = parse_json::<Body>(br#"{"rows": []} trailing"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
     }
 }

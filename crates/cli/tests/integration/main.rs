@@ -1,1 +1,12 @@
+//! Keyflow's one integration-test binary. Every module drives the real server
+//! over real sockets; `backend_tests!` runs each case on SQLite and PostgreSQL.
 
+mod harness;
+
+mod admin_api;
+mod auth_pipeline;
+mod cli;
+mod keys_api;
+mod operation;
+mod rate_limits;
+mod store_conformance;

@@ -1,0 +1,319 @@
+//! The test harness: a real Keyflow server on an ephemeral loopback port, on a
+//! fresh SQLite file or a fresh PostgreSQL database, with an injected clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keyflow_core::{Clock, ManualClock};
+use keyflow_server::{Config, SharedState};
+use keyflow_store::Store;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each listed `async fn name(backend: Backend)` once per backend.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh database: a temp SQLite file, or a new PostgreSQL database dropped
+/// when this value is dropped.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+/// The PostgreSQL server tests use. Unset, the local default is tried; a
+/// server that cannot be reached fails the test (never a silent skip).
+pub fn postgres_base_url() -> String {
+    std::env::var("KEYFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{db}")
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("keyflow.db").display());
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Backend::Postgres => {
+                let base = postgres_base_url();
+                let name = format!("kf_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL tests need a server: set KEYFLOW_TEST_DATABASE_URL \
+                             (tried {}): {e}",
+                            keyflow_store::redact_url(&base)
+                        )
+                    });
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                Self {
+                    url: with_database(&base, &name),
+                    _dir: None,
+                    pg: Some((base, name)),
+                }
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        let store = keyflow_store::connect(&self.url).await.expect("connect store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.pg.take() else { return };
+        // Drop runs outside async; a small runtime on its own thread does the work.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&base).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub clock: ManualClock,
+    pub state: SharedState,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Kept so the database lives as long as the server.
+    _db: TestDb,
+}
+
+/// A seeded tenant: a pro workspace, a live project and a secret key with every scope.
+pub struct Tenant {
+    pub workspace_id: String,
+    pub project_id: String,
+    pub key: String,
+    pub key_id: String,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    /// Asserts SPEC §2's error shape, status and code, and the request id.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.error_code(), code, "body: {}", self.body);
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(self.body["error"]["details"].is_object(), "details: {}", self.body);
+        let id = self.body["error"]["request_id"].as_str().unwrap_or("");
+        assert!(!id.is_empty());
+        assert_eq!(self.header("x-request-id"), Some(id));
+    }
+}
+
+impl TestApp {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on("127.0.0.1:0", backend, configure).await
+    }
+
+    pub async fn start_on(bind: &str, backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::create(backend).await;
+        let store = db.store().await;
+        let mut config = Config {
+            admin_token: Some(keyflow_server::config::Secret::new(ADMIN_TOKEN)),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let clock = ManualClock::starting_now();
+        let state = keyflow_server::build_state(config, store.clone(), Arc::new(clock.clone()));
+        let listener = TcpListener::bind(bind).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(keyflow_server::launch_with_listener(state.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let host = if addr.is_ipv6() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        Self {
+            base_url: format!("http://{host}:{}", addr.port()),
+            addr,
+            client: reqwest::Client::new(),
+            clock,
+            state,
+            store,
+            shutdown: Some(tx),
+            server: Some(server),
+            _db: db,
+        }
+    }
+
+    /// Signals shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the server the way SIGTERM does (drain, flush) and waits for it.
+    pub async fn stop(&mut self) {
+        self.begin_shutdown();
+        if let Some(handle) = self.server.take() {
+            handle.await.expect("server task").expect("server result");
+        }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+        let mut req = self.client.request(method, format!("{}{path}", self.base_url));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Self::reply(req).await
+    }
+
+    pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Reply {
+        self.request(Method::GET, path, Some(key), None).await
+    }
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.request(Method::POST, path, Some(key), Some(body)).await
+    }
+    pub async fn patch(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.request(Method::PATCH, path, Some(key), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, key: &str) -> Reply {
+        self.request(Method::DELETE, path, Some(key), None).await
+    }
+    pub async fn admin(&self, method: Method, path: &str, body: Value) -> Reply {
+        self.request(method, path, Some(ADMIN_TOKEN), Some(body)).await
+    }
+
+    /// Creates a workspace on `plan`, a live project and an all-scopes secret key.
+    pub async fn tenant_on(&self, plan: &str) -> Tenant {
+        let ws = self
+            .admin(Method::POST, "/admin/v1/workspaces", json!({"name": "Acme", "plan": plan}))
+            .await;
+        assert_eq!(ws.status, 201, "{}", ws.body);
+        let workspace_id = ws.body["id"].as_str().unwrap().to_string();
+        let project = self
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/workspaces/{workspace_id}/projects"),
+                json!({"name": "Production", "environment": "live"}),
+            )
+            .await;
+        assert_eq!(project.status, 201, "{}", project.body);
+        let project_id = project.body["id"].as_str().unwrap().to_string();
+        let key = self
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/projects/{project_id}/keys"),
+                json!({"name": "root", "type": "secret"}),
+            )
+            .await;
+        assert_eq!(key.status, 201, "{}", key.body);
+        Tenant {
+            workspace_id,
+            project_id,
+            key: key.body["key"].as_str().unwrap().to_string(),
+            key_id: key.body["id"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn tenant(&self) -> Tenant {
+        self.tenant_on("pro").await
+    }
+
+    /// Creates a key through the Management API with `creator`; asserts 201.
+    pub async fn create_key(&self, creator: &str, body: Value) -> (String, String) {
+        let reply = self.post("/v1/keys", creator, body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        (
+            reply.body["id"].as_str().unwrap().to_string(),
+            reply.body["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}
