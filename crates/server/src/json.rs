@@ -137,7 +137,10 @@ mod tests {
 
     fn field_of(json: &str) -> String {
         let err = parse_json::<Body>(json.as_bytes()).unwrap_err();
-        err.details["fields"][0]["field"].as_str().unwrap().to_string()
+        err.details["fields"][0]["field"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[test]

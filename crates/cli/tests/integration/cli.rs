@@ -22,7 +22,11 @@ fn keyflow(db: &TestDb, args: &[&str]) -> (bool, Value, String) {
         .expect("run keyflow");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
-    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 fn password_file() -> tempfile::NamedTempFile {
@@ -42,7 +46,22 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     let pw_path = pw.path().to_str().unwrap();
     let (ok, init, err) = keyflow(
         &db,
-        &["init", "--email", "owner@example.com", "--password-file", pw_path, "--workspace", "Acme", "--project", "Prod", "--environment", "test", "--plan", "pro", "--json"],
+        &[
+            "init",
+            "--email",
+            "owner@example.com",
+            "--password-file",
+            pw_path,
+            "--workspace",
+            "Acme",
+            "--project",
+            "Prod",
+            "--environment",
+            "test",
+            "--plan",
+            "pro",
+            "--json",
+        ],
     );
     assert!(ok, "{err}");
     assert_eq!(init["workspace"]["plan"], "pro");
@@ -52,29 +71,109 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     let workspace = init["workspace"]["id"].as_str().unwrap();
     let (ok, key, err) = keyflow(
         &db,
-        &["keys", "create", "--project", project, "--name", "ci", "--type", "read_only", "--scope", "contacts:read", "--scope", "audit:read", "--json"],
+        &[
+            "keys",
+            "create",
+            "--project",
+            project,
+            "--name",
+            "ci",
+            "--type",
+            "read_only",
+            "--scope",
+            "contacts:read",
+            "--scope",
+            "audit:read",
+            "--json",
+        ],
     );
     assert!(ok, "{err}");
     assert!(key["key"].as_str().unwrap().starts_with("ro_test_"));
     assert_eq!(key["scopes"], json!(["contacts:read", "audit:read"]));
     // Bad input: a scope the type may not hold, an unknown project, a bad plan.
-    let (ok, refused, _) = keyflow(&db, &["keys", "create", "--project", project, "--name", "x", "--type", "client", "--scope", "keys:write", "--json"]);
+    let (ok, refused, _) = keyflow(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--project",
+            project,
+            "--name",
+            "x",
+            "--type",
+            "client",
+            "--scope",
+            "keys:write",
+            "--json",
+        ],
+    );
     assert!(!ok);
     assert_eq!(refused["error"]["code"], "validation_failed");
-    let (ok, _, err) = keyflow(&db, &["keys", "create", "--project", "nope", "--name", "x", "--type", "secret"]);
+    let (ok, _, err) = keyflow(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--project",
+            "nope",
+            "--name",
+            "x",
+            "--type",
+            "secret",
+        ],
+    );
     assert!(!ok && err.contains("no project"), "{err}");
-    let (ok, _, _) = keyflow(&db, &["workspace", "plan", "--workspace", workspace, "gold"]);
+    let (ok, _, _) = keyflow(
+        &db,
+        &["workspace", "plan", "--workspace", workspace, "gold"],
+    );
     assert!(!ok);
-    let (ok, plan, err) = keyflow(&db, &["workspace", "plan", "--workspace", workspace, "free", "--json"]);
+    let (ok, plan, err) = keyflow(
+        &db,
+        &[
+            "workspace",
+            "plan",
+            "--workspace",
+            workspace,
+            "free",
+            "--json",
+        ],
+    );
     assert!(ok, "{err}");
-    assert_eq!((plan["plan"].as_str(), plan["previous_plan"].as_str()), (Some("free"), Some("pro")));
+    assert_eq!(
+        (plan["plan"].as_str(), plan["previous_plan"].as_str()),
+        (Some("free"), Some("pro"))
+    );
     // Human output prints the key once, on its own line.
-    let (ok, _, _) = keyflow(&db, &["keys", "create", "--project", project, "--name", "human", "--type", "secret"]);
+    let (ok, _, _) = keyflow(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--project",
+            project,
+            "--name",
+            "human",
+            "--type",
+            "secret",
+        ],
+    );
     assert!(ok);
     // Same email twice is refused.
     let (ok, dup, _) = keyflow(
         &db,
-        &["init", "--email", "OWNER@example.com", "--password-file", pw_path, "--workspace", "B", "--project", "P", "--json"],
+        &[
+            "init",
+            "--email",
+            "OWNER@example.com",
+            "--password-file",
+            pw_path,
+            "--workspace",
+            "B",
+            "--project",
+            "P",
+            "--json",
+        ],
     );
     assert!(!ok);
     assert_eq!(dup["error"]["code"], "conflict");
@@ -82,9 +181,20 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
 
 /// Starts `keyflow serve` on an ephemeral port; returns the child, its base URL
 /// and the captured log lines.
-fn spawn_server(db: &TestDb, token: &str) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
+fn spawn_server(
+    db: &TestDb,
+    token: &str,
+) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(BIN)
-        .args(["--database-url", &db.url, "serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--database-url",
+            &db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .env("KEYFLOW_ADMIN_TOKEN", token)
         .env_remove("KEYFLOW_DATABASE_URL")
         .stdout(Stdio::null())
@@ -97,17 +207,22 @@ fn spawn_server(db: &TestDb, token: &str) -> (std::process::Child, String, Arc<M
     let sink = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if let Some(addr) = v["fields"]["address"].as_str() {
-                    let _ = tx.send(addr.to_string());
-                }
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(addr) = v["fields"]["address"].as_str()
+            {
+                let _ = tx.send(addr.to_string());
             }
             sink.lock().unwrap().push(line);
         }
     });
     let addr = rx
         .recv_timeout(std::time::Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("server did not report its address: {:?}", lines.lock().unwrap()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not report its address: {:?}",
+                lines.lock().unwrap()
+            )
+        });
     (child, format!("http://{addr}"), lines)
 }
 
@@ -116,20 +231,45 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     let token = "cli-admin-token-0123456789abcdef";
     let (mut child, base, lines) = spawn_server(&db, token);
     let http = reqwest::Client::new();
-    let admin = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(token).json(&body).send();
-    let ws: Value = admin("/admin/v1/workspaces", json!({"name": "Acme", "plan": "pro"})).await.unwrap().json().await.unwrap();
-    let project: Value = admin(&format!("/admin/v1/workspaces/{}/projects", ws["id"].as_str().unwrap()), json!({"name": "P"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let root: Value = admin(&format!("/admin/v1/projects/{}/keys", project["id"].as_str().unwrap()), json!({"name": "root", "type": "secret"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let ws: Value = admin(
+        "/admin/v1/workspaces",
+        json!({"name": "Acme", "plan": "pro"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let project: Value = admin(
+        &format!(
+            "/admin/v1/workspaces/{}/projects",
+            ws["id"].as_str().unwrap()
+        ),
+        json!({"name": "P"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let root: Value = admin(
+        &format!(
+            "/admin/v1/projects/{}/keys",
+            project["id"].as_str().unwrap()
+        ),
+        json!({"name": "root", "type": "secret"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let root_key = root["key"].as_str().unwrap().to_string();
     let mut secrets = vec![root_key.clone()];
     // Create, use, roll, revoke, and fail with near-miss keys.
@@ -145,10 +285,18 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .unwrap();
     let client_key = created["key"].as_str().unwrap().to_string();
     secrets.push(client_key.clone());
-    let me = http.get(format!("{base}/v1/keys/self")).bearer_auth(&client_key).send().await.unwrap();
+    let me = http
+        .get(format!("{base}/v1/keys/self"))
+        .bearer_auth(&client_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(me.status(), 200);
     let rolled: Value = http
-        .post(format!("{base}/v1/keys/{}/roll", created["id"].as_str().unwrap()))
+        .post(format!(
+            "{base}/v1/keys/{}/roll",
+            created["id"].as_str().unwrap()
+        ))
         .bearer_auth(&root_key)
         .json(&json!({"expires_in_seconds": 0}))
         .send()
@@ -159,13 +307,23 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .unwrap();
     let rolled_key = rolled["key"].as_str().unwrap().to_string();
     secrets.push(rolled_key.clone());
-    let old = http.get(format!("{base}/v1/keys/self")).bearer_auth(&client_key).send().await.unwrap();
+    let old = http
+        .get(format!("{base}/v1/keys/self"))
+        .bearer_auth(&client_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(old.status(), 401);
     let mut near_miss = rolled_key.clone();
     near_miss.pop();
     near_miss.push('x');
     secrets.push(near_miss.clone());
-    let miss = http.get(format!("{base}/v1/keys/self")).bearer_auth(&near_miss).send().await.unwrap();
+    let miss = http
+        .get(format!("{base}/v1/keys/self"))
+        .bearer_auth(&near_miss)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(miss.status(), 401);
     let revoke = http
         .delete(format!("{base}/v1/keys/{}", rolled["id"].as_str().unwrap()))
@@ -174,11 +332,22 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(revoke.status(), 204);
-    let audit: Value = http.get(format!("{base}/v1/audit")).bearer_auth(&root_key).send().await.unwrap().json().await.unwrap();
+    let audit: Value = http
+        .get(format!("{base}/v1/audit"))
+        .bearer_auth(&root_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(audit["data"].as_array().unwrap().len() >= 4);
 
     // SIGTERM: drain, flush, exit 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "keyflow serve exited with {exit:?}");
@@ -189,14 +358,20 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     let audit_text = audit.to_string();
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "a key leaked into the log");
-        assert!(!audit_text.contains(secret.as_str()), "a key leaked into the audit log");
+        assert!(
+            !audit_text.contains(secret.as_str()),
+            "a key leaked into the audit log"
+        );
         // Also no 40-char stretch of it (a truncated leak).
         assert!(!log.contains(&secret[..40]));
     }
     // The last-used data reached the database on shutdown.
     let store = db.store().await;
     let stored = store
-        .get_api_key(project["id"].as_str().unwrap(), root["id"].as_str().unwrap())
+        .get_api_key(
+            project["id"].as_str().unwrap(),
+            root["id"].as_str().unwrap(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -210,16 +385,30 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         }
         let text = String::from_utf8_lossy(&bytes);
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "a full key is stored in the database file");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a full key is stored in the database file"
+            );
         }
-        assert!(text.contains(&root_key[..12]), "the prefix is stored for display");
+        assert!(
+            text.contains(&root_key[..12]),
+            "the prefix is stored for display"
+        );
     }
 }
 
 async fn serve_refuses_bad_configuration(backend: Backend) {
     let db = TestDb::create(backend).await;
     let out = Command::new(BIN)
-        .args(["--database-url", &db.url, "serve", "--listen", "127.0.0.1:0", "--trusted-proxies", "10.0.0.0/8,bogus"])
+        .args([
+            "--database-url",
+            &db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--trusted-proxies",
+            "10.0.0.0/8,bogus",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

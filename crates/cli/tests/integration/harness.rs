@@ -53,7 +53,8 @@ pub struct TestDb {
 /// The PostgreSQL server tests use. Unset, the local default is tried; a
 /// server that cannot be reached fails the test (never a silent skip).
 pub fn postgres_base_url() -> String {
-    std::env::var("KEYFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("KEYFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -99,7 +100,9 @@ impl TestDb {
     }
 
     pub async fn store(&self) -> Arc<dyn Store> {
-        let store = keyflow_store::connect(&self.url).await.expect("connect store");
+        let store = keyflow_store::connect(&self.url)
+            .await
+            .expect("connect store");
         store.migrate().await.expect("migrate");
         store
     }
@@ -107,17 +110,25 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some((base, name)) = self.pg.take() else { return };
+        let Some((base, name)) = self.pg.take() else {
+            return;
+        };
         // Drop runs outside async; a small runtime on its own thread does the work.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&base).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await;
+                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&base).await
+                {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
                 }
             });
         })
@@ -165,8 +176,16 @@ impl Reply {
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!(self.status, status, "body: {}", self.body);
         assert_eq!(self.error_code(), code, "body: {}", self.body);
-        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-        assert!(self.body["error"]["details"].is_object(), "details: {}", self.body);
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        assert!(
+            self.body["error"]["details"].is_object(),
+            "details: {}",
+            self.body
+        );
         let id = self.body["error"]["request_id"].as_str().unwrap_or("");
         assert!(!id.is_empty());
         assert_eq!(self.header("x-request-id"), Some(id));
@@ -182,7 +201,11 @@ impl TestApp {
         Self::start_on("127.0.0.1:0", backend, configure).await
     }
 
-    pub async fn start_on(bind: &str, backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_on(
+        bind: &str,
+        backend: Backend,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let db = TestDb::create(backend).await;
         let store = db.store().await;
         let mut config = Config {
@@ -195,10 +218,18 @@ impl TestApp {
         let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(keyflow_server::launch_with_listener(state.clone(), listener, async {
-            let _ = rx.await;
-        }));
-        let host = if addr.is_ipv6() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        let server = tokio::spawn(keyflow_server::launch_with_listener(
+            state.clone(),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let host = if addr.is_ipv6() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
         Self {
             base_url: format!("http://{host}:{}", addr.port()),
             addr,
@@ -227,8 +258,16 @@ impl TestApp {
         }
     }
 
-    pub async fn request(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
-        let mut req = self.client.request(method, format!("{}{path}", self.base_url));
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base_url));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
@@ -248,29 +287,40 @@ impl TestApp {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Reply {
         self.request(Method::GET, path, Some(key), None).await
     }
     pub async fn post(&self, path: &str, key: &str, body: Value) -> Reply {
-        self.request(Method::POST, path, Some(key), Some(body)).await
+        self.request(Method::POST, path, Some(key), Some(body))
+            .await
     }
     pub async fn patch(&self, path: &str, key: &str, body: Value) -> Reply {
-        self.request(Method::PATCH, path, Some(key), Some(body)).await
+        self.request(Method::PATCH, path, Some(key), Some(body))
+            .await
     }
     pub async fn delete(&self, path: &str, key: &str) -> Reply {
         self.request(Method::DELETE, path, Some(key), None).await
     }
     pub async fn admin(&self, method: Method, path: &str, body: Value) -> Reply {
-        self.request(method, path, Some(ADMIN_TOKEN), Some(body)).await
+        self.request(method, path, Some(ADMIN_TOKEN), Some(body))
+            .await
     }
 
     /// Creates a workspace on `plan`, a live project and an all-scopes secret key.
     pub async fn tenant_on(&self, plan: &str) -> Tenant {
         let ws = self
-            .admin(Method::POST, "/admin/v1/workspaces", json!({"name": "Acme", "plan": plan}))
+            .admin(
+                Method::POST,
+                "/admin/v1/workspaces",
+                json!({"name": "Acme", "plan": plan}),
+            )
             .await;
         assert_eq!(ws.status, 201, "{}", ws.body);
         let workspace_id = ws.body["id"].as_str().unwrap().to_string();

@@ -8,28 +8,73 @@ use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 
 fn scopes(v: &Value) -> Vec<&str> {
-    v["scopes"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect()
+    v["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
 }
 
 async fn create_each_type_with_defaults_and_shape(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    let secret = app.post("/v1/keys", &t.key, json!({"name": "backend", "type": "secret"})).await;
+    let secret = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "backend", "type": "secret"}),
+        )
+        .await;
     assert_eq!(secret.status, 201);
     let key = secret.body["key"].as_str().unwrap();
     assert!(key.starts_with("sk_live_") && key.len() == 46);
     assert_eq!(secret.body["prefix"], &key[..12]);
     assert_eq!(scopes(&secret.body).len(), 9);
-    assert_eq!(secret.body["created_by"], json!({"type": "api_key", "id": t.key_id, "name": "root"}));
-    for field in ["id", "name", "type", "scopes", "prefix", "created_at", "created_by", "last_used_at", "expires_at", "revoked_at", "ip_allowlist", "allowed_events", "allowed_origins", "rate_limit"] {
+    assert_eq!(
+        secret.body["created_by"],
+        json!({"type": "api_key", "id": t.key_id, "name": "root"})
+    );
+    for field in [
+        "id",
+        "name",
+        "type",
+        "scopes",
+        "prefix",
+        "created_at",
+        "created_by",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+        "ip_allowlist",
+        "allowed_events",
+        "allowed_origins",
+        "rate_limit",
+    ] {
         assert!(secret.body.get(field).is_some(), "key object lacks {field}");
     }
-    let client = app.post("/v1/keys", &t.key, json!({"name": "web", "type": "client"})).await;
+    let client = app
+        .post("/v1/keys", &t.key, json!({"name": "web", "type": "client"}))
+        .await;
     assert!(client.body["key"].as_str().unwrap().starts_with("ck_live_"));
     assert_eq!(scopes(&client.body), vec!["events:write"]);
-    let ro = app.post("/v1/keys", &t.key, json!({"name": "bi", "type": "read_only"})).await;
+    let ro = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "bi", "type": "read_only"}),
+        )
+        .await;
     assert!(ro.body["key"].as_str().unwrap().starts_with("ro_live_"));
-    assert_eq!(scopes(&ro.body), vec!["contacts:read", "events:read", "subscribers:read", "audit:read"]);
+    assert_eq!(
+        scopes(&ro.body),
+        vec![
+            "contacts:read",
+            "events:read",
+            "subscribers:read",
+            "audit:read"
+        ]
+    );
     // The full key is never returned again.
     let id = secret.body["id"].as_str().unwrap();
     let fetched = app.get(&format!("/v1/keys/{id}"), &t.key).await;
@@ -44,10 +89,21 @@ async fn test_environment_keys_carry_test_prefix(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
     let project = app
-        .admin(Method::POST, &format!("/admin/v1/workspaces/{}/projects", t.workspace_id), json!({"name": "Staging", "environment": "test"}))
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/workspaces/{}/projects", t.workspace_id),
+            json!({"name": "Staging", "environment": "test"}),
+        )
         .await;
     let key = app
-        .admin(Method::POST, &format!("/admin/v1/projects/{}/keys", project.body["id"].as_str().unwrap()), json!({"name": "ci", "type": "secret"}))
+        .admin(
+            Method::POST,
+            &format!(
+                "/admin/v1/projects/{}/keys",
+                project.body["id"].as_str().unwrap()
+            ),
+            json!({"name": "ci", "type": "secret"}),
+        )
         .await;
     assert!(key.body["key"].as_str().unwrap().starts_with("sk_test_"));
 }
@@ -55,10 +111,25 @@ async fn test_environment_keys_carry_test_prefix(backend: Backend) {
 async fn disallowed_scopes_are_422(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    for (key_type, scope) in [("client", "contacts:read"), ("client", "keys:write"), ("read_only", "keys:read"), ("read_only", "events:write"), ("secret", "contacts:admin")] {
-        let reply = app.post("/v1/keys", &t.key, json!({"name": "x", "type": key_type, "scopes": [scope]})).await;
+    for (key_type, scope) in [
+        ("client", "contacts:read"),
+        ("client", "keys:write"),
+        ("read_only", "keys:read"),
+        ("read_only", "events:write"),
+        ("secret", "contacts:admin"),
+    ] {
+        let reply = app
+            .post(
+                "/v1/keys",
+                &t.key,
+                json!({"name": "x", "type": key_type, "scopes": [scope]}),
+            )
+            .await;
         reply.assert_error(422, "validation_failed");
-        assert_eq!(reply.body["error"]["details"]["fields"][0]["field"], "scopes[0]", "{key_type} {scope}");
+        assert_eq!(
+            reply.body["error"]["details"]["fields"][0]["field"], "scopes[0]",
+            "{key_type} {scope}"
+        );
     }
 }
 
@@ -69,14 +140,30 @@ async fn a_key_cannot_grant_what_it_lacks(backend: Backend) {
         .create_key(&t.key, json!({"name": "ops", "type": "secret", "scopes": ["keys:read", "keys:write", "events:write"]}))
         .await;
     let escalation = app
-        .post("/v1/keys", &limited, json!({"name": "more", "type": "secret", "scopes": ["contacts:read"]}))
+        .post(
+            "/v1/keys",
+            &limited,
+            json!({"name": "more", "type": "secret", "scopes": ["contacts:read"]}),
+        )
         .await;
     escalation.assert_error(403, "insufficient_scope");
-    assert_eq!(escalation.body["error"]["details"]["missing_scopes"], json!(["contacts:read"]));
+    assert_eq!(
+        escalation.body["error"]["details"]["missing_scopes"],
+        json!(["contacts:read"])
+    );
     // Without scopes, the type's default is narrowed to the creator's scopes.
-    let narrowed = app.post("/v1/keys", &limited, json!({"name": "sub", "type": "secret"})).await;
+    let narrowed = app
+        .post(
+            "/v1/keys",
+            &limited,
+            json!({"name": "sub", "type": "secret"}),
+        )
+        .await;
     assert_eq!(narrowed.status, 201);
-    assert_eq!(scopes(&narrowed.body), vec!["events:write", "keys:read", "keys:write"]);
+    assert_eq!(
+        scopes(&narrowed.body),
+        vec!["events:write", "keys:read", "keys:write"]
+    );
     // Rolling a key with scopes the caller lacks is escalation too.
     let root_id = t.key_id.clone();
     app.post(&format!("/v1/keys/{root_id}/roll"), &limited, json!({}))
@@ -87,24 +174,57 @@ async fn a_key_cannot_grant_what_it_lacks(backend: Backend) {
 async fn invalid_settings_are_422_and_change_nothing(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    let before = app.get("/v1/keys", &t.key).await.body["data"].as_array().unwrap().len();
+    let before = app.get("/v1/keys", &t.key).await.body["data"]
+        .as_array()
+        .unwrap()
+        .len();
     let cases = [
         (json!({"type": "secret"}), "name"),
         (json!({"name": "", "type": "secret"}), "name"),
         (json!({"name": "x".repeat(65), "type": "secret"}), "name"),
         (json!({"name": "x"}), "type"),
         (json!({"name": "x", "type": "admin"}), "type"),
-        (json!({"name": "x", "type": "secret", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
-        (json!({"name": "x", "type": "secret", "expires_at": "next week"}), "expires_at"),
-        (json!({"name": "x", "type": "secret", "ip_allowlist": [{"cidr": "300.1.1.1"}]}), "ip_allowlist[0].cidr"),
-        (json!({"name": "x", "type": "secret", "ip_allowlist": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.0.0.0/8"}]}), "ip_allowlist[1].cidr"),
-        (json!({"name": "x", "type": "secret", "allowed_origins": ["https://a.example"]}), "allowed_origins"),
-        (json!({"name": "x", "type": "client", "allowed_origins": ["not an origin"]}), "allowed_origins[0]"),
-        (json!({"name": "x", "type": "secret", "allowed_events": [""]}), "allowed_events[0]"),
-        (json!({"name": "x", "type": "secret", "rate_limit": {"limit": 0, "period_seconds": 60}}), "rate_limit"),
+        (
+            json!({"name": "x", "type": "secret", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "expires_at": "next week"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "ip_allowlist": [{"cidr": "300.1.1.1"}]}),
+            "ip_allowlist[0].cidr",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "ip_allowlist": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.0.0.0/8"}]}),
+            "ip_allowlist[1].cidr",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "allowed_origins": ["https://a.example"]}),
+            "allowed_origins",
+        ),
+        (
+            json!({"name": "x", "type": "client", "allowed_origins": ["not an origin"]}),
+            "allowed_origins[0]",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "allowed_events": [""]}),
+            "allowed_events[0]",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "rate_limit": {"limit": 0, "period_seconds": 60}}),
+            "rate_limit",
+        ),
         (json!({"name": 5, "type": "secret"}), "name"),
-        (json!({"name": "x", "type": "secret", "scopes": "keys:read"}), "scopes"),
-        (json!({"name": "x", "type": "secret", "ip_allowlist": [{"description": "no cidr"}]}), "ip_allowlist[0].cidr"),
+        (
+            json!({"name": "x", "type": "secret", "scopes": "keys:read"}),
+            "scopes",
+        ),
+        (
+            json!({"name": "x", "type": "secret", "ip_allowlist": [{"description": "no cidr"}]}),
+            "ip_allowlist[0].cidr",
+        ),
     ];
     for (body, field) in cases {
         let reply = app.post("/v1/keys", &t.key, body.clone()).await;
@@ -115,12 +235,24 @@ async fn invalid_settings_are_422_and_change_nothing(backend: Backend) {
             .iter()
             .map(|f| f["field"].as_str().unwrap())
             .collect();
-        assert!(fields.contains(&field), "{body} should flag {field}, got {fields:?}");
+        assert!(
+            fields.contains(&field),
+            "{body} should flag {field}, got {fields:?}"
+        );
     }
     // Unknown fields are ignored.
-    let ok = app.post("/v1/keys", &t.key, json!({"name": "x", "type": "secret", "colour": "blue"})).await;
+    let ok = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "x", "type": "secret", "colour": "blue"}),
+        )
+        .await;
     assert_eq!(ok.status, 201);
-    let after = app.get("/v1/keys", &t.key).await.body["data"].as_array().unwrap().len();
+    let after = app.get("/v1/keys", &t.key).await.body["data"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(after, before + 1, "only the valid request created a key");
 }
 
@@ -129,20 +261,47 @@ async fn malformed_bodies_get_the_error_shape(backend: Backend) {
     let t = app.tenant().await;
     let url = format!("{}/v1/keys", app.base_url);
     let not_json = TestApp::reply(
-        app.client.post(&url).bearer_auth(&t.key).header("content-type", "application/json").body("{\"name\": "),
+        app.client
+            .post(&url)
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body("{\"name\": "),
     )
     .await;
     not_json.assert_error(400, "invalid_json");
-    let wrong_type = TestApp::reply(app.client.post(&url).bearer_auth(&t.key).header("content-type", "text/plain").body("{}")).await;
+    let wrong_type = TestApp::reply(
+        app.client
+            .post(&url)
+            .bearer_auth(&t.key)
+            .header("content-type", "text/plain")
+            .body("{}"),
+    )
+    .await;
     wrong_type.assert_error(415, "unsupported_media_type");
     let no_type = TestApp::reply(app.client.post(&url).bearer_auth(&t.key).body("{}")).await;
     no_type.assert_error(415, "unsupported_media_type");
-    let huge = format!("{{\"name\": \"{}\", \"type\": \"secret\"}}", "a".repeat(1024 * 1024 + 10));
-    let too_large = TestApp::reply(app.client.post(&url).bearer_auth(&t.key).header("content-type", "application/json").body(huge)).await;
+    let huge = format!(
+        "{{\"name\": \"{}\", \"type\": \"secret\"}}",
+        "a".repeat(1024 * 1024 + 10)
+    );
+    let too_large = TestApp::reply(
+        app.client
+            .post(&url)
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body(huge),
+    )
+    .await;
     too_large.assert_error(413, "payload_too_large");
     let array = app.post("/v1/keys", &t.key, json!([1, 2])).await;
     array.assert_error(422, "validation_failed");
-    assert_eq!(app.get("/v1/keys", &t.key).await.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/v1/keys", &t.key).await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn unknown_and_foreign_ids_are_404(backend: Backend) {
@@ -151,9 +310,15 @@ async fn unknown_and_foreign_ids_are_404(backend: Backend) {
     let b = app.tenant().await;
     for path in ["/v1/keys/nope", &format!("/v1/keys/{}", b.key_id)] {
         app.get(path, &a.key).await.assert_error(404, "not_found");
-        app.patch(path, &a.key, json!({"name": "x"})).await.assert_error(404, "not_found");
-        app.delete(path, &a.key).await.assert_error(404, "not_found");
-        app.post(&format!("{path}/roll"), &a.key, json!({})).await.assert_error(404, "not_found");
+        app.patch(path, &a.key, json!({"name": "x"}))
+            .await
+            .assert_error(404, "not_found");
+        app.delete(path, &a.key)
+            .await
+            .assert_error(404, "not_found");
+        app.post(&format!("{path}/roll"), &a.key, json!({}))
+            .await
+            .assert_error(404, "not_found");
     }
     // B's key still works: nothing changed.
     assert_eq!(app.get("/v1/keys/self", &b.key).await.status, 200);
@@ -162,7 +327,9 @@ async fn unknown_and_foreign_ids_are_404(backend: Backend) {
 async fn patch_changes_settings_but_never_scopes_or_type(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    let (id, key) = app.create_key(&t.key, json!({"name": "web", "type": "client"})).await;
+    let (id, key) = app
+        .create_key(&t.key, json!({"name": "web", "type": "client"}))
+        .await;
     let path = format!("/v1/keys/{id}");
     let updated = app
         .patch(
@@ -173,27 +340,54 @@ async fn patch_changes_settings_but_never_scopes_or_type(backend: Backend) {
         .await;
     assert_eq!(updated.status, 200, "{}", updated.body);
     assert_eq!(updated.body["name"], "web-prod");
-    assert_eq!(updated.body["allowed_origins"], json!(["https://app.example.com"]));
+    assert_eq!(
+        updated.body["allowed_origins"],
+        json!(["https://app.example.com"])
+    );
     assert_eq!(updated.body["allowed_events"], json!(["signup"]));
-    assert_eq!(updated.body["rate_limit"], json!({"limit": 50, "period_seconds": 10}));
+    assert_eq!(
+        updated.body["rate_limit"],
+        json!({"limit": 50, "period_seconds": 10})
+    );
     // The cached key sees the change at once (new rate limit in headers).
     let me = app.get("/v1/keys/self", &key).await;
     assert_eq!(me.header("x-ratelimit-limit"), Some("50"));
-    for body in [json!({"scopes": ["events:write"]}), json!({"type": "secret"}), json!({"scopes": null})] {
-        app.patch(&path, &t.key, body).await.assert_error(422, "validation_failed");
+    for body in [
+        json!({"scopes": ["events:write"]}),
+        json!({"type": "secret"}),
+        json!({"scopes": null}),
+    ] {
+        app.patch(&path, &t.key, body)
+            .await
+            .assert_error(422, "validation_failed");
     }
     // null clears.
-    let cleared = app.patch(&path, &t.key, json!({"rate_limit": null, "allowed_events": null})).await;
+    let cleared = app
+        .patch(
+            &path,
+            &t.key,
+            json!({"rate_limit": null, "allowed_events": null}),
+        )
+        .await;
     assert!(cleared.body["rate_limit"].is_null() && cleared.body["allowed_events"].is_null());
     let stored = app.get(&path, &t.key).await;
     assert_eq!(stored.body["name"], "web-prod");
     assert!(stored.body["rate_limit"].is_null());
     // Restricting the IP list takes effect on the next request.
-    app.patch(&path, &t.key, json!({"ip_allowlist": [{"cidr": "192.0.2.0/24", "description": "office"}]})).await;
-    app.get("/v1/keys/self", &key).await.assert_error(403, "ip_not_allowed");
+    app.patch(
+        &path,
+        &t.key,
+        json!({"ip_allowlist": [{"cidr": "192.0.2.0/24", "description": "office"}]}),
+    )
+    .await;
+    app.get("/v1/keys/self", &key)
+        .await
+        .assert_error(403, "ip_not_allowed");
     // A revoked key no longer changes.
     app.delete(&path, &t.key).await;
-    app.patch(&path, &t.key, json!({"name": "again"})).await.assert_error(409, "conflict");
+    app.patch(&path, &t.key, json!({"name": "again"}))
+        .await
+        .assert_error(409, "conflict");
 }
 
 async fn roll_with_grace_period(backend: Backend) {
@@ -202,7 +396,13 @@ async fn roll_with_grace_period(backend: Backend) {
     let (id, old) = app
         .create_key(&t.key, json!({"name": "deploy", "type": "secret", "scopes": ["keys:read"], "ip_allowlist": [{"cidr": "127.0.0.1"}]}))
         .await;
-    let rolled = app.post(&format!("/v1/keys/{id}/roll"), &t.key, json!({"expires_in_seconds": 3600})).await;
+    let rolled = app
+        .post(
+            &format!("/v1/keys/{id}/roll"),
+            &t.key,
+            json!({"expires_in_seconds": 3600}),
+        )
+        .await;
     assert_eq!(rolled.status, 201, "{}", rolled.body);
     let new = rolled.body["key"].as_str().unwrap().to_string();
     assert_ne!(new, old);
@@ -213,19 +413,36 @@ async fn roll_with_grace_period(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &old).await.status, 200);
     assert_eq!(app.get("/v1/keys/self", &new).await.status, 200);
     app.clock.advance_ms(3_600_000);
-    app.get("/v1/keys/self", &old).await.assert_error(401, "key_expired");
+    app.get("/v1/keys/self", &old)
+        .await
+        .assert_error(401, "key_expired");
     assert_eq!(app.get("/v1/keys/self", &new).await.status, 200);
     // Default grace is 0: the old key stops at once.
     let new_id = rolled.body["id"].as_str().unwrap();
-    let again = app.post(&format!("/v1/keys/{new_id}/roll"), &t.key, json!({})).await;
+    let again = app
+        .post(&format!("/v1/keys/{new_id}/roll"), &t.key, json!({}))
+        .await;
     assert_eq!(again.status, 201);
-    app.get("/v1/keys/self", &new).await.assert_error(401, "key_expired");
+    app.get("/v1/keys/self", &new)
+        .await
+        .assert_error(401, "key_expired");
     // Bounds: at most 7 days, never negative; a body is optional.
-    for bad in [json!({"expires_in_seconds": 604_801}), json!({"expires_in_seconds": -1})] {
-        app.post(&format!("/v1/keys/{new_id}/roll"), &t.key, bad).await.assert_error(422, "validation_failed");
+    for bad in [
+        json!({"expires_in_seconds": 604_801}),
+        json!({"expires_in_seconds": -1}),
+    ] {
+        app.post(&format!("/v1/keys/{new_id}/roll"), &t.key, bad)
+            .await
+            .assert_error(422, "validation_failed");
     }
     let empty = TestApp::reply(
-        app.client.post(format!("{}/v1/keys/{}/roll", app.base_url, again.body["id"].as_str().unwrap())).bearer_auth(&t.key),
+        app.client
+            .post(format!(
+                "{}/v1/keys/{}/roll",
+                app.base_url,
+                again.body["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&t.key),
     )
     .await;
     assert_eq!(empty.status, 201, "{}", empty.body);
@@ -235,42 +452,86 @@ async fn list_is_paginated_newest_first(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
     for i in 0..5 {
-        app.create_key(&t.key, json!({"name": format!("k{i}"), "type": "read_only"})).await;
+        app.create_key(
+            &t.key,
+            json!({"name": format!("k{i}"), "type": "read_only"}),
+        )
+        .await;
     }
     let first = app.get("/v1/keys?limit=4", &t.key).await;
-    let names: Vec<&str> = first.body["data"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = first.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["k4", "k3", "k2", "k1"]);
     let cursor = first.body["next_cursor"].as_str().unwrap();
-    let second = app.get(&format!("/v1/keys?limit=4&cursor={cursor}"), &t.key).await;
-    let names: Vec<&str> = second.body["data"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let second = app
+        .get(&format!("/v1/keys?limit=4&cursor={cursor}"), &t.key)
+        .await;
+    let names: Vec<&str> = second.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["k0", "root"]);
     assert!(second.body["next_cursor"].is_null());
     for bad in ["limit=0", "limit=1001", "limit=x", "include_revoked=maybe"] {
-        app.get(&format!("/v1/keys?{bad}"), &t.key).await.assert_error(422, "validation_failed");
+        app.get(&format!("/v1/keys?{bad}"), &t.key)
+            .await
+            .assert_error(422, "validation_failed");
     }
 }
 
 async fn every_key_change_is_audited_with_its_actor(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    let (id, _) = app.create_key(&t.key, json!({"name": "svc", "type": "secret"})).await;
-    app.patch(&format!("/v1/keys/{id}"), &t.key, json!({"name": "svc2"})).await;
-    let rolled = app.post(&format!("/v1/keys/{id}/roll"), &t.key, json!({"expires_in_seconds": 60})).await;
+    let (id, _) = app
+        .create_key(&t.key, json!({"name": "svc", "type": "secret"}))
+        .await;
+    app.patch(&format!("/v1/keys/{id}"), &t.key, json!({"name": "svc2"}))
+        .await;
+    let rolled = app
+        .post(
+            &format!("/v1/keys/{id}/roll"),
+            &t.key,
+            json!({"expires_in_seconds": 60}),
+        )
+        .await;
     let new_id = rolled.body["id"].as_str().unwrap().to_string();
     app.delete(&format!("/v1/keys/{new_id}"), &t.key).await;
     // Revoking again is a no-op and writes nothing.
-    assert_eq!(app.delete(&format!("/v1/keys/{new_id}"), &t.key).await.status, 204);
+    assert_eq!(
+        app.delete(&format!("/v1/keys/{new_id}"), &t.key)
+            .await
+            .status,
+        204
+    );
     let audit = app.get("/v1/audit", &t.key).await;
     assert_eq!(audit.status, 200);
     let entries = audit.body["data"].as_array().unwrap();
-    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
-        vec!["api_key.revoked", "api_key.rolled", "api_key.updated", "api_key.created", "api_key.created"]
+        vec![
+            "api_key.revoked",
+            "api_key.rolled",
+            "api_key.updated",
+            "api_key.created",
+            "api_key.created"
+        ]
     );
     let root_prefix = &t.key[..12];
     for e in &entries[..4] {
-        assert_eq!(e["actor"], json!({"type": "api_key", "id": t.key_id, "name": "root", "prefix": root_prefix}));
+        assert_eq!(
+            e["actor"],
+            json!({"type": "api_key", "id": t.key_id, "name": "root", "prefix": root_prefix})
+        );
         assert_eq!(e["ip"], "127.0.0.1");
         assert_eq!(e["target"]["type"], "api_key");
     }
@@ -280,7 +541,15 @@ async fn every_key_change_is_audited_with_its_actor(backend: Backend) {
     // Pagination.
     let page = app.get("/v1/audit?limit=2", &t.key).await;
     assert_eq!(page.body["data"].as_array().unwrap().len(), 2);
-    let next = app.get(&format!("/v1/audit?limit=2&cursor={}", page.body["next_cursor"].as_str().unwrap()), &t.key).await;
+    let next = app
+        .get(
+            &format!(
+                "/v1/audit?limit=2&cursor={}",
+                page.body["next_cursor"].as_str().unwrap()
+            ),
+            &t.key,
+        )
+        .await;
     assert_eq!(next.body["data"][0]["action"], "api_key.updated");
     // Another project's activity is not visible.
     let other = app.tenant().await;

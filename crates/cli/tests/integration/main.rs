@@ -1,6 +1,9 @@
 //! Keyflow's one integration-test binary. Every module drives the real server
 //! over real sockets; `backend_tests!` runs each case on SQLite and PostgreSQL.
 
+// Test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod harness;
 
 mod admin_api;

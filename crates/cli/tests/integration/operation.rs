@@ -14,18 +14,29 @@ async fn health_endpoints_and_request_ids(backend: Backend) {
     assert!(live.header("x-request-id").unwrap().starts_with("req_"));
     let ready = app.request(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.body["database"], if backend == Backend::Sqlite { "sqlite" } else { "postgres" });
+    assert_eq!(
+        ready.body["database"],
+        if backend == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    );
     let a = app.request(Method::GET, "/livez", None, None).await;
     assert_ne!(a.header("x-request-id"), live.header("x-request-id"));
 }
 
 async fn framework_errors_use_the_error_shape(backend: Backend) {
     let app = TestApp::start(backend).await;
-    app.request(Method::GET, "/nowhere", None, None).await.assert_error(404, "not_found");
+    app.request(Method::GET, "/nowhere", None, None)
+        .await
+        .assert_error(404, "not_found");
     let wrong_method = app.request(Method::PUT, "/livez", None, None).await;
     wrong_method.assert_error(405, "method_not_allowed");
     assert!(wrong_method.header("allow").is_some());
-    let bad_query = app.request(Method::GET, "/v1/keys/self?x=%ZZ", None, None).await;
+    let bad_query = app
+        .request(Method::GET, "/v1/keys/self?x=%ZZ", None, None)
+        .await;
     assert!(bad_query.status == 401 || bad_query.status == 400);
     assert!(bad_query.body["error"]["code"].is_string());
 }
@@ -35,10 +46,18 @@ async fn metrics_are_prometheus_text(backend: Backend) {
     let t = app.tenant().await;
     app.get("/v1/keys/self", &t.key).await;
     app.get("/v1/keys/self", "sk_live_bad").await;
-    let resp = app.client.get(format!("{}/metrics", app.base_url)).send().await.unwrap();
+    let resp = app
+        .client
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
-    assert!(text.contains("keyflow_auth_rejections_total{code=\"invalid_api_key\"} 1"), "{text}");
+    assert!(
+        text.contains("keyflow_auth_rejections_total{code=\"invalid_api_key\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("keyflow_key_store_lookups_total 1"), "{text}");
 }
 
@@ -49,14 +68,24 @@ async fn last_used_is_aggregated_not_written_per_request(backend: Backend) {
         assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
     }
     // Nothing written yet: the store still has no last_used_at...
-    let stored = app.store.get_api_key(&t.project_id, &t.key_id).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .get_api_key(&t.project_id, &t.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.last_used_at, None);
     // ...while the API already reports it from memory.
     let me = app.get(&format!("/v1/keys/{}", t.key_id), &t.key).await;
     assert!(me.body["last_used_at"].is_string());
     // Shutdown flushes, in one batch.
     app.stop().await;
-    let stored = app.store.get_api_key(&t.project_id, &t.key_id).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .get_api_key(&t.project_id, &t.key_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.last_used_at, Some(app.now_ms()));
     assert_eq!(stored.last_used_ip.as_deref(), Some("127.0.0.1"));
 }
@@ -68,11 +97,19 @@ async fn periodic_flush_writes_usage(backend: Backend) {
     // The flusher runs every second; wait for it (bounded), no fixed sleep.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let stored = app.store.get_api_key(&t.project_id, &t.key_id).await.unwrap().unwrap();
+        let stored = app
+            .store
+            .get_api_key(&t.project_id, &t.key_id)
+            .await
+            .unwrap()
+            .unwrap();
         if stored.last_used_at.is_some() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "usage was not flushed within 10 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage was not flushed within 10 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
@@ -90,11 +127,23 @@ async fn graceful_shutdown_finishes_in_flight_requests(backend: Backend) {
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
+    // Wait (bounded) until the server has authenticated it and is reading the body.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.state.usage.pending(&t.key_id).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never reached the handler"
+        );
+        tokio::task::yield_now().await;
+    }
     app.begin_shutdown();
     // Shutdown has begun once new connections are refused (bounded wait).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
-        assert!(std::time::Instant::now() < deadline, "server kept accepting");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server kept accepting"
+        );
         tokio::task::yield_now().await;
     }
     conn.write_all(body.as_bytes()).await.unwrap();
@@ -103,7 +152,18 @@ async fn graceful_shutdown_finishes_in_flight_requests(backend: Backend) {
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
     app.stop().await;
     // And what it did is stored.
-    let keys = app.store.list_api_keys(&t.project_id, false, &keyflow_store::Page { limit: 10, cursor: None }).await.unwrap();
+    let keys = app
+        .store
+        .list_api_keys(
+            &t.project_id,
+            false,
+            &keyflow_store::Page {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
     assert!(keys.iter().any(|k| k.settings.name == "late"));
 }
 

@@ -28,8 +28,14 @@ async fn burst_then_429_with_consistent_headers(backend: Backend) {
         assert_eq!(r.status, 200);
         assert_eq!(num(&r, "x-ratelimit-limit"), 3);
         let reset = num(&r, "x-ratelimit-reset");
-        assert!(reset > now_s && reset <= now_s + 61, "reset {reset} is Unix seconds within the period");
-        assert_eq!(r.header("ratelimit-policy"), Some("\"management\";q=3;w=60"));
+        assert!(
+            reset > now_s && reset <= now_s + 61,
+            "reset {reset} is Unix seconds within the period"
+        );
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"management\";q=3;w=60")
+        );
         remaining.push(num(&r, "x-ratelimit-remaining"));
     }
     assert_eq!(remaining, vec![2, 1, 0]);
@@ -37,9 +43,14 @@ async fn burst_then_429_with_consistent_headers(backend: Backend) {
     limited.assert_error(429, "rate_limited");
     assert_eq!(num(&limited, "x-ratelimit-remaining"), 0);
     let retry = num(&limited, "retry-after");
-    assert!(retry >= 1 && retry <= 20, "retry-after {retry}");
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
     assert_eq!(limited.header("cache-control"), Some("no-store"));
-    assert!(limited.header("ratelimit").unwrap().starts_with("\"management\";r=0;t="));
+    assert!(
+        limited
+            .header("ratelimit")
+            .unwrap()
+            .starts_with("\"management\";r=0;t=")
+    );
     // Smooth refill: one interval (20 s) later exactly one more request passes.
     app.clock.advance_ms(20_000);
     assert_eq!(app.get("/v1/keys/self", &key).await.status, 200);
@@ -74,7 +85,9 @@ async fn plan_default_applies_per_category(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
     assert_eq!(app.get("/v1/audit", &t.key).await.status, 200);
     // Both are `management`: the third request of the category is refused.
-    app.get("/v1/keys", &t.key).await.assert_error(429, "rate_limited");
+    app.get("/v1/keys", &t.key)
+        .await
+        .assert_error(429, "rate_limited");
     // Another key has its own bucket.
     let other = app
         .admin(
@@ -83,7 +96,12 @@ async fn plan_default_applies_per_category(backend: Backend) {
             json!({"name": "other", "type": "secret"}),
         )
         .await;
-    assert_eq!(app.get("/v1/keys/self", other.body["key"].as_str().unwrap()).await.status, 200);
+    assert_eq!(
+        app.get("/v1/keys/self", other.body["key"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
 }
 
 async fn failed_authentications_are_limited_per_ip(backend: Backend) {
@@ -92,17 +110,28 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200); // cached from here on
     for _ in 0..5 {
         let guess = generate_key(KeyType::Secret, Environment::Live).unwrap();
-        app.get("/v1/keys/self", &guess.text).await.assert_error(401, "invalid_api_key");
+        app.get("/v1/keys/self", &guess.text)
+            .await
+            .assert_error(401, "invalid_api_key");
     }
     let guess = generate_key(KeyType::Secret, Environment::Live).unwrap();
     let limited = app.get("/v1/keys/self", &guess.text).await;
     limited.assert_error(429, "rate_limited");
     assert!(num(&limited, "retry-after") >= 1);
-    let lookups = app.state.metrics.key_store_lookups.load(std::sync::atomic::Ordering::Relaxed);
+    let lookups = app
+        .state
+        .metrics
+        .key_store_lookups
+        .load(std::sync::atomic::Ordering::Relaxed);
     let another = generate_key(KeyType::Secret, Environment::Live).unwrap();
-    app.get("/v1/keys/self", &another.text).await.assert_error(429, "rate_limited");
+    app.get("/v1/keys/self", &another.text)
+        .await
+        .assert_error(429, "rate_limited");
     assert_eq!(
-        app.state.metrics.key_store_lookups.load(std::sync::atomic::Ordering::Relaxed),
+        app.state
+            .metrics
+            .key_store_lookups
+            .load(std::sync::atomic::Ordering::Relaxed),
         lookups,
         "an address over its failure budget gets no more database lookups"
     );
@@ -110,7 +139,9 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
     app.clock.advance_ms(60_000);
     let later = generate_key(KeyType::Secret, Environment::Live).unwrap();
-    app.get("/v1/keys/self", &later.text).await.assert_error(401, "invalid_api_key");
+    app.get("/v1/keys/self", &later.text)
+        .await
+        .assert_error(401, "invalid_api_key");
 }
 
 backend_tests!(

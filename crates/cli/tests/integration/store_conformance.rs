@@ -4,8 +4,8 @@ use keyflow_core::key_settings::KeySettings;
 use keyflow_core::keys::generate_key;
 use keyflow_core::{Environment, KeyType, Plan, Role, Scope, ScopeSet};
 use keyflow_store::{
-    Actor, ApiKey, AuditEntry, AuditTarget, KeyUsage, Membership, Operator, Page, Project, Store, StoreError,
-    Workspace, new_id,
+    Actor, ApiKey, AuditEntry, AuditTarget, KeyUsage, Membership, Operator, Page, Project, Store,
+    StoreError, Workspace, new_id,
 };
 use serde_json::json;
 
@@ -13,7 +13,12 @@ use crate::backend_tests;
 use crate::harness::{Backend, TestDb};
 
 async fn seeded(store: &dyn Store) -> (Workspace, Project) {
-    let ws = Workspace { id: new_id(), name: "W".into(), plan: Plan::Pro, created_at: 1 };
+    let ws = Workspace {
+        id: new_id(),
+        name: "W".into(),
+        plan: Plan::Pro,
+        created_at: 1,
+    };
     store.create_workspace(&ws).await.unwrap();
     let project = Project {
         id: new_id(),
@@ -38,13 +43,19 @@ fn key(project: &Project, name: &str) -> ApiKey {
         settings: KeySettings {
             name: name.into(),
             expires_at: Some(99),
-            ip_allowlist: vec![keyflow_core::IpRule { cidr: "10.0.0.0/8".into(), description: "vpn".into() }],
+            ip_allowlist: vec![keyflow_core::IpRule {
+                cidr: "10.0.0.0/8".into(),
+                description: "vpn".into(),
+            }],
             allowed_events: Some(vec!["signup".into()]),
             allowed_origins: None,
             rate_limit: Some(keyflow_core::RateLimit::per_minute(7)),
         },
         created_at: 3,
-        created_by: Actor::Operator { id: "op".into(), email: "a@b.co".into() },
+        created_by: Actor::Operator {
+            id: "op".into(),
+            email: "a@b.co".into(),
+        },
         last_used_at: None,
         last_used_ip: None,
         revoked_at: None,
@@ -57,9 +68,17 @@ fn entry(ws: &Workspace, project: Option<&Project>, action: &str) -> AuditEntry 
         workspace_id: ws.id.clone(),
         project_id: project.map(|p| p.id.clone()),
         at: 5,
-        actor: Actor::ApiKey { id: "k".into(), name: "n".into(), prefix: "sk_test_abcd".into() },
+        actor: Actor::ApiKey {
+            id: "k".into(),
+            name: "n".into(),
+            prefix: "sk_test_abcd".into(),
+        },
         action: action.into(),
-        target: AuditTarget { kind: "api_key".into(), id: Some("x".into()), name: None },
+        target: AuditTarget {
+            kind: "api_key".into(),
+            id: Some("x".into()),
+            name: None,
+        },
         ip: Some("::1".into()),
         details: json!({"a": [1, 2]}),
     }
@@ -78,14 +97,33 @@ async fn workspaces_projects_and_plans(backend: Backend) {
     let store = db.store().await;
     let (ws, project) = seeded(store.as_ref()).await;
     assert_eq!(store.get_workspace(&ws.id).await.unwrap(), Some(ws.clone()));
-    assert_eq!(store.get_project(&project.id).await.unwrap(), Some(project.clone()));
+    assert_eq!(
+        store.get_project(&project.id).await.unwrap(),
+        Some(project.clone())
+    );
     assert_eq!(store.get_workspace("missing").await.unwrap(), None);
-    let previous = store.set_workspace_plan(&ws.id, Plan::Free, &entry(&ws, None, "plan.changed")).await.unwrap();
+    let previous = store
+        .set_workspace_plan(&ws.id, Plan::Free, &entry(&ws, None, "plan.changed"))
+        .await
+        .unwrap();
     assert_eq!(previous, Some(Plan::Pro));
-    assert_eq!(store.get_workspace(&ws.id).await.unwrap().unwrap().plan, Plan::Free);
-    assert_eq!(store.set_workspace_plan("missing", Plan::Pro, &entry(&ws, None, "plan.changed")).await.unwrap(), None);
+    assert_eq!(
+        store.get_workspace(&ws.id).await.unwrap().unwrap().plan,
+        Plan::Free
+    );
+    assert_eq!(
+        store
+            .set_workspace_plan("missing", Plan::Pro, &entry(&ws, None, "plan.changed"))
+            .await
+            .unwrap(),
+        None
+    );
     // A project in an unknown workspace violates the foreign key.
-    let orphan = Project { id: new_id(), workspace_id: "missing".into(), ..project };
+    let orphan = Project {
+        id: new_id(),
+        workspace_id: "missing".into(),
+        ..project
+    };
     assert!(store.create_project(&orphan).await.is_err());
 }
 
@@ -93,16 +131,60 @@ async fn operators_are_unique_by_email(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.store().await;
     let (ws, _) = seeded(store.as_ref()).await;
-    let op = Operator { id: new_id(), email: "ops@example.com".into(), password_hash: "$argon2id$x".into(), created_at: 1 };
-    let m = Membership { workspace_id: ws.id.clone(), operator_id: op.id.clone(), role: Role::Owner, created_at: 1 };
-    store.create_operator(&op, &m, Some(&entry(&ws, None, "member.added"))).await.unwrap();
-    assert_eq!(store.find_operator_by_email("OPS@example.com").await.unwrap().unwrap().id, op.id);
-    assert_eq!(store.get_membership(&ws.id, &op.id).await.unwrap().unwrap().role, Role::Owner);
-    let dup = Operator { id: new_id(), ..op.clone() };
-    let m2 = Membership { operator_id: dup.id.clone(), ..m };
-    assert!(matches!(store.create_operator(&dup, &m2, None).await, Err(StoreError::Conflict(_))));
+    let op = Operator {
+        id: new_id(),
+        email: "ops@example.com".into(),
+        password_hash: "$argon2id$x".into(),
+        created_at: 1,
+    };
+    let m = Membership {
+        workspace_id: ws.id.clone(),
+        operator_id: op.id.clone(),
+        role: Role::Owner,
+        created_at: 1,
+    };
+    store
+        .create_operator(&op, &m, Some(&entry(&ws, None, "member.added")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_operator_by_email("OPS@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        op.id
+    );
+    assert_eq!(
+        store
+            .get_membership(&ws.id, &op.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Owner
+    );
+    let dup = Operator {
+        id: new_id(),
+        ..op.clone()
+    };
+    let m2 = Membership {
+        operator_id: dup.id.clone(),
+        ..m
+    };
+    assert!(matches!(
+        store.create_operator(&dup, &m2, None).await,
+        Err(StoreError::Conflict(_))
+    ));
     // The failed transaction left no membership behind.
-    assert!(store.get_membership(&ws.id, &dup.id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_membership(&ws.id, &dup.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn api_keys_round_trip(backend: Backend) {
@@ -110,21 +192,42 @@ async fn api_keys_round_trip(backend: Backend) {
     let store = db.store().await;
     let (ws, project) = seeded(store.as_ref()).await;
     let k = key(&project, "one");
-    store.insert_api_key(&k, &entry(&ws, Some(&project), "api_key.created")).await.unwrap();
-    assert_eq!(store.get_api_key(&project.id, &k.id).await.unwrap(), Some(k.clone()));
+    store
+        .insert_api_key(&k, &entry(&ws, Some(&project), "api_key.created"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_api_key(&project.id, &k.id).await.unwrap(),
+        Some(k.clone())
+    );
     assert_eq!(store.get_api_key("other", &k.id).await.unwrap(), None);
     let found = store.find_key_for_auth(&k.digest).await.unwrap().unwrap();
     assert_eq!(found.key, k);
     assert_eq!(found.workspace_id, ws.id);
     assert_eq!(found.environment, Environment::Test);
     // Same digest twice is a conflict, and the audit entry of the failed insert is not kept.
-    let twin = ApiKey { id: new_id(), ..k.clone() };
+    let twin = ApiKey {
+        id: new_id(),
+        ..k.clone()
+    };
     assert!(matches!(
-        store.insert_api_key(&twin, &entry(&ws, Some(&project), "api_key.created")).await,
+        store
+            .insert_api_key(&twin, &entry(&ws, Some(&project), "api_key.created"))
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    let page = Page { limit: 10, cursor: None };
-    assert_eq!(store.list_audit(&ws.id, &project.id, &page).await.unwrap().len(), 1);
+    let page = Page {
+        limit: 10,
+        cursor: None,
+    };
+    assert_eq!(
+        store
+            .list_audit(&ws.id, &project.id, &page)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn key_updates_revocation_and_roll(backend: Backend) {
@@ -132,32 +235,165 @@ async fn key_updates_revocation_and_roll(backend: Backend) {
     let store = db.store().await;
     let (ws, project) = seeded(store.as_ref()).await;
     let k = key(&project, "one");
-    store.insert_api_key(&k, &entry(&ws, Some(&project), "api_key.created")).await.unwrap();
+    store
+        .insert_api_key(&k, &entry(&ws, Some(&project), "api_key.created"))
+        .await
+        .unwrap();
     let mut settings = k.settings.clone();
     settings.name = "renamed".into();
     settings.allowed_events = None;
     settings.rate_limit = None;
-    assert!(store.update_api_key_settings(&project.id, &k.id, &settings, &entry(&ws, Some(&project), "api_key.updated")).await.unwrap());
-    assert_eq!(store.get_api_key(&project.id, &k.id).await.unwrap().unwrap().settings, settings);
+    assert!(
+        store
+            .update_api_key_settings(
+                &project.id,
+                &k.id,
+                &settings,
+                &entry(&ws, Some(&project), "api_key.updated")
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_api_key(&project.id, &k.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .settings,
+        settings
+    );
     // Roll: the new key is stored and the old expiry moves (an earlier one is kept).
     let successor = key(&project, "renamed");
-    assert!(store.roll_api_key(&project.id, &k.id, 50, &successor, &entry(&ws, Some(&project), "api_key.rolled")).await.unwrap());
-    assert_eq!(store.get_api_key(&project.id, &k.id).await.unwrap().unwrap().settings.expires_at, Some(50));
-    assert!(store.get_api_key(&project.id, &successor.id).await.unwrap().is_some());
-    assert!(store.revoke_api_key(&project.id, &k.id, 60, &entry(&ws, Some(&project), "api_key.revoked")).await.unwrap());
-    assert!(!store.revoke_api_key(&project.id, &k.id, 61, &entry(&ws, Some(&project), "api_key.revoked")).await.unwrap());
-    assert_eq!(store.get_api_key(&project.id, &k.id).await.unwrap().unwrap().revoked_at, Some(60));
+    assert!(
+        store
+            .roll_api_key(
+                &project.id,
+                &k.id,
+                50,
+                &successor,
+                &entry(&ws, Some(&project), "api_key.rolled")
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_api_key(&project.id, &k.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .settings
+            .expires_at,
+        Some(50)
+    );
+    assert!(
+        store
+            .get_api_key(&project.id, &successor.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .revoke_api_key(
+                &project.id,
+                &k.id,
+                60,
+                &entry(&ws, Some(&project), "api_key.revoked")
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_api_key(
+                &project.id,
+                &k.id,
+                61,
+                &entry(&ws, Some(&project), "api_key.revoked")
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .get_api_key(&project.id, &k.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(60)
+    );
     // A revoked key can be neither changed nor rolled; nothing is written.
-    assert!(!store.update_api_key_settings(&project.id, &k.id, &settings, &entry(&ws, Some(&project), "api_key.updated")).await.unwrap());
+    assert!(
+        !store
+            .update_api_key_settings(
+                &project.id,
+                &k.id,
+                &settings,
+                &entry(&ws, Some(&project), "api_key.updated")
+            )
+            .await
+            .unwrap()
+    );
     let third = key(&project, "third");
-    assert!(!store.roll_api_key(&project.id, &k.id, 70, &third, &entry(&ws, Some(&project), "api_key.rolled")).await.unwrap());
-    assert!(store.get_api_key(&project.id, &third.id).await.unwrap().is_none());
-    let page = Page { limit: 100, cursor: None };
-    let actions: Vec<String> = store.list_audit(&ws.id, &project.id, &page).await.unwrap().into_iter().map(|e| e.action).collect();
-    assert_eq!(actions, vec!["api_key.revoked", "api_key.rolled", "api_key.updated", "api_key.created"]);
+    assert!(
+        !store
+            .roll_api_key(
+                &project.id,
+                &k.id,
+                70,
+                &third,
+                &entry(&ws, Some(&project), "api_key.rolled")
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .get_api_key(&project.id, &third.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let page = Page {
+        limit: 100,
+        cursor: None,
+    };
+    let actions: Vec<String> = store
+        .list_audit(&ws.id, &project.id, &page)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "api_key.revoked",
+            "api_key.rolled",
+            "api_key.updated",
+            "api_key.created"
+        ]
+    );
     // Listing hides revoked keys unless asked.
-    assert_eq!(store.list_api_keys(&project.id, false, &page).await.unwrap().len(), 1);
-    assert_eq!(store.list_api_keys(&project.id, true, &page).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_api_keys(&project.id, false, &page)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_api_keys(&project.id, true, &page)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn usage_flush_never_moves_backwards(backend: Backend) {
@@ -166,43 +402,117 @@ async fn usage_flush_never_moves_backwards(backend: Backend) {
     let (ws, project) = seeded(store.as_ref()).await;
     let keys: Vec<ApiKey> = (0..3).map(|i| key(&project, &format!("k{i}"))).collect();
     for k in &keys {
-        store.insert_api_key(k, &entry(&ws, Some(&project), "api_key.created")).await.unwrap();
+        store
+            .insert_api_key(k, &entry(&ws, Some(&project), "api_key.created"))
+            .await
+            .unwrap();
     }
     let usage: Vec<KeyUsage> = keys
         .iter()
-        .map(|k| KeyUsage { key_id: k.id.clone(), last_used_at: 1_000, ip: Some("10.0.0.1".into()) })
+        .map(|k| KeyUsage {
+            key_id: k.id.clone(),
+            last_used_at: 1_000,
+            ip: Some("10.0.0.1".into()),
+        })
         .collect();
     store.record_key_usage(&usage).await.unwrap();
     store
-        .record_key_usage(&[KeyUsage { key_id: keys[0].id.clone(), last_used_at: 500, ip: Some("10.9.9.9".into()) }])
+        .record_key_usage(&[KeyUsage {
+            key_id: keys[0].id.clone(),
+            last_used_at: 500,
+            ip: Some("10.9.9.9".into()),
+        }])
         .await
         .unwrap();
-    let first = store.get_api_key(&project.id, &keys[0].id).await.unwrap().unwrap();
-    assert_eq!((first.last_used_at, first.last_used_ip.as_deref()), (Some(1_000), Some("10.0.0.1")));
+    let first = store
+        .get_api_key(&project.id, &keys[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.last_used_at, first.last_used_ip.as_deref()),
+        (Some(1_000), Some("10.0.0.1"))
+    );
     // Many rows in one flush (more than one chunk).
     let many: Vec<KeyUsage> = (0..1200)
-        .map(|i| KeyUsage { key_id: if i == 1199 { keys[1].id.clone() } else { new_id() }, last_used_at: 2_000 + i, ip: None })
+        .map(|i| KeyUsage {
+            key_id: if i == 1199 {
+                keys[1].id.clone()
+            } else {
+                new_id()
+            },
+            last_used_at: 2_000 + i,
+            ip: None,
+        })
         .collect();
     store.record_key_usage(&many).await.unwrap();
-    assert_eq!(store.get_api_key(&project.id, &keys[1].id).await.unwrap().unwrap().last_used_at, Some(3_199));
+    assert_eq!(
+        store
+            .get_api_key(&project.id, &keys[1].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(3_199)
+    );
 }
 
 async fn audit_is_scoped_and_paginated(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.store().await;
     let (ws, project) = seeded(store.as_ref()).await;
-    let other = Project { id: new_id(), name: "Other".into(), ..project.clone() };
+    let other = Project {
+        id: new_id(),
+        name: "Other".into(),
+        ..project.clone()
+    };
     store.create_project(&other).await.unwrap();
     let mine = entry(&ws, Some(&project), "contact.created");
     store.insert_audit(&mine).await.unwrap();
-    store.insert_audit(&entry(&ws, Some(&other), "contact.created")).await.unwrap();
-    store.insert_audit(&entry(&ws, None, "plan.changed")).await.unwrap();
-    let all = store.list_audit(&ws.id, &project.id, &Page { limit: 100, cursor: None }).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), vec!["plan.changed", "contact.created"]);
+    store
+        .insert_audit(&entry(&ws, Some(&other), "contact.created"))
+        .await
+        .unwrap();
+    store
+        .insert_audit(&entry(&ws, None, "plan.changed"))
+        .await
+        .unwrap();
+    let all = store
+        .list_audit(
+            &ws.id,
+            &project.id,
+            &Page {
+                limit: 100,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        vec!["plan.changed", "contact.created"]
+    );
     assert_eq!(all[1], mine);
-    let first = store.list_audit(&ws.id, &project.id, &Page { limit: 1, cursor: None }).await.unwrap();
+    let first = store
+        .list_audit(
+            &ws.id,
+            &project.id,
+            &Page {
+                limit: 1,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
     let next = store
-        .list_audit(&ws.id, &project.id, &Page { limit: 1, cursor: Some(first[0].id.clone()) })
+        .list_audit(
+            &ws.id,
+            &project.id,
+            &Page {
+                limit: 1,
+                cursor: Some(first[0].id.clone()),
+            },
+        )
         .await
         .unwrap();
     assert_eq!(next[0].id, mine.id);
