@@ -14,6 +14,7 @@ pub enum ErrorCode {
     InsufficientScope,
     EventNotAllowed,
     InsecureKeyUsage,
+    OriginNotAllowed,
     RateLimited,
     NotFound,
     MethodNotAllowed,
@@ -41,6 +42,7 @@ impl ErrorCode {
             Self::InsufficientScope => "insufficient_scope",
             Self::EventNotAllowed => "event_not_allowed",
             Self::InsecureKeyUsage => "insecure_key_usage",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -68,7 +70,8 @@ impl ErrorCode {
             | Self::IpNotAllowed
             | Self::InsufficientScope
             | Self::EventNotAllowed
-            | Self::InsecureKeyUsage => 403,
+            | Self::InsecureKeyUsage
+            | Self::OriginNotAllowed => 403,
             Self::RateLimited => 429,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,

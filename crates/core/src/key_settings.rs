@@ -18,7 +18,6 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_ALLOWLIST_ROWS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 200;
 pub const MAX_ALLOWED_EVENTS: usize = 1000;
-pub const MAX_EVENT_NAME_CHARS: usize = 128;
 pub const MAX_ORIGINS: usize = 100;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,9 +322,7 @@ fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
     out
 }
 
-/// Event names as the ingest path will compare them. NFC normalisation of
-/// tracked names arrives with the customer API; until then names are compared
-/// exactly as given.
+/// Event names NFC-normalised, as the ingest path compares them.
 fn check_event_names(names: &[String], errors: &mut Errors) -> Vec<String> {
     if names.len() > MAX_ALLOWED_EVENTS {
         errors.add(
@@ -336,14 +333,10 @@ fn check_event_names(names: &[String], errors: &mut Errors) -> Vec<String> {
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
-        let chars = name.chars().count();
-        if chars == 0 || chars > MAX_EVENT_NAME_CHARS {
-            errors.add(
-                format!("allowed_events[{i}]"),
-                format!("event names are 1 to {MAX_EVENT_NAME_CHARS} characters"),
-            );
-        } else if !out.contains(name) {
-            out.push(name.clone());
+        match crate::events::check_event_name(&format!("allowed_events[{i}]"), name) {
+            Err(e) => errors.0.push(e),
+            Ok(name) if !out.contains(&name) => out.push(name),
+            Ok(_) => {}
         }
     }
     out

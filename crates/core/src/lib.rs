@@ -4,8 +4,11 @@
 //! so it is unit- and property-tested without a database or a socket.
 
 pub mod clock;
+pub mod contacts;
 pub mod error;
+pub mod events;
 pub mod ip;
+pub mod json_limits;
 pub mod key_settings;
 pub mod keys;
 pub mod plan;

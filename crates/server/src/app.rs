@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::api::{audit, keys};
+use crate::api::{audit, browser, contacts, events, keys, segment, subscribers};
 use crate::auth::{self, Guard};
 use crate::error::{ApiError, REQUEST_ID, RenderedError};
 use crate::limits::Category;
@@ -28,17 +28,84 @@ pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 /// Every `/v1` route with the scope and rate-limit category it requires.
 fn v1_routes(state: &SharedState) -> Router<SharedState> {
     let guard = |scope: Option<Scope>, category: Category| {
+        from_fn_with_state(Guard::new(state, scope, category), auth::require)
+    };
+    use Category::{Ingest, Management, Read, Write};
+    let deferred = |scope: Scope, category: Category| {
         from_fn_with_state(
-            Guard {
-                state: state.clone(),
-                scope,
-                category,
-            },
+            Guard::new(state, Some(scope), category).deferred(),
             auth::require,
         )
     };
-    use Category::Management;
+    let segment = |scope: Scope, category: Category, deferred: bool| {
+        let guard = Guard::new(state, Some(scope), category).basic_auth();
+        let guard = if deferred { guard.deferred() } else { guard };
+        from_fn_with_state(guard, auth::require)
+    };
     Router::new()
+        .route(
+            "/v1/contacts",
+            get(contacts::list_contacts).layer(guard(Some(Scope::ContactsRead), Read)),
+        )
+        .route(
+            "/v1/contacts",
+            post(contacts::upsert_contact).layer(guard(Some(Scope::ContactsWrite), Write)),
+        )
+        .route(
+            "/v1/contacts/batch",
+            post(contacts::batch_contacts).layer(guard(Some(Scope::ContactsWrite), Write)),
+        )
+        .route(
+            "/v1/contacts/{id}",
+            get(contacts::get_contact).layer(guard(Some(Scope::ContactsRead), Read)),
+        )
+        .route(
+            "/v1/contacts/{id}",
+            axum::routing::patch(contacts::patch_contact)
+                .layer(guard(Some(Scope::ContactsWrite), Write)),
+        )
+        .route(
+            "/v1/contacts/{id}",
+            axum::routing::delete(contacts::delete_contact)
+                .layer(guard(Some(Scope::ContactsWrite), Write)),
+        )
+        .route(
+            "/v1/events",
+            post(events::track).layer(deferred(Scope::EventsWrite, Ingest)),
+        )
+        .route(
+            "/v1/events",
+            get(events::list_events).layer(guard(Some(Scope::EventsRead), Read)),
+        )
+        .route(
+            "/v1/events/batch",
+            post(events::track_batch).layer(deferred(Scope::EventsWrite, Ingest)),
+        )
+        .route(
+            "/v1/subscribers",
+            get(subscribers::list_subscribers).layer(guard(Some(Scope::SubscribersRead), Read)),
+        )
+        .route(
+            "/v1/subscribers",
+            post(subscribers::signup).layer(guard(Some(Scope::SubscribersWrite), Ingest)),
+        )
+        .route(
+            "/v1/subscribers/{email_or_id}",
+            axum::routing::delete(subscribers::unsubscribe)
+                .layer(guard(Some(Scope::SubscribersWrite), Ingest)),
+        )
+        .route(
+            "/v1/track",
+            post(segment::track).layer(segment(Scope::EventsWrite, Ingest, true)),
+        )
+        .route(
+            "/v1/identify",
+            post(segment::identify).layer(segment(Scope::ContactsWrite, Write, false)),
+        )
+        .route(
+            "/v1/batch",
+            post(segment::batch).layer(segment(Scope::EventsWrite, Ingest, true)),
+        )
         .route(
             "/v1/keys",
             get(keys::list_keys).layer(guard(Some(Scope::KeysRead), Management)),
@@ -80,9 +147,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/embed.js", get(browser::embed_js))
         .merge(v1_routes(&state))
         .merge(crate::admin::router(state.clone()))
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .layer(from_fn(browser::cors_preflight))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyflow_core::keys::parse_key;
-use keyflow_core::{ErrorCode, IpAllowList, RateLimit, Scope};
+use keyflow_core::{ErrorCode, GcraDecision, IpAllowList, RateLimit, Scope};
 use keyflow_store::Actor;
 
 use crate::error::ApiError;
@@ -50,6 +50,31 @@ pub struct Guard {
     pub state: SharedState,
     pub scope: Option<Scope>,
     pub category: Category,
+    /// Also accept HTTP Basic with the key as user name (Segment's libraries).
+    pub allow_basic: bool,
+    /// The handler spends quota itself (after checks that must come first,
+    /// such as `event_not_allowed`) through the request's [`RateLimitTicket`].
+    pub deferred_limit: bool,
+}
+
+impl Guard {
+    pub fn new(state: &SharedState, scope: Option<Scope>, category: Category) -> Self {
+        Self {
+            state: state.clone(),
+            scope,
+            category,
+            allow_basic: false,
+            deferred_limit: false,
+        }
+    }
+    pub fn basic_auth(mut self) -> Self {
+        self.allow_basic = true;
+        self
+    }
+    pub fn deferred(mut self) -> Self {
+        self.deferred_limit = true;
+        self
+    }
 }
 
 /// The client address per SPEC §2 (socket peer, or X-Forwarded-For behind a trusted proxy).
@@ -67,10 +92,113 @@ pub fn client_ip(
     keyflow_core::ip::client_ip(peer, &hops, &state.config.trusted_proxies)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+/// The presented key: `Bearer <key>`, or (where allowed) Basic with the key as user name.
+fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(token.trim().to_string());
+    }
+    if allow_basic && scheme.eq_ignore_ascii_case("basic") {
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+        return Some(user.to_string());
+    }
+    None
+}
+
+/// Quota for a request whose handler decides when to spend it.
+#[derive(Clone)]
+pub struct RateLimitTicket {
+    state: SharedState,
+    bucket: String,
+    quota: RateLimit,
+    now: i64,
+    spent: Arc<std::sync::Mutex<Option<GcraDecision>>>,
+}
+
+impl RateLimitTicket {
+    /// Spends one request of quota; a `429 rate_limited` error when exhausted.
+    pub async fn consume(&self) -> Result<(), ApiError> {
+        let decision = self
+            .state
+            .limiter
+            .check(&self.bucket, self.quota, self.now, true)
+            .await;
+        *self.spent.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
+        if decision.allowed {
+            return Ok(());
+        }
+        self.state
+            .metrics
+            .rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        self.state
+            .metrics
+            .count_auth_rejection(ErrorCode::RateLimited);
+        Err(rate_limited(&self.quota, decision.retry_after_seconds()))
+    }
+
+    async fn decision_for_headers(&self) -> GcraDecision {
+        let spent = *self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        match spent {
+            Some(d) => d,
+            None => {
+                self.state
+                    .limiter
+                    .check(&self.bucket, self.quota, self.now, false)
+                    .await
+            }
+        }
+    }
+}
+
+fn origin_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|o| o.trim().to_ascii_lowercase())
+}
+
+/// Browser rules of SPEC §5: secret and read-only keys are refused when a
+/// browser sends them (an `Origin` header); client keys honour `allowed_origins`.
+fn check_origin(key: &CachedKey, origin: Option<&str>) -> Result<(), ApiError> {
+    let Some(origin) = origin else { return Ok(()) };
+    match key.key.key_type {
+        keyflow_core::KeyType::Client => {
+            let allowed = key.key.settings.allowed_origins.as_ref();
+            if allowed.is_some_and(|list| !list.iter().any(|o| o == origin)) {
+                return Err(ApiError::new(
+                    ErrorCode::OriginNotAllowed,
+                    format!("The origin {origin} is not in this key's allowed_origins."),
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            ErrorCode::InsecureKeyUsage,
+            "Secret and read-only keys must never be used from a browser; use a client key (ck_…).",
+        )),
+    }
+}
+
+/// CORS answer headers for a client key used from an allowed origin.
+fn allow_origin(response: &mut Response, origin: &str) {
+    if let Ok(v) = axum::http::HeaderValue::from_str(origin) {
+        let headers = response.headers_mut();
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        headers.insert(header::VARY, axum::http::HeaderValue::from_static("Origin"));
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            axum::http::HeaderValue::from_static(
+                "x-request-id, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, retry-after",
+            ),
+        );
+    }
 }
 
 pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
@@ -80,13 +208,14 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let ip = client_ip(state, peer, req.headers());
-    let key = match authenticate(state, req.headers(), ip).await {
+    let key = match authenticate(state, req.headers(), ip, guard.allow_basic).await {
         Ok(key) => key,
         Err(err) => {
             state.metrics.count_auth_rejection(err.code);
             return err.into_response();
         }
     };
+    let origin = origin_of(req.headers());
     let now = state.now_ms();
     let plan = match state.plan_of(&key.workspace_id).await {
         Ok(Some(plan)) => plan,
@@ -104,9 +233,19 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         .settings
         .rate_limit
         .unwrap_or_else(|| state.config.plan_rate_limit(plan));
-    let bucket = format!("{}:{}", key.key.id, guard.category.as_str());
+    let ticket = RateLimitTicket {
+        state: state.clone(),
+        bucket: format!("{}:{}", key.key.id, guard.category.as_str()),
+        quota,
+        now,
+        spent: Arc::new(std::sync::Mutex::new(None)),
+    };
+    let browser_ok = matches!(key.key.key_type, keyflow_core::KeyType::Client)
+        && check_origin(&key, origin.as_deref()).is_ok();
 
-    let denial = if !plan.allows_api() {
+    let denial = if let Err(e) = check_origin(&key, origin.as_deref()) {
+        Some(e)
+    } else if !plan.allows_api() {
         Some(ApiError::new(
             ErrorCode::FeatureNotAllowed,
             format!(
@@ -135,35 +274,23 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
                 .with_details(serde_json::json!({ "required_scope": s.as_str() }))
             })
     };
-    if let Some(err) = denial {
-        // Authenticated but refused: report the quota without spending it.
+    let mut response = if let Some(err) = denial {
+        // Authenticated but refused: the quota is reported, not spent.
         state.metrics.count_auth_rejection(err.code);
-        let d = state.limiter.check(&bucket, quota, now, false).await;
-        let mut response = err.into_response();
-        write_headers(response.headers_mut(), guard.category, quota, &d, now);
-        return response;
-    }
-
-    let decision = state.limiter.check(&bucket, quota, now, true).await;
-    if !decision.allowed {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        state.metrics.count_auth_rejection(ErrorCode::RateLimited);
-        let mut response = rate_limited(&quota, decision.retry_after_seconds()).into_response();
-        write_headers(
-            response.headers_mut(),
-            guard.category,
-            quota,
-            &decision,
-            now,
-        );
-        return response;
-    }
-
-    state
-        .usage
-        .record(&key.key.id, now, ip.map(|i| i.to_string()));
-    req.extensions_mut().insert(Caller { key, client_ip: ip });
-    let mut response = next.run(req).await;
+        err.into_response()
+    } else if !guard.deferred_limit
+        && let Err(limited) = ticket.consume().await
+    {
+        limited.into_response()
+    } else {
+        state
+            .usage
+            .record(&key.key.id, now, ip.map(|i| i.to_string()));
+        req.extensions_mut().insert(Caller { key, client_ip: ip });
+        req.extensions_mut().insert(ticket.clone());
+        next.run(req).await
+    };
+    let decision = ticket.decision_for_headers().await;
     write_headers(
         response.headers_mut(),
         guard.category,
@@ -171,6 +298,9 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         &decision,
         now,
     );
+    if let (true, Some(origin)) = (browser_ok, origin.as_deref()) {
+        allow_origin(&mut response, origin);
+    }
     response
 }
 
@@ -189,8 +319,9 @@ async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     ip: Option<IpAddr>,
+    allow_basic: bool,
 ) -> Result<Arc<CachedKey>, ApiError> {
-    let Some(token) = bearer_token(headers) else {
+    let Some(token) = presented_key(headers, allow_basic) else {
         return Err(ApiError::new(
             ErrorCode::MissingApiKey,
             "Send your API key as `Authorization: Bearer <key>`.",
@@ -198,7 +329,7 @@ async fn authenticate(
     };
     let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "The API key is not valid.");
     // Format and checksum first: a typo or a guess never reaches cache or database.
-    let parsed = match parse_key(token) {
+    let parsed = match parse_key(&token) {
         Ok(p) if p.key_type != keyflow_core::KeyType::Metrics => p,
         _ => return Err(note_failure(state, ip, invalid())),
     };

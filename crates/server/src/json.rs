@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use keyflow_core::ErrorCode;
+use keyflow_core::json_limits::MAX_JSON_DEPTH;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -41,7 +42,39 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
+/// Nesting depth of raw JSON (brackets outside strings), checked before parsing.
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if nesting_depth(bytes) > MAX_JSON_DEPTH {
+        return Err(ApiError::field(
+            "body",
+            format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -153,5 +186,21 @@ mod tests {
         assert_eq!(err.code, ErrorCode::InvalidJson);
         let err = parse_json::<Body>(br#"{"rows": []} trailing"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
+        let deep = format!(
+            "{{\"rows\": [], \"x\": {}{}}}",
+            "[".repeat(32),
+            "]".repeat(32)
+        );
+        assert_eq!(
+            parse_json::<Body>(deep.as_bytes()).unwrap_err().code,
+            ErrorCode::ValidationFailed
+        );
+        let ok = format!(
+            "{{\"rows\": [], \"x\": {}{}}}",
+            "[".repeat(31),
+            "]".repeat(31)
+        );
+        assert!(parse_json::<Body>(ok.as_bytes()).is_ok());
+        assert_eq!(nesting_depth(br#"{"a": "[[[[\"{{"}"#), 1);
     }
 }

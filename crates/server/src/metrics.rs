@@ -18,7 +18,7 @@ pub struct Metrics {
 }
 
 /// The auth outcomes counted separately.
-pub const AUTH_CODES: [ErrorCode; 8] = [
+pub const AUTH_CODES: [ErrorCode; 11] = [
     ErrorCode::MissingApiKey,
     ErrorCode::InvalidApiKey,
     ErrorCode::KeyRevoked,
@@ -26,6 +26,9 @@ pub const AUTH_CODES: [ErrorCode; 8] = [
     ErrorCode::FeatureNotAllowed,
     ErrorCode::IpNotAllowed,
     ErrorCode::InsufficientScope,
+    ErrorCode::EventNotAllowed,
+    ErrorCode::InsecureKeyUsage,
+    ErrorCode::OriginNotAllowed,
     ErrorCode::RateLimited,
 ];
 

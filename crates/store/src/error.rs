@@ -13,6 +13,13 @@ pub enum StoreError {
     Migration { name: String, reason: String },
     #[error("configuration: {0}")]
     Config(String),
+    /// The request is valid on its own but not against stored data
+    /// (an unknown contact id, properties over the limit after a merge).
+    #[error("invalid: {}: {}", .0.field, .0.message)]
+    Invalid(keyflow_core::FieldError),
+    /// A grouped write failed as a whole; nothing of it was stored.
+    #[error("write failed: {0}")]
+    WriteFailed(String),
 }
 
 impl StoreError {

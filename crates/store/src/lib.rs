@@ -13,6 +13,8 @@ mod sql_store;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use keyflow_core::contacts::{ContactChanges, ContactLookup};
+use keyflow_core::events::NewEvent;
 use keyflow_core::{KeyDigest, Plan, clock::UnixMillis, key_settings::KeySettings};
 
 pub use error::StoreError;
@@ -106,6 +108,71 @@ pub trait Store: Send + Sync + 'static {
     async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()>;
 
     async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+
+    /// Create-or-update matched by `external_id`, then by email
+    /// (case-insensitive); properties merge. Writes one audit entry when
+    /// `audit` is given. `Conflict` if the email or external id belongs to
+    /// another contact.
+    async fn upsert_contact(
+        &self,
+        project_id: &str,
+        changes: &ContactChanges,
+        actions: UpsertActions,
+        audit: Option<&AuditContext>,
+        now: UnixMillis,
+    ) -> StoreResult<UpsertOutcome>;
+    /// Many upserts in one transaction; each item succeeds or fails alone.
+    async fn upsert_contacts(
+        &self,
+        project_id: &str,
+        items: &[ContactChanges],
+        audit: Option<&AuditContext>,
+        now: UnixMillis,
+    ) -> StoreResult<Vec<StoreResult<UpsertOutcome>>>;
+    async fn get_contact(
+        &self,
+        project_id: &str,
+        lookup: &ContactLookup,
+    ) -> StoreResult<Option<Contact>>;
+    /// Partial update of an existing contact; `None` if there is none.
+    async fn update_contact(
+        &self,
+        project_id: &str,
+        lookup: &ContactLookup,
+        changes: &ContactChanges,
+        action: &'static str,
+        audit: Option<&AuditContext>,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Contact>>;
+    /// Deletes a contact; its events stay, detached. `false` if there was none.
+    async fn delete_contact(
+        &self,
+        project_id: &str,
+        id: &str,
+        audit: Option<&AuditContext>,
+        now: UnixMillis,
+    ) -> StoreResult<bool>;
+    async fn list_contacts(
+        &self,
+        project_id: &str,
+        subscribed_only: bool,
+        page: &Page,
+    ) -> StoreResult<Vec<Contact>>;
+
+    /// Stores events durably (returns after commit), resolving or creating
+    /// their contacts and honouring idempotency keys. All or nothing.
+    async fn ingest_events(
+        &self,
+        project_id: &str,
+        events: Vec<NewEvent>,
+        now: UnixMillis,
+    ) -> StoreResult<Vec<EventOutcome>>;
+    async fn list_events(
+        &self,
+        project_id: &str,
+        filter: &EventFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<Event>>;
     /// A project's activity: its own entries plus its workspace's project-less ones.
     async fn list_audit(
         &self,

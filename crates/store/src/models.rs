@@ -131,3 +131,77 @@ pub struct AuditEntry {
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub id: String,
+    pub project_id: String,
+    pub fields: keyflow_core::contacts::ContactFields,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub contact_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    pub timestamp: UnixMillis,
+    pub received_at: UnixMillis,
+    pub idempotency_key: Option<String>,
+}
+
+/// What ingesting one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOutcome {
+    pub id: String,
+    /// A repeat of an idempotency key seen in the last 24 h: nothing was stored.
+    pub duplicate: bool,
+}
+
+/// Who is changing customer data, for the audit entry the Store writes with it.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    pub workspace_id: String,
+    pub actor: Actor,
+    pub ip: Option<String>,
+    /// Extra facts for the entry's `details` (e.g. a signup's `source`).
+    pub details: serde_json::Value,
+}
+
+/// Result of a create-or-update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpsertOutcome {
+    pub contact: Contact,
+    pub created: bool,
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub contact_id: Option<String>,
+    pub name: Option<String>,
+    pub since: Option<UnixMillis>,
+    pub until: Option<UnixMillis>,
+}
+
+/// Which audit actions an upsert writes (contacts vs subscribers).
+#[derive(Debug, Clone, Copy)]
+pub struct UpsertActions {
+    pub created: &'static str,
+    pub updated: &'static str,
+}
+
+impl UpsertActions {
+    pub const CONTACT: Self = Self {
+        created: "contact.created",
+        updated: "contact.updated",
+    };
+    pub const SUBSCRIBER: Self = Self {
+        created: "subscriber.created",
+        updated: "subscriber.updated",
+    };
+}

@@ -257,6 +257,53 @@ pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 1000))
 }
 
+pub(crate) const CONTACT_COLUMNS: &str = "id, project_id, email, external_id, first_name, last_name, subscribed, \
+     properties, created_at, updated_at";
+
+pub(crate) const EVENT_COLUMNS: &str = "id, project_id, name, contact_id, anonymous_id, properties, timestamp, received_at, idempotency_key";
+
+/// Rows per multi-row event INSERT (9 parameters each).
+pub(crate) const EVENT_CHUNK: usize = 100;
+
+pub(crate) fn insert_events_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (1..=9).map(|c| format!("${}", r * 9 + c)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
+        values.join(", ")
+    )
+}
+
+pub(crate) fn properties_from_column(
+    column: &str,
+    text: &str,
+) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
+    from_json(column, text)
+}
+
+pub(crate) fn properties_to_column(props: &serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::Value::Object(props.clone()).to_string()
+}
+
+/// An event row ready to insert.
+pub(crate) struct EventRow {
+    pub id: String,
+    pub name: String,
+    pub contact_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub properties: String,
+    pub timestamp: i64,
+    pub idempotency_key: Option<String>,
+}
+
+pub(crate) fn contact_conflict() -> StoreError {
+    StoreError::Conflict("a different contact already has this email or external_id".into())
+}
+
 /// Implements [`crate::Store`] for a backend struct with a `pool: sqlx::Pool<$db>`
 /// field and a `MIGRATIONS: &[Migration]` constant, plus an associated
 /// `async fn lock_migrations(tx)` that serialises concurrent migrators.
@@ -272,14 +319,18 @@ macro_rules! impl_sql_store {
         use keyflow_core::{KeyDigest, Plan};
         use sqlx::Row as _;
 
+        use keyflow_core::contacts::{ContactChanges, ContactFields, ContactLookup, apply_changes, email_key};
+        use keyflow_core::events::{EventIdentity, IDEMPOTENCY_WINDOW_MS, NewEvent};
         use $crate::sql_store::{
-            AUDIT_COLUMNS, AuditRow, INSERT_AUDIT, INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns,
-            page_limit, parse_environment, parse_plan, parse_role, scopes_to_column, settings_columns,
-            usage_update_sql,
+            AUDIT_COLUMNS, AuditRow, CONTACT_COLUMNS, EVENT_CHUNK, EVENT_COLUMNS, EventRow, INSERT_AUDIT,
+            INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns, contact_conflict, insert_events_sql,
+            page_limit, parse_environment, parse_plan, parse_role, properties_from_column, properties_to_column,
+            scopes_to_column, settings_columns, usage_update_sql,
         };
         use $crate::{
-            ApiKey, AuditEntry, AuthKey, KeyUsage, Membership, Operator, Page, Project, Store, StoreError,
-            StoreResult, Workspace,
+            ApiKey, AuditContext, AuditEntry, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
+            KeyUsage, Membership, Operator, Page, Project, Store, StoreError, StoreResult, UpsertActions,
+            UpsertOutcome, Workspace, new_id,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -381,6 +432,291 @@ macro_rules! impl_sql_store {
                 .await
                 .map_err(|e| StoreError::from_write(e, "api key"))?;
             Ok(())
+        }
+
+
+        fn contact_from_row(row: &DbRow) -> StoreResult<Contact> {
+            Ok(Contact {
+                id: row.try_get("id")?,
+                project_id: row.try_get("project_id")?,
+                fields: ContactFields {
+                    email: row.try_get("email")?,
+                    external_id: row.try_get("external_id")?,
+                    first_name: row.try_get("first_name")?,
+                    last_name: row.try_get("last_name")?,
+                    subscribed: row.try_get("subscribed")?,
+                    properties: properties_from_column("properties", row.try_get("properties")?)?,
+                },
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        }
+
+        fn event_from_row(row: &DbRow) -> StoreResult<Event> {
+            Ok(Event {
+                id: row.try_get("id")?,
+                project_id: row.try_get("project_id")?,
+                name: row.try_get("name")?,
+                contact_id: row.try_get("contact_id")?,
+                anonymous_id: row.try_get("anonymous_id")?,
+                properties: properties_from_column("properties", row.try_get("properties")?)?,
+                timestamp: row.try_get("timestamp")?,
+                received_at: row.try_get("received_at")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+            })
+        }
+
+        async fn find_contact(tx: &mut Tx<'_>, project_id: &str, lookup: &ContactLookup) -> StoreResult<Option<Contact>> {
+            let (column, value) = match lookup {
+                ContactLookup::Id(id) => ("id", id.clone()),
+                ContactLookup::Email(email) => ("email_key", email_key(email)),
+                ContactLookup::ExternalId(x) => ("external_id", x.clone()),
+            };
+            let sql = format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 AND {column} = $2");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(project_id)
+                .bind(value)
+                .fetch_optional(&mut **tx)
+                .await?;
+            row.as_ref().map(contact_from_row).transpose()
+        }
+
+        async fn write_contact(tx: &mut Tx<'_>, contact: &Contact, exists: bool) -> StoreResult<()> {
+            let f = &contact.fields;
+            let query = if exists {
+                sqlx::query(
+                    "UPDATE contacts SET email = $1, email_key = $2, external_id = $3, first_name = $4, \
+                     last_name = $5, subscribed = $6, properties = $7, updated_at = $8 \
+                     WHERE project_id = $9 AND id = $10",
+                )
+            } else {
+                sqlx::query(
+                    "INSERT INTO contacts (email, email_key, external_id, first_name, last_name, subscribed, \
+                     properties, updated_at, project_id, id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+            };
+            let mut query = query
+                .bind(&f.email)
+                .bind(f.email.as_deref().map(email_key))
+                .bind(&f.external_id)
+                .bind(&f.first_name)
+                .bind(&f.last_name)
+                .bind(f.subscribed)
+                .bind(properties_to_column(&f.properties))
+                .bind(contact.updated_at)
+                .bind(&contact.project_id)
+                .bind(&contact.id);
+            if !exists {
+                query = query.bind(contact.created_at);
+            }
+            query.execute(&mut **tx).await.map_err(|e| match StoreError::from_write(e, "contact") {
+                StoreError::Conflict(_) => contact_conflict(),
+                other => other,
+            })?;
+            Ok(())
+        }
+
+        async fn audit_contact(
+            tx: &mut Tx<'_>,
+            contact: &Contact,
+            action: &str,
+            audit: Option<&AuditContext>,
+            now: UnixMillis,
+        ) -> StoreResult<()> {
+            let Some(ctx) = audit else { return Ok(()) };
+            let entry = AuditEntry {
+                id: new_id(),
+                workspace_id: ctx.workspace_id.clone(),
+                project_id: Some(contact.project_id.clone()),
+                at: now,
+                actor: ctx.actor.clone(),
+                action: action.to_string(),
+                target: AuditTarget {
+                    kind: "contact".into(),
+                    id: Some(contact.id.clone()),
+                    name: contact.fields.email.clone().or_else(|| contact.fields.external_id.clone()),
+                },
+                ip: ctx.ip.clone(),
+                details: ctx.details.clone(),
+            };
+            write_audit(tx, &entry).await
+        }
+
+        /// The create-or-update of SPEC §3 inside a transaction.
+        async fn upsert_contact_in(
+            tx: &mut Tx<'_>,
+            project_id: &str,
+            changes: &ContactChanges,
+            actions: UpsertActions,
+            audit: Option<&AuditContext>,
+            now: UnixMillis,
+        ) -> StoreResult<UpsertOutcome> {
+            let mut existing = None;
+            if let Some(x) = &changes.external_id {
+                existing = find_contact(tx, project_id, &ContactLookup::ExternalId(x.clone())).await?;
+            }
+            if existing.is_none() {
+                if let Some(email) = &changes.email {
+                    existing = find_contact(tx, project_id, &ContactLookup::Email(email.clone())).await?;
+                    // Matched by email but it already carries another external id: a different person.
+                    if let (Some(found), Some(_)) = (&existing, &changes.external_id) {
+                        if found.fields.external_id.is_some() {
+                            return Err(contact_conflict());
+                        }
+                    }
+                }
+            }
+            let fields = apply_changes(existing.as_ref().map(|c| &c.fields), changes).map_err(StoreError::Invalid)?;
+            let created = existing.is_none();
+            let was_subscribed = existing.as_ref().is_some_and(|c| c.fields.subscribed);
+            let contact = match existing {
+                Some(c) => Contact { fields, updated_at: now, ..c },
+                None => Contact {
+                    id: new_id(),
+                    project_id: project_id.to_string(),
+                    fields,
+                    created_at: now,
+                    updated_at: now,
+                },
+            };
+            write_contact(tx, &contact, !created).await?;
+            let action = if created || (!was_subscribed && contact.fields.subscribed && actions.created == UpsertActions::SUBSCRIBER.created) {
+                actions.created
+            } else {
+                actions.updated
+            };
+            audit_contact(tx, &contact, action, audit, now).await?;
+            Ok(UpsertOutcome { contact, created })
+        }
+
+        /// Finds or creates the contact an event names; `None` for anonymous events.
+        async fn resolve_identity(
+            tx: &mut Tx<'_>,
+            project_id: &str,
+            identity: &EventIdentity,
+            field: &str,
+            now: UnixMillis,
+        ) -> StoreResult<Option<String>> {
+            let (lookup, email, external_id) = match identity {
+                EventIdentity::Anonymous => return Ok(None),
+                EventIdentity::ContactId(id) => {
+                    return match find_contact(tx, project_id, &ContactLookup::Id(id.clone())).await? {
+                        Some(c) => Ok(Some(c.id)),
+                        None => Err(StoreError::Invalid(keyflow_core::FieldError::new(
+                            field,
+                            "no contact with this id in this project",
+                        ))),
+                    };
+                }
+                EventIdentity::ExternalId { external_id, email } => {
+                    (ContactLookup::ExternalId(external_id.clone()), email.clone(), Some(external_id.clone()))
+                }
+                EventIdentity::Email(email) => (ContactLookup::Email(email.clone()), Some(email.clone()), None),
+            };
+            if let Some(found) = find_contact(tx, project_id, &lookup).await? {
+                return Ok(Some(found.id));
+            }
+            // Unknown: create it. ON CONFLICT DO NOTHING absorbs a concurrent
+            // creation; the re-read below then finds that one. If the email is
+            // taken by a contact with another external id, create without it.
+            for with_email in [true, false] {
+                let email = if with_email { email.clone() } else { None };
+                sqlx::query(
+                    "INSERT INTO contacts (id, project_id, email, email_key, external_id, subscribed, properties, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, '{}', $7, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(new_id())
+                .bind(project_id)
+                .bind(&email)
+                .bind(email.as_deref().map(email_key))
+                .bind(&external_id)
+                .bind(false)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                if let Some(found) = find_contact(tx, project_id, &lookup).await? {
+                    return Ok(Some(found.id));
+                }
+            }
+            Err(contact_conflict())
+        }
+
+        /// Stores a batch of events in `tx`: idempotency, identities, multi-row INSERT.
+        pub(crate) async fn ingest_in_tx(
+            tx: &mut Tx<'_>,
+            project_id: &str,
+            events: &[NewEvent],
+            now: UnixMillis,
+        ) -> StoreResult<Vec<EventOutcome>> {
+            let mut outcomes = Vec::with_capacity(events.len());
+            let mut rows: Vec<EventRow> = Vec::with_capacity(events.len());
+            let mut resolved: std::collections::HashMap<&EventIdentity, Option<String>> = std::collections::HashMap::new();
+            for (i, event) in events.iter().enumerate() {
+                let id = new_id();
+                if let Some(key) = &event.idempotency_key {
+                    let claimed: Option<String> = sqlx::query_scalar(
+                        "INSERT INTO event_idempotency (project_id, key, event_id, created_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (project_id, key) DO UPDATE SET event_id = excluded.event_id, \
+                         created_at = excluded.created_at WHERE event_idempotency.created_at < $5 RETURNING event_id",
+                    )
+                    .bind(project_id)
+                    .bind(key)
+                    .bind(&id)
+                    .bind(now)
+                    .bind(now - IDEMPOTENCY_WINDOW_MS)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    if claimed.is_none() {
+                        let first: String = sqlx::query_scalar(
+                            "SELECT event_id FROM event_idempotency WHERE project_id = $1 AND key = $2",
+                        )
+                        .bind(project_id)
+                        .bind(key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                        outcomes.push(EventOutcome { id: first, duplicate: true });
+                        continue;
+                    }
+                }
+                let contact_id = match resolved.get(&event.identity) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let field = format!("events[{i}].contact_id");
+                        let found = resolve_identity(tx, project_id, &event.identity, &field, now).await?;
+                        resolved.insert(&event.identity, found.clone());
+                        found
+                    }
+                };
+                rows.push(EventRow {
+                    id: id.clone(),
+                    name: event.name.clone(),
+                    contact_id,
+                    anonymous_id: event.anonymous_id.clone(),
+                    properties: properties_to_column(&event.properties),
+                    timestamp: event.timestamp,
+                    idempotency_key: event.idempotency_key.clone(),
+                });
+                outcomes.push(EventOutcome { id, duplicate: false });
+            }
+            for chunk in rows.chunks(EVENT_CHUNK) {
+                let sql = insert_events_sql(chunk.len());
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for r in chunk {
+                    query = query
+                        .bind(&r.id)
+                        .bind(project_id)
+                        .bind(&r.name)
+                        .bind(&r.contact_id)
+                        .bind(&r.anonymous_id)
+                        .bind(&r.properties)
+                        .bind(r.timestamp)
+                        .bind(now)
+                        .bind(&r.idempotency_key);
+                }
+                query.execute(&mut **tx).await?;
+            }
+            Ok(outcomes)
         }
 
         #[async_trait]
@@ -747,6 +1083,148 @@ macro_rules! impl_sql_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(audit_from_row).collect()
+            }
+            async fn upsert_contact(
+                &self,
+                project_id: &str,
+                changes: &ContactChanges,
+                actions: UpsertActions,
+                audit: Option<&AuditContext>,
+                now: UnixMillis,
+            ) -> StoreResult<UpsertOutcome> {
+                // A concurrent create of the same contact makes the first attempt
+                // conflict; the second finds and updates it.
+                let mut attempt = 0;
+                loop {
+                    let mut tx = self.pool.begin().await?;
+                    match upsert_contact_in(&mut tx, project_id, changes, actions, audit, now).await {
+                        Ok(outcome) => {
+                            tx.commit().await?;
+                            return Ok(outcome);
+                        }
+                        Err(StoreError::Conflict(_)) if attempt == 0 => attempt += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+
+            async fn upsert_contacts(
+                &self,
+                project_id: &str,
+                items: &[ContactChanges],
+                audit: Option<&AuditContext>,
+                now: UnixMillis,
+            ) -> StoreResult<Vec<StoreResult<UpsertOutcome>>> {
+                let mut tx = self.pool.begin().await?;
+                let mut results = Vec::with_capacity(items.len());
+                for changes in items {
+                    let mut item = sqlx::Connection::begin(&mut *tx).await?;
+                    match upsert_contact_in(&mut item, project_id, changes, UpsertActions::CONTACT, audit, now).await {
+                        Ok(outcome) => {
+                            item.commit().await?;
+                            results.push(Ok(outcome));
+                        }
+                        Err(e) => {
+                            item.rollback().await?;
+                            results.push(Err(e));
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+
+            async fn get_contact(&self, project_id: &str, lookup: &ContactLookup) -> StoreResult<Option<Contact>> {
+                let mut tx = self.pool.begin().await?;
+                let found = find_contact(&mut tx, project_id, lookup).await?;
+                tx.commit().await?;
+                Ok(found)
+            }
+
+            async fn update_contact(
+                &self,
+                project_id: &str,
+                lookup: &ContactLookup,
+                changes: &ContactChanges,
+                action: &'static str,
+                audit: Option<&AuditContext>,
+                now: UnixMillis,
+            ) -> StoreResult<Option<Contact>> {
+                let mut tx = self.pool.begin().await?;
+                let Some(current) = find_contact(&mut tx, project_id, lookup).await? else {
+                    return Ok(None);
+                };
+                let fields = apply_changes(Some(&current.fields), changes).map_err(StoreError::Invalid)?;
+                let contact = Contact { fields, updated_at: now, ..current };
+                write_contact(&mut tx, &contact, true).await?;
+                audit_contact(&mut tx, &contact, action, audit, now).await?;
+                tx.commit().await?;
+                Ok(Some(contact))
+            }
+
+            async fn delete_contact(
+                &self,
+                project_id: &str,
+                id: &str,
+                audit: Option<&AuditContext>,
+                now: UnixMillis,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let Some(contact) = find_contact(&mut tx, project_id, &ContactLookup::Id(id.to_string())).await? else {
+                    return Ok(false);
+                };
+                sqlx::query("UPDATE events SET contact_id = NULL WHERE project_id = $1 AND contact_id = $2")
+                    .bind(project_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM contacts WHERE project_id = $1 AND id = $2")
+                    .bind(project_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                audit_contact(&mut tx, &contact, "contact.deleted", audit, now).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn list_contacts(&self, project_id: &str, subscribed_only: bool, page: &Page) -> StoreResult<Vec<Contact>> {
+                let sql = format!(
+                    "SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 AND (NOT $2 OR subscribed = $3) \
+                     AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(project_id)
+                    .bind(subscribed_only)
+                    .bind(true)
+                    .bind(&page.cursor)
+                    .bind(page_limit(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(contact_from_row).collect()
+            }
+
+            async fn ingest_events(&self, project_id: &str, events: Vec<NewEvent>, now: UnixMillis) -> StoreResult<Vec<EventOutcome>> {
+                self.ingest(project_id, events, now).await
+            }
+
+            async fn list_events(&self, project_id: &str, filter: &EventFilter, page: &Page) -> StoreResult<Vec<Event>> {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE project_id = $1 AND ($2 IS NULL OR contact_id = $2) \
+                     AND ($3 IS NULL OR name = $3) AND ($4 IS NULL OR timestamp >= $4) \
+                     AND ($5 IS NULL OR timestamp < $5) AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(project_id)
+                    .bind(&filter.contact_id)
+                    .bind(&filter.name)
+                    .bind(filter.since)
+                    .bind(filter.until)
+                    .bind(&page.cursor)
+                    .bind(page_limit(page.limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(event_from_row).collect()
             }
         }
     };

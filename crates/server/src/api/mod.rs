@@ -1,8 +1,13 @@
 //! The `/v1` API: one module per resource, plus the JSON shapes they share.
 
 pub mod audit;
+pub mod browser;
+pub mod contacts;
+pub mod events;
 pub mod keys;
 pub mod repr;
+pub mod segment;
+pub mod subscribers;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! JSON representations of stored objects (SPEC §2/§3/§8 field names).
 
 use keyflow_core::timefmt::format_rfc3339;
-use keyflow_store::{Actor, ApiKey, AuditEntry, Operator, Project, Workspace};
+use keyflow_store::{Actor, ApiKey, AuditEntry, Contact, Event, Operator, Project, Workspace};
 use serde_json::{Value, json};
 
 use crate::usage::UsageTracker;
@@ -107,5 +107,35 @@ pub fn operator_json(o: &Operator, workspace_id: &str, role: keyflow_core::Role)
         "workspace_id": workspace_id,
         "role": role.as_str(),
         "created_at": format_rfc3339(o.created_at),
+    })
+}
+
+pub fn contact_json(c: &Contact) -> Value {
+    let f = &c.fields;
+    json!({
+        "id": c.id,
+        "object": "contact",
+        "email": f.email,
+        "external_id": f.external_id,
+        "first_name": f.first_name,
+        "last_name": f.last_name,
+        "subscribed": f.subscribed,
+        "properties": f.properties,
+        "created_at": format_rfc3339(c.created_at),
+        "updated_at": format_rfc3339(c.updated_at),
+    })
+}
+
+pub fn event_json(e: &Event) -> Value {
+    json!({
+        "id": e.id,
+        "object": "event",
+        "name": e.name,
+        "contact_id": e.contact_id,
+        "anonymous_id": e.anonymous_id,
+        "properties": e.properties,
+        "timestamp": format_rfc3339(e.timestamp),
+        "received_at": format_rfc3339(e.received_at),
+        "idempotency_key": e.idempotency_key,
     })
 }

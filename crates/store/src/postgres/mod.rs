@@ -11,11 +11,18 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    const MIGRATIONS: &'static [Migration] = &[Migration {
-        version: 1,
-        name: "0001_foundation",
-        sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
-    }];
+    const MIGRATIONS: &'static [Migration] = &[
+        Migration {
+            version: 1,
+            name: "0001_foundation",
+            sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "0002_customer_data",
+            sql: include_str!("../../migrations/postgres/0002_customer_data.sql"),
+        },
+    ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
         let pool = PgPoolOptions::new()
@@ -35,6 +42,22 @@ impl PostgresStore {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Concurrent requests each run their own transaction; PostgreSQL's row
+    /// locks and `ON CONFLICT` keep idempotency keys and contacts exact.
+    async fn ingest(
+        &self,
+        project_id: &str,
+        events: Vec<keyflow_core::events::NewEvent>,
+        now: i64,
+    ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
+        let mut tx = self.pool.begin().await?;
+        let outcomes = ingest_in_tx(&mut tx, project_id, &events, now).await?;
+        tx.commit().await?;
+        Ok(outcomes)
     }
 }
 

@@ -1,0 +1,221 @@
+//! Contacts (`contacts:*`): create-or-update, get, look up, patch, delete, list, batch.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use keyflow_core::contacts::{ContactInput, ContactLookup, validate_contact};
+use keyflow_core::{ErrorCode, FieldError};
+use keyflow_store::{AuditContext, UpsertActions};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::repr::contact_json;
+use super::{list_body, page_from_query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::state::SharedState;
+
+pub const MAX_CONTACT_BATCH: usize = 1000;
+
+/// Mutations made through a key are audited with the key as actor.
+pub fn audit_context(caller: &Caller, details: Value) -> AuditContext {
+    AuditContext {
+        workspace_id: caller.workspace_id().to_string(),
+        actor: caller.actor(),
+        ip: caller.ip_string(),
+        details,
+    }
+}
+
+/// 201 when created, 200 when updated.
+pub fn upsert_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+pub async fn upsert_contact(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(input): JsonBody<ContactInput>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
+    let outcome = state
+        .store
+        .upsert_contact(
+            caller.project_id(),
+            &changes,
+            UpsertActions::CONTACT,
+            Some(&audit_context(&caller, json!({}))),
+            state.now_ms(),
+        )
+        .await?;
+    Ok((
+        upsert_status(outcome.created),
+        Json(contact_json(&outcome.contact)),
+    ))
+}
+
+pub async fn get_contact(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let contact = state
+        .store
+        .get_contact(caller.project_id(), &ContactLookup::Id(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("contact"))?;
+    Ok(Json(contact_json(&contact)))
+}
+
+/// `GET /v1/contacts`: the list, or with `?email=` / `?external_id=` the
+/// (zero or one) matching contact in the same list shape.
+pub async fn list_contacts(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let lookup = match (query.get("email"), query.get("external_id")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "email",
+                "give email or external_id, not both",
+            ));
+        }
+        (Some(email), None) => Some(ContactLookup::Email(email.clone())),
+        (None, Some(x)) => Some(ContactLookup::ExternalId(x.clone())),
+        (None, None) => None,
+    };
+    if let Some(lookup) = lookup {
+        let found = state
+            .store
+            .get_contact(caller.project_id(), &lookup)
+            .await?;
+        let data: Vec<Value> = found.iter().map(contact_json).collect();
+        return Ok(Json(json!({ "data": data, "next_cursor": null })));
+    }
+    let page = page_from_query(&query)?;
+    let contacts = state
+        .store
+        .list_contacts(caller.project_id(), false, &page)
+        .await?;
+    let last = contacts.last().map(|c| c.id.clone());
+    Ok(Json(list_body(
+        contacts.iter().map(contact_json).collect(),
+        &page,
+        last,
+    )))
+}
+
+pub async fn patch_contact(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(input): JsonBody<ContactInput>,
+) -> ApiResult<Json<Value>> {
+    let changes = validate_contact(&input, false, "").map_err(ApiError::validation)?;
+    let contact = state
+        .store
+        .update_contact(
+            caller.project_id(),
+            &ContactLookup::Id(id),
+            &changes,
+            "contact.updated",
+            Some(&audit_context(&caller, json!({}))),
+            state.now_ms(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("contact"))?;
+    Ok(Json(contact_json(&contact)))
+}
+
+pub async fn delete_contact(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let deleted = state
+        .store
+        .delete_contact(
+            caller.project_id(),
+            &id,
+            Some(&audit_context(&caller, json!({}))),
+            state.now_ms(),
+        )
+        .await?;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("contact"))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct BatchBody {
+    contacts: Vec<Value>,
+}
+
+/// One result per item; valid items are applied even when others fail.
+pub async fn batch_contacts(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> ApiResult<Json<Value>> {
+    if body.contacts.is_empty() || body.contacts.len() > MAX_CONTACT_BATCH {
+        return Err(ApiError::field(
+            "contacts",
+            format!("send 1 to {MAX_CONTACT_BATCH} contacts"),
+        ));
+    }
+    let mut results: Vec<Option<Value>> = vec![None; body.contacts.len()];
+    let mut valid = Vec::new();
+    for (i, item) in body.contacts.into_iter().enumerate() {
+        let prefix = format!("contacts[{i}].");
+        let parsed = serde_path_to_error::deserialize::<_, ContactInput>(item).map_err(|e| {
+            vec![FieldError::new(
+                format!("{prefix}{}", e.path()),
+                e.into_inner().to_string(),
+            )]
+        });
+        match parsed.and_then(|input| validate_contact(&input, true, &prefix)) {
+            Ok(changes) => valid.push((i, changes)),
+            Err(fields) => results[i] = Some(item_error(i, ApiError::validation(fields))),
+        }
+    }
+    let changes: Vec<_> = valid.iter().map(|(_, c)| c.clone()).collect();
+    let outcomes = state
+        .store
+        .upsert_contacts(
+            caller.project_id(),
+            &changes,
+            Some(&audit_context(&caller, json!({}))),
+            state.now_ms(),
+        )
+        .await?;
+    for ((i, _), outcome) in valid.iter().zip(outcomes) {
+        results[*i] = Some(match outcome {
+            Ok(o) => {
+                json!({ "index": i, "status": upsert_status(o.created).as_u16(), "id": o.contact.id })
+            }
+            Err(e) => item_error(*i, ApiError::from(e)),
+        });
+    }
+    let results: Vec<Value> = results.into_iter().flatten().collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+fn item_error(index: usize, err: ApiError) -> Value {
+    let code: ErrorCode = err.code;
+    json!({
+        "index": index,
+        "status": code.http_status(),
+        "error": { "code": code.as_str(), "message": err.message, "details": err.details },
+    })
+}

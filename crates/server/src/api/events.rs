@@ -1,0 +1,122 @@
+//! Events (`events:*`): track one, track a batch, list.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use keyflow_core::ErrorCode;
+use keyflow_core::events::{
+    EventInput, NewEvent, first_disallowed, normalise_event_name, validate_batch, validate_event,
+};
+use keyflow_core::timefmt::parse_rfc3339;
+use keyflow_store::{EventFilter, EventOutcome};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::repr::event_json;
+use super::{list_body, page_from_query};
+use crate::auth::{Caller, RateLimitTicket};
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::state::SharedState;
+
+/// The checks every ingest path shares, in SPEC §2's order after the
+/// middleware's: event names (403), then quota (429), then the durable write.
+pub async fn ingest(
+    state: &SharedState,
+    caller: &Caller,
+    ticket: &RateLimitTicket,
+    events: Vec<NewEvent>,
+) -> ApiResult<Vec<EventOutcome>> {
+    if let Some(name) = first_disallowed(&events, caller.key.key.settings.allowed_events.as_deref())
+    {
+        state
+            .metrics
+            .count_auth_rejection(ErrorCode::EventNotAllowed);
+        return Err(ApiError::new(
+            ErrorCode::EventNotAllowed,
+            format!("This API key may not track the event {name:?}; nothing was stored."),
+        )
+        .with_details(json!({ "event": name })));
+    }
+    ticket.consume().await?;
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(state
+        .store
+        .ingest_events(caller.project_id(), events, state.now_ms())
+        .await?)
+}
+
+/// `202 {"id"}` once stored; a repeated idempotency key answers `200` with the first id.
+pub async fn track(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
+    JsonBody(input): JsonBody<EventInput>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let event = validate_event(&input, state.now_ms(), "").map_err(ApiError::validation)?;
+    let outcome = ingest(&state, &caller, &ticket, vec![event]).await?;
+    let first = outcome
+        .first()
+        .ok_or_else(|| ApiError::internal("ingest", &"no outcome for one event"))?;
+    let status = if first.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(json!({ "id": first.id }))))
+}
+
+#[derive(Deserialize)]
+pub struct BatchBody {
+    events: Vec<EventInput>,
+}
+
+/// All-or-nothing: one invalid or disallowed event and nothing is stored.
+pub async fn track_batch(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let events = validate_batch(&body.events, state.now_ms()).map_err(ApiError::validation)?;
+    let outcomes = ingest(&state, &caller, &ticket, events).await?;
+    let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))
+}
+
+fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
+    query
+        .get(name)
+        .map(|t| parse_rfc3339(t).ok_or_else(|| ApiError::field(name, "must be an RFC 3339 time")))
+        .transpose()
+}
+
+/// `GET /v1/events?contact_id=&name=&since=&until=`, newest first.
+pub async fn list_events(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let page = page_from_query(&query)?;
+    let filter = EventFilter {
+        contact_id: query.get("contact_id").cloned(),
+        name: query.get("name").map(|n| normalise_event_name(n)),
+        since: time_query(&query, "since")?,
+        until: time_query(&query, "until")?,
+    };
+    let events = state
+        .store
+        .list_events(caller.project_id(), &filter, &page)
+        .await?;
+    let last = events.last().map(|e| e.id.clone());
+    Ok(Json(list_body(
+        events.iter().map(event_json).collect(),
+        &page,
+        last,
+    )))
+}

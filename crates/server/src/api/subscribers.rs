@@ -1,0 +1,111 @@
+//! Subscribers (`subscribers:*`): contacts with `subscribed = true`.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use keyflow_core::contacts::{ContactChanges, ContactInput, lookup_from_path, validate_contact};
+use keyflow_store::UpsertActions;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::contacts::{audit_context, upsert_status};
+use super::repr::contact_json;
+use super::{list_body, page_from_query};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::state::SharedState;
+
+pub async fn list_subscribers(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let page = page_from_query(&query)?;
+    let contacts = state
+        .store
+        .list_contacts(caller.project_id(), true, &page)
+        .await?;
+    let last = contacts.last().map(|c| c.id.clone());
+    Ok(Json(list_body(
+        contacts.iter().map(contact_json).collect(),
+        &page,
+        last,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct SignupBody {
+    email: Option<String>,
+    first_name: Option<String>,
+    properties: Option<Map<String, Value>>,
+    source: Option<String>,
+}
+
+/// Server-side signup: creates or updates the contact and subscribes it.
+pub async fn signup(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(body): JsonBody<SignupBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if body.email.is_none() {
+        return Err(ApiError::field("email", "email is required"));
+    }
+    if body
+        .source
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > 255)
+    {
+        return Err(ApiError::field("source", "at most 255 characters"));
+    }
+    let input = ContactInput {
+        email: body.email,
+        first_name: body.first_name.map(Some),
+        subscribed: Some(true),
+        properties: body.properties,
+        ..Default::default()
+    };
+    let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
+    let outcome = state
+        .store
+        .upsert_contact(
+            caller.project_id(),
+            &changes,
+            UpsertActions::SUBSCRIBER,
+            Some(&audit_context(&caller, json!({ "source": body.source }))),
+            state.now_ms(),
+        )
+        .await?;
+    Ok((
+        upsert_status(outcome.created),
+        Json(contact_json(&outcome.contact)),
+    ))
+}
+
+/// Unsubscribe by email or contact id: `subscribed = false`, 204.
+pub async fn unsubscribe(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(email_or_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let changes = ContactChanges {
+        subscribed: Some(false),
+        ..Default::default()
+    };
+    state
+        .store
+        .update_contact(
+            caller.project_id(),
+            &lookup_from_path(&email_or_id),
+            &changes,
+            "subscriber.unsubscribed",
+            Some(&audit_context(&caller, json!({}))),
+            state.now_ms(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("subscriber"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
