@@ -95,6 +95,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match &err {
             StoreError::Conflict(what) => Self::new(ErrorCode::Conflict, format!("{what}.")),
+            StoreError::Invalid(field) => Self::validation(vec![field.clone()]),
             e if e.is_unavailable() => {
                 tracing::warn!(request_id = %current_request_id(), error = %e, "database unavailable");
                 Self::new(

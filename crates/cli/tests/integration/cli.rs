@@ -39,7 +39,10 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     let db = TestDb::create(backend).await;
     let (ok, migrated, err) = keyflow(&db, &["migrate", "--json"]);
     assert!(ok, "{err}");
-    assert_eq!(migrated["applied"], json!(["0001_foundation"]));
+    assert_eq!(
+        migrated["applied"],
+        json!(["0001_foundation", "0002_customer_data"])
+    );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);
     assert_eq!(again["applied"], json!([]));
     let pw = password_file();
@@ -179,12 +182,16 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     assert_eq!(dup["error"]["code"], "conflict");
 }
 
-/// Starts `keyflow serve` on an ephemeral port; returns the child, its base URL
-/// and the captured log lines.
-fn spawn_server(
-    db: &TestDb,
-    token: &str,
-) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
+/// A `keyflow serve` child process and its captured log lines.
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// Starts `keyflow serve` on an ephemeral port.
+fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
     let mut child = Command::new(BIN)
         .args([
             "--database-url",
@@ -205,7 +212,7 @@ fn spawn_server(
     let lines = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(addr) = v["fields"]["address"].as_str()
@@ -223,13 +230,23 @@ fn spawn_server(
                 lines.lock().unwrap()
             )
         });
-    (child, format!("http://{addr}"), lines)
+    ServerProcess {
+        child,
+        base: format!("http://{addr}"),
+        lines,
+        reader,
+    }
 }
 
 async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     let db = TestDb::create(backend).await;
     let token = "cli-admin-token-0123456789abcdef";
-    let (mut child, base, lines) = spawn_server(&db, token);
+    let ServerProcess {
+        mut child,
+        base,
+        lines,
+        reader,
+    } = spawn_server(&db, token);
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
@@ -351,6 +368,7 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "keyflow serve exited with {exit:?}");
+    reader.join().unwrap(); // every line up to EOF
 
     let log = lines.lock().unwrap().join("\n");
     assert!(log.contains("keyflow stopped cleanly"), "{log}");

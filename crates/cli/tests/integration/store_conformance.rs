@@ -87,7 +87,10 @@ fn entry(ws: &Workspace, project: Option<&Project>, action: &str) -> AuditEntry 
 async fn migrations_are_idempotent(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = keyflow_store::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), vec!["0001_foundation"]);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0001_foundation", "0002_customer_data"]
+    );
     assert!(store.migrate().await.unwrap().is_empty());
     store.ping().await.unwrap();
 }

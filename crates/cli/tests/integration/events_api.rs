@@ -1,0 +1,445 @@
+//! Events: durable track, idempotency, identities, batches, allowed_events,
+//! filters, and exactly-once storage under concurrency.
+
+use std::collections::HashSet;
+
+use keyflow_store::{EventFilter, Page};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::harness::{Backend, TestApp};
+
+async fn all_events(app: &TestApp, project_id: &str) -> Vec<keyflow_store::Event> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = Page {
+            limit: 1000,
+            cursor: cursor.clone(),
+        };
+        let batch = app
+            .store
+            .list_events(project_id, &EventFilter::default(), &page)
+            .await
+            .unwrap();
+        let done = batch.len() < 1000;
+        cursor = batch.last().map(|e| e.id.clone());
+        out.extend(batch);
+        if done {
+            return out;
+        }
+    }
+}
+
+async fn track_is_durable_and_listed(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let reply = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "signed_up", "email": "new@x.io", "properties": {"plan": "pro"}, "timestamp": "2026-01-02T03:04:05Z"}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.body["id"].as_str().unwrap();
+    // Acknowledged means stored.
+    let stored = all_events(&app, &t.project_id).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].id, id);
+    // The unknown email created the contact.
+    let contact = app.get("/v1/contacts?email=new%40x.io", &t.key).await;
+    let contact_id = contact.body["data"][0]["id"].as_str().unwrap().to_string();
+    let listed = app.get("/v1/events", &t.key).await;
+    let e = &listed.body["data"][0];
+    assert_eq!(e["name"], "signed_up");
+    assert_eq!(e["contact_id"], contact_id.as_str());
+    assert_eq!(e["timestamp"], "2026-01-02T03:04:05Z");
+    assert!(e["received_at"].is_string());
+    assert_eq!(e["properties"], json!({"plan": "pro"}));
+    assert_eq!(
+        listed.header("ratelimit-policy"),
+        Some("\"read\";q=100;w=60")
+    );
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"ingest\";q=100;w=60")
+    );
+    // Event tracking is not audited per event.
+    let audit = app.get("/v1/audit", &t.key).await;
+    assert!(
+        audit.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["action"].as_str().unwrap().starts_with("event"))
+    );
+}
+
+async fn identities_and_detached_events(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let by_ext = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "a", "external_id": "user-7", "email": "u7@x.io"}),
+        )
+        .await;
+    assert_eq!(by_ext.status, 202);
+    let contact = app.get("/v1/contacts?external_id=user-7", &t.key).await;
+    assert_eq!(contact.body["data"][0]["email"], "u7@x.io");
+    let contact_id = contact.body["data"][0]["id"].as_str().unwrap().to_string();
+    let by_id = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "b", "contact_id": contact_id}),
+        )
+        .await;
+    assert_eq!(by_id.status, 202);
+    let anon = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "c", "anonymous_id": "anon-1"}),
+        )
+        .await;
+    assert_eq!(anon.status, 202);
+    app.post(
+        "/v1/events",
+        &t.key,
+        json!({"name": "d", "contact_id": "missing"}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+    app.post("/v1/events", &t.key, json!({"name": "d"}))
+        .await
+        .assert_error(422, "validation_failed");
+    // Filters.
+    let mine = app
+        .get(&format!("/v1/events?contact_id={contact_id}"), &t.key)
+        .await;
+    let names: Vec<&str> = mine.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["b", "a"]);
+    let only_c = app.get("/v1/events?name=c", &t.key).await;
+    assert_eq!(only_c.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(only_c.body["data"][0]["anonymous_id"], "anon-1");
+    // Deleting the contact leaves its events, detached.
+    app.delete(&format!("/v1/contacts/{contact_id}"), &t.key)
+        .await;
+    let all = app.get("/v1/events", &t.key).await;
+    assert_eq!(all.body["data"].as_array().unwrap().len(), 3);
+    assert!(
+        all.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["contact_id"].is_null())
+    );
+}
+
+async fn time_filters_and_nfc_names(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    for (name, ts) in [
+        ("caf\u{e9}", "2026-01-01T00:00:00Z"),
+        ("cafe\u{301}", "2026-02-01T00:00:00Z"),
+        ("other", "2026-03-01T00:00:00Z"),
+    ] {
+        assert_eq!(
+            app.post(
+                "/v1/events",
+                &t.key,
+                json!({"name": name, "anonymous_id": "a", "timestamp": ts})
+            )
+            .await
+            .status,
+            202
+        );
+    }
+    let cafe = app.get("/v1/events?name=caf%C3%A9", &t.key).await;
+    assert_eq!(
+        cafe.body["data"].as_array().unwrap().len(),
+        2,
+        "both spellings are one NFC name"
+    );
+    let window = app
+        .get(
+            "/v1/events?since=2026-01-15T00:00:00Z&until=2026-03-01T00:00:00Z",
+            &t.key,
+        )
+        .await;
+    let data = window.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["timestamp"], "2026-02-01T00:00:00Z");
+    app.get("/v1/events?since=yesterday", &t.key)
+        .await
+        .assert_error(422, "validation_failed");
+}
+
+async fn idempotency_keys_store_once_for_24_hours(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let body =
+        json!({"name": "charge.succeeded", "external_id": "cus_1", "idempotency_key": "evt_123"});
+    let first = app.post("/v1/events", &t.key, body.clone()).await;
+    assert_eq!(first.status, 202);
+    let again = app.post("/v1/events", &t.key, body.clone()).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["id"], first.body["id"]);
+    // Within a batch, and across batch and single: still one.
+    let batch = app
+        .post(
+            "/v1/events/batch",
+            &t.key,
+            json!({"events": [body.clone(), body.clone()]}),
+        )
+        .await;
+    assert_eq!(batch.status, 202);
+    assert_eq!(
+        batch.body["ids"],
+        json!([first.body["id"], first.body["id"]])
+    );
+    assert_eq!(all_events(&app, &t.project_id).await.len(), 1);
+    // Another project may use the same key.
+    let other = app.tenant().await;
+    assert_eq!(
+        app.post("/v1/events", &other.key, body.clone())
+            .await
+            .status,
+        202
+    );
+    // After 24 h the key counts as new.
+    app.clock.advance_ms(24 * 3600 * 1000 + 1);
+    let later = app.post("/v1/events", &t.key, body).await;
+    assert_eq!(later.status, 202);
+    assert_ne!(later.body["id"], first.body["id"]);
+    assert_eq!(all_events(&app, &t.project_id).await.len(), 2);
+}
+
+async fn batches_are_all_or_nothing(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let good = |i: usize| json!({"name": "page_view", "anonymous_id": format!("a{i}")});
+    let ok = app
+        .post(
+            "/v1/events/batch",
+            &t.key,
+            json!({"events": (0..100).map(good).collect::<Vec<_>>()}),
+        )
+        .await;
+    assert_eq!(ok.status, 202);
+    assert_eq!(ok.body["ids"].as_array().unwrap().len(), 100);
+    let mut mixed: Vec<Value> = (0..10).map(good).collect();
+    mixed.push(json!({"name": "x".repeat(129), "anonymous_id": "a"}));
+    let refused = app
+        .post("/v1/events/batch", &t.key, json!({"events": mixed}))
+        .await;
+    refused.assert_error(422, "validation_failed");
+    assert_eq!(
+        refused.body["error"]["details"]["fields"][0]["field"],
+        "events[10].name"
+    );
+    let mut unknown_contact: Vec<Value> = (0..3).map(good).collect();
+    unknown_contact.push(json!({"name": "x", "contact_id": "nope"}));
+    app.post(
+        "/v1/events/batch",
+        &t.key,
+        json!({"events": unknown_contact}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+    let too_many: Vec<Value> = (0..1001).map(good).collect();
+    app.post("/v1/events/batch", &t.key, json!({"events": too_many}))
+        .await
+        .assert_error(422, "validation_failed");
+    let bad_time = app
+        .post(
+            "/v1/events/batch",
+            &t.key,
+            json!({"events": [{"name": "x", "anonymous_id": "a", "timestamp": "noon"}]}),
+        )
+        .await;
+    bad_time.assert_error(422, "validation_failed");
+    let wrong_type = app
+        .post(
+            "/v1/events/batch",
+            &t.key,
+            json!({"events": [{"name": 5, "anonymous_id": "a"}]}),
+        )
+        .await;
+    assert_eq!(
+        wrong_type.body["error"]["details"]["fields"][0]["field"],
+        "events[0].name"
+    );
+    let huge: Vec<Value> = (0..40).map(|i| json!({"name": "big", "anonymous_id": format!("{i}"), "properties": {"p": "x".repeat(30_000)}})).collect();
+    app.post("/v1/events/batch", &t.key, json!({"events": huge}))
+        .await
+        .assert_error(413, "payload_too_large");
+    assert_eq!(
+        all_events(&app, &t.project_id).await.len(),
+        100,
+        "no refused batch stored anything"
+    );
+}
+
+async fn allowed_events_reject_the_whole_batch(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (_, key) = app
+        .create_key(
+            &t.key,
+            json!({"name": "web", "type": "client", "allowed_events": ["page_view", "caf\u{e9}"], "rate_limit": {"limit": 3, "period_seconds": 60}}),
+        )
+        .await;
+    assert_eq!(
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "page_view", "anonymous_id": "a"})
+        )
+        .await
+        .status,
+        202
+    );
+    // NFC: the decomposed spelling is the allowed name.
+    assert_eq!(
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "cafe\u{301}", "anonymous_id": "a"})
+        )
+        .await
+        .status,
+        202
+    );
+    let refused = app
+        .post("/v1/events/batch", &key, json!({"events": [{"name": "page_view", "anonymous_id": "a"}, {"name": "purchase", "anonymous_id": "a"}]}))
+        .await;
+    refused.assert_error(403, "event_not_allowed");
+    assert_eq!(refused.body["error"]["details"]["event"], "purchase");
+    assert_eq!(
+        refused.header("x-ratelimit-remaining"),
+        Some("1"),
+        "a refused batch spends no quota"
+    );
+    app.post(
+        "/v1/events",
+        &key,
+        json!({"name": "purchase", "anonymous_id": "a"}),
+    )
+    .await
+    .assert_error(403, "event_not_allowed");
+    assert_eq!(all_events(&app, &t.project_id).await.len(), 2);
+    // The last unit of quota, then 429 with the headers.
+    assert_eq!(
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "page_view", "anonymous_id": "a"})
+        )
+        .await
+        .status,
+        202
+    );
+    let limited = app
+        .post(
+            "/v1/events",
+            &key,
+            json!({"name": "page_view", "anonymous_id": "a"}),
+        )
+        .await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    // The order of SPEC §2: event_not_allowed comes before rate_limited.
+    app.post(
+        "/v1/events",
+        &key,
+        json!({"name": "purchase", "anonymous_id": "a"}),
+    )
+    .await
+    .assert_error(403, "event_not_allowed");
+}
+
+async fn concurrent_clients_store_every_acknowledged_event_once(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.default_rate_limit = keyflow_core::RateLimit::per_minute(100_000)
+    })
+    .await;
+    let t = app.tenant().await;
+    let mut tasks = Vec::new();
+    for client in 0..16 {
+        let http = app.client.clone();
+        let base = app.base_url.clone();
+        let key = t.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for round in 0..10 {
+                if round % 2 == 0 {
+                    let events: Vec<Value> = (0..10)
+                        .map(|i| json!({"name": "tick", "email": format!("c{client}@x.io"), "properties": {"i": i}}))
+                        .collect();
+                    let r: Value = http
+                        .post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"events": events}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    acked.extend(r["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+                } else {
+                    // Shared idempotency keys across clients: only one event each.
+                    let r = http
+                        .post(format!("{base}/v1/events"))
+                        .bearer_auth(&key)
+                        .json(&json!({"name": "shared", "anonymous_id": "x", "idempotency_key": format!("k{round}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status() == 202 || r.status() == 200);
+                    let body: Value = r.json().await.unwrap();
+                    acked.push(body["id"].as_str().unwrap().to_string());
+                }
+            }
+            acked
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    let stored = all_events(&app, &t.project_id).await;
+    let stored_ids: HashSet<String> = stored.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(stored.len(), stored_ids.len(), "no event stored twice");
+    assert_eq!(
+        stored_ids, acknowledged,
+        "every acknowledged event is stored, and nothing else"
+    );
+    assert_eq!(
+        stored.len(),
+        16 * 5 * 10 + 5,
+        "16 clients x 5 batches of 10, plus 5 shared keys"
+    );
+    // One contact per email, despite concurrent creation.
+    let contacts = app.get("/v1/contacts?limit=1000", &t.key).await;
+    assert_eq!(contacts.body["data"].as_array().unwrap().len(), 16);
+}
+
+backend_tests!(
+    track_is_durable_and_listed,
+    identities_and_detached_events,
+    time_filters_and_nfc_names,
+    idempotency_keys_store_once_for_24_hours,
+    batches_are_all_or_nothing,
+    allowed_events_reject_the_whole_batch,
+    concurrent_clients_store_every_acknowledged_event_once,
+);
