@@ -8,11 +8,13 @@ mod harness;
 
 mod admin_api;
 mod auth_pipeline;
+mod browser;
 mod cli;
 mod contacts_api;
 mod events_api;
 mod keys_api;
 mod operation;
 mod rate_limits;
+mod segment_compat;
 mod store_conformance;
 mod subscribers_api;

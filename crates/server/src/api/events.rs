@@ -23,14 +23,14 @@ use crate::json::JsonBody;
 use crate::state::SharedState;
 
 /// The checks every ingest path shares, in SPEC §2's order after the
-/// middleware's: event names (403), then quota (429), then the durable write.
-pub async fn ingest(
+/// middleware's: event names (403), then quota (429).
+pub async fn check_and_spend(
     state: &SharedState,
     caller: &Caller,
     ticket: &RateLimitTicket,
-    events: Vec<NewEvent>,
-) -> ApiResult<Vec<EventOutcome>> {
-    if let Some(name) = first_disallowed(&events, caller.key.key.settings.allowed_events.as_deref())
+    events: &[NewEvent],
+) -> ApiResult<()> {
+    if let Some(name) = first_disallowed(events, caller.key.key.settings.allowed_events.as_deref())
     {
         state
             .metrics
@@ -41,7 +41,25 @@ pub async fn ingest(
         )
         .with_details(json!({ "event": name })));
     }
-    ticket.consume().await?;
+    ticket.consume().await
+}
+
+/// Checks, spends quota, then stores durably (answering after the commit).
+pub async fn ingest(
+    state: &SharedState,
+    caller: &Caller,
+    ticket: &RateLimitTicket,
+    events: Vec<NewEvent>,
+) -> ApiResult<Vec<EventOutcome>> {
+    check_and_spend(state, caller, ticket, &events).await?;
+    store_events(state, caller, events).await
+}
+
+pub async fn store_events(
+    state: &SharedState,
+    caller: &Caller,
+    events: Vec<NewEvent>,
+) -> ApiResult<Vec<EventOutcome>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }

@@ -13,7 +13,7 @@ use keyflow_store::UpsertActions;
 use serde_json::{Map, Value, json};
 
 use super::contacts::audit_context;
-use super::events::ingest;
+use super::events::{check_and_spend, ingest, store_events};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -156,7 +156,8 @@ pub async fn batch(
         )
         .with_details(json!({ "required_scope": "contacts:write" })));
     }
-    ingest(&state, &caller, &ticket, events).await?;
+    check_and_spend(&state, &caller, &ticket, &events).await?;
+    // Identify first, so a batch's track messages attach to the contact it describes.
     if !contacts.is_empty() {
         let results = state
             .store
@@ -171,5 +172,6 @@ pub async fn batch(
             tracing::warn!(error = %failure, "segment identify not applied");
         }
     }
+    store_events(&state, &caller, events).await?;
     Ok(success())
 }
