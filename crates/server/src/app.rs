@@ -148,6 +148,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/embed.js", get(browser::embed_js))
+        .route("/openapi.json", get(crate::api::openapi::openapi_json))
         .merge(v1_routes(&state))
         .merge(crate::admin::router(state.clone()))
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })

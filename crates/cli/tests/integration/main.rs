@@ -13,6 +13,7 @@ mod cli;
 mod contacts_api;
 mod events_api;
 mod keys_api;
+mod openapi;
 mod operation;
 mod rate_limits;
 mod segment_compat;

@@ -7,11 +7,28 @@ use axum::Json;
 use axum::extract::{Query, State};
 
 use super::repr::audit_json;
+use super::schema;
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::state::SharedState;
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    summary = "The activity log, newest first",
+    description = "Scope: `audit:read`.",
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, body = schema::AuditList),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list_audit(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::repr::contact_json;
+use super::schema;
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -40,6 +41,24 @@ pub fn upsert_status(created: bool) -> StatusCode {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/contacts",
+    tag = "contacts",
+    summary = "Create or update a contact",
+    description = "Scope: `contacts:write`.",
+    request_body = schema::ContactInput,
+    responses(
+        (status = 201, description = "Created", body = schema::Contact),
+        (status = 200, description = "Updated", body = schema::Contact),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 409, description = "Email or external id belongs to another contact", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn upsert_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -62,6 +81,22 @@ pub async fn upsert_contact(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/contacts/{id}",
+    tag = "contacts",
+    summary = "Get a contact",
+    description = "Scope: `contacts:read`.",
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 200, body = schema::Contact),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn get_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -75,6 +110,22 @@ pub async fn get_contact(
     Ok(Json(contact_json(&contact)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/contacts",
+    tag = "contacts",
+    summary = "List contacts, or look one up",
+    description = "Scope: `contacts:read`.",
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
+    responses(
+        (status = 200, body = schema::ContactList),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// `GET /v1/contacts`: the list, or with `?email=` / `?external_id=` the
 /// (zero or one) matching contact in the same list shape.
 pub async fn list_contacts(
@@ -114,6 +165,25 @@ pub async fn list_contacts(
     )))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/contacts/{id}",
+    tag = "contacts",
+    summary = "Update a contact",
+    description = "Scope: `contacts:write`.",
+    request_body = schema::ContactInput,
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 200, body = schema::Contact),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 409, description = "Email or external id belongs to another contact", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn patch_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -136,6 +206,22 @@ pub async fn patch_contact(
     Ok(Json(contact_json(&contact)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/contacts/{id}",
+    tag = "contacts",
+    summary = "Delete a contact (its events stay, detached)",
+    description = "Scope: `contacts:write`.",
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn delete_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -162,6 +248,22 @@ pub struct BatchBody {
     contacts: Vec<Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/contacts/batch",
+    tag = "contacts",
+    summary = "Create or update up to 1000 contacts",
+    description = "Scope: `contacts:write`.",
+    request_body = schema::ContactBatch,
+    responses(
+        (status = 200, description = "One result per item", body = schema::ContactBatchResults),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// One result per item; valid items are applied even when others fail.
 pub async fn batch_contacts(
     State(state): State<SharedState>,

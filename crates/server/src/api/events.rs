@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::repr::event_json;
+use super::schema;
 use super::{list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
@@ -69,6 +70,23 @@ pub async fn store_events(
         .await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Track an event",
+    description = "Scope: `events:write`.",
+    request_body = schema::EventInput,
+    responses(
+        (status = 202, description = "Durably stored", body = schema::EventAccepted),
+        (status = 200, description = "Idempotency key seen in the last 24 h: the first event's id", body = schema::EventAccepted),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// `202 {"id"}` once stored; a repeated idempotency key answers `200` with the first id.
 pub async fn track(
     State(state): State<SharedState>,
@@ -94,6 +112,23 @@ pub struct BatchBody {
     events: Vec<EventInput>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "events",
+    summary = "Track up to 1000 events (all or nothing)",
+    description = "Scope: `events:write`.",
+    request_body = schema::EventBatch,
+    responses(
+        (status = 202, description = "Durably stored", body = schema::EventBatchAccepted),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// All-or-nothing: one invalid or disallowed event and nothing is stored.
 pub async fn track_batch(
     State(state): State<SharedState>,
@@ -114,6 +149,22 @@ fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i
         .transpose()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "List events, newest first",
+    description = "Scope: `events:read`.",
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
+    responses(
+        (status = 200, body = schema::EventList),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// `GET /v1/events?contact_id=&name=&since=&until=`, newest first.
 pub async fn list_events(
     State(state): State<SharedState>,

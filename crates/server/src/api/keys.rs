@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::repr::{issued_key_json, key_json};
+use super::schema;
 use super::{bool_query, list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -35,6 +36,22 @@ async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<A
         .ok_or_else(|| ApiError::not_found("API key"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "Create an API key",
+    description = "Scope: `keys:write`.",
+    request_body = schema::CreateKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown only here", body = schema::IssuedKey),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -61,6 +78,22 @@ pub async fn create_key(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "List API keys",
+    description = "Scope: `keys:read`.",
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
+    responses(
+        (status = 200, body = schema::KeyList),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list_keys(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -77,6 +110,22 @@ pub async fn list_keys(
     Ok(Json(list_body(data, &page, last)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    summary = "Get an API key",
+    description = "Scope: `keys:read`.",
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 200, body = schema::Key),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn get_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -86,6 +135,19 @@ pub async fn get_key(
     Ok(Json(key_json(&key, &state.usage)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/keys/self",
+    tag = "keys",
+    summary = "The calling key",
+    responses(
+        (status = 200, body = schema::Key),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// `GET /v1/keys/self`: any valid key may read its own object.
 pub async fn get_self(
     State(state): State<SharedState>,
@@ -95,6 +157,25 @@ pub async fn get_self(
     Ok(Json(key_json(&key, &state.usage)))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    summary = "Change a key's settings",
+    description = "Scope: `keys:write`.",
+    request_body = schema::PatchKey,
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 200, body = schema::Key),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 409, description = "The key is revoked", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn update_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -126,6 +207,22 @@ pub async fn update_key(
     Ok(Json(key_json(&updated, &state.usage)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    summary = "Revoke an API key",
+    description = "Scope: `keys:write`.",
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 204, description = "Revoked (at once, on every instance)"),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// Revoke. Revoking an already revoked key is a no-op `204` (no new audit entry).
 pub async fn revoke_key(
     State(state): State<SharedState>,
@@ -153,6 +250,25 @@ pub struct RollRequest {
     pub expires_in_seconds: Option<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/keys/{id}/roll",
+    tag = "keys",
+    summary = "Roll an API key",
+    description = "Scope: `keys:write`.",
+    request_body = Option<schema::RollKey>,
+    params(("id" = String, Path, description = "Object id")),
+    responses(
+        (status = 201, description = "The successor; `key` is shown only here", body = schema::IssuedKey),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 409, description = "The key is revoked", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn roll_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

@@ -5,7 +5,9 @@ pub mod browser;
 pub mod contacts;
 pub mod events;
 pub mod keys;
+pub mod openapi;
 pub mod repr;
+pub mod schema;
 pub mod segment;
 pub mod subscribers;
 

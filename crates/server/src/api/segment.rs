@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::contacts::audit_context;
 use super::events::{check_and_spend, ingest, store_events};
+use super::schema;
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -78,6 +79,22 @@ fn success() -> Json<Value> {
     Json(json!({ "success": true }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/track",
+    tag = "segment",
+    summary = "Segment track",
+    description = "Scope: `events:write`.",
+    request_body = schema::SegmentMessage,
+    responses(
+        (status = 200, body = schema::SegmentSuccess),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []), ("segment_basic" = []))
+)]
 pub async fn track(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -89,6 +106,22 @@ pub async fn track(
     Ok(success())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/identify",
+    tag = "segment",
+    summary = "Segment identify",
+    description = "Scope: `contacts:write`.",
+    request_body = schema::SegmentMessage,
+    responses(
+        (status = 200, body = schema::SegmentSuccess),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []), ("segment_basic" = []))
+)]
 pub async fn identify(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -109,6 +142,22 @@ pub async fn identify(
     Ok(success())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    tag = "segment",
+    summary = "Segment batch",
+    description = "Scope: `events:write`.",
+    request_body = schema::SegmentBatch,
+    responses(
+        (status = 200, body = schema::SegmentSuccess),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []), ("segment_basic" = []))
+)]
 /// A batch is validated whole (all-or-nothing, like `/v1/events/batch`);
 /// `identify` items need `contacts:write` as on `/v1/identify`.
 pub async fn batch(

@@ -13,12 +13,29 @@ use serde_json::{Map, Value, json};
 
 use super::contacts::{audit_context, upsert_status};
 use super::repr::contact_json;
+use super::schema;
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::state::SharedState;
 
+#[utoipa::path(
+    get,
+    path = "/v1/subscribers",
+    tag = "subscribers",
+    summary = "List subscribers",
+    description = "Scope: `subscribers:read`.",
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses(
+        (status = 200, body = schema::ContactList),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn list_subscribers(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -45,6 +62,23 @@ pub struct SignupBody {
     source: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/subscribers",
+    tag = "subscribers",
+    summary = "Sign up a subscriber",
+    description = "Scope: `subscribers:write`.",
+    request_body = schema::SubscriberSignup,
+    responses(
+        (status = 201, description = "Created", body = schema::Contact),
+        (status = 200, description = "Updated", body = schema::Contact),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// Server-side signup: creates or updates the contact and subscribes it.
 pub async fn signup(
     State(state): State<SharedState>,
@@ -85,6 +119,22 @@ pub async fn signup(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/subscribers/{email_or_id}",
+    tag = "subscribers",
+    summary = "Unsubscribe",
+    description = "Scope: `subscribers:write`.",
+    params(("email_or_id" = String, Path, description = "An email (contains @) or a contact id")),
+    responses(
+        (status = 204, description = "Unsubscribed"),
+        (status = 404, description = "Not found", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 /// Unsubscribe by email or contact id: `subscribed = false`, 204.
 pub async fn unsubscribe(
     State(state): State<SharedState>,

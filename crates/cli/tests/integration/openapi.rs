@@ -1,0 +1,73 @@
+//! `/openapi.json`: a snapshot keeps the document from drifting, and every
+//! documented operation must exist behind the auth pipeline.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::harness::{Backend, TestApp};
+
+fn snapshot_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+}
+
+async fn document(app: &TestApp) -> Value {
+    let reply = app.request(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(reply.status, 200);
+    reply.body
+}
+
+#[tokio::test]
+async fn openapi_matches_the_snapshot() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let pretty = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var("KEYFLOW_UPDATE_SNAPSHOTS").is_ok_and(|v| v == "1") {
+        std::fs::write(snapshot_path(), &pretty).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(snapshot_path()).unwrap_or_default();
+    assert!(
+        stored == pretty,
+        "the OpenAPI document changed; review it and run \
+         `KEYFLOW_UPDATE_SNAPSHOTS=1 cargo nextest run openapi_matches_the_snapshot` to accept it"
+    );
+}
+
+#[tokio::test]
+async fn every_documented_operation_exists_behind_auth() {
+    let app = TestApp::start(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}", "some-id")
+            .replace("{email_or_id}", "a@b.co");
+        for method in item.as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = app.request(method.clone(), &concrete, None, None).await;
+            assert_eq!(
+                reply.status, 401,
+                "{method} {path} should exist and need a key: {}",
+                reply.body
+            );
+            assert_eq!(reply.error_code(), "missing_api_key");
+            // Each operation names its responses and its security.
+            let op = &item[method.as_str().to_lowercase()];
+            assert!(
+                op["responses"]
+                    .as_object()
+                    .is_some_and(|r| r.contains_key("401")),
+                "{method} {path}"
+            );
+            assert!(op["security"].is_array(), "{method} {path}");
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 23, "every /v1 operation is documented");
+}
