@@ -262,9 +262,25 @@ pub(crate) const CONTACT_COLUMNS: &str = "id, project_id, email, external_id, fi
 
 pub(crate) const EVENT_COLUMNS: &str = "id, project_id, name, contact_id, anonymous_id, properties, timestamp, received_at, idempotency_key";
 
-/// Rows per multi-row event INSERT (9 parameters each).
-pub(crate) const EVENT_CHUNK: usize = 100;
+/// Rows per multi-row event INSERT on PostgreSQL (9 parameters each). A batch
+/// is split greedily into these sizes so only four statement shapes exist and
+/// all stay in the prepared-statement cache.
+pub(crate) const EVENT_CHUNKS: [usize; 4] = [100, 25, 5, 1];
 
+/// Splits `rows` into slices of the sizes in [`EVENT_CHUNKS`].
+pub(crate) fn event_chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for size in EVENT_CHUNKS {
+        while rows.len() >= size {
+            let (head, tail) = rows.split_at(size);
+            out.push(head);
+            rows = tail;
+        }
+    }
+    out
+}
+
+/// The multi-row event INSERT with numbered placeholders (PostgreSQL).
 pub(crate) fn insert_events_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
         .map(|r| {
@@ -292,12 +308,26 @@ pub(crate) fn properties_to_column(props: &serde_json::Map<String, serde_json::V
 /// An event row ready to insert.
 pub(crate) struct EventRow {
     pub id: String,
+    pub project_id: String,
     pub name: String,
     pub contact_id: Option<String>,
     pub anonymous_id: Option<String>,
     pub properties: String,
     pub timestamp: i64,
+    pub received_at: i64,
     pub idempotency_key: Option<String>,
+}
+
+impl EventRow {
+    /// Whether preparing this event wrote anything (see `needs_savepoint`).
+    pub(crate) fn is_plain(event: &keyflow_core::events::NewEvent) -> bool {
+        use keyflow_core::events::EventIdentity;
+        event.idempotency_key.is_none()
+            && matches!(
+                event.identity,
+                EventIdentity::Anonymous | EventIdentity::ContactId(_)
+            )
+    }
 }
 
 pub(crate) fn contact_conflict() -> StoreError {
@@ -322,8 +352,8 @@ macro_rules! impl_sql_store {
         use keyflow_core::contacts::{ContactChanges, ContactFields, ContactLookup, apply_changes, email_key};
         use keyflow_core::events::{EventIdentity, IDEMPOTENCY_WINDOW_MS, NewEvent};
         use $crate::sql_store::{
-            AUDIT_COLUMNS, AuditRow, CONTACT_COLUMNS, EVENT_CHUNK, EVENT_COLUMNS, EventRow, INSERT_AUDIT,
-            INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns, contact_conflict, insert_events_sql,
+            AUDIT_COLUMNS, AuditRow, CONTACT_COLUMNS, EVENT_COLUMNS, EventRow, INSERT_AUDIT,
+            INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns, contact_conflict,
             page_limit, parse_environment, parse_plan, parse_role, properties_from_column, properties_to_column,
             scopes_to_column, settings_columns, usage_update_sql,
         };
@@ -642,13 +672,15 @@ macro_rules! impl_sql_store {
             Err(contact_conflict())
         }
 
-        /// Stores a batch of events in `tx`: idempotency, identities, multi-row INSERT.
-        pub(crate) async fn ingest_in_tx(
+        /// First half of ingesting: claims idempotency keys and resolves (or
+        /// creates) contacts in `tx`, and returns the rows still to insert.
+        /// Writes happen only for idempotency keys and email/external-id identities.
+        pub(crate) async fn prepare_events(
             tx: &mut Tx<'_>,
             project_id: &str,
             events: &[NewEvent],
             now: UnixMillis,
-        ) -> StoreResult<Vec<EventOutcome>> {
+        ) -> StoreResult<(Vec<EventOutcome>, Vec<EventRow>)> {
             let mut outcomes = Vec::with_capacity(events.len());
             let mut rows: Vec<EventRow> = Vec::with_capacity(events.len());
             let mut resolved: std::collections::HashMap<&EventIdentity, Option<String>> = std::collections::HashMap::new();
@@ -690,33 +722,18 @@ macro_rules! impl_sql_store {
                 };
                 rows.push(EventRow {
                     id: id.clone(),
+                    project_id: project_id.to_string(),
                     name: event.name.clone(),
                     contact_id,
                     anonymous_id: event.anonymous_id.clone(),
                     properties: properties_to_column(&event.properties),
                     timestamp: event.timestamp,
+                    received_at: now,
                     idempotency_key: event.idempotency_key.clone(),
                 });
                 outcomes.push(EventOutcome { id, duplicate: false });
             }
-            for chunk in rows.chunks(EVENT_CHUNK) {
-                let sql = insert_events_sql(chunk.len());
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for r in chunk {
-                    query = query
-                        .bind(&r.id)
-                        .bind(project_id)
-                        .bind(&r.name)
-                        .bind(&r.contact_id)
-                        .bind(&r.anonymous_id)
-                        .bind(&r.properties)
-                        .bind(r.timestamp)
-                        .bind(now)
-                        .bind(&r.idempotency_key);
-                }
-                query.execute(&mut **tx).await?;
-            }
-            Ok(outcomes)
+            Ok((outcomes, rows))
         }
 
         #[async_trait]
@@ -1231,3 +1248,19 @@ macro_rules! impl_sql_store {
 }
 
 pub(crate) use impl_sql_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_chunks_cover_every_row_with_few_shapes() {
+        for n in 0..260 {
+            let rows: Vec<usize> = (0..n).collect();
+            let chunks = event_chunks(&rows);
+            let joined: Vec<usize> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(joined, rows);
+            assert!(chunks.iter().all(|c| EVENT_CHUNKS.contains(&c.len())));
+        }
+    }
+}

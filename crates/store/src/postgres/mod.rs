@@ -55,10 +55,36 @@ impl PostgresStore {
         now: i64,
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
         let mut tx = self.pool.begin().await?;
-        let outcomes = ingest_in_tx(&mut tx, project_id, &events, now).await?;
+        let (outcomes, rows) = prepare_events(&mut tx, project_id, &events, now).await?;
+        insert_event_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// Multi-row INSERTs in a few fixed shapes (see `event_chunks`).
+async fn insert_event_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[crate::sql_store::EventRow],
+) -> crate::StoreResult<()> {
+    for chunk in crate::sql_store::event_chunks(rows) {
+        let sql = crate::sql_store::insert_events_sql(chunk.len());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(&r.id)
+                .bind(&r.project_id)
+                .bind(&r.name)
+                .bind(&r.contact_id)
+                .bind(&r.anonymous_id)
+                .bind(&r.properties)
+                .bind(r.timestamp)
+                .bind(r.received_at)
+                .bind(&r.idempotency_key);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 impl_sql_store!(PostgresStore, sqlx::Postgres, "postgres");
