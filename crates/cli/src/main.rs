@@ -451,7 +451,21 @@ async fn serve(config: Config) -> Result<(), Failure> {
         admin_api = config.admin_token.is_some(),
         "keyflow listening"
     );
+    let needs_setup = store.count_operators().await? == 0;
     let state = keyflow_server::build_state(config, store, Arc::new(SystemClock));
+    if needs_setup {
+        // The one-time first-run link: creates the owner, workspace and project.
+        let token = state
+            .issue_setup_token()
+            .map_err(|e| format!("cannot create the setup token: {e}"))?;
+        println!(
+            "Keyflow has no operator yet. Open http://{address}/setup?token={token} to set it up (works once)."
+        );
+        tracing::info!(
+            setup_path = "/setup",
+            "first-run setup link printed on stdout"
+        );
+    }
     keyflow_server::launch_with_listener(state, listener, shutdown_signal()).await?;
     tracing::info!("keyflow stopped cleanly");
     Ok(())

@@ -151,6 +151,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/openapi.json", get(crate::api::openapi::openapi_json))
         .merge(v1_routes(&state))
         .merge(crate::admin::router(state.clone()))
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .layer(from_fn(browser::cors_preflight))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))

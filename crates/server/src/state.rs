@@ -88,6 +88,10 @@ pub struct AppState {
     pub local_limiter: Arc<LocalRateLimiter>,
     pub usage: UsageTracker,
     pub metrics: Metrics,
+    /// Failed dashboard sign-ins per account and per client IP.
+    pub signin_limiter: LocalRateLimiter,
+    /// The one-time first-run setup token, while the instance has no operator.
+    setup_token: std::sync::Mutex<Option<String>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -109,7 +113,29 @@ impl AppState {
             local_limiter,
             usage: UsageTracker::default(),
             metrics: Metrics::default(),
+            signin_limiter: LocalRateLimiter::default(),
+            setup_token: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Mints the first-run setup token (call when the store has no operator).
+    pub fn issue_setup_token(&self) -> Result<String, keyflow_core::KeyFormatError> {
+        let token = keyflow_core::keys::random_base62(32)?;
+        *self.setup_token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+
+    pub fn setup_token_matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let guard = self.setup_token.lock().unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_deref()
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())))
+    }
+
+    /// Setup works once.
+    pub fn consume_setup_token(&self) {
+        *self.setup_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     pub fn now_ms(&self) -> i64 {

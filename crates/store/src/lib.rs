@@ -66,6 +66,16 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         operator_id: &str,
     ) -> StoreResult<Option<Membership>>;
+    async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>>;
+    async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>>;
+    async fn count_operators(&self) -> StoreResult<i64>;
+    async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>>;
+
+    /// Stores a new session and, in the same transaction, the sign-in's audit entries.
+    async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()>;
+    async fn get_session(&self, id_hash: &str) -> StoreResult<Option<Session>>;
+    async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StoreResult<()>;
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<()>;
 
     /// Stores a new key and its `api_key.created` entry atomically.
     async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()>;

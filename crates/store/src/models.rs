@@ -205,3 +205,22 @@ impl UpsertActions {
         updated: "subscriber.updated",
     };
 }
+
+/// A dashboard session. `id_hash` is the SHA-256 (hex) of the cookie value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id_hash: String,
+    pub operator_id: String,
+    pub csrf_token: String,
+    pub created_at: UnixMillis,
+    pub last_seen_at: UnixMillis,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("operator_id", &self.operator_id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}

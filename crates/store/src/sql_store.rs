@@ -359,8 +359,8 @@ macro_rules! impl_sql_store {
         };
         use $crate::{
             ApiKey, AuditContext, AuditEntry, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
-            KeyUsage, Membership, Operator, Page, Project, Store, StoreError, StoreResult, UpsertActions,
-            UpsertOutcome, Workspace, new_id,
+            KeyUsage, Membership, Operator, Page, Project, Session, Store, StoreError, StoreResult,
+            UpsertActions, UpsertOutcome, Workspace, new_id,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -924,6 +924,123 @@ macro_rules! impl_sql_store {
                     })
                 })
                 .transpose()
+            }
+
+            async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>> {
+                let rows = sqlx::query(
+                    "SELECT workspace_id, operator_id, role, created_at FROM memberships \
+                     WHERE operator_id = $1 ORDER BY created_at",
+                )
+                .bind(operator_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Membership {
+                            workspace_id: r.try_get("workspace_id")?,
+                            operator_id: r.try_get("operator_id")?,
+                            role: parse_role(r.try_get("role")?)?,
+                            created_at: r.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>> {
+                let row = sqlx::query("SELECT id, email, password_hash, created_at FROM operators WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| {
+                    Ok(Operator {
+                        id: r.try_get("id")?,
+                        email: r.try_get("email")?,
+                        password_hash: r.try_get("password_hash")?,
+                        created_at: r.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn count_operators(&self) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM operators").fetch_one(&self.pool).await?)
+            }
+
+            async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>> {
+                let rows = sqlx::query(
+                    "SELECT id, workspace_id, name, environment, created_at FROM projects \
+                     WHERE workspace_id = $1 ORDER BY id",
+                )
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Project {
+                            id: r.try_get("id")?,
+                            workspace_id: r.try_get("workspace_id")?,
+                            name: r.try_get("name")?,
+                            environment: parse_environment(r.try_get("environment")?)?,
+                            created_at: r.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id_hash, operator_id, csrf_token, created_at, last_seen_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&session.id_hash)
+                .bind(&session.operator_id)
+                .bind(&session.csrf_token)
+                .bind(session.created_at)
+                .bind(session.last_seen_at)
+                .execute(&mut *tx)
+                .await?;
+                for entry in audit {
+                    write_audit(&mut tx, entry).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+                let row = sqlx::query(
+                    "SELECT id_hash, operator_id, csrf_token, created_at, last_seen_at FROM sessions WHERE id_hash = $1",
+                )
+                .bind(id_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    Ok(Session {
+                        id_hash: r.try_get("id_hash")?,
+                        operator_id: r.try_get("operator_id")?,
+                        csrf_token: r.try_get("csrf_token")?,
+                        created_at: r.try_get("created_at")?,
+                        last_seen_at: r.try_get("last_seen_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StoreResult<()> {
+                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
+                    .bind(at)
+                    .bind(id_hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
+                    .bind(id_hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()> {

@@ -41,7 +41,7 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     assert!(ok, "{err}");
     assert_eq!(
         migrated["applied"],
-        json!(["0001_foundation", "0002_customer_data"])
+        json!(["0001_foundation", "0002_customer_data", "0003_sessions"])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);
     assert_eq!(again["applied"], json!([]));
@@ -433,7 +433,43 @@ async fn serve_refuses_bad_configuration(backend: Backend) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("trusted_proxies"));
 }
 
+async fn serve_prints_a_one_time_setup_link_on_an_empty_database(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let mut child = Command::new(BIN)
+        .args([
+            "--database-url",
+            &db.url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no link in {line:?}"))
+        .to_string();
+    assert!(url.contains("/setup?token="), "{line}");
+    let page = reqwest::get(&url).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let wrong = reqwest::get(format!("{}x", url)).await.unwrap();
+    assert_eq!(wrong.status(), 404);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 backend_tests!(
+    serve_prints_a_one_time_setup_link_on_an_empty_database,
     init_keys_plan_and_migrate_commands,
     serve_process_never_logs_or_stores_a_key,
     serve_refuses_bad_configuration,

@@ -11,6 +11,7 @@ mod auth_pipeline;
 mod browser;
 mod cli;
 mod contacts_api;
+mod dashboard;
 mod events_api;
 mod keys_api;
 mod openapi;

@@ -89,7 +89,7 @@ async fn migrations_are_idempotent(backend: Backend) {
     let store = keyflow_store::connect(&db.url).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["0001_foundation", "0002_customer_data"]
+        vec!["0001_foundation", "0002_customer_data", "0003_sessions"]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     store.ping().await.unwrap();

@@ -22,6 +22,11 @@ impl PostgresStore {
             name: "0002_customer_data",
             sql: include_str!("../../migrations/postgres/0002_customer_data.sql"),
         },
+        Migration {
+            version: 3,
+            name: "0003_sessions",
+            sql: include_str!("../../migrations/postgres/0003_sessions.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

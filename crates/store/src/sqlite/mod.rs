@@ -38,6 +38,11 @@ impl SqliteStore {
             name: "0002_customer_data",
             sql: include_str!("../../migrations/sqlite/0002_customer_data.sql"),
         },
+        Migration {
+            version: 3,
+            name: "0003_sessions",
+            sql: include_str!("../../migrations/sqlite/0003_sessions.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.

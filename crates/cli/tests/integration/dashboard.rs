@@ -1,0 +1,321 @@
+//! Dashboard: first-run setup, sign-in (audited, rate limited), sessions with
+//! timeouts, CSRF and same-origin checks, escaping, security headers.
+
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::backend_tests;
+use crate::harness::{Backend, Reply, TestApp};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `kf_session=…` pair from a Set-Cookie header.
+fn session_cookie(reply: &Reply) -> Option<String> {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("kf_session=") && !c.starts_with("kf_session=;"))
+        .map(|c| c.split(';').next().unwrap().to_string())
+}
+
+async fn get_page(app: &TestApp, path: &str, cookie: Option<&str>) -> Reply {
+    let mut req = browser().get(format!("{}{path}", app.base_url));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    TestApp::reply(req).await
+}
+
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> Reply {
+    let mut req = browser()
+        .post(format!("{}{path}", app.base_url))
+        .header("origin", &app.base_url)
+        .form(form);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    TestApp::reply(req).await
+}
+
+fn text(reply: &Reply) -> String {
+    reply
+        .body
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| reply.body.to_string())
+}
+
+async fn operator(app: &TestApp, email: &str) -> String {
+    let t = app.tenant().await;
+    let op = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/workspaces/{}/operators", t.workspace_id),
+            json!({"email": email, "password": PASSWORD, "role": "admin"}),
+        )
+        .await;
+    assert_eq!(op.status, 201);
+    t.workspace_id
+}
+
+async fn sign_in(app: &TestApp, email: &str) -> String {
+    let reply = post_form(
+        app,
+        "/signin",
+        None,
+        &[("email", email), ("password", PASSWORD)],
+    )
+    .await;
+    assert_eq!(reply.status, 303, "{}", text(&reply));
+    session_cookie(&reply).expect("session cookie")
+}
+
+async fn first_run_setup_creates_owner_and_signs_in(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    assert_eq!(get_page(&app, "/setup", None).await.status, 404);
+    assert_eq!(get_page(&app, "/setup?token=wrong", None).await.status, 404);
+    let form = get_page(&app, &format!("/setup?token={token}"), None).await;
+    assert_eq!(form.status, 200);
+    assert!(text(&form).contains("Set up Keyflow"));
+    // Bad input: a clear message, nothing created.
+    let bad = post_form(
+        &app,
+        "/setup",
+        None,
+        &[
+            ("token", &token),
+            ("email", "owner@x.io"),
+            ("password", "short"),
+            ("workspace", "Acme"),
+            ("project", "Prod"),
+        ],
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    assert!(
+        text(&bad).contains("at least 8 characters"),
+        "{}",
+        text(&bad)
+    );
+    assert_eq!(app.store.count_operators().await.unwrap(), 0);
+    let done = post_form(
+        &app,
+        "/setup",
+        None,
+        &[
+            ("token", &token),
+            ("email", "Owner@X.io"),
+            ("password", PASSWORD),
+            ("workspace", "Acme"),
+            ("project", "Prod"),
+            ("environment", "test"),
+        ],
+    )
+    .await;
+    assert_eq!(done.status, 303, "{}", text(&done));
+    assert_eq!(done.header("location"), Some("/activity"));
+    let set_cookie = done.header("set-cookie").unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    let cookie = session_cookie(&done).unwrap();
+    let activity = get_page(&app, "/activity", Some(&cookie)).await;
+    assert_eq!(activity.status, 200);
+    let page = text(&activity);
+    assert!(
+        page.contains("operator.signed_in") && page.contains("owner@x.io"),
+        "{page}"
+    );
+    // The link works once.
+    assert_eq!(
+        get_page(&app, &format!("/setup?token={token}"), None)
+            .await
+            .status,
+        404
+    );
+}
+
+async fn sign_in_is_audited_and_rate_limited(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let workspace = operator(&app, "ops@acme.io").await;
+    let wrong = post_form(
+        &app,
+        "/signin",
+        None,
+        &[("email", "ops@acme.io"), ("password", "nope")],
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(session_cookie(&wrong).is_none());
+    assert!(text(&wrong).contains("do not match"));
+    let cookie = sign_in(&app, "OPS@acme.io").await;
+    let projects = app.store.list_projects(&workspace).await.unwrap();
+    let log = app
+        .store
+        .list_audit(
+            &workspace,
+            &projects[0].id,
+            &keyflow_store::Page {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    let signed_in = log
+        .iter()
+        .find(|e| e.action == "operator.signed_in")
+        .expect("audited");
+    assert!(
+        matches!(&signed_in.actor, keyflow_store::Actor::Operator { email, .. } if email == "ops@acme.io")
+    );
+    assert_eq!(signed_in.ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(get_page(&app, "/activity", Some(&cookie)).await.status, 200);
+    // Ten failures lock the account for a while, even for the right password.
+    for _ in 0..10 {
+        post_form(
+            &app,
+            "/signin",
+            None,
+            &[("email", "ops@acme.io"), ("password", "guess")],
+        )
+        .await;
+    }
+    let locked = post_form(
+        &app,
+        "/signin",
+        None,
+        &[("email", "ops@acme.io"), ("password", PASSWORD)],
+    )
+    .await;
+    assert_eq!(locked.status, 429);
+    assert!(session_cookie(&locked).is_none());
+    app.clock.advance_ms(15 * 60 * 1000);
+    sign_in(&app, "ops@acme.io").await;
+}
+
+async fn cross_site_posts_and_missing_csrf_are_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    operator(&app, "ops@acme.io").await;
+    let cross = TestApp::reply(
+        browser()
+            .post(format!("{}/signin", app.base_url))
+            .header("origin", "https://evil.example")
+            .form(&[("email", "ops@acme.io"), ("password", PASSWORD)]),
+    )
+    .await;
+    assert_eq!(cross.status, 403);
+    assert!(session_cookie(&cross).is_none());
+    let fetch_meta = TestApp::reply(
+        browser()
+            .post(format!("{}/signin", app.base_url))
+            .header("sec-fetch-site", "cross-site")
+            .form(&[("email", "ops@acme.io"), ("password", PASSWORD)]),
+    )
+    .await;
+    assert_eq!(fetch_meta.status, 403);
+    // Sign-out needs the session's CSRF token.
+    let cookie = sign_in(&app, "ops@acme.io").await;
+    let no_token = post_form(&app, "/signout", Some(&cookie), &[]).await;
+    assert_eq!(no_token.status, 403);
+    let replayed = post_form(&app, "/signout", Some(&cookie), &[("csrf", "forged-token")]).await;
+    assert_eq!(replayed.status, 403);
+    assert_eq!(
+        get_page(&app, "/activity", Some(&cookie)).await.status,
+        200,
+        "still signed in"
+    );
+    let page = text(&get_page(&app, "/activity", Some(&cookie)).await);
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = post_form(&app, "/signout", Some(&cookie), &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(
+        get_page(&app, "/activity", Some(&cookie)).await.status,
+        303,
+        "session gone"
+    );
+}
+
+async fn sessions_expire_idle_and_absolute(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    operator(&app, "ops@acme.io").await;
+    let cookie = sign_in(&app, "ops@acme.io").await;
+    app.clock.advance_ms(61 * 60 * 1000);
+    let idle = get_page(&app, "/activity", Some(&cookie)).await;
+    assert_eq!(idle.status, 303);
+    assert_eq!(idle.header("location"), Some("/signin"));
+    // Active use keeps a session up to 24 hours, not beyond.
+    let cookie = sign_in(&app, "ops@acme.io").await;
+    for _ in 0..47 {
+        app.clock.advance_ms(30 * 60 * 1000);
+        assert_eq!(get_page(&app, "/activity", Some(&cookie)).await.status, 200);
+    }
+    app.clock.advance_ms(31 * 60 * 1000);
+    assert_eq!(get_page(&app, "/activity", Some(&cookie)).await.status, 303);
+    // Sign-in rotates: a new session id each time.
+    let a = sign_in(&app, "ops@acme.io").await;
+    let b = sign_in(&app, "ops@acme.io").await;
+    assert_ne!(a, b);
+}
+
+async fn pages_escape_user_text_and_send_security_headers(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let workspace = operator(&app, "ops@acme.io").await;
+    let projects = app.store.list_projects(&workspace).await.unwrap();
+    app.admin(
+        reqwest::Method::POST,
+        &format!("/admin/v1/projects/{}/keys", projects[0].id),
+        json!({"name": "<script>alert(1)</script>", "type": "secret"}),
+    )
+    .await;
+    let cookie = sign_in(&app, "ops@acme.io").await;
+    let activity = get_page(&app, "/activity", Some(&cookie)).await;
+    let page = text(&activity);
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>alert(1)"));
+    let csp = activity.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert_eq!(activity.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(activity.header("x-frame-options"), Some("DENY"));
+    assert!(activity.header("referrer-policy").is_some());
+    let signin = get_page(&app, "/signin", None).await;
+    assert!(signin.header("content-security-policy").is_some());
+    assert_eq!(
+        get_page(&app, "/", None).await.header("location"),
+        Some("/signin")
+    );
+}
+
+backend_tests!(
+    first_run_setup_creates_owner_and_signs_in,
+    sign_in_is_audited_and_rate_limited,
+    cross_site_posts_and_missing_csrf_are_refused,
+    sessions_expire_idle_and_absolute,
+    pages_escape_user_text_and_send_security_headers,
+);
