@@ -319,3 +319,277 @@ backend_tests!(
     sessions_expire_idle_and_absolute,
     pages_escape_user_text_and_send_security_headers,
 );
+
+mod keys_pages {
+    use super::*;
+
+    fn revealed_key(reply: &Reply) -> String {
+        let page = text(reply);
+        page.split("id=\"new-key\">")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .expect("a revealed key")
+            .to_string()
+    }
+
+    fn csrf_of(page: &str) -> String {
+        page.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn signed_in_admin(app: &TestApp) -> (String, String, String) {
+        let workspace = operator(app, "admin@acme.io").await;
+        let project = app.store.list_projects(&workspace).await.unwrap()[0]
+            .id
+            .clone();
+        let cookie = sign_in(app, "admin@acme.io").await;
+        let page = text(&get_page(app, "/keys", Some(&cookie)).await);
+        (cookie, project, csrf_of(&page))
+    }
+
+    async fn create_reveal_use_revoke(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let form = get_page(
+            &app,
+            &format!("/keys/new?project={project}&type=secret"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(form.status, 200);
+        assert!(text(&form).contains("<code>contacts:read</code>"));
+        // Client keys are offered only the scopes they may hold.
+        let client_form = text(
+            &get_page(
+                &app,
+                &format!("/keys/new?project={project}&type=client"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(client_form.contains("events:write") && !client_form.contains("keys:write"));
+        let created = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("type", "secret"),
+                ("name", "backend"),
+                ("scope", "keys:read"),
+                ("scope", "audit:read"),
+                ("cidr_0", "127.0.0.1"),
+                ("description_0", "this box"),
+            ],
+        )
+        .await;
+        assert_eq!(created.status, 200, "{}", text(&created));
+        assert!(text(&created).contains("will not be shown again"));
+        let key = revealed_key(&created);
+        assert!(key.starts_with("sk_live_") && key.len() == 46, "{key}");
+        // The key works, with exactly those scopes, from the allowed address.
+        let me = app.get("/v1/keys/self", &key).await;
+        assert_eq!(me.status, 200);
+        assert_eq!(me.body["scopes"], json!(["keys:read", "audit:read"]));
+        assert_eq!(me.body["ip_allowlist"][0]["cidr"], "127.0.0.1/32");
+        assert_eq!(me.body["created_by"]["type"], "operator");
+        // The list shows the prefix and "last used", never the key.
+        let list = text(&get_page(&app, &format!("/keys?project={project}"), Some(&cookie)).await);
+        assert!(!list.contains(&key));
+        assert!(list.contains(&format!("{}…", &key[..12])));
+        assert!(list.contains("just now"), "{list}");
+        // Revoke behind a confirmation page.
+        let id = me.body["id"].as_str().unwrap();
+        let confirm = get_page(
+            &app,
+            &format!("/keys/{id}/revoke?project={project}"),
+            Some(&cookie),
+        )
+        .await;
+        assert!(text(&confirm).contains("cannot be undone"));
+        assert!(!text(&confirm).contains(&key));
+        let revoked = post_form(
+            &app,
+            &format!("/keys/{id}/revoke"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("project", &project)],
+        )
+        .await;
+        assert_eq!(revoked.status, 303);
+        app.get("/v1/keys/self", &key)
+            .await
+            .assert_error(401, "key_revoked");
+        // The activity log shows both, with the operator's name.
+        let activity = text(&get_page(&app, "/activity", Some(&cookie)).await);
+        assert!(activity.contains("api_key.created") && activity.contains("api_key.revoked"));
+        assert!(activity.contains("admin@acme.io"));
+        assert!(!activity.contains(&key));
+    }
+
+    async fn roll_reveals_a_successor(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let created = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("type", "read_only"),
+                ("name", "bi"),
+                ("scope", "audit:read"),
+            ],
+        )
+        .await;
+        let old = revealed_key(&created);
+        let id = app.get("/v1/keys/self", &old).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let rolled = post_form(
+            &app,
+            &format!("/keys/{id}/roll"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("project", &project), ("grace", "0")],
+        )
+        .await;
+        assert_eq!(rolled.status, 200);
+        let new = revealed_key(&rolled);
+        assert!(new.starts_with("ro_live_"));
+        app.get("/v1/keys/self", &old)
+            .await
+            .assert_error(401, "key_expired");
+        assert_eq!(app.get("/v1/keys/self", &new).await.status, 200);
+    }
+
+    async fn bad_input_shows_a_message_and_changes_nothing(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let long = "x".repeat(65);
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![("name", "")],
+            vec![("name", &long)],
+            vec![("name", "ok"), ("cidr_0", "10.0.0.0/33")],
+            vec![
+                ("name", "ok"),
+                ("cidr_0", "10.0.0.1"),
+                ("cidr_1", "10.0.0.1"),
+            ],
+            vec![("name", "ok"), ("expires_at", "2001-01-01T00:00")],
+            vec![
+                ("name", "ok"),
+                ("scope", "keys:write"),
+                ("type_override", ""),
+            ],
+        ];
+        for (i, extra) in cases.iter().enumerate() {
+            let mut form = vec![
+                ("csrf", csrf.as_str()),
+                ("project", project.as_str()),
+                ("type", if i == 5 { "client" } else { "secret" }),
+            ];
+            if i != 5 {
+                form.push(("scope", "keys:read"));
+            }
+            form.extend(extra.iter().copied());
+            let reply = post_form(&app, "/keys/new", Some(&cookie), &form).await;
+            assert_eq!(reply.status, 422, "case {i}: {}", text(&reply));
+            assert!(text(&reply).contains("class=\"error\""), "case {i}");
+        }
+        // Only the tenant's root key exists.
+        let keys = app
+            .store
+            .list_api_keys(
+                &project,
+                true,
+                &keyflow_store::Page {
+                    limit: 100,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1);
+        // Unknown key id, missing CSRF, replayed token.
+        assert_eq!(
+            get_page(
+                &app,
+                &format!("/keys/nope/revoke?project={project}"),
+                Some(&cookie)
+            )
+            .await
+            .status,
+            404
+        );
+        let root = &keys[0].id;
+        assert_eq!(
+            post_form(
+                &app,
+                &format!("/keys/{root}/revoke"),
+                Some(&cookie),
+                &[("project", &project)]
+            )
+            .await
+            .status,
+            403
+        );
+        assert_eq!(
+            post_form(
+                &app,
+                &format!("/keys/{root}/revoke"),
+                Some(&cookie),
+                &[("csrf", "stale"), ("project", &project)]
+            )
+            .await
+            .status,
+            403
+        );
+        assert!(
+            app.store
+                .get_api_key(&project, root)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+    }
+
+    async fn members_cannot_open_the_keys_pages(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let t = app.tenant().await;
+        app.admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/workspaces/{}/operators", t.workspace_id),
+            json!({"email": "member@acme.io", "password": PASSWORD, "role": "member"}),
+        )
+        .await;
+        let cookie = sign_in(&app, "member@acme.io").await;
+        assert_eq!(get_page(&app, "/keys", Some(&cookie)).await.status, 403);
+        assert_eq!(get_page(&app, "/keys/new", Some(&cookie)).await.status, 403);
+        assert_eq!(
+            get_page(&app, "/activity", Some(&cookie)).await.status,
+            200,
+            "members browse the activity log"
+        );
+        assert_eq!(
+            get_page(&app, "/keys", None).await.status,
+            303,
+            "signed out: to the sign-in page"
+        );
+    }
+
+    backend_tests!(
+        create_reveal_use_revoke,
+        roll_reveals_a_successor,
+        bad_input_shows_a_message_and_changes_nothing,
+        members_cannot_open_the_keys_pages,
+    );
+}

@@ -20,7 +20,7 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 1] = [("/activity", "Activity")];
+const NAV: [(&str, &str); 2] = [("/keys", "API keys"), ("/activity", "Activity")];
 
 /// A full page. `operator` is `Some((email, csrf))` when signed in: the header
 /// then shows the navigation and a sign-out form.
@@ -48,7 +48,8 @@ pub fn page(title: &str, current: &str, operator: Option<(&str, &str)>, body: &s
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Keyflow</title><link rel=\"stylesheet\" href=\"/assets/app.css\"></head>\
+         <title>{} · Keyflow</title><link rel=\"stylesheet\" href=\"/assets/app.css\">\
+         <script src=\"/assets/app.js\" defer></script></head>\
          <body>{header}<main>{body}</main></body></html>",
         escape(title)
     )
@@ -72,5 +73,30 @@ mod tests {
         );
         let html = page("<b>", "/activity", Some(("<i>@x.io", "tok")), "");
         assert!(!html.contains("<b>") && !html.contains("<i>@"));
+    }
+}
+
+/// "3 minutes ago" for a past time, relative to `now` (both Unix ms).
+pub fn relative_time(at: i64, now: i64) -> String {
+    let seconds = (now - at).max(0) / 1000;
+    let (n, unit) = match seconds {
+        0..=59 => return "just now".to_string(),
+        60..=3599 => (seconds / 60, "minute"),
+        3600..=86_399 => (seconds / 3600, "hour"),
+        _ => (seconds / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod relative_tests {
+    use super::relative_time;
+
+    #[test]
+    fn words() {
+        assert_eq!(relative_time(0, 30_000), "just now");
+        assert_eq!(relative_time(0, 180_000), "3 minutes ago");
+        assert_eq!(relative_time(0, 3_600_000), "1 hour ago");
+        assert_eq!(relative_time(0, 3 * 86_400_000), "3 days ago");
     }
 }

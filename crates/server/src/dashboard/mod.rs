@@ -3,6 +3,7 @@
 //! `operator.signed_in`), sign-out, and the activity log page.
 
 mod html;
+pub mod keys;
 pub mod session;
 
 use std::collections::HashMap;
@@ -44,7 +45,11 @@ pub fn router() -> Router<SharedState> {
         .route("/signout", post(signout))
         .route("/setup", get(setup_form).post(setup))
         .route("/activity", get(activity))
+        .route("/keys", get(keys::list))
+        .route("/keys/new", get(keys::new_form).post(keys::create))
+        .route("/keys/{id}/{action}", get(keys::confirm).post(keys::act))
         .route("/assets/app.css", get(stylesheet))
+        .route("/assets/app.js", get(script))
         .layer(from_fn(security_headers))
 }
 
@@ -74,6 +79,22 @@ async fn security_headers(req: Request, next: Next) -> Response {
     response
 }
 
+pub const SCRIPT: &str = include_str!("../../assets/app.js");
+
+async fn script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
 async fn stylesheet() -> Response {
     (
         [
@@ -85,7 +106,7 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-fn html(status: StatusCode, body: String) -> Response {
+pub(crate) fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, Html(body)).into_response();
     // An error page is already in its final form: the JSON error shape of the
     // API must not replace it.
@@ -96,7 +117,7 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// An error as a page (the dashboard never answers with JSON or a 500 body).
-fn error_page(err: ApiError) -> Response {
+pub(crate) fn error_page(err: ApiError) -> Response {
     let status =
         StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = format!(
@@ -138,7 +159,7 @@ async fn signin_form() -> Response {
     signin_page(StatusCode::OK, "", None)
 }
 
-fn refused_cross_site() -> Response {
+pub(crate) fn refused_cross_site() -> Response {
     let body = format!(
         "<div class=\"card narrow\"><h1>Request refused</h1>{}</div>",
         error_box(Some(
