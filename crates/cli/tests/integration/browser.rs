@@ -152,4 +152,180 @@ async fn embed_js_tracks_from_a_real_browser(backend: Backend) {
     }
 }
 
-backend_tests!(embed_js_tracks_from_a_real_browser);
+/// The dashboard in a real browser (chromedriver + headless Chromium): setup →
+/// sign in → create a key with two permissions and an IP row → use it → see
+/// "last used" → revoke with confirmation → 401 → the activity log; a member
+/// cannot open the keys page; a cross-site form post is refused.
+async fn dashboard_flow_in_a_real_browser(backend: Backend) {
+    let Some(browser) = crate::webdriver::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::start(backend).await;
+    let name = if backend == Backend::Sqlite {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let token = app.state.issue_setup_token().unwrap();
+    let base = app.base_url.clone();
+
+    browser.goto(&format!("{base}/setup?token={token}")).await;
+    browser.screenshot(&format!("{name}-setup")).await;
+    browser.type_into("#email", "owner@acme.io").await;
+    browser
+        .type_into("#password", "correct horse battery")
+        .await;
+    browser.type_into("#workspace", "Acme").await;
+    browser.type_into("#project", "Production").await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/activity").await;
+    assert!(
+        browser.url().await.ends_with("/activity"),
+        "{}",
+        browser.url().await
+    );
+    // API access needs pro: the instance operator upgrades the workspace.
+    let operator = app
+        .store
+        .find_operator_by_email("owner@acme.io")
+        .await
+        .unwrap()
+        .unwrap();
+    let workspace = app.store.list_memberships(&operator.id).await.unwrap()[0]
+        .workspace_id
+        .clone();
+    let upgraded = app
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/workspaces/{workspace}/plan"),
+            json!({"plan": "pro"}),
+        )
+        .await;
+    assert_eq!(upgraded.status, 200);
+
+    // Sign out and in again through the form.
+    browser.click("header form button").await;
+    browser.wait_for_url("/signin").await;
+    browser.type_into("#email", "owner@acme.io").await;
+    browser
+        .type_into("#password", "correct horse battery")
+        .await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/activity").await;
+    browser.screenshot(&format!("{name}-activity")).await;
+
+    // Create a client key with two permissions and an IP row.
+    browser.goto(&format!("{base}/keys")).await;
+    browser.goto(&format!("{base}/keys/new?type=client")).await;
+    browser.type_into("#name", "website").await;
+    browser.click("input[value='contacts:write']").await; // events:write is already checked
+    browser.type_into("input[name=cidr_0]", "127.0.0.1").await;
+    browser
+        .type_into("input[name=description_0]", "this machine")
+        .await;
+    browser.screenshot(&format!("{name}-create-key")).await;
+    browser.click("form button[type=submit]:not([name])").await;
+    let key = browser.text("#new-key").await;
+    assert!(key.starts_with("ck_live_") && key.len() == 46, "{key}");
+    assert!(browser.source().await.contains("will not be shown again"));
+    browser.click("[data-copy]").await;
+    browser.screenshot(&format!("{name}-reveal")).await;
+
+    // Use it from an HTTP client.
+    let me = app.get("/v1/keys/self", &key).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.body["scopes"], json!(["contacts:write", "events:write"]));
+    assert_eq!(
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "signup", "anonymous_id": "a"})
+        )
+        .await
+        .status,
+        202
+    );
+
+    // "Last used" updates; the full key is never on the page again.
+    browser.goto(&format!("{base}/keys")).await;
+    let list = browser.source().await;
+    assert!(list.contains("just now"), "{list}");
+    assert!(!list.contains(&key));
+    browser.screenshot(&format!("{name}-keys")).await;
+
+    // Revoke with confirmation; the key is refused at once.
+    browser.click("a[href*='/revoke']").await;
+    assert!(browser.source().await.contains("cannot be undone"));
+    browser.click("button.danger").await;
+    browser.wait_for_url("/keys?project=").await;
+    app.get("/v1/keys/self", &key)
+        .await
+        .assert_error(401, "key_revoked");
+
+    // The activity log shows both, with the operator's name.
+    browser.goto(&format!("{base}/activity")).await;
+    let log = browser.source().await;
+    assert!(
+        log.contains("api_key.created")
+            && log.contains("api_key.revoked")
+            && log.contains("owner@acme.io")
+    );
+    browser.screenshot(&format!("{name}-activity-after")).await;
+
+    // A member cannot open the keys page.
+    app.admin(
+        reqwest::Method::POST,
+        &format!("/admin/v1/workspaces/{workspace}/operators"),
+        json!({"email": "member@acme.io", "password": "member password", "role": "member"}),
+    )
+    .await;
+    browser.delete_cookies().await;
+    browser.goto(&format!("{base}/signin")).await;
+    browser.type_into("#email", "member@acme.io").await;
+    browser.type_into("#password", "member password").await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/activity").await;
+    browser.goto(&format!("{base}/keys")).await;
+    assert!(browser.source().await.contains("Owners and admins only"));
+    browser
+        .screenshot(&format!("{name}-member-forbidden"))
+        .await;
+
+    // A form on another site posting to Keyflow is refused.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil = format!("http://{}", listener.local_addr().unwrap());
+    let form = format!(
+        "<form id=f method=post action=\"{base}/keys/new\"><input name=name value=evil><input name=type value=secret></form>\
+         <script>document.getElementById('f').submit()</script>"
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            Router::new().route("/", get(move || async move { Html(form) })),
+        )
+        .await
+    });
+    browser.goto(&format!("{evil}/")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !browser.source().await.contains("Request refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cross-site post was not refused: {}",
+            browser.source().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was created by the refused post.
+    let project = &app.store.list_projects(&workspace).await.unwrap()[0].id;
+    let page = keyflow_store::Page {
+        limit: 100,
+        cursor: None,
+    };
+    let keys = app.store.list_api_keys(project, true, &page).await.unwrap();
+    assert!(keys.iter().all(|k| k.settings.name != "evil"));
+}
+
+backend_tests!(
+    embed_js_tracks_from_a_real_browser,
+    dashboard_flow_in_a_real_browser
+);

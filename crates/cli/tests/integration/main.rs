@@ -20,3 +20,4 @@ mod rate_limits;
 mod segment_compat;
 mod store_conformance;
 mod subscribers_api;
+mod webdriver;

@@ -147,7 +147,8 @@ pub async fn list(
         Err(e) => return error_page(e.into()),
     };
     let now = state.now_ms();
-    let mut body = String::from("<div class=\"card\"><h1>API keys</h1><p class=\"muted\">Project: ");
+    let mut body =
+        String::from("<div class=\"card\"><h1>API keys</h1><p class=\"muted\">Project: ");
     for p in &ctx.projects {
         if p.id == ctx.project.id {
             let _ = write!(
