@@ -147,7 +147,12 @@ enum WorkspaceCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sources = FlagSources::of(&matches);
     let json_output = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,7 +164,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, sources)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             failure.print(json_output);
@@ -255,17 +260,49 @@ fn print_result(json_output: bool, value: &Value, text: &str) {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// Which values came from a flag rather than the environment: a flag must win
+/// over any environment variable, including one for a sibling setting (e.g.
+/// `--database-url-file` over `KEYFLOW_DATABASE_URL`).
+#[derive(Default, Clone, Copy)]
+struct FlagSources {
+    database_url_file_flag: bool,
+    database_url_from_env: bool,
+    admin_token_file_flag: bool,
+}
+
+impl FlagSources {
+    fn of(matches: &clap::ArgMatches) -> Self {
+        use clap::parser::ValueSource;
+        let flag = |m: &clap::ArgMatches, id: &str| {
+            m.try_get_raw(id).ok().flatten().is_some()
+                && m.value_source(id) == Some(ValueSource::CommandLine)
+        };
+        let serve = matches.subcommand_matches("serve");
+        Self {
+            database_url_file_flag: flag(matches, "database_url_file"),
+            database_url_from_env: matches.value_source("database_url")
+                == Some(ValueSource::EnvVariable),
+            admin_token_file_flag: serve.is_some_and(|m| flag(m, "admin_token_file")),
+        }
+    }
+}
+
+async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
     let mut o = overrides(&cli);
+    if sources.database_url_file_flag && sources.database_url_from_env {
+        // --database-url-file beats KEYFLOW_DATABASE_URL (but not --database-url, its sibling flag).
+        o.database_url = None;
+    }
     let now = SystemClock.now_ms();
     match &cli.command {
         Command::Serve(args) => {
             o.listen = args.listen.clone();
             o.redis_url = args.redis_url.clone().map(Secret::new);
             o.admin_token_file = args.admin_token_file.clone();
+            // KEYFLOW_ADMIN_TOKEN (environment) yields to --admin-token-file (flag).
             o.admin_token = std::env::var("KEYFLOW_ADMIN_TOKEN")
                 .ok()
-                .filter(|t| !t.is_empty())
+                .filter(|t| !t.is_empty() && !sources.admin_token_file_flag)
                 .map(Secret::new);
             o.trusted_proxies = args.trusted_proxies.clone();
             o.rate_limit = args.rate_limit.clone();

@@ -112,7 +112,7 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         )
         .route(
             "/v1/keys",
-            post(keys::create_key).layer(guard(Some(Scope::KeysWrite), Management)),
+            post(keys::create_key).layer(deferred(Scope::KeysWrite, Management)),
         )
         .route(
             "/v1/keys/self",
@@ -133,7 +133,7 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         )
         .route(
             "/v1/keys/{id}/roll",
-            post(keys::roll_key).layer(guard(Some(Scope::KeysWrite), Management)),
+            post(keys::roll_key).layer(deferred(Scope::KeysWrite, Management)),
         )
         .route(
             "/v1/audit",
@@ -150,7 +150,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/embed.js", get(browser::embed_js))
         .route("/openapi.json", get(crate::api::openapi::openapi_json))
         .merge(v1_routes(&state))
-        .merge(crate::admin::router(state.clone()))
+        .merge(if state.config.admin_token.is_some() {
+            crate::admin::router(state.clone())
+        } else {
+            // No admin token: every /admin path is 404, whatever the method.
+            Router::new()
+        })
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .layer(from_fn(browser::cors_preflight))
@@ -159,8 +164,10 @@ pub fn router(state: SharedState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(from_fn_with_state(state.clone(), request_context))
+        // Panics are caught inside the request context, so even their 500
+        // carries X-Request-Id and is logged.
         .layer(from_fn(catch_panics_as_500))
+        .layer(from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
@@ -169,7 +176,7 @@ pub fn router(state: SharedState) -> Router {
 async fn request_context(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = redact_keys(req.uri().path());
     let started = Instant::now();
     let id_for_scope = request_id.clone();
     let mut response = REQUEST_ID
@@ -206,6 +213,29 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
         "request"
     );
     response
+}
+
+/// The path with anything shaped like an API key cut to its display prefix,
+/// so a key pasted into a URL (`DELETE /v1/keys/sk_live_…`) never reaches a log.
+pub fn redact_keys(path: &str) -> String {
+    path.split('/')
+        .map(|segment| match keyflow_core::keys::parse_key(segment) {
+            Ok(_) => format!("{}…", keyflow_core::keys::display_prefix(segment)),
+            Err(_) if looks_like_key(segment) => {
+                format!("{}…", keyflow_core::keys::display_prefix(segment))
+            }
+            Err(_) => segment.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A near-miss key (bad checksum) is redacted too: it may be a real key with a typo.
+fn looks_like_key(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    b.len() >= 20
+        && matches!(&segment.get(..3), Some("sk_" | "ck_" | "ro_" | "mk_"))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 /// A panic in a handler becomes a 500 in our shape instead of a dropped connection.
@@ -300,4 +330,27 @@ pub fn build_state(
     clock: Arc<dyn keyflow_core::Clock>,
 ) -> SharedState {
     Arc::new(AppState::new(config, store, clock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_keys;
+
+    #[test]
+    fn keys_in_paths_are_redacted() {
+        let key = keyflow_core::keys::generate_key(
+            keyflow_core::KeyType::Secret,
+            keyflow_core::Environment::Live,
+        )
+        .unwrap();
+        let redacted = redact_keys(&format!("/v1/keys/{}", key.text));
+        assert_eq!(redacted, format!("/v1/keys/{}…", key.prefix));
+        let mut typo = key.text.clone();
+        typo.pop();
+        assert!(!redact_keys(&format!("/v1/keys/{typo}")).contains(&typo));
+        assert_eq!(
+            redact_keys("/v1/keys/01a2-uuid/roll"),
+            "/v1/keys/01a2-uuid/roll"
+        );
+    }
 }

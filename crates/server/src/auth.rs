@@ -291,12 +291,14 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         next.run(req).await
     };
     let decision = ticket.decision_for_headers().await;
+    let limited = response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS;
     write_headers(
         response.headers_mut(),
         guard.category,
         quota,
         &decision,
         now,
+        limited,
     );
     if let (true, Some(origin)) = (browser_ok, origin.as_deref()) {
         allow_origin(&mut response, origin);

@@ -125,6 +125,7 @@ pub fn write_headers(
     quota: RateLimit,
     d: &GcraDecision,
     now_ms: UnixMillis,
+    rate_limited: bool,
 ) {
     let now_us = now_ms.saturating_mul(1000);
     let mut put = |name: &'static str, value: String| {
@@ -156,7 +157,9 @@ pub fn write_headers(
             d.reset_after_seconds()
         ),
     );
-    if !d.allowed {
+    // Retry-After belongs to a 429 only: a 403 (refused before the limiter)
+    // reports the quota but nothing to wait for.
+    if !d.allowed && rate_limited {
         put("retry-after", d.retry_after_seconds().to_string());
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

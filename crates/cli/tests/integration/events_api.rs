@@ -106,13 +106,18 @@ async fn identities_and_detached_events(backend: Backend) {
         )
         .await;
     assert_eq!(anon.status, 202);
-    app.post(
-        "/v1/events",
-        &t.key,
-        json!({"name": "d", "contact_id": "missing"}),
-    )
-    .await
-    .assert_error(422, "validation_failed");
+    let unknown = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "d", "contact_id": "missing"}),
+        )
+        .await;
+    unknown.assert_error(422, "validation_failed");
+    assert_eq!(
+        unknown.body["error"]["details"]["fields"][0]["field"],
+        "contact_id"
+    );
     app.post("/v1/events", &t.key, json!({"name": "d"}))
         .await
         .assert_error(422, "validation_failed");

@@ -151,6 +151,11 @@ async fn a_key_cannot_grant_what_it_lacks(backend: Backend) {
         escalation.body["error"]["details"]["missing_scopes"],
         json!(["contacts:read"])
     );
+    assert_eq!(
+        escalation.header("x-ratelimit-remaining"),
+        Some("100"),
+        "a refused escalation spends no quota"
+    );
     // Without scopes, the type's default is narrowed to the creator's scopes.
     let narrowed = app
         .post(

@@ -74,6 +74,11 @@ async fn rejected_requests_do_not_consume_quota(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &key).await.status, 200);
     assert_eq!(app.get("/v1/keys/self", &key).await.status, 200);
     assert_eq!(app.get("/v1/keys/self", &key).await.status, 429);
+    // With the quota exhausted, a 403 still reports it but says nothing about retrying.
+    let refused = app.get("/v1/keys", &key).await;
+    refused.assert_error(403, "insufficient_scope");
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    assert!(refused.header("retry-after").is_none());
 }
 
 async fn plan_default_applies_per_category(backend: Backend) {

@@ -46,28 +46,50 @@ pub async fn check_and_spend(
 }
 
 /// Checks, spends quota, then stores durably (answering after the commit).
+/// Whether field errors name a single event (`name`) or batch items (`events[3].name`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    Single,
+    Many,
+}
+
 pub async fn ingest(
     state: &SharedState,
     caller: &Caller,
     ticket: &RateLimitTicket,
     events: Vec<NewEvent>,
+    batch_prefix: Batch,
 ) -> ApiResult<Vec<EventOutcome>> {
+    let single = events.len() == 1 && batch_prefix == Batch::Single;
     check_and_spend(state, caller, ticket, &events).await?;
-    store_events(state, caller, events).await
+    store_events(state, caller, events, single).await
 }
 
 pub async fn store_events(
     state: &SharedState,
     caller: &Caller,
     events: Vec<NewEvent>,
+    single: bool,
 ) -> ApiResult<Vec<EventOutcome>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    Ok(state
+    match state
         .store
         .ingest_events(caller.project_id(), events, state.now_ms())
-        .await?)
+        .await
+    {
+        Ok(outcomes) => Ok(outcomes),
+        // The store names batch items (`events[0].contact_id`); a single
+        // event's field is just `contact_id`.
+        Err(keyflow_store::StoreError::Invalid(mut field)) if single => {
+            if let Some(rest) = field.field.strip_prefix("events[0].") {
+                field.field = rest.to_string();
+            }
+            Err(ApiError::validation(vec![field]))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[utoipa::path(
@@ -95,7 +117,7 @@ pub async fn track(
     JsonBody(input): JsonBody<EventInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let event = validate_event(&input, state.now_ms(), "").map_err(ApiError::validation)?;
-    let outcome = ingest(&state, &caller, &ticket, vec![event]).await?;
+    let outcome = ingest(&state, &caller, &ticket, vec![event], Batch::Single).await?;
     let first = outcome
         .first()
         .ok_or_else(|| ApiError::internal("ingest", &"no outcome for one event"))?;
@@ -137,7 +159,7 @@ pub async fn track_batch(
     JsonBody(body): JsonBody<BatchBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let events = validate_batch(&body.events, state.now_ms()).map_err(ApiError::validation)?;
-    let outcomes = ingest(&state, &caller, &ticket, events).await?;
+    let outcomes = ingest(&state, &caller, &ticket, events, Batch::Many).await?;
     let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))
 }

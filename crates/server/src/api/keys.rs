@@ -14,10 +14,12 @@ use serde_json::Value;
 use super::repr::{issued_key_json, key_json};
 use super::schema;
 use super::{bool_query, list_body, page_from_query};
-use crate::auth::Caller;
+use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{JsonBody, JsonOrEmpty};
-use crate::operations::keys::{self as key_ops, MAX_ROLL_GRACE_SECONDS, refuse_escalation};
+use crate::operations::keys::{
+    self as key_ops, MAX_ROLL_GRACE_SECONDS, refuse_escalation, resolve_scopes,
+};
 use crate::state::SharedState;
 
 async fn caller_project(state: &SharedState, caller: &Caller) -> ApiResult<Project> {
@@ -55,10 +57,18 @@ async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<A
 pub async fn create_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let now = state.now_ms();
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
+    // An escalation is a 403 and must not spend quota: check it first.
+    resolve_scopes(
+        spec.scopes,
+        body.scopes.is_some(),
+        Some(caller.key.key.scopes),
+    )?;
+    ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::create_key(
         state.store.as_ref(),
@@ -272,6 +282,7 @@ pub struct RollRequest {
 pub async fn roll_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RollRequest>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -285,6 +296,7 @@ pub async fn roll_key(
     let now = state.now_ms();
     let old = load_key(&state, &caller, &id).await?;
     refuse_escalation(old.scopes, caller.key.key.scopes)?;
+    ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::roll_key(
         state.store.as_ref(),

@@ -13,7 +13,7 @@ use keyflow_store::UpsertActions;
 use serde_json::{Map, Value, json};
 
 use super::contacts::audit_context;
-use super::events::{check_and_spend, ingest, store_events};
+use super::events::{Batch, check_and_spend, ingest, store_events};
 use super::schema;
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
@@ -102,7 +102,7 @@ pub async fn track(
     JsonBody(msg): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     let event = track_to_event(&msg, state.now_ms(), "").map_err(ApiError::validation)?;
-    ingest(&state, &caller, &ticket, vec![event]).await?;
+    ingest(&state, &caller, &ticket, vec![event], Batch::Single).await?;
     Ok(success())
 }
 
@@ -221,6 +221,6 @@ pub async fn batch(
             tracing::warn!(error = %failure, "segment identify not applied");
         }
     }
-    store_events(&state, &caller, events).await?;
+    store_events(&state, &caller, events, false).await?;
     Ok(success())
 }

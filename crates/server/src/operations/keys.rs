@@ -77,20 +77,7 @@ pub async fn create_key(
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<IssuedKey> {
-    let mut scopes = spec.scopes;
-    if let Some(creator) = creator_scopes {
-        if scopes_requested {
-            refuse_escalation(scopes, creator)?;
-        } else {
-            scopes = scopes.intersect(creator);
-            if scopes.is_empty() {
-                return Err(ApiError::new(
-                    ErrorCode::InsufficientScope,
-                    "The calling key holds none of the scopes a key of this type may hold.",
-                ));
-            }
-        }
-    }
+    let scopes = resolve_scopes(spec.scopes, scopes_requested, creator_scopes)?;
     let issued = mint(project, spec.key_type, scopes, spec.settings, actor, now)?;
     let entry = audit_entry(
         &project.workspace_id,
@@ -104,6 +91,31 @@ pub async fn create_key(
     );
     store.insert_api_key(&issued.key, &entry).await?;
     Ok(issued)
+}
+
+/// The scopes a new key gets. When a key creates it (`creator`), requested
+/// scopes must be a subset of the creator's, and the type's default is
+/// narrowed to them.
+pub fn resolve_scopes(
+    scopes: ScopeSet,
+    requested: bool,
+    creator: Option<ScopeSet>,
+) -> ApiResult<ScopeSet> {
+    let Some(creator) = creator else {
+        return Ok(scopes);
+    };
+    if requested {
+        refuse_escalation(scopes, creator)?;
+        return Ok(scopes);
+    }
+    let narrowed = scopes.intersect(creator);
+    if narrowed.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InsufficientScope,
+            "The calling key holds none of the scopes a key of this type may hold.",
+        ));
+    }
+    Ok(narrowed)
 }
 
 pub fn refuse_escalation(wanted: ScopeSet, creator: ScopeSet) -> ApiResult<()> {
