@@ -434,6 +434,44 @@ macro_rules! impl_sql_store {
             Ok(())
         }
 
+        /// Commits `tx` with its audit entry when the change happened; otherwise
+        /// drops it (rolling back) and reports `false`.
+        async fn commit_if(mut tx: Tx<'_>, done: bool, audit: &AuditEntry) -> StoreResult<bool> {
+            if done {
+                write_audit(&mut tx, audit).await?;
+                tx.commit().await?;
+            }
+            Ok(done)
+        }
+
+        fn operator_from_row(r: &DbRow) -> StoreResult<Operator> {
+            Ok(Operator {
+                id: r.try_get("id")?,
+                email: r.try_get("email")?,
+                password_hash: r.try_get("password_hash")?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
+        fn membership_from_row(r: &DbRow) -> StoreResult<Membership> {
+            Ok(Membership {
+                workspace_id: r.try_get("workspace_id")?,
+                operator_id: r.try_get("operator_id")?,
+                role: parse_role(r.try_get("role")?)?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
+        fn project_from_row(r: &DbRow) -> StoreResult<Project> {
+            Ok(Project {
+                id: r.try_get("id")?,
+                workspace_id: r.try_get("workspace_id")?,
+                name: r.try_get("name")?,
+                environment: parse_environment(r.try_get("environment")?)?,
+                created_at: r.try_get("created_at")?,
+            })
+        }
+
         async fn write_key(tx: &mut Tx<'_>, k: &ApiKey) -> StoreResult<()> {
             let (created_type, created_id, created_name, created_prefix) = actor_columns(&k.created_by);
             let columns = settings_columns(&k.settings)?;
@@ -846,16 +884,7 @@ macro_rules! impl_sql_store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|r| {
-                    Ok(Project {
-                        id: r.try_get("id")?,
-                        workspace_id: r.try_get("workspace_id")?,
-                        name: r.try_get("name")?,
-                        environment: parse_environment(r.try_get("environment")?)?,
-                        created_at: r.try_get("created_at")?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(project_from_row).transpose()
             }
 
             async fn create_operator(
@@ -895,15 +924,7 @@ macro_rules! impl_sql_store {
                     .bind(email.to_lowercase())
                     .fetch_optional(&self.pool)
                     .await?;
-                row.map(|r| {
-                    Ok(Operator {
-                        id: r.try_get("id")?,
-                        email: r.try_get("email")?,
-                        password_hash: r.try_get("password_hash")?,
-                        created_at: r.try_get("created_at")?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(operator_from_row).transpose()
             }
 
             async fn get_membership(&self, workspace_id: &str, operator_id: &str) -> StoreResult<Option<Membership>> {
@@ -915,15 +936,7 @@ macro_rules! impl_sql_store {
                 .bind(operator_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|r| {
-                    Ok(Membership {
-                        workspace_id: r.try_get("workspace_id")?,
-                        operator_id: r.try_get("operator_id")?,
-                        role: parse_role(r.try_get("role")?)?,
-                        created_at: r.try_get("created_at")?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(membership_from_row).transpose()
             }
 
             async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>> {
@@ -934,16 +947,7 @@ macro_rules! impl_sql_store {
                 .bind(operator_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Membership {
-                            workspace_id: r.try_get("workspace_id")?,
-                            operator_id: r.try_get("operator_id")?,
-                            role: parse_role(r.try_get("role")?)?,
-                            created_at: r.try_get("created_at")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(membership_from_row).collect()
             }
 
             async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>> {
@@ -951,15 +955,7 @@ macro_rules! impl_sql_store {
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.map(|r| {
-                    Ok(Operator {
-                        id: r.try_get("id")?,
-                        email: r.try_get("email")?,
-                        password_hash: r.try_get("password_hash")?,
-                        created_at: r.try_get("created_at")?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(operator_from_row).transpose()
             }
 
             async fn count_operators(&self) -> StoreResult<i64> {
@@ -974,17 +970,7 @@ macro_rules! impl_sql_store {
                 .bind(workspace_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Project {
-                            id: r.try_get("id")?,
-                            workspace_id: r.try_get("workspace_id")?,
-                            name: r.try_get("name")?,
-                            environment: parse_environment(r.try_get("environment")?)?,
-                            created_at: r.try_get("created_at")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(project_from_row).collect()
             }
 
             async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()> {
@@ -1120,11 +1106,7 @@ macro_rules! impl_sql_store {
                 .await?
                 .rows_affected()
                     == 1;
-                if done {
-                    write_audit(&mut tx, audit).await?;
-                    tx.commit().await?;
-                }
-                Ok(done)
+                commit_if(tx, done, audit).await
             }
 
             async fn revoke_api_key(
@@ -1145,11 +1127,7 @@ macro_rules! impl_sql_store {
                 .await?
                 .rows_affected()
                     == 1;
-                if done {
-                    write_audit(&mut tx, audit).await?;
-                    tx.commit().await?;
-                }
-                Ok(done)
+                commit_if(tx, done, audit).await
             }
 
             async fn roll_api_key(
