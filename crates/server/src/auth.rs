@@ -240,6 +240,7 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         now,
         spent: Arc::new(std::sync::Mutex::new(None)),
     };
+    let key_id = key.key.id.clone();
     let browser_ok = matches!(key.key.key_type, keyflow_core::KeyType::Client)
         && check_origin(&key, origin.as_deref()).is_ok();
 
@@ -292,6 +293,7 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
     };
     let decision = ticket.decision_for_headers().await;
     let limited = response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS;
+    state.usage.count(&key_id, now, response.status().as_u16());
     write_headers(
         response.headers_mut(),
         guard.category,

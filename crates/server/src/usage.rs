@@ -5,11 +5,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use keyflow_core::clock::UnixMillis;
-use keyflow_store::{KeyUsage, Store};
+use keyflow_store::{DailyUsage, KeyUsage, Store};
+
+const DAY_MS: i64 = 86_400_000;
 
 #[derive(Default)]
 pub struct UsageTracker {
     pending: Mutex<HashMap<String, (UnixMillis, Option<String>)>>,
+    /// Requests per (key, UTC day) not yet added to the store.
+    counts: Mutex<HashMap<(String, i64), DailyUsage>>,
 }
 
 impl UsageTracker {
@@ -24,6 +28,61 @@ impl UsageTracker {
         }
     }
 
+    /// Counts one authenticated request of `key_id` with its response status.
+    pub fn count(&self, key_id: &str, at: UnixMillis, status: u16) {
+        let day = at.div_euclid(DAY_MS);
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = counts
+            .entry((key_id.to_string(), day))
+            .or_insert(DailyUsage {
+                day,
+                ..Default::default()
+            });
+        entry.requests += 1;
+        if status >= 400 {
+            entry.errors += 1;
+        }
+        if status == 429 {
+            entry.rate_limited += 1;
+        }
+    }
+
+    /// Unflushed counts of a key, for pages that show its usage now.
+    pub fn pending_counts(&self, key_id: &str) -> Vec<DailyUsage> {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .filter(|((k, _), _)| k == key_id)
+            .map(|(_, u)| *u)
+            .collect()
+    }
+
+    async fn flush_counts(&self, store: &dyn Store) -> Result<(), keyflow_store::StoreError> {
+        let counts = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, DailyUsage)> = counts
+            .iter()
+            .map(|((key, _), u)| (key.clone(), *u))
+            .collect();
+        if let Err(e) = store.add_daily_usage(&rows).await {
+            // Put them back: counts are added, so nothing is lost or doubled.
+            let mut current = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            for ((key, day), u) in counts {
+                let entry = current.entry((key, day)).or_insert(DailyUsage {
+                    day,
+                    ..Default::default()
+                });
+                entry.requests += u.requests;
+                entry.errors += u.errors;
+                entry.rate_limited += u.rate_limited;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Not yet flushed use of a key, so responses are never staler than memory.
     pub fn pending(&self, key_id: &str) -> Option<(UnixMillis, Option<String>)> {
         self.pending
@@ -36,6 +95,7 @@ impl UsageTracker {
     /// Writes everything pending. On failure the data goes back into the map,
     /// so a database hiccup delays last-used data but never loses it.
     pub async fn flush(&self, store: &dyn Store) -> Result<usize, keyflow_store::StoreError> {
+        self.flush_counts(store).await?;
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
             return Ok(0);

@@ -119,6 +119,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
 
+    /// Adds counted requests to the per-key daily totals.
+    async fn add_daily_usage(&self, rows: &[(String, DailyUsage)]) -> StoreResult<()>;
+    /// A key's daily totals from `since_day` on, oldest first.
+    async fn daily_usage(&self, key_id: &str, since_day: i64) -> StoreResult<Vec<DailyUsage>>;
+
     /// Create-or-update matched by `external_id`, then by email
     /// (case-insensitive); properties merge. Writes one audit entry when
     /// `audit` is given. `Conflict` if the email or external id belongs to

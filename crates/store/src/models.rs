@@ -224,3 +224,12 @@ impl std::fmt::Debug for Session {
             .finish_non_exhaustive()
     }
 }
+
+/// Requests of one key on one UTC day (`day` = days since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DailyUsage {
+    pub day: i64,
+    pub requests: i64,
+    pub errors: i64,
+    pub rate_limited: i64,
+}

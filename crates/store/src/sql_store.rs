@@ -359,7 +359,7 @@ macro_rules! impl_sql_store {
         };
         use $crate::{
             ApiKey, AuditContext, AuditEntry, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
-            KeyUsage, Membership, Operator, Page, Project, Session, Store, StoreError, StoreResult,
+            DailyUsage, KeyUsage, Membership, Operator, Page, Project, Session, Store, StoreError, StoreResult,
             UpsertActions, UpsertOutcome, Workspace, new_id,
         };
 
@@ -1172,6 +1172,49 @@ macro_rules! impl_sql_store {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn add_daily_usage(&self, rows: &[(String, DailyUsage)]) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                for (key_id, u) in rows {
+                    sqlx::query(
+                        "INSERT INTO key_usage_daily (key_id, day, requests, errors, rate_limited) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_id, day) DO UPDATE SET \
+                         requests = key_usage_daily.requests + excluded.requests, \
+                         errors = key_usage_daily.errors + excluded.errors, \
+                         rate_limited = key_usage_daily.rate_limited + excluded.rate_limited",
+                    )
+                    .bind(key_id)
+                    .bind(u.day)
+                    .bind(u.requests)
+                    .bind(u.errors)
+                    .bind(u.rate_limited)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn daily_usage(&self, key_id: &str, since_day: i64) -> StoreResult<Vec<DailyUsage>> {
+                let rows = sqlx::query(
+                    "SELECT day, requests, errors, rate_limited FROM key_usage_daily \
+                     WHERE key_id = $1 AND day >= $2 ORDER BY day",
+                )
+                .bind(key_id)
+                .bind(since_day)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DailyUsage {
+                            day: r.try_get("day")?,
+                            requests: r.try_get("requests")?,
+                            errors: r.try_get("errors")?,
+                            rate_limited: r.try_get("rate_limited")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()> {

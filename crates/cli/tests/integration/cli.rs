@@ -41,7 +41,12 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     assert!(ok, "{err}");
     assert_eq!(
         migrated["applied"],
-        json!(["0001_foundation", "0002_customer_data", "0003_sessions"])
+        json!([
+            "0001_foundation",
+            "0002_customer_data",
+            "0003_sessions",
+            "0004_key_usage"
+        ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);
     assert_eq!(again["applied"], json!([]));

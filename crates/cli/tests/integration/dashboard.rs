@@ -586,7 +586,119 @@ mod keys_pages {
         );
     }
 
+    async fn key_detail_shows_usage_and_edits_settings(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let created = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("type", "client"),
+                ("name", "web"),
+                ("scope", "events:write"),
+            ],
+        )
+        .await;
+        let key = revealed_key(&created);
+        let id = app.get("/v1/keys/self", &key).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "x", "anonymous_id": "a"}),
+        )
+        .await;
+        app.get("/v1/keys", &key).await; // 403: counted as an error
+        let page = text(
+            &get_page(
+                &app,
+                &format!("/keys/{id}?project={project}"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(page.contains("<svg class=\"chart\""), "{page}");
+        assert!(
+            page.contains("3 requests, 1 errors, 0 rate-limited"),
+            "{page}"
+        );
+        assert!(page.contains("from 127.0.0.1"));
+        // Edit: name, an IP row, allowed origins; the change is audited and takes effect.
+        let saved = post_form(
+            &app,
+            &format!("/keys/{id}/edit"),
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("name", "web <prod>"),
+                ("cidr_0", "192.0.2.0/24"),
+                ("description_0", "office"),
+                ("allowed_origins", "https://shop.example.com"),
+            ],
+        )
+        .await;
+        assert_eq!(saved.status, 303, "{}", text(&saved));
+        app.get("/v1/keys/self", &key)
+            .await
+            .assert_error(403, "ip_not_allowed");
+        let stored = app.store.get_api_key(&project, &id).await.unwrap().unwrap();
+        assert_eq!(stored.settings.name, "web <prod>");
+        assert_eq!(
+            stored.settings.allowed_origins,
+            Some(vec!["https://shop.example.com".to_string()])
+        );
+        let page = text(
+            &get_page(
+                &app,
+                &format!("/keys/{id}?project={project}"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(page.contains("web &lt;prod&gt;") && !page.contains("web <prod>"));
+        assert!(
+            text(&get_page(&app, "/activity", Some(&cookie)).await).contains("api_key.updated")
+        );
+        // Bad input: a clear message, nothing changed.
+        let bad = post_form(
+            &app,
+            &format!("/keys/{id}/edit"),
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("name", "ok"),
+                ("cidr_0", "999.1.1.1"),
+            ],
+        )
+        .await;
+        assert_eq!(bad.status, 422);
+        assert!(text(&bad).contains("ip_allowlist[0].cidr"));
+        assert_eq!(
+            app.store
+                .get_api_key(&project, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .settings
+                .name,
+            "web <prod>"
+        );
+        // The counts reach the store on flush.
+        keyflow_server::app::flush_usage(&app.state).await;
+        let today = app.now_ms().div_euclid(86_400_000);
+        let usage = app.store.daily_usage(&id, today).await.unwrap();
+        assert!(usage.iter().map(|u| u.requests).sum::<i64>() >= 3);
+    }
+
     backend_tests!(
+        key_detail_shows_usage_and_edits_settings,
         create_reveal_use_revoke,
         roll_reveals_a_successor,
         bad_input_shows_a_message_and_changes_nothing,

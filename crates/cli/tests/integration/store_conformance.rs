@@ -89,7 +89,12 @@ async fn migrations_are_idempotent(backend: Backend) {
     let store = keyflow_store::connect(&db.url).await.unwrap();
     assert_eq!(
         store.migrate().await.unwrap(),
-        vec!["0001_foundation", "0002_customer_data", "0003_sessions"]
+        vec![
+            "0001_foundation",
+            "0002_customer_data",
+            "0003_sessions",
+            "0004_key_usage"
+        ]
     );
     assert!(store.migrate().await.unwrap().is_empty());
     store.ping().await.unwrap();

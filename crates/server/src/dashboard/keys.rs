@@ -188,7 +188,7 @@ pub async fn list(
             .unwrap_or_else(|| "Never".into());
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}…</code></td><td>{last_used}</td><td>{}</td><td>{}</td>\
+            "<tr><td><a href=\"/keys/{id}?{q}\">{}</a></td><td>{}</td><td>{}</td><td><code>{}…</code></td><td>{last_used}</td><td>{}</td><td>{}</td>\
              <td class=\"actions\"><a href=\"/keys/{id}/roll?{q}\">Roll</a><a href=\"/keys/{id}/revoke?{q}\">Revoke</a></td></tr>",
             escape(&k.settings.name),
             k.key_type.as_str(),
@@ -578,4 +578,290 @@ pub async fn act(
         Ok(None) => Redirect::to(&format!("/keys?project={}", ctx.project.id)).into_response(),
         Err(e) => error_page(e),
     }
+}
+
+/// A 30-day bar chart of requests per day (errors and rate-limited overlaid),
+/// drawn on the server as SVG: no script, no external library.
+pub fn usage_chart(days: &[keyflow_store::DailyUsage], today: i64) -> String {
+    const DAYS: i64 = 30;
+    let (bar, gap, height) = (18i64, 4i64, 120i64);
+    let by_day: HashMap<i64, keyflow_store::DailyUsage> =
+        days.iter().map(|d| (d.day, *d)).collect();
+    let max = days.iter().map(|d| d.requests).max().unwrap_or(0).max(1);
+    let scale = |n: i64| n * height / max;
+    let width = DAYS * (bar + gap);
+    let mut svg = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {width} {}\" width=\"100%\" role=\"img\" aria-label=\"Requests per day, last 30 days\">",
+        height + 16
+    );
+    for i in 0..DAYS {
+        let day = today - (DAYS - 1 - i);
+        let u = by_day.get(&day).copied().unwrap_or_default();
+        let x = i * (bar + gap);
+        let date = format_rfc3339(day * 86_400_000);
+        let date = date.get(..10).unwrap_or(&date);
+        let _ = write!(
+            svg,
+            "<g><title>{date}: {} requests, {} errors, {} rate-limited</title>\
+             <rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{}\" fill=\"#bac8ff\"/>\
+             <rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{}\" fill=\"#ff8787\"/>\
+             <rect x=\"{x}\" y=\"{}\" width=\"{bar}\" height=\"{}\" fill=\"#ffc078\"/></g>",
+            u.requests,
+            u.errors,
+            u.rate_limited,
+            height - scale(u.requests),
+            scale(u.requests),
+            height - scale(u.errors),
+            scale(u.errors),
+            height - scale(u.rate_limited),
+            scale(u.rate_limited),
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"0\" y=\"{}\" font-size=\"10\" fill=\"#5f6b7a\">30 days ago</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"#5f6b7a\" text-anchor=\"end\">today · max {max}/day</text></svg>",
+        height + 14,
+        width,
+        height + 14
+    );
+    svg
+}
+
+fn detail_page(
+    state: &SharedState,
+    ctx: &ManagerContext,
+    key: &ApiKey,
+    usage: &[keyflow_store::DailyUsage],
+    message: Option<&str>,
+) -> String {
+    let s = &key.settings;
+    let now = state.now_ms();
+    let mut body = format!(
+        "<div class=\"card\"><h1>{}</h1>{}<p class=\"muted\">{} key <code>{}…</code> · {} · created {}</p>",
+        escape(&s.name),
+        error_box(message),
+        key.key_type.as_str(),
+        escape(&key.prefix),
+        escape(&access_summary(key.key_type, key.scopes)),
+        format_rfc3339(key.created_at)
+    );
+    let pending = state.usage.pending(&key.id);
+    let last_at = key.last_used_at.max(pending.as_ref().map(|p| p.0));
+    let last_ip = pending
+        .and_then(|p| p.1)
+        .or_else(|| key.last_used_ip.clone());
+    let _ = write!(
+        body,
+        "<p>Last used: {} · from {}</p><h2>Usage, last 30 days</h2>{}",
+        last_at
+            .map(|t| relative_time(t, now))
+            .unwrap_or_else(|| "never".into()),
+        escape(last_ip.as_deref().unwrap_or("—")),
+        usage_chart(usage, now.div_euclid(86_400_000))
+    );
+    let rows = s.ip_allowlist.len() + 1;
+    let _ = write!(
+        body,
+        "<h2>Settings</h2><form method=\"post\" action=\"/keys/{}/edit\">{}<input type=\"hidden\" name=\"project\" value=\"{}\">\
+         <label for=\"name\">Name</label><input id=\"name\" name=\"name\" maxlength=\"64\" value=\"{}\" required>\
+         <label for=\"expires_at\">Expires (UTC, empty: never)</label><input id=\"expires_at\" name=\"expires_at\" type=\"datetime-local\" value=\"{}\">\
+         <fieldset><legend>IP allow-list (empty: any address)</legend>",
+        escape(&key.id),
+        ctx.csrf_field(),
+        escape(&ctx.project.id),
+        escape(&s.name),
+        s.expires_at
+            .map(|t| format_rfc3339(t).get(..16).unwrap_or("").to_string())
+            .unwrap_or_default(),
+    );
+    for i in 0..rows {
+        let rule = s.ip_allowlist.get(i);
+        let _ = write!(
+            body,
+            "<div class=\"row\"><input name=\"cidr_{i}\" value=\"{}\" aria-label=\"Address or CIDR {n}\"><input name=\"description_{i}\" value=\"{}\" aria-label=\"Description {n}\"></div>",
+            escape(rule.map(|r| r.cidr.as_str()).unwrap_or("")),
+            escape(rule.map(|r| r.description.as_str()).unwrap_or("")),
+            n = i + 1
+        );
+    }
+    let _ = write!(
+        body,
+        "</fieldset><label for=\"allowed_events\">Allowed events (comma-separated; empty: all)</label>\
+         <input id=\"allowed_events\" name=\"allowed_events\" value=\"{}\">",
+        escape(
+            &s.allowed_events
+                .as_ref()
+                .map(|e| e.join(", "))
+                .unwrap_or_default()
+        )
+    );
+    if key.key_type == KeyType::Client {
+        let _ = write!(
+            body,
+            "<label for=\"allowed_origins\">Allowed origins (comma-separated; empty: any)</label>\
+             <input id=\"allowed_origins\" name=\"allowed_origins\" value=\"{}\">",
+            escape(
+                &s.allowed_origins
+                    .as_ref()
+                    .map(|o| o.join(", "))
+                    .unwrap_or_default()
+            )
+        );
+    }
+    let _ = write!(
+        body,
+        "<button type=\"submit\">Save</button></form><p><a href=\"/keys?{}\">Back to keys</a></p></div>",
+        ctx.project_q()
+    );
+    body
+}
+
+pub async fn detail(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let ctx = match manager(&state, &headers, query.get("project")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let key = match key_of(&state, &ctx, &id).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match usage_of(&state, &key).await {
+        Ok(usage) => html(
+            StatusCode::OK,
+            ctx.render(
+                &key.settings.name,
+                &detail_page(&state, &ctx, &key, &usage, None),
+            ),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+/// Stored daily totals plus what is still counted in memory.
+async fn usage_of(
+    state: &SharedState,
+    key: &ApiKey,
+) -> Result<Vec<keyflow_store::DailyUsage>, ApiError> {
+    let today = state.now_ms().div_euclid(86_400_000);
+    let mut usage = state.store.daily_usage(&key.id, today - 29).await?;
+    for extra in state.usage.pending_counts(&key.id) {
+        match usage.iter_mut().find(|u| u.day == extra.day) {
+            Some(u) => {
+                u.requests += extra.requests;
+                u.errors += extra.errors;
+                u.rate_limited += extra.rate_limited;
+            }
+            None => usage.push(extra),
+        }
+    }
+    Ok(usage)
+}
+
+fn list_field(values: &HashMap<String, String>, name: &str) -> Option<Option<Vec<String>>> {
+    let text = values.get(name)?;
+    let items: Vec<String> = text
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Some((!items.is_empty()).then_some(items))
+}
+
+pub async fn edit(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(values): Form<HashMap<String, String>>,
+) -> Response {
+    use keyflow_core::key_settings::{PatchKeyRequest, apply_patch};
+    if !session::same_origin(&headers) {
+        return refused_cross_site();
+    }
+    let ctx = match manager(&state, &headers, values.get("project")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !session::csrf_ok(
+        &ctx.signed_in.session,
+        values.get("csrf").map(String::as_str),
+    ) {
+        return refused_cross_site();
+    }
+    let key = match key_of(&state, &ctx, &id).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let rows = values.keys().filter(|k| k.starts_with("cidr_")).count();
+    let ip_rows: Vec<IpRuleInput> = (0..rows)
+        .filter_map(|i| {
+            let cidr = values
+                .get(&format!("cidr_{i}"))
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())?;
+            Some(IpRuleInput {
+                cidr,
+                description: values.get(&format!("description_{i}")).cloned(),
+            })
+        })
+        .collect();
+    let patch = PatchKeyRequest {
+        name: Some(values.get("name").cloned()),
+        expires_at: Some(values.get("expires_at").filter(|e| !e.is_empty()).map(|e| {
+            if e.len() == 16 {
+                format!("{e}:00Z")
+            } else {
+                format!("{e}Z")
+            }
+        })),
+        ip_allowlist: Some(Some(ip_rows)),
+        allowed_events: list_field(&values, "allowed_events"),
+        allowed_origins: if key.key_type == KeyType::Client {
+            list_field(&values, "allowed_origins")
+        } else {
+            None
+        },
+        ..Default::default()
+    };
+    let now = state.now_ms();
+    let usage = usage_of(&state, &key).await.unwrap_or_default();
+    let settings = match apply_patch(&key.settings, key.key_type, &patch, now) {
+        Ok(s) => s,
+        Err(fields) => {
+            let message = fields
+                .iter()
+                .map(|f| format!("{}: {}", f.field, f.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ctx.render(
+                    &key.settings.name,
+                    &detail_page(&state, &ctx, &key, &usage, Some(&message)),
+                ),
+            );
+        }
+    };
+    let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
+    if let Err(e) = key_ops::update_key(
+        state.store.as_ref(),
+        &ctx.membership.workspace_id,
+        &key,
+        &settings,
+        &ctx.actor(),
+        ip,
+        now,
+    )
+    .await
+    {
+        return error_page(e);
+    }
+    state.cache.invalidate(&key.digest);
+    Redirect::to(&format!("/keys/{}?project={}", key.id, ctx.project.id)).into_response()
 }

@@ -47,6 +47,8 @@ pub fn router() -> Router<SharedState> {
         .route("/activity", get(activity))
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))
+        .route("/keys/{id}", get(keys::detail))
+        .route("/keys/{id}/edit", post(keys::edit))
         .route("/keys/{id}/{action}", get(keys::confirm).post(keys::act))
         .route("/assets/app.css", get(stylesheet))
         .route("/assets/app.js", get(script))

@@ -27,6 +27,11 @@ impl PostgresStore {
             name: "0003_sessions",
             sql: include_str!("../../migrations/postgres/0003_sessions.sql"),
         },
+        Migration {
+            version: 4,
+            name: "0004_key_usage",
+            sql: include_str!("../../migrations/postgres/0004_key_usage.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

@@ -43,6 +43,11 @@ impl SqliteStore {
             name: "0003_sessions",
             sql: include_str!("../../migrations/sqlite/0003_sessions.sql"),
         },
+        Migration {
+            version: 4,
+            name: "0004_key_usage",
+            sql: include_str!("../../migrations/sqlite/0004_key_usage.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
