@@ -69,6 +69,25 @@ pub trait Store: Send + Sync + 'static {
     async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>>;
     async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>>;
     async fn count_operators(&self) -> StoreResult<i64>;
+    /// A workspace's members with their accounts, oldest first.
+    async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<(Operator, Membership)>>;
+    /// Changes a member's role with its audit entry; `false` if not a member.
+    async fn set_member_role(
+        &self,
+        workspace_id: &str,
+        operator_id: &str,
+        role: keyflow_core::Role,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Removes a membership with its audit entry; `false` if not a member.
+    async fn remove_member(
+        &self,
+        workspace_id: &str,
+        operator_id: &str,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Unrevoked, unexpired keys of a workspace (the ones a downgrade suspends).
+    async fn count_active_keys(&self, workspace_id: &str, now: UnixMillis) -> StoreResult<i64>;
     async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>>;
 
     /// Stores a new session and, in the same transaction, the sign-in's audit entries.
@@ -193,6 +212,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         workspace_id: &str,
         project_id: &str,
+        page: &Page,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        self.search_audit(workspace_id, project_id, &AuditFilter::default(), page)
+            .await
+    }
+    /// [`Store::list_audit`] narrowed by action and/or actor.
+    async fn search_audit(
+        &self,
+        workspace_id: &str,
+        project_id: &str,
+        filter: &AuditFilter,
         page: &Page,
     ) -> StoreResult<Vec<AuditEntry>>;
 }

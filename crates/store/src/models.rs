@@ -233,3 +233,11 @@ pub struct DailyUsage {
     pub errors: i64,
     pub rate_limited: i64,
 }
+
+/// Filters of the activity log. `actor` matches an actor's id, or its name
+/// (an operator's email, a key's name) exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+}

@@ -358,7 +358,7 @@ macro_rules! impl_sql_store {
             scopes_to_column, settings_columns, usage_update_sql,
         };
         use $crate::{
-            ApiKey, AuditContext, AuditEntry, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
+            ApiKey, AuditContext, AuditEntry, AuditFilter, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
             DailyUsage, KeyUsage, Membership, Operator, Page, Project, Session, Store, StoreError, StoreResult,
             UpsertActions, UpsertOutcome, Workspace, new_id,
         };
@@ -958,6 +958,70 @@ macro_rules! impl_sql_store {
                 row.as_ref().map(operator_from_row).transpose()
             }
 
+            async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<(Operator, Membership)>> {
+                let rows = sqlx::query(
+                    "SELECT o.id, o.email, o.password_hash, o.created_at AS o_created_at, m.workspace_id, \
+                     m.operator_id, m.role, m.created_at FROM memberships m JOIN operators o ON o.id = m.operator_id \
+                     WHERE m.workspace_id = $1 ORDER BY m.created_at, o.email",
+                )
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let operator = Operator {
+                            id: r.try_get("id")?,
+                            email: r.try_get("email")?,
+                            password_hash: r.try_get("password_hash")?,
+                            created_at: r.try_get("o_created_at")?,
+                        };
+                        Ok((operator, membership_from_row(r)?))
+                    })
+                    .collect()
+            }
+
+            async fn set_member_role(
+                &self,
+                workspace_id: &str,
+                operator_id: &str,
+                role: keyflow_core::Role,
+                audit: &AuditEntry,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("UPDATE memberships SET role = $1 WHERE workspace_id = $2 AND operator_id = $3")
+                    .bind(role.as_str())
+                    .bind(workspace_id)
+                    .bind(operator_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                commit_if(tx, done, audit).await
+            }
+
+            async fn remove_member(&self, workspace_id: &str, operator_id: &str, audit: &AuditEntry) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let done = sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2")
+                    .bind(workspace_id)
+                    .bind(operator_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                commit_if(tx, done, audit).await
+            }
+
+            async fn count_active_keys(&self, workspace_id: &str, now: UnixMillis) -> StoreResult<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM api_keys k JOIN projects p ON p.id = k.project_id \
+                     WHERE p.workspace_id = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
+                )
+                .bind(workspace_id)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn count_operators(&self) -> StoreResult<i64> {
                 Ok(sqlx::query_scalar("SELECT COUNT(*) FROM operators").fetch_one(&self.pool).await?)
             }
@@ -1224,10 +1288,17 @@ macro_rules! impl_sql_store {
                 Ok(())
             }
 
-            async fn list_audit(&self, workspace_id: &str, project_id: &str, page: &Page) -> StoreResult<Vec<AuditEntry>> {
+            async fn search_audit(
+                &self,
+                workspace_id: &str,
+                project_id: &str,
+                filter: &AuditFilter,
+                page: &Page,
+            ) -> StoreResult<Vec<AuditEntry>> {
                 let sql = format!(
                     "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE workspace_id = $1 \
                      AND (project_id = $2 OR project_id IS NULL) AND ($3 IS NULL OR id < $3) \
+                     AND ($5 IS NULL OR action = $5) AND ($6 IS NULL OR actor_id = $6 OR actor_name = $6) \
                      ORDER BY id DESC LIMIT $4"
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -1235,6 +1306,8 @@ macro_rules! impl_sql_store {
                     .bind(project_id)
                     .bind(&page.cursor)
                     .bind(page_limit(page.limit))
+                    .bind(&filter.action)
+                    .bind(&filter.actor)
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(audit_from_row).collect()

@@ -697,7 +697,161 @@ mod keys_pages {
         assert!(usage.iter().map(|u| u.requests).sum::<i64>() >= 3);
     }
 
+    async fn members_plan_and_activity_filters(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let token = app.state.issue_setup_token().unwrap();
+        let setup = post_form(
+            &app,
+            "/setup",
+            None,
+            &[
+                ("token", &token),
+                ("email", "owner@acme.io"),
+                ("password", PASSWORD),
+                ("workspace", "Acme"),
+                ("project", "Prod"),
+            ],
+        )
+        .await;
+        let cookie = session_cookie(&setup).unwrap();
+        let csrf = csrf_of(&text(&get_page(&app, "/members", Some(&cookie)).await));
+        // Add a member, promote, refuse removing the last owner, remove the member.
+        let added = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("do", "add"),
+                ("email", "new@acme.io"),
+                ("password", PASSWORD),
+                ("role", "member"),
+            ],
+        )
+        .await;
+        assert_eq!(added.status, 303, "{}", text(&added));
+        let members = text(&get_page(&app, "/members", Some(&cookie)).await);
+        assert!(members.contains("new@acme.io"));
+        let owner = app
+            .store
+            .find_operator_by_email("owner@acme.io")
+            .await
+            .unwrap()
+            .unwrap();
+        let new = app
+            .store
+            .find_operator_by_email("new@acme.io")
+            .await
+            .unwrap()
+            .unwrap();
+        let last_owner = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[("csrf", &csrf), ("do", "remove"), ("operator", &owner.id)],
+        )
+        .await;
+        assert_eq!(last_owner.status, 422);
+        assert!(text(&last_owner).contains("at least one owner"));
+        let promoted = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("do", "role"),
+                ("operator", &new.id),
+                ("role", "admin"),
+            ],
+        )
+        .await;
+        assert_eq!(promoted.status, 303);
+        let removed = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[("csrf", &csrf), ("do", "remove"), ("operator", &new.id)],
+        )
+        .await;
+        assert_eq!(removed.status, 303);
+        assert!(!text(&get_page(&app, "/members", Some(&cookie)).await).contains("new@acme.io"));
+        // Plan: preview shows what a downgrade suspends; the change is audited.
+        let workspace = app.store.list_memberships(&owner.id).await.unwrap()[0]
+            .workspace_id
+            .clone();
+        app.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/workspaces/{workspace}/plan"),
+            json!({"plan": "pro"}),
+        )
+        .await;
+        let project = app.store.list_projects(&workspace).await.unwrap()[0]
+            .id
+            .clone();
+        let key = app
+            .admin(
+                reqwest::Method::POST,
+                &format!("/admin/v1/projects/{project}/keys"),
+                json!({"name": "k", "type": "secret"}),
+            )
+            .await;
+        let key = key.body["key"].as_str().unwrap().to_string();
+        let preview = text(&get_page(&app, "/plan?preview=free", Some(&cookie)).await);
+        assert!(
+            preview.contains("1 active API keys will be suspended"),
+            "{preview}"
+        );
+        let changed = post_form(
+            &app,
+            "/plan",
+            Some(&cookie),
+            &[("csrf", &csrf), ("plan", "free")],
+        )
+        .await;
+        assert_eq!(changed.status, 303);
+        app.get("/v1/keys/self", &key)
+            .await
+            .assert_error(403, "feature_not_allowed");
+        // Activity filters.
+        let only_plan = text(
+            &get_page(
+                &app,
+                &format!("/activity?project={project}&action=plan.changed"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(
+            only_plan.contains("plan.changed") && !only_plan.contains("<td>member.added</td>"),
+            "{only_plan}"
+        );
+        let by_owner = text(
+            &get_page(
+                &app,
+                &format!("/activity?project={project}&actor=owner%40acme.io"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(by_owner.contains("member.removed") && !by_owner.contains("Instance admin"));
+        // The same filters on the API.
+        app.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/workspaces/{workspace}/plan"),
+            json!({"plan": "pro"}),
+        )
+        .await;
+        let api = app.get("/v1/audit?action=member.role_changed", &key).await;
+        let entries = api.body["data"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0]["details"],
+            json!({"from": "member", "to": "admin"})
+        );
+    }
+
     backend_tests!(
+        members_plan_and_activity_filters,
         key_detail_shows_usage_and_edits_settings,
         create_reveal_use_revoke,
         roll_reveals_a_successor,

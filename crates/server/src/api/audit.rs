@@ -19,7 +19,7 @@ use crate::state::SharedState;
     tag = "audit",
     summary = "The activity log, newest first",
     description = "Scope: `audit:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
     responses(
         (status = 200, body = schema::AuditList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
@@ -37,7 +37,12 @@ pub async fn list_audit(
     let page = page_from_query(&query)?;
     let entries = state
         .store
-        .list_audit(caller.workspace_id(), caller.project_id(), &page)
+        .search_audit(
+            caller.workspace_id(),
+            caller.project_id(),
+            &audit_filter(&query),
+            &page,
+        )
         .await?;
     let last = entries.last().map(|e| e.id.clone());
     Ok(Json(list_body(
@@ -45,4 +50,18 @@ pub async fn list_audit(
         &page,
         last,
     )))
+}
+
+/// `?action=` and `?actor=` (empty values mean no filter).
+pub fn audit_filter(query: &HashMap<String, String>) -> keyflow_store::AuditFilter {
+    let get = |name: &str| {
+        query
+            .get(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    keyflow_store::AuditFilter {
+        action: get("action"),
+        actor: get("actor"),
+    }
 }

@@ -20,7 +20,12 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 2] = [("/keys", "API keys"), ("/activity", "Activity")];
+const NAV: [(&str, &str); 4] = [
+    ("/keys", "API keys"),
+    ("/activity", "Activity"),
+    ("/members", "Members"),
+    ("/plan", "Plan"),
+];
 
 /// A full page. `operator` is `Some((email, csrf))` when signed in: the header
 /// then shows the navigation and a sign-out form.

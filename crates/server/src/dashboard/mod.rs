@@ -5,6 +5,7 @@
 mod html;
 pub mod keys;
 pub mod session;
+mod workspace;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -45,6 +46,11 @@ pub fn router() -> Router<SharedState> {
         .route("/signout", post(signout))
         .route("/setup", get(setup_form).post(setup))
         .route("/activity", get(activity))
+        .route(
+            "/members",
+            get(workspace::members).post(workspace::change_members),
+        )
+        .route("/plan", get(workspace::plan).post(workspace::change_plan))
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))
         .route("/keys/{id}", get(keys::detail))
@@ -374,6 +380,25 @@ async fn setup(
     }
 }
 
+/// The actions the activity filter offers.
+const KNOWN_ACTIONS: [&str; 15] = [
+    "api_key.created",
+    "api_key.updated",
+    "api_key.rolled",
+    "api_key.revoked",
+    "contact.created",
+    "contact.updated",
+    "contact.deleted",
+    "subscriber.created",
+    "subscriber.updated",
+    "subscriber.unsubscribed",
+    "member.added",
+    "member.role_changed",
+    "member.removed",
+    "plan.changed",
+    "operator.signed_in",
+];
+
 /// `/activity`: the activity log of one project (and its workspace), newest first.
 async fn activity(
     State(state): State<SharedState>,
@@ -422,9 +447,10 @@ async fn render_activity(
         limit: 50,
         cursor: query.get("cursor").cloned(),
     };
+    let filter = crate::api::audit::audit_filter(query);
     let entries = state
         .store
-        .list_audit(&membership.workspace_id, &project.id, &page_query)
+        .search_audit(&membership.workspace_id, &project.id, &filter, &page_query)
         .await?;
     let mut body =
         String::from("<div class=\"card\"><h1>Activity</h1><p class=\"muted\">Project: ");
@@ -440,7 +466,29 @@ async fn render_activity(
             );
         }
     }
-    body.push_str("</p><table><thead><tr><th>Actor</th><th>Action</th><th>Target</th><th>Time</th><th>IP</th></tr></thead><tbody>");
+    body.push_str("</p>");
+    // Filters: a plain GET form, so they work without JavaScript and can be bookmarked.
+    let _ = write!(
+        body,
+        "<form method=\"get\" action=\"/activity\" class=\"row\"><input type=\"hidden\" name=\"project\" value=\"{}\">\
+         <select name=\"action\" aria-label=\"Action\"><option value=\"\">All actions</option>",
+        escape(&project.id)
+    );
+    for action in KNOWN_ACTIONS {
+        let selected = if filter.action.as_deref() == Some(action) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(body, "<option{selected}>{action}</option>");
+    }
+    let _ = write!(
+        body,
+        "</select><input name=\"actor\" placeholder=\"Actor: email or key name\" value=\"{}\" aria-label=\"Actor\">\
+         <button type=\"submit\">Filter</button></form>",
+        escape(filter.actor.as_deref().unwrap_or(""))
+    );
+    body.push_str("<table><thead><tr><th>Actor</th><th>Action</th><th>Target</th><th>Time</th><th>IP</th></tr></thead><tbody>");
     for e in &entries {
         let actor = match &e.actor {
             Actor::Operator { email, .. } => escape(email),
@@ -473,11 +521,26 @@ async fn render_activity(
     {
         let _ = write!(
             body,
-            "<p><a href=\"/activity?project={}&amp;cursor={}\">Older entries</a></p>",
+            "<p><a href=\"/activity?project={}&amp;action={}&amp;actor={}&amp;cursor={}\">Older entries</a></p>",
             escape(&project.id),
+            escape(&url_encode(filter.action.as_deref().unwrap_or(""))),
+            escape(&url_encode(filter.actor.as_deref().unwrap_or(""))),
             escape(&last.id)
         );
     }
     body.push_str("</div>");
     Ok(body)
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -1,0 +1,364 @@
+//! Members (owners and admins) and Plan (everyone sees it, owners change it).
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use keyflow_core::timefmt::format_rfc3339;
+use keyflow_core::{Plan, Role};
+use keyflow_store::{Actor, AuditTarget};
+use serde_json::json;
+
+use super::html::{error_box, escape, page};
+use super::keys::manager;
+use super::session;
+use super::{error_page, html, refused_cross_site};
+use crate::operations::{audit_entry, tenancy};
+use crate::state::SharedState;
+
+fn members_body(
+    csrf: &str,
+    members: &[(keyflow_store::Operator, keyflow_store::Membership)],
+    message: Option<&str>,
+) -> String {
+    let mut body = format!(
+        "<div class=\"card\"><h1>Members</h1>{}<table><thead><tr><th>Email</th><th>Role</th><th>Since</th><th></th></tr></thead><tbody>",
+        error_box(message)
+    );
+    for (op, m) in members {
+        let mut options = String::new();
+        for role in Role::ALL {
+            let selected = if role == m.role { " selected" } else { "" };
+            let _ = write!(options, "<option{selected}>{}</option>", role.as_str());
+        }
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><form method=\"post\" action=\"/members\" class=\"row\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"operator\" value=\"{id}\">\
+             <select name=\"role\" aria-label=\"Role of {email}\">{options}</select><button type=\"submit\" name=\"do\" value=\"role\">Change</button></form></td>\
+             <td>{}</td><td><form method=\"post\" action=\"/members\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"operator\" value=\"{id}\"><button type=\"submit\" name=\"do\" value=\"remove\" class=\"danger\">Remove</button></form></td></tr>",
+            escape(&op.email),
+            format_rfc3339(m.created_at),
+            csrf = escape(csrf),
+            id = escape(&op.id),
+            email = escape(&op.email),
+        );
+    }
+    let _ = write!(
+        body,
+        "</tbody></table><h2>Add a member</h2><form method=\"post\" action=\"/members\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"do\" value=\"add\">\
+         <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" required>\
+         <label for=\"password\">Initial password (8 characters or more)</label><input id=\"password\" name=\"password\" type=\"password\" minlength=\"8\" required>\
+         <label for=\"role\">Role</label><select id=\"role\" name=\"role\"><option>member</option><option>admin</option><option>owner</option></select>\
+         <button type=\"submit\">Add member</button></form></div>",
+        escape(csrf)
+    );
+    body
+}
+
+pub async fn members(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    let ctx = match manager(&state, &headers, None).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match state.store.list_members(&ctx.membership.workspace_id).await {
+        Ok(list) => {
+            let body = members_body(&ctx.signed_in.session.csrf_token, &list, None);
+            html(
+                StatusCode::OK,
+                page(
+                    "Members",
+                    "/members",
+                    Some((
+                        &ctx.signed_in.operator.email,
+                        &ctx.signed_in.session.csrf_token,
+                    )),
+                    &body,
+                ),
+            )
+        }
+        Err(e) => error_page(e.into()),
+    }
+}
+
+pub async fn change_members(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !session::same_origin(&headers) {
+        return refused_cross_site();
+    }
+    let ctx = match manager(&state, &headers, None).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
+        return refused_cross_site();
+    }
+    let workspace = ctx.membership.workspace_id.clone();
+    let actor = Actor::Operator {
+        id: ctx.signed_in.operator.id.clone(),
+        email: ctx.signed_in.operator.email.clone(),
+    };
+    let now = state.now_ms();
+    let members = match state.store.list_members(&workspace).await {
+        Ok(m) => m,
+        Err(e) => return error_page(e.into()),
+    };
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let role = Role::parse(field("role"));
+    let target = members.iter().find(|(op, _)| op.id == field("operator"));
+    let owners = members
+        .iter()
+        .filter(|(_, m)| m.role == Role::Owner)
+        .count();
+    let is_owner = ctx.membership.role == Role::Owner;
+    let outcome: Result<(), String> = match (field("do"), role, target) {
+        ("add", Some(role), _) if role == Role::Owner && !is_owner => {
+            Err("Only owners can add owners.".into())
+        }
+        ("add", Some(role), _) => tenancy::add_operator(
+            state.store.as_ref(),
+            &workspace,
+            field("email"),
+            field("password").to_string(),
+            role,
+            &actor,
+            now,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.message),
+        ("role", Some(role), Some((op, m))) => {
+            if (m.role == Role::Owner || role == Role::Owner) && !is_owner {
+                Err("Only owners can change who is an owner.".into())
+            } else if m.role == Role::Owner && role != Role::Owner && owners == 1 {
+                Err("A workspace needs at least one owner.".into())
+            } else {
+                let entry = audit_entry(
+                    &workspace,
+                    None,
+                    &actor,
+                    "member.role_changed",
+                    AuditTarget {
+                        kind: "operator".into(),
+                        id: Some(op.id.clone()),
+                        name: Some(op.email.clone()),
+                    },
+                    None,
+                    json!({"from": m.role.as_str(), "to": role.as_str()}),
+                    now,
+                );
+                state
+                    .store
+                    .set_member_role(&workspace, &op.id, role, &entry)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+        ("remove", _, Some((op, m))) => {
+            if m.role == Role::Owner && !is_owner {
+                Err("Only owners can remove an owner.".into())
+            } else if m.role == Role::Owner && owners == 1 {
+                Err("A workspace needs at least one owner.".into())
+            } else {
+                let entry = audit_entry(
+                    &workspace,
+                    None,
+                    &actor,
+                    "member.removed",
+                    AuditTarget {
+                        kind: "operator".into(),
+                        id: Some(op.id.clone()),
+                        name: Some(op.email.clone()),
+                    },
+                    None,
+                    json!({"role": m.role.as_str()}),
+                    now,
+                );
+                state
+                    .store
+                    .remove_member(&workspace, &op.id, &entry)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+        _ => Err("That change is not valid (unknown member or role).".into()),
+    };
+    match outcome {
+        Ok(()) => Redirect::to("/members").into_response(),
+        Err(message) => {
+            let list = state
+                .store
+                .list_members(&workspace)
+                .await
+                .unwrap_or(members);
+            let body = members_body(&ctx.signed_in.session.csrf_token, &list, Some(&message));
+            html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                page(
+                    "Members",
+                    "/members",
+                    Some((
+                        &ctx.signed_in.operator.email,
+                        &ctx.signed_in.session.csrf_token,
+                    )),
+                    &body,
+                ),
+            )
+        }
+    }
+}
+
+/// `/plan`: the plan, and for owners a form to change it with a preview of
+/// how many keys a downgrade below pro suspends.
+pub async fn plan(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let signed_in = match session::current(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Redirect::to("/signin").into_response(),
+        Err(e) => return error_page(e),
+    };
+    let render = async {
+        let membership = state
+            .store
+            .list_memberships(&signed_in.operator.id)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| crate::error::ApiError::not_found("workspace"))?;
+        let workspace = state
+            .store
+            .get_workspace(&membership.workspace_id)
+            .await?
+            .ok_or_else(|| crate::error::ApiError::not_found("workspace"))?;
+        let active = state
+            .store
+            .count_active_keys(&workspace.id, state.now_ms())
+            .await?;
+        let mut body = format!(
+            "<div class=\"card\"><h1>Plan</h1><p>Workspace <strong>{}</strong> is on the <strong>{}</strong> plan. API access needs pro or team.</p>",
+            escape(&workspace.name),
+            workspace.plan.as_str()
+        );
+        if membership.role == Role::Owner {
+            let _ = write!(
+                body,
+                "<form method=\"get\" action=\"/plan\" class=\"row\"><select name=\"preview\" aria-label=\"New plan\">"
+            );
+            for p in Plan::ALL {
+                let _ = write!(body, "<option>{}</option>", p.as_str());
+            }
+            body.push_str("</select><button type=\"submit\">Preview</button></form>");
+            if let Some(target) = query.get("preview").and_then(|p| Plan::parse(p)) {
+                let effect = if !target.allows_api() && workspace.plan.allows_api() {
+                    format!(
+                        "{active} active API keys will be suspended: every request with them gets 403 feature_not_allowed until the plan allows API access again."
+                    )
+                } else if target.allows_api() && !workspace.plan.allows_api() {
+                    format!("{active} active API keys will work again at once.")
+                } else {
+                    "No API key changes.".to_string()
+                };
+                let _ = write!(
+                    body,
+                    "<p class=\"warning\">Changing to <strong>{}</strong>: {}</p><form method=\"post\" action=\"/plan\">\
+                     <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"plan\" value=\"{}\">\
+                     <button type=\"submit\">Change plan to {}</button></form>",
+                    target.as_str(),
+                    escape(&effect),
+                    escape(&signed_in.session.csrf_token),
+                    target.as_str(),
+                    target.as_str()
+                );
+            }
+        } else {
+            body.push_str("<p class=\"muted\">Only owners can change the plan.</p>");
+        }
+        body.push_str("</div>");
+        Ok::<_, crate::error::ApiError>(body)
+    };
+    match render.await {
+        Ok(body) => html(
+            StatusCode::OK,
+            page(
+                "Plan",
+                "/plan",
+                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
+                &body,
+            ),
+        ),
+        Err(e) => error_page(e),
+    }
+}
+
+pub async fn change_plan(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !session::same_origin(&headers) {
+        return refused_cross_site();
+    }
+    let signed_in = match session::current(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Redirect::to("/signin").into_response(),
+        Err(e) => return error_page(e),
+    };
+    if !session::csrf_ok(&signed_in.session, form.get("csrf").map(String::as_str)) {
+        return refused_cross_site();
+    }
+    let membership = match state.store.list_memberships(&signed_in.operator.id).await {
+        Ok(m) => m.into_iter().next(),
+        Err(e) => return error_page(e.into()),
+    };
+    let Some(membership) = membership.filter(|m| m.role == Role::Owner) else {
+        let body = "<div class=\"card narrow\"><h1>Owners only</h1><p>Only an owner can change the plan.</p></div>";
+        return html(
+            StatusCode::FORBIDDEN,
+            page(
+                "Forbidden",
+                "/plan",
+                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
+                body,
+            ),
+        );
+    };
+    let Some(plan) = form.get("plan").and_then(|p| Plan::parse(p)) else {
+        return error_page(crate::error::ApiError::field(
+            "plan",
+            "must be free, pro or team",
+        ));
+    };
+    let actor = Actor::Operator {
+        id: signed_in.operator.id.clone(),
+        email: signed_in.operator.email.clone(),
+    };
+    match tenancy::change_plan(
+        state.store.as_ref(),
+        &membership.workspace_id,
+        plan,
+        &actor,
+        None,
+        state.now_ms(),
+    )
+    .await
+    {
+        Ok(_) => {
+            state.cache.invalidate_plan(&membership.workspace_id);
+            Redirect::to("/plan").into_response()
+        }
+        Err(e) => error_page(e),
+    }
+}
