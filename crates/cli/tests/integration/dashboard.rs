@@ -850,7 +850,56 @@ mod keys_pages {
         );
     }
 
+    async fn contacts_and_events_pages_escape_customer_data(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let t = app.tenant().await;
+        app.admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/workspaces/{}/operators", t.workspace_id),
+            json!({"email": "viewer@acme.io", "password": PASSWORD, "role": "member"}),
+        )
+        .await;
+        let contact = app
+            .post("/v1/contacts", &t.key, json!({"email": "ada@x.io", "first_name": "<img src=x onerror=alert(1)>", "properties": {"note": "<script>alert(2)</script>"}}))
+            .await;
+        let id = contact.body["id"].as_str().unwrap().to_string();
+        app.post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "<b>clicked</b>", "contact_id": id, "properties": {"x": "<i>"}}),
+        )
+        .await;
+        app.post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "other", "anonymous_id": "a"}),
+        )
+        .await;
+        // A member may browse data.
+        let cookie = sign_in(&app, "viewer@acme.io").await;
+        let list = text(&get_page(&app, "/contacts", Some(&cookie)).await);
+        assert!(list.contains("ada@x.io") && list.contains("&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(!list.contains("<img src=x"));
+        let search = text(&get_page(&app, "/contacts?email=ADA%40x.io", Some(&cookie)).await);
+        assert!(search.contains("ada@x.io"));
+        let none = text(&get_page(&app, "/contacts?email=nobody%40x.io", Some(&cookie)).await);
+        assert!(none.contains("No contacts."));
+        let detail = text(&get_page(&app, &format!("/contacts/{id}"), Some(&cookie)).await);
+        assert!(
+            detail.contains("&lt;script&gt;alert(2)&lt;/script&gt;")
+                && !detail.contains("<script>alert(2)")
+        );
+        assert!(detail.contains("&lt;b&gt;clicked&lt;/b&gt;"));
+        let events = text(&get_page(&app, "/events?name=other", Some(&cookie)).await);
+        assert!(events.contains("other") && !events.contains("clicked"));
+        assert_eq!(
+            get_page(&app, "/contacts/nope", Some(&cookie)).await.status,
+            404
+        );
+    }
+
     backend_tests!(
+        contacts_and_events_pages_escape_customer_data,
         members_plan_and_activity_filters,
         key_detail_shows_usage_and_edits_settings,
         create_reveal_use_revoke,

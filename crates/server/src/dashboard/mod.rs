@@ -2,6 +2,7 @@
 //! first-run setup, sign-in (rate limited per account and per IP, audited as
 //! `operator.signed_in`), sign-out, and the activity log page.
 
+mod data;
 mod html;
 pub mod keys;
 pub mod session;
@@ -46,6 +47,9 @@ pub fn router() -> Router<SharedState> {
         .route("/signout", post(signout))
         .route("/setup", get(setup_form).post(setup))
         .route("/activity", get(activity))
+        .route("/contacts", get(data::contacts))
+        .route("/contacts/{id}", get(data::contact))
+        .route("/events", get(data::events))
         .route(
             "/members",
             get(workspace::members).post(workspace::change_members),
