@@ -228,10 +228,16 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
+    // A key's own limit, else its project's, else the plan's default.
+    let project_limit = match state.project_rate_limit(&key.key.project_id).await {
+        Ok(limit) => limit,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let quota = key
         .key
         .settings
         .rate_limit
+        .or(project_limit)
         .unwrap_or_else(|| state.config.plan_rate_limit(plan));
     let ticket = RateLimitTicket {
         state: state.clone(),

@@ -28,6 +28,8 @@ pub struct KeyCache {
     unknown: Cache<KeyDigest, ()>,
     /// Short TTL: a plan change made elsewhere (CLI, another instance) is seen within 1 s.
     plans: Cache<String, Plan>,
+    /// Per-project quota overrides, 1-second TTL like plans.
+    project_limits: Cache<String, Option<keyflow_core::RateLimit>>,
 }
 
 impl KeyCache {
@@ -42,6 +44,10 @@ impl KeyCache {
                 .time_to_live(Duration::from_secs(5))
                 .build(),
             plans: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            project_limits: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(1))
                 .build(),
@@ -73,6 +79,9 @@ impl KeyCache {
     }
     pub fn insert_plan(&self, workspace_id: String, plan: Plan) {
         self.plans.insert(workspace_id, plan);
+    }
+    pub fn invalidate_project(&self, project_id: &str) {
+        self.project_limits.invalidate(project_id);
     }
 }
 
@@ -140,6 +149,21 @@ impl AppState {
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// A project's quota override, from the 1-second cache or the store.
+    pub async fn project_rate_limit(
+        &self,
+        project_id: &str,
+    ) -> StoreResult<Option<keyflow_core::RateLimit>> {
+        if let Some(limit) = self.cache.project_limits.get(project_id) {
+            return Ok(limit);
+        }
+        let limit = self.store.project_settings(project_id).await?.rate_limit;
+        self.cache
+            .project_limits
+            .insert(project_id.to_string(), limit);
+        Ok(limit)
     }
 
     /// The workspace's plan, from the 1-second cache or the store.

@@ -69,6 +69,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>>;
     async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>>;
     async fn count_operators(&self) -> StoreResult<i64>;
+    /// A project's settings (defaults when never changed).
+    async fn project_settings(&self, project_id: &str) -> StoreResult<ProjectSettings>;
+    async fn set_project_settings(
+        &self,
+        project_id: &str,
+        settings: &ProjectSettings,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
     /// A workspace's members with their accounts, oldest first.
     async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<(Operator, Membership)>>;
     /// Changes a member's role with its audit entry; `false` if not a member.

@@ -241,3 +241,22 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub actor: Option<String>,
 }
+
+/// A project's settings (dashboard → Settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectSettings {
+    /// Overrides the plan's default quota for every key of the project
+    /// (a key's own `rate_limit` still wins).
+    pub rate_limit: Option<keyflow_core::RateLimit>,
+    /// How long Metrics API results are cached (minutes, at least 5).
+    pub metrics_cache_ttl_minutes: i64,
+}
+
+impl Default for ProjectSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            metrics_cache_ttl_minutes: 5,
+        }
+    }
+}

@@ -359,7 +359,8 @@ macro_rules! impl_sql_store {
         };
         use $crate::{
             ApiKey, AuditContext, AuditEntry, AuditFilter, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
-            DailyUsage, KeyUsage, Membership, Operator, Page, Project, Session, Store, StoreError, StoreResult,
+            DailyUsage, KeyUsage, Membership, Operator, Page, Project, ProjectSettings, Session, Store, StoreError,
+            StoreResult,
             UpsertActions, UpsertOutcome, Workspace, new_id,
         };
 
@@ -1020,6 +1021,40 @@ macro_rules! impl_sql_store {
                 .bind(now)
                 .fetch_one(&self.pool)
                 .await?)
+            }
+
+            async fn project_settings(&self, project_id: &str) -> StoreResult<ProjectSettings> {
+                let row = sqlx::query("SELECT rate_limit, metrics_cache_ttl_minutes FROM project_settings WHERE project_id = $1")
+                    .bind(project_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(r) = row else { return Ok(ProjectSettings::default()) };
+                let rate_limit: Option<String> = r.try_get("rate_limit")?;
+                Ok(ProjectSettings {
+                    rate_limit: rate_limit
+                        .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("rate_limit: {e}"))))
+                        .transpose()?,
+                    metrics_cache_ttl_minutes: r.try_get("metrics_cache_ttl_minutes")?,
+                })
+            }
+
+            async fn set_project_settings(&self, project_id: &str, settings: &ProjectSettings, audit: &AuditEntry) -> StoreResult<()> {
+                let rate_limit = settings
+                    .rate_limit
+                    .map(|rl| serde_json::to_string(&rl).map_err(|e| StoreError::Corrupt(e.to_string())))
+                    .transpose()?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO project_settings (project_id, rate_limit, metrics_cache_ttl_minutes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (project_id) DO UPDATE SET rate_limit = excluded.rate_limit, \
+                     metrics_cache_ttl_minutes = excluded.metrics_cache_ttl_minutes",
+                )
+                .bind(project_id)
+                .bind(rate_limit)
+                .bind(settings.metrics_cache_ttl_minutes)
+                .execute(&mut *tx)
+                .await?;
+                commit_if(tx, true, audit).await.map(|_| ())
             }
 
             async fn count_operators(&self) -> StoreResult<i64> {

@@ -45,7 +45,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0001_foundation",
             "0002_customer_data",
             "0003_sessions",
-            "0004_key_usage"
+            "0004_key_usage",
+            "0005_project_settings"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

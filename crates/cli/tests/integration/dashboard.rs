@@ -574,6 +574,13 @@ mod keys_pages {
         let cookie = sign_in(&app, "member@acme.io").await;
         assert_eq!(get_page(&app, "/keys", Some(&cookie)).await.status, 403);
         assert_eq!(get_page(&app, "/keys/new", Some(&cookie)).await.status, 403);
+        for page in ["/members", "/plan", "/settings"] {
+            assert_eq!(
+                get_page(&app, page, Some(&cookie)).await.status,
+                403,
+                "{page}"
+            );
+        }
         assert_eq!(
             get_page(&app, "/activity", Some(&cookie)).await.status,
             200,
@@ -898,7 +905,88 @@ mod keys_pages {
         );
     }
 
+    async fn settings_set_the_project_rate_limit(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let keys = app
+            .store
+            .list_api_keys(
+                &project,
+                false,
+                &keyflow_store::Page {
+                    limit: 10,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap();
+        let created = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("type", "secret"),
+                ("name", "k"),
+                ("scope", "keys:read"),
+            ],
+        )
+        .await;
+        let key = revealed_key(&created);
+        assert_eq!(keys.len(), 1);
+        let page =
+            text(&get_page(&app, &format!("/settings?project={project}"), Some(&cookie)).await);
+        assert!(page.contains("Cache TTL"));
+        for bad in [
+            [
+                ("limit", "0"),
+                ("period_seconds", "60"),
+                ("metrics_cache_ttl_minutes", "5"),
+            ],
+            [
+                ("limit", "x"),
+                ("period_seconds", "60"),
+                ("metrics_cache_ttl_minutes", "5"),
+            ],
+            [
+                ("limit", ""),
+                ("period_seconds", ""),
+                ("metrics_cache_ttl_minutes", "4"),
+            ],
+        ] {
+            let mut form = vec![("csrf", csrf.as_str()), ("project", project.as_str())];
+            form.extend(bad);
+            let reply = post_form(&app, "/settings", Some(&cookie), &form).await;
+            assert_eq!(reply.status, 422, "{bad:?}");
+        }
+        let saved = post_form(
+            &app,
+            "/settings",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("limit", "7"),
+                ("period_seconds", "60"),
+                ("metrics_cache_ttl_minutes", "15"),
+            ],
+        )
+        .await;
+        assert_eq!(saved.status, 303, "{}", text(&saved));
+        // Keys without their own limit now get the project's.
+        let me = app.get("/v1/keys/self", &key).await;
+        assert_eq!(me.header("x-ratelimit-limit"), Some("7"));
+        let settings = app.store.project_settings(&project).await.unwrap();
+        assert_eq!(settings.metrics_cache_ttl_minutes, 15);
+        assert!(
+            text(&get_page(&app, "/activity", Some(&cookie)).await)
+                .contains("project.settings_changed")
+        );
+    }
+
     backend_tests!(
+        settings_set_the_project_rate_limit,
         contacts_and_events_pages_escape_customer_data,
         members_plan_and_activity_filters,
         key_detail_shows_usage_and_edits_settings,

@@ -93,7 +93,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0001_foundation",
             "0002_customer_data",
             "0003_sessions",
-            "0004_key_usage"
+            "0004_key_usage",
+            "0005_project_settings"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

@@ -20,11 +20,14 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 4] = [
+const NAV: [(&str, &str); 7] = [
+    ("/contacts", "Contacts"),
+    ("/events", "Events"),
     ("/keys", "API keys"),
     ("/activity", "Activity"),
     ("/members", "Members"),
     ("/plan", "Plan"),
+    ("/settings", "Settings"),
 ];
 
 /// A full page. `operator` is `Some((email, csrf))` when signed in: the header

@@ -55,6 +55,10 @@ pub fn router() -> Router<SharedState> {
             get(workspace::members).post(workspace::change_members),
         )
         .route("/plan", get(workspace::plan).post(workspace::change_plan))
+        .route(
+            "/settings",
+            get(workspace::settings).post(workspace::save_settings),
+        )
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))
         .route("/keys/{id}", get(keys::detail))

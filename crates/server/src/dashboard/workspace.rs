@@ -1,4 +1,5 @@
-//! Members (owners and admins) and Plan (everyone sees it, owners change it).
+//! Members, Plan and Settings: owners and admins (members get 403 pages);
+//! only owners change the plan.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -225,10 +226,10 @@ pub async fn plan(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let signed_in = match session::current(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Redirect::to("/signin").into_response(),
-        Err(e) => return error_page(e),
+    // Owners and admins see the plan (members get a 403 page); owners change it.
+    let signed_in = match manager(&state, &headers, None).await {
+        Ok(ctx) => ctx.signed_in,
+        Err(r) => return r,
     };
     let render = async {
         let membership = state
@@ -361,4 +362,160 @@ pub async fn change_plan(
         }
         Err(e) => error_page(e),
     }
+}
+
+fn settings_body(
+    ctx: &super::keys::ManagerContext,
+    settings: &keyflow_store::ProjectSettings,
+    message: Option<&str>,
+) -> String {
+    let (limit, period) = settings
+        .rate_limit
+        .map(|rl| (rl.limit.to_string(), rl.period_seconds.to_string()))
+        .unwrap_or_default();
+    format!(
+        "<div class=\"card\"><h1>Settings · {}</h1>{}<form method=\"post\" action=\"/settings\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"project\" value=\"{}\">\
+         <h2>Rate limit for this project's keys</h2><p class=\"muted\">Per key and per category. Empty: the plan's default. A key's own limit still wins.</p>\
+         <div class=\"row\"><input name=\"limit\" inputmode=\"numeric\" placeholder=\"requests\" value=\"{}\" aria-label=\"Requests\">\
+         <input name=\"period_seconds\" inputmode=\"numeric\" placeholder=\"per seconds\" value=\"{}\" aria-label=\"Period in seconds\"></div>\
+         <h2>Metrics cache</h2><label for=\"ttl\">Cache TTL (minutes, at least 5)</label>\
+         <input id=\"ttl\" name=\"metrics_cache_ttl_minutes\" inputmode=\"numeric\" value=\"{}\">\
+         <button type=\"submit\">Save</button></form></div>",
+        escape(&ctx.project.name),
+        error_box(message),
+        escape(&ctx.signed_in.session.csrf_token),
+        escape(&ctx.project.id),
+        escape(&limit),
+        escape(&period),
+        settings.metrics_cache_ttl_minutes
+    )
+}
+
+/// `/settings`: owners and admins set the project's rate limit and metrics cache TTL.
+pub async fn settings(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let ctx = match manager(&state, &headers, query.get("project")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match state.store.project_settings(&ctx.project.id).await {
+        Ok(settings) => html(
+            StatusCode::OK,
+            page(
+                "Settings",
+                "/settings",
+                Some((
+                    &ctx.signed_in.operator.email,
+                    &ctx.signed_in.session.csrf_token,
+                )),
+                &settings_body(&ctx, &settings, None),
+            ),
+        ),
+        Err(e) => error_page(e.into()),
+    }
+}
+
+pub async fn save_settings(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !session::same_origin(&headers) {
+        return refused_cross_site();
+    }
+    let ctx = match manager(&state, &headers, form.get("project")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
+        return refused_cross_site();
+    }
+    let field = |name: &str| form.get(name).map(|v| v.trim()).unwrap_or("");
+    let parsed: Result<keyflow_store::ProjectSettings, String> = (|| {
+        let rate_limit = match (field("limit"), field("period_seconds")) {
+            ("", "") => None,
+            (l, p) => {
+                let rl = keyflow_core::RateLimit {
+                    limit: l
+                        .parse()
+                        .map_err(|_| "The limit must be a whole number.".to_string())?,
+                    period_seconds: p
+                        .parse()
+                        .map_err(|_| "The period must be a whole number of seconds.".to_string())?,
+                };
+                if !rl.is_valid() {
+                    return Err(format!(
+                        "The limit must be 1 to {} requests per 1 to {} seconds.",
+                        keyflow_core::RateLimit::MAX_LIMIT,
+                        keyflow_core::RateLimit::MAX_PERIOD_SECONDS
+                    ));
+                }
+                Some(rl)
+            }
+        };
+        let ttl: i64 = field("metrics_cache_ttl_minutes")
+            .parse()
+            .map_err(|_| "The cache TTL must be a whole number of minutes.".to_string())?;
+        if !(5..=10_080).contains(&ttl) {
+            return Err("The cache TTL must be 5 minutes to 7 days.".into());
+        }
+        Ok(keyflow_store::ProjectSettings {
+            rate_limit,
+            metrics_cache_ttl_minutes: ttl,
+        })
+    })();
+    let new = match parsed {
+        Ok(s) => s,
+        Err(message) => {
+            let current = state
+                .store
+                .project_settings(&ctx.project.id)
+                .await
+                .unwrap_or_default();
+            let body = settings_body(&ctx, &current, Some(&message));
+            return html(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                page(
+                    "Settings",
+                    "/settings",
+                    Some((
+                        &ctx.signed_in.operator.email,
+                        &ctx.signed_in.session.csrf_token,
+                    )),
+                    &body,
+                ),
+            );
+        }
+    };
+    let actor = Actor::Operator {
+        id: ctx.signed_in.operator.id.clone(),
+        email: ctx.signed_in.operator.email.clone(),
+    };
+    let entry = audit_entry(
+        &ctx.membership.workspace_id,
+        Some(&ctx.project.id),
+        &actor,
+        "project.settings_changed",
+        AuditTarget {
+            kind: "project".into(),
+            id: Some(ctx.project.id.clone()),
+            name: Some(ctx.project.name.clone()),
+        },
+        None,
+        json!({ "rate_limit": new.rate_limit, "metrics_cache_ttl_minutes": new.metrics_cache_ttl_minutes }),
+        state.now_ms(),
+    );
+    if let Err(e) = state
+        .store
+        .set_project_settings(&ctx.project.id, &new, &entry)
+        .await
+    {
+        return error_page(e.into());
+    }
+    state.cache.invalidate_project(&ctx.project.id);
+    Redirect::to(&format!("/settings?project={}", ctx.project.id)).into_response()
 }

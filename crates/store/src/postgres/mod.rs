@@ -32,6 +32,11 @@ impl PostgresStore {
             name: "0004_key_usage",
             sql: include_str!("../../migrations/postgres/0004_key_usage.sql"),
         },
+        Migration {
+            version: 5,
+            name: "0005_project_settings",
+            sql: include_str!("../../migrations/postgres/0005_project_settings.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

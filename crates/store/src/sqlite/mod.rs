@@ -48,6 +48,11 @@ impl SqliteStore {
             name: "0004_key_usage",
             sql: include_str!("../../migrations/sqlite/0004_key_usage.sql"),
         },
+        Migration {
+            version: 5,
+            name: "0005_project_settings",
+            sql: include_str!("../../migrations/sqlite/0005_project_settings.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
