@@ -5,49 +5,25 @@ use std::fmt::Write;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use keyflow_core::contacts::ContactLookup;
 use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::{EventFilter, Page, Project};
 
 use super::html::{escape, page};
-use super::session::{self, SignedIn};
+use super::session::SignedIn;
 use super::{error_page, html};
 use crate::error::ApiError;
 use crate::state::SharedState;
 
-/// The signed-in operator and the chosen project of their workspace.
+/// The signed-in operator and the chosen project of their workspace (any role).
 async fn member_project(
     state: &SharedState,
     headers: &HeaderMap,
     project: Option<&String>,
 ) -> Result<(SignedIn, Project, Vec<Project>), Response> {
-    let signed_in = match session::current(state, headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(Redirect::to("/signin").into_response()),
-        Err(e) => return Err(error_page(e)),
-    };
-    let membership = state
-        .store
-        .list_memberships(&signed_in.operator.id)
-        .await
-        .map_err(|e| error_page(e.into()))?;
-    let Some(membership) = membership.into_iter().next() else {
-        return Err(error_page(ApiError::not_found("workspace")));
-    };
-    let projects = state
-        .store
-        .list_projects(&membership.workspace_id)
-        .await
-        .map_err(|e| error_page(e.into()))?;
-    let chosen = match project {
-        Some(id) => projects.iter().find(|p| &p.id == id).cloned(),
-        None => projects.first().cloned(),
-    };
-    let Some(project) = chosen else {
-        return Err(error_page(ApiError::not_found("project")));
-    };
-    Ok((signed_in, project, projects))
+    let ctx = super::keys::workspace_context(state, headers, project).await?;
+    Ok((ctx.signed_in, ctx.project, ctx.projects))
 }
 
 fn render(signed_in: &SignedIn, current: &str, title: &str, body: &str) -> Response {

@@ -28,9 +28,9 @@ pub struct ManagerContext {
     pub projects: Vec<Project>,
 }
 
-/// Signed in, an owner or admin, and a project of their workspace; otherwise
-/// the response to send instead (sign-in redirect, 403 or 404 page).
-pub async fn manager(
+/// Signed in and a project of their workspace (any role); otherwise the
+/// response to send instead (sign-in redirect or 404 page).
+pub async fn workspace_context(
     state: &SharedState,
     headers: &HeaderMap,
     project: Option<&String>,
@@ -48,18 +48,6 @@ pub async fn manager(
     let Some(membership) = memberships.into_iter().next() else {
         return Err(error_page(ApiError::not_found("workspace")));
     };
-    if !membership.role.can_manage() {
-        let body = "<div class=\"card narrow\"><h1>Owners and admins only</h1><p>Ask an owner or admin of this workspace to manage API keys.</p></div>";
-        return Err(html(
-            StatusCode::FORBIDDEN,
-            page(
-                "Forbidden",
-                "/keys",
-                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
-                body,
-            ),
-        ));
-    }
     let projects = state
         .store
         .list_projects(&membership.workspace_id)
@@ -78,6 +66,20 @@ pub async fn manager(
         project,
         projects,
     })
+}
+
+/// [`workspace_context`] for owners and admins; members get a 403 page.
+pub async fn manager(
+    state: &SharedState,
+    headers: &HeaderMap,
+    project: Option<&String>,
+) -> Result<ManagerContext, Response> {
+    let ctx = workspace_context(state, headers, project).await?;
+    if !ctx.membership.role.can_manage() {
+        let body = "<div class=\"card narrow\"><h1>Owners and admins only</h1><p>Ask an owner or admin of this workspace for access to this page.</p></div>";
+        return Err(html(StatusCode::FORBIDDEN, ctx.render("Forbidden", body)));
+    }
+    Ok(ctx)
 }
 
 impl ManagerContext {
@@ -365,41 +367,15 @@ pub async fn create(
         .filter(|(k, _)| k == "scope")
         .map(|(_, v)| v.clone())
         .collect();
-    let ip_allowlist: Vec<IpRuleInput> = (0..rows)
-        .filter_map(|i| {
-            let cidr = values
-                .get(&format!("cidr_{i}"))
-                .map(|c| c.trim().to_string())
-                .filter(|c| !c.is_empty())?;
-            Some(IpRuleInput {
-                cidr,
-                description: values.get(&format!("description_{i}")).cloned(),
-            })
-        })
-        .collect();
-    let allowed_events: Vec<String> = values
-        .get("allowed_events")
-        .map(|e| {
-            e.split(',')
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let ip_allowlist = ip_rows_from_form(&values, rows);
     let request = CreateKeyRequest {
         name: values.get("name").cloned(),
         key_type: Some(key_type.as_str().to_string()),
         scopes: Some(scopes),
         // datetime-local has no zone; the form says UTC.
-        expires_at: values.get("expires_at").filter(|e| !e.is_empty()).map(|e| {
-            if e.len() == 16 {
-                format!("{e}:00Z")
-            } else {
-                format!("{e}Z")
-            }
-        }),
+        expires_at: expiry_from_form(&values),
         ip_allowlist: Some(ip_allowlist),
-        allowed_events: (!allowed_events.is_empty()).then_some(allowed_events),
+        allowed_events: list_field(&values, "allowed_events").flatten(),
         ..Default::default()
     };
     let now = state.now_ms();
@@ -799,27 +775,10 @@ pub async fn edit(
         Err(r) => return r,
     };
     let rows = values.keys().filter(|k| k.starts_with("cidr_")).count();
-    let ip_rows: Vec<IpRuleInput> = (0..rows)
-        .filter_map(|i| {
-            let cidr = values
-                .get(&format!("cidr_{i}"))
-                .map(|c| c.trim().to_string())
-                .filter(|c| !c.is_empty())?;
-            Some(IpRuleInput {
-                cidr,
-                description: values.get(&format!("description_{i}")).cloned(),
-            })
-        })
-        .collect();
+    let ip_rows = ip_rows_from_form(&values, rows);
     let patch = PatchKeyRequest {
         name: Some(values.get("name").cloned()),
-        expires_at: Some(values.get("expires_at").filter(|e| !e.is_empty()).map(|e| {
-            if e.len() == 16 {
-                format!("{e}:00Z")
-            } else {
-                format!("{e}Z")
-            }
-        })),
+        expires_at: Some(expiry_from_form(&values)),
         ip_allowlist: Some(Some(ip_rows)),
         allowed_events: list_field(&values, "allowed_events"),
         allowed_origins: if key.key_type == KeyType::Client {
@@ -864,4 +823,31 @@ pub async fn edit(
     }
     state.cache.invalidate(&key.digest);
     Redirect::to(&format!("/keys/{}?project={}", key.id, ctx.project.id)).into_response()
+}
+
+/// The IP allow-list rows of a form (`cidr_N`, `description_N`); empty rows are dropped.
+fn ip_rows_from_form(values: &HashMap<String, String>, rows: usize) -> Vec<IpRuleInput> {
+    (0..rows)
+        .filter_map(|i| {
+            let cidr = values
+                .get(&format!("cidr_{i}"))
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())?;
+            Some(IpRuleInput {
+                cidr,
+                description: values.get(&format!("description_{i}")).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// `expires_at` from a `datetime-local` input, which has no zone: the form says UTC.
+fn expiry_from_form(values: &HashMap<String, String>) -> Option<String> {
+    values.get("expires_at").filter(|e| !e.is_empty()).map(|e| {
+        if e.len() == 16 {
+            format!("{e}:00Z")
+        } else {
+            format!("{e}Z")
+        }
+    })
 }
