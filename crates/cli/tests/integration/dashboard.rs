@@ -151,6 +151,39 @@ async fn first_run_setup_creates_owner_and_signs_in(backend: Backend) {
     );
 }
 
+async fn setup_link_stops_once_an_operator_exists(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    operator(&app, "ops@acme.io").await; // e.g. `keyflow init` or the admin API
+    assert_eq!(
+        get_page(&app, &format!("/setup?token={token}"), None)
+            .await
+            .status,
+        404
+    );
+    let post = post_form(
+        &app,
+        "/setup",
+        None,
+        &[
+            ("token", &token),
+            ("email", "late@x.io"),
+            ("password", PASSWORD),
+            ("workspace", "W"),
+            ("project", "P"),
+        ],
+    )
+    .await;
+    assert_eq!(post.status, 404);
+    assert!(
+        app.store
+            .find_operator_by_email("late@x.io")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 async fn sign_in_is_audited_and_rate_limited(backend: Backend) {
     let app = TestApp::start(backend).await;
     let workspace = operator(&app, "ops@acme.io").await;
@@ -313,6 +346,7 @@ async fn pages_escape_user_text_and_send_security_headers(backend: Backend) {
 }
 
 backend_tests!(
+    setup_link_stops_once_an_operator_exists,
     first_run_setup_creates_owner_and_signs_in,
     sign_in_is_audited_and_rate_limited,
     cross_site_posts_and_missing_csrf_are_refused,

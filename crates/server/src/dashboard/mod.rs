@@ -335,6 +335,12 @@ fn setup_page(status: StatusCode, token: &str, message: Option<&str>) -> Respons
     html(status, page("Set up", "/setup", None, &body))
 }
 
+/// Setup is for an empty instance only: once an operator exists (from the
+/// link, `keyflow init` or the admin API), the link stops working.
+async fn no_operators_yet(state: &SharedState) -> bool {
+    state.store.count_operators().await.is_ok_and(|n| n == 0)
+}
+
 fn setup_unavailable() -> Response {
     let body = "<div class=\"card narrow\"><h1>Setup is not available</h1><p>This instance is already set up, or the link is not valid. Use the link printed by <code>keyflow serve</code> on first start.</p></div>";
     html(StatusCode::NOT_FOUND, page("Setup", "", None, body))
@@ -345,7 +351,9 @@ async fn setup_form(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     match query.get("token") {
-        Some(token) if state.setup_token_matches(token) => setup_page(StatusCode::OK, token, None),
+        Some(token) if state.setup_token_matches(token) && no_operators_yet(&state).await => {
+            setup_page(StatusCode::OK, token, None)
+        }
         _ => setup_unavailable(),
     }
 }
@@ -360,7 +368,7 @@ async fn setup(
         return refused_cross_site();
     }
     let token = form.get("token").cloned().unwrap_or_default();
-    if !state.setup_token_matches(&token) {
+    if !state.setup_token_matches(&token) || !no_operators_yet(&state).await {
         return setup_unavailable();
     }
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
