@@ -12,8 +12,9 @@ const DAY_MS: i64 = 86_400_000;
 #[derive(Default)]
 pub struct UsageTracker {
     pending: Mutex<HashMap<String, (UnixMillis, Option<String>)>>,
-    /// Requests per (key, UTC day) not yet added to the store.
-    counts: Mutex<HashMap<(String, i64), DailyUsage>>,
+    /// Requests per key and UTC day not yet added to the store. Keyed by key
+    /// first so counting a request for a known key allocates nothing.
+    counts: Mutex<HashMap<String, HashMap<i64, DailyUsage>>>,
 }
 
 impl UsageTracker {
@@ -32,12 +33,16 @@ impl UsageTracker {
     pub fn count(&self, key_id: &str, at: UnixMillis, status: u16) {
         let day = at.div_euclid(DAY_MS);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = counts
-            .entry((key_id.to_string(), day))
-            .or_insert(DailyUsage {
-                day,
-                ..Default::default()
-            });
+        if !counts.contains_key(key_id) {
+            counts.insert(key_id.to_string(), HashMap::new());
+        }
+        let Some(per_day) = counts.get_mut(key_id) else {
+            return;
+        };
+        let entry = per_day.entry(day).or_insert(DailyUsage {
+            day,
+            ..Default::default()
+        });
         entry.requests += 1;
         if status >= 400 {
             entry.errors += 1;
@@ -51,10 +56,9 @@ impl UsageTracker {
     pub fn pending_counts(&self, key_id: &str) -> Vec<DailyUsage> {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts
-            .iter()
-            .filter(|((k, _), _)| k == key_id)
-            .map(|(_, u)| *u)
-            .collect()
+            .get(key_id)
+            .map(|days| days.values().copied().collect())
+            .unwrap_or_default()
     }
 
     async fn flush_counts(&self, store: &dyn Store) -> Result<(), keyflow_store::StoreError> {
@@ -64,19 +68,22 @@ impl UsageTracker {
         }
         let rows: Vec<(String, DailyUsage)> = counts
             .iter()
-            .map(|((key, _), u)| (key.clone(), *u))
+            .flat_map(|(key, days)| days.values().map(move |u| (key.clone(), *u)))
             .collect();
         if let Err(e) = store.add_daily_usage(&rows).await {
             // Put them back: counts are added, so nothing is lost or doubled.
             let mut current = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            for ((key, day), u) in counts {
-                let entry = current.entry((key, day)).or_insert(DailyUsage {
-                    day,
-                    ..Default::default()
-                });
-                entry.requests += u.requests;
-                entry.errors += u.errors;
-                entry.rate_limited += u.rate_limited;
+            for (key, days) in counts {
+                let per_day = current.entry(key).or_default();
+                for (day, u) in days {
+                    let entry = per_day.entry(day).or_insert(DailyUsage {
+                        day,
+                        ..Default::default()
+                    });
+                    entry.requests += u.requests;
+                    entry.errors += u.errors;
+                    entry.rate_limited += u.rate_limited;
+                }
             }
             return Err(e);
         }

@@ -989,10 +989,16 @@ macro_rules! impl_sql_store {
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("UPDATE memberships SET role = $1 WHERE workspace_id = $2 AND operator_id = $3")
-                    .bind(role.as_str())
-                    .bind(workspace_id)
-                    .bind(operator_id)
+                // The last owner cannot be demoted: checked in the statement
+                // itself, not only by the caller's earlier read.
+                let done = sqlx::query(
+                    "UPDATE memberships SET role = $1 WHERE workspace_id = $2 AND operator_id = $3 \
+                     AND ($1 = 'owner' OR role <> 'owner' OR \
+                     (SELECT COUNT(*) FROM memberships o WHERE o.workspace_id = $2 AND o.role = 'owner') > 1)",
+                )
+                .bind(role.as_str())
+                .bind(workspace_id)
+                .bind(operator_id)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -1002,9 +1008,12 @@ macro_rules! impl_sql_store {
 
             async fn remove_member(&self, workspace_id: &str, operator_id: &str, audit: &AuditEntry) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
-                let done = sqlx::query("DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2")
-                    .bind(workspace_id)
-                    .bind(operator_id)
+                let done = sqlx::query(
+                    "DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2 AND (role <> 'owner' OR \
+                     (SELECT COUNT(*) FROM memberships o WHERE o.workspace_id = $1 AND o.role = 'owner') > 1)",
+                )
+                .bind(workspace_id)
+                .bind(operator_id)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()

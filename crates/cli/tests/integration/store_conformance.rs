@@ -186,6 +186,19 @@ async fn operators_are_unique_by_email(backend: Backend) {
         store.create_operator(&dup, &m2, None).await,
         Err(StoreError::Conflict(_))
     ));
+    // The last owner can be neither demoted nor removed (guarded in SQL).
+    let audit = entry(&ws, None, "member.role_changed");
+    assert!(
+        !store
+            .set_member_role(&ws.id, &op.id, Role::Member, &audit)
+            .await
+            .unwrap()
+    );
+    assert!(!store.remove_member(&ws.id, &op.id, &audit).await.unwrap());
+    assert_eq!(
+        store.list_members(&ws.id).await.unwrap()[0].1.role,
+        Role::Owner
+    );
     // The failed transaction left no membership behind.
     assert!(
         store

@@ -397,7 +397,7 @@ async fn setup(
 }
 
 /// The actions the activity filter offers.
-const KNOWN_ACTIONS: [&str; 15] = [
+const KNOWN_ACTIONS: [&str; 16] = [
     "api_key.created",
     "api_key.updated",
     "api_key.rolled",
@@ -413,6 +413,7 @@ const KNOWN_ACTIONS: [&str; 15] = [
     "member.removed",
     "plan.changed",
     "operator.signed_in",
+    "project.settings_changed",
 ];
 
 /// `/activity`: the activity log of one project (and its workspace), newest first.

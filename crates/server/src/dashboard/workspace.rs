@@ -160,8 +160,12 @@ pub async fn change_members(
                     .store
                     .set_member_role(&workspace, &op.id, role, &entry)
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.to_string())
+                    .and_then(|done| {
+                        // `false`: the statement's own last-owner guard held.
+                        done.then_some(())
+                            .ok_or_else(|| "A workspace needs at least one owner.".to_string())
+                    })
             }
         }
         ("remove", _, Some((op, m))) => {
@@ -188,8 +192,12 @@ pub async fn change_members(
                     .store
                     .remove_member(&workspace, &op.id, &entry)
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.to_string())
+                    .and_then(|done| {
+                        // `false`: the statement's own last-owner guard held.
+                        done.then_some(())
+                            .ok_or_else(|| "A workspace needs at least one owner.".to_string())
+                    })
             }
         }
         _ => Err("That change is not valid (unknown member or role).".into()),

@@ -204,7 +204,10 @@ async fn commit_batch(pool: &sqlx::SqlitePool, batch: Vec<IngestJob>) {
                 .send(Err(crate::StoreError::WriteFailed(reason.clone())));
         }
     };
-    let mut tx = match pool.begin().await {
+    // IMMEDIATE: take the write lock up front (waiting under busy_timeout), so a
+    // batch that starts by reading cannot fail later with SQLITE_BUSY_SNAPSHOT
+    // when another connection committed in between.
+    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch, e.to_string()),
     };
