@@ -62,10 +62,6 @@ impl IpAllowList {
         self.networks.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.networks.len()
-    }
-
     /// Whether `ip` may use the key. `None` (an address we could not determine)
     /// is allowed only by an empty list.
     pub fn allows(&self, ip: Option<IpAddr>) -> bool {

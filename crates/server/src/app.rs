@@ -219,12 +219,12 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
 /// so a key pasted into a URL (`DELETE /v1/keys/sk_live_…`) never reaches a log.
 pub fn redact_keys(path: &str) -> String {
     path.split('/')
-        .map(|segment| match keyflow_core::keys::parse_key(segment) {
-            Ok(_) => format!("{}…", keyflow_core::keys::display_prefix(segment)),
-            Err(_) if looks_like_key(segment) => {
+        .map(|segment| {
+            if keyflow_core::keys::parse_key(segment).is_ok() || looks_like_key(segment) {
                 format!("{}…", keyflow_core::keys::display_prefix(segment))
+            } else {
+                segment.to_string()
             }
-            Err(_) => segment.to_string(),
         })
         .collect::<Vec<_>>()
         .join("/")

@@ -247,10 +247,11 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
         spent: Arc::new(std::sync::Mutex::new(None)),
     };
     let key_id = key.key.id.clone();
-    let browser_ok = matches!(key.key.key_type, keyflow_core::KeyType::Client)
-        && check_origin(&key, origin.as_deref()).is_ok();
+    let origin_check = check_origin(&key, origin.as_deref());
+    let browser_ok =
+        matches!(key.key.key_type, keyflow_core::KeyType::Client) && origin_check.is_ok();
 
-    let denial = if let Err(e) = check_origin(&key, origin.as_deref()) {
+    let denial = if let Err(e) = origin_check {
         Some(e)
     } else if !plan.allows_api() {
         Some(ApiError::new(

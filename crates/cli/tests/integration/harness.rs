@@ -63,6 +63,21 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 impl TestDb {
+    /// PostgreSQL only: drops the database now (closing every connection to
+    /// it), to test behaviour while the database is gone.
+    pub async fn drop_postgres_now(&self) {
+        let (base, name) = self.pg.as_ref().expect("a PostgreSQL test database");
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(base)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
     pub async fn create(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
@@ -146,7 +161,7 @@ pub struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Kept so the database lives as long as the server.
-    _db: TestDb,
+    pub db: TestDb,
 }
 
 /// A seeded tenant: a pro workspace, a live project and a secret key with every scope.
@@ -239,7 +254,7 @@ impl TestApp {
             store,
             shutdown: Some(tx),
             server: Some(server),
-            _db: db,
+            db,
         }
     }
 

@@ -167,6 +167,26 @@ async fn graceful_shutdown_finishes_in_flight_requests(backend: Backend) {
     assert!(keys.iter().any(|k| k.settings.name == "late"));
 }
 
+/// SPEC §7: `/readyz` reports an unreachable database with 503 `unavailable`
+/// while `/livez` (no I/O) stays 200. PostgreSQL only: an open SQLite file
+/// cannot be taken away from a running process.
+#[tokio::test]
+async fn readyz_is_503_when_the_database_is_gone() {
+    let app = TestApp::start(Backend::Postgres).await;
+    assert_eq!(
+        app.request(Method::GET, "/readyz", None, None).await.status,
+        200
+    );
+    app.db.drop_postgres_now().await;
+    app.request(Method::GET, "/readyz", None, None)
+        .await
+        .assert_error(503, "unavailable");
+    assert_eq!(
+        app.request(Method::GET, "/livez", None, None).await.status,
+        200
+    );
+}
+
 backend_tests!(
     health_endpoints_and_request_ids,
     framework_errors_use_the_error_shape,
