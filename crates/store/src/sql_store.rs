@@ -366,6 +366,9 @@ macro_rules! impl_sql_store {
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Tx<'a> = sqlx::Transaction<'a, $db>;
+        /// A bare connection: helpers that only run statements take this, so the
+        /// SQLite writer can call them inside a transaction it manages itself.
+        type Conn = <$db as sqlx::Database>::Connection;
 
         fn key_from_row(row: &DbRow) -> StoreResult<ApiKey> {
             KeyRow {
@@ -535,7 +538,7 @@ macro_rules! impl_sql_store {
             })
         }
 
-        async fn find_contact(tx: &mut Tx<'_>, project_id: &str, lookup: &ContactLookup) -> StoreResult<Option<Contact>> {
+        async fn find_contact(conn: &mut Conn, project_id: &str, lookup: &ContactLookup) -> StoreResult<Option<Contact>> {
             let (column, value) = match lookup {
                 ContactLookup::Id(id) => ("id", id.clone()),
                 ContactLookup::Email(email) => ("email_key", email_key(email)),
@@ -545,7 +548,7 @@ macro_rules! impl_sql_store {
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(project_id)
                 .bind(value)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *conn)
                 .await?;
             row.as_ref().map(contact_from_row).transpose()
         }
@@ -661,7 +664,7 @@ macro_rules! impl_sql_store {
 
         /// Finds or creates the contact an event names; `None` for anonymous events.
         async fn resolve_identity(
-            tx: &mut Tx<'_>,
+            conn: &mut Conn,
             project_id: &str,
             identity: &EventIdentity,
             field: &str,
@@ -670,7 +673,7 @@ macro_rules! impl_sql_store {
             let (lookup, email, external_id) = match identity {
                 EventIdentity::Anonymous => return Ok(None),
                 EventIdentity::ContactId(id) => {
-                    return match find_contact(tx, project_id, &ContactLookup::Id(id.clone())).await? {
+                    return match find_contact(conn, project_id, &ContactLookup::Id(id.clone())).await? {
                         Some(c) => Ok(Some(c.id)),
                         None => Err(StoreError::Invalid(keyflow_core::FieldError::new(
                             field,
@@ -683,7 +686,7 @@ macro_rules! impl_sql_store {
                 }
                 EventIdentity::Email(email) => (ContactLookup::Email(email.clone()), Some(email.clone()), None),
             };
-            if let Some(found) = find_contact(tx, project_id, &lookup).await? {
+            if let Some(found) = find_contact(conn, project_id, &lookup).await? {
                 return Ok(Some(found.id));
             }
             // Unknown: create it. ON CONFLICT DO NOTHING absorbs a concurrent
@@ -702,9 +705,9 @@ macro_rules! impl_sql_store {
                 .bind(&external_id)
                 .bind(false)
                 .bind(now)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await?;
-                if let Some(found) = find_contact(tx, project_id, &lookup).await? {
+                if let Some(found) = find_contact(conn, project_id, &lookup).await? {
                     return Ok(Some(found.id));
                 }
             }
@@ -715,7 +718,7 @@ macro_rules! impl_sql_store {
         /// creates) contacts in `tx`, and returns the rows still to insert.
         /// Writes happen only for idempotency keys and email/external-id identities.
         pub(crate) async fn prepare_events(
-            tx: &mut Tx<'_>,
+            conn: &mut Conn,
             project_id: &str,
             events: &[NewEvent],
             now: UnixMillis,
@@ -736,7 +739,7 @@ macro_rules! impl_sql_store {
                     .bind(&id)
                     .bind(now)
                     .bind(now - IDEMPOTENCY_WINDOW_MS)
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(&mut *conn)
                     .await?;
                     if claimed.is_none() {
                         let first: String = sqlx::query_scalar(
@@ -744,7 +747,7 @@ macro_rules! impl_sql_store {
                         )
                         .bind(project_id)
                         .bind(key)
-                        .fetch_one(&mut **tx)
+                        .fetch_one(&mut *conn)
                         .await?;
                         outcomes.push(EventOutcome { id: first, duplicate: true });
                         continue;
@@ -754,7 +757,7 @@ macro_rules! impl_sql_store {
                     Some(known) => known.clone(),
                     None => {
                         let field = format!("events[{i}].contact_id");
-                        let found = resolve_identity(tx, project_id, &event.identity, &field, now).await?;
+                        let found = resolve_identity(conn, project_id, &event.identity, &field, now).await?;
                         resolved.insert(&event.identity, found.clone());
                         found
                     }

@@ -4,7 +4,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::sql_store::{Migration, impl_sql_store};
@@ -67,6 +71,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A ping before every acquire is a round trip to the connection's
+            // worker thread; a local file has no network to go stale.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
@@ -103,10 +110,17 @@ impl SqliteStore {
 }
 
 /// The single writer: takes every job waiting, prepares each (claiming
-/// idempotency keys, resolving contacts), inserts all their rows with a few
-/// multi-row INSERTs, commits once, then answers each job. Nothing is
-/// acknowledged before its commit; one failing job fails alone.
+/// idempotency keys, resolving contacts), inserts all their rows with one
+/// statement, commits once, then answers each job. Nothing is acknowledged
+/// before its commit; one failing job fails alone.
+///
+/// sqlx runs each SQLite connection on its own thread and every statement is
+/// a round trip to it (two thread wake-ups), so the writer keeps one connection
+/// and manages its transaction with plain SQL: a batch whose events need no
+/// lookups (anonymous events, the bulk of browser tracking) is committed with
+/// a single round trip, `BEGIN IMMEDIATE; INSERT …; COMMIT`.
 async fn run_writer(pool: sqlx::SqlitePool, mut jobs: mpsc::Receiver<IngestJob>) {
+    let mut conn: Option<PoolConnection<Sqlite>> = None;
     while let Some(first) = jobs.recv().await {
         let mut count = first.events.len();
         let mut batch = vec![first];
@@ -129,45 +143,73 @@ async fn run_writer(pool: sqlx::SqlitePool, mut jobs: mpsc::Receiver<IngestJob>)
                 }
             }
         }
-        commit_batch(&pool, batch).await;
+        let connection = match conn.take() {
+            Some(c) => c,
+            None => match pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => {
+                    fail_all(batch, &e.to_string());
+                    continue;
+                }
+            },
+        };
+        conn = commit_batch(connection, batch).await;
     }
 }
 
-/// Prepares one job. A job whose preparation writes (idempotency keys, new
-/// contacts) runs in a savepoint so that its failure leaves no trace; plain
-/// jobs (anonymous or contact-id events) only read, and skip the savepoint.
+fn fail_all(batch: Vec<IngestJob>, reason: &str) {
+    for job in batch {
+        let _ = job
+            .reply
+            .send(Err(crate::StoreError::WriteFailed(reason.to_string())));
+    }
+}
+
+/// Whether preparing this job reads or writes the database (contact lookups,
+/// idempotency claims). Jobs that do not can be prepared before `BEGIN`.
+fn needs_lookups(job: &IngestJob) -> bool {
+    job.events
+        .iter()
+        .any(|e| e.idempotency_key.is_some() || !matches!(e.identity, EventIdentity::Anonymous))
+}
+
+/// Prepares one job inside the open transaction. A job whose preparation
+/// writes (idempotency keys, new contacts) runs in a savepoint so that its
+/// failure leaves no trace; plain jobs only read, and skip the savepoint.
 async fn prepare_job(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conn: &mut SqliteConnection,
     job: &IngestJob,
 ) -> crate::StoreResult<(Vec<crate::EventOutcome>, Vec<crate::sql_store::EventRow>)> {
     if job.events.iter().all(crate::sql_store::EventRow::is_plain) {
-        return prepare_events(tx, &job.project_id, &job.events, job.now).await;
+        return prepare_events(conn, &job.project_id, &job.events, job.now).await;
     }
-    let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
-    match prepare_events(&mut savepoint, &job.project_id, &job.events, job.now).await {
+    sqlx::raw_sql("SAVEPOINT ingest_job")
+        .execute(&mut *conn)
+        .await?;
+    match prepare_events(conn, &job.project_id, &job.events, job.now).await {
         Ok(prepared) => {
-            savepoint.commit().await?;
+            sqlx::raw_sql("RELEASE ingest_job")
+                .execute(&mut *conn)
+                .await?;
             Ok(prepared)
         }
         Err(e) => {
-            let _ = savepoint.rollback().await;
+            // Should this fail, the connection is broken and the batch's
+            // INSERT fails too, failing every job of it.
+            let _ = sqlx::raw_sql("ROLLBACK TO ingest_job; RELEASE ingest_job")
+                .execute(&mut *conn)
+                .await;
             Err(e)
         }
     }
 }
 
-/// Inserts every prepared row with one statement: the rows travel as one JSON
-/// array parameter expanded by `json_each`. One prepared statement serves any
-/// row count, and one bind replaces up to thousands (binding hundreds of
-/// parameters per statement, and preparing a statement per row count, were the
-/// writer's main costs).
-async fn insert_event_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    rows: &[crate::sql_store::EventRow],
-) -> crate::StoreResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
+/// The rows of a commit as one JSON array, the single parameter of
+/// [`INSERT_AND_COMMIT`]. One prepared statement serves any row count, and one
+/// bind replaces up to thousands (binding hundreds of parameters per
+/// statement, and preparing a statement per row count, were the writer's main
+/// costs).
+fn rows_as_json(rows: &[crate::sql_store::EventRow]) -> String {
     let array: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -184,37 +226,39 @@ async fn insert_event_rows(
             ])
         })
         .collect();
-    sqlx::query(
-        "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, properties, timestamp, \
-         received_at, idempotency_key) \
-         SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, \
-         e.value ->> 6, e.value ->> 7, e.value ->> 8 FROM json_each(?1) AS e",
-    )
-    .bind(serde_json::Value::Array(array).to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    serde_json::Value::Array(array).to_string()
 }
 
-async fn commit_batch(pool: &sqlx::SqlitePool, batch: Vec<IngestJob>) {
-    let fail_all = |batch: Vec<IngestJob>, reason: String| {
-        for job in batch {
-            let _ = job
-                .reply
-                .send(Err(crate::StoreError::WriteFailed(reason.clone())));
-        }
-    };
-    // IMMEDIATE: take the write lock up front (waiting under busy_timeout), so a
-    // batch that starts by reading cannot fail later with SQLITE_BUSY_SNAPSHOT
-    // when another connection committed in between.
-    let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(batch, e.to_string()),
-    };
+const INSERT_AND_COMMIT: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
+     properties, timestamp, received_at, idempotency_key) \
+     SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, \
+     e.value ->> 6, e.value ->> 7, e.value ->> 8 FROM json_each(?1) AS e; \
+     COMMIT";
+
+/// Commits one batch and answers its jobs. Returns the connection for the
+/// next batch, or `None` when it may be unusable (the pool opens a new one).
+async fn commit_batch(
+    mut conn: PoolConnection<Sqlite>,
+    batch: Vec<IngestJob>,
+) -> Option<PoolConnection<Sqlite>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
+    let with_lookups = batch.iter().any(needs_lookups);
+    // IMMEDIATE: take the write lock up front (waiting under busy_timeout), so a
+    // batch that starts by reading cannot fail later with SQLITE_BUSY_SNAPSHOT
+    // when another connection committed in between. Without lookups, BEGIN
+    // travels with the INSERT and COMMIT in one round trip.
+    let begin_first = if with_lookups {
+        ""
+    } else {
+        "BEGIN IMMEDIATE; "
+    };
+    if with_lookups && let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        fail_all(batch, &e.to_string());
+        return None;
+    }
     for job in &batch {
-        match prepare_job(&mut tx, job).await {
+        match prepare_job(&mut conn, job).await {
             Ok((outcomes, mut job_rows)) => {
                 rows.append(&mut job_rows);
                 results.push(Ok(outcomes));
@@ -222,15 +266,29 @@ async fn commit_batch(pool: &sqlx::SqlitePool, batch: Vec<IngestJob>) {
             Err(e) => results.push(Err(e)),
         }
     }
-    if let Err(e) = insert_event_rows(&mut tx, &rows).await {
-        return fail_all(batch, e.to_string());
-    }
-    if let Err(e) = tx.commit().await {
-        return fail_all(batch, e.to_string());
+    let statement = format!("{begin_first}{INSERT_AND_COMMIT}");
+    let written = if rows.is_empty() {
+        sqlx::raw_sql(if with_lookups { "COMMIT" } else { "" })
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(rows_as_json(&rows))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+    };
+    if let Err(e) = written {
+        // Whatever step failed, the transaction must not stay open.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        fail_all(batch, &e.to_string());
+        return Some(conn);
     }
     for (job, result) in batch.into_iter().zip(results) {
         let _ = job.reply.send(result);
     }
+    Some(conn)
 }
 
 impl_sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
