@@ -1,314 +1,248 @@
 //! `keyflow-bench`: starts a real `keyflow serve` (release build) on a fresh
-//! data dir, drives it over loopback and prints a table of figures measured in
-//! the same run, so the ratios hold on whatever machine runs it:
-//!
-//! - `GET /livez` — the binary's own HTTP ceiling;
-//! - `POST /v1/events`, one event per request — ratio to `/livez`;
-//! - `POST /v1/events/batch`, 100 events per request — events/s, and the ratio
-//!   to a raw SQLite insert of the same rows (one transaction per 100 rows,
-//!   WAL, `synchronous=FULL`: the same durability Keyflow acknowledges with).
+//! SQLite data dir and then on a fresh PostgreSQL database, creates a key and
+//! a contact through the admin API, drives each route with `wrk` over
+//! loopback and prints tables of figures measured in the same run, so the
+//! ratios hold on whatever machine runs it. See docs/benchmarks.md.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod raw;
+mod server;
+mod wrk;
 
-use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
+use anyhow::Result;
 use clap::Parser;
-use serde_json::{Value, json};
+
+use server::{Backend, Server};
+use wrk::{Figure, Load, Wrk};
 
 #[derive(Parser)]
 struct Args {
     /// The keyflow binary to benchmark (build it with --release).
     #[arg(long, default_value = "target/release/keyflow")]
     keyflow: String,
-    /// Seconds per measurement.
+    /// Seconds per figure.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Concurrent connections of the load generator.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// wrk threads (each takes CPU from the server on a small machine).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// PostgreSQL server for the second half; a scratch database is created
+    /// on it and dropped afterwards.
+    #[arg(
+        long,
+        env = "KEYFLOW_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Skip the PostgreSQL half.
+    #[arg(long)]
+    no_postgres: bool,
+    /// Fresh starts timed for the start-to-ready figure (the median is shown).
+    #[arg(long, default_value_t = 5)]
+    starts: usize,
 }
 
-struct Figure {
-    requests: u64,
-    elapsed: Duration,
-    p50_us: u64,
-    p99_us: u64,
+/// The single event sent by every `POST /v1/events`, and 100 of them per batch.
+const EVENT: &str = r#"{"name":"page_view","anonymous_id":"visitor-1","properties":{"path":"/pricing","plan":"pro"}}"#;
+const ANONYMOUS_ID: &str = "visitor-1";
+const PROPERTIES: &str = r#"{"path":"/pricing","plan":"pro"}"#;
+
+struct BackendFigures {
+    livez: Figure,
+    key_self: Figure,
+    contact: Figure,
+    single: Figure,
+    batch: Figure,
+    rss_idle: u64,
+    rss_peak: u64,
+    start_to_ready: Duration,
 }
 
-impl Figure {
-    fn per_second(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn start_server(binary: &str) -> Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let child = Command::new(binary)
-        .args(["--data-dir", &dir.path().display().to_string(), "serve"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("KEYFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("KEYFLOW_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| {
-            format!("cannot start {binary}; build it with `cargo build --release -p keyflow`")
-        })?;
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("keyflow did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(Server {
-        child,
-        base,
-        _dir: dir,
+async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<BackendFigures> {
+    let server = Server::start(&args.keyflow, backend).await?;
+    let fixture = server::fixture(&server.base).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_idle, _) = server.rss()?;
+    let url = |path: &str| format!("{}{path}", server.base);
+    let key = Some(fixture.key.as_str());
+    let livez = wrk.run(&Load {
+        url: url("/livez"),
+        key: None,
+        body: None,
+    })?;
+    let key_self = wrk.run(&Load {
+        url: url("/v1/keys/self"),
+        key,
+        body: None,
+    })?;
+    let contact = wrk.run(&Load {
+        url: url(&format!("/v1/contacts/{}", fixture.contact_id)),
+        key,
+        body: None,
+    })?;
+    let single = wrk.run(&Load {
+        url: url("/v1/events"),
+        key,
+        body: Some(EVENT.to_string()),
+    })?;
+    let batch = wrk.run(&Load {
+        url: url("/v1/events/batch"),
+        key,
+        body: Some(format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","))),
+    })?;
+    let (_, rss_peak) = server.rss()?;
+    Ok(BackendFigures {
+        livez,
+        key_self,
+        contact,
+        single,
+        batch,
+        rss_idle,
+        rss_peak,
+        start_to_ready: server.start_to_ready,
     })
 }
 
-async fn admin(client: &reqwest::Client, base: &str, path: &str, body: Value) -> Result<Value> {
-    let r = client
-        .post(format!("{base}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("{path}: {}", r.text().await?);
+/// Median time from spawn to `/readyz` 200 over `starts` fresh data dirs.
+async fn start_to_ready(args: &Args) -> Result<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..args.starts.max(1) {
+        times.push(
+            Server::start(&args.keyflow, &Backend::Sqlite)
+                .await?
+                .start_to_ready,
+        );
     }
-    Ok(r.json().await?)
+    times.sort();
+    Ok(times[times.len() / 2])
 }
 
-/// A secret key whose quota the benchmark cannot exhaust.
-async fn bench_key(base: &str) -> Result<String> {
-    let client = reqwest::Client::new();
-    let ws = admin(
-        &client,
-        base,
-        "/admin/v1/workspaces",
-        json!({"name": "bench", "plan": "pro"}),
-    )
-    .await?;
-    let ws_id = ws["id"].as_str().context("workspace id")?;
-    let project = admin(
-        &client,
-        base,
-        &format!("/admin/v1/workspaces/{ws_id}/projects"),
-        json!({"name": "bench"}),
-    )
-    .await?;
-    let project_id = project["id"].as_str().context("project id")?;
-    let key = admin(
-        &client,
-        base,
-        &format!("/admin/v1/projects/{project_id}/keys"),
-        json!({"name": "bench", "type": "secret", "rate_limit": {"limit": 1_000_000, "period_seconds": 1}}),
-    )
-    .await?;
-    Ok(key["key"].as_str().context("key")?.to_string())
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpus} CPUs, {model}")
 }
 
-fn event(i: u64) -> Value {
-    json!({"name": "page_view", "anonymous_id": format!("visitor-{}", i % 1000), "properties": {"path": "/pricing", "n": i}})
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Drives `make_request` from `connections` concurrent tasks for `seconds`.
-async fn drive<F>(connections: usize, seconds: u64, make_request: F) -> Result<Figure>
-where
-    F: Fn(&reqwest::Client, u64) -> reqwest::RequestBuilder + Send + Sync + 'static,
-{
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()?;
-    let make_request = Arc::new(make_request);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for worker in 0..connections {
-        let (client, make_request) = (client.clone(), make_request.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut i = worker as u64 * 1_000_000;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let response = make_request(&client, i).send().await?;
-                if !response.status().is_success() {
-                    bail!(
-                        "request failed: {} {}",
-                        response.status(),
-                        response.text().await?
-                    );
-                }
-                response.bytes().await?;
-                latencies.push(sent.elapsed().as_micros() as u64);
-                i += 1;
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**not met**" }
+}
+
+fn print_table(name: &str, f: &BackendFigures, raw_events: f64, raw_label: &str) {
+    let livez = f.livez.requests_per_second;
+    let row = |label: &str, fig: &Figure, unit: &str, ratio: String, target: &str| {
+        println!(
+            "| {label} | {:.0} {unit} | {:.0} µs | {:.0} µs | {ratio} | {target} |",
+            fig.requests_per_second, fig.p50_us, fig.p99_us
+        );
     };
-    Ok(Figure {
-        requests: all.len() as u64,
-        elapsed,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-    })
-}
-
-/// The same rows straight into SQLite: one transaction per 100 events.
-async fn raw_sqlite_events_per_second(seconds: u64) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("raw.db").display());
-    let store = keyflow_store::connect(&url).await?;
-    store.migrate().await?;
-    drop(store);
-    use sqlx::ConnectOptions;
-    use std::str::FromStr;
-    let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .connect()
-        .await?;
-    sqlx::query("INSERT INTO workspaces (id, name, plan, created_at) VALUES ('w', 'w', 'pro', 0)")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query("INSERT INTO projects (id, workspace_id, name, environment, created_at) VALUES ('p', 'w', 'p', 'live', 0)")
-        .execute(&mut conn)
-        .await?;
-    let values: Vec<String> = (0..100)
-        .map(|r| {
-            format!(
-                "(${}, 'p', 'page_view', NULL, ${}, ${}, 0, 0, NULL)",
-                r * 3 + 1,
-                r * 3 + 2,
-                r * 3 + 3
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, properties, timestamp, received_at, idempotency_key) VALUES {}",
-        values.join(", ")
+    let vs_livez = |fig: &Figure, target: f64| {
+        let r = fig.requests_per_second / livez;
+        (
+            format!("{r:.2}× /livez"),
+            format!("≥ {target:.2} — {}", verdict(r >= target)),
+        )
+    };
+    println!("\n### {name}\n");
+    println!("| figure | rate | p50 | p99 | ratio | target |");
+    println!("|---|---|---|---|---|---|");
+    row("`GET /livez`", &f.livez, "req/s", "1.00".into(), "—");
+    let (r, t) = vs_livez(&f.key_self, 0.9);
+    row("`GET /v1/keys/self`", &f.key_self, "req/s", r, &t);
+    let (r, t) = vs_livez(&f.contact, 0.9);
+    row("`GET /v1/contacts/{id}`", &f.contact, "req/s", r, &t);
+    let (r, t) = vs_livez(&f.single, 0.4);
+    row("`POST /v1/events` (1 event)", &f.single, "req/s", r, &t);
+    let batch_events = Figure {
+        requests_per_second: f.batch.requests_per_second * 100.0,
+        p50_us: f.batch.p50_us,
+        p99_us: f.batch.p99_us,
+    };
+    let r = batch_events.requests_per_second / raw_events;
+    row(
+        "`POST /v1/events/batch` (100 events)",
+        &batch_events,
+        "events/s",
+        format!("{r:.2}× raw"),
+        &format!("≥ 0.50 — {}", verdict(r >= 0.5)),
     );
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let mut rows = 0u64;
-    while Instant::now() < deadline {
-        let mut tx = sqlx::Connection::begin(&mut conn).await?;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for _ in 0..100 {
-            let e = event(rows);
-            q = q
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(e["anonymous_id"].as_str().unwrap_or_default().to_string())
-                .bind(e["properties"].to_string());
-            rows += 1;
-        }
-        q.execute(&mut *tx).await?;
-        tx.commit().await?;
-    }
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    println!("| {raw_label} | {raw_events:.0} events/s | | | 1.00 | — |");
+    println!(
+        "| RSS idle / peak | {:.1} MiB / {:.1} MiB | | | | ≤ 64 / ≤ 256 MiB — {} |",
+        mib(f.rss_idle),
+        mib(f.rss_peak),
+        verdict(f.rss_idle <= 64 << 20 && f.rss_peak <= 256 << 20)
+    );
+    println!(
+        "| start to `/readyz` 200 (this run) | {:.0} ms | | | | < 200 ms — {} |",
+        f.start_to_ready.as_secs_f64() * 1000.0,
+        verdict(f.start_to_ready < Duration::from_millis(200))
+    );
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let server = start_server(&args.keyflow).await?;
-    let key = bench_key(&server.base).await?;
-    let base = server.base.clone();
+    let scratch = tempfile::tempdir()?;
+    let wrk = Wrk {
+        seconds: args.seconds,
+        connections: args.connections,
+        threads: args.threads,
+        scratch: scratch.path(),
+    };
     println!(
-        "keyflow-bench: {} s per figure, {} connections, binary {}",
-        args.seconds, args.connections, args.keyflow
+        "keyflow-bench: {} · wrk -t{} -c{} -d{}s · binary {}",
+        machine(),
+        args.threads,
+        args.connections,
+        args.seconds,
+        args.keyflow
     );
 
-    let b = base.clone();
-    let livez = drive(args.connections, args.seconds, move |c, _| {
-        c.get(format!("{b}/livez"))
-    })
-    .await?;
-    let (b, k) = (base.clone(), key.clone());
-    let single = drive(args.connections, args.seconds, move |c, i| {
-        c.post(format!("{b}/v1/events"))
-            .bearer_auth(&k)
-            .json(&event(i))
-    })
-    .await?;
-    let (b, k) = (base.clone(), key.clone());
-    let batch = drive(args.connections, args.seconds, move |c, i| {
-        let events: Vec<Value> = (0..100).map(|j| event(i * 100 + j)).collect();
-        c.post(format!("{b}/v1/events/batch"))
-            .bearer_auth(&k)
-            .json(&json!({"events": events}))
-    })
-    .await?;
-    drop(server);
-    let raw = raw_sqlite_events_per_second(args.seconds).await?;
+    let sqlite = measure(&args, &wrk, &Backend::Sqlite).await?;
+    let raw_sqlite = raw::sqlite_events_per_second(args.seconds, ANONYMOUS_ID, PROPERTIES).await?;
+    let ready = start_to_ready(&args).await?;
+    print_table(
+        "SQLite (embedded default)",
+        &sqlite,
+        raw_sqlite,
+        "raw SQLite insert, 100 rows per transaction, WAL, synchronous=FULL",
+    );
+    println!(
+        "\nStart to `/readyz` 200 on a fresh SQLite data dir (migrations included), median of {}: {:.0} ms (target < 200 ms — {}).",
+        args.starts.max(1),
+        ready.as_secs_f64() * 1000.0,
+        verdict(ready < Duration::from_millis(200))
+    );
 
-    let batch_events = batch.per_second() * 100.0;
-    println!();
-    println!("| figure | rate | p50 | p99 | ratio | target |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| `GET /livez` | {:.0} req/s | {} µs | {} µs | 1.00 | — |",
-        livez.per_second(),
-        livez.p50_us,
-        livez.p99_us
-    );
-    println!(
-        "| `POST /v1/events` (1 event) | {:.0} req/s | {} µs | {} µs | {:.2} of /livez | ≥ 0.40 |",
-        single.per_second(),
-        single.p50_us,
-        single.p99_us,
-        single.per_second() / livez.per_second()
-    );
-    println!(
-        "| `POST /v1/events/batch` (100 events) | {:.0} events/s | {} µs | {} µs | {:.2} of raw SQLite | ≥ 0.50 |",
-        batch_events,
-        batch.p50_us,
-        batch.p99_us,
-        batch_events / raw
-    );
-    println!("| raw SQLite insert, 100 rows per transaction | {raw:.0} events/s | | | 1.00 | — |");
+    if !args.no_postgres {
+        let db = raw::ScratchDatabase::create(&args.postgres_url, "serve").await?;
+        let pg = measure(&args, &wrk, &Backend::Postgres(db.url.clone())).await;
+        db.drop_now().await?;
+        let pg = pg?;
+        let db = raw::ScratchDatabase::create(&args.postgres_url, "raw").await?;
+        let raw_pg =
+            raw::postgres_events_per_second(&db.url, args.seconds, 16, ANONYMOUS_ID, PROPERTIES)
+                .await;
+        db.drop_now().await?;
+        print_table(
+            "PostgreSQL",
+            &pg,
+            raw_pg?,
+            "raw PostgreSQL multi-row INSERT, 100 rows per transaction, 16 connections",
+        );
+    }
     Ok(())
 }

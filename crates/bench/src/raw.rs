@@ -1,0 +1,161 @@
+//! The ceilings Keyflow's batch ingest is compared with: the same rows written
+//! straight into the same schema by this program, in the same run.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sqlx::{ConnectOptions, Connection};
+
+/// `INSERT INTO events … VALUES (…), (…)` with 100 rows of 3 parameters each.
+fn insert_100_rows_sql() -> String {
+    let values: Vec<String> = (0..100)
+        .map(|r| {
+            format!(
+                "(${}, 'p', 'page_view', NULL, ${}, ${}, 0, 0, NULL)",
+                r * 3 + 1,
+                r * 3 + 2,
+                r * 3 + 3
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, properties, timestamp, received_at, idempotency_key) VALUES {}",
+        values.join(", ")
+    )
+}
+
+const SEED: [&str; 2] = [
+    "INSERT INTO workspaces (id, name, plan, created_at) VALUES ('w', 'w', 'pro', 0)",
+    "INSERT INTO projects (id, workspace_id, name, environment, created_at) VALUES ('p', 'w', 'p', 'live', 0)",
+];
+
+/// SQLite: one connection, one transaction per 100 rows, WAL and
+/// `synchronous=FULL` (the durability Keyflow acknowledges with).
+pub async fn sqlite_events_per_second(
+    seconds: u64,
+    anonymous_id: &str,
+    properties: &str,
+) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("raw.db").display());
+    keyflow_store::connect(&url).await?.migrate().await?;
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .connect()
+        .await?;
+    for sql in SEED {
+        sqlx::query(sql).execute(&mut conn).await?;
+    }
+    let sql = insert_100_rows_sql();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut rows = 0u64;
+    while Instant::now() < deadline {
+        let mut tx = conn.begin().await?;
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for _ in 0..100 {
+            q = q
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(anonymous_id)
+                .bind(properties);
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        rows += 100;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// PostgreSQL: `tasks` connections each committing 100-row INSERTs (one
+/// transaction per statement), on a fresh database with Keyflow's schema.
+pub async fn postgres_events_per_second(
+    url: &str,
+    seconds: u64,
+    tasks: usize,
+    anonymous_id: &str,
+    properties: &str,
+) -> Result<f64> {
+    keyflow_store::connect(url).await?.migrate().await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(tasks as u32)
+        .connect(url)
+        .await?;
+    for sql in SEED {
+        sqlx::query(sql).execute(&pool).await?;
+    }
+    let sql = insert_100_rows_sql();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for _ in 0..tasks {
+        let (pool, sql, anonymous_id, properties) = (
+            pool.clone(),
+            sql.clone(),
+            anonymous_id.to_string(),
+            properties.to_string(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut rows = 0u64;
+            while Instant::now() < deadline {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                for _ in 0..100 {
+                    q = q
+                        .bind(uuid::Uuid::now_v7().to_string())
+                        .bind(&anonymous_id)
+                        .bind(&properties);
+                }
+                q.execute(&pool).await?;
+                rows += 100;
+            }
+            Ok::<u64, anyhow::Error>(rows)
+        }));
+    }
+    let mut rows = 0;
+    for w in workers {
+        rows += w.await??;
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A fresh database on the PostgreSQL server of `admin_url`, dropped on `drop`.
+pub struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl ScratchDatabase {
+    pub async fn create(admin_url: &str, purpose: &str) -> Result<Self> {
+        let name = format!("keyflow_bench_{purpose}_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await?;
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url, |(base, _)| base);
+        Ok(Self {
+            admin_url: admin_url.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    pub async fn drop_now(self) -> Result<()> {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
