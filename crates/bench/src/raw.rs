@@ -143,7 +143,10 @@ impl ScratchDatabase {
             .map_or(admin_url, |(base, _)| base);
         Ok(Self {
             admin_url: admin_url.to_string(),
-            url: format!("{base}/{name}"),
+            // Loopback needs no TLS, and sqlx 0.9.0 over TLS stalls 40 ms on
+            // statements larger than one TLS record (no TCP_NODELAY; see
+            // docs/operations.md), which would measure Nagle, not Keyflow.
+            url: format!("{base}/{name}?sslmode=disable"),
             name,
         })
     }

@@ -219,6 +219,7 @@ impl_failure_from!(
     keyflow_server::config::ConfigError,
     keyflow_store::StoreError,
     std::io::Error,
+    serde_json::Error,
     String
 );
 
@@ -252,12 +253,17 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
     Ok(store)
 }
 
-fn print_result(json_output: bool, value: &Value, text: &str) {
+fn print_result(
+    json_output: bool,
+    value: &impl serde::Serialize,
+    text: &str,
+) -> Result<(), Failure> {
     if json_output {
-        println!("{value}");
+        println!("{}", serde_json::to_string(value)?);
     } else {
         println!("{text}");
     }
+    Ok(())
 }
 
 /// Which values came from a flag rather than the environment: a flag must win
@@ -326,7 +332,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 cli.json,
                 &json!({ "applied": applied, "backend": store.backend_name() }),
                 &text,
-            );
+            )?;
             Ok(())
         }
         Command::Init(args) => {
@@ -363,7 +369,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 boot.project.environment.as_str(),
                 boot.owner.email
             );
-            print_result(cli.json, &value, &text);
+            print_result(cli.json, &value, &text)?;
             Ok(())
         }
         Command::Keys(KeysCommand::Create {
@@ -407,7 +413,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 issued.key.scopes.to_strings().join(", "),
                 issued.secret
             );
-            print_result(cli.json, &value, &text);
+            print_result(cli.json, &value, &text)?;
             Ok(())
         }
         Command::Workspace(WorkspaceCommand::Plan { workspace, plan }) => {
@@ -437,7 +443,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 previous.as_str(),
                 updated.plan.as_str()
             );
-            print_result(cli.json, &value, &text);
+            print_result(cli.json, &value, &text)?;
             Ok(())
         }
     }

@@ -2,6 +2,7 @@
 //! authenticate (401s) → plan, IP, scope (403s) → rate limit (429) → handler.
 //! Each route states its scope and category once, in the router.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -93,11 +94,11 @@ pub fn client_ip(
 }
 
 /// The presented key: `Bearer <key>`, or (where allowed) Basic with the key as user name.
-fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<String> {
+fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<Cow<'_, str>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(token.trim().to_string());
+        return Some(Cow::Borrowed(token.trim()));
     }
     if allow_basic && scheme.eq_ignore_ascii_case("basic") {
         use base64::Engine;
@@ -106,7 +107,7 @@ fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<String> {
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
-        return Some(user.to_string());
+        return Some(Cow::Owned(user.to_string()));
     }
     None
 }
@@ -291,9 +292,7 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
     {
         limited.into_response()
     } else {
-        state
-            .usage
-            .record(&key.key.id, now, ip.map(|i| i.to_string()));
+        state.usage.record(&key.key.id, now, ip);
         req.extensions_mut().insert(Caller { key, client_ip: ip });
         req.extensions_mut().insert(ticket.clone());
         next.run(req).await
@@ -326,7 +325,8 @@ fn rate_limited(quota: &RateLimit, retry_after: i64) -> ApiError {
 }
 
 /// Steps 1–4 of the table: header, format and checksum, lookup, revoked, expired.
-async fn authenticate(
+/// Public for the micro-benchmarks (`benches/hot_path.rs`).
+pub async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     ip: Option<IpAddr>,

@@ -128,17 +128,24 @@ pub fn write_headers(
     rate_limited: bool,
 ) {
     let now_us = now_ms.saturating_mul(1000);
+    // Numbers convert without formatting through a String.
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-limit"),
+        HeaderValue::from(d.limit),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderValue::from(d.remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("x-ratelimit-reset"),
+        HeaderValue::from(d.reset_unix_seconds(now_us)),
+    );
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), v);
         }
     };
-    put("x-ratelimit-limit", d.limit.to_string());
-    put("x-ratelimit-remaining", d.remaining.to_string());
-    put(
-        "x-ratelimit-reset",
-        d.reset_unix_seconds(now_us).to_string(),
-    );
     put(
         "ratelimit-policy",
         format!(

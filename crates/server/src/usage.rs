@@ -2,6 +2,7 @@
 //! every few seconds (and on shutdown): never a database write per request.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use keyflow_core::clock::UnixMillis;
@@ -11,14 +12,14 @@ const DAY_MS: i64 = 86_400_000;
 
 #[derive(Default)]
 pub struct UsageTracker {
-    pending: Mutex<HashMap<String, (UnixMillis, Option<String>)>>,
+    pending: Mutex<HashMap<String, (UnixMillis, Option<IpAddr>)>>,
     /// Requests per key and UTC day not yet added to the store. Keyed by key
     /// first so counting a request for a known key allocates nothing.
     counts: Mutex<HashMap<String, HashMap<i64, DailyUsage>>>,
 }
 
 impl UsageTracker {
-    pub fn record(&self, key_id: &str, at: UnixMillis, ip: Option<String>) {
+    pub fn record(&self, key_id: &str, at: UnixMillis, ip: Option<IpAddr>) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get_mut(key_id) {
             Some(entry) if entry.0 <= at => *entry = (at, ip),
@@ -91,7 +92,7 @@ impl UsageTracker {
     }
 
     /// Not yet flushed use of a key, so responses are never staler than memory.
-    pub fn pending(&self, key_id: &str) -> Option<(UnixMillis, Option<String>)> {
+    pub fn pending(&self, key_id: &str) -> Option<(UnixMillis, Option<IpAddr>)> {
         self.pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -112,7 +113,7 @@ impl UsageTracker {
             .map(|(id, (at, ip))| KeyUsage {
                 key_id: id.clone(),
                 last_used_at: *at,
-                ip: ip.clone(),
+                ip: ip.map(|ip| ip.to_string()),
             })
             .collect();
         match store.record_key_usage(&rows).await {

@@ -328,6 +328,15 @@ impl EventRow {
                 EventIdentity::Anonymous | EventIdentity::ContactId(_)
             )
     }
+
+    /// Whether preparing this event touches the database at all (contact
+    /// lookups, idempotency claims). Events that do not — anonymous, without
+    /// an idempotency key: the bulk of tracking — can be written with a
+    /// single statement and no transaction around it.
+    pub(crate) fn needs_lookups(event: &keyflow_core::events::NewEvent) -> bool {
+        use keyflow_core::events::EventIdentity;
+        event.idempotency_key.is_some() || !matches!(event.identity, EventIdentity::Anonymous)
+    }
 }
 
 pub(crate) fn contact_conflict() -> StoreError {

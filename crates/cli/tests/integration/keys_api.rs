@@ -357,6 +357,17 @@ async fn patch_changes_settings_but_never_scopes_or_type(backend: Backend) {
     // The cached key sees the change at once (new rate limit in headers).
     let me = app.get("/v1/keys/self", &key).await;
     assert_eq!(me.header("x-ratelimit-limit"), Some("50"));
+    // /v1/keys/self answers from that cached key: the new settings, and the
+    // last use from memory before any flush.
+    assert_eq!(me.body["name"], "web-prod");
+    assert_eq!(me.body["allowed_events"], json!(["signup"]));
+    assert_eq!(me.body["object"], "api_key");
+    assert!(me.body["last_used_at"].is_string(), "{}", me.body);
+    assert_eq!(me.body["last_used_ip"], "127.0.0.1");
+    assert!(
+        me.body.get("key").is_none(),
+        "the full key is never shown again"
+    );
     for body in [
         json!({"scopes": ["events:write"]}),
         json!({"type": "secret"}),

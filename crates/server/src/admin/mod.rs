@@ -180,7 +180,7 @@ async fn create_key(
     State(state): State<SharedState>,
     Path(project_id): Path<String>,
     JsonBody(body): JsonBody<CreateKeyRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
     let project = state
         .store
@@ -202,6 +202,6 @@ async fn create_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)),
+        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
     ))
 }

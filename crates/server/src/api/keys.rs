@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch, validate_create};
 use keyflow_store::{ApiKey, Project};
 use serde::Deserialize;
@@ -59,7 +60,7 @@ pub async fn create_key(
     Extension(caller): Extension<Caller>,
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(body): JsonBody<CreateKeyRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
     // An escalation is a 403 and must not spend quota: check it first.
@@ -84,7 +85,7 @@ pub async fn create_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)),
+        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
     ))
 }
 
@@ -116,7 +117,11 @@ pub async fn list_keys(
         .list_api_keys(caller.project_id(), include_revoked, &page)
         .await?;
     let last = keys.last().map(|k| k.id.clone());
-    let data = keys.iter().map(|k| key_json(k, &state.usage)).collect();
+    let data = keys
+        .iter()
+        .map(|k| serde_json::to_value(key_json(k, &state.usage)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::internal("key list", &e))?;
     Ok(Json(list_body(data, &page, last)))
 }
 
@@ -140,9 +145,9 @@ pub async fn get_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let key = load_key(&state, &caller, &id).await?;
-    Ok(Json(key_json(&key, &state.usage)))
+    Ok(Json(key_json(&key, &state.usage)).into_response())
 }
 
 #[utoipa::path(
@@ -164,8 +169,8 @@ pub async fn get_key(
 pub async fn get_self(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
-) -> Json<Value> {
-    Json(key_json(&caller.key.key, &state.usage))
+) -> Response {
+    Json(key_json(&caller.key.key, &state.usage)).into_response()
 }
 
 #[utoipa::path(
@@ -192,7 +197,7 @@ pub async fn update_key(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<PatchKeyRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let now = state.now_ms();
     let key = load_key(&state, &caller, &id).await?;
     if key.revoked_at.is_some() {
@@ -215,7 +220,7 @@ pub async fn update_key(
     .await?;
     state.cache.invalidate(&key.digest);
     let updated = ApiKey { settings, ..key };
-    Ok(Json(key_json(&updated, &state.usage)))
+    Ok(Json(key_json(&updated, &state.usage)).into_response())
 }
 
 #[utoipa::path(
@@ -286,7 +291,7 @@ pub async fn roll_key(
     Extension(ticket): Extension<RateLimitTicket>,
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RollRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Response)> {
     let grace = body.expires_in_seconds.unwrap_or(0);
     if !(0..=MAX_ROLL_GRACE_SECONDS).contains(&grace) {
         return Err(ApiError::field(
@@ -313,6 +318,6 @@ pub async fn roll_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)),
+        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
     ))
 }

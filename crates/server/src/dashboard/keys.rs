@@ -626,6 +626,7 @@ fn detail_page(
     let last_at = key.last_used_at.max(pending.as_ref().map(|p| p.0));
     let last_ip = pending
         .and_then(|p| p.1)
+        .map(|ip| ip.to_string())
         .or_else(|| key.last_used_ip.clone());
     let _ = write!(
         body,

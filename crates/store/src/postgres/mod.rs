@@ -63,13 +63,30 @@ impl PostgresStore {
 impl PostgresStore {
     /// Concurrent requests each run their own transaction; PostgreSQL's row
     /// locks and `ON CONFLICT` keep idempotency keys and contacts exact.
+    /// Events that need no lookups and fit one INSERT skip the transaction:
+    /// a single statement is atomic on its own, and BEGIN/COMMIT would be two
+    /// more round trips per request.
     async fn ingest(
         &self,
         project_id: &str,
         events: Vec<keyflow_core::events::NewEvent>,
         now: i64,
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.pool.acquire().await?;
+        let lookups = events.iter().any(crate::sql_store::EventRow::needs_lookups);
+        if !lookups {
+            // No statement runs while preparing: ids and rows are built here.
+            let (outcomes, rows) = prepare_events(&mut conn, project_id, &events, now).await?;
+            if crate::sql_store::event_chunks(&rows).len() <= 1 {
+                insert_event_rows(&mut conn, &rows).await?;
+            } else {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                insert_event_rows(&mut tx, &rows).await?;
+                tx.commit().await?;
+            }
+            return Ok(outcomes);
+        }
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let (outcomes, rows) = prepare_events(&mut tx, project_id, &events, now).await?;
         insert_event_rows(&mut tx, &rows).await?;
         tx.commit().await?;
@@ -79,7 +96,7 @@ impl PostgresStore {
 
 /// Multi-row INSERTs in a few fixed shapes (see `event_chunks`).
 async fn insert_event_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    conn: &mut sqlx::PgConnection,
     rows: &[crate::sql_store::EventRow],
 ) -> crate::StoreResult<()> {
     for chunk in crate::sql_store::event_chunks(rows) {
@@ -97,7 +114,7 @@ async fn insert_event_rows(
                 .bind(r.received_at)
                 .bind(&r.idempotency_key);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }

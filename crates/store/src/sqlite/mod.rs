@@ -165,14 +165,6 @@ fn fail_all(batch: Vec<IngestJob>, reason: &str) {
     }
 }
 
-/// Whether preparing this job reads or writes the database (contact lookups,
-/// idempotency claims). Jobs that do not can be prepared before `BEGIN`.
-fn needs_lookups(job: &IngestJob) -> bool {
-    job.events
-        .iter()
-        .any(|e| e.idempotency_key.is_some() || !matches!(e.identity, EventIdentity::Anonymous))
-}
-
 /// Prepares one job inside the open transaction. A job whose preparation
 /// writes (idempotency keys, new contacts) runs in a savepoint so that its
 /// failure leaves no trace; plain jobs only read, and skip the savepoint.
@@ -243,7 +235,11 @@ async fn commit_batch(
 ) -> Option<PoolConnection<Sqlite>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
-    let with_lookups = batch.iter().any(needs_lookups);
+    let with_lookups = batch.iter().any(|job| {
+        job.events
+            .iter()
+            .any(crate::sql_store::EventRow::needs_lookups)
+    });
     // IMMEDIATE: take the write lock up front (waiting under busy_timeout), so a
     // batch that starts by reading cannot fail later with SQLITE_BUSY_SNAPSHOT
     // when another connection committed in between. Without lookups, BEGIN
