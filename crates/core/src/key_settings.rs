@@ -282,6 +282,21 @@ fn check_expiry(text: &str, now: UnixMillis, errors: &mut Errors) -> Option<Unix
     }
 }
 
+/// An IP allow-list on its own (the metrics credential has one too): the same
+/// rules and field paths (`ip_allowlist[i].cidr`) as a key's.
+pub fn validate_allowlist(rows: &[IpRuleInput]) -> Result<Vec<IpRule>, Vec<FieldError>> {
+    let mut errors = Errors::default();
+    let rules = check_allowlist(rows, &mut errors);
+    if errors.0.is_empty() {
+        Ok(rules)
+    } else {
+        Err(errors.0)
+    }
+}
+
+/// Metrics cache TTL bounds in minutes (SPEC §4: at least 5; at most a week).
+pub const METRICS_CACHE_TTL_MINUTES: std::ops::RangeInclusive<i64> = 5..=10_080;
+
 fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
     if rows.len() > MAX_ALLOWLIST_ROWS {
         errors.add(

@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::api::{audit, browser, contacts, events, keys, segment, subscribers};
+use crate::api::{
+    audit, browser, contacts, events, keys, metrics_credential, segment, subscribers,
+};
 use crate::auth::{self, Guard};
 use crate::error::{ApiError, REQUEST_ID, RenderedError};
 use crate::limits::Category;
@@ -134,6 +136,20 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         .route(
             "/v1/keys/{id}/roll",
             post(keys::roll_key).layer(deferred(Scope::KeysWrite, Management)),
+        )
+        .route(
+            "/v1/metrics/credential",
+            post(metrics_credential::create_or_rotate)
+                .layer(guard(Some(Scope::KeysWrite), Management)),
+        )
+        .route(
+            "/v1/metrics/credential",
+            get(metrics_credential::get_credential).layer(guard(Some(Scope::KeysRead), Management)),
+        )
+        .route(
+            "/v1/metrics/credential",
+            axum::routing::patch(metrics_credential::update_credential)
+                .layer(guard(Some(Scope::KeysWrite), Management)),
         )
         .route(
             "/v1/audit",

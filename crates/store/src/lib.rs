@@ -77,6 +77,25 @@ pub trait Store: Send + Sync + 'static {
         settings: &ProjectSettings,
         audit: &AuditEntry,
     ) -> StoreResult<()>;
+    /// The project's metrics credential, if one was ever created.
+    async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>>;
+    /// Creates the project's credential or replaces it (rotation: new id and
+    /// secret), with its audit entry, in one transaction.
+    async fn put_metrics_credential(
+        &self,
+        credential: &MetricsCredential,
+        audit: &AuditEntry,
+    ) -> StoreResult<()>;
+    /// Changes the credential's allow-list and/or the project's metrics cache
+    /// TTL with one audit entry; `false` (nothing changed) if the project has
+    /// no credential.
+    async fn update_metrics_credential(
+        &self,
+        project_id: &str,
+        ip_allowlist: Option<&[keyflow_core::IpRule]>,
+        cache_ttl_minutes: Option<i64>,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
     /// A workspace's members with their accounts, oldest first.
     async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<(Operator, Membership)>>;
     /// Changes a member's role with its audit entry; `false` if not a member.

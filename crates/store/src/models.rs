@@ -260,3 +260,15 @@ impl Default for ProjectSettings {
         }
     }
 }
+
+/// A project's metrics credential (SPEC §4). `id` is the public `mk_<env>_…`
+/// identifier; the client secret itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsCredential {
+    pub project_id: String,
+    pub id: String,
+    pub secret_digest: keyflow_core::KeyDigest,
+    pub ip_allowlist: Vec<keyflow_core::IpRule>,
+    pub created_at: UnixMillis,
+    pub last_used_at: Option<UnixMillis>,
+}

@@ -114,7 +114,10 @@ mod erased_json {
     }
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> StoreResult<T> {
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    column: &str,
+    text: &str,
+) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
@@ -368,7 +371,7 @@ macro_rules! impl_sql_store {
         };
         use $crate::{
             ApiKey, AuditContext, AuditEntry, AuditFilter, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
-            DailyUsage, KeyUsage, Membership, Operator, Page, Project, ProjectSettings, Session, Store, StoreError,
+            DailyUsage, KeyUsage, Membership, MetricsCredential, Operator, Page, Project, ProjectSettings, Session, Store, StoreError,
             StoreResult,
             UpsertActions, UpsertOutcome, Workspace, new_id,
         };
@@ -1076,6 +1079,86 @@ macro_rules! impl_sql_store {
                 .execute(&mut *tx)
                 .await?;
                 commit_if(tx, true, audit).await.map(|_| ())
+            }
+
+            async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>> {
+                let row = sqlx::query(
+                    "SELECT project_id, id, secret_digest, ip_allowlist, created_at, last_used_at \
+                     FROM metrics_credentials WHERE project_id = $1",
+                )
+                .bind(project_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let digest: String = row.try_get("secret_digest")?;
+                let allowlist: String = row.try_get("ip_allowlist")?;
+                Ok(Some(MetricsCredential {
+                    project_id: row.try_get("project_id")?,
+                    id: row.try_get("id")?,
+                    secret_digest: keyflow_core::KeyDigest::from_hex(&digest)
+                        .ok_or_else(|| StoreError::Corrupt("metrics credential digest".into()))?,
+                    ip_allowlist: $crate::sql_store::from_json("ip_allowlist", &allowlist)?,
+                    created_at: row.try_get("created_at")?,
+                    last_used_at: row.try_get("last_used_at")?,
+                }))
+            }
+
+            async fn put_metrics_credential(&self, c: &MetricsCredential, audit: &AuditEntry) -> StoreResult<()> {
+                let allowlist = serde_json::to_string(&c.ip_allowlist).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO metrics_credentials (project_id, id, secret_digest, ip_allowlist, created_at, last_used_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id) DO UPDATE SET id = excluded.id, \
+                     secret_digest = excluded.secret_digest, ip_allowlist = excluded.ip_allowlist, \
+                     created_at = excluded.created_at, last_used_at = excluded.last_used_at",
+                )
+                .bind(&c.project_id)
+                .bind(&c.id)
+                .bind(c.secret_digest.to_hex())
+                .bind(allowlist)
+                .bind(c.created_at)
+                .bind(c.last_used_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError::from_write(e, "metrics credential"))?;
+                commit_if(tx, true, audit).await.map(|_| ())
+            }
+
+            async fn update_metrics_credential(
+                &self,
+                project_id: &str,
+                ip_allowlist: Option<&[keyflow_core::IpRule]>,
+                cache_ttl_minutes: Option<i64>,
+                audit: &AuditEntry,
+            ) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let exists: Option<String> = sqlx::query_scalar("SELECT id FROM metrics_credentials WHERE project_id = $1")
+                    .bind(project_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if exists.is_none() {
+                    return Ok(false);
+                }
+                if let Some(rules) = ip_allowlist {
+                    let text = serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    sqlx::query("UPDATE metrics_credentials SET ip_allowlist = $2 WHERE project_id = $1")
+                        .bind(project_id)
+                        .bind(text)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let Some(ttl) = cache_ttl_minutes {
+                    // The TTL is a project setting (also on /settings); keep its rate limit.
+                    sqlx::query(
+                        "INSERT INTO project_settings (project_id, rate_limit, metrics_cache_ttl_minutes) VALUES ($1, NULL, $2) \
+                         ON CONFLICT (project_id) DO UPDATE SET metrics_cache_ttl_minutes = excluded.metrics_cache_ttl_minutes",
+                    )
+                    .bind(project_id)
+                    .bind(ttl)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                commit_if(tx, true, audit).await
             }
 
             async fn count_operators(&self) -> StoreResult<i64> {

@@ -46,7 +46,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0002_customer_data",
             "0003_sessions",
             "0004_key_usage",
-            "0005_project_settings"
+            "0005_project_settings",
+            "0006_metrics_credentials"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

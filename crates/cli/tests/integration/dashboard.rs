@@ -608,7 +608,7 @@ mod keys_pages {
         let cookie = sign_in(&app, "member@acme.io").await;
         assert_eq!(get_page(&app, "/keys", Some(&cookie)).await.status, 403);
         assert_eq!(get_page(&app, "/keys/new", Some(&cookie)).await.status, 403);
-        for page in ["/members", "/plan", "/settings"] {
+        for page in ["/members", "/plan", "/settings", "/metrics-credential"] {
             assert_eq!(
                 get_page(&app, page, Some(&cookie)).await.status,
                 403,
@@ -1019,7 +1019,183 @@ mod keys_pages {
         );
     }
 
+    fn between<'a>(page: &'a str, start: &str) -> &'a str {
+        page.split(start)
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .expect("marker on the page")
+    }
+
+    async fn metrics_credential_page(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let page = get_page(
+            &app,
+            &format!("/metrics-credential?project={project}"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        assert!(text(&page).contains("Create credential"));
+        // Without the CSRF token nothing is created.
+        let forged = post_form(
+            &app,
+            "/metrics-credential/rotate",
+            Some(&cookie),
+            &[("project", &project)],
+        )
+        .await;
+        assert_eq!(forged.status, 403);
+        assert!(
+            app.store
+                .metrics_credential(&project)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let created = post_form(
+            &app,
+            "/metrics-credential/rotate",
+            Some(&cookie),
+            &[("csrf", &csrf), ("project", &project)],
+        )
+        .await;
+        assert_eq!(created.status, 200, "{}", text(&created));
+        let reveal = text(&created);
+        assert!(reveal.contains("will not be shown again"));
+        let id = between(&reveal, "id=\"credential-id\">").to_string();
+        let secret = between(&reveal, "id=\"client-secret\">").to_string();
+        let stored = app
+            .store
+            .metrics_credential(&project)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.id, id);
+        assert_eq!(stored.secret_digest, keyflow_core::KeyDigest::of(&secret));
+        let shown = text(
+            &get_page(
+                &app,
+                &format!("/metrics-credential?project={project}"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(
+            shown.contains(&id) && !shown.contains(&secret),
+            "the secret is shown once"
+        );
+
+        let saved = post_form(
+            &app,
+            "/metrics-credential",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("cidr_0", "203.0.113.0/24"),
+                ("description_0", "<b>office</b>"),
+                ("cidr_1", ""),
+                ("description_1", ""),
+                ("cache_ttl_minutes", "30"),
+            ],
+        )
+        .await;
+        assert_eq!(saved.status, 303, "{}", text(&saved));
+        let stored = app
+            .store
+            .metrics_credential(&project)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.ip_allowlist[0].cidr, "203.0.113.0/24");
+        assert_eq!(
+            app.store
+                .project_settings(&project)
+                .await
+                .unwrap()
+                .metrics_cache_ttl_minutes,
+            30
+        );
+        let shown = text(
+            &get_page(
+                &app,
+                &format!("/metrics-credential?project={project}"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(shown.contains("&lt;b&gt;office&lt;/b&gt;") && !shown.contains("<b>office"));
+
+        // Bad input: a message, nothing changed.
+        let refused = post_form(
+            &app,
+            "/metrics-credential",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("cidr_0", "10.0.0.300/8"),
+                ("cache_ttl_minutes", "2"),
+            ],
+        )
+        .await;
+        assert_eq!(refused.status, 422);
+        assert!(text(&refused).contains("ip_allowlist[0].cidr"));
+        assert_eq!(
+            app.store
+                .metrics_credential(&project)
+                .await
+                .unwrap()
+                .unwrap(),
+            stored
+        );
+        let not_a_number = post_form(
+            &app,
+            "/metrics-credential",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("cache_ttl_minutes", "soon"),
+            ],
+        )
+        .await;
+        assert_eq!(not_a_number.status, 422);
+        assert!(text(&not_a_number).contains("whole number of minutes"));
+
+        // Rotation goes through a confirmation, then reveals a new pair.
+        let confirm = text(
+            &get_page(
+                &app,
+                &format!("/metrics-credential/rotate?project={project}"),
+                Some(&cookie),
+            )
+            .await,
+        );
+        assert!(confirm.contains("stop working"));
+        let rotated = text(
+            &post_form(
+                &app,
+                "/metrics-credential/rotate",
+                Some(&cookie),
+                &[("csrf", &csrf), ("project", &project)],
+            )
+            .await,
+        );
+        let new_id = between(&rotated, "id=\"credential-id\">");
+        assert_ne!(new_id, id);
+        let activity = text(&get_page(&app, "/activity", Some(&cookie)).await);
+        assert!(
+            activity.contains("metrics_credential.rotated")
+                && activity.contains("metrics_credential.created")
+        );
+        assert!(!activity.contains(&secret));
+    }
+
     backend_tests!(
+        metrics_credential_page,
         settings_set_the_project_rate_limit,
         contacts_and_events_pages_escape_customer_data,
         members_plan_and_activity_filters,

@@ -14,6 +14,7 @@ mod contacts_api;
 mod dashboard;
 mod events_api;
 mod keys_api;
+mod metrics_api;
 mod openapi;
 mod operation;
 mod rate_limits;

@@ -94,7 +94,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0002_customer_data",
             "0003_sessions",
             "0004_key_usage",
-            "0005_project_settings"
+            "0005_project_settings",
+            "0006_metrics_credentials"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

@@ -23,7 +23,9 @@ use crate::operations::keys::{
 };
 use crate::state::SharedState;
 
-async fn caller_project(state: &SharedState, caller: &Caller) -> ApiResult<Project> {
+/// The caller's project (the key's), for operations that need its
+/// workspace and environment.
+pub(crate) async fn caller_project(state: &SharedState, caller: &Caller) -> ApiResult<Project> {
     state
         .store
         .get_project(caller.project_id())

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, contacts, events, keys, schema, segment, subscribers};
+use super::{audit, contacts, events, keys, metrics_credential, schema, segment, subscribers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,9 @@ use super::{audit, contacts, events, keys, schema, segment, subscribers};
         keys::update_key,
         keys::revoke_key,
         keys::roll_key,
+        metrics_credential::create_or_rotate,
+        metrics_credential::get_credential,
+        metrics_credential::update_credential,
         audit::list_audit,
         contacts::upsert_contact,
         contacts::list_contacts,
@@ -44,6 +47,7 @@ use super::{audit, contacts, events, keys, schema, segment, subscribers};
     modifiers(&KeySecurity),
     tags(
         (name = "keys", description = "Management API (secret keys with keys:*)"),
+        (name = "metrics", description = "Metrics API: the project's metrics credential"),
         (name = "audit", description = "Activity log"),
         (name = "contacts", description = "Contacts"),
         (name = "events", description = "Events"),

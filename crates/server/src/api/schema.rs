@@ -274,3 +274,37 @@ pub struct SegmentBatch {
 pub struct SegmentSuccess {
     success: bool,
 }
+
+/// The project's metrics credential (SPEC §4).
+#[derive(Serialize, ToSchema)]
+pub struct MetricsCredential {
+    /// `mk_live_…` / `mk_test_…`: the public id sent as the bearer of `/v1/metrics/token`.
+    id: String,
+    /// Always `metrics_credential`.
+    object: String,
+    created_at: String,
+    last_used_at: Option<String>,
+    ip_allowlist: Vec<IpRule>,
+    /// How long Metrics API results are cached (minutes, 5 to 10080).
+    cache_ttl_minutes: i64,
+}
+
+/// Create/rotate answer: the credential plus its client secret, shown only here.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedMetricsCredential {
+    id: String,
+    object: String,
+    /// Shown once; only its SHA-256 is stored.
+    client_secret: String,
+    created_at: String,
+    last_used_at: Option<String>,
+    ip_allowlist: Vec<IpRule>,
+    cache_ttl_minutes: i64,
+}
+
+/// Absent fields are unchanged.
+#[derive(Serialize, ToSchema)]
+pub struct PatchMetricsCredential {
+    ip_allowlist: Option<Vec<IpRule>>,
+    cache_ttl_minutes: Option<i64>,
+}

@@ -20,13 +20,14 @@ pub fn escape(text: &str) -> String {
 }
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("/contacts", "Contacts"),
     ("/events", "Events"),
     ("/keys", "API keys"),
     ("/activity", "Activity"),
     ("/members", "Members"),
     ("/plan", "Plan"),
+    ("/metrics-credential", "Metrics credential"),
     ("/settings", "Settings"),
 ];
 

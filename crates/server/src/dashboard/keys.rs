@@ -94,19 +94,19 @@ impl ManagerContext {
             body,
         )
     }
-    fn actor(&self) -> Actor {
+    pub(crate) fn actor(&self) -> Actor {
         Actor::Operator {
             id: self.signed_in.operator.id.clone(),
             email: self.signed_in.operator.email.clone(),
         }
     }
-    fn csrf_field(&self) -> String {
+    pub(crate) fn csrf_field(&self) -> String {
         format!(
             "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
             escape(&self.signed_in.session.csrf_token)
         )
     }
-    fn project_q(&self) -> String {
+    pub(crate) fn project_q(&self) -> String {
         format!("project={}", escape(&self.project.id))
     }
 }
@@ -827,7 +827,7 @@ pub async fn edit(
 }
 
 /// The IP allow-list rows of a form (`cidr_N`, `description_N`); empty rows are dropped.
-fn ip_rows_from_form(values: &HashMap<String, String>, rows: usize) -> Vec<IpRuleInput> {
+pub(crate) fn ip_rows_from_form(values: &HashMap<String, String>, rows: usize) -> Vec<IpRuleInput> {
     (0..rows)
         .filter_map(|i| {
             let cidr = values

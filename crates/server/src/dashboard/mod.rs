@@ -5,6 +5,7 @@
 mod data;
 mod html;
 pub mod keys;
+mod metrics;
 pub mod session;
 mod workspace;
 
@@ -58,6 +59,14 @@ pub fn router() -> Router<SharedState> {
         .route(
             "/settings",
             get(workspace::settings).post(workspace::save_settings),
+        )
+        .route(
+            "/metrics-credential",
+            get(metrics::credential).post(metrics::update),
+        )
+        .route(
+            "/metrics-credential/rotate",
+            get(metrics::confirm_rotate).post(metrics::rotate),
         )
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))

@@ -2,6 +2,7 @@
 //! the Store and write the audit trail; callers own caches and HTTP.
 
 pub mod keys;
+pub mod metrics_credential;
 pub mod tenancy;
 
 use keyflow_core::clock::UnixMillis;

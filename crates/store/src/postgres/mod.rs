@@ -37,6 +37,11 @@ impl PostgresStore {
             name: "0005_project_settings",
             sql: include_str!("../../migrations/postgres/0005_project_settings.sql"),
         },
+        Migration {
+            version: 6,
+            name: "0006_metrics_credentials",
+            sql: include_str!("../../migrations/postgres/0006_metrics_credentials.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

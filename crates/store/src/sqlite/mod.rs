@@ -57,6 +57,11 @@ impl SqliteStore {
             name: "0005_project_settings",
             sql: include_str!("../../migrations/sqlite/0005_project_settings.sql"),
         },
+        Migration {
+            version: 6,
+            name: "0006_metrics_credentials",
+            sql: include_str!("../../migrations/sqlite/0006_metrics_credentials.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.

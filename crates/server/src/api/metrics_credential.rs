@@ -1,0 +1,136 @@
+//! `/v1/metrics/credential`: the project's metrics credential (SPEC §4),
+//! managed with a secret key's `keys:*` scopes.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyflow_core::key_settings::IpRuleInput;
+use serde::Deserialize;
+
+use super::keys::caller_project;
+use super::schema;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::operations::metrics_credential::{self as credential_ops, view};
+use crate::state::SharedState;
+
+#[utoipa::path(
+    post,
+    path = "/v1/metrics/credential",
+    tag = "metrics",
+    summary = "Create or rotate the metrics credential",
+    description = "Scope: `keys:write`. Creates the project's metrics credential, or replaces it \
+                   with a new id and client secret (outstanding tokens stop working). The \
+                   client secret is in this answer only.",
+    responses(
+        (status = 201, description = "Created; `client_secret` is shown only here", body = schema::IssuedMetricsCredential),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_or_rotate(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<(StatusCode, Response)> {
+    let project = caller_project(&state, &caller).await?;
+    let issued = credential_ops::create_or_rotate(
+        state.store.as_ref(),
+        &project,
+        &caller.actor(),
+        caller.ip_string(),
+        state.now_ms(),
+    )
+    .await?;
+    let ttl = cache_ttl(&state, &project.id).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&issued.credential, ttl, Some(&issued.secret))).into_response(),
+    ))
+}
+
+async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
+    Ok(state
+        .store
+        .project_settings(project_id)
+        .await?
+        .metrics_cache_ttl_minutes)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/metrics/credential",
+    tag = "metrics",
+    summary = "The metrics credential (without its secret)",
+    description = "Scope: `keys:read`.",
+    responses(
+        (status = 200, body = schema::MetricsCredential),
+        (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_credential(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Response> {
+    let credential = state
+        .store
+        .metrics_credential(caller.project_id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("metrics credential"))?;
+    let ttl = cache_ttl(&state, caller.project_id()).await?;
+    Ok(Json(view(&credential, ttl, None)).into_response())
+}
+
+/// `PATCH /v1/metrics/credential` body; unknown fields are ignored.
+#[derive(Debug, Default, Deserialize)]
+pub struct PatchCredentialRequest {
+    ip_allowlist: Option<Vec<IpRuleInput>>,
+    cache_ttl_minutes: Option<i64>,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/metrics/credential",
+    tag = "metrics",
+    summary = "Change the credential's IP allow-list or the cache TTL",
+    description = "Scope: `keys:write`.",
+    request_body = schema::PatchMetricsCredential,
+    responses(
+        (status = 200, body = schema::MetricsCredential),
+        (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
+        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn update_credential(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(patch): JsonBody<PatchCredentialRequest>,
+) -> ApiResult<Response> {
+    let change =
+        credential_ops::validate_change(patch.ip_allowlist.as_deref(), patch.cache_ttl_minutes)
+            .map_err(ApiError::validation)?;
+    let project = caller_project(&state, &caller).await?;
+    let updated = credential_ops::update(
+        state.store.as_ref(),
+        &project,
+        &change,
+        &caller.actor(),
+        caller.ip_string(),
+        state.now_ms(),
+    )
+    .await?;
+    let ttl = cache_ttl(&state, &project.id).await?;
+    Ok(Json(view(&updated, ttl, None)).into_response())
+}

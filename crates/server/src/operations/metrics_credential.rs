@@ -1,0 +1,212 @@
+//! The project's metrics credential (SPEC §4): create or rotate (the client
+//! secret is returned once), read, and change its allow-list and cache TTL.
+//! Shared by `/v1/metrics/credential` and the dashboard.
+
+use keyflow_core::clock::UnixMillis;
+use keyflow_core::key_settings::{IpRuleInput, METRICS_CACHE_TTL_MINUTES, validate_allowlist};
+use keyflow_core::keys::{generate_key, random_base62};
+use keyflow_core::{FieldError, IpRule, KeyDigest, KeyType};
+use keyflow_store::{Actor, AuditTarget, MetricsCredential, Project, Store};
+use serde::Serialize;
+use serde_json::json;
+
+use super::audit_entry;
+use crate::error::{ApiError, ApiResult};
+
+/// Length of a client secret: 43 base62 characters, over 256 bits.
+const SECRET_LEN: usize = 43;
+
+/// A credential just created or rotated, with its secret, shown once.
+pub struct IssuedCredential {
+    pub credential: MetricsCredential,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for IssuedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuedCredential({})", self.credential.id)
+    }
+}
+
+/// The credential as the API shows it (`client_secret` only when just issued).
+#[derive(Serialize)]
+pub struct CredentialView<'a> {
+    id: &'a str,
+    object: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<&'a str>,
+    created_at: String,
+    last_used_at: Option<String>,
+    ip_allowlist: &'a [IpRule],
+    cache_ttl_minutes: i64,
+}
+
+pub fn view<'a>(
+    credential: &'a MetricsCredential,
+    cache_ttl_minutes: i64,
+    secret: Option<&'a str>,
+) -> CredentialView<'a> {
+    use keyflow_core::timefmt::format_rfc3339;
+    CredentialView {
+        id: &credential.id,
+        object: "metrics_credential",
+        client_secret: secret,
+        created_at: format_rfc3339(credential.created_at),
+        last_used_at: credential.last_used_at.map(format_rfc3339),
+        ip_allowlist: &credential.ip_allowlist,
+        cache_ttl_minutes,
+    }
+}
+
+fn target(id: &str) -> AuditTarget {
+    AuditTarget {
+        kind: "metrics_credential".into(),
+        id: Some(id.to_string()),
+        name: None,
+    }
+}
+
+/// Creates the project's credential, or rotates it: a new id and secret
+/// replace the old ones (so tokens issued for the old id stop working), the
+/// allow-list is kept. Audited as `metrics_credential.created` / `.rotated`.
+pub async fn create_or_rotate(
+    store: &dyn Store,
+    project: &Project,
+    actor: &Actor,
+    ip: Option<String>,
+    now: UnixMillis,
+) -> ApiResult<IssuedCredential> {
+    let previous = store.metrics_credential(&project.id).await?;
+    let id = generate_key(KeyType::Metrics, project.environment)
+        .map_err(|e| ApiError::internal("credential id generation", &e))?
+        .text;
+    let secret =
+        random_base62(SECRET_LEN).map_err(|e| ApiError::internal("secret generation", &e))?;
+    let credential = MetricsCredential {
+        project_id: project.id.clone(),
+        id,
+        secret_digest: KeyDigest::of(&secret),
+        ip_allowlist: previous
+            .as_ref()
+            .map(|p| p.ip_allowlist.clone())
+            .unwrap_or_default(),
+        created_at: now,
+        last_used_at: None,
+    };
+    let (action, details) = match &previous {
+        Some(old) => (
+            "metrics_credential.rotated",
+            json!({ "id": credential.id, "previous_id": old.id }),
+        ),
+        None => ("metrics_credential.created", json!({ "id": credential.id })),
+    };
+    let entry = audit_entry(
+        &project.workspace_id,
+        Some(&project.id),
+        actor,
+        action,
+        target(&credential.id),
+        ip,
+        details,
+        now,
+    );
+    store.put_metrics_credential(&credential, &entry).await?;
+    Ok(IssuedCredential { credential, secret })
+}
+
+/// A validated change: `None` leaves a field as it is.
+#[derive(Debug, Default)]
+pub struct CredentialChange {
+    pub ip_allowlist: Option<Vec<IpRule>>,
+    pub cache_ttl_minutes: Option<i64>,
+}
+
+/// Validates the PATCH body's fields; every bad field is reported at once.
+pub fn validate_change(
+    ip_allowlist: Option<&[IpRuleInput]>,
+    cache_ttl_minutes: Option<i64>,
+) -> Result<CredentialChange, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let rules = match ip_allowlist.map(validate_allowlist) {
+        Some(Ok(rules)) => Some(rules),
+        Some(Err(mut e)) => {
+            errors.append(&mut e);
+            None
+        }
+        None => None,
+    };
+    if let Some(ttl) = cache_ttl_minutes
+        && !METRICS_CACHE_TTL_MINUTES.contains(&ttl)
+    {
+        errors.push(FieldError::new(
+            "cache_ttl_minutes",
+            format!(
+                "must be {} to {} minutes",
+                METRICS_CACHE_TTL_MINUTES.start(),
+                METRICS_CACHE_TTL_MINUTES.end()
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(CredentialChange {
+            ip_allowlist: rules,
+            cache_ttl_minutes,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Applies a validated change, audited as `metrics_credential.updated` with
+/// the changed field names. 404 when the project has no credential yet.
+pub async fn update(
+    store: &dyn Store,
+    project: &Project,
+    change: &CredentialChange,
+    actor: &Actor,
+    ip: Option<String>,
+    now: UnixMillis,
+) -> ApiResult<MetricsCredential> {
+    let current = store
+        .metrics_credential(&project.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("metrics credential"))?;
+    let mut fields = Vec::new();
+    if change.ip_allowlist.is_some() {
+        fields.push("ip_allowlist");
+    }
+    if change.cache_ttl_minutes.is_some() {
+        fields.push("cache_ttl_minutes");
+    }
+    if fields.is_empty() {
+        return Ok(current);
+    }
+    let entry = audit_entry(
+        &project.workspace_id,
+        Some(&project.id),
+        actor,
+        "metrics_credential.updated",
+        target(&current.id),
+        ip,
+        json!({ "fields": fields }),
+        now,
+    );
+    let updated = store
+        .update_metrics_credential(
+            &project.id,
+            change.ip_allowlist.as_deref(),
+            change.cache_ttl_minutes,
+            &entry,
+        )
+        .await?;
+    if !updated {
+        return Err(ApiError::not_found("metrics credential"));
+    }
+    Ok(MetricsCredential {
+        ip_allowlist: change
+            .ip_allowlist
+            .clone()
+            .unwrap_or(current.ip_allowlist.clone()),
+        ..current
+    })
+}
