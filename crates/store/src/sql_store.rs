@@ -1247,6 +1247,9 @@ macro_rules! impl_sql_store {
             }
 
             async fn find_key_for_auth(&self, digest: &KeyDigest) -> StoreResult<Option<AuthKey>> {
+                if let Some(direct) = self.read_key_for_auth(digest) {
+                    return direct;
+                }
                 let sql = format!(
                     "SELECT {KEY_COLUMNS}, p.workspace_id AS p_workspace_id, p.environment AS p_environment \
                      FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.digest = $1"
@@ -1502,10 +1505,13 @@ macro_rules! impl_sql_store {
             }
 
             async fn get_contact(&self, project_id: &str, lookup: &ContactLookup) -> StoreResult<Option<Contact>> {
-                let mut tx = self.pool.begin().await?;
-                let found = find_contact(&mut tx, project_id, lookup).await?;
-                tx.commit().await?;
-                Ok(found)
+                // One statement needs no transaction (BEGIN and COMMIT would be
+                // two more round trips on the hottest read).
+                if let Some(direct) = self.read_contact(project_id, lookup) {
+                    return direct;
+                }
+                let mut conn = self.pool.acquire().await?;
+                find_contact(&mut conn, project_id, lookup).await
             }
 
             async fn update_contact(

@@ -66,6 +66,23 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// Point reads have no shortcut on PostgreSQL: a query is a network round
+    /// trip either way (see the SQLite store's direct reader).
+    fn read_key_for_auth(
+        &self,
+        _digest: &keyflow_core::KeyDigest,
+    ) -> Option<crate::StoreResult<Option<crate::AuthKey>>> {
+        None
+    }
+
+    fn read_contact(
+        &self,
+        _project_id: &str,
+        _lookup: &keyflow_core::contacts::ContactLookup,
+    ) -> Option<crate::StoreResult<Option<crate::Contact>>> {
+        None
+    }
+
     /// Concurrent requests each run their own transaction; PostgreSQL's row
     /// locks and `ON CONFLICT` keep idempotency keys and contacts exact.
     /// Events that need no lookups and fit one INSERT skip the transaction:

@@ -13,9 +13,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::sql_store::{Migration, impl_sql_store};
 
+mod reader;
+
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     ingest_queue: mpsc::Sender<IngestJob>,
+    /// Point reads on the calling thread; `None` for in-memory databases.
+    reader: Option<reader::Reader>,
 }
 
 /// One request's events waiting for the writer, and where to send the result.
@@ -80,11 +84,35 @@ impl SqliteStore {
             // worker thread; a local file has no network to go stale.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let (ingest_queue, jobs) = mpsc::channel(4096);
         tokio::spawn(run_writer(pool.clone(), jobs));
-        Ok(Self { pool, ingest_queue })
+        let path = options.get_filename().to_path_buf();
+        let on_disk = !url.contains(":memory:") && !url.contains("mode=memory") && path.is_file();
+        let reader = on_disk.then(|| reader::Reader::new(path));
+        Ok(Self {
+            pool,
+            ingest_queue,
+            reader,
+        })
+    }
+
+    /// A key by digest through the direct reader (`None`: use sqlx).
+    fn read_key_for_auth(
+        &self,
+        digest: &keyflow_core::KeyDigest,
+    ) -> Option<crate::StoreResult<Option<crate::AuthKey>>> {
+        self.reader.as_ref().map(|r| r.key_for_auth(digest))
+    }
+
+    /// A contact through the direct reader (`None`: use sqlx).
+    fn read_contact(
+        &self,
+        project_id: &str,
+        lookup: &keyflow_core::contacts::ContactLookup,
+    ) -> Option<crate::StoreResult<Option<crate::Contact>>> {
+        self.reader.as_ref().map(|r| r.contact(project_id, lookup))
     }
 
     /// SQLite runs one writer at a time; the migration transaction is enough.
