@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use keyflow_core::contacts::{ContactFields, ContactLookup, email_key};
 use keyflow_core::KeyDigest;
+use keyflow_core::contacts::{ContactFields, ContactLookup, email_key};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::sql_store::{
