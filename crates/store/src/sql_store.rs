@@ -348,7 +348,8 @@ pub(crate) fn contact_conflict() -> StoreError {
 
 /// Implements [`crate::Store`] for a backend struct with a `pool: sqlx::Pool<$db>`
 /// field and a `MIGRATIONS: &[Migration]` constant, plus an associated
-/// `async fn lock_migrations(tx)` that serialises concurrent migrators.
+/// `async fn lock_migrations(tx)` that serialises concurrent migrators and
+/// `async fn lock_workspace(tx, id)` that serialises membership changes.
 ///
 /// The few statements built with `format!` only splice in the column-list
 /// constants above and numbered placeholders, never input, hence
@@ -1004,6 +1005,7 @@ macro_rules! impl_sql_store {
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_workspace(&mut tx, workspace_id).await?;
                 // The last owner cannot be demoted: checked in the statement
                 // itself, not only by the caller's earlier read.
                 let done = sqlx::query(
@@ -1023,6 +1025,7 @@ macro_rules! impl_sql_store {
 
             async fn remove_member(&self, workspace_id: &str, operator_id: &str, audit: &AuditEntry) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_workspace(&mut tx, workspace_id).await?;
                 let done = sqlx::query(
                     "DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2 AND (role <> 'owner' OR \
                      (SELECT COUNT(*) FROM memberships o WHERE o.workspace_id = $1 AND o.role = 'owner') > 1)",

@@ -210,6 +210,58 @@ async fn operators_are_unique_by_email(backend: Backend) {
     );
 }
 
+/// Two owners demoting (or removing) each other at the same moment: exactly
+/// one change wins and the workspace keeps an owner. On PostgreSQL this needs
+/// the workspace row lock (READ COMMITTED would let both count two owners).
+async fn concurrent_demotions_keep_an_owner(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    for round in 0..10 {
+        let (ws, _) = seeded(store.as_ref()).await;
+        let audit = entry(&ws, None, "member.role_changed");
+        let mut owners = Vec::new();
+        for i in 0..2 {
+            let op = Operator {
+                id: new_id(),
+                email: format!("owner{round}-{i}@example.com"),
+                password_hash: "$argon2id$x".into(),
+                created_at: 1,
+            };
+            let m = Membership {
+                workspace_id: ws.id.clone(),
+                operator_id: op.id.clone(),
+                role: Role::Owner,
+                created_at: 1,
+            };
+            store.create_operator(&op, &m, None).await.unwrap();
+            owners.push(op.id);
+        }
+        let (a, b) = if round % 2 == 0 {
+            tokio::join!(
+                store.set_member_role(&ws.id, &owners[0], Role::Admin, &audit),
+                store.set_member_role(&ws.id, &owners[1], Role::Admin, &audit),
+            )
+        } else {
+            tokio::join!(
+                store.remove_member(&ws.id, &owners[0], &audit),
+                store.remove_member(&ws.id, &owners[1], &audit),
+            )
+        };
+        assert!(
+            a.unwrap() ^ b.unwrap(),
+            "round {round}: exactly one of the two changes wins"
+        );
+        let owners_left = store
+            .list_members(&ws.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, m)| m.role == Role::Owner)
+            .count();
+        assert_eq!(owners_left, 1, "round {round}: one owner is left");
+    }
+}
+
 async fn api_keys_round_trip(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = db.store().await;
@@ -545,6 +597,7 @@ backend_tests!(
     migrations_are_idempotent,
     workspaces_projects_and_plans,
     operators_are_unique_by_email,
+    concurrent_demotions_keep_an_owner,
     api_keys_round_trip,
     key_updates_revocation_and_roll,
     usage_flush_never_moves_backwards,

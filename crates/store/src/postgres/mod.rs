@@ -66,6 +66,21 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// Serialises membership changes of one workspace: under READ COMMITTED,
+    /// two concurrent demotions of its last two owners would each still
+    /// count two owners and both succeed. With the workspace row locked, the
+    /// second waits and then sees the first one's result.
+    async fn lock_workspace(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        workspace_id: &str,
+    ) -> Result<(), crate::StoreError> {
+        sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR UPDATE")
+            .bind(workspace_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Point reads have no shortcut on PostgreSQL: a query is a network round
     /// trip either way (see the SQLite store's direct reader).
     fn read_key_for_auth(

@@ -115,6 +115,15 @@ impl SqliteStore {
         self.reader.as_ref().map(|r| r.contact(project_id, lookup))
     }
 
+    /// SQLite runs one writer at a time, and a write transaction always works
+    /// on the latest data: nothing to lock (see the PostgreSQL store).
+    async fn lock_workspace(
+        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        _workspace_id: &str,
+    ) -> Result<(), crate::StoreError> {
+        Ok(())
+    }
+
     /// SQLite runs one writer at a time; the migration transaction is enough.
     async fn lock_migrations(
         _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
