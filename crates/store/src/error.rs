@@ -42,6 +42,12 @@ impl StoreError {
             Self::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => true,
+            // SQLite's BUSY (5) and LOCKED (6), extended codes included: the
+            // write lock stayed taken past busy_timeout.
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
             Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 rusqlite::ErrorCode::DatabaseBusy

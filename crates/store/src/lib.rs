@@ -80,12 +80,13 @@ pub trait Store: Send + Sync + 'static {
     /// The project's metrics credential, if one was ever created.
     async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>>;
     /// Creates the project's credential or replaces it (rotation: new id and
-    /// secret), with its audit entry, in one transaction.
+    /// secret; the stored allow-list stays), with its audit entry, in one
+    /// transaction. Returns the credential as stored.
     async fn put_metrics_credential(
         &self,
         credential: &MetricsCredential,
         audit: &AuditEntry,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<MetricsCredential>;
     /// Changes the credential's allow-list and/or the project's metrics cache
     /// TTL with one audit entry; `false` (nothing changed) if the project has
     /// no credential.

@@ -1106,25 +1106,31 @@ macro_rules! impl_sql_store {
                 }))
             }
 
-            async fn put_metrics_credential(&self, c: &MetricsCredential, audit: &AuditEntry) -> StoreResult<()> {
+            async fn put_metrics_credential(&self, c: &MetricsCredential, audit: &AuditEntry) -> StoreResult<MetricsCredential> {
                 let allowlist = serde_json::to_string(&c.ip_allowlist).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
+                // A rotation keeps the stored allow-list (never the caller's
+                // copy, which a concurrent change may have made stale).
+                let stored: String = sqlx::query_scalar(
                     "INSERT INTO metrics_credentials (project_id, id, secret_digest, ip_allowlist, created_at, last_used_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id) DO UPDATE SET id = excluded.id, \
-                     secret_digest = excluded.secret_digest, ip_allowlist = excluded.ip_allowlist, \
-                     created_at = excluded.created_at, last_used_at = excluded.last_used_at",
+                     VALUES ($1, $2, $3, $4, $5, NULL) ON CONFLICT (project_id) DO UPDATE SET id = excluded.id, \
+                     secret_digest = excluded.secret_digest, created_at = excluded.created_at, last_used_at = NULL \
+                     RETURNING ip_allowlist",
                 )
                 .bind(&c.project_id)
                 .bind(&c.id)
                 .bind(c.secret_digest.to_hex())
                 .bind(allowlist)
                 .bind(c.created_at)
-                .bind(c.last_used_at)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| StoreError::from_write(e, "metrics credential"))?;
-                commit_if(tx, true, audit).await.map(|_| ())
+                commit_if(tx, true, audit).await?;
+                Ok(MetricsCredential {
+                    ip_allowlist: $crate::sql_store::from_json("ip_allowlist", &stored)?,
+                    last_used_at: None,
+                    ..c.clone()
+                })
             }
 
             async fn update_metrics_credential(
@@ -1135,20 +1141,22 @@ macro_rules! impl_sql_store {
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
                 let mut tx = self.pool.begin().await?;
-                let exists: Option<String> = sqlx::query_scalar("SELECT id FROM metrics_credentials WHERE project_id = $1")
-                    .bind(project_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if exists.is_none() {
+                // Write first: on SQLite a transaction that starts by reading
+                // cannot wait for the write lock (it fails with SQLITE_BUSY).
+                let allowlist = ip_allowlist
+                    .map(|rules| serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string())))
+                    .transpose()?;
+                let exists = sqlx::query(
+                    "UPDATE metrics_credentials SET ip_allowlist = COALESCE($2, ip_allowlist) WHERE project_id = $1",
+                )
+                .bind(project_id)
+                .bind(allowlist)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !exists {
                     return Ok(false);
-                }
-                if let Some(rules) = ip_allowlist {
-                    let text = serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    sqlx::query("UPDATE metrics_credentials SET ip_allowlist = $2 WHERE project_id = $1")
-                        .bind(project_id)
-                        .bind(text)
-                        .execute(&mut *tx)
-                        .await?;
                 }
                 if let Some(ttl) = cache_ttl_minutes {
                     // The TTL is a project setting (also on /settings); keep its rate limit.

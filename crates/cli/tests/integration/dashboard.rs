@@ -615,6 +615,29 @@ mod keys_pages {
                 "{page}"
             );
         }
+        // Nor can they post to the credential forms, even with their own valid token.
+        let csrf = csrf_of(&text(&get_page(&app, "/activity", Some(&cookie)).await));
+        for path in ["/metrics-credential/rotate", "/metrics-credential"] {
+            let reply = post_form(
+                &app,
+                path,
+                Some(&cookie),
+                &[
+                    ("csrf", &csrf),
+                    ("project", &t.project_id),
+                    ("cache_ttl_minutes", "9"),
+                ],
+            )
+            .await;
+            assert_eq!(reply.status, 403, "{path}");
+        }
+        assert!(
+            app.store
+                .metrics_credential(&t.project_id)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
             get_page(&app, "/activity", Some(&cookie)).await.status,
             200,
@@ -1143,6 +1166,29 @@ mod keys_pages {
         .await;
         assert_eq!(refused.status, 422);
         assert!(text(&refused).contains("ip_allowlist[0].cidr"));
+        assert_eq!(
+            app.store
+                .metrics_credential(&project)
+                .await
+                .unwrap()
+                .unwrap(),
+            stored
+        );
+        assert_eq!(
+            app.store
+                .project_settings(&project)
+                .await
+                .unwrap()
+                .metrics_cache_ttl_minutes,
+            30
+        );
+        // A cross-site post is refused before anything else.
+        let cross_site = browser()
+            .post(format!("{}/metrics-credential/rotate", app.base_url))
+            .header("origin", "https://evil.example")
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf.as_str()), ("project", project.as_str())]);
+        assert_eq!(TestApp::reply(cross_site).await.status, 403);
         assert_eq!(
             app.store
                 .metrics_credential(&project)

@@ -459,7 +459,75 @@ async fn concurrent_clients_store_every_acknowledged_event_once(backend: Backend
     assert_eq!(contacts.body["data"].as_array().unwrap().len(), 16);
 }
 
+/// Many concurrent requests share the SQLite writer's commits; some of them
+/// are refused inside the writer (an unknown contact id, found only by a
+/// lookup). A refused request stores nothing, and the others in the same
+/// commit are stored exactly once.
+async fn refusals_inside_a_shared_commit_leave_the_rest(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.default_rate_limit = keyflow_core::RateLimit::per_minute(100_000)
+    })
+    .await;
+    let t = app.tenant().await;
+    let mut tasks = Vec::new();
+    for client in 0..24 {
+        let http = app.client.clone();
+        let base = app.base_url.clone();
+        let key = t.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = if client % 3 == 0 {
+                json!({"events": [
+                    {"name": "ok", "email": format!("r{client}@x.io")},
+                    {"name": "bad", "contact_id": "no-such-contact"}
+                ]})
+            } else {
+                json!({"events": [
+                    {"name": "ok", "email": format!("r{client}@x.io"), "idempotency_key": format!("i{client}")},
+                    {"name": "ok", "anonymous_id": format!("a{client}")}
+                ]})
+            };
+            let r = http
+                .post(format!("{base}/v1/events/batch"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (client, status, body)
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for task in tasks {
+        let (client, status, body) = task.await.unwrap();
+        if client % 3 == 0 {
+            assert_eq!(status, 422, "{body}");
+            assert_eq!(
+                body["error"]["details"]["fields"][0]["field"],
+                "events[1].contact_id"
+            );
+        } else {
+            assert_eq!(status, 202, "{body}");
+            for id in body["ids"].as_array().unwrap() {
+                acknowledged.insert(id.as_str().unwrap().to_string());
+            }
+        }
+    }
+    let stored: HashSet<String> = all_events(&app, &t.project_id)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(stored, acknowledged, "the refused requests stored nothing");
+    assert_eq!(stored.len(), 16 * 2);
+    // Contacts of refused requests were rolled back with them.
+    let contacts = app.get("/v1/contacts?limit=1000", &t.key).await;
+    assert_eq!(contacts.body["data"].as_array().unwrap().len(), 16);
+}
+
 backend_tests!(
+    refusals_inside_a_shared_commit_leave_the_rest,
     track_is_durable_and_listed,
     identities_and_detached_events,
     time_filters_and_nfc_names,

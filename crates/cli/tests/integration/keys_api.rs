@@ -27,6 +27,7 @@ async fn create_each_type_with_defaults_and_shape(backend: Backend) {
         )
         .await;
     assert_eq!(secret.status, 201);
+    assert_eq!(secret.header("cache-control"), Some("no-store"));
     let key = secret.body["key"].as_str().unwrap();
     assert!(key.starts_with("sk_live_") && key.len() == 46);
     assert_eq!(secret.body["prefix"], &key[..12]);

@@ -30,6 +30,11 @@ async fn create_read_update_rotate(backend: Backend) {
     assert_eq!(created.body["ip_allowlist"], json!([]));
     assert_eq!(created.body["cache_ttl_minutes"], 5);
     assert!(created.body["last_used_at"].is_null());
+    assert_eq!(
+        created.header("cache-control"),
+        Some("no-store"),
+        "a response with a secret is never cached"
+    );
     let stored = app
         .store
         .metrics_credential(&t.project_id)
@@ -139,6 +144,12 @@ async fn create_read_update_rotate(backend: Backend) {
     let log = audit.body.to_string();
     assert!(!log.contains(&secret) && !log.contains(new_secret));
     assert!(log.contains("\"api_key\""));
+    // Members and audit:read keys read the log: credentials appear by prefix only.
+    assert!(
+        !log.contains(&id),
+        "no full credential id in the activity log"
+    );
+    assert!(log.contains(&id[..12]));
 }
 
 async fn scopes_guard_the_credential(backend: Backend) {
@@ -174,4 +185,23 @@ async fn scopes_guard_the_credential(backend: Backend) {
         .assert_error(403, "insufficient_scope");
 }
 
-backend_tests!(create_read_update_rotate, scopes_guard_the_credential);
+async fn needs_an_api_plan(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant_on("free").await;
+    app.post(PATH, &t.key, json!({}))
+        .await
+        .assert_error(403, "feature_not_allowed");
+    assert!(
+        app.store
+            .metrics_credential(&t.project_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+backend_tests!(
+    create_read_update_rotate,
+    scopes_guard_the_credential,
+    needs_an_api_plan
+);

@@ -202,6 +202,8 @@ async fn create_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        crate::api::no_store(
+            Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        ),
     ))
 }

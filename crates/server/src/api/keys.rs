@@ -87,7 +87,9 @@ pub async fn create_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        super::no_store(
+            Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        ),
     ))
 }
 
@@ -320,6 +322,8 @@ pub async fn roll_key(
     state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
-        Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        super::no_store(
+            Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
+        ),
     ))
 }

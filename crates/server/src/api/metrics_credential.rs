@@ -49,7 +49,7 @@ pub async fn create_or_rotate(
     let ttl = cache_ttl(&state, &project.id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(view(&issued.credential, ttl, Some(&issued.secret))).into_response(),
+        super::no_store(Json(view(&issued.credential, ttl, Some(&issued.secret))).into_response()),
     ))
 }
 

@@ -18,6 +18,16 @@ use keyflow_store::Page;
 
 use crate::error::{ApiError, ApiResult};
 
+/// Marks a response that carries a secret (a new key, a client secret) as
+/// never to be stored by caches or proxies.
+pub fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 /// `?limit=` (1–1000, default 100) and `?cursor=`.
 pub fn page_from_query(query: &HashMap<String, String>) -> ApiResult<Page> {
     let limit = match query.get("limit") {

@@ -4,7 +4,7 @@
 
 use keyflow_core::clock::UnixMillis;
 use keyflow_core::key_settings::{IpRuleInput, METRICS_CACHE_TTL_MINUTES, validate_allowlist};
-use keyflow_core::keys::{generate_key, random_base62};
+use keyflow_core::keys::{display_prefix, generate_key, random_base62};
 use keyflow_core::{FieldError, IpRule, KeyDigest, KeyType};
 use keyflow_store::{Actor, AuditTarget, MetricsCredential, Project, Store};
 use serde::Serialize;
@@ -58,17 +58,22 @@ pub fn view<'a>(
     }
 }
 
+/// The credential as the activity log names it: by its display prefix
+/// (`mk_live_AbCd`), like keys — members and `audit:read` keys read the log,
+/// and may not see credentials.
 fn target(id: &str) -> AuditTarget {
     AuditTarget {
         kind: "metrics_credential".into(),
-        id: Some(id.to_string()),
-        name: None,
+        id: None,
+        name: Some(display_prefix(id).to_string()),
     }
 }
 
 /// Creates the project's credential, or rotates it: a new id and secret
 /// replace the old ones (so tokens issued for the old id stop working), the
-/// allow-list is kept. Audited as `metrics_credential.created` / `.rotated`.
+/// stored allow-list is kept. Audited as `metrics_credential.created` /
+/// `.rotated` (two rotations racing may both name the same previous prefix;
+/// the stored result is still exactly one credential).
 pub async fn create_or_rotate(
     store: &dyn Store,
     project: &Project,
@@ -86,19 +91,17 @@ pub async fn create_or_rotate(
         project_id: project.id.clone(),
         id,
         secret_digest: KeyDigest::of(&secret),
-        ip_allowlist: previous
-            .as_ref()
-            .map(|p| p.ip_allowlist.clone())
-            .unwrap_or_default(),
+        ip_allowlist: Vec::new(),
         created_at: now,
         last_used_at: None,
     };
+    let prefix = display_prefix(&credential.id);
     let (action, details) = match &previous {
         Some(old) => (
             "metrics_credential.rotated",
-            json!({ "id": credential.id, "previous_id": old.id }),
+            json!({ "prefix": prefix, "previous_prefix": display_prefix(&old.id) }),
         ),
-        None => ("metrics_credential.created", json!({ "id": credential.id })),
+        None => ("metrics_credential.created", json!({ "prefix": prefix })),
     };
     let entry = audit_entry(
         &project.workspace_id,
@@ -110,7 +113,7 @@ pub async fn create_or_rotate(
         details,
         now,
     );
-    store.put_metrics_credential(&credential, &entry).await?;
+    let credential = store.put_metrics_credential(&credential, &entry).await?;
     Ok(IssuedCredential { credential, secret })
 }
 

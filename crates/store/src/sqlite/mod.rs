@@ -89,7 +89,9 @@ impl SqliteStore {
         let (ingest_queue, jobs) = mpsc::channel(4096);
         tokio::spawn(run_writer(pool.clone(), jobs));
         let path = options.get_filename().to_path_buf();
-        let on_disk = !url.contains(":memory:") && !url.contains("mode=memory") && path.is_file();
+        // A plain file URL only: options such as `mode=ro`, `immutable` or a
+        // VFS, and in-memory databases, are left to sqlx for every read.
+        let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
         let reader = on_disk.then(|| reader::Reader::new(path));
         Ok(Self {
             pool,
@@ -207,35 +209,78 @@ fn fail_all(batch: Vec<IngestJob>, reason: &str) {
     }
 }
 
+type Prepared = (Vec<crate::EventOutcome>, Vec<crate::sql_store::EventRow>);
+
+/// Why a job was not prepared.
+enum JobFailure {
+    /// The job's own input is refused (an unknown contact id, a contact
+    /// conflict). Whatever it wrote was rolled back to its savepoint; the
+    /// other jobs of the batch go on.
+    Rejected(crate::StoreError),
+    /// SQLite itself failed: the transaction may be gone (SQLite rolls back
+    /// on I/O errors, a full disk…), so the whole batch fails.
+    Broken(crate::StoreError),
+}
+
+fn is_rejection(e: &crate::StoreError) -> bool {
+    matches!(
+        e,
+        crate::StoreError::Invalid(_) | crate::StoreError::Conflict(_)
+    )
+}
+
 /// Prepares one job inside the open transaction. A job whose preparation
 /// writes (idempotency keys, new contacts) runs in a savepoint so that its
-/// failure leaves no trace; plain jobs only read, and skip the savepoint.
-async fn prepare_job(
-    conn: &mut SqliteConnection,
-    job: &IngestJob,
-) -> crate::StoreResult<(Vec<crate::EventOutcome>, Vec<crate::sql_store::EventRow>)> {
+/// rejection leaves no trace; plain jobs only read, and skip the savepoint.
+async fn prepare_job(conn: &mut SqliteConnection, job: &IngestJob) -> Result<Prepared, JobFailure> {
+    let classify = |e: crate::StoreError| {
+        if is_rejection(&e) {
+            JobFailure::Rejected(e)
+        } else {
+            JobFailure::Broken(e)
+        }
+    };
+    let broken = |e: sqlx::Error| JobFailure::Broken(e.into());
     if job.events.iter().all(crate::sql_store::EventRow::is_plain) {
-        return prepare_events(conn, &job.project_id, &job.events, job.now).await;
+        return prepare_events(conn, &job.project_id, &job.events, job.now)
+            .await
+            .map_err(classify);
     }
     sqlx::raw_sql("SAVEPOINT ingest_job")
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(broken)?;
     match prepare_events(conn, &job.project_id, &job.events, job.now).await {
         Ok(prepared) => {
             sqlx::raw_sql("RELEASE ingest_job")
                 .execute(&mut *conn)
-                .await?;
+                .await
+                .map_err(broken)?;
             Ok(prepared)
         }
-        Err(e) => {
-            // Should this fail, the connection is broken and the batch's
-            // INSERT fails too, failing every job of it.
-            let _ = sqlx::raw_sql("ROLLBACK TO ingest_job; RELEASE ingest_job")
+        Err(e) if is_rejection(&e) => {
+            sqlx::raw_sql("ROLLBACK TO ingest_job; RELEASE ingest_job")
                 .execute(&mut *conn)
-                .await;
-            Err(e)
+                .await
+                .map_err(broken)?;
+            Err(JobFailure::Rejected(e))
         }
+        Err(e) => Err(JobFailure::Broken(e)),
     }
+}
+
+/// A batch that cannot be committed: nothing of it is kept, every job is
+/// told so, and the connection is closed rather than returned to the pool,
+/// where a transaction sqlx does not know about could still be open.
+async fn abandon(
+    mut conn: PoolConnection<Sqlite>,
+    batch: Vec<IngestJob>,
+    reason: &str,
+) -> Option<PoolConnection<Sqlite>> {
+    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+    conn.close_on_drop();
+    fail_all(batch, reason);
+    None
 }
 
 /// The rows of a commit as one JSON array, the single parameter of
@@ -270,7 +315,7 @@ const INSERT_AND_COMMIT: &str = "INSERT INTO events (id, project_id, name, conta
      COMMIT";
 
 /// Commits one batch and answers its jobs. Returns the connection for the
-/// next batch, or `None` when it may be unusable (the pool opens a new one).
+/// next batch, or `None` after a failure (the next batch takes a fresh one).
 async fn commit_batch(
     mut conn: PoolConnection<Sqlite>,
     batch: Vec<IngestJob>,
@@ -292,8 +337,7 @@ async fn commit_batch(
         "BEGIN IMMEDIATE; "
     };
     if with_lookups && let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        fail_all(batch, &e.to_string());
-        return None;
+        return abandon(conn, batch, &e.to_string()).await;
     }
     for job in &batch {
         match prepare_job(&mut conn, job).await {
@@ -301,7 +345,8 @@ async fn commit_batch(
                 rows.append(&mut job_rows);
                 results.push(Ok(outcomes));
             }
-            Err(e) => results.push(Err(e)),
+            Err(JobFailure::Rejected(e)) => results.push(Err(e)),
+            Err(JobFailure::Broken(e)) => return abandon(conn, batch, &e.to_string()).await,
         }
     }
     let statement = format!("{begin_first}{INSERT_AND_COMMIT}");
@@ -318,10 +363,7 @@ async fn commit_batch(
             .map(|_| ())
     };
     if let Err(e) = written {
-        // Whatever step failed, the transaction must not stay open.
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-        fail_all(batch, &e.to_string());
-        return Some(conn);
+        return abandon(conn, batch, &e.to_string()).await;
     }
     for (job, result) in batch.into_iter().zip(results) {
         let _ = job.reply.send(result);

@@ -45,7 +45,9 @@ impl Reader {
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        // A WAL reader waits only in rare cases (recovery after a crash); it
+        // runs on a runtime thread, so it gives up quickly (503) instead.
+        conn.busy_timeout(Duration::from_millis(250))?;
         // These connections never write, whatever a future caller tries.
         conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
@@ -59,9 +61,12 @@ impl Reader {
             None => self.open()?,
         };
         let result = read(&conn);
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < IDLE_CONNECTIONS {
-            idle.push(conn);
+        // A connection that failed (I/O, corruption, busy) is not reused.
+        if result.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(conn);
+            }
         }
         result
     }
