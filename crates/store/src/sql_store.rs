@@ -349,7 +349,8 @@ pub(crate) fn contact_conflict() -> StoreError {
 /// Implements [`crate::Store`] for a backend struct with a `pool: sqlx::Pool<$db>`
 /// field and a `MIGRATIONS: &[Migration]` constant, plus an associated
 /// `async fn lock_migrations(tx)` that serialises concurrent migrators and
-/// `async fn lock_workspace(tx, id)` that serialises membership changes.
+/// `async fn lock_workspace(tx, id)` that serialises membership changes, and
+/// `async fn begin_write(pool)` that opens a transaction meant to write.
 ///
 /// The few statements built with `format!` only splice in the column-list
 /// constants above and numbered placeholders, never input, hence
@@ -804,7 +805,7 @@ macro_rules! impl_sql_store {
                 )
                 .execute(&self.pool)
                 .await?;
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 Self::lock_migrations(&mut tx).await?;
                 let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM keyflow_migrations")
                     .fetch_all(&mut *tx)
@@ -861,7 +862,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn set_workspace_plan(&self, id: &str, plan: Plan, audit: &AuditEntry) -> StoreResult<Option<Plan>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let previous: Option<String> = sqlx::query_scalar("SELECT plan FROM workspaces WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *tx)
@@ -910,7 +911,7 @@ macro_rules! impl_sql_store {
                 m: &Membership,
                 audit: Option<&AuditEntry>,
             ) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 sqlx::query("INSERT INTO operators (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&op.id)
                     .bind(&op.email)
@@ -1004,7 +1005,7 @@ macro_rules! impl_sql_store {
                 role: keyflow_core::Role,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 Self::lock_workspace(&mut tx, workspace_id).await?;
                 // The last owner cannot be demoted: checked in the statement
                 // itself, not only by the caller's earlier read.
@@ -1024,7 +1025,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn remove_member(&self, workspace_id: &str, operator_id: &str, audit: &AuditEntry) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 Self::lock_workspace(&mut tx, workspace_id).await?;
                 let done = sqlx::query(
                     "DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2 AND (role <> 'owner' OR \
@@ -1070,7 +1071,7 @@ macro_rules! impl_sql_store {
                     .rate_limit
                     .map(|rl| serde_json::to_string(&rl).map_err(|e| StoreError::Corrupt(e.to_string())))
                     .transpose()?;
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 sqlx::query(
                     "INSERT INTO project_settings (project_id, rate_limit, metrics_cache_ttl_minutes) VALUES ($1, $2, $3) \
                      ON CONFLICT (project_id) DO UPDATE SET rate_limit = excluded.rate_limit, \
@@ -1108,7 +1109,7 @@ macro_rules! impl_sql_store {
 
             async fn put_metrics_credential(&self, c: &MetricsCredential, audit: &AuditEntry) -> StoreResult<MetricsCredential> {
                 let allowlist = serde_json::to_string(&c.ip_allowlist).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 // A rotation keeps the stored allow-list (never the caller's
                 // copy, which a concurrent change may have made stale).
                 let stored: String = sqlx::query_scalar(
@@ -1140,7 +1141,7 @@ macro_rules! impl_sql_store {
                 cache_ttl_minutes: Option<i64>,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 // Write first: on SQLite a transaction that starts by reading
                 // cannot wait for the write lock (it fails with SQLITE_BUSY).
                 let allowlist = ip_allowlist
@@ -1188,7 +1189,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 sqlx::query(
                     "INSERT INTO sessions (id_hash, operator_id, csrf_token, created_at, last_seen_at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -1244,7 +1245,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 write_key(&mut tx, key).await?;
                 write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -1305,7 +1306,7 @@ macro_rules! impl_sql_store {
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
                 let columns = settings_columns(s)?;
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let done = sqlx::query(
                     "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
                      allowed_origins = $5, rate_limit = $6 \
@@ -1333,7 +1334,7 @@ macro_rules! impl_sql_store {
                 at: UnixMillis,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let done = sqlx::query(
                     "UPDATE api_keys SET revoked_at = $1 WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
                 )
@@ -1355,7 +1356,7 @@ macro_rules! impl_sql_store {
                 new_key: &ApiKey,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 // An earlier expiry the key already had is kept.
                 let done = sqlx::query(
                     "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < $1 \
@@ -1378,7 +1379,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 for chunk in usage.chunks(USAGE_CHUNK) {
                     let sql = usage_update_sql(chunk.len());
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -1392,7 +1393,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn add_daily_usage(&self, rows: &[(String, DailyUsage)]) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 for (key_id, u) in rows {
                     sqlx::query(
                         "INSERT INTO key_usage_daily (key_id, day, requests, errors, rate_limited) \
@@ -1435,7 +1436,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 write_audit(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1477,7 +1478,7 @@ macro_rules! impl_sql_store {
                 // conflict; the second finds and updates it.
                 let mut attempt = 0;
                 loop {
-                    let mut tx = self.pool.begin().await?;
+                    let mut tx = Self::begin_write(&self.pool).await?;
                     match upsert_contact_in(&mut tx, project_id, changes, actions, audit, now).await {
                         Ok(outcome) => {
                             tx.commit().await?;
@@ -1496,7 +1497,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<Vec<StoreResult<UpsertOutcome>>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let mut results = Vec::with_capacity(items.len());
                 for changes in items {
                     let mut item = sqlx::Connection::begin(&mut *tx).await?;
@@ -1534,7 +1535,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<Option<Contact>> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let Some(current) = find_contact(&mut tx, project_id, lookup).await? else {
                     return Ok(None);
                 };
@@ -1553,7 +1554,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = Self::begin_write(&self.pool).await?;
                 let Some(contact) = find_contact(&mut tx, project_id, &ContactLookup::Id(id.to_string())).await? else {
                     return Ok(false);
                 };

@@ -360,7 +360,68 @@ async fn contact_scopes_and_categories(backend: Backend) {
         .assert_error(403, "insufficient_scope");
 }
 
+/// Contact writes while the event writer is busy: on SQLite they wait for
+/// the write lock instead of failing with SQLITE_BUSY (a transaction that
+/// read first could not wait for it).
+async fn contact_writes_wait_for_busy_ingest(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.default_rate_limit = keyflow_core::RateLimit::per_minute(100_000)
+    })
+    .await;
+    let t = app.tenant().await;
+    let created = app
+        .post("/v1/contacts", &t.key, json!({"email": "busy@x.io"}))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ingest = Vec::new();
+    for client in 0..6 {
+        let (http, base, key, stop) = (
+            app.client.clone(),
+            app.base_url.clone(),
+            t.key.clone(),
+            stop.clone(),
+        );
+        ingest.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Email identities make the writer hold its transaction across
+                // several statements (lookups, savepoints).
+                let events: Vec<Value> = (0..20)
+                    .map(|i| json!({"name": "load", "email": format!("l{client}-{n}-{i}@x.io")}))
+                    .collect();
+                let r = http
+                    .post(format!("{base}/v1/events/batch"))
+                    .bearer_auth(&key)
+                    .json(&json!({"events": events}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                n += 1;
+            }
+        }));
+    }
+    for i in 0..30 {
+        let patched = app
+            .patch(
+                &format!("/v1/contacts/{id}"),
+                &t.key,
+                json!({"properties": {"round": i}}),
+            )
+            .await;
+        assert_eq!(patched.status, 200, "round {i}: {}", patched.body);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in ingest {
+        task.await.unwrap();
+    }
+    let contact = app.get(&format!("/v1/contacts/{id}"), &t.key).await;
+    assert_eq!(contact.body["properties"]["round"], 29);
+}
+
 backend_tests!(
+    contact_writes_wait_for_busy_ingest,
     create_or_update_with_merge,
     list_is_paginated_and_project_scoped,
     batch_applies_valid_items,

@@ -66,6 +66,13 @@ impl PostgresStore {
 }
 
 impl PostgresStore {
+    /// PostgreSQL transactions need nothing special to write.
+    async fn begin_write(
+        pool: &sqlx::PgPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        pool.begin().await
+    }
+
     /// Serialises membership changes of one workspace: under READ COMMITTED,
     /// two concurrent demotions of its last two owners would each still
     /// count two owners and both succeed. With the workspace row locked, the

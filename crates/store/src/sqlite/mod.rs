@@ -117,6 +117,16 @@ impl SqliteStore {
         self.reader.as_ref().map(|r| r.contact(project_id, lookup))
     }
 
+    /// Write transactions take SQLite's write lock at `BEGIN` (waiting under
+    /// busy_timeout). A deferred transaction that reads first could not wait:
+    /// its first write would fail at once with SQLITE_BUSY while the event
+    /// writer holds the lock, or with SQLITE_BUSY_SNAPSHOT after it committed.
+    async fn begin_write(
+        pool: &sqlx::SqlitePool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// SQLite runs one writer at a time, and a write transaction always works
     /// on the latest data: nothing to lock (see the PostgreSQL store).
     async fn lock_workspace(
