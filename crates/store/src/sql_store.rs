@@ -350,7 +350,8 @@ pub(crate) fn contact_conflict() -> StoreError {
 /// field and a `MIGRATIONS: &[Migration]` constant, plus an associated
 /// `async fn lock_migrations(tx)` that serialises concurrent migrators and
 /// `async fn lock_workspace(tx, id)` that serialises membership changes, and
-/// `async fn begin_write(pool)` that opens a transaction meant to write.
+/// `async fn begin_write(&self)` that opens a transaction meant to write, as
+/// the module's `WriteTx` type.
 ///
 /// The few statements built with `format!` only splice in the column-list
 /// constants above and numbered placeholders, never input, hence
@@ -379,7 +380,9 @@ macro_rules! impl_sql_store {
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
-        type Tx<'a> = sqlx::Transaction<'a, $db>;
+        /// A transaction meant to write, from `begin_write` (the backend's
+        /// `WriteTx`: on SQLite it also holds the instance's write turn).
+        type Tx<'a> = WriteTx<'a>;
         /// A bare connection: helpers that only run statements take this, so the
         /// SQLite writer can call them inside a transaction it manages itself.
         type Conn = <$db as sqlx::Database>::Connection;
@@ -430,7 +433,7 @@ macro_rules! impl_sql_store {
             .into_model()
         }
 
-        async fn write_audit(tx: &mut Tx<'_>, e: &AuditEntry) -> StoreResult<()> {
+        async fn write_audit(tx: &mut Conn, e: &AuditEntry) -> StoreResult<()> {
             let (actor_type, actor_id, actor_name, actor_prefix) = actor_columns(&e.actor);
             sqlx::query(INSERT_AUDIT)
                 .bind(&e.id)
@@ -447,7 +450,7 @@ macro_rules! impl_sql_store {
                 .bind(&e.target.name)
                 .bind(&e.ip)
                 .bind(e.details.to_string())
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             Ok(())
         }
@@ -490,7 +493,7 @@ macro_rules! impl_sql_store {
             })
         }
 
-        async fn write_key(tx: &mut Tx<'_>, k: &ApiKey) -> StoreResult<()> {
+        async fn write_key(tx: &mut Conn, k: &ApiKey) -> StoreResult<()> {
             let (created_type, created_id, created_name, created_prefix) = actor_columns(&k.created_by);
             let columns = settings_columns(&k.settings)?;
             sqlx::query(INSERT_KEY)
@@ -514,7 +517,7 @@ macro_rules! impl_sql_store {
                 .bind(columns.allowed_events)
                 .bind(columns.allowed_origins)
                 .bind(columns.rate_limit)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::from_write(e, "api key"))?;
             Ok(())
@@ -567,7 +570,7 @@ macro_rules! impl_sql_store {
             row.as_ref().map(contact_from_row).transpose()
         }
 
-        async fn write_contact(tx: &mut Tx<'_>, contact: &Contact, exists: bool) -> StoreResult<()> {
+        async fn write_contact(tx: &mut Conn, contact: &Contact, exists: bool) -> StoreResult<()> {
             let f = &contact.fields;
             let query = if exists {
                 sqlx::query(
@@ -596,7 +599,7 @@ macro_rules! impl_sql_store {
             if !exists {
                 query = query.bind(contact.created_at);
             }
-            query.execute(&mut **tx).await.map_err(|e| match StoreError::from_write(e, "contact") {
+            query.execute(&mut *tx).await.map_err(|e| match StoreError::from_write(e, "contact") {
                 StoreError::Conflict(_) => contact_conflict(),
                 other => other,
             })?;
@@ -604,7 +607,7 @@ macro_rules! impl_sql_store {
         }
 
         async fn audit_contact(
-            tx: &mut Tx<'_>,
+            tx: &mut Conn,
             contact: &Contact,
             action: &str,
             audit: Option<&AuditContext>,
@@ -631,7 +634,7 @@ macro_rules! impl_sql_store {
 
         /// The create-or-update of SPEC §3 inside a transaction.
         async fn upsert_contact_in(
-            tx: &mut Tx<'_>,
+            tx: &mut Conn,
             project_id: &str,
             changes: &ContactChanges,
             actions: UpsertActions,
@@ -805,7 +808,7 @@ macro_rules! impl_sql_store {
                 )
                 .execute(&self.pool)
                 .await?;
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 Self::lock_migrations(&mut tx).await?;
                 let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM keyflow_migrations")
                     .fetch_all(&mut *tx)
@@ -862,7 +865,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn set_workspace_plan(&self, id: &str, plan: Plan, audit: &AuditEntry) -> StoreResult<Option<Plan>> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let previous: Option<String> = sqlx::query_scalar("SELECT plan FROM workspaces WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *tx)
@@ -911,7 +914,7 @@ macro_rules! impl_sql_store {
                 m: &Membership,
                 audit: Option<&AuditEntry>,
             ) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO operators (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
                     .bind(&op.id)
                     .bind(&op.email)
@@ -1005,7 +1008,7 @@ macro_rules! impl_sql_store {
                 role: keyflow_core::Role,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 Self::lock_workspace(&mut tx, workspace_id).await?;
                 // The last owner cannot be demoted: checked in the statement
                 // itself, not only by the caller's earlier read.
@@ -1025,7 +1028,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn remove_member(&self, workspace_id: &str, operator_id: &str, audit: &AuditEntry) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 Self::lock_workspace(&mut tx, workspace_id).await?;
                 let done = sqlx::query(
                     "DELETE FROM memberships WHERE workspace_id = $1 AND operator_id = $2 AND (role <> 'owner' OR \
@@ -1071,7 +1074,7 @@ macro_rules! impl_sql_store {
                     .rate_limit
                     .map(|rl| serde_json::to_string(&rl).map_err(|e| StoreError::Corrupt(e.to_string())))
                     .transpose()?;
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO project_settings (project_id, rate_limit, metrics_cache_ttl_minutes) VALUES ($1, $2, $3) \
                      ON CONFLICT (project_id) DO UPDATE SET rate_limit = excluded.rate_limit, \
@@ -1109,7 +1112,7 @@ macro_rules! impl_sql_store {
 
             async fn put_metrics_credential(&self, c: &MetricsCredential, audit: &AuditEntry) -> StoreResult<MetricsCredential> {
                 let allowlist = serde_json::to_string(&c.ip_allowlist).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 // A rotation keeps the stored allow-list (never the caller's
                 // copy, which a concurrent change may have made stale).
                 let stored: String = sqlx::query_scalar(
@@ -1141,7 +1144,7 @@ macro_rules! impl_sql_store {
                 cache_ttl_minutes: Option<i64>,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 // Write first: on SQLite a transaction that starts by reading
                 // cannot wait for the write lock (it fails with SQLITE_BUSY).
                 let allowlist = ip_allowlist
@@ -1189,7 +1192,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO sessions (id_hash, operator_id, csrf_token, created_at, last_seen_at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -1245,7 +1248,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 write_key(&mut tx, key).await?;
                 write_audit(&mut tx, audit).await?;
                 tx.commit().await?;
@@ -1306,7 +1309,7 @@ macro_rules! impl_sql_store {
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
                 let columns = settings_columns(s)?;
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
                      allowed_origins = $5, rate_limit = $6 \
@@ -1334,7 +1337,7 @@ macro_rules! impl_sql_store {
                 at: UnixMillis,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE api_keys SET revoked_at = $1 WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
                 )
@@ -1356,7 +1359,7 @@ macro_rules! impl_sql_store {
                 new_key: &ApiKey,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 // An earlier expiry the key already had is kept.
                 let done = sqlx::query(
                     "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < $1 \
@@ -1379,7 +1382,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 for chunk in usage.chunks(USAGE_CHUNK) {
                     let sql = usage_update_sql(chunk.len());
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -1393,7 +1396,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn add_daily_usage(&self, rows: &[(String, DailyUsage)]) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 for (key_id, u) in rows {
                     sqlx::query(
                         "INSERT INTO key_usage_daily (key_id, day, requests, errors, rate_limited) \
@@ -1436,7 +1439,7 @@ macro_rules! impl_sql_store {
             }
 
             async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 write_audit(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1478,7 +1481,7 @@ macro_rules! impl_sql_store {
                 // conflict; the second finds and updates it.
                 let mut attempt = 0;
                 loop {
-                    let mut tx = Self::begin_write(&self.pool).await?;
+                    let mut tx = self.begin_write().await?;
                     match upsert_contact_in(&mut tx, project_id, changes, actions, audit, now).await {
                         Ok(outcome) => {
                             tx.commit().await?;
@@ -1497,7 +1500,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<Vec<StoreResult<UpsertOutcome>>> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let mut results = Vec::with_capacity(items.len());
                 for changes in items {
                     let mut item = sqlx::Connection::begin(&mut *tx).await?;
@@ -1535,7 +1538,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<Option<Contact>> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let Some(current) = find_contact(&mut tx, project_id, lookup).await? else {
                     return Ok(None);
                 };
@@ -1554,7 +1557,7 @@ macro_rules! impl_sql_store {
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<bool> {
-                let mut tx = Self::begin_write(&self.pool).await?;
+                let mut tx = self.begin_write().await?;
                 let Some(contact) = find_contact(&mut tx, project_id, &ContactLookup::Id(id.to_string())).await? else {
                     return Ok(false);
                 };

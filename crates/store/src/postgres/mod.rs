@@ -55,11 +55,9 @@ impl PostgresStore {
 
     /// Several instances may start at once; a transaction-scoped advisory lock
     /// makes them apply migrations one after another.
-    async fn lock_migrations(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    ) -> Result<(), crate::StoreError> {
+    async fn lock_migrations(conn: &mut sqlx::PgConnection) -> Result<(), crate::StoreError> {
         sqlx::query("SELECT pg_advisory_xact_lock(7231983)")
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
@@ -67,10 +65,8 @@ impl PostgresStore {
 
 impl PostgresStore {
     /// PostgreSQL transactions need nothing special to write.
-    async fn begin_write(
-        pool: &sqlx::PgPool,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        pool.begin().await
+    async fn begin_write(&self) -> Result<WriteTx<'static>, sqlx::Error> {
+        self.pool.begin().await
     }
 
     /// Serialises membership changes of one workspace: under READ COMMITTED,
@@ -78,12 +74,12 @@ impl PostgresStore {
     /// count two owners and both succeed. With the workspace row locked, the
     /// second waits and then sees the first one's result.
     async fn lock_workspace(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        conn: &mut sqlx::PgConnection,
         workspace_id: &str,
     ) -> Result<(), crate::StoreError> {
         sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR UPDATE")
             .bind(workspace_id)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }
@@ -162,5 +158,8 @@ async fn insert_event_rows(
     }
     Ok(())
 }
+
+/// A transaction meant to write (see `impl_sql_store!`).
+type WriteTx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
 impl_sql_store!(PostgresStore, sqlx::Postgres, "postgres");

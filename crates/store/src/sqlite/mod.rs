@@ -2,6 +2,7 @@
 //! that commits many requests' events in one transaction.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Sqlite;
@@ -17,6 +18,9 @@ mod reader;
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// Whose turn it is to write: the event writer (per batch) and every
+    /// other write transaction queue here, first come first served.
+    write_turn: Arc<tokio::sync::Mutex<()>>,
     ingest_queue: mpsc::Sender<IngestJob>,
     /// Point reads on the calling thread; `None` for in-memory databases.
     reader: Option<reader::Reader>,
@@ -87,7 +91,8 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let (ingest_queue, jobs) = mpsc::channel(4096);
-        tokio::spawn(run_writer(pool.clone(), jobs));
+        let write_turn = Arc::new(tokio::sync::Mutex::new(()));
+        tokio::spawn(run_writer(pool.clone(), write_turn.clone(), jobs));
         let path = options.get_filename().to_path_buf();
         // A plain file URL only: options such as `mode=ro`, `immutable` or a
         // VFS, and in-memory databases, are left to sqlx for every read.
@@ -95,6 +100,7 @@ impl SqliteStore {
         let reader = on_disk.then(|| reader::Reader::new(path));
         Ok(Self {
             pool,
+            write_turn,
             ingest_queue,
             reader,
         })
@@ -121,25 +127,29 @@ impl SqliteStore {
     /// busy_timeout). A deferred transaction that reads first could not wait:
     /// its first write would fail at once with SQLITE_BUSY while the event
     /// writer holds the lock, or with SQLITE_BUSY_SNAPSHOT after it committed.
-    async fn begin_write(
-        pool: &sqlx::SqlitePool,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        pool.begin_with("BEGIN IMMEDIATE").await
+    ///
+    /// First, though, the instance's write turn: SQLite's own busy waiting
+    /// polls with growing sleeps, so a transaction waiting for the event
+    /// writer (which takes the lock again right after each commit) could wait
+    /// for seconds. The turn is a fair queue shared with the writer; the
+    /// SQLite lock then only arbitrates with other processes (the CLI).
+    async fn begin_write(&self) -> Result<WriteTx<'static>, sqlx::Error> {
+        let turn = self.write_turn.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// SQLite runs one writer at a time, and a write transaction always works
     /// on the latest data: nothing to lock (see the PostgreSQL store).
     async fn lock_workspace(
-        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        _conn: &mut SqliteConnection,
         _workspace_id: &str,
     ) -> Result<(), crate::StoreError> {
         Ok(())
     }
 
     /// SQLite runs one writer at a time; the migration transaction is enough.
-    async fn lock_migrations(
-        _tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    ) -> Result<(), crate::StoreError> {
+    async fn lock_migrations(_conn: &mut SqliteConnection) -> Result<(), crate::StoreError> {
         Ok(())
     }
 
@@ -173,7 +183,11 @@ impl SqliteStore {
 /// and manages its transaction with plain SQL: a batch whose events need no
 /// lookups (anonymous events, the bulk of browser tracking) is committed with
 /// a single round trip, `BEGIN IMMEDIATE; INSERT …; COMMIT`.
-async fn run_writer(pool: sqlx::SqlitePool, mut jobs: mpsc::Receiver<IngestJob>) {
+async fn run_writer(
+    pool: sqlx::SqlitePool,
+    write_turn: Arc<tokio::sync::Mutex<()>>,
+    mut jobs: mpsc::Receiver<IngestJob>,
+) {
     let mut conn: Option<PoolConnection<Sqlite>> = None;
     while let Some(first) = jobs.recv().await {
         let mut count = first.events.len();
@@ -207,7 +221,9 @@ async fn run_writer(pool: sqlx::SqlitePool, mut jobs: mpsc::Receiver<IngestJob>)
                 }
             },
         };
+        let turn = write_turn.lock().await;
         conn = commit_batch(connection, batch).await;
+        drop(turn);
     }
 }
 
@@ -379,6 +395,32 @@ async fn commit_batch(
         let _ = job.reply.send(result);
     }
     Some(conn)
+}
+
+/// A transaction meant to write, holding the instance's write turn until it
+/// commits or is dropped (see `SqliteStore::begin_write`).
+pub(crate) struct WriteTx<'a> {
+    tx: sqlx::Transaction<'a, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx<'_> {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl_sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
