@@ -272,6 +272,22 @@ async fn dashboard_flow_in_a_real_browser(backend: Backend) {
     );
     browser.screenshot(&format!("{name}-activity-after")).await;
 
+    // The metrics credential: create it, see the secret once, then never again.
+    browser.goto(&format!("{base}/metrics-credential")).await;
+    browser.click("button[type=submit]").await;
+    let secret = browser.text("#client-secret").await;
+    let credential_id = browser.text("#credential-id").await;
+    assert!(credential_id.starts_with("mk_live_") && secret.len() >= 43);
+    browser
+        .screenshot(&format!("{name}-metrics-credential-reveal"))
+        .await;
+    browser.goto(&format!("{base}/metrics-credential")).await;
+    let page = browser.source().await;
+    assert!(page.contains(&credential_id) && !page.contains(&secret));
+    browser
+        .screenshot(&format!("{name}-metrics-credential"))
+        .await;
+
     // A member cannot open the keys page.
     app.admin(
         reqwest::Method::POST,

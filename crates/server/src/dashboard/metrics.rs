@@ -83,8 +83,8 @@ fn credential_body(
         let rule = c.ip_allowlist.get(i);
         let _ = write!(
             body,
-            "<div class=\"row\"><input name=\"cidr_{i}\" value=\"{}\" aria-label=\"Address or CIDR {n}\">\
-             <input name=\"description_{i}\" value=\"{}\" aria-label=\"Description {n}\"></div>",
+            "<div class=\"row\"><input name=\"cidr_{i}\" placeholder=\"203.0.113.0/24 or 2001:db8::1\" value=\"{}\" aria-label=\"Address or CIDR {n}\">\
+             <input name=\"description_{i}\" placeholder=\"Description\" value=\"{}\" aria-label=\"Description {n}\"></div>",
             escape(rule.map(|r| r.cidr.as_str()).unwrap_or("")),
             escape(rule.map(|r| r.description.as_str()).unwrap_or("")),
             n = i + 1
