@@ -332,6 +332,48 @@ impl EventRow {
             )
     }
 
+    pub(crate) fn new(
+        id: String,
+        project_id: &str,
+        event: &keyflow_core::events::NewEvent,
+        contact_id: Option<String>,
+        now: i64,
+    ) -> Self {
+        EventRow {
+            id,
+            project_id: project_id.to_string(),
+            name: event.name.clone(),
+            contact_id,
+            anonymous_id: event.anonymous_id.clone(),
+            properties: properties_to_column(&event.properties),
+            timestamp: event.timestamp,
+            received_at: now,
+            idempotency_key: event.idempotency_key.clone(),
+        }
+    }
+
+    /// Ids and rows of events that need no lookups (see [`Self::needs_lookups`]):
+    /// built here, without touching the database.
+    pub(crate) fn lookup_free(
+        project_id: &str,
+        events: &[keyflow_core::events::NewEvent],
+        now: i64,
+    ) -> (Vec<crate::EventOutcome>, Vec<EventRow>) {
+        events
+            .iter()
+            .map(|event| {
+                let id = crate::new_id();
+                (
+                    crate::EventOutcome {
+                        id: id.clone(),
+                        duplicate: false,
+                    },
+                    EventRow::new(id, project_id, event, None, now),
+                )
+            })
+            .unzip()
+    }
+
     /// Whether preparing this event touches the database at all (contact
     /// lookups, idempotency claims). Events that do not — anonymous, without
     /// an idempotency key: the bulk of tracking — can be written with a
@@ -779,17 +821,7 @@ macro_rules! impl_sql_store {
                         found
                     }
                 };
-                rows.push(EventRow {
-                    id: id.clone(),
-                    project_id: project_id.to_string(),
-                    name: event.name.clone(),
-                    contact_id,
-                    anonymous_id: event.anonymous_id.clone(),
-                    properties: properties_to_column(&event.properties),
-                    timestamp: event.timestamp,
-                    received_at: now,
-                    idempotency_key: event.idempotency_key.clone(),
-                });
+                rows.push(EventRow::new(id.clone(), project_id, event, contact_id, now));
                 outcomes.push(EventOutcome { id, duplicate: false });
             }
             Ok((outcomes, rows))

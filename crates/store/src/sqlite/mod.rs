@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::sql_store::{Migration, impl_sql_store};
 
+mod direct;
 mod reader;
 
 pub struct SqliteStore {
@@ -27,11 +28,11 @@ pub struct SqliteStore {
 }
 
 /// One request's events waiting for the writer, and where to send the result.
-struct IngestJob {
-    project_id: String,
-    events: Vec<NewEvent>,
-    now: i64,
-    reply: oneshot::Sender<crate::StoreResult<Vec<crate::EventOutcome>>>,
+pub(crate) struct IngestJob {
+    pub(crate) project_id: String,
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) now: i64,
+    pub(crate) reply: oneshot::Sender<crate::StoreResult<Vec<crate::EventOutcome>>>,
 }
 
 /// Jobs taken into one transaction at most (bounded so one commit stays short).
@@ -92,12 +93,23 @@ impl SqliteStore {
             .await?;
         let (ingest_queue, jobs) = mpsc::channel(4096);
         let write_turn = Arc::new(tokio::sync::Mutex::new(()));
-        tokio::spawn(run_writer(pool.clone(), write_turn.clone(), jobs));
         let path = options.get_filename().to_path_buf();
         // A plain file URL only: options such as `mode=ro`, `immutable` or a
-        // VFS, and in-memory databases, are left to sqlx for every read.
+        // VFS, and in-memory databases, are left to sqlx for everything.
         let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
-        let reader = on_disk.then(|| reader::Reader::new(path));
+        let reader = on_disk.then(|| reader::Reader::new(path.clone()));
+        let direct = on_disk.then(|| direct::DirectWriter::new(path));
+        let (runtime, writer_pool, turn) = (
+            tokio::runtime::Handle::current(),
+            pool.clone(),
+            write_turn.clone(),
+        );
+        std::thread::Builder::new()
+            .name("keyflow-sqlite-writer".into())
+            .spawn(move || run_writer(runtime, writer_pool, turn, direct, jobs))
+            .map_err(|e| {
+                crate::StoreError::Config(format!("cannot start the SQLite writer thread: {e}"))
+            })?;
         Ok(Self {
             pool,
             write_turn,
@@ -173,29 +185,29 @@ impl SqliteStore {
     }
 }
 
-/// The single writer: takes every job waiting, prepares each (claiming
-/// idempotency keys, resolving contacts), inserts all their rows with one
-/// statement, commits once, then answers each job. Nothing is acknowledged
-/// before its commit; one failing job fails alone.
+/// The single writer, on a thread of its own: takes every job waiting,
+/// prepares each (claiming idempotency keys, resolving contacts), inserts all
+/// their rows with one statement, commits once, then answers each job.
+/// Nothing is acknowledged before its commit; a refused job fails alone.
 ///
-/// sqlx runs each SQLite connection on its own thread and every statement is
-/// a round trip to it (two thread wake-ups), so the writer keeps one connection
-/// and manages its transaction with plain SQL: a batch whose events need no
-/// lookups (anonymous events, the bulk of browser tracking) is committed with
-/// a single round trip, `BEGIN IMMEDIATE; INSERT …; COMMIT`.
-async fn run_writer(
+/// Batches that need no lookups (anonymous events, the bulk of tracking) are
+/// committed on this thread through its own connection ([`direct`]): no
+/// round trip to a sqlx worker thread. Others go through sqlx (each
+/// statement a round trip), driven from here with the runtime's handle. Both
+/// hold the store's write turn, so other write transactions queue fairly.
+fn run_writer(
+    runtime: tokio::runtime::Handle,
     pool: sqlx::SqlitePool,
     write_turn: Arc<tokio::sync::Mutex<()>>,
+    mut direct: Option<direct::DirectWriter>,
     mut jobs: mpsc::Receiver<IngestJob>,
 ) {
     let mut conn: Option<PoolConnection<Sqlite>> = None;
-    while let Some(first) = jobs.recv().await {
+    while let Some(first) = jobs.blocking_recv() {
         let mut count = first.events.len();
         let mut batch = vec![first];
-        // Group commit: requests that arrive together are parsed by other
-        // tasks a moment apart. Yielding lets them reach the queue so they
-        // share this commit's fsync instead of each paying for one; stop as
-        // soon as a yield brings nothing new.
+        // Group commit: take everything queued. Requests parsed a moment
+        // apart get two yields of this thread to join and share the fsync.
         let mut idle_yields = 0;
         while batch.len() < MAX_JOBS_PER_COMMIT && count < MAX_EVENTS_PER_COMMIT && idle_yields < 2
         {
@@ -207,27 +219,42 @@ async fn run_writer(
                 }
                 Err(_) => {
                     idle_yields += 1;
-                    tokio::task::yield_now().await;
+                    std::thread::yield_now();
                 }
             }
         }
-        let connection = match conn.take() {
-            Some(c) => c,
-            None => match pool.acquire().await {
-                Ok(c) => c,
-                Err(e) => {
-                    fail_all(batch, &e.to_string());
-                    continue;
-                }
-            },
-        };
-        let turn = write_turn.lock().await;
-        conn = commit_batch(connection, batch).await;
+        let turn = write_turn.blocking_lock();
+        let lookups = batch.iter().any(|job| {
+            job.events
+                .iter()
+                .any(crate::sql_store::EventRow::needs_lookups)
+        });
+        if !lookups && let Some(direct) = direct.as_mut() {
+            if let Err(e) = direct.commit(batch) {
+                tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
+                direct.reset();
+            }
+            drop(turn);
+            continue;
+        }
+        conn = runtime.block_on(async {
+            let connection = match conn.take() {
+                Some(c) => c,
+                None => match pool.acquire().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        fail_all(batch, &e.to_string());
+                        return None;
+                    }
+                },
+            };
+            commit_batch(connection, batch).await
+        });
         drop(turn);
     }
 }
 
-fn fail_all(batch: Vec<IngestJob>, reason: &str) {
+pub(crate) fn fail_all(batch: Vec<IngestJob>, reason: &str) {
     for job in batch {
         let _ = job
             .reply
@@ -310,11 +337,11 @@ async fn abandon(
 }
 
 /// The rows of a commit as one JSON array, the single parameter of
-/// [`INSERT_AND_COMMIT`]. One prepared statement serves any row count, and one
+/// [`INSERT_EVENTS`]. One prepared statement serves any row count, and one
 /// bind replaces up to thousands (binding hundreds of parameters per
 /// statement, and preparing a statement per row count, were the writer's main
 /// costs).
-fn rows_as_json(rows: &[crate::sql_store::EventRow]) -> String {
+pub(crate) fn rows_as_json(rows: &[crate::sql_store::EventRow]) -> String {
     let array: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -334,11 +361,10 @@ fn rows_as_json(rows: &[crate::sql_store::EventRow]) -> String {
     serde_json::Value::Array(array).to_string()
 }
 
-const INSERT_AND_COMMIT: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
+pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
      properties, timestamp, received_at, idempotency_key) \
      SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4, e.value ->> 5, \
-     e.value ->> 6, e.value ->> 7, e.value ->> 8 FROM json_each(?1) AS e; \
-     COMMIT";
+     e.value ->> 6, e.value ->> 7, e.value ->> 8 FROM json_each(?1) AS e";
 
 /// Commits one batch and answers its jobs. Returns the connection for the
 /// next batch, or `None` after a failure (the next batch takes a fresh one).
@@ -375,7 +401,7 @@ async fn commit_batch(
             Err(JobFailure::Broken(e)) => return abandon(conn, batch, &e.to_string()).await,
         }
     }
-    let statement = format!("{begin_first}{INSERT_AND_COMMIT}");
+    let statement = format!("{begin_first}{INSERT_EVENTS}; COMMIT");
     let written = if rows.is_empty() {
         sqlx::raw_sql(if with_lookups { "COMMIT" } else { "" })
             .execute(&mut *conn)

@@ -1,0 +1,89 @@
+//! The writer's own SQLite connection for batches that need no lookups
+//! (anonymous events without idempotency keys: the bulk of tracking).
+//!
+//! Through sqlx, a commit is a round trip to the connection's worker thread:
+//! two wake-ups, ~0.2 ms of a ~0.85 ms commit cycle on a small VM. Here the
+//! writer thread runs `BEGIN IMMEDIATE; INSERT …; COMMIT` itself. Batches with
+//! lookups keep the sqlx path: both run under the same write turn.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::{INSERT_EVENTS, IngestJob, fail_all, rows_as_json};
+use crate::sql_store::EventRow;
+
+pub(crate) struct DirectWriter {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl DirectWriter {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self { path, conn: None }
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // The same durability as the sqlx connections: acknowledged only
+        // once the WAL is on disk.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        Ok(conn)
+    }
+
+    /// Forget the connection after a failure; the next batch opens a new one.
+    pub(crate) fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    /// Commits a lookup-free batch and answers its jobs (all or nothing: a
+    /// failure fails every job and stores nothing).
+    pub(crate) fn commit(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut rows: Vec<EventRow> = Vec::new();
+        for job in &batch {
+            let (ids, mut job_rows) = EventRow::lookup_free(&job.project_id, &job.events, job.now);
+            outcomes.push(ids);
+            rows.append(&mut job_rows);
+        }
+        let json = rows_as_json(&rows);
+        let result = self.write(&json);
+        match result {
+            Ok(()) => {
+                for (job, ids) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(ids));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                fail_all(batch, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, rows_json: &str) -> rusqlite::Result<()> {
+        if self.conn.is_none() {
+            self.conn = Some(self.open()?);
+        }
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(rusqlite::Error::InvalidQuery);
+        };
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let inserted = conn
+            .prepare_cached(INSERT_EVENTS)
+            .and_then(|mut insert| insert.execute([rows_json]));
+        match inserted.and_then(|_| conn.execute_batch("COMMIT")) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Nothing of the batch may stay; if even this fails the
+                // caller drops the connection.
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
