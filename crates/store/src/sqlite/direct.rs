@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{INSERT_EVENTS, IngestJob, fail_all, rows_as_json};
+use super::{IngestJob, fail_all};
 use crate::sql_store::EventRow;
 
 pub(crate) struct DirectWriter {
@@ -49,8 +49,7 @@ impl DirectWriter {
             outcomes.push(ids);
             rows.append(&mut job_rows);
         }
-        let json = rows_as_json(&rows);
-        let result = self.write(&json);
+        let result = self.write(&rows);
         match result {
             Ok(()) => {
                 for (job, ids) in batch.into_iter().zip(outcomes) {
@@ -65,7 +64,7 @@ impl DirectWriter {
         }
     }
 
-    fn write(&mut self, rows_json: &str) -> rusqlite::Result<()> {
+    fn write(&mut self, rows: &[EventRow]) -> rusqlite::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(self.open()?);
         }
@@ -73,10 +72,27 @@ impl DirectWriter {
             return Err(rusqlite::Error::InvalidQuery);
         };
         conn.execute_batch("BEGIN IMMEDIATE")?;
+        // One prepared single-row INSERT per row: binding is cheap here (no
+        // round trips), cheaper than encoding and re-parsing a JSON array.
         let inserted = conn
-            .prepare_cached(INSERT_EVENTS)
-            .and_then(|mut insert| insert.execute([rows_json]));
-        match inserted.and_then(|_| conn.execute_batch("COMMIT")) {
+            .prepare_cached(INSERT_EVENT_ROW)
+            .and_then(|mut insert| {
+                for r in rows {
+                    insert.execute(rusqlite::params![
+                        r.id,
+                        r.project_id,
+                        r.name,
+                        r.contact_id,
+                        r.anonymous_id,
+                        r.properties,
+                        r.timestamp,
+                        r.received_at,
+                        r.idempotency_key,
+                    ])?;
+                }
+                Ok(())
+            });
+        match inserted.and_then(|()| conn.execute_batch("COMMIT")) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Nothing of the batch may stay; if even this fails the
@@ -87,3 +103,6 @@ impl DirectWriter {
         }
     }
 }
+
+const INSERT_EVENT_ROW: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
+     properties, timestamp, received_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
