@@ -603,3 +603,80 @@ backend_tests!(
     usage_flush_never_moves_backwards,
     audit_is_scoped_and_paginated,
 );
+
+/// The SQLite writer's direct path (anonymous events, its own connection):
+/// when SQLite refuses a shared commit, each job is retried alone, so only
+/// the refused ones fail and store nothing; the writer carries on. Run with
+/// many concurrent jobs so batches mix refused and accepted ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_failures_store_nothing_and_recover() {
+    use keyflow_core::events::{EventIdentity, NewEvent};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let (_, project) = seeded(store.as_ref()).await;
+    // A trigger makes SQLite itself refuse any batch holding a "boom" event.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.name = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'boom refused'); END;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let event = |name: &str| NewEvent {
+        name: name.into(),
+        identity: EventIdentity::Anonymous,
+        anonymous_id: Some("visitor".into()),
+        properties: serde_json::Map::new(),
+        timestamp: 1,
+        idempotency_key: None,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (store, project_id) = (store.clone(), project.id.clone());
+        let name = if i % 10 == 0 { "boom" } else { "fine" };
+        let events = vec![event(name), event("fine")];
+        tasks.push(tokio::spawn(async move {
+            (name, store.ingest_events(&project_id, events, 2).await)
+        }));
+    }
+    let mut acknowledged = std::collections::HashSet::new();
+    for task in tasks {
+        let (name, result) = task.await.unwrap();
+        match result {
+            Ok(outcomes) => {
+                assert_eq!(name, "fine", "a refused event was acknowledged");
+                acknowledged.extend(outcomes.into_iter().map(|o| o.id));
+            }
+            Err(e) => {
+                assert_eq!(name, "boom", "an innocent job failed: {e}");
+                assert!(matches!(e, StoreError::WriteFailed(_)), "{e}");
+            }
+        }
+    }
+    let stored: std::collections::HashSet<String> = store
+        .list_events(
+            &project.id,
+            &keyflow_store::EventFilter::default(),
+            &keyflow_store::Page {
+                limit: 1000,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(stored, acknowledged, "stored exactly what was acknowledged");
+    assert_eq!(stored.len(), 180 * 2, "every job without a refused event");
+    // The writer recovered: a later batch commits.
+    let later = store
+        .ingest_events(&project.id, vec![event("fine")], 3)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+}

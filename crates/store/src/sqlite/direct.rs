@@ -39,32 +39,51 @@ impl DirectWriter {
         self.conn = None;
     }
 
-    /// Commits a lookup-free batch and answers its jobs (all or nothing: a
-    /// failure fails every job and stores nothing).
+    /// Commits a lookup-free batch and answers its jobs. Should SQLite refuse
+    /// the batch, each job is retried in a transaction of its own, so a job
+    /// that cannot be stored (say, its project was just deleted) fails alone
+    /// and stores nothing. Returns the last error, if any, so the caller can
+    /// open a fresh connection.
     pub(crate) fn commit(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut rows: Vec<EventRow> = Vec::new();
-        for job in &batch {
-            let (ids, mut job_rows) = EventRow::lookup_free(&job.project_id, &job.events, job.now);
-            outcomes.push(ids);
-            rows.append(&mut job_rows);
+        let prepared: Vec<_> = batch
+            .iter()
+            .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
+            .collect();
+        let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
+        let first_try = self.write(&rows);
+        if first_try.is_ok() || batch.len() == 1 {
+            match first_try {
+                Ok(()) => {
+                    for (job, (ids, _)) in batch.into_iter().zip(prepared) {
+                        let _ = job.reply.send(Ok(ids));
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    fail_all(batch, &e.to_string());
+                    return Err(e);
+                }
+            }
         }
-        let result = self.write(&rows);
-        match result {
-            Ok(()) => {
-                for (job, ids) in batch.into_iter().zip(outcomes) {
+        let mut last_error = first_try;
+        for (job, (ids, rows)) in batch.into_iter().zip(prepared) {
+            let rows: Vec<&EventRow> = rows.iter().collect();
+            match self.write(&rows) {
+                Ok(()) => {
                     let _ = job.reply.send(Ok(ids));
                 }
-                Ok(())
-            }
-            Err(e) => {
-                fail_all(batch, &e.to_string());
-                Err(e)
+                Err(e) => {
+                    let _ = job
+                        .reply
+                        .send(Err(crate::StoreError::WriteFailed(e.to_string())));
+                    last_error = Err(e);
+                }
             }
         }
+        last_error
     }
 
-    fn write(&mut self, rows: &[EventRow]) -> rusqlite::Result<()> {
+    fn write(&mut self, rows: &[&EventRow]) -> rusqlite::Result<()> {
         if self.conn.is_none() {
             self.conn = Some(self.open()?);
         }
