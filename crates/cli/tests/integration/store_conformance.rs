@@ -95,7 +95,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0003_sessions",
             "0004_key_usage",
             "0005_project_settings",
-            "0006_metrics_credentials"
+            "0006_metrics_credentials",
+            "0007_events_by_project"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

@@ -42,6 +42,11 @@ impl PostgresStore {
             name: "0006_metrics_credentials",
             sql: include_str!("../../migrations/postgres/0006_metrics_credentials.sql"),
         },
+        Migration {
+            version: 7,
+            name: "0007_events_by_project",
+            sql: include_str!("../../migrations/postgres/0007_events_by_project.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

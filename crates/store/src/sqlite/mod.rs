@@ -71,6 +71,11 @@ impl SqliteStore {
             name: "0006_metrics_credentials",
             sql: include_str!("../../migrations/sqlite/0006_metrics_credentials.sql"),
         },
+        Migration {
+            version: 7,
+            name: "0007_events_by_project",
+            sql: include_str!("../../migrations/sqlite/0007_events_by_project.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
