@@ -24,16 +24,6 @@ impl DirectWriter {
         Self { path, conn: None }
     }
 
-    fn open(&self) -> rusqlite::Result<Connection> {
-        let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // The same durability as the sqlx connections: acknowledged only
-        // once the WAL is on disk.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        Ok(conn)
-    }
-
     /// Forget the connection after a failure; the next batch opens a new one.
     pub(crate) fn reset(&mut self) {
         self.conn = None;
@@ -84,11 +74,9 @@ impl DirectWriter {
     }
 
     fn write(&mut self, rows: &[&EventRow]) -> rusqlite::Result<()> {
-        if self.conn.is_none() {
-            self.conn = Some(self.open()?);
-        }
-        let Some(conn) = self.conn.as_ref() else {
-            return Err(rusqlite::Error::InvalidQuery);
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            empty @ None => empty.insert(open(&self.path)?),
         };
         conn.execute_batch("BEGIN IMMEDIATE")?;
         // One prepared single-row INSERT per row: binding is cheap here (no
@@ -125,3 +113,13 @@ impl DirectWriter {
 
 const INSERT_EVENT_ROW: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
      properties, timestamp, received_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // The same durability as the sqlx connections: acknowledged only once
+    // the WAL is on disk.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(conn)
+}
