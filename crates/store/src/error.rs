@@ -58,3 +58,28 @@ impl StoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    fn sqlite_failure(code: i32) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    #[test]
+    fn busy_and_locked_sqlite_are_unavailable_not_internal() {
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN, and BUSY_SNAPSHOT (517).
+        for code in [5, 6, 14, 517] {
+            assert!(sqlite_failure(code).is_unavailable(), "{code}");
+        }
+        // A constraint violation (19) or corruption (11) is a real error.
+        for code in [19, 11] {
+            assert!(!sqlite_failure(code).is_unavailable(), "{code}");
+        }
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+    }
+}

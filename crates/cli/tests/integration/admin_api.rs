@@ -83,6 +83,7 @@ async fn workspace_project_operator_and_key(backend: Backend) {
         )
         .await;
     assert_eq!(key.status, 201);
+    assert_eq!(key.header("cache-control"), Some("no-store"));
     assert_eq!(key.body["created_by"]["type"], "instance_admin");
     let audit = app
         .get("/v1/audit", key.body["key"].as_str().unwrap())

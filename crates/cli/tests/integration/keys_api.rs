@@ -421,6 +421,7 @@ async fn roll_with_grace_period(backend: Backend) {
         )
         .await;
     assert_eq!(rolled.status, 201, "{}", rolled.body);
+    assert_eq!(rolled.header("cache-control"), Some("no-store"));
     let new = rolled.body["key"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     assert_eq!(rolled.body["name"], "deploy");

@@ -82,11 +82,32 @@ pub async fn manager(
     Ok(ctx)
 }
 
+/// [`manager`] for a form post: the same-origin check first (a cross-site post
+/// learns nothing), then session and role, then the form's CSRF token.
+pub async fn manager_post(
+    state: &SharedState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<ManagerContext, Response> {
+    if !session::same_origin(headers) {
+        return Err(refused_cross_site());
+    }
+    let ctx = manager(state, headers, form.get("project")).await?;
+    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
+        return Err(refused_cross_site());
+    }
+    Ok(ctx)
+}
+
 impl ManagerContext {
     fn render(&self, title: &str, body: &str) -> String {
+        self.render_at("/keys", title, body)
+    }
+    /// A full page with `current` highlighted in the navigation.
+    pub(crate) fn render_at(&self, current: &str, title: &str, body: &str) -> String {
         page(
             title,
-            "/keys",
+            current,
             Some((
                 &self.signed_in.operator.email,
                 &self.signed_in.session.csrf_token,
@@ -331,20 +352,11 @@ pub async fn create(
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
     let values = form_values(&pairs);
-    let ctx = match manager(&state, &headers, values.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &values).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(
-        &ctx.signed_in.session,
-        values.get("csrf").map(String::as_str),
-    ) {
-        return refused_cross_site();
-    }
     let key_type = values
         .get("type")
         .and_then(|t| KeyType::parse_api_type(t))
@@ -498,16 +510,10 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, form.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &form).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
     let key = match key_of(&state, &ctx, &id).await {
         Ok(k) => k,
         Err(r) => return r,
@@ -758,19 +764,10 @@ pub async fn edit(
     Form(values): Form<HashMap<String, String>>,
 ) -> Response {
     use keyflow_core::key_settings::{PatchKeyRequest, apply_patch};
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, values.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &values).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(
-        &ctx.signed_in.session,
-        values.get("csrf").map(String::as_str),
-    ) {
-        return refused_cross_site();
-    }
     let key = match key_of(&state, &ctx, &id).await {
         Ok(k) => k,
         Err(r) => return r,

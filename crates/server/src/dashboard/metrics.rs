@@ -12,26 +12,13 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::MetricsCredential;
 
-use super::html::{error_box, escape, page, relative_time};
-use super::keys::{ManagerContext, ip_rows_from_form, manager};
-use super::session;
-use super::{error_page, html, refused_cross_site};
+use super::html::{error_box, escape, relative_time};
+use super::keys::{ManagerContext, ip_rows_from_form, manager, manager_post};
+use super::{error_page, html};
 use crate::operations::metrics_credential as credential_ops;
 use crate::state::SharedState;
 
 const PATH: &str = "/metrics-credential";
-
-fn render(ctx: &ManagerContext, title: &str, body: &str) -> String {
-    page(
-        title,
-        PATH,
-        Some((
-            &ctx.signed_in.operator.email,
-            &ctx.signed_in.session.csrf_token,
-        )),
-        body,
-    )
-}
 
 fn credential_body(
     state: &SharedState,
@@ -114,7 +101,7 @@ async fn show(
         Err(e) => return error_page(e.into()),
     };
     let body = credential_body(state, ctx, credential.as_ref(), ttl, message);
-    html(status, render(ctx, "Metrics credential", &body))
+    html(status, ctx.render_at(PATH, "Metrics credential", &body))
 }
 
 /// `GET /metrics-credential`.
@@ -152,7 +139,7 @@ pub async fn confirm_rotate(
     );
     html(
         StatusCode::OK,
-        render(&ctx, "Rotate the metrics credential", &body),
+        ctx.render_at(PATH, "Rotate the metrics credential", &body),
     )
 }
 
@@ -163,16 +150,10 @@ pub async fn rotate(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, form.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &form).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
     let issued = match credential_ops::create_or_rotate(
         state.store.as_ref(),
@@ -197,7 +178,10 @@ pub async fn rotate(
         escape(&issued.secret),
         ctx.project_q()
     );
-    html(StatusCode::OK, render(&ctx, "Metrics credential", &body))
+    html(
+        StatusCode::OK,
+        ctx.render_at(PATH, "Metrics credential", &body),
+    )
 }
 
 /// `POST /metrics-credential`: the allow-list and cache TTL.
@@ -207,16 +191,10 @@ pub async fn update(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, form.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &form).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
     let rows = form.keys().filter(|k| k.starts_with("cidr_")).count();
     let ip_rows = ip_rows_from_form(&form, rows);
     let ttl_text = form

@@ -14,7 +14,7 @@ use keyflow_store::{Actor, AuditTarget};
 use serde_json::json;
 
 use super::html::{error_box, escape, page};
-use super::keys::manager;
+use super::keys::{manager, manager_post};
 use super::session;
 use super::{error_page, html, refused_cross_site};
 use crate::operations::{audit_entry, tenancy};
@@ -70,18 +70,7 @@ pub async fn members(State(state): State<SharedState>, headers: HeaderMap) -> Re
     match state.store.list_members(&ctx.membership.workspace_id).await {
         Ok(list) => {
             let body = members_body(&ctx.signed_in.session.csrf_token, &list, None);
-            html(
-                StatusCode::OK,
-                page(
-                    "Members",
-                    "/members",
-                    Some((
-                        &ctx.signed_in.operator.email,
-                        &ctx.signed_in.session.csrf_token,
-                    )),
-                    &body,
-                ),
-            )
+            html(StatusCode::OK, ctx.render_at("/members", "Members", &body))
         }
         Err(e) => error_page(e.into()),
     }
@@ -92,16 +81,11 @@ pub async fn change_members(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, None).await {
+    // Members forms carry no `project`: the workspace's first one, as before.
+    let ctx = match manager_post(&state, &headers, &form).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
     let workspace = ctx.membership.workspace_id.clone();
     let actor = Actor::Operator {
         id: ctx.signed_in.operator.id.clone(),
@@ -213,15 +197,7 @@ pub async fn change_members(
             let body = members_body(&ctx.signed_in.session.csrf_token, &list, Some(&message));
             html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                page(
-                    "Members",
-                    "/members",
-                    Some((
-                        &ctx.signed_in.operator.email,
-                        &ctx.signed_in.session.csrf_token,
-                    )),
-                    &body,
-                ),
+                ctx.render_at("/members", "Members", &body),
             )
         }
     }
@@ -413,13 +389,9 @@ pub async fn settings(
     match state.store.project_settings(&ctx.project.id).await {
         Ok(settings) => html(
             StatusCode::OK,
-            page(
-                "Settings",
+            ctx.render_at(
                 "/settings",
-                Some((
-                    &ctx.signed_in.operator.email,
-                    &ctx.signed_in.session.csrf_token,
-                )),
+                "Settings",
                 &settings_body(&ctx, &settings, None),
             ),
         ),
@@ -432,16 +404,10 @@ pub async fn save_settings(
     headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let ctx = match manager(&state, &headers, form.get("project")).await {
+    let ctx = match manager_post(&state, &headers, &form).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !session::csrf_ok(&ctx.signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
     let field = |name: &str| form.get(name).map(|v| v.trim()).unwrap_or("");
     let parsed: Result<keyflow_store::ProjectSettings, String> = (|| {
         let rate_limit = match (field("limit"), field("period_seconds")) {
@@ -487,15 +453,7 @@ pub async fn save_settings(
             let body = settings_body(&ctx, &current, Some(&message));
             return html(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                page(
-                    "Settings",
-                    "/settings",
-                    Some((
-                        &ctx.signed_in.operator.email,
-                        &ctx.signed_in.session.csrf_token,
-                    )),
-                    &body,
-                ),
+                ctx.render_at("/settings", "Settings", &body),
             );
         }
     };

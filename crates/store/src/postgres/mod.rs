@@ -120,8 +120,8 @@ impl PostgresStore {
         let mut conn = self.pool.acquire().await?;
         let lookups = events.iter().any(crate::sql_store::EventRow::needs_lookups);
         if !lookups {
-            // No statement runs while preparing: ids and rows are built here.
-            let (outcomes, rows) = prepare_events(&mut conn, project_id, &events, now).await?;
+            let (outcomes, rows) =
+                crate::sql_store::EventRow::lookup_free(project_id, &events, now);
             if crate::sql_store::event_chunks(&rows).len() <= 1 {
                 insert_event_rows(&mut conn, &rows).await?;
             } else {

@@ -253,7 +253,7 @@ fn run_writer(
                     }
                 },
             };
-            commit_batch(connection, batch).await
+            commit_batch(connection, batch, lookups).await
         });
         drop(turn);
     }
@@ -376,14 +376,10 @@ pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events (id, project_id, name
 async fn commit_batch(
     mut conn: PoolConnection<Sqlite>,
     batch: Vec<IngestJob>,
+    with_lookups: bool,
 ) -> Option<PoolConnection<Sqlite>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
-    let with_lookups = batch.iter().any(|job| {
-        job.events
-            .iter()
-            .any(crate::sql_store::EventRow::needs_lookups)
-    });
     // IMMEDIATE: take the write lock up front (waiting under busy_timeout), so a
     // batch that starts by reading cannot fail later with SQLITE_BUSY_SNAPSHOT
     // when another connection committed in between. Without lookups, BEGIN
@@ -407,8 +403,10 @@ async fn commit_batch(
         }
     }
     let statement = format!("{begin_first}{INSERT_EVENTS}; COMMIT");
+    // Without lookups every job yields rows, so `rows` is empty only after
+    // a transaction was begun above.
     let written = if rows.is_empty() {
-        sqlx::raw_sql(if with_lookups { "COMMIT" } else { "" })
+        sqlx::raw_sql("COMMIT")
             .execute(&mut *conn)
             .await
             .map(|_| ())
