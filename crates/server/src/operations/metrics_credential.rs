@@ -205,11 +205,9 @@ pub async fn update(
     if !updated {
         return Err(ApiError::not_found("metrics credential"));
     }
-    Ok(MetricsCredential {
-        ip_allowlist: change
-            .ip_allowlist
-            .clone()
-            .unwrap_or(current.ip_allowlist.clone()),
-        ..current
-    })
+    let mut updated = current;
+    if let Some(rules) = &change.ip_allowlist {
+        updated.ip_allowlist = rules.clone();
+    }
+    Ok(updated)
 }
