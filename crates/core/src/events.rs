@@ -7,7 +7,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::clock::UnixMillis;
 use crate::contacts::{MAX_EXTERNAL_ID_CHARS, normalise_email};
 use crate::error::FieldError;
-use crate::json_limits::check_properties;
+use crate::json_limits::properties_json;
 use crate::timefmt::parse_rfc3339;
 
 pub const MAX_EVENT_NAME_CHARS: usize = 128;
@@ -45,79 +45,104 @@ pub struct NewEvent {
     pub name: String,
     pub identity: EventIdentity,
     pub anonymous_id: Option<String>,
-    pub properties: Map<String, Value>,
+    /// The properties object as JSON text, checked against SPEC's limits and
+    /// serialised once here (the store writes it as is).
+    pub properties: String,
     pub timestamp: UnixMillis,
     pub idempotency_key: Option<String>,
 }
 
 /// NFC, so "café" typed two ways is one event name.
 pub fn normalise_event_name(name: &str) -> String {
-    name.nfc().collect()
+    // Most names (all ASCII ones) are NFC already: skip the rewrite.
+    match unicode_normalization::is_nfc_quick(name.chars()) {
+        unicode_normalization::IsNormalized::Yes => name.to_string(),
+        _ => name.nfc().collect(),
+    }
 }
 
 pub fn check_event_name(field: &str, name: &str) -> Result<String, FieldError> {
+    event_name(name).map_err(|message| FieldError::new(field, message))
+}
+
+fn event_name(name: &str) -> Result<String, String> {
     let normalised = normalise_event_name(name.trim());
     let chars = normalised.chars().count();
     if chars == 0 || chars > MAX_EVENT_NAME_CHARS || normalised.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            format!("event names are 1 to {MAX_EVENT_NAME_CHARS} printable characters"),
+        return Err(format!(
+            "event names are 1 to {MAX_EVENT_NAME_CHARS} printable characters"
         ));
     }
     Ok(normalised)
 }
 
-fn optional_id(
-    field: String,
-    value: &Option<String>,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
-    let v = value.as_deref()?.trim();
+/// Field errors of one event; field names (`events[3].name`) are only
+/// formatted for the errors there are.
+struct Errors<'a> {
+    prefix: &'a str,
+    found: Vec<FieldError>,
+}
+
+impl Errors<'_> {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.found
+            .push(FieldError::new(format!("{}{field}", self.prefix), message));
+    }
+}
+
+fn optional_id(field: &str, value: Option<String>, errors: &mut Errors) -> Option<String> {
+    let value = value?;
+    let v = value.trim();
     if v.is_empty() || v.chars().count() > MAX_EXTERNAL_ID_CHARS || v.chars().any(char::is_control)
     {
-        errors.push(FieldError::new(
+        errors.add(
             field,
             format!("must be 1 to {MAX_EXTERNAL_ID_CHARS} printable characters"),
-        ));
+        );
         return None;
     }
-    Some(v.to_string())
+    if v.len() == value.len() {
+        Some(value)
+    } else {
+        Some(v.to_string())
+    }
 }
 
 /// Validates one event; `prefix` names batch items (`events[3].`).
 pub fn validate_event(
-    input: &EventInput,
+    input: EventInput,
     now: UnixMillis,
     prefix: &str,
 ) -> Result<NewEvent, Vec<FieldError>> {
-    let mut errors = Vec::new();
-    let f = |name: &str| format!("{prefix}{name}");
+    let mut errors = Errors {
+        prefix,
+        found: Vec::new(),
+    };
     let name = match input.name.as_deref() {
         None => {
-            errors.push(FieldError::new(f("name"), "name is required"));
+            errors.add("name", "name is required");
             None
         }
-        Some(n) => check_event_name(&f("name"), n)
-            .map_err(|e| errors.push(e))
-            .ok(),
+        Some(n) => event_name(n).map_err(|m| errors.add("name", m)).ok(),
     };
-    let contact_id = optional_id(f("contact_id"), &input.contact_id, &mut errors);
-    let external_id = optional_id(f("external_id"), &input.external_id, &mut errors);
-    let anonymous_id = optional_id(f("anonymous_id"), &input.anonymous_id, &mut errors);
-    let idempotency_key = match input.idempotency_key.as_deref() {
+    let contact_id = optional_id("contact_id", input.contact_id, &mut errors);
+    let external_id = optional_id("external_id", input.external_id, &mut errors);
+    let anonymous_id = optional_id("anonymous_id", input.anonymous_id, &mut errors);
+    let idempotency_key = match input.idempotency_key {
         Some(k) if k.is_empty() || k.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS => {
-            errors.push(FieldError::new(
-                f("idempotency_key"),
+            errors.add(
+                "idempotency_key",
                 format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
-            ));
+            );
             None
         }
-        other => other.map(str::to_string),
+        other => other,
     };
+    let email_given = input.email.is_some();
     let email = input.email.as_deref().and_then(|e| {
         let ok = normalise_email(e);
         if ok.is_none() {
-            errors.push(FieldError::new(f("email"), "must be an email address"));
+            errors.add("email", "must be an email address");
         }
         ok
     });
@@ -130,11 +155,11 @@ pub fn validate_event(
     } else if anonymous_id.is_some() {
         Some(EventIdentity::Anonymous)
     } else {
-        if input.email.is_none() {
-            errors.push(FieldError::new(
-                f("contact_id"),
+        if !email_given {
+            errors.add(
+                "contact_id",
                 "identify who the event is about: contact_id, email, external_id or anonymous_id",
-            ));
+            );
         }
         None
     };
@@ -143,34 +168,40 @@ pub fn validate_event(
         Some(t) => {
             let parsed = parse_rfc3339(t);
             if parsed.is_none() {
-                errors.push(FieldError::new(
-                    f("timestamp"),
+                errors.add(
+                    "timestamp",
                     "must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z",
-                ));
+                );
             }
             parsed
         }
     };
-    let properties = input.properties.clone().unwrap_or_default();
-    if let Err(e) = check_properties(&f("properties"), &properties) {
-        errors.push(e);
+    let properties = match input.properties {
+        None => Ok("{}".to_string()),
+        Some(map) => properties_json(&map),
     }
-    match (name, identity, timestamp) {
-        (Some(name), Some(identity), Some(timestamp)) if errors.is_empty() => Ok(NewEvent {
-            name,
-            identity,
-            anonymous_id,
-            properties,
-            timestamp,
-            idempotency_key,
-        }),
-        _ => Err(errors),
+    .map_err(|m| errors.add("properties", m))
+    .ok();
+    match (name, identity, timestamp, properties) {
+        (Some(name), Some(identity), Some(timestamp), Some(properties))
+            if errors.found.is_empty() =>
+        {
+            Ok(NewEvent {
+                name,
+                identity,
+                anonymous_id,
+                properties,
+                timestamp,
+                idempotency_key,
+            })
+        }
+        _ => Err(errors.found),
     }
 }
 
 /// A batch is validated all-or-nothing: every item's errors, or every event.
 pub fn validate_batch(
-    inputs: &[EventInput],
+    inputs: Vec<EventInput>,
     now: UnixMillis,
 ) -> Result<Vec<NewEvent>, Vec<FieldError>> {
     if inputs.is_empty() || inputs.len() > MAX_BATCH {
@@ -181,7 +212,7 @@ pub fn validate_batch(
     }
     let mut events = Vec::with_capacity(inputs.len());
     let mut errors = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
+    for (i, input) in inputs.into_iter().enumerate() {
         match validate_event(input, now, &format!("events[{i}].")) {
             Ok(e) => events.push(e),
             Err(mut e) => errors.append(&mut e),
@@ -215,13 +246,13 @@ mod tests {
     #[test]
     fn names_are_nfc() {
         let composed = validate_event(
-            &input(json!({"name": "caf\u{e9}", "anonymous_id": "a"})),
+            input(json!({"name": "caf\u{e9}", "anonymous_id": "a"})),
             0,
             "",
         )
         .unwrap();
         let decomposed = validate_event(
-            &input(json!({"name": "cafe\u{301}", "anonymous_id": "a"})),
+            input(json!({"name": "cafe\u{301}", "anonymous_id": "a"})),
             0,
             "",
         )
@@ -229,7 +260,7 @@ mod tests {
         assert_eq!(composed.name, decomposed.name);
         assert!(
             validate_event(
-                &input(json!({"name": "x".repeat(129), "anonymous_id": "a"})),
+                input(json!({"name": "x".repeat(129), "anonymous_id": "a"})),
                 0,
                 ""
             )
@@ -240,7 +271,7 @@ mod tests {
     #[test]
     fn identity_precedence_and_requirement() {
         let e = validate_event(
-            &input(json!({"name": "n", "email": "a@b.co", "external_id": "u1"})),
+            input(json!({"name": "n", "email": "a@b.co", "external_id": "u1"})),
             0,
             "",
         )
@@ -252,19 +283,20 @@ mod tests {
                 email: Some("a@b.co".into())
             }
         );
-        let errs = validate_event(&input(json!({"name": "n"})), 0, "events[0].").unwrap_err();
+        let errs = validate_event(input(json!({"name": "n"})), 0, "events[0].").unwrap_err();
         assert_eq!(errs[0].field, "events[0].contact_id");
         let e = validate_event(
-            &input(json!({"name": "n", "anonymous_id": "x", "timestamp": "2030-01-01T00:00:00Z"})),
+            input(json!({"name": "n", "anonymous_id": "x", "timestamp": "2030-01-01T00:00:00Z"})),
             5,
             "",
         )
         .unwrap();
         assert_eq!(e.identity, EventIdentity::Anonymous);
+        assert_eq!(e.properties, "{}");
         assert_eq!(e.timestamp, parse_rfc3339("2030-01-01T00:00:00Z").unwrap());
         assert!(
             validate_event(
-                &input(json!({"name": "n", "anonymous_id": "x", "timestamp": "yesterday"})),
+                input(json!({"name": "n", "anonymous_id": "x", "timestamp": "yesterday"})),
                 5,
                 ""
             )
@@ -273,19 +305,37 @@ mod tests {
     }
 
     #[test]
+    fn properties_are_serialised_once_and_ids_trimmed() {
+        let e = validate_event(
+            input(
+                json!({"name": "n", "anonymous_id": " v1 ", "properties": {"plan": "pro", "n": 2}}),
+            ),
+            0,
+            "",
+        )
+        .unwrap();
+        assert_eq!(e.properties, r#"{"n":2,"plan":"pro"}"#);
+        assert_eq!(e.anonymous_id.as_deref(), Some("v1"));
+        let big =
+            json!({"name": "n", "anonymous_id": "v", "properties": {"x": "y".repeat(33 * 1024)}});
+        let errs = validate_event(input(big), 0, "events[2].").unwrap_err();
+        assert_eq!(errs[0].field, "events[2].properties");
+    }
+
+    #[test]
     fn batches_are_all_or_nothing() {
         let ok = json!({"name": "a", "anonymous_id": "x"});
         let bad = json!({"name": "", "anonymous_id": "x"});
-        let errs = validate_batch(&[input(ok.clone()), input(bad)], 0).unwrap_err();
+        let errs = validate_batch(vec![input(ok.clone()), input(bad)], 0).unwrap_err();
         assert_eq!(errs[0].field, "events[1].name");
-        assert!(validate_batch(&vec![input(ok); 1001], 0).is_err());
-        assert!(validate_batch(&[], 0).is_err());
+        assert!(validate_batch(vec![input(ok); 1001], 0).is_err());
+        assert!(validate_batch(Vec::new(), 0).is_err());
     }
 
     #[test]
     fn allowed_events() {
         let events = validate_batch(
-            &[
+            vec![
                 input(json!({"name": "a", "anonymous_id": "x"})),
                 input(json!({"name": "b", "anonymous_id": "x"})),
             ],

@@ -19,28 +19,30 @@ pub fn depth(value: &Value) -> usize {
 
 /// Checks a stored properties object against SPEC's limits.
 pub fn check_properties(field: &str, props: &Map<String, Value>) -> Result<(), FieldError> {
+    properties_json(props)
+        .map(|_| ())
+        .map_err(|m| FieldError::new(field, m))
+}
+
+/// The properties object as the JSON text to store, once it is within SPEC's
+/// limits (the size limit is on this text); else the problem, for the caller
+/// to attach to its field name.
+pub fn properties_json(props: &Map<String, Value>) -> Result<String, String> {
     if props.len() > MAX_PROPERTY_KEYS {
-        return Err(FieldError::new(
-            field,
-            format!("at most {MAX_PROPERTY_KEYS} keys"),
-        ));
+        return Err(format!("at most {MAX_PROPERTY_KEYS} keys"));
     }
-    let size = serde_json::to_vec(props)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > MAX_PROPERTIES_BYTES {
-        return Err(FieldError::new(
-            field,
-            format!("at most {} KiB of JSON", MAX_PROPERTIES_BYTES / 1024),
+    // A map of JSON values always serialises.
+    let text = serde_json::to_string(props).unwrap_or_default();
+    if text.len() > MAX_PROPERTIES_BYTES {
+        return Err(format!(
+            "at most {} KiB of JSON",
+            MAX_PROPERTIES_BYTES / 1024
         ));
     }
     if props.values().map(depth).max().unwrap_or(0) + 1 > MAX_JSON_DEPTH {
-        return Err(FieldError::new(
-            field,
-            format!("nested deeper than {MAX_JSON_DEPTH} levels"),
-        ));
+        return Err(format!("nested deeper than {MAX_JSON_DEPTH} levels"));
     }
-    Ok(())
+    Ok(text)
 }
 
 /// Merges `patch` into `base`: a `null` value removes the key.

@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::api::{
     audit, browser, contacts, events, keys, metrics_credential, segment, subscribers,
 };
-use crate::auth::{self, Guard};
+use crate::auth::Guard;
 use crate::error::{ApiError, REQUEST_ID, RenderedError};
 use crate::limits::Category;
 use crate::state::{AppState, SharedState};
@@ -29,131 +29,130 @@ pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
 /// Every `/v1` route with the scope and rate-limit category it requires.
 fn v1_routes(state: &SharedState) -> Router<SharedState> {
-    let guard = |scope: Option<Scope>, category: Category| {
-        from_fn_with_state(Guard::new(state, scope, category), auth::require)
-    };
+    let guard = |scope: Option<Scope>, category: Category| Guard::new(state, scope, category);
     use Category::{Ingest, Management, Read, Write};
-    let deferred = |scope: Scope, category: Category| {
-        from_fn_with_state(
-            Guard::new(state, Some(scope), category).deferred(),
-            auth::require,
-        )
-    };
+    let deferred =
+        |scope: Scope, category: Category| Guard::new(state, Some(scope), category).deferred();
     let segment = |scope: Scope, category: Category, deferred: bool| {
         let guard = Guard::new(state, Some(scope), category).basic_auth();
-        let guard = if deferred { guard.deferred() } else { guard };
-        from_fn_with_state(guard, auth::require)
+        if deferred { guard.deferred() } else { guard }
     };
     Router::new()
         .route(
             "/v1/contacts",
-            get(contacts::list_contacts).layer(guard(Some(Scope::ContactsRead), Read)),
+            get(guard(Some(Scope::ContactsRead), Read).wrap(contacts::list_contacts)),
         )
         .route(
             "/v1/contacts",
-            post(contacts::upsert_contact).layer(guard(Some(Scope::ContactsWrite), Write)),
+            post(guard(Some(Scope::ContactsWrite), Write).wrap(contacts::upsert_contact)),
         )
         .route(
             "/v1/contacts/batch",
-            post(contacts::batch_contacts).layer(guard(Some(Scope::ContactsWrite), Write)),
+            post(guard(Some(Scope::ContactsWrite), Write).wrap(contacts::batch_contacts)),
         )
         .route(
             "/v1/contacts/{id}",
-            get(contacts::get_contact).layer(guard(Some(Scope::ContactsRead), Read)),
+            get(guard(Some(Scope::ContactsRead), Read).wrap(contacts::get_contact)),
         )
         .route(
             "/v1/contacts/{id}",
-            axum::routing::patch(contacts::patch_contact)
-                .layer(guard(Some(Scope::ContactsWrite), Write)),
+            axum::routing::patch(
+                guard(Some(Scope::ContactsWrite), Write).wrap(contacts::patch_contact),
+            ),
         )
         .route(
             "/v1/contacts/{id}",
-            axum::routing::delete(contacts::delete_contact)
-                .layer(guard(Some(Scope::ContactsWrite), Write)),
+            axum::routing::delete(
+                guard(Some(Scope::ContactsWrite), Write).wrap(contacts::delete_contact),
+            ),
         )
         .route(
             "/v1/events",
-            post(events::track).layer(deferred(Scope::EventsWrite, Ingest)),
+            post(deferred(Scope::EventsWrite, Ingest).wrap(events::track)),
         )
         .route(
             "/v1/events",
-            get(events::list_events).layer(guard(Some(Scope::EventsRead), Read)),
+            get(guard(Some(Scope::EventsRead), Read).wrap(events::list_events)),
         )
         .route(
             "/v1/events/batch",
-            post(events::track_batch).layer(deferred(Scope::EventsWrite, Ingest)),
+            post(deferred(Scope::EventsWrite, Ingest).wrap(events::track_batch)),
         )
         .route(
             "/v1/subscribers",
-            get(subscribers::list_subscribers).layer(guard(Some(Scope::SubscribersRead), Read)),
+            get(guard(Some(Scope::SubscribersRead), Read).wrap(subscribers::list_subscribers)),
         )
         .route(
             "/v1/subscribers",
-            post(subscribers::signup).layer(guard(Some(Scope::SubscribersWrite), Ingest)),
+            post(guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::signup)),
         )
         .route(
             "/v1/subscribers/{email_or_id}",
-            axum::routing::delete(subscribers::unsubscribe)
-                .layer(guard(Some(Scope::SubscribersWrite), Ingest)),
+            axum::routing::delete(
+                guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::unsubscribe),
+            ),
         )
         .route(
             "/v1/track",
-            post(segment::track).layer(segment(Scope::EventsWrite, Ingest, true)),
+            post(segment(Scope::EventsWrite, Ingest, true).wrap(segment::track)),
         )
         .route(
             "/v1/identify",
-            post(segment::identify).layer(segment(Scope::ContactsWrite, Write, false)),
+            post(segment(Scope::ContactsWrite, Write, false).wrap(segment::identify)),
         )
         .route(
             "/v1/batch",
-            post(segment::batch).layer(segment(Scope::EventsWrite, Ingest, true)),
+            post(segment(Scope::EventsWrite, Ingest, true).wrap(segment::batch)),
         )
         .route(
             "/v1/keys",
-            get(keys::list_keys).layer(guard(Some(Scope::KeysRead), Management)),
+            get(guard(Some(Scope::KeysRead), Management).wrap(keys::list_keys)),
         )
         .route(
             "/v1/keys",
-            post(keys::create_key).layer(deferred(Scope::KeysWrite, Management)),
+            post(deferred(Scope::KeysWrite, Management).wrap(keys::create_key)),
         )
         .route(
             "/v1/keys/self",
-            get(keys::get_self).layer(guard(None, Management)),
+            get(guard(None, Management).wrap(keys::get_self)),
         )
         .route(
             "/v1/keys/{id}",
-            get(keys::get_key).layer(guard(Some(Scope::KeysRead), Management)),
+            get(guard(Some(Scope::KeysRead), Management).wrap(keys::get_key)),
         )
         .route(
             "/v1/keys/{id}",
-            axum::routing::patch(keys::update_key).layer(guard(Some(Scope::KeysWrite), Management)),
+            axum::routing::patch(guard(Some(Scope::KeysWrite), Management).wrap(keys::update_key)),
         )
         .route(
             "/v1/keys/{id}",
-            axum::routing::delete(keys::revoke_key)
-                .layer(guard(Some(Scope::KeysWrite), Management)),
+            axum::routing::delete(guard(Some(Scope::KeysWrite), Management).wrap(keys::revoke_key)),
         )
         .route(
             "/v1/keys/{id}/roll",
-            post(keys::roll_key).layer(deferred(Scope::KeysWrite, Management)),
+            post(deferred(Scope::KeysWrite, Management).wrap(keys::roll_key)),
         )
         .route(
             "/v1/metrics/credential",
-            post(metrics_credential::create_or_rotate)
-                .layer(guard(Some(Scope::KeysWrite), Management)),
+            post(
+                guard(Some(Scope::KeysWrite), Management)
+                    .wrap(metrics_credential::create_or_rotate),
+            ),
         )
         .route(
             "/v1/metrics/credential",
-            get(metrics_credential::get_credential).layer(guard(Some(Scope::KeysRead), Management)),
+            get(guard(Some(Scope::KeysRead), Management).wrap(metrics_credential::get_credential)),
         )
         .route(
             "/v1/metrics/credential",
-            axum::routing::patch(metrics_credential::update_credential)
-                .layer(guard(Some(Scope::KeysWrite), Management)),
+            axum::routing::patch(
+                guard(Some(Scope::KeysWrite), Management)
+                    .wrap(metrics_credential::update_credential),
+            ),
         )
         .route(
             "/v1/audit",
-            get(audit::list_audit).layer(guard(Some(Scope::AuditRead), Management)),
+            get(guard(Some(Scope::AuditRead), Management).wrap(audit::list_audit)),
         )
 }
 

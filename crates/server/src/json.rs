@@ -75,8 +75,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
+    // The common case, valid input, parses without tracking the path; only a
+    // failure parses again with the tracker to name the field at fault.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => Err(explain_failure::<T>(bytes)),
+    }
+}
+
+/// The error for a body that does not parse as `T`: the field path for wrong
+/// data, `invalid_json` for broken syntax.
+fn explain_failure<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+    let parsed: Result<T, ApiError> = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
@@ -102,14 +113,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 format!("The body is not valid JSON: {inner}"),
             )
         }
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("The body is not valid JSON: {e}"),
-        )
-    })?;
-    Ok(value)
+    });
+    match parsed.and_then(|_| {
+        de.end().map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("The body is not valid JSON: {e}"),
+            )
+        })
+    }) {
+        Err(error) => error,
+        // Unreachable unless the two parsers disagree; say so rather than panic.
+        Ok(()) => ApiError::new(ErrorCode::InvalidJson, "The body could not be parsed."),
+    }
 }
 
 /// serde_json appends " at line X column Y", which means nothing to a field path.

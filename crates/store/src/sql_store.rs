@@ -305,7 +305,47 @@ pub(crate) fn properties_from_column(
 }
 
 pub(crate) fn properties_to_column(props: &serde_json::Map<String, serde_json::Value>) -> String {
-    serde_json::Value::Object(props.clone()).to_string()
+    // A map of JSON values always serialises; no clone into a `Value` first.
+    serde_json::to_string(props).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The `list_events` statement with only the filters given, each a plain
+/// condition the planner can match to an index (an `$2 IS NULL OR …` form
+/// matches none). SQLite plans without statistics and would walk the primary
+/// key through every event of the project, so there the index is named.
+/// Placeholders are numbered in this order: project, contact, name, since,
+/// until, cursor, limit — skipping absent filters.
+pub(crate) fn list_events_sql(
+    filter: &crate::EventFilter,
+    after_cursor: bool,
+    sqlite: bool,
+) -> String {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events");
+    if sqlite {
+        // A contact's events are the narrower set when both filters are given.
+        if filter.contact_id.is_some() {
+            sql.push_str(" INDEXED BY events_contact");
+        } else if filter.name.is_some() {
+            sql.push_str(" INDEXED BY events_name");
+        }
+    }
+    sql.push_str(" WHERE project_id = $1");
+    let mut placeholder = 1;
+    let conditions = [
+        (filter.contact_id.is_some(), "contact_id ="),
+        (filter.name.is_some(), "name ="),
+        (filter.since.is_some(), "timestamp >="),
+        (filter.until.is_some(), "timestamp <"),
+        (after_cursor, "id <"),
+    ];
+    for (present, condition) in conditions {
+        if present {
+            placeholder += 1;
+            sql.push_str(&format!(" AND {condition} ${placeholder}"));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", placeholder + 1));
+    sql
 }
 
 /// An event row ready to insert.
@@ -345,7 +385,7 @@ impl EventRow {
             name: event.name.clone(),
             contact_id,
             anonymous_id: event.anonymous_id.clone(),
-            properties: properties_to_column(&event.properties),
+            properties: event.properties.clone(),
             timestamp: event.timestamp,
             received_at: now,
             idempotency_key: event.idempotency_key.clone(),
@@ -409,9 +449,9 @@ macro_rules! impl_sql_store {
         use keyflow_core::contacts::{ContactChanges, ContactFields, ContactLookup, apply_changes, email_key};
         use keyflow_core::events::{EventIdentity, IDEMPOTENCY_WINDOW_MS, NewEvent};
         use $crate::sql_store::{
-            AUDIT_COLUMNS, AuditRow, CONTACT_COLUMNS, EVENT_COLUMNS, EventRow, INSERT_AUDIT,
+            AUDIT_COLUMNS, AuditRow, CONTACT_COLUMNS, EventRow, INSERT_AUDIT,
             INSERT_KEY, KEY_COLUMNS, KeyRow, USAGE_CHUNK, actor_columns, contact_conflict,
-            page_limit, parse_environment, parse_plan, parse_role, properties_from_column, properties_to_column,
+            list_events_sql, page_limit, parse_environment, parse_plan, parse_role, properties_from_column, properties_to_column,
             scopes_to_column, settings_columns, usage_update_sql,
         };
         use $crate::{
@@ -1629,21 +1669,19 @@ macro_rules! impl_sql_store {
             }
 
             async fn list_events(&self, project_id: &str, filter: &EventFilter, page: &Page) -> StoreResult<Vec<Event>> {
-                let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE project_id = $1 AND ($2 IS NULL OR contact_id = $2) \
-                     AND ($3 IS NULL OR name = $3) AND ($4 IS NULL OR timestamp >= $4) \
-                     AND ($5 IS NULL OR timestamp < $5) AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
-                );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(project_id)
-                    .bind(&filter.contact_id)
-                    .bind(&filter.name)
-                    .bind(filter.since)
-                    .bind(filter.until)
-                    .bind(&page.cursor)
-                    .bind(page_limit(page.limit))
-                    .fetch_all(&self.pool)
-                    .await?;
+                let sql = list_events_sql(filter, page.cursor.is_some(), $name == "sqlite");
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(project_id);
+                // Bound in the order `list_events_sql` numbers them.
+                for text in [&filter.contact_id, &filter.name].into_iter().flatten() {
+                    query = query.bind(text);
+                }
+                for time in [filter.since, filter.until].into_iter().flatten() {
+                    query = query.bind(time);
+                }
+                if let Some(cursor) = &page.cursor {
+                    query = query.bind(cursor);
+                }
+                let rows = query.bind(page_limit(page.limit)).fetch_all(&self.pool).await?;
                 rows.iter().map(event_from_row).collect()
             }
         }

@@ -116,7 +116,7 @@ pub async fn track(
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(input): JsonBody<EventInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let event = validate_event(&input, state.now_ms(), "").map_err(ApiError::validation)?;
+    let event = validate_event(input, state.now_ms(), "").map_err(ApiError::validation)?;
     let outcome = ingest(&state, &caller, &ticket, vec![event], Batch::Single).await?;
     let first = outcome
         .first()
@@ -158,7 +158,7 @@ pub async fn track_batch(
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let events = validate_batch(&body.events, state.now_ms()).map_err(ApiError::validation)?;
+    let events = validate_batch(body.events, state.now_ms()).map_err(ApiError::validation)?;
     let outcomes = ingest(&state, &caller, &ticket, events, Batch::Many).await?;
     let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
     Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))

@@ -44,7 +44,7 @@ fn track_to_event(msg: &Value, now: i64, prefix: &str) -> Result<NewEvent, Vec<F
         idempotency_key: text(&msg["messageId"]),
         ..Default::default()
     };
-    validate_event(&input, now, prefix)
+    validate_event(input, now, prefix)
 }
 
 /// `userId`→external_id, `traits.email`→email, first/last name traits, other traits→properties.

@@ -47,6 +47,11 @@ impl PostgresStore {
             name: "0007_events_by_project",
             sql: include_str!("../../migrations/postgres/0007_events_by_project.sql"),
         },
+        Migration {
+            version: 8,
+            name: "0008_events_contact_partial",
+            sql: include_str!("../../migrations/postgres/0008_events_contact_partial.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
