@@ -12,16 +12,26 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::{IngestJob, fail_all};
-use crate::sql_store::EventRow;
+use crate::sql_store::{EVENT_CHUNKS, EventRow, event_chunks, insert_events_sql};
 
 pub(crate) struct DirectWriter {
     path: PathBuf,
     conn: Option<Connection>,
+    /// The INSERT for each chunk size of `EVENT_CHUNKS`, written once.
+    inserts: Vec<(usize, String)>,
 }
 
 impl DirectWriter {
     pub(crate) fn new(path: PathBuf) -> Self {
-        Self { path, conn: None }
+        let inserts = EVENT_CHUNKS
+            .iter()
+            .map(|&rows| (rows, insert_events_sql(rows).replace('$', "?")))
+            .collect();
+        Self {
+            path,
+            conn: None,
+            inserts,
+        }
     }
 
     /// Forget the connection after a failure; the next batch opens a new one.
@@ -78,27 +88,32 @@ impl DirectWriter {
             Some(conn) => conn,
             empty @ None => empty.insert(open(&self.path)?),
         };
+        let inserts = &self.inserts;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        // One prepared single-row INSERT per row: binding is cheap here (no
-        // round trips), cheaper than encoding and re-parsing a JSON array.
-        let inserted = conn
-            .prepare_cached(INSERT_EVENT_ROW)
-            .and_then(|mut insert| {
-                for r in rows {
-                    insert.execute(rusqlite::params![
-                        r.id,
-                        r.project_id,
-                        r.name,
-                        r.contact_id,
-                        r.anonymous_id,
-                        r.properties,
-                        r.timestamp,
-                        r.received_at,
-                        r.idempotency_key,
-                    ])?;
-                }
-                Ok(())
-            });
+        // Multi-row INSERTs in a few fixed sizes (each prepared once): one
+        // statement per 100 rows instead of per row saves SQLite's
+        // per-statement setup (cursors, halt) on every event.
+        let inserted = event_chunks(rows).into_iter().try_for_each(|chunk| {
+            let sql = inserts
+                .iter()
+                .find(|(rows, _)| *rows == chunk.len())
+                .map(|(_, sql)| sql.as_str())
+                .ok_or(rusqlite::Error::InvalidQuery)?;
+            let mut insert = conn.prepare_cached(sql)?;
+            for (i, r) in chunk.iter().enumerate() {
+                let at = i * 9;
+                insert.raw_bind_parameter(at + 1, &r.id)?;
+                insert.raw_bind_parameter(at + 2, &r.project_id)?;
+                insert.raw_bind_parameter(at + 3, &r.name)?;
+                insert.raw_bind_parameter(at + 4, &r.contact_id)?;
+                insert.raw_bind_parameter(at + 5, &r.anonymous_id)?;
+                insert.raw_bind_parameter(at + 6, &r.properties)?;
+                insert.raw_bind_parameter(at + 7, r.timestamp)?;
+                insert.raw_bind_parameter(at + 8, r.received_at)?;
+                insert.raw_bind_parameter(at + 9, &r.idempotency_key)?;
+            }
+            insert.raw_execute().map(|_| ())
+        });
         match inserted.and_then(|()| conn.execute_batch("COMMIT")) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -110,9 +125,6 @@ impl DirectWriter {
         }
     }
 }
-
-const INSERT_EVENT_ROW: &str = "INSERT INTO events (id, project_id, name, contact_id, anonymous_id, \
-     properties, timestamp, received_at, idempotency_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
