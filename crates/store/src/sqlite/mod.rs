@@ -38,9 +38,12 @@ pub(crate) struct IngestJob {
 /// Jobs taken into one transaction at most (bounded so one commit stays short).
 const MAX_JOBS_PER_COMMIT: usize = 512;
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
-/// How long the writer waits for more jobs when clients write concurrently
-/// (see `run_writer`); about a third of one commit's fsync on a small VM.
-const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(200);
+/// How long the writer may wait for more jobs when clients write
+/// concurrently, in steps of `COMMIT_STEP` (see `run_writer`). Chosen by
+/// measurement (docs/benchmarks.md): one fixed 200 µs wait left the CPU idle
+/// while every client was already waiting; no wait commits ~10 jobs at a time.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(400);
+const COMMIT_STEP: std::time::Duration = std::time::Duration::from_micros(50);
 
 impl SqliteStore {
     const MIGRATIONS: &'static [Migration] = &[
@@ -223,14 +226,25 @@ fn run_writer(
         let mut count = first.events.len();
         let mut batch = vec![first];
         take_waiting(&mut jobs, &mut batch, &mut count);
-        let room = batch.len() < MAX_JOBS_PER_COMMIT && count < MAX_EVENTS_PER_COMMIT;
-        if room && (batch.len() > 1 || previous_jobs > 1) {
+        if batch.len() > 1 || previous_jobs > 1 {
             // Group commit (PostgreSQL's commit_delay): every commit costs
-            // the same page writes and fsync whatever its size, so under
-            // concurrency a short sleep buys fewer, larger commits and
-            // leaves the CPU to the requests. A lone client never waits.
-            std::thread::sleep(COMMIT_DELAY);
-            take_waiting(&mut jobs, &mut batch, &mut count);
+            // the same page writes and fsync whatever its size, so while
+            // clients write concurrently the writer waits in short steps
+            // for as long as jobs keep coming (up to COMMIT_DELAY): fewer,
+            // larger commits leave the CPU to the requests. It commits as
+            // soon as a step brings nothing; a lone client never waits.
+            let started = std::time::Instant::now();
+            while batch.len() < MAX_JOBS_PER_COMMIT
+                && count < MAX_EVENTS_PER_COMMIT
+                && started.elapsed() < COMMIT_DELAY
+            {
+                std::thread::sleep(COMMIT_STEP);
+                let before = batch.len();
+                take_waiting(&mut jobs, &mut batch, &mut count);
+                if batch.len() == before {
+                    break;
+                }
+            }
         }
         previous_jobs = batch.len();
         let turn = write_turn.blocking_lock();
