@@ -21,9 +21,15 @@ struct Args {
     /// The keyflow binary to benchmark (build it with --release).
     #[arg(long, default_value = "target/release/keyflow")]
     keyflow: String,
-    /// Seconds per figure.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds per route figure: each round runs `/livez`, then the route,
+    /// back to back; the round with the median ratio is reported. On a
+    /// shared machine whose speed drifts, a ratio of two runs seconds apart
+    /// is far steadier than two figures measured minutes apart.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrent connections of the load generator.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -51,11 +57,42 @@ const EVENT: &str = r#"{"name":"page_view","anonymous_id":"visitor-1","propertie
 const ANONYMOUS_ID: &str = "visitor-1";
 const PROPERTIES: &str = r#"{"path":"/pricing","plan":"pro"}"#;
 
-struct BackendFigures {
+/// A route measured against `/livez` in alternating rounds (see `--rounds`).
+struct Paired {
+    route: Figure,
     livez: Figure,
-    key_self: Figure,
-    contact: Figure,
-    single: Figure,
+    /// Every round's ratio, in run order.
+    ratios: Vec<f64>,
+}
+
+impl Paired {
+    fn ratio(&self) -> f64 {
+        self.route.requests_per_second / self.livez.requests_per_second
+    }
+}
+
+fn paired(wrk: &Wrk<'_>, rounds: usize, livez: &Load, route: &Load) -> Result<Paired> {
+    let mut runs = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let l = wrk.run(livez)?;
+        let r = wrk.run(route)?;
+        runs.push((r.requests_per_second / l.requests_per_second, l, r));
+    }
+    let ratios = runs.iter().map(|(ratio, _, _)| *ratio).collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let middle = runs.len() / 2;
+    let (_, livez, route) = runs.swap_remove(middle);
+    Ok(Paired {
+        route,
+        livez,
+        ratios,
+    })
+}
+
+struct BackendFigures {
+    key_self: Paired,
+    contact: Paired,
+    single: Paired,
     batch: Figure,
     rss_idle: u64,
     rss_peak: u64,
@@ -69,26 +106,41 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
     let (rss_idle, _) = server.rss()?;
     let url = |path: &str| format!("{}{path}", server.base);
     let key = Some(fixture.key.as_str());
-    let livez = wrk.run(&Load {
+    let livez = Load {
         url: url("/livez"),
         key: None,
         body: None,
-    })?;
-    let key_self = wrk.run(&Load {
-        url: url("/v1/keys/self"),
-        key,
-        body: None,
-    })?;
-    let contact = wrk.run(&Load {
-        url: url(&format!("/v1/contacts/{}", fixture.contact_id)),
-        key,
-        body: None,
-    })?;
-    let single = wrk.run(&Load {
-        url: url("/v1/events"),
-        key,
-        body: Some(EVENT.to_string()),
-    })?;
+    };
+    let key_self = paired(
+        wrk,
+        args.rounds,
+        &livez,
+        &Load {
+            url: url("/v1/keys/self"),
+            key,
+            body: None,
+        },
+    )?;
+    let contact = paired(
+        wrk,
+        args.rounds,
+        &livez,
+        &Load {
+            url: url(&format!("/v1/contacts/{}", fixture.contact_id)),
+            key,
+            body: None,
+        },
+    )?;
+    let single = paired(
+        wrk,
+        args.rounds,
+        &livez,
+        &Load {
+            url: url("/v1/events"),
+            key,
+            body: Some(EVENT.to_string()),
+        },
+    )?;
     let batch = wrk.run(&Load {
         url: url("/v1/events/batch"),
         key,
@@ -96,7 +148,6 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
     })?;
     let (_, rss_peak) = server.rss()?;
     Ok(BackendFigures {
-        livez,
         key_self,
         contact,
         single,
@@ -141,30 +192,39 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn print_table(name: &str, f: &BackendFigures, raw_events: f64, raw_label: &str) {
-    let livez = f.livez.requests_per_second;
     let row = |label: &str, fig: &Figure, unit: &str, ratio: String, target: &str| {
         println!(
             "| {label} | {:.0} {unit} | {:.0} µs | {:.0} µs | {ratio} | {target} |",
             fig.requests_per_second, fig.p50_us, fig.p99_us
         );
     };
-    let vs_livez = |fig: &Figure, target: f64| {
-        let r = fig.requests_per_second / livez;
-        (
-            format!("{r:.2}× /livez"),
-            format!("≥ {target:.2} — {}", verdict(r >= target)),
-        )
+    let paired_rows = |label: &str, p: &Paired, target: f64| {
+        let rounds: Vec<String> = p.ratios.iter().map(|r| format!("{r:.2}")).collect();
+        row(
+            "↳ `GET /livez`, same round",
+            &p.livez,
+            "req/s",
+            "1.00".into(),
+            "—",
+        );
+        row(
+            label,
+            &p.route,
+            "req/s",
+            format!(
+                "**{:.2}× /livez** (rounds: {})",
+                p.ratio(),
+                rounds.join(", ")
+            ),
+            &format!("≥ {target:.2} — {}", verdict(p.ratio() >= target)),
+        );
     };
     println!("\n### {name}\n");
     println!("| figure | rate | p50 | p99 | ratio | target |");
     println!("|---|---|---|---|---|---|");
-    row("`GET /livez`", &f.livez, "req/s", "1.00".into(), "—");
-    let (r, t) = vs_livez(&f.key_self, 0.9);
-    row("`GET /v1/keys/self`", &f.key_self, "req/s", r, &t);
-    let (r, t) = vs_livez(&f.contact, 0.9);
-    row("`GET /v1/contacts/{id}`", &f.contact, "req/s", r, &t);
-    let (r, t) = vs_livez(&f.single, 0.4);
-    row("`POST /v1/events` (1 event)", &f.single, "req/s", r, &t);
+    paired_rows("`GET /v1/keys/self`", &f.key_self, 0.9);
+    paired_rows("`GET /v1/contacts/{id}`", &f.contact, 0.9);
+    paired_rows("`POST /v1/events` (1 event)", &f.single, 0.4);
     let batch_events = Figure {
         requests_per_second: f.batch.requests_per_second * 100.0,
         p50_us: f.batch.p50_us,
@@ -203,11 +263,12 @@ async fn main() -> Result<()> {
         scratch: scratch.path(),
     };
     println!(
-        "keyflow-bench: {} · wrk -t{} -c{} -d{}s · binary {}",
+        "keyflow-bench: {} · wrk -t{} -c{} -d{}s · {} rounds per route · binary {}",
         machine(),
         args.threads,
         args.connections,
         args.seconds,
+        args.rounds,
         args.keyflow
     );
 

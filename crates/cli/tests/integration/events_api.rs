@@ -526,8 +526,71 @@ async fn refusals_inside_a_shared_commit_leave_the_rest(backend: Backend) {
     assert_eq!(contacts.body["data"].as_array().unwrap().len(), 16);
 }
 
+/// Anonymous events need no lookups: concurrent requests share group commits
+/// (the SQLite writer's direct connection, PostgreSQL's committers). Every
+/// acknowledged event is stored exactly once, each with its request's fields,
+/// and the contact filter (a partial index on both stores) sees none of them.
+async fn concurrent_anonymous_events_share_commits_exactly_once(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.default_rate_limit = keyflow_core::RateLimit::per_minute(100_000)
+    })
+    .await;
+    let t = app.tenant().await;
+    let mut tasks = Vec::new();
+    for client in 0..32 {
+        let http = app.client.clone();
+        let base = app.base_url.clone();
+        let key = t.key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..10 {
+                let r = http
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&key)
+                    .json(&json!({"name": format!("view-{client}"), "anonymous_id": format!("v{client}"), "properties": {"i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let body: Value = r.json().await.unwrap();
+                acked.push((body["id"].as_str().unwrap().to_string(), client, i));
+            }
+            acked
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    let stored = all_events(&app, &t.project_id).await;
+    assert_eq!(
+        stored.len(),
+        320,
+        "32 clients x 10 events, each stored once"
+    );
+    let by_id: std::collections::HashMap<&str, &keyflow_store::Event> =
+        stored.iter().map(|e| (e.id.as_str(), e)).collect();
+    for (id, client, i) in &acknowledged {
+        let event = by_id[id.as_str()];
+        assert_eq!(event.name, format!("view-{client}"));
+        assert_eq!(
+            event.anonymous_id.as_deref(),
+            Some(format!("v{client}").as_str())
+        );
+        assert_eq!(event.properties["i"], json!(i));
+    }
+    let filtered = app
+        .get("/v1/events?contact_id=nobody&limit=1000", &t.key)
+        .await;
+    assert_eq!(filtered.status, 200);
+    assert_eq!(filtered.body["data"], json!([]));
+    let named = app.get("/v1/events?name=view-7&limit=1000", &t.key).await;
+    assert_eq!(named.body["data"].as_array().unwrap().len(), 10);
+}
+
 backend_tests!(
     refusals_inside_a_shared_commit_leave_the_rest,
+    concurrent_anonymous_events_share_commits_exactly_once,
     track_is_durable_and_listed,
     identities_and_detached_events,
     time_filters_and_nfc_names,

@@ -6,6 +6,7 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use keyflow_core::ErrorCode;
 use keyflow_core::events::{
     EventInput, NewEvent, first_disallowed, normalise_event_name, validate_batch, validate_event,
@@ -115,7 +116,7 @@ pub async fn track(
     Extension(caller): Extension<Caller>,
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(input): JsonBody<EventInput>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let event = validate_event(input, state.now_ms(), "").map_err(ApiError::validation)?;
     let outcome = ingest(&state, &caller, &ticket, vec![event], Batch::Single).await?;
     let first = outcome
@@ -126,7 +127,13 @@ pub async fn track(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(json!({ "id": first.id }))))
+    Ok((status, Json(Accepted { id: &first.id })).into_response())
+}
+
+/// `{"id": …}` serialised straight from the outcome (no `Value` map on the hot path).
+#[derive(serde::Serialize)]
+pub struct Accepted<'a> {
+    id: &'a str,
 }
 
 #[derive(Deserialize)]

@@ -1,14 +1,32 @@
 //! PostgreSQL, for several `keyflow serve` instances sharing one database.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::sql_store::{Migration, impl_sql_store};
+use crate::sql_store::{Migration, event_chunks, impl_sql_store};
 
 pub struct PostgresStore {
     pool: sqlx::PgPool,
+    /// Lookup-free events waiting for a group commit (see `run_committer`).
+    ingest_queue: mpsc::Sender<PgJob>,
 }
+
+/// One request's lookup-free events and where to send their outcome.
+struct PgJob {
+    project_id: String,
+    events: Vec<NewEvent>,
+    now: i64,
+    reply: oneshot::Sender<crate::StoreResult<Vec<crate::EventOutcome>>>,
+}
+
+/// Group commits running at once: each holds one pooled connection, so the
+/// rest of the pool stays free for reads and other writes.
+const COMMITTERS: usize = 4;
+/// Rows per group commit at most, so one commit stays short.
+const MAX_ROWS_PER_COMMIT: usize = 2_000;
 
 impl PostgresStore {
     const MIGRATIONS: &'static [Migration] = &[
@@ -60,7 +78,12 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let (ingest_queue, jobs) = mpsc::channel(4096);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(run_committer(pool.clone(), jobs.clone()));
+        }
+        Ok(Self { pool, ingest_queue })
     }
 
     /// Several instances may start at once; a transaction-scoped advisory lock
@@ -122,20 +145,21 @@ impl PostgresStore {
         events: Vec<keyflow_core::events::NewEvent>,
         now: i64,
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
-        let mut conn = self.pool.acquire().await?;
-        let lookups = events.iter().any(crate::sql_store::EventRow::needs_lookups);
+        let lookups = events.iter().any(EventRow::needs_lookups);
         if !lookups {
-            let (outcomes, rows) =
-                crate::sql_store::EventRow::lookup_free(project_id, &events, now);
-            if crate::sql_store::event_chunks(&rows).len() <= 1 {
-                insert_event_rows(&mut conn, &rows).await?;
-            } else {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                insert_event_rows(&mut tx, &rows).await?;
-                tx.commit().await?;
-            }
-            return Ok(outcomes);
+            let (reply, answer) = oneshot::channel();
+            let job = PgJob {
+                project_id: project_id.to_string(),
+                events,
+                now,
+                reply,
+            };
+            let stopped =
+                || crate::StoreError::WriteFailed("the event committer has stopped".into());
+            self.ingest_queue.send(job).await.map_err(|_| stopped())?;
+            return answer.await.map_err(|_| stopped())?;
         }
+        let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let (outcomes, rows) = prepare_events(&mut tx, project_id, &events, now).await?;
         insert_event_rows(&mut tx, &rows).await?;
@@ -144,15 +168,82 @@ impl PostgresStore {
     }
 }
 
+/// One of the `COMMITTERS` group-commit tasks: takes every lookup-free job
+/// waiting (concurrent single-event requests, above all), writes all their
+/// rows in one transaction, and answers each job after the commit. Without
+/// it every single event paid a commit (a WAL flush) of its own. Should the
+/// shared commit fail, each job is retried alone so only a job that cannot
+/// be stored fails. Ends when the store is dropped.
+async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<PgJob>>>) {
+    loop {
+        let batch = {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else {
+                return;
+            };
+            let mut rows = first.events.len();
+            let mut batch = vec![first];
+            while rows < MAX_ROWS_PER_COMMIT {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        rows += job.events.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        commit_jobs(&pool, batch).await;
+    }
+}
+
+async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<PgJob>) {
+    let prepared: Vec<_> = batch
+        .iter()
+        .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
+        .collect();
+    let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
+    let shared = write_rows(pool, &rows).await;
+    if shared.is_ok() || batch.len() == 1 {
+        for (job, (outcomes, _)) in batch.into_iter().zip(prepared) {
+            let answer = match &shared {
+                Ok(()) => Ok(outcomes),
+                Err(e) => Err(crate::StoreError::WriteFailed(e.to_string())),
+            };
+            let _ = job.reply.send(answer);
+        }
+        return;
+    }
+    for (job, (outcomes, rows)) in batch.into_iter().zip(prepared) {
+        let rows: Vec<&EventRow> = rows.iter().collect();
+        let answer = write_rows(pool, &rows).await.map(|()| outcomes);
+        let _ = job.reply.send(answer);
+    }
+}
+
+/// `rows` in one statement when they fit one, else in one transaction.
+async fn write_rows(pool: &sqlx::PgPool, rows: &[&EventRow]) -> crate::StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    if event_chunks(rows).len() <= 1 {
+        return insert_event_rows(&mut conn, rows).await;
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    insert_event_rows(&mut tx, rows).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Multi-row INSERTs in a few fixed shapes (see `event_chunks`).
-async fn insert_event_rows(
+async fn insert_event_rows<R: std::borrow::Borrow<EventRow>>(
     conn: &mut sqlx::PgConnection,
-    rows: &[crate::sql_store::EventRow],
+    rows: &[R],
 ) -> crate::StoreResult<()> {
     for chunk in crate::sql_store::event_chunks(rows) {
         let sql = crate::sql_store::insert_events_sql(chunk.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
+            let r = r.borrow();
             query = query
                 .bind(&r.id)
                 .bind(&r.project_id)
