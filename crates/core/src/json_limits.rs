@@ -31,8 +31,7 @@ pub fn properties_json(props: &Map<String, Value>) -> Result<String, String> {
     if props.len() > MAX_PROPERTY_KEYS {
         return Err(format!("at most {MAX_PROPERTY_KEYS} keys"));
     }
-    // A map of JSON values always serialises.
-    let text = serde_json::to_string(props).unwrap_or_default();
+    let text = serde_json::to_string(props).map_err(|e| format!("could not be encoded: {e}"))?;
     if text.len() > MAX_PROPERTIES_BYTES {
         return Err(format!(
             "at most {} KiB of JSON",

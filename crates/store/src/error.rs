@@ -23,9 +23,23 @@ pub enum StoreError {
     /// A grouped write failed as a whole; nothing of it was stored.
     #[error("write failed: {0}")]
     WriteFailed(String),
+    /// The database could not be reached for a grouped write (one failure
+    /// answered to every request of the group); nothing of it was stored.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
+    /// This failure as told to each request of a grouped write: still 503
+    /// when the database was unreachable, else a write failure.
+    pub(crate) fn for_each_job(&self) -> Self {
+        if self.is_unavailable() {
+            Self::Unavailable(self.to_string())
+        } else {
+            Self::WriteFailed(self.to_string())
+        }
+    }
+
     /// Maps a unique-constraint violation to `Conflict`, anything else to `Database`.
     pub(crate) fn from_write(err: sqlx::Error, what: &str) -> Self {
         match &err {
@@ -39,6 +53,7 @@ impl StoreError {
     /// Whether the database is unreachable (503) rather than misbehaving (500).
     pub fn is_unavailable(&self) -> bool {
         match self {
+            Self::Unavailable(_) => true,
             Self::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed,
             ) => true,
@@ -81,5 +96,14 @@ mod tests {
             assert!(!sqlite_failure(code).is_unavailable(), "{code}");
         }
         assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+    }
+
+    #[test]
+    fn a_grouped_write_tells_each_request_the_same_kind_of_failure() {
+        let unreachable = StoreError::Database(sqlx::Error::PoolTimedOut);
+        let told = unreachable.for_each_job();
+        assert!(matches!(told, StoreError::Unavailable(_)) && told.is_unavailable());
+        let broken = StoreError::Corrupt("x".into()).for_each_job();
+        assert!(matches!(broken, StoreError::WriteFailed(_)) && !broken.is_unavailable());
     }
 }

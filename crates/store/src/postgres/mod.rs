@@ -155,7 +155,7 @@ impl PostgresStore {
                 reply,
             };
             let stopped =
-                || crate::StoreError::WriteFailed("the event committer has stopped".into());
+                || crate::StoreError::Unavailable("the event committer has stopped".into());
             self.ingest_queue.send(job).await.map_err(|_| stopped())?;
             return answer.await.map_err(|_| stopped())?;
         }
@@ -205,13 +205,25 @@ async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<PgJob>) {
         .collect();
     let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
     let shared = write_rows(pool, &rows).await;
-    if shared.is_ok() || batch.len() == 1 {
-        for (job, (outcomes, _)) in batch.into_iter().zip(prepared) {
-            let answer = match &shared {
-                Ok(()) => Ok(outcomes),
-                Err(e) => Err(crate::StoreError::WriteFailed(e.to_string())),
-            };
-            let _ = job.reply.send(answer);
+    let error = match shared {
+        Ok(()) => {
+            for (job, (outcomes, _)) in batch.into_iter().zip(prepared) {
+                let _ = job.reply.send(Ok(outcomes));
+            }
+            return;
+        }
+        Err(error) => error,
+    };
+    // An unreachable database fails every job at once (503): retrying them
+    // one by one would hold each for another acquire timeout. Otherwise one
+    // job's rows may be at fault: retry each alone so only it fails.
+    if batch.len() == 1 || error.is_unavailable() {
+        let mut jobs = batch.into_iter();
+        if let Some(first) = jobs.next() {
+            for job in jobs {
+                let _ = job.reply.send(Err(error.for_each_job()));
+            }
+            let _ = first.reply.send(Err(error));
         }
         return;
     }

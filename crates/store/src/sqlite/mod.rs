@@ -232,7 +232,8 @@ fn run_writer(
             // clients write concurrently the writer waits in short steps
             // for as long as jobs keep coming (up to COMMIT_DELAY): fewer,
             // larger commits leave the CPU to the requests. It commits as
-            // soon as a step brings nothing; a lone client never waits.
+            // soon as a step brings nothing; a lone client waits at most one
+            // step, just after a busy period.
             let started = std::time::Instant::now();
             while batch.len() < MAX_JOBS_PER_COMMIT
                 && count < MAX_EVENTS_PER_COMMIT
