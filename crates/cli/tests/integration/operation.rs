@@ -34,6 +34,12 @@ async fn framework_errors_use_the_error_shape(backend: Backend) {
     let wrong_method = app.request(Method::PUT, "/livez", None, None).await;
     wrong_method.assert_error(405, "method_not_allowed");
     assert!(wrong_method.header("allow").is_some());
+    // A /v1 path answers a method it lacks like an unknown path: before
+    // authentication, so without a key too, and naming the methods it has.
+    let wrong_v1 = app.request(Method::PUT, "/v1/events", None, None).await;
+    wrong_v1.assert_error(405, "method_not_allowed");
+    let allow = wrong_v1.header("allow").unwrap_or_default().to_string();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
     let bad_query = app
         .request(Method::GET, "/v1/keys/self?x=%ZZ", None, None)
         .await;
