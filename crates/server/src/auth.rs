@@ -78,6 +78,13 @@ impl Guard {
         self.deferred_limit = true;
         self
     }
+    /// `handler` behind this guard's checks (see [`Guarded`]).
+    pub fn wrap<H>(self, handler: H) -> Guarded<H> {
+        Guarded {
+            guard: self,
+            handler,
+        }
+    }
 }
 
 /// The client address per SPEC §2 (socket peer, or X-Forwarded-For behind a trusted proxy).
@@ -226,8 +233,8 @@ fn allow_origin(response: &mut Response, origin: &str) {
 ///
 /// The pipeline runs inside the handler rather than as a per-route
 /// middleware layer: a layer costs each request a clone of the boxed inner
-/// service, a boxed `Next` and a boxed future — about a tenth of a
-/// single-event request's CPU on the ingest path.
+/// service, a boxed `Next` and a boxed future (measured with callgrind: ~3 %
+/// of a single-event request's instructions).
 #[derive(Clone)]
 pub struct Guarded<H> {
     guard: Guard,
@@ -244,16 +251,6 @@ where
     fn call(self, req: Request, state: S) -> Self::Future {
         let Guarded { guard, handler } = self;
         Box::pin(async move { require(&guard, req, move |req| handler.call(req, state)).await })
-    }
-}
-
-impl Guard {
-    /// `handler` behind this guard's checks (see [`Guarded`]).
-    pub fn wrap<H>(self, handler: H) -> Guarded<H> {
-        Guarded {
-            guard: self,
-            handler,
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! connection setup.
 
 mod error;
+mod ingest_queue;
 mod models;
 pub mod postgres;
 mod sql_store;

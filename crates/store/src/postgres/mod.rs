@@ -4,22 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::ingest_queue::{IngestJob, fail_all, submit};
 
 use crate::sql_store::{Migration, event_chunks, impl_sql_store};
 
 pub struct PostgresStore {
     pool: sqlx::PgPool,
     /// Lookup-free events waiting for a group commit (see `run_committer`).
-    ingest_queue: mpsc::Sender<PgJob>,
-}
-
-/// One request's lookup-free events and where to send their outcome.
-struct PgJob {
-    project_id: String,
-    events: Vec<NewEvent>,
-    now: i64,
-    reply: oneshot::Sender<crate::StoreResult<Vec<crate::EventOutcome>>>,
+    ingest_queue: mpsc::Sender<IngestJob>,
 }
 
 /// Group commits running at once: each holds one pooled connection, so the
@@ -147,17 +141,9 @@ impl PostgresStore {
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
         let lookups = events.iter().any(EventRow::needs_lookups);
         if !lookups {
-            let (reply, answer) = oneshot::channel();
-            let job = PgJob {
-                project_id: project_id.to_string(),
-                events,
-                now,
-                reply,
-            };
             let stopped =
                 || crate::StoreError::Unavailable("the event committer has stopped".into());
-            self.ingest_queue.send(job).await.map_err(|_| stopped())?;
-            return answer.await.map_err(|_| stopped())?;
+            return submit(&self.ingest_queue, project_id, events, now, stopped).await;
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -174,7 +160,7 @@ impl PostgresStore {
 /// it every single event paid a commit (a WAL flush) of its own. Should the
 /// shared commit fail, each job is retried alone so only a job that cannot
 /// be stored fails. Ends when the store is dropped.
-async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<PgJob>>>) {
+async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<IngestJob>>>) {
     loop {
         let batch = {
             let mut jobs = jobs.lock().await;
@@ -198,7 +184,7 @@ async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<PgJob>
     }
 }
 
-async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<PgJob>) {
+async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>) {
     let prepared: Vec<_> = batch
         .iter()
         .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
@@ -218,14 +204,7 @@ async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<PgJob>) {
     // one by one would hold each for another acquire timeout. Otherwise one
     // job's rows may be at fault: retry each alone so only it fails.
     if batch.len() == 1 || error.is_unavailable() {
-        let mut jobs = batch.into_iter();
-        if let Some(first) = jobs.next() {
-            for job in jobs {
-                let _ = job.reply.send(Err(error.for_each_job()));
-            }
-            let _ = first.reply.send(Err(error));
-        }
-        return;
+        return fail_all(batch, error);
     }
     for (job, (outcomes, rows)) in batch.into_iter().zip(prepared) {
         let rows: Vec<&EventRow> = rows.iter().collect();

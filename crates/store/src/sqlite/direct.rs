@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{IngestJob, fail_all};
+use super::fail_all;
+use crate::ingest_queue::IngestJob;
 use crate::sql_store::{EVENT_CHUNKS, EventRow, event_chunks, insert_events_sql};
 
 pub(crate) struct DirectWriter {

@@ -10,8 +10,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use crate::ingest_queue::{self, IngestJob};
 use crate::sql_store::{Migration, impl_sql_store};
 
 mod direct;
@@ -25,14 +26,6 @@ pub struct SqliteStore {
     ingest_queue: mpsc::Sender<IngestJob>,
     /// Point reads on the calling thread; `None` for in-memory databases.
     reader: Option<reader::Reader>,
-}
-
-/// One request's events waiting for the writer, and where to send the result.
-pub(crate) struct IngestJob {
-    pub(crate) project_id: String,
-    pub(crate) events: Vec<NewEvent>,
-    pub(crate) now: i64,
-    pub(crate) reply: oneshot::Sender<crate::StoreResult<Vec<crate::EventOutcome>>>,
 }
 
 /// Jobs taken into one transaction at most (bounded so one commit stays short).
@@ -188,16 +181,8 @@ impl SqliteStore {
         events: Vec<NewEvent>,
         now: i64,
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
-        let (reply, answer) = oneshot::channel();
-        let job = IngestJob {
-            project_id: project_id.to_string(),
-            events,
-            now,
-            reply,
-        };
         let stopped = || crate::StoreError::WriteFailed("the SQLite writer has stopped".into());
-        self.ingest_queue.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        ingest_queue::submit(&self.ingest_queue, project_id, events, now, stopped).await
     }
 }
 
@@ -296,12 +281,9 @@ fn take_waiting(
     }
 }
 
+/// Fails every job with the same write failure.
 pub(crate) fn fail_all(batch: Vec<IngestJob>, reason: &str) {
-    for job in batch {
-        let _ = job
-            .reply
-            .send(Err(crate::StoreError::WriteFailed(reason.to_string())));
-    }
+    ingest_queue::fail_all(batch, crate::StoreError::WriteFailed(reason.to_string()));
 }
 
 type Prepared = (Vec<crate::EventOutcome>, Vec<crate::sql_store::EventRow>);
