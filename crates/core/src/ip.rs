@@ -121,6 +121,19 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     None
 }
 
+/// The unit an abuse limiter counts: an IPv4 address, or the /64 an IPv6
+/// address is in (one host commonly holds a whole /64, so counting single
+/// IPv6 addresses would let it rotate through 2^64 of them).
+pub fn limiter_subject(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => v6.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +204,17 @@ mod tests {
             client_ip(ip("::ffff:10.0.0.1"), &["::ffff:5.5.5.5"], &proxies),
             Some(ip("5.5.5.5"))
         );
+    }
+
+    #[test]
+    fn limiter_subject_groups_ipv6_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limiter_subject(a), "2001:db8:1:2::/64");
+        assert_eq!(limiter_subject(a), limiter_subject(b));
+        assert_ne!(limiter_subject(a), limiter_subject(c));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(limiter_subject(mapped), "10.1.2.3");
     }
 }

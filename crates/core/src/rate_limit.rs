@@ -132,10 +132,27 @@ pub fn gcra(
     }
 }
 
+/// Gives back one request charged earlier (a sign-in that turned out right):
+/// the stored TAT moves back one interval, never before `now_us`.
+pub fn gcra_refund(stored_tat_us: i64, now_us: i64, quota: RateLimit) -> i64 {
+    (stored_tat_us - quota.emission_interval_us()).max(now_us)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn refund_gives_back_one_request() {
+        let quota = RateLimit::per_minute(2);
+        let a = gcra(None, 0, quota, true);
+        let b = gcra(Some(a.new_tat_us), 0, quota, true);
+        assert!(!gcra(Some(b.new_tat_us), 0, quota, true).allowed);
+        let tat = gcra_refund(b.new_tat_us, 0, quota);
+        assert!(gcra(Some(tat), 0, quota, true).allowed);
+        assert_eq!(gcra_refund(5, 10, quota), 10);
+    }
 
     fn run(quota: RateLimit, times_us: &[i64]) -> Vec<bool> {
         let mut tat = None;

@@ -303,6 +303,7 @@ async fn background_flush(state: SharedState, mut stop: tokio::sync::watch::Rece
         flush_usage(&state).await;
         state.local_limiter.prune(state.now_ms());
         state.failed_auth.prune(state.now_ms());
+        state.signin.prune(state.now_ms());
     }
 }
 

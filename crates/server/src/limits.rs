@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use keyflow_core::clock::UnixMillis;
-use keyflow_core::rate_limit::gcra;
+use keyflow_core::rate_limit::{gcra, gcra_refund};
 use keyflow_core::{GcraDecision, RateLimit};
 
 /// SPEC §2's endpoint categories; each has its own quota per key.
@@ -90,6 +90,27 @@ impl LocalRateLimiter {
             }
         }
         decision
+    }
+
+    /// Gives back one request charged to `bucket` (see [`gcra_refund`]).
+    pub fn refund(&self, bucket: &str, quota: RateLimit, now_ms: UnixMillis) {
+        let now_us = now_ms.saturating_mul(1000);
+        let mut map = self.shard(bucket).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tat) = map.get_mut(bucket) {
+            *tat = gcra_refund(*tat, now_us, quota);
+        }
+    }
+
+    /// Number of buckets held (for tests and `/metrics`).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Drops buckets whose quota is full again (their TAT is in the past): they

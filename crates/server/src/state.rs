@@ -97,8 +97,8 @@ pub struct AppState {
     pub local_limiter: Arc<LocalRateLimiter>,
     pub usage: UsageTracker,
     pub metrics: Metrics,
-    /// Failed dashboard sign-ins per account and per client IP.
-    pub signin_limiter: LocalRateLimiter,
+    /// Failed dashboard sign-ins and the browsers known to have signed in.
+    pub signin: crate::dashboard::signin::SigninThrottle,
     /// The one-time first-run setup token, while the instance has no operator.
     setup_token: std::sync::Mutex<Option<String>>,
 }
@@ -122,7 +122,7 @@ impl AppState {
             local_limiter,
             usage: UsageTracker::default(),
             metrics: Metrics::default(),
-            signin_limiter: LocalRateLimiter::default(),
+            signin: Default::default(),
             setup_token: std::sync::Mutex::new(None),
         }
     }

@@ -7,9 +7,9 @@ use serde_json::json;
 use crate::backend_tests;
 use crate::harness::{Backend, Reply, TestApp};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(Policy::none())
         .build()
@@ -17,7 +17,7 @@ fn browser() -> reqwest::Client {
 }
 
 /// The `kf_session=…` pair from a Set-Cookie header.
-fn session_cookie(reply: &Reply) -> Option<String> {
+pub(crate) fn session_cookie(reply: &Reply) -> Option<String> {
     reply
         .headers
         .get_all("set-cookie")
@@ -27,7 +27,7 @@ fn session_cookie(reply: &Reply) -> Option<String> {
         .map(|c| c.split(';').next().unwrap().to_string())
 }
 
-async fn get_page(app: &TestApp, path: &str, cookie: Option<&str>) -> Reply {
+pub(crate) async fn get_page(app: &TestApp, path: &str, cookie: Option<&str>) -> Reply {
     let mut req = browser().get(format!("{}{path}", app.base_url));
     if let Some(c) = cookie {
         req = req.header("cookie", c);
@@ -35,7 +35,7 @@ async fn get_page(app: &TestApp, path: &str, cookie: Option<&str>) -> Reply {
     TestApp::reply(req).await
 }
 
-async fn post_form(
+pub(crate) async fn post_form(
     app: &TestApp,
     path: &str,
     cookie: Option<&str>,
@@ -51,7 +51,7 @@ async fn post_form(
     TestApp::reply(req).await
 }
 
-fn text(reply: &Reply) -> String {
+pub(crate) fn text(reply: &Reply) -> String {
     reply
         .body
         .as_str()
@@ -59,7 +59,7 @@ fn text(reply: &Reply) -> String {
         .unwrap_or_else(|| reply.body.to_string())
 }
 
-async fn operator(app: &TestApp, email: &str) -> String {
+pub(crate) async fn operator(app: &TestApp, email: &str) -> String {
     let t = app.tenant().await;
     let op = app
         .admin(
@@ -72,7 +72,7 @@ async fn operator(app: &TestApp, email: &str) -> String {
     t.workspace_id
 }
 
-async fn sign_in(app: &TestApp, email: &str) -> String {
+pub(crate) async fn sign_in(app: &TestApp, email: &str) -> String {
     let reply = post_form(
         app,
         "/signin",

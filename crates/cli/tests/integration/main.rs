@@ -19,6 +19,7 @@ mod openapi;
 mod operation;
 mod rate_limits;
 mod segment_compat;
+mod signin;
 mod store_conformance;
 mod subscribers_api;
 mod webdriver;

@@ -7,6 +7,7 @@ mod html;
 pub mod keys;
 mod metrics;
 pub mod session;
+pub mod signin;
 mod workspace;
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use keyflow_core::timefmt::format_rfc3339;
-use keyflow_core::{Environment, Plan, RateLimit};
+use keyflow_core::{Environment, Plan};
 use keyflow_store::{Actor, AuditTarget, Page};
 use serde_json::json;
 
@@ -31,20 +32,10 @@ use crate::state::SharedState;
 
 pub const STYLESHEET: &str = include_str!("../../assets/app.css");
 
-/// Failed sign-ins allowed per account and per client IP.
-const SIGNIN_PER_ACCOUNT: RateLimit = RateLimit {
-    limit: 10,
-    period_seconds: 900,
-};
-const SIGNIN_PER_IP: RateLimit = RateLimit {
-    limit: 30,
-    period_seconds: 60,
-};
-
 pub fn router() -> Router<SharedState> {
     Router::new()
         .route("/", get(home))
-        .route("/signin", get(signin_form).post(signin))
+        .route("/signin", get(signin_form).post(signin::signin))
         .route("/signout", post(signout))
         .route("/setup", get(setup_form).post(setup))
         .route("/activity", get(activity))
@@ -238,67 +229,6 @@ async fn start_session(
         session::set_cookie(&id, session::is_https(headers)),
     );
     Ok(response)
-}
-
-async fn signin(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
-    }
-    let email = form
-        .get("email")
-        .map(|e| e.trim().to_lowercase())
-        .unwrap_or_default();
-    let password = form.get("password").cloned().unwrap_or_default();
-    let ip = client_ip(&state, &headers, peer);
-    let now = state.now_ms();
-    let account_bucket = format!("signin-account:{email}");
-    let ip_bucket = format!("signin-ip:{}", ip.as_deref().unwrap_or("unknown"));
-    let limited = !state
-        .signin_limiter
-        .decide(&account_bucket, SIGNIN_PER_ACCOUNT, now, false)
-        .allowed
-        || !state
-            .signin_limiter
-            .decide(&ip_bucket, SIGNIN_PER_IP, now, false)
-            .allowed;
-    if limited {
-        return signin_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &email,
-            Some("Too many failed sign-ins. Wait a few minutes and try again."),
-        );
-    }
-    let operator = match state.store.find_operator_by_email(&email).await {
-        Ok(op) => op,
-        Err(e) => return error_page(e.into()),
-    };
-    let verified = match &operator {
-        Some(op) => tenancy::verify_password(password, op.password_hash.clone()).await,
-        None => false,
-    };
-    match (operator, verified) {
-        (Some(op), true) => start_session(&state, &headers, &op, ip)
-            .await
-            .unwrap_or_else(error_page),
-        _ => {
-            state
-                .signin_limiter
-                .decide(&account_bucket, SIGNIN_PER_ACCOUNT, now, true);
-            state
-                .signin_limiter
-                .decide(&ip_bucket, SIGNIN_PER_IP, now, true);
-            signin_page(
-                StatusCode::UNAUTHORIZED,
-                &email,
-                Some("That email and password do not match."),
-            )
-        }
-    }
 }
 
 async fn signout(

@@ -40,7 +40,13 @@ pub fn check_email(email: &str) -> ApiResult<String> {
     Ok(email)
 }
 
-/// Argon2id with the crate's defaults (19 MiB, 2 passes), off the async threads.
+/// Argon2id holds about 19 MiB per hash for ~30 ms of a core: at most this
+/// many run at once, so memory stays bounded whatever arrives (SPEC §6).
+pub const HASHING_PERMITS: usize = 2;
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHING_PERMITS);
+
+/// Argon2id with the crate's defaults (19 MiB, 2 passes), off the async
+/// threads, waiting its turn among [`HASHING_PERMITS`].
 pub async fn hash_password(password: String) -> ApiResult<String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         return Err(ApiError::field(
@@ -48,32 +54,70 @@ pub async fn hash_password(password: String) -> ApiResult<String> {
             format!("must be at least {MIN_PASSWORD_CHARS} characters"),
         ));
     }
-    tokio::task::spawn_blocking(move || {
-        let mut salt_bytes = [0u8; 16];
-        getrandom::fill(&mut salt_bytes).map_err(|e| ApiError::internal("random salt", &e))?;
-        let salt = SaltString::encode_b64(&salt_bytes)
-            .map_err(|e| ApiError::internal("salt encoding", &e))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| ApiError::internal("password hashing", &e))
-    })
-    .await
-    .map_err(|e| ApiError::internal("password hashing task", &e))?
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("password hashing permit", &e))?;
+    tokio::task::spawn_blocking(move || hash_now(&password))
+        .await
+        .map_err(|e| ApiError::internal("password hashing task", &e))?
 }
 
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
+fn hash_now(password: &str) -> ApiResult<String> {
+    let mut salt_bytes = [0u8; 16];
+    getrandom::fill(&mut salt_bytes).map_err(|e| ApiError::internal("random salt", &e))?;
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| ApiError::internal("salt encoding", &e))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal("password hashing", &e))
+}
+
+/// A hash of a random password, verified against when an email is unknown so
+/// that a sign-in takes as long whether or not the account exists.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let random = keyflow_core::keys::random_base62(24).unwrap_or_default();
+        hash_now(&format!("dummy-{random}")).unwrap_or_default()
+    })
+}
+
+/// The outcome of [`try_verify_password`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Matches,
+    DoesNotMatch,
+    /// Every hashing permit is taken: nothing was hashed; retry shortly.
+    Busy,
+}
+
+/// Checks `password` against `hash`, or against a dummy hash when the
+/// account does not exist (`None`; always `DoesNotMatch`, in the same time).
+/// Does not wait for a hashing permit: a flood of sign-ins is refused, not queued.
+pub async fn try_verify_password(password: String, hash: Option<String>) -> Verification {
+    let Ok(permit) = HASHING.try_acquire() else {
+        return Verification::Busy;
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
+        let matches = PasswordHash::new(&hash)
             .map(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
             })
-            .unwrap_or(false)
+            .unwrap_or(false);
+        known && matches
     })
-    .await
-    .unwrap_or(false)
+    .await;
+    match result {
+        Ok(true) => Verification::Matches,
+        _ => Verification::DoesNotMatch,
+    }
 }
 
 pub async fn create_workspace(
