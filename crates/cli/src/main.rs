@@ -397,9 +397,8 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 store.as_ref(),
                 &project,
                 spec,
-                request.scopes.is_some(),
                 &Actor::InstanceAdmin,
-                None,
+                key_ops::KeyAuthority::Instance,
                 None,
                 now,
             )

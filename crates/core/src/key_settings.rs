@@ -95,6 +95,43 @@ pub struct NewKeySpec {
     pub key_type: KeyType,
     pub scopes: ScopeSet,
     pub settings: KeySettings,
+    /// What the request named; the rest may be narrowed or inherited from
+    /// a restricted creator.
+    pub given: GivenSettings,
+}
+
+/// Which optional fields a create request named.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GivenSettings {
+    pub scopes: bool,
+    pub ip_allowlist: bool,
+    pub expires_at: bool,
+    pub allowed_events: bool,
+    pub allowed_origins: bool,
+    pub rate_limit: bool,
+}
+
+impl GivenSettings {
+    /// Everything named (a spec built in code, not from a request).
+    pub const ALL: GivenSettings = GivenSettings {
+        scopes: true,
+        ip_allowlist: true,
+        expires_at: true,
+        allowed_events: true,
+        allowed_origins: true,
+        rate_limit: true,
+    };
+
+    pub fn has(&self, r: crate::restrictions::Restriction) -> bool {
+        use crate::restrictions::Restriction;
+        match r {
+            Restriction::IpAllowlist => self.ip_allowlist,
+            Restriction::ExpiresAt => self.expires_at,
+            Restriction::AllowedEvents => self.allowed_events,
+            Restriction::AllowedOrigins => self.allowed_origins,
+            Restriction::RateLimit => self.rate_limit,
+        }
+    }
 }
 
 /// Collects field errors so one response reports all of them.
@@ -165,6 +202,14 @@ pub fn validate_create(
             key_type,
             scopes,
             settings,
+            given: GivenSettings {
+                scopes: req.scopes.is_some(),
+                ip_allowlist: req.ip_allowlist.is_some(),
+                expires_at: req.expires_at.is_some(),
+                allowed_events: req.allowed_events.is_some(),
+                allowed_origins: req.allowed_origins.is_some(),
+                rate_limit: req.rate_limit.is_some(),
+            },
         }),
         _ => Err(errors.0),
     }

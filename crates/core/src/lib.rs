@@ -13,6 +13,7 @@ pub mod key_settings;
 pub mod keys;
 pub mod plan;
 pub mod rate_limit;
+pub mod restrictions;
 pub mod scopes;
 pub mod timefmt;
 

@@ -27,6 +27,14 @@ impl RateLimit {
             && (1..=Self::MAX_PERIOD_SECONDS).contains(&self.period_seconds)
     }
 
+    /// Whether this quota is no higher than `ceiling`, in burst (the limit)
+    /// and in sustained rate (limit per period).
+    pub fn at_most(&self, ceiling: RateLimit) -> bool {
+        let sustained = u64::from(self.limit) * u64::from(ceiling.period_seconds)
+            <= u64::from(ceiling.limit) * u64::from(self.period_seconds);
+        self.limit <= ceiling.limit && sustained
+    }
+
     fn period_us(&self) -> i64 {
         i64::from(self.period_seconds.max(1)) * 1_000_000
     }

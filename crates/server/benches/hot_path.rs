@@ -84,9 +84,8 @@ async fn fixture(dir: &std::path::Path) -> (Arc<AppState>, String) {
         store.as_ref(),
         &project,
         spec,
-        false,
         &Actor::InstanceAdmin,
-        None,
+        keyflow_server::operations::keys::KeyAuthority::Instance,
         None,
         now,
     )

@@ -136,6 +136,8 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
             "/v1/metrics/credential",
             post(
                 guard(Some(Scope::KeysWrite), Management)
+                    .also(Scope::ContactsRead)
+                    .also(Scope::EventsRead)
                     .wrap(metrics_credential::create_or_rotate),
             ),
         )

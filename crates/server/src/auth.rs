@@ -14,7 +14,7 @@ use axum::handler::Handler;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use keyflow_core::keys::parse_key;
-use keyflow_core::{ErrorCode, GcraDecision, IpAllowList, RateLimit, Scope};
+use keyflow_core::{ErrorCode, GcraDecision, IpAllowList, RateLimit, Scope, ScopeSet};
 use keyflow_store::Actor;
 
 use crate::error::ApiError;
@@ -52,6 +52,9 @@ impl Caller {
 pub struct Guard {
     pub state: SharedState,
     pub scope: Option<Scope>,
+    /// Scopes needed besides `scope` (creating the metrics credential also
+    /// needs the read scopes of the data it will read).
+    pub also: ScopeSet,
     pub category: Category,
     /// Also accept HTTP Basic with the key as user name (Segment's libraries).
     pub allow_basic: bool,
@@ -65,10 +68,16 @@ impl Guard {
         Self {
             state: state.clone(),
             scope,
+            also: ScopeSet::EMPTY,
             category,
             allow_basic: false,
             deferred_limit: false,
         }
+    }
+    /// Also requires `scope`.
+    pub fn also(mut self, scope: Scope) -> Self {
+        self.also = self.also.with(scope);
+        self
     }
     pub fn basic_auth(mut self) -> Self {
         self.allow_basic = true;
@@ -328,7 +337,9 @@ where
     } else {
         guard
             .scope
-            .filter(|s| !key.key.scopes.contains(*s))
+            .into_iter()
+            .chain(guard.also.minus(key.key.scopes).iter())
+            .find(|s| !key.key.scopes.contains(*s))
             .map(|s| {
                 ApiError::new(
                     ErrorCode::InsufficientScope,

@@ -153,7 +153,8 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> StoreResult<bool>;
     /// Inserts `new_key` and moves the old key's expiry to `old_expires_at`, atomically.
-    /// `false` (and nothing written) if the old key is gone or revoked.
+    /// Marks the old key rolled (at `new_key.created_at`). `false` (and nothing
+    /// written) if the old key is gone, revoked or already rolled.
     async fn roll_api_key(
         &self,
         project_id: &str,

@@ -88,6 +88,8 @@ pub struct ApiKey {
     pub last_used_at: Option<UnixMillis>,
     pub last_used_ip: Option<String>,
     pub revoked_at: Option<UnixMillis>,
+    /// Set once the key has been rolled: its expiry is final from then on.
+    pub rolled_at: Option<UnixMillis>,
 }
 
 /// A key found by digest, with what authentication needs besides the key.

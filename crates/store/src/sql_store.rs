@@ -22,7 +22,7 @@ pub(crate) struct Migration {
 
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.project_id, k.name, k.key_type, k.scopes, k.prefix, k.digest, \
      k.created_at, k.created_by_type, k.created_by_id, k.created_by_name, k.created_by_prefix, k.expires_at, \
-     k.revoked_at, k.last_used_at, k.last_used_ip, k.ip_allowlist, k.allowed_events, k.allowed_origins, k.rate_limit";
+     k.revoked_at, k.last_used_at, k.last_used_ip, k.ip_allowlist, k.allowed_events, k.allowed_origins, k.rate_limit, k.rolled_at";
 
 pub(crate) const INSERT_KEY: &str = "INSERT INTO api_keys (id, project_id, name, key_type, scopes, prefix, digest, \
      created_at, created_by_type, created_by_id, created_by_name, created_by_prefix, expires_at, revoked_at, \
@@ -147,6 +147,7 @@ pub(crate) struct KeyRow {
     pub allowed_events: Option<String>,
     pub allowed_origins: Option<String>,
     pub rate_limit: Option<String>,
+    pub rolled_at: Option<i64>,
 }
 
 impl KeyRow {
@@ -198,6 +199,7 @@ impl KeyRow {
             last_used_at: self.last_used_at,
             last_used_ip: self.last_used_ip,
             revoked_at: self.revoked_at,
+            rolled_at: self.rolled_at,
         })
     }
 }
@@ -491,6 +493,7 @@ macro_rules! impl_sql_store {
                 allowed_events: row.try_get("allowed_events")?,
                 allowed_origins: row.try_get("allowed_origins")?,
                 rate_limit: row.try_get("rate_limit")?,
+                rolled_at: row.try_get("rolled_at")?,
             }
             .into_model()
         }
@@ -1435,12 +1438,13 @@ macro_rules! impl_sql_store {
                 // An earlier expiry the key already had is kept.
                 let done = sqlx::query(
                     "UPDATE api_keys SET expires_at = CASE WHEN expires_at IS NOT NULL AND expires_at < $1 \
-                     THEN expires_at ELSE $1 END \
-                     WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
+                     THEN expires_at ELSE $1 END, rolled_at = $4 \
+                     WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL AND rolled_at IS NULL",
                 )
                 .bind(old_expires_at)
                 .bind(project_id)
                 .bind(old_id)
+                .bind(new_key.created_at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()

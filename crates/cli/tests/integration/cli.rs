@@ -49,7 +49,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0005_project_settings",
             "0006_metrics_credentials",
             "0007_events_by_project",
-            "0008_events_contact_partial"
+            "0008_events_contact_partial",
+            "0009_key_rolled_at"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

@@ -860,22 +860,40 @@ mod keys_pages {
             )
             .await;
         let key = key.body["key"].as_str().unwrap().to_string();
-        let preview = text(&get_page(&app, "/plan?preview=free", Some(&cookie)).await);
-        assert!(
-            preview.contains("1 active API keys will be suspended"),
-            "{preview}"
-        );
-        let changed = post_form(
+        // With an admin token the instance operator owns the plan: the
+        // owner cannot change it here (SPEC §1), in either direction.
+        let refused = post_form(
             &app,
             "/plan",
             Some(&cookie),
             &[("csrf", &csrf), ("plan", "free")],
         )
         .await;
-        assert_eq!(changed.status, 303);
+        assert_eq!(refused.status, 403);
+        assert_eq!(app.get("/v1/keys/self", &key).await.status, 200);
+        app.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/v1/workspaces/{workspace}/plan"),
+            json!({"plan": "free"}),
+        )
+        .await;
         app.get("/v1/keys/self", &key)
             .await
             .assert_error(403, "feature_not_allowed");
+        let upgrade = post_form(
+            &app,
+            "/plan",
+            Some(&cookie),
+            &[("csrf", &csrf), ("plan", "team")],
+        )
+        .await;
+        assert_eq!(upgrade.status, 403);
+        app.get("/v1/keys/self", &key)
+            .await
+            .assert_error(403, "feature_not_allowed");
+        let page = text(&get_page(&app, "/plan", Some(&cookie)).await);
+        assert!(page.contains("managed by the operator"), "{page}");
+        assert!(!page.contains("name=\"plan\""), "{page}");
         // Activity filters.
         let only_plan = text(
             &get_page(
@@ -1010,6 +1028,13 @@ mod keys_pages {
                 ("limit", ""),
                 ("period_seconds", ""),
                 ("metrics_cache_ttl_minutes", "4"),
+            ],
+            // Above the plan's limit (100 per minute by default): the plan
+            // is the ceiling of tenant overrides (SPEC §2).
+            [
+                ("limit", "1000000"),
+                ("period_seconds", "1"),
+                ("metrics_cache_ttl_minutes", "5"),
             ],
         ] {
             let mut form = vec![("csrf", csrf.as_str()), ("project", project.as_str())];
@@ -1240,7 +1265,80 @@ mod keys_pages {
         assert!(!activity.contains(&secret));
     }
 
+    /// Without an admin token (a team hosting Keyflow for itself), setup
+    /// asks for the plan (team preselected) and the owner changes it here.
+    async fn plan_page_without_admin_token(backend: Backend) {
+        let app = TestApp::start_with(backend, |c| c.admin_token = None).await;
+        let token = app.state.issue_setup_token().unwrap();
+        let form = text(&get_page(&app, &format!("/setup?token={token}"), None).await);
+        assert!(form.contains("<option value=\"team\" selected>"), "{form}");
+        let bad = post_form(
+            &app,
+            "/setup",
+            None,
+            &[
+                ("token", &token),
+                ("email", "o@acme.io"),
+                ("password", PASSWORD),
+                ("workspace", "Acme"),
+                ("project", "Prod"),
+                ("plan", "gold"),
+            ],
+        )
+        .await;
+        assert_eq!(bad.status, 422);
+        let setup = post_form(
+            &app,
+            "/setup",
+            None,
+            &[
+                ("token", &token),
+                ("email", "o@acme.io"),
+                ("password", PASSWORD),
+                ("workspace", "Acme"),
+                ("project", "Prod"),
+                ("plan", "team"),
+            ],
+        )
+        .await;
+        let cookie = session_cookie(&setup).unwrap();
+        let owner = app
+            .store
+            .find_operator_by_email("o@acme.io")
+            .await
+            .unwrap()
+            .unwrap();
+        let workspace = app.store.list_memberships(&owner.id).await.unwrap()[0]
+            .workspace_id
+            .clone();
+        let plan_of = || async {
+            app.store
+                .get_workspace(&workspace)
+                .await
+                .unwrap()
+                .unwrap()
+                .plan
+        };
+        assert_eq!(plan_of().await, keyflow_core::Plan::Team);
+        let csrf = csrf_of(&text(&get_page(&app, "/plan", Some(&cookie)).await));
+        let preview = text(&get_page(&app, "/plan?preview=free", Some(&cookie)).await);
+        assert!(
+            preview.contains("0 active API keys will be suspended"),
+            "{preview}"
+        );
+        let changed = post_form(
+            &app,
+            "/plan",
+            Some(&cookie),
+            &[("csrf", &csrf), ("plan", "free")],
+        )
+        .await;
+        assert_eq!(changed.status, 303);
+        assert_eq!(plan_of().await, keyflow_core::Plan::Free);
+    }
+
     backend_tests!(
+        plan_page_without_admin_token,
         metrics_credential_page,
         settings_set_the_project_rate_limit,
         contacts_and_events_pages_escape_customer_data,

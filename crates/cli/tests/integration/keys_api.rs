@@ -345,7 +345,7 @@ async fn patch_changes_settings_but_never_scopes_or_type(backend: Backend) {
         .patch(
             &path,
             &t.key,
-            json!({"name": "web-prod", "allowed_origins": ["https://App.example.com/"], "allowed_events": ["signup", "signup"], "rate_limit": {"limit": 50, "period_seconds": 10}}),
+            json!({"name": "web-prod", "allowed_origins": ["https://App.example.com/"], "allowed_events": ["signup", "signup"], "rate_limit": {"limit": 50, "period_seconds": 60}}),
         )
         .await;
     assert_eq!(updated.status, 200, "{}", updated.body);
@@ -357,7 +357,7 @@ async fn patch_changes_settings_but_never_scopes_or_type(backend: Backend) {
     assert_eq!(updated.body["allowed_events"], json!(["signup"]));
     assert_eq!(
         updated.body["rate_limit"],
-        json!({"limit": 50, "period_seconds": 10})
+        json!({"limit": 50, "period_seconds": 60})
     );
     // The cached key sees the change at once (new rate limit in headers).
     let me = app.get("/v1/keys/self", &key).await;
@@ -591,4 +591,264 @@ backend_tests!(
     roll_with_grace_period,
     list_is_paginated_newest_first,
     every_key_change_is_audited_with_its_actor,
+    restrictions_cannot_be_escalated,
+    expired_and_rolled_keys_stay_dead,
+    key_rate_limits_stay_under_the_plan,
+    metrics_credential_needs_the_read_scopes,
 );
+
+/// SPEC §2 "Restrictions cannot be escalated": a key manages only keys whose
+/// scopes it holds, makes none freer than itself and loosens nothing of its own.
+async fn restrictions_cannot_be_escalated(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    // A key holding only keys:* cannot touch the full-access key.
+    let (_, manager) = app
+        .create_key(
+            &t.key,
+            json!({"name": "m", "type": "secret", "scopes": ["keys:write", "keys:read"]}),
+        )
+        .await;
+    let root = format!("/v1/keys/{}", t.key_id);
+    let lifted = json!({"ip_allowlist": [], "expires_at": null, "rate_limit": null});
+    app.patch(&root, &manager, lifted.clone())
+        .await
+        .assert_error(403, "insufficient_scope");
+    app.post(&format!("{root}/roll"), &manager, json!({}))
+        .await
+        .assert_error(403, "insufficient_scope");
+    app.delete(&root, &manager)
+        .await
+        .assert_error(403, "insufficient_scope");
+    assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
+
+    // A restricted key (all scopes) cannot lift its own restrictions.
+    let expiry = "2099-01-01T00:00:00Z";
+    let (rid, restricted) = app
+        .create_key(
+            &t.key,
+            json!({"name": "r", "type": "secret", "expires_at": expiry,
+                   "ip_allowlist": [{"cidr": "127.0.0.0/8"}],
+                   "allowed_events": ["signup", "login"],
+                   "rate_limit": {"limit": 50, "period_seconds": 60}}),
+        )
+        .await;
+    let own = format!("/v1/keys/{rid}");
+    let refused = app
+        .patch(&own, &restricted, json!({"ip_allowlist": [], "expires_at": null, "rate_limit": null, "allowed_events": null}))
+        .await;
+    refused.assert_error(403, "insufficient_scope");
+    let fields: Vec<&str> = refused.body["error"]["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["ip_allowlist", "expires_at", "allowed_events", "rate_limit"]
+    );
+    for looser in [
+        json!({"rate_limit": {"limit": 60, "period_seconds": 60}}),
+        json!({"rate_limit": {"limit": 50, "period_seconds": 59}}),
+        json!({"expires_at": "2100-01-01T00:00:00Z"}),
+        json!({"allowed_events": ["signup", "purchase"]}),
+        json!({"ip_allowlist": [{"cidr": "0.0.0.0/0"}]}),
+    ] {
+        app.patch(&own, &restricted, looser.clone())
+            .await
+            .assert_error(403, "insufficient_scope");
+    }
+    let unchanged = app.get(&own, &t.key).await;
+    assert_eq!(unchanged.body["expires_at"], expiry);
+    assert_eq!(unchanged.body["rate_limit"]["limit"], 50);
+    // Narrowing is fine.
+    let narrowed = app
+        .patch(
+            &own,
+            &restricted,
+            json!({"rate_limit": {"limit": 10, "period_seconds": 60}, "name": "r2"}),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+
+    // Children: left-out restrictions are inherited, named ones must be within.
+    let (child_id, _) = app
+        .create_key(&restricted, json!({"name": "child", "type": "secret"}))
+        .await;
+    let child = app.get(&format!("/v1/keys/{child_id}"), &t.key).await;
+    assert_eq!(child.body["ip_allowlist"][0]["cidr"], "127.0.0.0/8");
+    assert_eq!(child.body["expires_at"], expiry);
+    assert_eq!(child.body["allowed_events"], json!(["signup", "login"]));
+    assert_eq!(
+        child.body["rate_limit"],
+        json!({"limit": 10, "period_seconds": 60})
+    );
+    for wider in [
+        json!({"name": "c", "type": "secret", "ip_allowlist": []}),
+        json!({"name": "c", "type": "secret", "ip_allowlist": [{"cidr": "10.0.0.0/8"}]}),
+        json!({"name": "c", "type": "client", "allowed_events": null, "rate_limit": {"limit": 11, "period_seconds": 60}}),
+        json!({"name": "c", "type": "read_only", "expires_at": "2100-01-01T00:00:00Z"}),
+    ] {
+        app.post("/v1/keys", &restricted, wider.clone())
+            .await
+            .assert_error(403, "insufficient_scope");
+    }
+    let narrow = app
+        .post(
+            "/v1/keys",
+            &restricted,
+            json!({"name": "c", "type": "secret", "ip_allowlist": [{"cidr": "127.0.0.1"}], "allowed_events": ["login"]}),
+        )
+        .await;
+    assert_eq!(narrow.status, 201, "{}", narrow.body);
+    // Rolling: the successor is no freer than the roller; rolling a freer
+    // key (the root) is refused, as is patching it.
+    let rolled = app
+        .post(&format!("/v1/keys/{child_id}/roll"), &restricted, json!({}))
+        .await;
+    assert_eq!(rolled.status, 201, "{}", rolled.body);
+    assert_eq!(rolled.body["expires_at"], expiry);
+    app.post(&format!("{root}/roll"), &restricted, json!({}))
+        .await
+        .assert_error(403, "insufficient_scope");
+    app.patch(
+        &root,
+        &restricted,
+        json!({"ip_allowlist": [{"cidr": "10.0.0.0/8"}]}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+    // Operators and the instance admin are not bound.
+    let lifted_by_root = app.patch(&own, &t.key, lifted).await;
+    assert_eq!(lifted_by_root.status, 200, "{}", lifted_by_root.body);
+}
+
+/// SPEC §2: an expired or rolled key's expiry is final; a successor never
+/// inherits the old deadline; an expired key cannot be rolled.
+async fn expired_and_rolled_keys_stay_dead(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let soon = keyflow_core::timefmt::format_rfc3339(app.now_ms() + 3_600_000);
+    let (id, old) = app
+        .create_key(
+            &t.key,
+            json!({"name": "k", "type": "secret", "expires_at": soon}),
+        )
+        .await;
+    let rolled = app
+        .post(
+            &format!("/v1/keys/{id}/roll"),
+            &t.key,
+            json!({"expires_in_seconds": 60}),
+        )
+        .await;
+    assert_eq!(rolled.status, 201);
+    let new = rolled.body["key"].as_str().unwrap().to_string();
+    assert_eq!(rolled.body["expires_at"], serde_json::Value::Null);
+    // The rolled key in its grace period: its expiry cannot be lifted or moved.
+    for patch in [
+        json!({"expires_at": null}),
+        json!({"expires_at": "2099-01-01T00:00:00Z"}),
+    ] {
+        let reply = app.patch(&format!("/v1/keys/{id}"), &t.key, patch).await;
+        reply.assert_error(422, "validation_failed");
+        assert_eq!(
+            reply.body["error"]["details"]["fields"][0]["field"],
+            "expires_at"
+        );
+    }
+    // Other settings still change; rolling it twice does not.
+    assert_eq!(
+        app.patch(&format!("/v1/keys/{id}"), &t.key, json!({"name": "k-old"}))
+            .await
+            .status,
+        200
+    );
+    app.post(&format!("/v1/keys/{id}/roll"), &t.key, json!({}))
+        .await
+        .assert_error(409, "conflict");
+    app.clock.advance_ms(61_000);
+    app.get("/v1/keys/self", &old)
+        .await
+        .assert_error(401, "key_expired");
+    assert_eq!(app.get("/v1/keys/self", &new).await.status, 200);
+    // An expired key: final expiry, and no roll revealing a dead key.
+    let in_ten = keyflow_core::timefmt::format_rfc3339(app.now_ms() + 10_000);
+    let (eid, expired) = app
+        .create_key(
+            &t.key,
+            json!({"name": "e", "type": "secret", "expires_at": in_ten}),
+        )
+        .await;
+    app.clock.advance_ms(11_000);
+    app.patch(
+        &format!("/v1/keys/{eid}"),
+        &t.key,
+        json!({"expires_at": null}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+    app.post(&format!("/v1/keys/{eid}/roll"), &t.key, json!({}))
+        .await
+        .assert_error(409, "conflict");
+    app.get("/v1/keys/self", &expired)
+        .await
+        .assert_error(401, "key_expired");
+}
+
+/// SPEC §2: a tenant's rate-limit override never exceeds its plan's limit.
+async fn key_rate_limits_stay_under_the_plan(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let above = json!({"limit": 1_000_000, "period_seconds": 1});
+    let reply = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "x", "type": "secret", "rate_limit": above}),
+        )
+        .await;
+    reply.assert_error(422, "validation_failed");
+    assert_eq!(
+        reply.body["error"]["details"]["fields"][0]["field"],
+        "rate_limit"
+    );
+    let (id, _) = app
+        .create_key(&t.key, json!({"name": "x", "type": "secret", "rate_limit": {"limit": 100, "period_seconds": 60}}))
+        .await;
+    app.patch(
+        &format!("/v1/keys/{id}"),
+        &t.key,
+        json!({"rate_limit": above}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+}
+
+/// SPEC §4: the metrics credential reads contacts and events, so creating or
+/// rotating it needs their read scopes besides keys:write.
+async fn metrics_credential_needs_the_read_scopes(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (_, writer) = app
+        .create_key(
+            &t.key,
+            json!({"name": "w", "type": "secret", "scopes": ["keys:write", "keys:read"]}),
+        )
+        .await;
+    let refused = app.post("/v1/metrics/credential", &writer, json!({})).await;
+    refused.assert_error(403, "insufficient_scope");
+    let (_, reader) = app
+        .create_key(
+            &t.key,
+            json!({"name": "r", "type": "secret", "scopes": ["keys:write", "contacts:read", "events:read"]}),
+        )
+        .await;
+    assert_eq!(
+        app.post("/v1/metrics/credential", &reader, json!({}))
+            .await
+            .status,
+        201
+    );
+}

@@ -59,6 +59,7 @@ fn key(project: &Project, name: &str) -> ApiKey {
         last_used_at: None,
         last_used_ip: None,
         revoked_at: None,
+        rolled_at: None,
     }
 }
 
@@ -97,7 +98,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0005_project_settings",
             "0006_metrics_credentials",
             "0007_events_by_project",
-            "0008_events_contact_partial"
+            "0008_events_contact_partial",
+            "0009_key_rolled_at"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

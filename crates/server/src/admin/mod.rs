@@ -192,9 +192,8 @@ async fn create_key(
         state.store.as_ref(),
         &project,
         spec,
-        body.scopes.is_some(),
         &Actor::InstanceAdmin,
-        None,
+        crate::operations::keys::KeyAuthority::Instance,
         None,
         now,
     )

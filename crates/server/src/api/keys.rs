@@ -18,9 +18,7 @@ use super::{bool_query, list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{JsonBody, JsonOrEmpty};
-use crate::operations::keys::{
-    self as key_ops, MAX_ROLL_GRACE_SECONDS, refuse_escalation, resolve_scopes,
-};
+use crate::operations::keys::{self as key_ops, KeyAuthority, MAX_ROLL_GRACE_SECONDS};
 use crate::state::SharedState;
 
 /// The caller's project (the key's), for operations that need its
@@ -31,6 +29,18 @@ pub(crate) async fn caller_project(state: &SharedState, caller: &Caller) -> ApiR
         .get_project(caller.project_id())
         .await?
         .ok_or_else(|| ApiError::not_found("project"))
+}
+
+/// What binds the calling key when it manages keys: itself and its plan.
+async fn authority<'a>(state: &SharedState, caller: &'a Caller) -> ApiResult<KeyAuthority<'a>> {
+    let plan = state
+        .plan_of(caller.workspace_id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace"))?;
+    Ok(KeyAuthority::Key {
+        key: &caller.key.key,
+        plan_limit: state.config.plan_rate_limit(plan),
+    })
 }
 
 async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
@@ -65,21 +75,17 @@ pub async fn create_key(
 ) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
+    let authority = authority(&state, &caller).await?;
     // An escalation is a 403 and must not spend quota: check it first.
-    resolve_scopes(
-        spec.scopes,
-        body.scopes.is_some(),
-        Some(caller.key.key.scopes),
-    )?;
+    let spec = key_ops::narrow_spec(spec, authority)?;
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::create_key(
         state.store.as_ref(),
         &project,
         spec,
-        body.scopes.is_some(),
         &caller.actor(),
-        Some(caller.key.key.scopes),
+        authority,
         caller.ip_string(),
         now,
     )
@@ -217,6 +223,7 @@ pub async fn update_key(
         caller.workspace_id(),
         &key,
         &settings,
+        authority(&state, &caller).await?,
         &caller.actor(),
         caller.ip_string(),
         now,
@@ -255,6 +262,7 @@ pub async fn revoke_key(
             state.store.as_ref(),
             caller.workspace_id(),
             &key,
+            authority(&state, &caller).await?,
             &caller.actor(),
             caller.ip_string(),
             state.now_ms(),
@@ -305,7 +313,8 @@ pub async fn roll_key(
     }
     let now = state.now_ms();
     let old = load_key(&state, &caller, &id).await?;
-    refuse_escalation(old.scopes, caller.key.key.scopes)?;
+    let authority = authority(&state, &caller).await?;
+    key_ops::successor_settings(&old, authority, now)?;
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::roll_key(
@@ -313,6 +322,7 @@ pub async fn roll_key(
         &project,
         &old,
         grace,
+        authority,
         &caller.actor(),
         caller.ip_string(),
         now,

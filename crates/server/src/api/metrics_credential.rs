@@ -22,7 +22,8 @@ use crate::state::SharedState;
     path = "/v1/metrics/credential",
     tag = "metrics",
     summary = "Create or rotate the metrics credential",
-    description = "Scope: `keys:write`. Creates the project's metrics credential, or replaces it \
+    description = "Scopes: `keys:write`, `contacts:read` and `events:read` (the credential reads \
+                   that data). Creates the project's metrics credential, or replaces it \
                    with a new id and client secret (outstanding tokens stop working). The \
                    client secret is in this answer only.",
     responses(

@@ -28,6 +28,21 @@ pub struct ManagerContext {
     pub projects: Vec<Project>,
 }
 
+/// An operator's authority over keys: not bound by any key, but tenant
+/// rate limits stay under the workspace plan's.
+pub(crate) async fn operator_authority(
+    state: &SharedState,
+    ctx: &ManagerContext,
+) -> Result<key_ops::KeyAuthority<'static>, Response> {
+    match state.plan_of(&ctx.membership.workspace_id).await {
+        Ok(Some(plan)) => Ok(key_ops::KeyAuthority::Operator {
+            plan_limit: state.config.plan_rate_limit(plan),
+        }),
+        Ok(None) => Err(error_page(ApiError::not_found("workspace"))),
+        Err(e) => Err(error_page(e.into())),
+    }
+}
+
 /// Signed in and a project of their workspace (any role); otherwise the
 /// response to send instead (sign-in redirect or 404 page).
 pub async fn workspace_context(
@@ -407,13 +422,16 @@ pub async fn create(
         }
     };
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
+    let authority = match operator_authority(&state, &ctx).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     match key_ops::create_key(
         state.store.as_ref(),
         &ctx.project,
         spec,
-        true,
         &ctx.actor(),
-        None,
+        authority,
         ip,
         now,
     )
@@ -520,11 +538,16 @@ pub async fn act(
     };
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
     let now = state.now_ms();
+    let authority = match operator_authority(&state, &ctx).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let result = match action.as_str() {
         "revoke" => key_ops::revoke_key(
             state.store.as_ref(),
             &ctx.membership.workspace_id,
             &key,
+            authority,
             &ctx.actor(),
             ip,
             now,
@@ -542,6 +565,7 @@ pub async fn act(
                 &ctx.project,
                 &key,
                 grace,
+                authority,
                 &ctx.actor(),
                 ip,
                 now,
@@ -644,19 +668,27 @@ fn detail_page(
         usage_chart(usage, now.div_euclid(86_400_000))
     );
     let rows = s.ip_allowlist.len() + 1;
+    let expiry_final =
+        keyflow_core::restrictions::expiry_is_final(s, key.rolled_at, state.now_ms());
     let _ = write!(
         body,
         "<h2>Settings</h2><form method=\"post\" action=\"/keys/{}/edit\">{}<input type=\"hidden\" name=\"project\" value=\"{}\">\
          <label for=\"name\">Name</label><input id=\"name\" name=\"name\" maxlength=\"64\" value=\"{}\" required>\
-         <label for=\"expires_at\">Expires (UTC, empty: never)</label><input id=\"expires_at\" name=\"expires_at\" type=\"datetime-local\" value=\"{}\">\
+         <label for=\"expires_at\">Expires (UTC, empty: never{})</label><input id=\"expires_at\" name=\"expires_at\" type=\"datetime-local\" value=\"{}\"{}>\
          <fieldset><legend>IP allow-list (empty: any address)</legend>",
         escape(&key.id),
         ctx.csrf_field(),
         escape(&ctx.project.id),
         escape(&s.name),
+        if expiry_final {
+            "; final, since the key has expired or been rolled"
+        } else {
+            ""
+        },
         s.expires_at
             .map(|t| format_rfc3339(t).get(..16).unwrap_or("").to_string())
             .unwrap_or_default(),
+        if expiry_final { " disabled" } else { "" },
     );
     for i in 0..rows {
         let rule = s.ip_allowlist.get(i);
@@ -776,7 +808,13 @@ pub async fn edit(
     let ip_rows = ip_rows_from_form(&values, rows);
     let patch = PatchKeyRequest {
         name: Some(values.get("name").cloned()),
-        expires_at: Some(expiry_from_form(&values)),
+        // A final expiry is not the form's to change (its field is disabled).
+        expires_at: (!keyflow_core::restrictions::expiry_is_final(
+            &key.settings,
+            key.rolled_at,
+            state.now_ms(),
+        ))
+        .then(|| expiry_from_form(&values)),
         ip_allowlist: Some(Some(ip_rows)),
         allowed_events: list_field(&values, "allowed_events"),
         allowed_origins: if key.key_type == KeyType::Client {
@@ -806,11 +844,16 @@ pub async fn edit(
         }
     };
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
+    let authority = match operator_authority(&state, &ctx).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     if let Err(e) = key_ops::update_key(
         state.store.as_ref(),
         &ctx.membership.workspace_id,
         &key,
         &settings,
+        authority,
         &ctx.actor(),
         ip,
         now,

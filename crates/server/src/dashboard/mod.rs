@@ -267,6 +267,7 @@ fn setup_page(status: StatusCode, token: &str, message: Option<&str>) -> Respons
          <label for=\"workspace\">Workspace</label><input id=\"workspace\" name=\"workspace\" required>\
          <label for=\"project\">First project</label><input id=\"project\" name=\"project\" value=\"Production\" required>\
          <label for=\"environment\">Environment</label><select id=\"environment\" name=\"environment\"><option value=\"live\">live</option><option value=\"test\">test</option></select>\
+         <label for=\"plan\">Plan (API access needs pro or team)</label><select id=\"plan\" name=\"plan\"><option value=\"free\">free</option><option value=\"pro\">pro</option><option value=\"team\" selected>team</option></select>\
          <button type=\"submit\">Create</button></form></div>",
         error_box(message),
         escape(token)
@@ -312,6 +313,18 @@ async fn setup(
     }
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let environment = Environment::parse(field("environment")).unwrap_or(Environment::Live);
+    // The form preselects team; a post without the field means the same.
+    let plan = match field("plan") {
+        "" => Some(Plan::Team),
+        p => Plan::parse(p),
+    };
+    let Some(plan) = plan else {
+        return setup_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &token,
+            Some("Choose a plan: free, pro or team."),
+        );
+    };
     let created = tenancy::bootstrap(
         state.store.as_ref(),
         field("email"),
@@ -319,7 +332,7 @@ async fn setup(
         field("workspace"),
         field("project"),
         environment,
-        Plan::Free,
+        plan,
         state.now_ms(),
     )
     .await;

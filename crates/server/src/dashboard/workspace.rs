@@ -237,7 +237,11 @@ pub async fn plan(
             escape(&workspace.name),
             workspace.plan.as_str()
         );
-        if membership.role == Role::Owner {
+        if state.config.admin_token.is_some() {
+            // The instance is run for customers whose billing decides their
+            // plan (SPEC §1): read-only here.
+            body.push_str("<p class=\"muted\">The plan is managed by the operator of this Keyflow instance.</p>");
+        } else if membership.role == Role::Owner {
             let _ = write!(
                 body,
                 "<form method=\"get\" action=\"/plan\" class=\"row\"><select name=\"preview\" aria-label=\"New plan\">"
@@ -320,6 +324,18 @@ pub async fn change_plan(
             ),
         );
     };
+    if state.config.admin_token.is_some() {
+        let body = "<div class=\"card narrow\"><h1>Plan managed by the instance</h1><p>The plan of this workspace is managed by the operator of this Keyflow instance. Nothing was changed.</p></div>";
+        return html(
+            StatusCode::FORBIDDEN,
+            page(
+                "Forbidden",
+                "/plan",
+                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
+                body,
+            ),
+        );
+    }
     let Some(plan) = form.get("plan").and_then(|p| Plan::parse(p)) else {
         return error_page(crate::error::ApiError::field(
             "plan",
@@ -408,6 +424,12 @@ pub async fn save_settings(
         Ok(c) => c,
         Err(r) => return r,
     };
+    // A tenant's override never goes above its plan's limit (SPEC §2).
+    let ceiling = match state.plan_of(&ctx.membership.workspace_id).await {
+        Ok(Some(plan)) => state.config.plan_rate_limit(plan),
+        Ok(None) => return error_page(crate::error::ApiError::not_found("workspace")),
+        Err(e) => return error_page(e.into()),
+    };
     let field = |name: &str| form.get(name).map(|v| v.trim()).unwrap_or("");
     let parsed: Result<keyflow_store::ProjectSettings, String> = (|| {
         let rate_limit = match (field("limit"), field("period_seconds")) {
@@ -426,6 +448,12 @@ pub async fn save_settings(
                         "The limit must be 1 to {} requests per 1 to {} seconds.",
                         keyflow_core::RateLimit::MAX_LIMIT,
                         keyflow_core::RateLimit::MAX_PERIOD_SECONDS
+                    ));
+                }
+                if !rl.at_most(ceiling) {
+                    return Err(format!(
+                        "The limit must be at most the plan's {} requests per {} seconds.",
+                        ceiling.limit, ceiling.period_seconds
                     ));
                 }
                 Some(rl)

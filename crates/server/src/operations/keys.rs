@@ -3,7 +3,8 @@
 use keyflow_core::clock::UnixMillis;
 use keyflow_core::key_settings::{KeySettings, NewKeySpec};
 use keyflow_core::keys::generate_key;
-use keyflow_core::{ErrorCode, KeyType, ScopeSet};
+use keyflow_core::restrictions::{Restriction, expiry_is_final, looser_than};
+use keyflow_core::{ErrorCode, KeyType, RateLimit, ScopeSet};
 use keyflow_store::{Actor, ApiKey, AuditTarget, Project, Store, new_id};
 use serde_json::json;
 
@@ -56,6 +57,7 @@ fn mint(
         last_used_at: None,
         last_used_ip: None,
         revoked_at: None,
+        rolled_at: None,
     };
     Ok(IssuedKey {
         key,
@@ -63,21 +65,107 @@ fn mint(
     })
 }
 
-/// Creates a key. `creator_scopes` is `Some` when the creator is itself a key:
-/// the new key may not hold a scope the creator lacks (no escalation), and a
-/// request without scopes gets the type's default narrowed to the creator's.
-#[allow(clippy::too_many_arguments)]
+/// Who asks for a key change, and what binds them (SPEC §2).
+#[derive(Clone, Copy)]
+pub enum KeyAuthority<'a> {
+    /// The instance admin (admin API, CLI): bound by nothing.
+    Instance,
+    /// An operator on the dashboard: tenant rate limits stay under the plan's.
+    Operator { plan_limit: RateLimit },
+    /// A key through the Management API: its own scopes and restrictions,
+    /// and the plan's rate limit.
+    Key {
+        key: &'a ApiKey,
+        plan_limit: RateLimit,
+    },
+}
+
+impl KeyAuthority<'_> {
+    fn plan_limit(&self) -> Option<RateLimit> {
+        match self {
+            KeyAuthority::Instance => None,
+            KeyAuthority::Operator { plan_limit } | KeyAuthority::Key { plan_limit, .. } => {
+                Some(*plan_limit)
+            }
+        }
+    }
+
+    fn key(&self) -> Option<&ApiKey> {
+        match self {
+            KeyAuthority::Key { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// A key may act only on keys whose scopes are a subset of its own.
+    pub fn may_manage(&self, target: &ApiKey) -> ApiResult<()> {
+        match self.key() {
+            Some(caller) => refuse_escalation(target.scopes, caller.scopes).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InsufficientScope,
+                    "A key may manage only keys whose scopes are a subset of its own.",
+                )
+                .with_details(json!({
+                    "missing_scopes": target.scopes.minus(caller.scopes).to_strings()
+                }))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `settings` (for the `which` restrictions) must be no freer than the
+    /// calling key, and any rate limit no higher than the plan's.
+    fn check(&self, settings: &KeySettings, which: &[Restriction]) -> ApiResult<()> {
+        if let (Some(ceiling), Some(rl)) = (self.plan_limit(), settings.rate_limit)
+            && which.contains(&Restriction::RateLimit)
+            && !rl.at_most(ceiling)
+        {
+            return Err(above_plan("rate_limit", ceiling));
+        }
+        let Some(caller) = self.key() else {
+            return Ok(());
+        };
+        let looser = looser_than(&caller.settings, settings, which);
+        if looser.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = looser.iter().map(|f| f.field.as_str()).collect();
+        Err(ApiError::new(
+            ErrorCode::InsufficientScope,
+            format!(
+                "A key cannot make a key freer than itself: {}.",
+                names.join(", ")
+            ),
+        )
+        .with_details(json!({ "fields": looser })))
+    }
+}
+
+/// `422` for a tenant rate limit above the plan's.
+pub fn above_plan(field: &str, ceiling: RateLimit) -> ApiError {
+    ApiError::field(
+        field,
+        format!(
+            "must be at most the plan's limit of {} requests per {} s",
+            ceiling.limit, ceiling.period_seconds
+        ),
+    )
+}
+
+/// Creates a key. A key as creator may not grant a scope it lacks; scopes
+/// and restrictions the request leaves out are narrowed to (inherited from)
+/// the creator's; the ones it names must be within the creator's.
 pub async fn create_key(
     store: &dyn Store,
     project: &Project,
     spec: NewKeySpec,
-    scopes_requested: bool,
     actor: &Actor,
-    creator_scopes: Option<ScopeSet>,
+    authority: KeyAuthority<'_>,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<IssuedKey> {
-    let scopes = resolve_scopes(spec.scopes, scopes_requested, creator_scopes)?;
+    let spec = narrow_spec(spec, authority)?;
+    let scopes = spec.scopes;
     let issued = mint(project, spec.key_type, scopes, spec.settings, actor, now)?;
     let entry = audit_entry(
         &project.workspace_id,
@@ -91,6 +179,23 @@ pub async fn create_key(
     );
     store.insert_api_key(&issued.key, &entry).await?;
     Ok(issued)
+}
+
+/// The spec as `authority` may create it: what was left out narrowed to a
+/// calling key's scopes and restrictions, what was named checked against
+/// them. Idempotent; handlers call it before spending quota, since a refusal
+/// is a 403 that must cost nothing.
+pub fn narrow_spec(mut spec: NewKeySpec, authority: KeyAuthority<'_>) -> ApiResult<NewKeySpec> {
+    if let Some(creator) = authority.key() {
+        spec.scopes = resolve_scopes(spec.scopes, spec.given.scopes, Some(creator.scopes))?;
+        for r in Restriction::ALL {
+            if !spec.given.has(r) && !r.within(&creator.settings, &spec.settings) {
+                r.copy(&creator.settings, &mut spec.settings);
+            }
+        }
+    }
+    authority.check(&spec.settings, &Restriction::ALL)?;
+    Ok(spec)
 }
 
 /// The scopes a new key gets. When a key creates it (`creator`), requested
@@ -157,15 +262,38 @@ pub fn changed_fields(before: &KeySettings, after: &KeySettings) -> Vec<&'static
     changed
 }
 
+/// Changes a key's settings. A changed restriction must stay within the
+/// calling key's (which also stops a key loosening its own); once a key has
+/// expired or been rolled, its expiry is final.
+#[allow(clippy::too_many_arguments)]
 pub async fn update_key(
     store: &dyn Store,
     workspace_id: &str,
     key: &ApiKey,
     settings: &KeySettings,
+    authority: KeyAuthority<'_>,
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<()> {
+    authority.may_manage(key)?;
+    if settings.expires_at != key.settings.expires_at
+        && expiry_is_final(&key.settings, key.rolled_at, now)
+    {
+        return Err(ApiError::field(
+            "expires_at",
+            "this key has expired or been rolled; its expiry is final (create a new key instead)",
+        ));
+    }
+    let changed: Vec<Restriction> = Restriction::ALL
+        .into_iter()
+        .filter(|r| {
+            let mut probe = key.settings.clone();
+            r.copy(settings, &mut probe);
+            probe != key.settings
+        })
+        .collect();
+    authority.check(settings, &changed)?;
     let changed = changed_fields(&key.settings, settings);
     let mut after = key.clone();
     after.settings = settings.clone();
@@ -196,10 +324,12 @@ pub async fn revoke_key(
     store: &dyn Store,
     workspace_id: &str,
     key: &ApiKey,
+    authority: KeyAuthority<'_>,
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<bool> {
+    authority.may_manage(key)?;
     let entry = audit_entry(
         workspace_id,
         Some(&key.project_id),
@@ -215,25 +345,50 @@ pub async fn revoke_key(
         .await?)
 }
 
-/// Mints a successor with the same type, scopes and settings; the old key
-/// expires after `grace_seconds` (0 = now).
+/// The settings of `old`'s successor, or why `authority` may not roll it.
+/// Handlers call it before spending quota.
+pub fn successor_settings(
+    old: &ApiKey,
+    authority: KeyAuthority<'_>,
+    now: UnixMillis,
+) -> ApiResult<KeySettings> {
+    authority.may_manage(old)?;
+    if old.rolled_at.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "This API key has already been rolled; roll its successor instead.",
+        ));
+    }
+    if expiry_is_final(&old.settings, old.rolled_at, now) {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "This API key has expired and cannot be rolled; create a new key.",
+        ));
+    }
+    let mut settings = old.settings.clone();
+    settings.expires_at = authority.key().and_then(|k| k.settings.expires_at);
+    authority.check(&settings, &Restriction::ALL)?;
+    Ok(settings)
+}
+
+/// Mints a successor with the same type, scopes and settings, except the
+/// deadline: the successor never inherits the old key's expiry (when a key
+/// rolls it, it gets that key's own expiry, being at most as free). The old
+/// key expires after `grace_seconds` (0 = now). An expired or already rolled
+/// key cannot be rolled.
+#[allow(clippy::too_many_arguments)]
 pub async fn roll_key(
     store: &dyn Store,
     project: &Project,
     old: &ApiKey,
     grace_seconds: i64,
+    authority: KeyAuthority<'_>,
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<IssuedKey> {
-    let issued = mint(
-        project,
-        old.key_type,
-        old.scopes,
-        old.settings.clone(),
-        actor,
-        now,
-    )?;
+    let settings = successor_settings(old, authority, now)?;
+    let issued = mint(project, old.key_type, old.scopes, settings, actor, now)?;
     let old_expires_at = now + grace_seconds * 1000;
     let entry = audit_entry(
         &project.workspace_id,
@@ -256,7 +411,7 @@ pub async fn roll_key(
     {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            "This API key is revoked and cannot be rolled.",
+            "This API key is revoked or already rolled and cannot be rolled.",
         ));
     }
     Ok(issued)

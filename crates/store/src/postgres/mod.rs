@@ -64,6 +64,11 @@ impl PostgresStore {
             name: "0008_events_contact_partial",
             sql: include_str!("../../migrations/postgres/0008_events_contact_partial.sql"),
         },
+        Migration {
+            version: 9,
+            name: "0009_key_rolled_at",
+            sql: include_str!("../../migrations/postgres/0009_key_rolled_at.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

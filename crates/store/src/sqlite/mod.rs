@@ -80,6 +80,11 @@ impl SqliteStore {
             name: "0008_events_contact_partial",
             sql: include_str!("../../migrations/sqlite/0008_events_contact_partial.sql"),
         },
+        Migration {
+            version: 9,
+            name: "0009_key_rolled_at",
+            sql: include_str!("../../migrations/sqlite/0009_key_rolled_at.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.

@@ -165,5 +165,6 @@ fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
         allowed_events: row.get("allowed_events")?,
         allowed_origins: row.get("allowed_origins")?,
         rate_limit: row.get("rate_limit")?,
+        rolled_at: row.get("rolled_at")?,
     })
 }
