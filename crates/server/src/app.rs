@@ -2,7 +2,6 @@
 //! request-context middleware, and the serve loop with graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyflow_core::Scope;
 use tokio::net::TcpListener;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -176,7 +176,12 @@ pub fn router(state: SharedState) -> Router {
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .layer(from_fn(browser::cors_preflight))
+        // The 1 MiB limit applies to the decompressed body (SPEC §7): the
+        // limit reads the stream the decompression layer produces, so a gzip
+        // bomb stops at 1 MiB; the outer limit bounds the compressed bytes.
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        .layer(RequestDecompressionLayer::new().gzip(true).deflate(true))
+        .layer(RequestBodyLimitLayer::new(2 * BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -198,6 +203,9 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
     let id_for_scope = request_id.clone();
     let mut response = REQUEST_ID
         .scope(id_for_scope.clone(), async move {
+            if let Some(refused) = refuse_before_routing(&req) {
+                return refused.into_response();
+            }
             let response = next.run(req).await;
             let status = response.status();
             if (status.is_client_error() || status.is_server_error())
@@ -232,27 +240,57 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
     response
 }
 
-/// The path with anything shaped like an API key cut to its display prefix,
-/// so a key pasted into a URL (`DELETE /v1/keys/sk_live_…`) never reaches a log.
-pub fn redact_keys(path: &str) -> String {
-    path.split('/')
-        .map(|segment| {
-            if keyflow_core::keys::parse_key(segment).is_ok() || looks_like_key(segment) {
-                format!("{}…", keyflow_core::keys::display_prefix(segment))
-            } else {
-                segment.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
-}
+pub use crate::redact::redact_keys;
 
-/// A near-miss key (bad checksum) is redacted too: it may be a real key with a typo.
-fn looks_like_key(segment: &str) -> bool {
-    let b = segment.as_bytes();
-    b.len() >= 20
-        && matches!(&segment.get(..3), Some("sk_" | "ck_" | "ro_" | "mk_"))
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+/// Header fields a request may carry, and their total size. Larger header
+/// blocks (up to the HTTP parser's own bounds) get a 431 in our error shape.
+pub const MAX_HEADER_COUNT: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Checks every request gets before routing: oversized header blocks (431),
+/// and NUL characters, which PostgreSQL cannot store in text and which no
+/// id, filter or cursor ever contains — refused in this one place so both
+/// stores answer alike: a path with NUL is no resource (404), a query
+/// parameter with NUL is invalid (422). Bodies are checked where JSON is
+/// parsed ([`crate::json::parse_json`]).
+fn refuse_before_routing(req: &Request) -> Option<ApiError> {
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || bytes > MAX_HEADER_BYTES {
+        return Some(ApiError::new(
+            keyflow_core::ErrorCode::HeadersTooLarge,
+            format!(
+                "The request headers are too large (at most {MAX_HEADER_COUNT} fields and {} KiB).",
+                MAX_HEADER_BYTES / 1024
+            ),
+        ));
+    }
+    let has_nul = |text: &str| {
+        text.as_bytes()
+            .windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+    };
+    if has_nul(req.uri().path()) {
+        return Some(ApiError::from_status(StatusCode::NOT_FOUND));
+    }
+    if let Some(query) = req.uri().query()
+        && has_nul(query)
+    {
+        let field = query
+            .split('&')
+            .find(|pair| has_nul(pair))
+            .and_then(|pair| pair.split('=').next())
+            .filter(|name| !has_nul(name))
+            .unwrap_or("query");
+        return Some(ApiError::field(
+            field,
+            "must not contain the NUL character (%00)",
+        ));
+    }
+    None
 }
 
 /// A panic in a handler becomes a 500 in our shape instead of a dropped connection.
@@ -329,12 +367,12 @@ pub async fn launch_with_listener(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
     let app = router(state.clone());
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let limits = crate::serve::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
+        max_connections: crate::serve::raise_fd_limit_and_cap(state.config.max_connections),
+        shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
+    };
+    let result = crate::serve::serve(listener, app, limits, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = flusher.await;
     flush_usage(&state).await;

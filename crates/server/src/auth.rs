@@ -446,18 +446,18 @@ pub async fn authenticate(
             }
         }
     };
+    // A revoked or expired key is not a guess (SPEC §2): one service still
+    // using a stale key must not lock every other key out of its address.
     if key.key.revoked_at.is_some() {
-        return Err(note_failure(
-            state,
-            ip,
-            ApiError::new(ErrorCode::KeyRevoked, "This API key has been revoked."),
+        return Err(ApiError::new(
+            ErrorCode::KeyRevoked,
+            "This API key has been revoked.",
         ));
     }
     if key.key.settings.expires_at.is_some_and(|t| t <= now) {
-        return Err(note_failure(
-            state,
-            ip,
-            ApiError::new(ErrorCode::KeyExpired, "This API key has expired."),
+        return Err(ApiError::new(
+            ErrorCode::KeyExpired,
+            "This API key has expired.",
         ));
     }
     Ok(key)
@@ -467,14 +467,15 @@ fn failure_quota(state: &SharedState) -> RateLimit {
     RateLimit::per_minute(state.config.failed_auth_per_minute.max(1))
 }
 
+/// Per client IP, IPv6 per /64 (SPEC §2).
 fn failure_bucket(ip: Option<IpAddr>) -> String {
     match ip {
-        Some(ip) => format!("auth-failures:{ip}"),
+        Some(ip) => format!("auth-failures:{}", keyflow_core::ip::limiter_subject(ip)),
         None => "auth-failures:unknown".to_string(),
     }
 }
 
-fn failures_exhausted(state: &SharedState, ip: Option<IpAddr>, now: i64) -> bool {
+pub(crate) fn failures_exhausted(state: &SharedState, ip: Option<IpAddr>, now: i64) -> bool {
     !state
         .failed_auth
         .decide(&failure_bucket(ip), failure_quota(state), now, false)
@@ -483,7 +484,7 @@ fn failures_exhausted(state: &SharedState, ip: Option<IpAddr>, now: i64) -> bool
 
 /// Counts a failed authentication against the client IP; past the limit the
 /// answer becomes 429 so keys cannot be guessed at speed.
-fn note_failure(state: &SharedState, ip: Option<IpAddr>, err: ApiError) -> ApiError {
+pub(crate) fn note_failure(state: &SharedState, ip: Option<IpAddr>, err: ApiError) -> ApiError {
     let now = state.now_ms();
     let d = state
         .failed_auth
@@ -495,7 +496,7 @@ fn note_failure(state: &SharedState, ip: Option<IpAddr>, err: ApiError) -> ApiEr
     }
 }
 
-fn too_many_failures(state: &SharedState, ip: Option<IpAddr>, now: i64) -> ApiError {
+pub(crate) fn too_many_failures(state: &SharedState, ip: Option<IpAddr>, now: i64) -> ApiError {
     let quota = failure_quota(state);
     let d = state
         .failed_auth

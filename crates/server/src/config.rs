@@ -71,6 +71,13 @@ pub struct Config {
     /// invalidation reaches it (other instances' changes without Redis).
     pub key_cache_ttl_secs: u64,
     pub last_used_flush_secs: u64,
+    /// A client must send a request's headers within this time; an idle
+    /// keep-alive connection is closed after it too (SPEC §7).
+    pub header_read_timeout_secs: u64,
+    /// Open connections at most; `0` derives it from the open-file limit.
+    pub max_connections: usize,
+    /// How long SIGTERM waits for in-flight requests before closing them.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -90,6 +97,9 @@ impl Default for Config {
             key_cache_capacity: 100_000,
             key_cache_ttl_secs: 30,
             last_used_flush_secs: 30,
+            header_read_timeout_secs: 10,
+            max_connections: 0,
+            shutdown_timeout_secs: 30,
         }
     }
 }
@@ -113,6 +123,9 @@ struct ConfigFile {
     key_cache_capacity: Option<u64>,
     key_cache_ttl_secs: Option<u64>,
     last_used_flush_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
 }
 
 /// Values from the environment and flags (already merged by the CLI).
@@ -263,6 +276,15 @@ impl Config {
         }
         if let Some(v) = f.last_used_flush_secs {
             self.last_used_flush_secs = v;
+        }
+        if let Some(v) = f.header_read_timeout_secs {
+            self.header_read_timeout_secs = v.clamp(1, 300);
+        }
+        if let Some(v) = f.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(v) = f.shutdown_timeout_secs {
+            self.shutdown_timeout_secs = v;
         }
         Ok(())
     }

@@ -68,7 +68,32 @@ fn nesting_depth(bytes: &[u8]) -> usize {
     max
 }
 
+/// Whether the JSON text holds an escaped NUL (`\u0000`) in a string.
+/// Escapes are walked pair by pair, so `\\u0000` (a backslash, then
+/// "u0000") is not one.
+fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|b| *b == b'\\') {
+        let at = i + offset;
+        if bytes.get(at + 1) == Some(&b'u') && bytes.get(at + 2..at + 6) == Some(b"0000") {
+            return true;
+        }
+        i = at + 2;
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    false
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // PostgreSQL cannot store NUL in text; refused alike on both stores.
+    if has_escaped_nul(bytes) {
+        return Err(ApiError::field(
+            "body",
+            "strings must not contain the NUL character (\\u0000)",
+        ));
+    }
     if nesting_depth(bytes) > MAX_JSON_DEPTH {
         return Err(ApiError::field(
             "body",
@@ -171,6 +196,16 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_nul_is_found_exactly() {
+        assert!(has_escaped_nul(br#"{"a":"x\u0000"}"#));
+        assert!(has_escaped_nul(br#"{"a\u0000":1}"#));
+        assert!(!has_escaped_nul(br#"{"a":"x\\u0000"}"#));
+        assert!(has_escaped_nul(br#"{"a":"\u00001"}"#));
+        assert!(!has_escaped_nul(br#"{"a":"\u0001"}"#));
+        assert!(!has_escaped_nul(br#"{"a":"\"}"#));
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]

@@ -13,6 +13,8 @@ pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod operations;
+pub mod redact;
+pub mod serve;
 pub mod state;
 pub mod usage;
 

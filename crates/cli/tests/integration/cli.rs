@@ -198,10 +198,14 @@ struct ServerProcess {
     base: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: std::thread::JoinHandle<()>,
+    _config: tempfile::NamedTempFile,
 }
 
 /// Starts `keyflow serve` on an ephemeral port.
 fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
+    // A short drain, so the shutdown test with a stuck client stays quick.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "shutdown_timeout_secs = 2\n").unwrap();
     let mut child = Command::new(BIN)
         .args([
             "--database-url",
@@ -211,6 +215,8 @@ fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
             "127.0.0.1:0",
             "--log-format",
             "json",
+            "--config",
+            config.path().to_str().unwrap(),
         ])
         .env("KEYFLOW_ADMIN_TOKEN", token)
         .env_remove("KEYFLOW_DATABASE_URL")
@@ -245,6 +251,7 @@ fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
         base: format!("http://{addr}"),
         lines,
         reader,
+        _config: config,
     }
 }
 
@@ -256,6 +263,7 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         base,
         lines,
         reader,
+        _config,
     } = spawn_server(&db, token);
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
@@ -369,19 +377,74 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .await
         .unwrap();
     assert!(audit["data"].as_array().unwrap().len() >= 4);
+    // Identified events with idempotency keys (the writer's lookup path,
+    // whose pooled connection once panicked at shutdown).
+    for (path, body) in [
+        (
+            "/v1/events",
+            json!({"name": "signup", "external_id": "u1", "idempotency_key": "m1"}),
+        ),
+        (
+            "/v1/events",
+            json!({"name": "signup", "email": "a@x.io", "idempotency_key": "m2"}),
+        ),
+        (
+            "/v1/events/batch",
+            json!({"events": [{"name": "x", "external_id": "u2", "idempotency_key": "m3"}]}),
+        ),
+    ] {
+        let reply = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&root_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 202);
+    }
+    // Keys pasted into paths in disguise never reach the log.
+    let underscored = root_key.replacen('_', "%5F", 2);
+    for path in [
+        format!("/v1/keys/Bearer%20{root_key}"),
+        format!("/v1/keys/{root_key}%0A"),
+        format!("/v1/keys/{root_key}.json"),
+        format!("/v1/keys/{root_key},"),
+        format!("/v1/keys/prefix{root_key}"),
+        format!("/v1/keys/{underscored}"),
+    ] {
+        http.get(format!("{base}{path}"))
+            .bearer_auth(&root_key)
+            .send()
+            .await
+            .unwrap();
+    }
+    // A client stuck half-way through its headers does not hold shutdown up.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut stuck = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stuck, b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
 
-    // SIGTERM: drain, flush, exit 0.
+    // SIGTERM: drain (bounded), flush, exit 0, no panic.
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    let signalled = std::time::Instant::now();
     let exit = child.wait().unwrap();
     assert!(exit.success(), "keyflow serve exited with {exit:?}");
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(8),
+        "shutdown took {:?}",
+        signalled.elapsed()
+    );
+    drop(stuck);
     reader.join().unwrap(); // every line up to EOF
 
     let log = lines.lock().unwrap().join("\n");
     assert!(log.contains("keyflow stopped cleanly"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("/v1/keys/self"), "requests are logged: {log}");
     let audit_text = audit.to_string();
     for secret in &secrets {

@@ -10,6 +10,7 @@ mod admin_api;
 mod auth_pipeline;
 mod browser;
 mod cli;
+mod connections;
 mod contacts_api;
 mod dashboard;
 mod events_api;

@@ -193,7 +193,64 @@ async fn readyz_is_503_when_the_database_is_gone() {
     );
 }
 
+/// A NUL character reaches no store (PostgreSQL cannot hold it in text):
+/// refused in one place with 422 (404 in a path), the same on both stores,
+/// never a 503.
+async fn nul_characters_are_refused_everywhere(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    for path in [
+        "/v1/contacts?email=a%00b@x.io",
+        "/v1/contacts?external_id=x%00",
+        "/v1/contacts?cursor=%00",
+        "/v1/events?name=a%00",
+        "/v1/events?contact_id=%00",
+        "/v1/audit?actor=%00",
+        "/v1/keys?cursor=abc%00",
+    ] {
+        let reply = app.get(path, &t.key).await;
+        reply.assert_error(422, "validation_failed");
+        assert!(reply.body["error"]["details"]["fields"][0]["field"].is_string());
+    }
+    for path in ["/v1/contacts/a%00b", "/v1/keys/%00", "/v1/events%00"] {
+        app.get(path, &t.key).await.assert_error(404, "not_found");
+    }
+    for (path, body) in [
+        (
+            "/v1/events",
+            json!({"name": "x", "anonymous_id": "a", "idempotency_key": "k\u{0}"}),
+        ),
+        ("/v1/events", json!({"name": "x", "external_id": "\u{0}"})),
+        (
+            "/v1/contacts",
+            json!({"email": "a@x.io", "properties": {"k": "v\u{0}"}}),
+        ),
+    ] {
+        app.post(path, &t.key, body)
+            .await
+            .assert_error(422, "validation_failed");
+    }
+    // Segment, with a client key over Basic auth.
+    let (_, client) = app
+        .create_key(&t.key, json!({"name": "web", "type": "client"}))
+        .await;
+    let segment = TestApp::reply(
+        app.client
+            .post(format!("{}/v1/track", app.base_url))
+            .basic_auth(&client, Some(""))
+            .json(&json!({"event": "x", "anonymousId": "a", "messageId": "m\u{0}"})),
+    )
+    .await;
+    segment.assert_error(422, "validation_failed");
+    // The dashboard's filters and sign-in.
+    let page = TestApp::reply(app.client.get(format!("{}/events?name=%00", app.base_url))).await;
+    assert_eq!(page.status, 422);
+    let events = app.get("/v1/events", &t.key).await;
+    assert_eq!(events.body["data"], json!([]));
+}
+
 backend_tests!(
+    nul_characters_are_refused_everywhere,
     health_endpoints_and_request_ids,
     framework_errors_use_the_error_shape,
     metrics_are_prometheus_text,

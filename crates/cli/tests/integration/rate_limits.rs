@@ -149,7 +149,100 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
         .assert_error(401, "invalid_api_key");
 }
 
+/// Only guesses count (SPEC §2): a service still using a revoked or expired
+/// key at speed does not lock the other keys of its address out.
+async fn stale_keys_are_not_guesses(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.failed_auth_per_minute = 5).await;
+    let t = app.tenant().await;
+    let (revoked_id, revoked) = app
+        .create_key(&t.key, json!({"name": "old", "type": "secret"}))
+        .await;
+    app.delete(&format!("/v1/keys/{revoked_id}"), &t.key).await;
+    let soon = keyflow_core::timefmt::format_rfc3339(app.now_ms() + 1_000);
+    let (_, expired) = app
+        .create_key(
+            &t.key,
+            json!({"name": "exp", "type": "secret", "expires_at": soon}),
+        )
+        .await;
+    app.clock.advance_ms(2_000);
+    for _ in 0..20 {
+        app.get("/v1/keys/self", &revoked)
+            .await
+            .assert_error(401, "key_revoked");
+        app.get("/v1/keys/self", &expired)
+            .await
+            .assert_error(401, "key_expired");
+    }
+    // A key not yet cached, from the same address, still gets looked up.
+    let (_, fresh) = app
+        .create_key(&t.key, json!({"name": "fresh", "type": "secret"}))
+        .await;
+    assert_eq!(app.get("/v1/keys/self", &fresh).await.status, 200);
+}
+
+/// Failed guesses from one IPv6 /64 share one budget (SPEC §2); failed
+/// admin-token attempts are limited like failed key authentications (§8).
+async fn ipv6_per_64_and_admin_token_guesses_are_limited(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.failed_auth_per_minute = 5;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    for i in 0..5 {
+        let guess = generate_key(KeyType::Secret, Environment::Live).unwrap();
+        let reply = TestApp::reply(
+            app.client
+                .get(format!("{}/v1/keys/self", app.base_url))
+                .bearer_auth(&guess.text)
+                .header("x-forwarded-for", format!("2001:db8:5:5::{i:x}")),
+        )
+        .await;
+        reply.assert_error(401, "invalid_api_key");
+    }
+    let guess = generate_key(KeyType::Secret, Environment::Live).unwrap();
+    TestApp::reply(
+        app.client
+            .get(format!("{}/v1/keys/self", app.base_url))
+            .bearer_auth(&guess.text)
+            .header("x-forwarded-for", "2001:db8:5:5:ffff::1"),
+    )
+    .await
+    .assert_error(429, "rate_limited");
+    // Another /64 has its own budget.
+    TestApp::reply(
+        app.client
+            .get(format!("{}/v1/keys/self", app.base_url))
+            .bearer_auth(&guess.text)
+            .header("x-forwarded-for", "2001:db8:5:6::1"),
+    )
+    .await
+    .assert_error(401, "invalid_api_key");
+    // Admin token guesses.
+    let admin = |token: &'static str| {
+        app.client
+            .post(format!("{}/admin/v1/workspaces", app.base_url))
+            .bearer_auth(token)
+            .header("x-forwarded-for", "198.51.100.9")
+            .json(&json!({"name": "x", "plan": "pro"}))
+    };
+    for _ in 0..5 {
+        TestApp::reply(admin("wrong-token"))
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    let limited = TestApp::reply(admin("wrong-token")).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(num(&limited, "retry-after") >= 1);
+    // Even the right token waits out the lockout from that address.
+    TestApp::reply(admin(crate::harness::ADMIN_TOKEN))
+        .await
+        .assert_error(429, "rate_limited");
+}
+
 backend_tests!(
+    stale_keys_are_not_guesses,
+    ipv6_per_64_and_admin_token_guesses_are_limited,
     burst_then_429_with_consistent_headers,
     rejected_requests_do_not_consume_quota,
     plan_default_applies_per_category,

@@ -36,6 +36,17 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
     let Some(expected) = &state.config.admin_token else {
         return ApiError::from_status(StatusCode::NOT_FOUND).into_response();
     };
+    // Failed attempts are limited per client IP like failed key
+    // authentications (SPEC §8), so the token cannot be guessed at speed.
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let ip = crate::auth::client_ip(&state, peer, req.headers());
+    let now = state.now_ms();
+    if crate::auth::failures_exhausted(&state, ip, now) {
+        return crate::auth::too_many_failures(&state, ip, now).into_response();
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -47,9 +58,13 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.expose().as_bytes());
     if !bool::from(a.ct_eq(&b)) {
-        return ApiError::new(
-            ErrorCode::Unauthorized,
-            "Send the instance admin token as `Authorization: Bearer <token>`.",
+        return crate::auth::note_failure(
+            &state,
+            ip,
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "Send the instance admin token as `Authorization: Bearer <token>`.",
+            ),
         )
         .into_response();
     }

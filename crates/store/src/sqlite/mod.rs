@@ -267,6 +267,14 @@ fn run_writer(
         });
         drop(turn);
     }
+    // The queue closed (shutdown). A pooled connection goes back to its pool
+    // through the runtime when dropped: drop it, and the pool, inside the
+    // runtime's context, never on this bare thread (that panicked with "this
+    // functionality requires a Tokio context" on every SIGTERM after an
+    // identified event).
+    let _context = runtime.enter();
+    drop(conn);
+    drop(pool);
 }
 
 /// Moves every queued job into `batch`, up to the per-commit bounds.

@@ -1,0 +1,147 @@
+//! The accept loop (SPEC §7): Keyflow faces the internet without a proxy, so
+//! every connection is bounded. Headers must arrive within
+//! `header_read_timeout_secs` (hyper's timer also runs while a keep-alive
+//! connection waits for its next request, so idle connections close after
+//! the same time, like Go's `IdleTimeout` defaulting to its read timeout);
+//! at most `max_connections` are open (beyond, the loop stops accepting and
+//! the kernel's backlog holds the rest); and shutdown waits at most
+//! `shutdown_timeout_secs` for in-flight requests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// The bounds of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// File descriptors kept for the database, logs and the listener.
+const RESERVED_FDS: u64 = 128;
+
+/// Raises the open-file soft limit to the hard limit (SPEC §7) and returns
+/// the connection cap it allows: `configured`, or when 0, what the limit
+/// leaves after [`RESERVED_FDS`].
+pub fn raise_fd_limit_and_cap(configured: usize) -> usize {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let allowed = usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX);
+    if configured == 0 {
+        allowed.min(100_000)
+    } else {
+        if configured > allowed {
+            tracing::warn!(
+                configured,
+                open_file_limit = soft,
+                "max_connections is above what the open-file limit allows"
+            );
+        }
+        configured
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
+/// accepting and drains open connections for at most the shutdown timeout.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // Room above our own limit (crate::app::MAX_HEADER_COUNT), so a
+        // request with too many fields gets our 431 with a request id.
+        .max_headers(4 * crate::app::MAX_HEADER_COUNT)
+        .keep_alive(true);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        // Wait for a free slot before accepting: past the cap, new clients
+        // wait in the kernel's backlog instead of costing a descriptor.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = connection_service(app.clone(), peer);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_secs = limits.shutdown_timeout.as_secs(),
+            "shutdown timeout reached; closing the connections still open"
+        );
+    }
+    connections.abort_all();
+    Ok(())
+}
+
+/// The router for one connection, with its peer address for `ConnectInfo`.
+fn connection_service(
+    app: Router,
+    peer: SocketAddr,
+) -> hyper_util::service::TowerToHyperService<
+    impl tower::Service<
+        hyper::Request<Incoming>,
+        Response = axum::response::Response,
+        Error = Infallible,
+        Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
+    > + Clone,
+> {
+    let service = app.map_request(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.map(axum::body::Body::new)
+    });
+    hyper_util::service::TowerToHyperService::new(service)
+}
