@@ -59,7 +59,8 @@ pub enum ContactLookup {
 }
 
 pub fn normalise_email(email: &str) -> Option<String> {
-    let email = email.trim();
+    let email = crate::text::nfc_email(email);
+    let email = email.as_str();
     let (local, domain) = email.split_once('@')?;
     let valid = email.len() <= 254
         && !local.is_empty()
@@ -71,9 +72,9 @@ pub fn normalise_email(email: &str) -> Option<String> {
     valid.then(|| email.to_string())
 }
 
-/// The comparison form of an email: case-insensitive.
+/// The comparison form of an email: NFC, case-insensitive.
 pub fn email_key(email: &str) -> String {
-    email.trim().to_lowercase()
+    crate::text::nfc_email(email).to_lowercase()
 }
 
 fn check_text(
@@ -84,10 +85,10 @@ fn check_text(
 ) -> Option<String> {
     let trimmed = value.trim();
     let chars = trimmed.chars().count();
-    if chars == 0 || chars > max || trimmed.chars().any(char::is_control) {
+    if chars == 0 || chars > max || crate::text::has_forbidden_name_chars(trimmed) {
         errors.push(FieldError::new(
             field,
-            format!("must be 1 to {max} printable characters"),
+            format!("must be 1 to {max} printable characters (no control or bidirectional formatting characters)"),
         ));
         return None;
     }

@@ -25,6 +25,14 @@ pub fn parse_network(text: &str) -> Option<IpNet> {
     Some(IpNet::from(addr.to_canonical()))
 }
 
+/// Whether `text` is a CIDR whose address has bits set past its prefix
+/// (`10.0.0.1/8`), which [`parse_network`] would widen to the network.
+pub fn has_host_bits(text: &str) -> bool {
+    text.trim()
+        .parse::<IpNet>()
+        .is_ok_and(|net| net.addr() != net.network())
+}
+
 fn canonical_network(net: IpNet) -> IpNet {
     if let IpNet::V6(v6) = net
         && let Some(v4) = v6.addr().to_ipv4_mapped()

@@ -282,8 +282,11 @@ fn check_name(name: Option<&str>, errors: &mut Errors) -> String {
             "name",
             format!("name must be at most {MAX_NAME_CHARS} characters"),
         );
-    } else if trimmed.chars().any(char::is_control) {
-        errors.add("name", "name must not contain control characters");
+    } else if crate::text::has_forbidden_name_chars(trimmed) {
+        errors.add(
+            "name",
+            "name must not contain control or bidirectional formatting characters",
+        );
     }
     trimmed.to_string()
 }
@@ -360,6 +363,17 @@ fn check_allowlist(rows: &[IpRuleInput], errors: &mut Errors) -> Vec<IpRule> {
             );
             continue;
         };
+        // `10.0.0.1/8` would silently mean all of 10.0.0.0/8: say so.
+        if crate::ip::has_host_bits(&row.cidr) {
+            errors.add(
+                format!("ip_allowlist[{i}].cidr"),
+                format!(
+                    "{} has host bits set: it would mean the network {net}; write {net} (or the address alone)",
+                    row.cidr.trim()
+                ),
+            );
+            continue;
+        }
         if !seen.insert(net) {
             errors.add(
                 format!("ip_allowlist[{i}].cidr"),

@@ -15,6 +15,7 @@ pub mod plan;
 pub mod rate_limit;
 pub mod restrictions;
 pub mod scopes;
+pub mod text;
 pub mod timefmt;
 
 pub use clock::{Clock, ManualClock, SystemClock};

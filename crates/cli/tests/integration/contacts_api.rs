@@ -420,7 +420,67 @@ async fn contact_writes_wait_for_busy_ingest(backend: Backend) {
     assert_eq!(contact.body["properties"]["round"], 29);
 }
 
+/// Emails that differ only in Unicode normalisation are one address (NFC),
+/// and names refuse bidirectional formatting characters.
+async fn emails_compare_in_nfc_and_names_refuse_bidi(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let composed = app
+        .post("/v1/contacts", &t.key, json!({"email": "Jos\u{e9}@x.io"}))
+        .await;
+    assert_eq!(composed.status, 201, "{}", composed.body);
+    let decomposed = app
+        .post(
+            "/v1/contacts",
+            &t.key,
+            json!({"email": "jose\u{301}@x.io", "first_name": "Jos\u{e9}"}),
+        )
+        .await;
+    assert_eq!(decomposed.status, 200, "{}", decomposed.body);
+    assert_eq!(decomposed.body["id"], composed.body["id"]);
+    let by_nfd = app
+        .get("/v1/contacts?email=jose%CC%81%40x.io", &t.key)
+        .await;
+    assert_eq!(
+        by_nfd.body["data"][0]["id"], composed.body["id"],
+        "{}",
+        by_nfd.body
+    );
+    // An event naming the decomposed email attaches to the same contact.
+    let event = app
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "x", "email": "JOSE\u{301}@x.io"}),
+        )
+        .await;
+    assert_eq!(event.status, 202);
+    let events = app
+        .get(
+            &format!(
+                "/v1/events?contact_id={}",
+                composed.body["id"].as_str().unwrap()
+            ),
+            &t.key,
+        )
+        .await;
+    assert_eq!(events.body["data"].as_array().unwrap().len(), 1);
+    let bidi = app
+        .post(
+            "/v1/contacts",
+            &t.key,
+            json!({"email": "b@x.io", "first_name": "evil\u{202e}gnp.exe"}),
+        )
+        .await;
+    bidi.assert_error(422, "validation_failed");
+    assert_eq!(
+        bidi.body["error"]["details"]["fields"][0]["field"],
+        "first_name"
+    );
+}
+
 backend_tests!(
+    emails_compare_in_nfc_and_names_refuse_bidi,
     contact_writes_wait_for_busy_ingest,
     create_or_update_with_merge,
     list_is_paginated_and_project_scoped,

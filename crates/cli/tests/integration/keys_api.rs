@@ -592,10 +592,41 @@ backend_tests!(
     list_is_paginated_newest_first,
     every_key_change_is_audited_with_its_actor,
     restrictions_cannot_be_escalated,
+    host_bits_and_bidi_names_are_refused,
     expired_and_rolled_keys_stay_dead,
     key_rate_limits_stay_under_the_plan,
     metrics_credential_needs_the_read_scopes,
 );
+
+/// A CIDR with host bits set is refused (it would silently widen), and key
+/// names refuse bidirectional formatting characters.
+async fn host_bits_and_bidi_names_are_refused(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let wide = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "k", "type": "secret", "ip_allowlist": [{"cidr": "10.0.0.1/8"}]}),
+        )
+        .await;
+    wide.assert_error(422, "validation_failed");
+    let field = &wide.body["error"]["details"]["fields"][0];
+    assert_eq!(field["field"], "ip_allowlist[0].cidr");
+    assert!(
+        field["message"].as_str().unwrap().contains("10.0.0.0/8"),
+        "{field}"
+    );
+    let ok = app
+        .post("/v1/keys", &t.key, json!({"name": "k", "type": "secret", "ip_allowlist": [{"cidr": "10.0.0.0/8"}, {"cidr": "10.0.0.1"}]}))
+        .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    for name in ["admin\u{202e}txt", "a\u{2067}b", "a\u{200f}"] {
+        app.post("/v1/keys", &t.key, json!({"name": name, "type": "secret"}))
+            .await
+            .assert_error(422, "validation_failed");
+    }
+}
 
 /// SPEC §2 "Restrictions cannot be escalated": a key manages only keys whose
 /// scopes it holds, makes none freer than itself and loosens nothing of its own.

@@ -186,7 +186,55 @@ async fn segment_endpoints_with_basic_auth(backend: Backend) {
     assert_eq!(data[0]["contact_id"], contact.body["data"][0]["id"]);
 }
 
+/// A `/v1/batch` is checked whole before anything is applied: an invalid,
+/// refused or rate-limited batch leaves its `identify` items unapplied.
+async fn a_failing_batch_applies_no_identify(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (_, key) = app
+        .create_key(
+            &t.key,
+            json!({"name": "seg", "type": "secret", "allowed_events": ["ok"],
+                   "rate_limit": {"limit": 3, "period_seconds": 60}}),
+        )
+        .await;
+    let batch = |track: serde_json::Value| {
+        app.client
+            .post(format!("{}/v1/batch", app.base_url))
+            .basic_auth(&key, Some(""))
+            .json(&json!({"batch": [
+                {"type": "identify", "userId": "u1", "traits": {"email": "u1@x.io"}},
+                track,
+            ]}))
+    };
+    let invalid =
+        TestApp::reply(batch(json!({"type": "track", "userId": "u1", "event": ""}))).await;
+    invalid.assert_error(422, "validation_failed");
+    let refused = TestApp::reply(batch(
+        json!({"type": "track", "userId": "u1", "event": "nope"}),
+    ))
+    .await;
+    refused.assert_error(403, "event_not_allowed");
+    for _ in 0..3 {
+        TestApp::reply(
+            app.client
+                .post(format!("{}/v1/track", app.base_url))
+                .basic_auth(&key, Some(""))
+                .json(&json!({"event": "ok", "anonymousId": "a"})),
+        )
+        .await;
+    }
+    let limited = TestApp::reply(batch(
+        json!({"type": "track", "userId": "u1", "event": "ok"}),
+    ))
+    .await;
+    limited.assert_error(429, "rate_limited");
+    let found = app.get("/v1/contacts?external_id=u1", &t.key).await;
+    assert_eq!(found.body["data"], json!([]), "{}", found.body);
+}
+
 backend_tests!(
     official_segment_library_works_unchanged,
-    segment_endpoints_with_basic_auth
+    segment_endpoints_with_basic_auth,
+    a_failing_batch_applies_no_identify,
 );

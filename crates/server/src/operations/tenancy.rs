@@ -15,7 +15,7 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub fn check_name(field: &str, name: &str) -> ApiResult<String> {
     let name = name.trim();
     let chars = name.chars().count();
-    if chars == 0 || chars > 100 || name.chars().any(char::is_control) {
+    if chars == 0 || chars > 100 || keyflow_core::text::has_forbidden_name_chars(name) {
         return Err(ApiError::field(
             field,
             "must be 1 to 100 printable characters",
@@ -25,7 +25,7 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<String> {
 }
 
 pub fn check_email(email: &str) -> ApiResult<String> {
-    let email = email.trim().to_lowercase();
+    let email = keyflow_core::text::nfc_email(email).to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
             !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
