@@ -1,4 +1,5 @@
-//! The `keyflow` binary: `serve`, `init`, `keys create`, `workspace plan`, `migrate`.
+//! The `keyflow` binary: `serve`, `init`, `keys create`, `workspace plan`,
+//! `migrate`, `backup`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,12 @@ enum Command {
     Workspace(WorkspaceCommand),
     /// Apply database migrations
     Migrate,
+    /// Write a consistent copy of the embedded SQLite database to FILE, safe
+    /// while the server runs (PostgreSQL: use pg_dump)
+    Backup {
+        /// Where to write the copy (must not exist)
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -233,15 +240,49 @@ fn overrides(cli: &Cli) -> ConfigOverrides {
     }
 }
 
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
-    if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
+/// Creates the data directory (owner-only) for the embedded database.
+fn create_data_dir(config: &Config) -> Result<(), Failure> {
+    if config.database_url.is_some() || config.data_dir.is_dir() {
+        return Ok(());
     }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// The embedded database file this configuration names, if it is SQLite.
+fn sqlite_file(config: &Config) -> Option<PathBuf> {
+    keyflow_store::sqlite::files::path_of_url(config.effective_database_url().expose())
+}
+
+/// For commands that work on an existing instance (everything but `init`,
+/// `migrate` and `serve`): refuse a SQLite file that does not exist rather
+/// than create an empty one and then report "no project with id …".
+async fn open_existing_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
+    if let Some(path) = sqlite_file(config)
+        && !path.is_file()
+    {
+        return Err(Failure::from(format!(
+            "no Keyflow database at {}: run this where `keyflow serve` runs, or pass the \
+             same --data-dir / --database-url (KEYFLOW_DATA_DIR / KEYFLOW_DATABASE_URL); \
+             `keyflow init` creates a new one",
+            path.display()
+        )));
+    }
+    open_store(config).await
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
+    create_data_dir(config)?;
     let url = config.effective_database_url();
     let store = keyflow_store::connect(url.expose()).await.map_err(|e| {
         format!(
@@ -319,6 +360,28 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             let config = Config::load(&o)?;
             serve(config).await
         }
+        Command::Backup { file } => {
+            let config = Config::load(&o)?;
+            let Some(source) = sqlite_file(&config) else {
+                return Err(Failure::from(
+                    "keyflow backup copies the embedded SQLite database; for PostgreSQL use \
+                     pg_dump (or your provider's snapshots)"
+                        .to_string(),
+                ));
+            };
+            keyflow_store::sqlite::files::backup(&source, file)
+                .map_err(|e| format!("cannot back up {}: {e}", source.display()))?;
+            print_result(
+                cli.json,
+                &json!({ "source": source, "backup": file }),
+                &format!(
+                    "Wrote a consistent copy of {} to {} (readable by you only).",
+                    source.display(),
+                    file.display()
+                ),
+            )?;
+            Ok(())
+        }
         Command::Migrate => {
             let config = Config::load(&o)?;
             let store = open_store_without_migrating(&config).await?;
@@ -380,7 +443,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             expires_at,
         }) => {
             let config = Config::load(&o)?;
-            let store = open_store(&config).await?;
+            let store = open_existing_store(&config).await?;
             let project = store
                 .get_project(project)
                 .await?
@@ -417,7 +480,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
         }
         Command::Workspace(WorkspaceCommand::Plan { workspace, plan }) => {
             let config = Config::load(&o)?;
-            let store = open_store(&config).await?;
+            let store = open_existing_store(&config).await?;
             let plan =
                 Plan::parse(plan).ok_or_else(|| "PLAN must be free, pro or team".to_string())?;
             let (updated, previous) = tenancy::change_plan(
@@ -449,9 +512,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
 }
 
 async fn open_store_without_migrating(config: &Config) -> Result<Arc<dyn Store>, Failure> {
-    if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir)?;
-    }
+    create_data_dir(config)?;
     let url = config.effective_database_url();
     Ok(keyflow_store::connect(url.expose()).await.map_err(|e| {
         format!(
@@ -464,8 +525,10 @@ async fn open_store_without_migrating(config: &Config) -> Result<Arc<dyn Store>,
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only on a terminal: a log file or pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

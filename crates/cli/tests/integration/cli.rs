@@ -518,9 +518,15 @@ async fn serve_prints_a_one_time_setup_link_on_an_empty_database(backend: Backen
         ])
         .env_remove("KEYFLOW_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -539,6 +545,190 @@ async fn serve_prints_a_one_time_setup_link_on_an_empty_database(backend: Backen
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+    // Text logs into a pipe carry no colour codes (those are for terminals).
+    let log = log_reader.join().unwrap();
+    assert!(log.contains("keyflow listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in a piped log: {log:?}"
+    );
+}
+
+/// Commands on an existing instance refuse a database that is not there
+/// (instead of creating an empty one and reporting "no project").
+#[test]
+fn commands_refuse_a_missing_database_and_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("elsewhere");
+    for args in [
+        vec![
+            "keys",
+            "create",
+            "--project",
+            "p",
+            "--name",
+            "n",
+            "--type",
+            "secret",
+        ],
+        vec!["workspace", "plan", "--workspace", "w", "pro"],
+        vec!["backup", "/tmp/never-written.db"],
+    ] {
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .env_remove("KEYFLOW_DATABASE_URL")
+            .env_remove("KEYFLOW_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&data.join("keyflow.db").display().to_string()),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !data.join("keyflow.db").exists(),
+            "{args:?} created a database"
+        );
+    }
+}
+
+/// A PostgreSQL that refuses, or a database that does not exist, is named
+/// as such at once (not "pool timed out" after 5 s).
+#[test]
+fn postgres_connection_failures_name_their_cause() {
+    let base = crate::harness::postgres_base_url();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    let missing = format!("{prefix}/kf_missing_{}", uuid::Uuid::new_v4().simple());
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for (url, expected) in [
+        (
+            format!("postgres://postgres@127.0.0.1:{closed_port}/x"),
+            "refused the connection",
+        ),
+        (missing, "does not exist"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(BIN)
+            .args(["--database-url", &url, "migrate"])
+            .env_remove("KEYFLOW_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{url}: {err}");
+        assert!(!err.contains("line "), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(4),
+            "{err}"
+        );
+    }
+}
+
+/// The embedded database's files are the owner's alone, and `keyflow backup`
+/// writes a consistent copy while the server runs.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_private_and_backups_work_while_serving() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pw = password_file();
+    let init = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--json", "init", "--email", "o@x.io", "--password-file"])
+        .arg(pw.path())
+        .args(["--workspace", "W", "--project", "P", "--plan", "pro"])
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let url = format!("sqlite://{}", data.join("keyflow.db").display());
+    let db = TestDb::existing(&url);
+    let ServerProcess {
+        mut child,
+        base,
+        reader,
+        _config,
+        ..
+    } = spawn_server(&db, "backup-test-admin-token-0123456789");
+    let init: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let project = init["project"]["id"].as_str().unwrap();
+    let key: Value = reqwest::Client::new()
+        .post(format!("{base}/admin/v1/projects/{project}/keys"))
+        .bearer_auth("backup-test-admin-token-0123456789")
+        .json(&json!({"name": "k", "type": "secret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(key["key"].is_string());
+    // Every file of the database, WAL included, is owner-only; so is the directory.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for name in ["keyflow.db", "keyflow.db-wal", "keyflow.db-shm"] {
+        let path = data.join(name);
+        assert!(path.exists(), "{name}");
+        assert_eq!(mode(&path), 0o600, "{name}");
+    }
+    // Online backup while serving: the new key is in it, though it is in the WAL.
+    let copy = dir.path().join("backup.db");
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("backup")
+        .arg(&copy)
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&copy), 0o600);
+    let again = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("backup")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a backup never overwrites");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    reader.join().unwrap();
+    let restored = keyflow_store::connect(&format!("sqlite://{}", copy.display()))
+        .await
+        .unwrap();
+    let keys = restored
+        .list_api_keys(
+            project,
+            false,
+            &keyflow_store::Page {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].settings.name, "k");
 }
 
 backend_tests!(

@@ -63,6 +63,15 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 impl TestDb {
+    /// A database made elsewhere (a test's own SQLite file), not dropped here.
+    pub fn existing(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            _dir: None,
+            pg: None,
+        }
+    }
+
     /// PostgreSQL only: drops the database now (closing every connection to
     /// it), to test behaviour while the database is gone.
     pub async fn drop_postgres_now(&self) {

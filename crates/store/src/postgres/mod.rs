@@ -72,6 +72,14 @@ impl PostgresStore {
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+        // One plain connection first: a pool retries a failing connect until
+        // its acquire timeout and then reports only "pool timed out".
+        match <sqlx::PgConnection as sqlx::Connection>::connect(url).await {
+            Ok(conn) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Err(e) => return Err(crate::StoreError::Config(describe_connect_error(&e, url))),
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
@@ -92,6 +100,34 @@ impl PostgresStore {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+}
+
+/// Why a PostgreSQL connection failed, in words: refused, unknown host,
+/// missing database or role, bad password (never the password itself).
+fn describe_connect_error(e: &sqlx::Error, url: &str) -> String {
+    let target = crate::redact_url(url);
+    match e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "PostgreSQL at {target} refused the connection: is the server running and listening on that host and port?"
+        ),
+        sqlx::Error::Io(io) => format!("cannot reach PostgreSQL at {target}: {io}"),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!(
+                "the database named in {target} does not exist: create it (createdb) or fix the URL ({})",
+                db.message()
+            ),
+            Some("28P01") | Some("28000") => format!(
+                "PostgreSQL at {target} refused the credentials: {}",
+                db.message()
+            ),
+            _ => format!(
+                "PostgreSQL at {target} refused the connection: {}",
+                db.message()
+            ),
+        },
+        sqlx::Error::Tls(tls) => format!("TLS to PostgreSQL at {target} failed: {tls}"),
+        other => format!("cannot connect to PostgreSQL at {target}: {other}"),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::ingest_queue::{self, IngestJob};
 use crate::sql_store::{Migration, impl_sql_store};
 
 mod direct;
+pub mod files;
 mod reader;
 
 pub struct SqliteStore {
@@ -89,6 +90,10 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
+        // Owner-only files (SPEC §7): made before SQLite creates them.
+        if let Some(path) = files::path_of_url(url) {
+            files::secure(&path)?;
+        }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
