@@ -104,6 +104,16 @@ struct ServeArgs {
     /// Seconds between flushes of last-used data (1-30)
     #[arg(long, env = "KEYFLOW_LAST_USED_FLUSH_SECS")]
     last_used_flush_secs: Option<u64>,
+    /// Seconds a client has to send a request's headers; idle keep-alive
+    /// connections close after the same time (default 10)
+    #[arg(long, env = "KEYFLOW_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Open connections at most (default: what the open-file limit allows)
+    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds SIGTERM waits for in-flight requests (default 30)
+    #[arg(long, env = "KEYFLOW_SHUTDOWN_TIMEOUT_SECS")]
+    shutdown_timeout_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -357,6 +367,9 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             o.log_format = args.log_format.clone();
             o.request_timeout_secs = args.request_timeout_secs;
             o.last_used_flush_secs = args.last_used_flush_secs;
+            o.header_read_timeout_secs = args.header_read_timeout_secs;
+            o.max_connections = args.max_connections;
+            o.shutdown_timeout_secs = args.shutdown_timeout_secs;
             let config = Config::load(&o)?;
             serve(config).await
         }

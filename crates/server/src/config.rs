@@ -145,6 +145,9 @@ pub struct ConfigOverrides {
     pub log_format: Option<String>,
     pub request_timeout_secs: Option<u64>,
     pub last_used_flush_secs: Option<u64>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -278,7 +281,7 @@ impl Config {
             self.last_used_flush_secs = v;
         }
         if let Some(v) = f.header_read_timeout_secs {
-            self.header_read_timeout_secs = v.clamp(1, 300);
+            self.header_read_timeout_secs = v;
         }
         if let Some(v) = f.max_connections {
             self.max_connections = v;
@@ -330,6 +333,21 @@ impl Config {
         if let Some(v) = o.last_used_flush_secs {
             self.last_used_flush_secs = v;
         }
+        if let Some(v) = o.header_read_timeout_secs {
+            self.header_read_timeout_secs = v;
+        }
+        if let Some(v) = o.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(v) = o.shutdown_timeout_secs {
+            self.shutdown_timeout_secs = v;
+        }
+        if !(1..=300).contains(&self.header_read_timeout_secs) {
+            return Err(invalid("header_read_timeout_secs", "must be 1..=300"));
+        }
+        if !(1..=3600).contains(&self.shutdown_timeout_secs) {
+            return Err(invalid("shutdown_timeout_secs", "must be 1..=3600"));
+        }
         if self
             .admin_token
             .as_ref()
@@ -379,6 +397,7 @@ mod tests {
             &file,
             format!(
                 "listen = \"127.0.0.1:9000\"\nrate_limit = \"10/60\"\nadmin_token_file = {:?}\n\
+                 shutdown_timeout_secs = 5\nheader_read_timeout_secs = 20\n\
                  database_url = \"postgres://u:hunter2@db/k\"\n[plan_rate_limits]\nteam = \"1000/60\"\n",
                 token.display().to_string()
             ),
@@ -391,6 +410,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.shutdown_timeout_secs, 5);
+        assert_eq!(config.header_read_timeout_secs, 20);
+        assert_eq!(config.max_connections, 0);
         assert_eq!(config.default_rate_limit, RateLimit::per_minute(10));
         assert_eq!(
             config.plan_rate_limit(Plan::Team),
@@ -414,6 +436,18 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(&bad).is_err());
+        for bad in [
+            ConfigOverrides {
+                header_read_timeout_secs: Some(0),
+                ..Default::default()
+            },
+            ConfigOverrides {
+                shutdown_timeout_secs: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(Config::load(&bad).is_err());
+        }
         let dir = std::env::temp_dir().join(format!("kf-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("k.toml");
