@@ -244,7 +244,7 @@ pub use crate::redact::redact_keys;
 
 /// Header fields a request may carry, and their total size. Larger header
 /// blocks (up to the HTTP parser's own bounds) get a 431 in our error shape.
-pub const MAX_HEADER_COUNT: usize = 100;
+pub const MAX_HEADER_COUNT: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Checks every request gets before routing: oversized header blocks (431),
