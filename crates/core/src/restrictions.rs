@@ -4,7 +4,7 @@
 
 use crate::clock::UnixMillis;
 use crate::error::FieldError;
-use crate::ip::parse_network;
+use crate::ip::{IpRule, parse_network};
 use crate::key_settings::KeySettings;
 
 /// Which restriction a settings value would loosen.
@@ -108,18 +108,24 @@ pub fn expiry_is_final(
 }
 
 fn allowlist_within(bound: &KeySettings, wanted: &KeySettings) -> bool {
-    if bound.ip_allowlist.is_empty() {
+    allowlist_covers(&bound.ip_allowlist, &wanted.ip_allowlist)
+}
+
+/// Whether the allow-list `bound` covers `wanted`: an empty `bound` covers
+/// anything; otherwise `wanted` must be non-empty and each of its networks
+/// inside one of `bound`'s.
+pub fn allowlist_covers(bound: &[IpRule], wanted: &[IpRule]) -> bool {
+    if bound.is_empty() {
         return true;
     }
-    if wanted.ip_allowlist.is_empty() {
+    if wanted.is_empty() {
         return false;
     }
     let bound: Vec<_> = bound
-        .ip_allowlist
         .iter()
         .filter_map(|r| parse_network(&r.cidr))
         .collect();
-    wanted.ip_allowlist.iter().all(|rule| {
+    wanted.iter().all(|rule| {
         parse_network(&rule.cidr).is_some_and(|net| bound.iter().any(|b| b.contains(&net)))
     })
 }
@@ -135,7 +141,6 @@ fn list_within(bound: &Option<Vec<String>>, wanted: &Option<Vec<String>>) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ip::IpRule;
     use crate::rate_limit::RateLimit;
 
     fn rules(cidrs: &[&str]) -> Vec<IpRule> {

@@ -122,11 +122,11 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         )
         .route(
             "/v1/keys/{id}",
-            axum::routing::patch(guard(Some(Scope::KeysWrite), Management).wrap(keys::update_key)),
+            axum::routing::patch(deferred(Scope::KeysWrite, Management).wrap(keys::update_key)),
         )
         .route(
             "/v1/keys/{id}",
-            axum::routing::delete(guard(Some(Scope::KeysWrite), Management).wrap(keys::revoke_key)),
+            axum::routing::delete(deferred(Scope::KeysWrite, Management).wrap(keys::revoke_key)),
         )
         .route(
             "/v1/keys/{id}/roll",
@@ -369,6 +369,7 @@ pub async fn launch_with_listener(
     let app = router(state.clone());
     let limits = crate::serve::ConnectionLimits {
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
+        write_stall_timeout: Duration::from_secs(state.config.request_timeout_secs.max(1)),
         max_connections: crate::serve::raise_fd_limit_and_cap(state.config.max_connections),
         shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
     };

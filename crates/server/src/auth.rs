@@ -302,12 +302,11 @@ where
         Ok(limit) => limit,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let quota = key
-        .key
-        .settings
-        .rate_limit
-        .or(project_limit)
-        .unwrap_or_else(|| state.config.plan_rate_limit(plan));
+    let quota = effective_quota(
+        key.key.settings.rate_limit,
+        project_limit,
+        state.config.plan_rate_limit(plan),
+    );
     let ticket = RateLimitTicket::new(state, &key.key.id, guard.category, quota, now);
     // The caller takes `key`; this handle counts the response afterwards.
     let counted = key.clone();
@@ -381,6 +380,20 @@ where
     response
 }
 
+/// A key's own limit, else its project's, else the plan's; never above the
+/// plan's (SPEC §2): an override set before a downgrade, or before the
+/// operator lowered the plan's limit, gets the plan's limit from then on.
+pub fn effective_quota(
+    key_limit: Option<RateLimit>,
+    project_limit: Option<RateLimit>,
+    plan_limit: RateLimit,
+) -> RateLimit {
+    key_limit
+        .or(project_limit)
+        .filter(|limit| limit.at_most(plan_limit))
+        .unwrap_or(plan_limit)
+}
+
 fn rate_limited(quota: &RateLimit, retry_after: i64) -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
@@ -409,7 +422,7 @@ pub async fn authenticate(
     // Format and checksum first: a typo or a guess never reaches cache or database.
     let parsed = match parse_key(&token) {
         Ok(p) if p.key_type != keyflow_core::KeyType::Metrics => p,
-        _ => return Err(note_failure(state, ip, invalid())),
+        _ => return Err(note_failure(state, Failure::Key, ip, invalid())),
     };
     let digest = parsed.digest();
     let now = state.now_ms();
@@ -420,10 +433,10 @@ pub async fn authenticate(
         }
         None => {
             if state.cache.is_known_unknown(&digest) {
-                return Err(note_failure(state, ip, invalid()));
+                return Err(note_failure(state, Failure::Key, ip, invalid()));
             }
-            if failures_exhausted(state, ip, now) {
-                return Err(too_many_failures(state, ip, now));
+            if failures_exhausted(state, Failure::Key, ip, now) {
+                return Err(too_many_failures(state, Failure::Key, ip, now));
             }
             state
                 .metrics
@@ -441,7 +454,7 @@ pub async fn authenticate(
                 }
                 None => {
                     state.cache.insert_unknown(digest);
-                    return Err(note_failure(state, ip, invalid()));
+                    return Err(note_failure(state, Failure::Key, ip, invalid()));
                 }
             }
         }
@@ -467,40 +480,67 @@ fn failure_quota(state: &SharedState) -> RateLimit {
     RateLimit::per_minute(state.config.failed_auth_per_minute.max(1))
 }
 
+/// What failed: a key (guessed keys) or the instance admin token. Each has
+/// its own budget per address, so guesses at one do not lock out the other.
+#[derive(Clone, Copy)]
+pub(crate) enum Failure {
+    Key,
+    AdminToken,
+}
+
 /// Per client IP, IPv6 per /64 (SPEC §2).
-fn failure_bucket(ip: Option<IpAddr>) -> String {
+fn failure_bucket(kind: Failure, ip: Option<IpAddr>) -> String {
+    let kind = match kind {
+        Failure::Key => "auth-failures",
+        Failure::AdminToken => "admin-failures",
+    };
     match ip {
-        Some(ip) => format!("auth-failures:{}", keyflow_core::ip::limiter_subject(ip)),
-        None => "auth-failures:unknown".to_string(),
+        Some(ip) => format!("{kind}:{}", keyflow_core::ip::limiter_subject(ip)),
+        None => format!("{kind}:unknown"),
     }
 }
 
-pub(crate) fn failures_exhausted(state: &SharedState, ip: Option<IpAddr>, now: i64) -> bool {
+pub(crate) fn failures_exhausted(
+    state: &SharedState,
+    kind: Failure,
+    ip: Option<IpAddr>,
+    now: i64,
+) -> bool {
     !state
         .failed_auth
-        .decide(&failure_bucket(ip), failure_quota(state), now, false)
+        .decide(&failure_bucket(kind, ip), failure_quota(state), now, false)
         .allowed
 }
 
 /// Counts a failed authentication against the client IP; past the limit the
 /// answer becomes 429 so keys cannot be guessed at speed.
-pub(crate) fn note_failure(state: &SharedState, ip: Option<IpAddr>, err: ApiError) -> ApiError {
+pub(crate) fn note_failure(
+    state: &SharedState,
+    kind: Failure,
+    ip: Option<IpAddr>,
+    err: ApiError,
+) -> ApiError {
     let now = state.now_ms();
     let d = state
         .failed_auth
-        .decide(&failure_bucket(ip), failure_quota(state), now, true);
+        .decide(&failure_bucket(kind, ip), failure_quota(state), now, true);
     if d.allowed {
         err
     } else {
-        too_many_failures(state, ip, now)
+        too_many_failures(state, kind, ip, now)
     }
 }
 
-pub(crate) fn too_many_failures(state: &SharedState, ip: Option<IpAddr>, now: i64) -> ApiError {
+pub(crate) fn too_many_failures(
+    state: &SharedState,
+    kind: Failure,
+    ip: Option<IpAddr>,
+    now: i64,
+) -> ApiError {
     let quota = failure_quota(state);
     let d = state
         .failed_auth
-        .decide(&failure_bucket(ip), quota, now, false);
+        .decide(&failure_bucket(kind, ip), quota, now, false);
     let retry = d.retry_after_seconds();
     ApiError::new(
         ErrorCode::RateLimited,

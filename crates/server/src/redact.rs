@@ -1,18 +1,29 @@
-//! Keeps API keys out of logs: anything shaped like a key, anywhere in a
-//! logged text (after percent-decoding, so `%5F` for `_` or `Bearer%20<key>`
-//! change nothing), is cut to its display prefix.
+//! Keeps API keys out of logs, and logs free of forged lines: anything
+//! shaped like a key, anywhere in a logged text (after percent-decoding,
+//! repeated so that double encoding changes nothing), is cut to a short
+//! prefix; control characters are written back percent-encoded, so a path
+//! with `%0A` cannot start a new log line or carry terminal escapes.
 
-/// `text` percent-decoded (invalid sequences kept as they are), then with
-/// every key-shaped run cut to its first 12 characters and `…`.
+/// `text` percent-decoded, with every key-shaped run cut to its first 12
+/// characters and `…`, every other long alphanumeric run (a key's secret
+/// part without its prefix) to its first 4, and control characters
+/// re-encoded.
 pub fn redact_keys(text: &str) -> String {
-    let decoded = percent_decode(text);
+    let mut decoded = text.to_string();
+    for _ in 0..3 {
+        let next = percent_decode(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
     let mut out = String::with_capacity(decoded.len());
     let mut rest = decoded.as_str();
     while let Some(at) = find_key_start(rest) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
         let run = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
             .unwrap_or(tail.len());
         if run >= MIN_KEY_LIKE {
             out.push_str(&tail[..keyflow_core::keys::PREFIX_LEN.min(run)]);
@@ -23,6 +34,41 @@ pub fn redact_keys(text: &str) -> String {
         rest = &tail[run..];
     }
     out.push_str(rest);
+    cut_long_runs(&out)
+}
+
+/// Any run of at least this many ASCII letters and digits is treated as a
+/// secret (a key's 38-character body, a client secret) whatever precedes it.
+const LONG_RUN: usize = 32;
+
+fn cut_long_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= LONG_RUN {
+            out.push_str(&run[..4]);
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() {
+            run.push(c);
+            continue;
+        }
+        flush(&mut run, &mut out);
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
     out
 }
 
@@ -80,11 +126,24 @@ mod tests {
             format!("/v1/keys/prefix{k}"),
             format!("/v1/keys/{underscore_encoded}/roll"),
             format!("/v1/{}", &k[..k.len() - 1]),
+            format!("/v1/keys/{}", k.replacen('_', "%255F", 2)),
+            format!("/v1/keys/{}", k.to_uppercase()),
+            format!("/v1/keys/{}", k.replacen('_', "-", 2)),
         ] {
             let redacted = redact_keys(&path);
-            assert!(!redacted.contains(&k[12..20]), "{path} -> {redacted}");
-            assert!(redacted.contains(&key.prefix), "{path} -> {redacted}");
+            let body = &k[12..20];
+            assert!(
+                !redacted.contains(body) && !redacted.contains(&body.to_uppercase()),
+                "{path} -> {redacted}"
+            );
         }
+        // The secret part alone, with nothing before it.
+        assert!(!redact_keys(&format!("/v1/x/{}", &k[8..])).contains(&k[12..40]));
+        // No forged log lines or terminal escapes.
+        assert_eq!(
+            redact_keys("/v1/x%0A2026-01-01%20INFO%20forged%1B[31m"),
+            "/v1/x%0A2026-01-01 INFO forged%1B[31m"
+        );
         assert_eq!(
             redact_keys("/v1/keys/01a2-uuid/roll"),
             "/v1/keys/01a2-uuid/roll"

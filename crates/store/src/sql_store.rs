@@ -1380,6 +1380,7 @@ macro_rules! impl_sql_store {
                 &self,
                 project_id: &str,
                 id: &str,
+                expected_expires_at: Option<UnixMillis>,
                 s: &KeySettings,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
@@ -1388,7 +1389,8 @@ macro_rules! impl_sql_store {
                 let done = sqlx::query(
                     "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
                      allowed_origins = $5, rate_limit = $6 \
-                     WHERE project_id = $7 AND id = $8 AND revoked_at IS NULL",
+                     WHERE project_id = $7 AND id = $8 AND revoked_at IS NULL \
+                     AND expires_at IS NOT DISTINCT FROM $9",
                 )
                 .bind(&s.name)
                 .bind(s.expires_at)
@@ -1398,6 +1400,7 @@ macro_rules! impl_sql_store {
                 .bind(columns.rate_limit)
                 .bind(project_id)
                 .bind(id)
+                .bind(expected_expires_at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()

@@ -432,7 +432,17 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .unwrap();
     assert!(status.success());
     let signalled = std::time::Instant::now();
-    let exit = child.wait().unwrap();
+    // Bounded wait: a shutdown that hangs fails here instead of hanging the run.
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > std::time::Duration::from_secs(8) {
+            let _ = child.kill();
+            panic!("keyflow serve did not stop within 8 s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(exit.success(), "keyflow serve exited with {exit:?}");
     assert!(
         signalled.elapsed() < std::time::Duration::from_secs(8),
@@ -628,6 +638,23 @@ fn postgres_connection_failures_name_their_cause() {
             "{err}"
         );
     }
+    // A server that accepts but never answers: bounded, and said so.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://postgres@{}/x", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["--database-url", &url, "migrate"])
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("timed out"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "{err}"
+    );
+    drop(silent);
 }
 
 /// The embedded database's files are the owner's alone, and `keyflow backup`

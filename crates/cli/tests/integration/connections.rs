@@ -94,6 +94,40 @@ async fn connections_are_capped(backend: Backend) {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
 
+/// A client that pipelines requests and never reads the answers cannot hold
+/// its slot: the write stalls, and after `request_timeout_secs` the
+/// connection is dropped, so the next client (cap 1 here) is served.
+async fn clients_that_never_read_lose_their_slot(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.request_timeout_secs = 1;
+        c.max_connections = 1;
+    })
+    .await;
+    let mut hog = TcpStream::connect(app.addr).await.unwrap();
+    let request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(300);
+    // Written from a task: the server stops reading once its writes stall.
+    let writer = tokio::spawn(async move {
+        let _ = hog.write_all(&request).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(hog);
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = reqwest::Client::new()
+        .get(format!("{}/livez", app.base_url))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    writer.abort();
+}
+
 /// Shutdown waits for in-flight requests at most the shutdown timeout, even
 /// with a client stuck half-way through its headers.
 async fn shutdown_is_bounded(backend: Backend) {
@@ -172,6 +206,7 @@ async fn gzip_bodies_are_accepted_within_the_limit(backend: Backend) {
 backend_tests!(
     slow_and_idle_clients_are_cut_off,
     connections_are_capped,
+    clients_that_never_read_lose_their_slot,
     shutdown_is_bounded,
     oversized_headers_get_the_error_shape,
     gzip_bodies_are_accepted_within_the_limit,

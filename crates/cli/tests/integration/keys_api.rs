@@ -592,6 +592,8 @@ backend_tests!(
     list_is_paginated_newest_first,
     every_key_change_is_audited_with_its_actor,
     restrictions_cannot_be_escalated,
+    project_limits_bind_keys_without_an_override,
+    metrics_credential_stays_within_the_callers_allowlist,
     host_bits_and_bidi_names_are_refused,
     expired_and_rolled_keys_stay_dead,
     key_rate_limits_stay_under_the_plan,
@@ -753,6 +755,122 @@ async fn restrictions_cannot_be_escalated(backend: Backend) {
     // Operators and the instance admin are not bound.
     let lifted_by_root = app.patch(&own, &t.key, lifted).await;
     assert_eq!(lifted_by_root.status, 200, "{}", lifted_by_root.body);
+}
+
+/// A key without its own rate limit is bound by its project's: it cannot
+/// lift it for itself or its children. A refused change costs no quota.
+async fn project_limits_bind_keys_without_an_override(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let projects = app.store.list_projects(&t.workspace_id).await.unwrap();
+    let entry = keyflow_server::operations::audit_entry(
+        &t.workspace_id,
+        Some(&t.project_id),
+        &keyflow_store::Actor::InstanceAdmin,
+        "project.settings_changed",
+        keyflow_store::AuditTarget {
+            kind: "project".into(),
+            id: Some(t.project_id.clone()),
+            name: Some(projects[0].name.clone()),
+        },
+        None,
+        json!({}),
+        app.now_ms(),
+    );
+    app.store
+        .set_project_settings(
+            &t.project_id,
+            &keyflow_store::ProjectSettings {
+                rate_limit: Some(keyflow_core::RateLimit::per_minute(20)),
+                metrics_cache_ttl_minutes: 5,
+            },
+            &entry,
+        )
+        .await
+        .unwrap();
+    app.clock.advance_ms(2_000); // past the 1-second project cache
+    let own = format!("/v1/keys/{}", t.key_id);
+    let before = app.get("/v1/keys/self", &t.key).await;
+    let remaining: i64 = before
+        .header("x-ratelimit-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.patch(
+        &own,
+        &t.key,
+        json!({"rate_limit": {"limit": 100, "period_seconds": 60}}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+    app.post(
+        "/v1/keys",
+        &t.key,
+        json!({"name": "c", "type": "secret", "rate_limit": {"limit": 50, "period_seconds": 60}}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+    let after = app.get("/v1/keys/self", &t.key).await;
+    let now_remaining: i64 = after
+        .header("x-ratelimit-remaining")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Only the two GETs themselves were spent.
+    assert_eq!(now_remaining, remaining - 1, "refusals cost quota");
+    // A child without a named limit runs on the project's, like its
+    // creator; one within it is fine.
+    let (child, _) = app
+        .create_key(&t.key, json!({"name": "c", "type": "secret"}))
+        .await;
+    let child = app.get(&format!("/v1/keys/{child}"), &t.key).await;
+    assert!(child.body["rate_limit"].is_null(), "{}", child.body);
+    let slower = app
+        .post(
+            "/v1/keys",
+            &t.key,
+            json!({"name": "s", "type": "secret", "rate_limit": {"limit": 5, "period_seconds": 60}}),
+        )
+        .await;
+    assert_eq!(slower.status, 201, "{}", slower.body);
+}
+
+/// A key with an IP allow-list cannot make the metrics credential usable
+/// from elsewhere: a new credential gets the key's list; widening it is 403.
+async fn metrics_credential_stays_within_the_callers_allowlist(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (_, restricted) = app
+        .create_key(
+            &t.key,
+            json!({"name": "r", "type": "secret", "ip_allowlist": [{"cidr": "127.0.0.0/8"}]}),
+        )
+        .await;
+    let created = app
+        .post("/v1/metrics/credential", &restricted, json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["ip_allowlist"][0]["cidr"], "127.0.0.0/8");
+    for wider in [
+        json!({"ip_allowlist": []}),
+        json!({"ip_allowlist": [{"cidr": "10.0.0.0/8"}]}),
+    ] {
+        app.patch("/v1/metrics/credential", &restricted, wider)
+            .await
+            .assert_error(403, "insufficient_scope");
+    }
+    // The unrestricted key may open it up; then the restricted one cannot rotate it.
+    let opened = app
+        .patch(
+            "/v1/metrics/credential",
+            &t.key,
+            json!({"ip_allowlist": []}),
+        )
+        .await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+    app.post("/v1/metrics/credential", &restricted, json!({}))
+        .await
+        .assert_error(403, "insufficient_scope");
 }
 
 /// SPEC §2: an expired or rolled key's expiry is final; a successor never

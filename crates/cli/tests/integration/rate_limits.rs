@@ -234,13 +234,55 @@ async fn ipv6_per_64_and_admin_token_guesses_are_limited(backend: Backend) {
     let limited = TestApp::reply(admin("wrong-token")).await;
     limited.assert_error(429, "rate_limited");
     assert!(num(&limited, "retry-after") >= 1);
-    // Even the right token waits out the lockout from that address.
+    // Even the right token waits out the lockout from that address ...
     TestApp::reply(admin(crate::harness::ADMIN_TOKEN))
         .await
         .assert_error(429, "rate_limited");
+    // ... while keys from it are not locked out by the admin-token guesses.
+    let guess = generate_key(KeyType::Secret, Environment::Live).unwrap();
+    TestApp::reply(
+        app.client
+            .get(format!("{}/v1/keys/self", app.base_url))
+            .bearer_auth(&guess.text)
+            .header("x-forwarded-for", "198.51.100.9"),
+    )
+    .await
+    .assert_error(401, "invalid_api_key");
+}
+
+/// The plan's limit is a ceiling at run time too: an override set on a
+/// higher plan stops counting after a downgrade (SPEC §2).
+async fn overrides_above_the_plan_are_not_enforced(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.plan_rate_limits.insert(
+            keyflow_core::Plan::Team,
+            keyflow_core::RateLimit::per_minute(1000),
+        );
+    })
+    .await;
+    let t = app.tenant_on("team").await;
+    let (_, key) = app
+        .create_key(&t.key, json!({"name": "fast", "type": "secret", "rate_limit": {"limit": 500, "period_seconds": 60}}))
+        .await;
+    assert_eq!(
+        num(&app.get("/v1/keys/self", &key).await, "x-ratelimit-limit"),
+        500
+    );
+    app.admin(
+        reqwest::Method::PUT,
+        &format!("/admin/v1/workspaces/{}/plan", t.workspace_id),
+        json!({"plan": "pro"}),
+    )
+    .await;
+    app.clock.advance_ms(2_000); // past the 1-second plan cache
+    assert_eq!(
+        num(&app.get("/v1/keys/self", &key).await, "x-ratelimit-limit"),
+        100
+    );
 }
 
 backend_tests!(
+    overrides_above_the_plan_are_not_enforced,
     stale_keys_are_not_guesses,
     ipv6_per_64_and_admin_token_guesses_are_limited,
     burst_then_429_with_consistent_headers,

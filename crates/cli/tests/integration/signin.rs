@@ -219,7 +219,25 @@ async fn unknown_emails_take_as_long_as_known_ones(backend: Backend) {
     );
 }
 
+/// Right passwords count against the per-IP limit too (only the account
+/// buckets are given back), so one address cannot keep the hashing permits
+/// busy by signing in to its own account in a loop.
+async fn right_passwords_still_count_per_ip(backend: Backend) {
+    let app = start(backend).await;
+    operator(&app, "loop@acme.io").await;
+    for i in 0..30 {
+        let reply = sign_in_from(&app, "203.0.113.50", "loop@acme.io", PASSWORD, None).await;
+        assert_eq!(reply.status, 303, "sign-in {i}");
+    }
+    let limited = sign_in_from(&app, "203.0.113.50", "loop@acme.io", PASSWORD, None).await;
+    assert_eq!(limited.status, 429);
+    // Another address is not affected.
+    let other = sign_in_from(&app, "203.0.113.51", "loop@acme.io", PASSWORD, None).await;
+    assert_eq!(other.status, 303);
+}
+
 backend_tests!(
+    right_passwords_still_count_per_ip,
     concurrent_guesses_cannot_outrun_the_limiter,
     huge_emails_are_refused_before_the_limiter,
     lockout_cannot_be_used_as_a_weapon,

@@ -327,6 +327,20 @@ async fn key_updates_revocation_and_roll(backend: Backend) {
             .update_api_key_settings(
                 &project.id,
                 &k.id,
+                k.settings.expires_at,
+                &settings,
+                &entry(&ws, Some(&project), "api_key.updated")
+            )
+            .await
+            .unwrap()
+    );
+    // A stale read of the expiry (a roll moved it meanwhile) writes nothing.
+    assert!(
+        !store
+            .update_api_key_settings(
+                &project.id,
+                &k.id,
+                Some(12_345),
                 &settings,
                 &entry(&ws, Some(&project), "api_key.updated")
             )
@@ -410,6 +424,7 @@ async fn key_updates_revocation_and_roll(backend: Backend) {
             .update_api_key_settings(
                 &project.id,
                 &k.id,
+                k.settings.expires_at,
                 &settings,
                 &entry(&ws, Some(&project), "api_key.updated")
             )

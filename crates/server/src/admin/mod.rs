@@ -44,8 +44,9 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
         .map(|c| c.0);
     let ip = crate::auth::client_ip(&state, peer, req.headers());
     let now = state.now_ms();
-    if crate::auth::failures_exhausted(&state, ip, now) {
-        return crate::auth::too_many_failures(&state, ip, now).into_response();
+    if crate::auth::failures_exhausted(&state, crate::auth::Failure::AdminToken, ip, now) {
+        return crate::auth::too_many_failures(&state, crate::auth::Failure::AdminToken, ip, now)
+            .into_response();
     }
     let presented = req
         .headers()
@@ -60,6 +61,7 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
     if !bool::from(a.ct_eq(&b)) {
         return crate::auth::note_failure(
             &state,
+            crate::auth::Failure::AdminToken,
             ip,
             ApiError::new(
                 ErrorCode::Unauthorized,

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keyflow_core::RateLimit;
 use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch, validate_create};
 use keyflow_store::{ApiKey, Project};
 use serde::Deserialize;
@@ -31,16 +32,38 @@ pub(crate) async fn caller_project(state: &SharedState, caller: &Caller) -> ApiR
         .ok_or_else(|| ApiError::not_found("project"))
 }
 
-/// What binds the calling key when it manages keys: itself and its plan.
-async fn authority<'a>(state: &SharedState, caller: &'a Caller) -> ApiResult<KeyAuthority<'a>> {
+/// What binds the calling key when it manages keys: the key as it is
+/// enforced — its rate limit the effective one (its own, else its project's,
+/// else the plan's), so a key without an override cannot lift the limit its
+/// project gives it — and the plan's limit.
+async fn caller_bound(
+    state: &SharedState,
+    caller: &Caller,
+) -> ApiResult<(ApiKey, RateLimit, RateLimit)> {
     let plan = state
         .plan_of(caller.workspace_id())
         .await?
         .ok_or_else(|| ApiError::not_found("workspace"))?;
-    Ok(KeyAuthority::Key {
-        key: &caller.key.key,
-        plan_limit: state.config.plan_rate_limit(plan),
-    })
+    let plan_limit = state.config.plan_rate_limit(plan);
+    let project_limit = state.project_rate_limit(caller.project_id()).await?;
+    let default_limit = crate::auth::effective_quota(None, project_limit, plan_limit);
+    let mut bound = caller.key.key.clone();
+    bound.settings.rate_limit = Some(crate::auth::effective_quota(
+        bound.settings.rate_limit,
+        project_limit,
+        plan_limit,
+    ));
+    Ok((bound, plan_limit, default_limit))
+}
+
+fn authority<'a>(
+    (key, plan_limit, default_limit): &'a (ApiKey, RateLimit, RateLimit),
+) -> KeyAuthority<'a> {
+    KeyAuthority::Key {
+        key,
+        plan_limit: *plan_limit,
+        default_limit: *default_limit,
+    }
 }
 
 async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
@@ -75,7 +98,8 @@ pub async fn create_key(
 ) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
-    let authority = authority(&state, &caller).await?;
+    let bound = caller_bound(&state, &caller).await?;
+    let authority = authority(&bound);
     // An escalation is a 403 and must not spend quota: check it first.
     let spec = key_ops::narrow_spec(spec, authority)?;
     ticket.consume().await?;
@@ -205,6 +229,7 @@ pub async fn get_self(
 pub async fn update_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<PatchKeyRequest>,
 ) -> ApiResult<Response> {
@@ -218,12 +243,17 @@ pub async fn update_key(
     }
     let settings =
         apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation)?;
+    let bound = caller_bound(&state, &caller).await?;
+    let authority = authority(&bound);
+    // A refusal is a 403 and must not spend quota: check it first.
+    key_ops::check_update(&key, &settings, authority, now)?;
+    ticket.consume().await?;
     key_ops::update_key(
         state.store.as_ref(),
         caller.workspace_id(),
         &key,
         &settings,
-        authority(&state, &caller).await?,
+        authority,
         &caller.actor(),
         caller.ip_string(),
         now,
@@ -254,15 +284,21 @@ pub async fn update_key(
 pub async fn revoke_key(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = load_key(&state, &caller, &id).await?;
+    let bound = caller_bound(&state, &caller).await?;
+    let authority = authority(&bound);
+    // A refusal is a 403 and must not spend quota: check it first.
+    authority.may_manage(&key)?;
+    ticket.consume().await?;
     if key.revoked_at.is_none() {
         key_ops::revoke_key(
             state.store.as_ref(),
             caller.workspace_id(),
             &key,
-            authority(&state, &caller).await?,
+            authority,
             &caller.actor(),
             caller.ip_string(),
             state.now_ms(),
@@ -313,7 +349,8 @@ pub async fn roll_key(
     }
     let now = state.now_ms();
     let old = load_key(&state, &caller, &id).await?;
-    let authority = authority(&state, &caller).await?;
+    let bound = caller_bound(&state, &caller).await?;
+    let authority = authority(&bound);
     key_ops::successor_settings(&old, authority, now)?;
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;

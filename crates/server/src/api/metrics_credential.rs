@@ -39,9 +39,17 @@ pub async fn create_or_rotate(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<(StatusCode, Response)> {
     let project = caller_project(&state, &caller).await?;
+    // No escalation through the credential (SPEC §2): a key with an IP
+    // allow-list gives a new credential its own list, and may not rotate one
+    // usable from places it is not.
+    let own = &caller.key.key.settings.ip_allowlist;
+    if let Some(existing) = state.store.metrics_credential(&project.id).await? {
+        refuse_wider_allowlist(own, &existing.ip_allowlist)?;
+    }
     let issued = credential_ops::create_or_rotate(
         state.store.as_ref(),
         &project,
+        own.clone(),
         &caller.actor(),
         caller.ip_string(),
         state.now_ms(),
@@ -52,6 +60,22 @@ pub async fn create_or_rotate(
         StatusCode::CREATED,
         super::no_store(Json(view(&issued.credential, ttl, Some(&issued.secret))).into_response()),
     ))
+}
+
+/// `403` when `wanted` would let the credential be used from addresses the
+/// calling key's own allow-list (`own`) does not cover.
+fn refuse_wider_allowlist(
+    own: &[keyflow_core::IpRule],
+    wanted: &[keyflow_core::IpRule],
+) -> ApiResult<()> {
+    if keyflow_core::restrictions::allowlist_covers(own, wanted) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        keyflow_core::ErrorCode::InsufficientScope,
+        "A key with an IP allow-list cannot make the metrics credential usable from addresses outside it.",
+    )
+    .with_details(serde_json::json!({"fields": [{"field": "ip_allowlist", "message": "must lie within the calling key's IP allow-list"}]})))
 }
 
 async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
@@ -122,6 +146,9 @@ pub async fn update_credential(
     let change =
         credential_ops::validate_change(patch.ip_allowlist.as_deref(), patch.cache_ttl_minutes)
             .map_err(ApiError::validation)?;
+    if let Some(rules) = &change.ip_allowlist {
+        refuse_wider_allowlist(&caller.key.key.settings.ip_allowlist, rules)?;
+    }
     let project = caller_project(&state, &caller).await?;
     let updated = credential_ops::update(
         state.store.as_ref(),

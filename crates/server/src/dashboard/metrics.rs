@@ -158,6 +158,7 @@ pub async fn rotate(
     let issued = match credential_ops::create_or_rotate(
         state.store.as_ref(),
         &ctx.project,
+        Vec::new(),
         &ctx.actor(),
         ip,
         state.now_ms(),

@@ -1,31 +1,35 @@
-//! Dashboard sign-in (SPEC §6): failures are limited per client IP, per
+//! Dashboard sign-in (SPEC §6). Attempts are limited per client IP, per
 //! (account, IP) and per account, charged *before* the password is checked
-//! (and given back when it was right), so concurrent guesses cannot all slip
-//! through. Password hashing runs under a small permit count: a flood is
-//! answered `503` without hashing, and memory stays bounded.
+//! (and, for the account buckets, given back when it was right), so
+//! concurrent guesses cannot all slip through. Password hashing runs under a
+//! small permit count taken before anything else: a flood is answered `503`
+//! without hashing or charging, and memory stays bounded.
 //!
 //! Lockout cannot be turned into a weapon: the strict limit is per
-//! (account, IP), and the lenient account-wide limit does not apply to a
-//! browser that already signed in to that account (it carries a device
-//! cookie), so an attacker elsewhere cannot lock the operator out.
+//! (account, IP), and the account-wide limit does not apply to a browser that
+//! already signed in to that account. That browser carries a device cookie,
+//! an HMAC keyed by the account's password hash: it holds on every instance
+//! and across restarts, and dies with a password change.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Form;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
+use hmac::{Hmac, Mac};
 use keyflow_core::RateLimit;
-use keyflow_core::keys::{KeyDigest, random_base62};
-use moka::sync::Cache;
+use keyflow_store::Operator;
+use sha2::Sha256;
 
 use super::{error_page, refused_cross_site, session, signin_page, start_session};
 use crate::limits::LocalRateLimiter;
-use crate::operations::tenancy::{self, Verification};
+use crate::operations::tenancy;
 use crate::state::SharedState;
 
-/// Failed sign-ins per client IP (IPv6: per /64), across accounts.
+/// Sign-in attempts per client IP (IPv6: per /64), across accounts. A right
+/// password is not given back here, so one address cannot keep the hashing
+/// permits busy by signing in to its own account in a loop.
 pub const PER_IP: RateLimit = RateLimit {
     limit: 30,
     period_seconds: 60,
@@ -47,27 +51,12 @@ pub const PER_ACCOUNT: RateLimit = RateLimit {
 pub const MAX_EMAIL_CHARS: usize = 254;
 
 const DEVICE_COOKIE: &str = "kf_device";
-const DEVICE_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+const DEVICE_LIFETIME_MS: i64 = 90 * 24 * 3600 * 1000;
 
-/// The sign-in limiters and the devices known to have signed in.
+/// The sign-in limiters (in memory, pruned as their windows pass).
+#[derive(Default)]
 pub struct SigninThrottle {
     pub limiter: LocalRateLimiter,
-    /// Digest of a device cookie → the operator who signed in with it. In
-    /// memory and bounded: after a restart a browser is known again after
-    /// its next successful sign-in.
-    devices: Cache<KeyDigest, String>,
-}
-
-impl Default for SigninThrottle {
-    fn default() -> Self {
-        Self {
-            limiter: LocalRateLimiter::default(),
-            devices: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(DEVICE_LIFETIME)
-                .build(),
-        }
-    }
 }
 
 /// The buckets one attempt is charged to.
@@ -76,7 +65,7 @@ struct Charges {
 }
 
 impl SigninThrottle {
-    /// Charges one failure to every bucket, all or none: when one is
+    /// Charges one attempt to every bucket, all or none: when one is
     /// exhausted, those already charged are given back and `false` returned.
     fn charge(&self, charges: &Charges, now: i64) -> bool {
         for (i, (bucket, quota)) in charges.buckets.iter().enumerate() {
@@ -90,35 +79,57 @@ impl SigninThrottle {
         true
     }
 
-    fn refund(&self, charges: &Charges, now: i64) {
+    /// Gives back the account buckets (not the per-IP one) after a right password.
+    fn refund_accounts(&self, charges: &Charges, now: i64) {
         for (bucket, quota) in &charges.buckets {
-            self.limiter.refund(bucket, *quota, now);
+            if !bucket.starts_with("ip:") {
+                self.limiter.refund(bucket, *quota, now);
+            }
         }
-    }
-
-    fn is_known_device(&self, headers: &HeaderMap, operator_id: Option<&str>) -> bool {
-        let (Some(token), Some(operator_id)) = (device_cookie(headers), operator_id) else {
-            return false;
-        };
-        self.devices
-            .get(&KeyDigest::of(&token))
-            .is_some_and(|known| known == operator_id)
-    }
-
-    /// A new device cookie for `operator_id`, remembered.
-    fn remember_device(&self, operator_id: &str) -> Option<HeaderValue> {
-        let token = random_base62(32).ok()?;
-        self.devices
-            .insert(KeyDigest::of(&token), operator_id.to_string());
-        HeaderValue::from_str(&format!(
-            "{DEVICE_COOKIE}={token}; Path=/signin; HttpOnly; SameSite=Lax; Max-Age={}",
-            DEVICE_LIFETIME.as_secs()
-        ))
-        .ok()
     }
 
     pub fn prune(&self, now: i64) {
         self.limiter.prune(now);
+    }
+}
+
+/// HMAC-SHA256 over the operator id and issue time, keyed by the stored
+/// password hash (secret, salted, changes with the password).
+fn device_mac(operator: &Operator, issued_ms: i64) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(operator.password_hash.as_bytes()).ok()?;
+    mac.update(b"keyflow-device|");
+    mac.update(operator.id.as_bytes());
+    mac.update(b"|");
+    mac.update(issued_ms.to_string().as_bytes());
+    Some(mac)
+}
+
+fn device_token(operator: &Operator, issued_ms: i64) -> Option<String> {
+    let tag = device_mac(operator, issued_ms)?.finalize().into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{issued_ms}.{hex}"))
+}
+
+/// Whether the request carries a live device cookie of `operator`.
+fn is_known_device(headers: &HeaderMap, operator: Option<&Operator>, now: i64) -> bool {
+    let (Some(token), Some(operator)) = (device_cookie(headers), operator) else {
+        return false;
+    };
+    let Some((issued, hex)) = token.split_once('.') else {
+        return false;
+    };
+    let Ok(issued_ms) = issued.parse::<i64>() else {
+        return false;
+    };
+    if !(0..=DEVICE_LIFETIME_MS).contains(&(now - issued_ms)) || hex.len() != 64 {
+        return false;
+    }
+    let tag: Option<Vec<u8>> = (0..32)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    match (tag, device_mac(operator, issued_ms)) {
+        (Some(tag), Some(mac)) => mac.verify_slice(&tag).is_ok(),
+        _ => false,
     }
 }
 
@@ -133,15 +144,36 @@ fn device_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+fn device_set_cookie(operator: &Operator, now: i64, secure: bool) -> Option<HeaderValue> {
+    let token = device_token(operator, now)?;
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{DEVICE_COOKIE}={token}; Path=/signin; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        DEVICE_LIFETIME_MS / 1000
+    ))
+    .ok()
+}
+
 /// The email as stored: trimmed, NFC, lower case; `None` when it cannot be
 /// an account's (too long, control characters).
 fn normalised_email(raw: &str) -> Option<String> {
-    use unicode_normalization::UnicodeNormalization;
     let trimmed = raw.trim();
     if trimmed.chars().count() > MAX_EMAIL_CHARS || trimmed.chars().any(char::is_control) {
         return None;
     }
-    Some(trimmed.nfc().collect::<String>().to_lowercase())
+    Some(keyflow_core::text::nfc_email(trimmed).to_lowercase())
+}
+
+fn busy(email: &str) -> Response {
+    let mut response = signin_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        email,
+        Some("Too many sign-ins at once. Try again in a moment."),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 pub async fn signin(
@@ -161,6 +193,10 @@ pub async fn signin(
             Some("That is not an email address (at most 254 characters, no control characters)."),
         );
     };
+    // A hashing turn first: without one, nothing is looked up or charged.
+    let Some(permit) = tenancy::try_hashing_permit() else {
+        return busy(&email);
+    };
     let password = form.get("password").cloned().unwrap_or_default();
     let ip = crate::auth::client_ip(&state, Some(peer), &headers);
     let subject = ip.map_or_else(|| "unknown".to_string(), keyflow_core::ip::limiter_subject);
@@ -168,6 +204,7 @@ pub async fn signin(
         Ok(op) => op,
         Err(e) => return error_page(e.into()),
     };
+    let now = state.now_ms();
     let throttle = &state.signin;
     let mut charges = Charges {
         buckets: vec![
@@ -175,12 +212,11 @@ pub async fn signin(
             (format!("account-ip:{email}|{subject}"), PER_ACCOUNT_AND_IP),
         ],
     };
-    if !throttle.is_known_device(&headers, operator.as_ref().map(|o| o.id.as_str())) {
+    if !is_known_device(&headers, operator.as_ref(), now) {
         charges
             .buckets
             .push((format!("account:{email}"), PER_ACCOUNT));
     }
-    let now = state.now_ms();
     if !throttle.charge(&charges, now) {
         return signin_page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -189,36 +225,21 @@ pub async fn signin(
         );
     }
     let hash = operator.as_ref().map(|o| o.password_hash.clone());
-    match tenancy::try_verify_password(password, hash).await {
-        Verification::Matches => {
-            throttle.refund(&charges, now);
-            let Some(op) = operator else {
-                return signin_page(StatusCode::UNAUTHORIZED, &email, Some(MISMATCH));
-            };
+    let verified = tenancy::verify_password(permit, password, hash).await;
+    match operator {
+        Some(op) if verified => {
+            throttle.refund_accounts(&charges, now);
             let mut response =
                 match start_session(&state, &headers, &op, ip.map(|i| i.to_string())).await {
                     Ok(r) => r,
                     Err(e) => return error_page(e),
                 };
-            if let Some(cookie) = throttle.remember_device(&op.id) {
+            if let Some(cookie) = device_set_cookie(&op, now, session::is_https(&headers)) {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
             response
         }
-        Verification::DoesNotMatch => signin_page(StatusCode::UNAUTHORIZED, &email, Some(MISMATCH)),
-        Verification::Busy => {
-            // Nothing was checked: the attempt costs nothing.
-            throttle.refund(&charges, now);
-            let mut response = signin_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &email,
-                Some("Too many sign-ins at once. Try again in a moment."),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
+        _ => signin_page(StatusCode::UNAUTHORIZED, &email, Some(MISMATCH)),
     }
 }
 

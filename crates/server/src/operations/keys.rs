@@ -75,8 +75,11 @@ pub enum KeyAuthority<'a> {
     /// A key through the Management API: its own scopes and restrictions,
     /// and the plan's rate limit.
     Key {
+        /// The calling key as enforced: its rate limit the effective one.
         key: &'a ApiKey,
         plan_limit: RateLimit,
+        /// What a key without its own rate limit gets (project's, else plan's).
+        default_limit: RateLimit,
     },
 }
 
@@ -88,6 +91,18 @@ impl KeyAuthority<'_> {
                 Some(*plan_limit)
             }
         }
+    }
+
+    /// `settings` as they would be enforced: no rate limit of its own means
+    /// the project's or plan's, which must be within the bound too.
+    fn effective(&self, settings: &KeySettings) -> KeySettings {
+        let mut effective = settings.clone();
+        if let KeyAuthority::Key { default_limit, .. } = self
+            && effective.rate_limit.is_none()
+        {
+            effective.rate_limit = Some(*default_limit);
+        }
+        effective
     }
 
     fn key(&self) -> Option<&ApiKey> {
@@ -125,7 +140,7 @@ impl KeyAuthority<'_> {
         let Some(caller) = self.key() else {
             return Ok(());
         };
-        let looser = looser_than(&caller.settings, settings, which);
+        let looser = looser_than(&caller.settings, &self.effective(settings), which);
         if looser.is_empty() {
             return Ok(());
         }
@@ -189,7 +204,9 @@ pub fn narrow_spec(mut spec: NewKeySpec, authority: KeyAuthority<'_>) -> ApiResu
     if let Some(creator) = authority.key() {
         spec.scopes = resolve_scopes(spec.scopes, spec.given.scopes, Some(creator.scopes))?;
         for r in Restriction::ALL {
-            if !spec.given.has(r) && !r.within(&creator.settings, &spec.settings) {
+            if !spec.given.has(r)
+                && !r.within(&creator.settings, &authority.effective(&spec.settings))
+            {
                 r.copy(&creator.settings, &mut spec.settings);
             }
         }
@@ -262,18 +279,12 @@ pub fn changed_fields(before: &KeySettings, after: &KeySettings) -> Vec<&'static
     changed
 }
 
-/// Changes a key's settings. A changed restriction must stay within the
-/// calling key's (which also stops a key loosening its own); once a key has
-/// expired or been rolled, its expiry is final.
-#[allow(clippy::too_many_arguments)]
-pub async fn update_key(
-    store: &dyn Store,
-    workspace_id: &str,
+/// Whether `authority` may give `key` these `settings`. Idempotent;
+/// handlers call it before spending quota, since a refusal is a 403.
+pub fn check_update(
     key: &ApiKey,
     settings: &KeySettings,
     authority: KeyAuthority<'_>,
-    actor: &Actor,
-    ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<()> {
     authority.may_manage(key)?;
@@ -293,7 +304,24 @@ pub async fn update_key(
             probe != key.settings
         })
         .collect();
-    authority.check(settings, &changed)?;
+    authority.check(settings, &changed)
+}
+
+/// Changes a key's settings. A changed restriction must stay within the
+/// calling key's (which also stops a key loosening its own); once a key has
+/// expired or been rolled, its expiry is final.
+#[allow(clippy::too_many_arguments)]
+pub async fn update_key(
+    store: &dyn Store,
+    workspace_id: &str,
+    key: &ApiKey,
+    settings: &KeySettings,
+    authority: KeyAuthority<'_>,
+    actor: &Actor,
+    ip: Option<String>,
+    now: UnixMillis,
+) -> ApiResult<()> {
+    check_update(key, settings, authority, now)?;
     let changed = changed_fields(&key.settings, settings);
     let mut after = key.clone();
     after.settings = settings.clone();
@@ -308,12 +336,18 @@ pub async fn update_key(
         now,
     );
     if !store
-        .update_api_key_settings(&key.project_id, &key.id, settings, &entry)
+        .update_api_key_settings(
+            &key.project_id,
+            &key.id,
+            key.settings.expires_at,
+            settings,
+            &entry,
+        )
         .await?
     {
         return Err(ApiError::new(
             ErrorCode::Conflict,
-            "This API key is revoked and can no longer change.",
+            "This API key was revoked or rolled meanwhile; read it again before changing it.",
         ));
     }
     Ok(())
@@ -367,6 +401,13 @@ pub fn successor_settings(
     }
     let mut settings = old.settings.clone();
     settings.expires_at = authority.key().and_then(|k| k.settings.expires_at);
+    // An override above the plan's limit (set before a downgrade) is not
+    // enforced (the plan's applies); the successor does without it.
+    if let (Some(ceiling), Some(rl)) = (authority.plan_limit(), settings.rate_limit)
+        && !rl.at_most(ceiling)
+    {
+        settings.rate_limit = None;
+    }
     authority.check(&settings, &Restriction::ALL)?;
     Ok(settings)
 }

@@ -77,6 +77,7 @@ fn target(id: &str) -> AuditTarget {
 pub async fn create_or_rotate(
     store: &dyn Store,
     project: &Project,
+    initial_allowlist: Vec<IpRule>,
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
@@ -91,7 +92,8 @@ pub async fn create_or_rotate(
         project_id: project.id.clone(),
         id,
         secret_digest: KeyDigest::of(&secret),
-        ip_allowlist: Vec::new(),
+        // A new credential's; a rotation keeps the stored one.
+        ip_allowlist: initial_allowlist,
         created_at: now,
         last_used_at: None,
     };

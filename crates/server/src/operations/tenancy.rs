@@ -84,23 +84,21 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// The outcome of [`try_verify_password`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verification {
-    Matches,
-    DoesNotMatch,
-    /// Every hashing permit is taken: nothing was hashed; retry shortly.
-    Busy,
+/// A turn to hash a password now, or `None` when every permit is taken: a
+/// flood of sign-ins is refused, not queued.
+pub fn try_hashing_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    HASHING.try_acquire().ok()
 }
 
-/// Checks `password` against `hash`, or against a dummy hash when the
-/// account does not exist (`None`; always `DoesNotMatch`, in the same time).
-/// Does not wait for a hashing permit: a flood of sign-ins is refused, not queued.
-pub async fn try_verify_password(password: String, hash: Option<String>) -> Verification {
-    let Ok(permit) = HASHING.try_acquire() else {
-        return Verification::Busy;
-    };
-    let result = tokio::task::spawn_blocking(move || {
+/// Checks `password` against `hash` under `permit`, or against a dummy hash
+/// when the account does not exist (`None`; then always `false`, in the
+/// same time), so timing does not tell whether an account exists.
+pub async fn verify_password(
+    permit: tokio::sync::SemaphorePermit<'static>,
+    password: String,
+    hash: Option<String>,
+) -> bool {
+    tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
@@ -113,11 +111,8 @@ pub async fn try_verify_password(password: String, hash: Option<String>) -> Veri
             .unwrap_or(false);
         known && matches
     })
-    .await;
-    match result {
-        Ok(true) => Verification::Matches,
-        _ => Verification::DoesNotMatch,
-    }
+    .await
+    .unwrap_or(false)
 }
 
 pub async fn create_workspace(

@@ -74,11 +74,25 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
         // One plain connection first: a pool retries a failing connect until
         // its acquire timeout and then reports only "pool timed out".
-        match <sqlx::PgConnection as sqlx::Connection>::connect(url).await {
-            Ok(conn) => {
+        // Bounded: a host that drops packets would otherwise hold this for
+        // the system's SYN timeout (about two minutes).
+        let first = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            <sqlx::PgConnection as sqlx::Connection>::connect(url),
+        )
+        .await;
+        match first {
+            Ok(Ok(conn)) => {
                 let _ = sqlx::Connection::close(conn).await;
             }
-            Err(e) => return Err(crate::StoreError::Config(describe_connect_error(&e, url))),
+            Ok(Err(e)) => return Err(crate::StoreError::Config(describe_connect_error(&e, url))),
+            Err(_) => {
+                return Err(crate::StoreError::Config(format!(
+                    "timed out after {} s connecting to PostgreSQL at {}: is the host reachable?",
+                    CONNECT_TIMEOUT.as_secs(),
+                    crate::redact_url(url)
+                )));
+            }
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -102,6 +116,8 @@ impl PostgresStore {
         Ok(())
     }
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a PostgreSQL connection failed, in words: refused, unknown host,
 /// missing database or role, bad password (never the password itself).

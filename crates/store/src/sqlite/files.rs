@@ -67,12 +67,32 @@ pub fn backup(source: &Path, target: &Path) -> Result<(), StoreError> {
     let target_text = target
         .to_str()
         .ok_or_else(|| StoreError::Config("the backup path is not valid UTF-8".into()))?;
+    // Created here, exclusively and owner-only, before SQLite writes into it
+    // (VACUUM INTO accepts an empty file): no moment where the copy is
+    // readable by others, and no file someone else planted first.
+    create_private(target)?;
     let conn = rusqlite::Connection::open_with_flags(
         source,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute("VACUUM INTO ?1", [target_text])?;
-    drop(conn);
-    secure(target)
+    if let Err(e) = conn.execute("VACUUM INTO ?1", [target_text]) {
+        let _ = std::fs::remove_file(target);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", path.display())))
 }
