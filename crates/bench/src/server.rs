@@ -48,6 +48,9 @@ impl Server {
         }
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            // The plan's limit is the ceiling of a key's override (SPEC §2):
+            // the bench key's 1 000 000/s needs a plan that allows it.
+            .args(["--rate-limit", "1000000/1"])
             .env("KEYFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KEYFLOW_LOG", "warn")
             .stdout(Stdio::null())
