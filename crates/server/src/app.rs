@@ -135,7 +135,7 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         .route(
             "/v1/metrics/credential",
             post(
-                guard(Some(Scope::KeysWrite), Management)
+                deferred(Scope::KeysWrite, Management)
                     .also(Scope::ContactsRead)
                     .also(Scope::EventsRead)
                     .wrap(metrics_credential::create_or_rotate),
@@ -148,8 +148,7 @@ fn v1_routes(state: &SharedState) -> Router<SharedState> {
         .route(
             "/v1/metrics/credential",
             axum::routing::patch(
-                guard(Some(Scope::KeysWrite), Management)
-                    .wrap(metrics_credential::update_credential),
+                deferred(Scope::KeysWrite, Management).wrap(metrics_credential::update_credential),
             ),
         )
         .route(

@@ -1,21 +1,28 @@
 //! Keeps API keys out of logs, and logs free of forged lines: anything
 //! shaped like a key, anywhere in a logged text (after percent-decoding,
 //! repeated so that double encoding changes nothing), is cut to a short
-//! prefix; control characters are written back percent-encoded, so a path
-//! with `%0A` cannot start a new log line or carry terminal escapes.
+//! prefix; everything but printable ASCII is written back percent-encoded,
+//! so a path cannot start a new log line (`%0A`, U+2028), carry terminal
+//! escapes or reorder what a reader sees (bidirectional controls).
 
 /// `text` percent-decoded, with every key-shaped run cut to its first 12
 /// characters and `…`, every other long alphanumeric run (a key's secret
-/// part without its prefix) to its first 4, and control characters
-/// re-encoded.
+/// part without its prefix) to its first 4, and everything but printable
+/// ASCII re-encoded. Text still encoded after [`DECODE_ROUNDS`] rounds is
+/// not logged at all.
 pub fn redact_keys(text: &str) -> String {
     let mut decoded = text.to_string();
-    for _ in 0..3 {
+    let mut settled = false;
+    for _ in 0..DECODE_ROUNDS {
         let next = percent_decode(&decoded);
         if next == decoded {
+            settled = true;
             break;
         }
         decoded = next;
+    }
+    if !settled {
+        return "(a path percent-encoded more than 8 times, not logged)".to_string();
     }
     let mut out = String::with_capacity(decoded.len());
     let mut rest = decoded.as_str();
@@ -36,6 +43,9 @@ pub fn redact_keys(text: &str) -> String {
     out.push_str(rest);
     cut_long_runs(&out)
 }
+
+/// Percent-decoding rounds before a path counts as deliberately obscured.
+const DECODE_ROUNDS: usize = 8;
 
 /// Any run of at least this many ASCII letters and digits is treated as a
 /// secret (a key's 38-character body, a client secret) whatever precedes it.
@@ -59,7 +69,7 @@ fn cut_long_runs(text: &str) -> String {
             continue;
         }
         flush(&mut run, &mut out);
-        if c.is_control() {
+        if !(c.is_ascii_graphic() || c == ' ' || c == '…') {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
                 out.push_str(&format!("%{b:02X}"));
@@ -139,11 +149,22 @@ mod tests {
         }
         // The secret part alone, with nothing before it.
         assert!(!redact_keys(&format!("/v1/x/{}", &k[8..])).contains(&k[12..40]));
-        // No forged log lines or terminal escapes.
+        // No forged log lines, terminal escapes or reordered text.
         assert_eq!(
             redact_keys("/v1/x%0A2026-01-01%20INFO%20forged%1B[31m"),
             "/v1/x%0A2026-01-01 INFO forged%1B[31m"
         );
+        assert_eq!(
+            redact_keys("/v1/a%E2%80%A8b%E2%80%AEc"),
+            "/v1/a%E2%80%A8b%E2%80%AEc"
+        );
+        // Encoded over and over: not logged.
+        let mut nested = k.clone();
+        for _ in 0..9 {
+            nested = nested.replace('%', "%25").replace('_', "%5F");
+        }
+        let redacted = redact_keys(&format!("/v1/keys/{nested}"));
+        assert!(!redacted.contains(&k[12..20]), "{redacted}");
         assert_eq!(
             redact_keys("/v1/keys/01a2-uuid/roll"),
             "/v1/keys/01a2-uuid/roll"

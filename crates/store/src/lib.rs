@@ -136,14 +136,14 @@ pub trait Store: Send + Sync + 'static {
         include_revoked: bool,
         page: &Page,
     ) -> StoreResult<Vec<ApiKey>>;
-    /// Replaces the mutable settings of an unrevoked key whose expiry is
-    /// still `expected_expires_at` (what the caller read: a roll committed
-    /// in between moved it, and must not be undone); `false` otherwise.
+    /// Replaces the mutable settings of an unrevoked key that is still as
+    /// the caller read it (`read`: its `expires_at` and `rolled_at`), so a
+    /// roll committed in between is never undone; `false` otherwise.
     async fn update_api_key_settings(
         &self,
         project_id: &str,
         id: &str,
-        expected_expires_at: Option<UnixMillis>,
+        read: &ApiKey,
         settings: &KeySettings,
         audit: &AuditEntry,
     ) -> StoreResult<bool>;

@@ -1380,7 +1380,7 @@ macro_rules! impl_sql_store {
                 &self,
                 project_id: &str,
                 id: &str,
-                expected_expires_at: Option<UnixMillis>,
+                read: &ApiKey,
                 s: &KeySettings,
                 audit: &AuditEntry,
             ) -> StoreResult<bool> {
@@ -1390,7 +1390,7 @@ macro_rules! impl_sql_store {
                     "UPDATE api_keys SET name = $1, expires_at = $2, ip_allowlist = $3, allowed_events = $4, \
                      allowed_origins = $5, rate_limit = $6 \
                      WHERE project_id = $7 AND id = $8 AND revoked_at IS NULL \
-                     AND expires_at IS NOT DISTINCT FROM $9",
+                     AND expires_at IS NOT DISTINCT FROM $9 AND rolled_at IS NOT DISTINCT FROM $10",
                 )
                 .bind(&s.name)
                 .bind(s.expires_at)
@@ -1400,7 +1400,8 @@ macro_rules! impl_sql_store {
                 .bind(columns.rate_limit)
                 .bind(project_id)
                 .bind(id)
-                .bind(expected_expires_at)
+                .bind(read.settings.expires_at)
+                .bind(read.rolled_at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()

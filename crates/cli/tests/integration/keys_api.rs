@@ -593,6 +593,7 @@ backend_tests!(
     every_key_change_is_audited_with_its_actor,
     restrictions_cannot_be_escalated,
     project_limits_bind_keys_without_an_override,
+    not_found_and_invalid_answers_cost_quota,
     metrics_credential_stays_within_the_callers_allowlist,
     host_bits_and_bidi_names_are_refused,
     expired_and_rolled_keys_stay_dead,
@@ -833,6 +834,31 @@ async fn project_limits_bind_keys_without_an_override(backend: Backend) {
         )
         .await;
     assert_eq!(slower.status, 201, "{}", slower.body);
+}
+
+/// Routes that keep 403s free still charge 404s and 422s: an exhausted
+/// key cannot probe ids without limit.
+async fn not_found_and_invalid_answers_cost_quota(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (_, key) = app
+        .create_key(
+            &t.key,
+            json!({"name": "probe", "type": "secret", "rate_limit": {"limit": 3, "period_seconds": 60}}),
+        )
+        .await;
+    app.patch("/v1/keys/no-such-id", &key, json!({"name": "x"}))
+        .await
+        .assert_error(404, "not_found");
+    app.delete("/v1/keys/no-such-id", &key)
+        .await
+        .assert_error(404, "not_found");
+    app.post("/v1/keys", &key, json!({"name": ""}))
+        .await
+        .assert_error(422, "validation_failed");
+    app.post("/v1/keys/no-such-id/roll", &key, json!({}))
+        .await
+        .assert_error(429, "rate_limited");
 }
 
 /// A key with an IP allow-list cannot make the metrics credential usable

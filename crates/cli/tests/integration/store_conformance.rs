@@ -327,26 +327,34 @@ async fn key_updates_revocation_and_roll(backend: Backend) {
             .update_api_key_settings(
                 &project.id,
                 &k.id,
-                k.settings.expires_at,
+                &k,
                 &settings,
                 &entry(&ws, Some(&project), "api_key.updated")
             )
             .await
             .unwrap()
     );
-    // A stale read of the expiry (a roll moved it meanwhile) writes nothing.
-    assert!(
-        !store
-            .update_api_key_settings(
-                &project.id,
-                &k.id,
-                Some(12_345),
-                &settings,
-                &entry(&ws, Some(&project), "api_key.updated")
-            )
-            .await
-            .unwrap()
-    );
+    // A stale read (a roll moved the expiry, or marked the key rolled,
+    // meanwhile) writes nothing.
+    let mut stale = k.clone();
+    stale.settings.expires_at = Some(12_345);
+    let mut rolled_meanwhile = k.clone();
+    rolled_meanwhile.settings = settings.clone();
+    rolled_meanwhile.rolled_at = Some(1);
+    for read in [&stale, &rolled_meanwhile] {
+        assert!(
+            !store
+                .update_api_key_settings(
+                    &project.id,
+                    &k.id,
+                    read,
+                    &settings,
+                    &entry(&ws, Some(&project), "api_key.updated")
+                )
+                .await
+                .unwrap()
+        );
+    }
     assert_eq!(
         store
             .get_api_key(&project.id, &k.id)
@@ -424,7 +432,7 @@ async fn key_updates_revocation_and_roll(backend: Backend) {
             .update_api_key_settings(
                 &project.id,
                 &k.id,
-                k.settings.expires_at,
+                &k,
                 &settings,
                 &entry(&ws, Some(&project), "api_key.updated")
             )

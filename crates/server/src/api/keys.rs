@@ -66,6 +66,16 @@ fn authority<'a>(
     }
 }
 
+/// Spends quota for an answer that is not a 401/403 refusal: on routes that
+/// spend it themselves (to keep 403s free), a 404, 409 or 422 costs like any
+/// request, so an exhausted key cannot probe ids for free.
+pub(crate) async fn charged<T>(ticket: &RateLimitTicket, result: ApiResult<T>) -> ApiResult<T> {
+    if result.is_err() {
+        ticket.consume().await?;
+    }
+    result
+}
+
 async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<ApiKey> {
     state
         .store
@@ -97,7 +107,11 @@ pub async fn create_key(
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
-    let spec = validate_create(&body, now).map_err(ApiError::validation)?;
+    let spec = charged(
+        &ticket,
+        validate_create(&body, now).map_err(ApiError::validation),
+    )
+    .await?;
     let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // An escalation is a 403 and must not spend quota: check it first.
@@ -234,15 +248,22 @@ pub async fn update_key(
     JsonBody(patch): JsonBody<PatchKeyRequest>,
 ) -> ApiResult<Response> {
     let now = state.now_ms();
-    let key = load_key(&state, &caller, &id).await?;
+    let key = charged(&ticket, load_key(&state, &caller, &id).await).await?;
     if key.revoked_at.is_some() {
-        return Err(ApiError::new(
-            keyflow_core::ErrorCode::Conflict,
-            "This API key is revoked and can no longer change.",
-        ));
+        return charged(
+            &ticket,
+            Err(ApiError::new(
+                keyflow_core::ErrorCode::Conflict,
+                "This API key is revoked and can no longer change.",
+            )),
+        )
+        .await;
     }
-    let settings =
-        apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation)?;
+    let settings = charged(
+        &ticket,
+        apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation),
+    )
+    .await?;
     let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
@@ -287,7 +308,7 @@ pub async fn revoke_key(
     Extension(ticket): Extension<RateLimitTicket>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let key = load_key(&state, &caller, &id).await?;
+    let key = charged(&ticket, load_key(&state, &caller, &id).await).await?;
     let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
@@ -342,13 +363,17 @@ pub async fn roll_key(
 ) -> ApiResult<(StatusCode, Response)> {
     let grace = body.expires_in_seconds.unwrap_or(0);
     if !(0..=MAX_ROLL_GRACE_SECONDS).contains(&grace) {
-        return Err(ApiError::field(
-            "expires_in_seconds",
-            format!("must be 0 to {MAX_ROLL_GRACE_SECONDS} (7 days)"),
-        ));
+        return charged(
+            &ticket,
+            Err(ApiError::field(
+                "expires_in_seconds",
+                format!("must be 0 to {MAX_ROLL_GRACE_SECONDS} (7 days)"),
+            )),
+        )
+        .await;
     }
     let now = state.now_ms();
-    let old = load_key(&state, &caller, &id).await?;
+    let old = charged(&ticket, load_key(&state, &caller, &id).await).await?;
     let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     key_ops::successor_settings(&old, authority, now)?;

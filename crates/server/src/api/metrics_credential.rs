@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use keyflow_core::key_settings::IpRuleInput;
 use serde::Deserialize;
 
-use super::keys::caller_project;
+use super::keys::{caller_project, charged};
 use super::schema;
-use crate::auth::Caller;
+use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::operations::metrics_credential::{self as credential_ops, view};
@@ -37,6 +37,7 @@ use crate::state::SharedState;
 pub async fn create_or_rotate(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
 ) -> ApiResult<(StatusCode, Response)> {
     let project = caller_project(&state, &caller).await?;
     // No escalation through the credential (SPEC §2): a key with an IP
@@ -46,6 +47,8 @@ pub async fn create_or_rotate(
     if let Some(existing) = state.store.metrics_credential(&project.id).await? {
         refuse_wider_allowlist(own, &existing.ip_allowlist)?;
     }
+    // A refusal is a 403 and costs nothing; from here on the request counts.
+    ticket.consume().await?;
     let issued = credential_ops::create_or_rotate(
         state.store.as_ref(),
         &project,
@@ -141,14 +144,19 @@ pub struct PatchCredentialRequest {
 pub async fn update_credential(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(patch): JsonBody<PatchCredentialRequest>,
 ) -> ApiResult<Response> {
-    let change =
+    let change = charged(
+        &ticket,
         credential_ops::validate_change(patch.ip_allowlist.as_deref(), patch.cache_ttl_minutes)
-            .map_err(ApiError::validation)?;
+            .map_err(ApiError::validation),
+    )
+    .await?;
     if let Some(rules) = &change.ip_allowlist {
         refuse_wider_allowlist(&caller.key.key.settings.ip_allowlist, rules)?;
     }
+    ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let updated = credential_ops::update(
         state.store.as_ref(),

@@ -79,6 +79,13 @@ impl SigninThrottle {
         true
     }
 
+    /// Gives back every bucket of an attempt that was not checked.
+    fn refund_all(&self, charges: &Charges, now: i64) {
+        for (bucket, quota) in &charges.buckets {
+            self.limiter.refund(bucket, *quota, now);
+        }
+    }
+
     /// Gives back the account buckets (not the per-IP one) after a right password.
     fn refund_accounts(&self, charges: &Charges, now: i64) {
         for (bucket, quota) in &charges.buckets {
@@ -110,18 +117,26 @@ fn device_token(operator: &Operator, issued_ms: i64) -> Option<String> {
     Some(format!("{issued_ms}.{hex}"))
 }
 
-/// Whether the request carries a live device cookie of `operator`.
+/// Whether the request carries a live device cookie of `operator` (any of
+/// its `kf_device` cookies: one set by a sibling site must not hide it).
 fn is_known_device(headers: &HeaderMap, operator: Option<&Operator>, now: i64) -> bool {
-    let (Some(token), Some(operator)) = (device_cookie(headers), operator) else {
+    let Some(operator) = operator else {
         return false;
     };
+    device_cookies(headers).any(|token| device_token_valid(&token, operator, now))
+}
+
+fn device_token_valid(token: &str, operator: &Operator, now: i64) -> bool {
     let Some((issued, hex)) = token.split_once('.') else {
         return false;
     };
     let Ok(issued_ms) = issued.parse::<i64>() else {
         return false;
     };
-    if !(0..=DEVICE_LIFETIME_MS).contains(&(now - issued_ms)) || hex.len() != 64 {
+    let age_ok = now
+        .checked_sub(issued_ms)
+        .is_some_and(|age| (0..=DEVICE_LIFETIME_MS).contains(&age));
+    if !age_ok || hex.len() != 64 {
         return false;
     }
     let tag: Option<Vec<u8>> = (0..32)
@@ -133,14 +148,14 @@ fn is_known_device(headers: &HeaderMap, operator: Option<&Operator>, now: i64) -
     }
 }
 
-fn device_cookie(headers: &HeaderMap) -> Option<String> {
+fn device_cookies(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == DEVICE_COOKIE)
+        .filter(|(name, _)| *name == DEVICE_COOKIE)
         .map(|(_, value)| value.to_string())
 }
 
@@ -193,36 +208,51 @@ pub async fn signin(
             Some("That is not an email address (at most 254 characters, no control characters)."),
         );
     };
-    // A hashing turn first: without one, nothing is looked up or charged.
-    let Some(permit) = tenancy::try_hashing_permit() else {
-        return busy(&email);
-    };
     let password = form.get("password").cloned().unwrap_or_default();
     let ip = crate::auth::client_ip(&state, Some(peer), &headers);
     let subject = ip.map_or_else(|| "unknown".to_string(), keyflow_core::ip::limiter_subject);
-    let operator = match state.store.find_operator_by_email(&email).await {
-        Ok(op) => op,
-        Err(e) => return error_page(e.into()),
-    };
     let now = state.now_ms();
     let throttle = &state.signin;
+    let too_many = || {
+        signin_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &email,
+            Some("Too many failed sign-ins. Wait a few minutes and try again."),
+        )
+    };
+    // The address's own buckets first: an address over its limit never
+    // touches a hashing turn or the database.
     let mut charges = Charges {
         buckets: vec![
             (format!("ip:{subject}"), PER_IP),
             (format!("account-ip:{email}|{subject}"), PER_ACCOUNT_AND_IP),
         ],
     };
-    if !is_known_device(&headers, operator.as_ref(), now) {
-        charges
-            .buckets
-            .push((format!("account:{email}"), PER_ACCOUNT));
-    }
     if !throttle.charge(&charges, now) {
-        return signin_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            &email,
-            Some("Too many failed sign-ins. Wait a few minutes and try again."),
-        );
+        return too_many();
+    }
+    // Then a hashing turn: without one the attempt is given back, unchecked.
+    let Some(permit) = tenancy::try_hashing_permit() else {
+        throttle.refund_all(&charges, now);
+        return busy(&email);
+    };
+    let operator = match state.store.find_operator_by_email(&email).await {
+        Ok(op) => op,
+        Err(e) => {
+            throttle.refund_all(&charges, now);
+            return error_page(e.into());
+        }
+    };
+    // The account-wide bucket, unless this browser signed in to it before.
+    if !is_known_device(&headers, operator.as_ref(), now) {
+        let account = Charges {
+            buckets: vec![(format!("account:{email}"), PER_ACCOUNT)],
+        };
+        if !throttle.charge(&account, now) {
+            throttle.refund_all(&charges, now);
+            return too_many();
+        }
+        charges.buckets.extend(account.buckets);
     }
     let hash = operator.as_ref().map(|o| o.password_hash.clone());
     let verified = tenancy::verify_password(permit, password, hash).await;

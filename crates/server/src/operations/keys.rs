@@ -336,13 +336,7 @@ pub async fn update_key(
         now,
     );
     if !store
-        .update_api_key_settings(
-            &key.project_id,
-            &key.id,
-            key.settings.expires_at,
-            settings,
-            &entry,
-        )
+        .update_api_key_settings(&key.project_id, &key.id, key, settings, &entry)
         .await?
     {
         return Err(ApiError::new(

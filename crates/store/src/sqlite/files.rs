@@ -64,20 +64,24 @@ pub fn backup(source: &Path, target: &Path) -> Result<(), StoreError> {
             target.display()
         )));
     }
-    let target_text = target
-        .to_str()
-        .ok_or_else(|| StoreError::Config("the backup path is not valid UTF-8".into()))?;
     // Created here, exclusively and owner-only, before SQLite writes into it
     // (VACUUM INTO accepts an empty file): no moment where the copy is
     // readable by others, and no file someone else planted first.
     create_private(target)?;
+    // An absolute path, so SQLite (built with URI filenames) never reads a
+    // name like `file:x.db` as a URI and writes somewhere else.
+    let target = std::fs::canonicalize(target)
+        .map_err(|e| StoreError::Config(format!("cannot resolve {}: {e}", target.display())))?;
+    let target_text = target
+        .to_str()
+        .ok_or_else(|| StoreError::Config("the backup path is not valid UTF-8".into()))?;
     let conn = rusqlite::Connection::open_with_flags(
         source,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     if let Err(e) = conn.execute("VACUUM INTO ?1", [target_text]) {
-        let _ = std::fs::remove_file(target);
+        let _ = std::fs::remove_file(&target);
         return Err(e.into());
     }
     Ok(())
