@@ -20,6 +20,9 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
+/// The migration after which contacts' emails are re-keyed in NFC.
+pub(crate) const CONTACT_EMAILS_NFC: i64 = 10;
+
 pub(crate) const KEY_COLUMNS: &str = "k.id, k.project_id, k.name, k.key_type, k.scopes, k.prefix, k.digest, \
      k.created_at, k.created_by_type, k.created_by_id, k.created_by_name, k.created_by_prefix, k.expires_at, \
      k.revoked_at, k.last_used_at, k.last_used_ip, k.ip_allowlist, k.allowed_events, k.allowed_origins, k.rate_limit, k.rolled_at";
@@ -578,6 +581,56 @@ macro_rules! impl_sql_store {
             })
         }
 
+        /// Contacts stored before emails were compared in NFC: their email and
+        /// key are recomputed (only non-ASCII emails can change). A contact
+        /// whose NFC key another contact of its project already holds keeps
+        /// its old key (merging two contacts is the tenant's call) and is
+        /// logged.
+        async fn rekey_contact_emails(tx: &mut Conn) -> StoreResult<()> {
+            let rows = sqlx::query(
+                "SELECT project_id, id, email, email_key FROM contacts \
+                 WHERE email IS NOT NULL AND octet_length(email) <> length(email)",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let project_id: String = row.try_get("project_id")?;
+                let id: String = row.try_get("id")?;
+                let email: String = row.try_get("email")?;
+                let old_key: Option<String> = row.try_get("email_key")?;
+                let new_email = keyflow_core::text::nfc_email(&email);
+                let new_key = email_key(&new_email);
+                if new_email == email && old_key.as_deref() == Some(new_key.as_str()) {
+                    continue;
+                }
+                let taken: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM contacts WHERE project_id = $1 AND email_key = $2 AND id <> $3",
+                )
+                .bind(&project_id)
+                .bind(&new_key)
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(other) = taken {
+                    tracing::warn!(
+                        contact = %id,
+                        other_contact = %other,
+                        project = %project_id,
+                        "two contacts have the same email in NFC; this one keeps its old comparison key"
+                    );
+                    continue;
+                }
+                sqlx::query("UPDATE contacts SET email = $1, email_key = $2 WHERE project_id = $3 AND id = $4")
+                    .bind(&new_email)
+                    .bind(&new_key)
+                    .bind(&project_id)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
         async fn write_key(tx: &mut Conn, k: &ApiKey) -> StoreResult<()> {
             let (created_type, created_id, created_name, created_prefix) = actor_columns(&k.created_by);
             let columns = settings_columns(&k.settings)?;
@@ -894,6 +947,9 @@ macro_rules! impl_sql_store {
                         name: m.name.to_string(),
                         reason: e.to_string(),
                     })?;
+                    if m.version == $crate::sql_store::CONTACT_EMAILS_NFC {
+                        rekey_contact_emails(&mut tx).await?;
+                    }
                     sqlx::query("INSERT INTO keyflow_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                         .bind(m.version)
                         .bind(m.name)

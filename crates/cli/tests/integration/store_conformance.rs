@@ -99,7 +99,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0006_metrics_credentials",
             "0007_events_by_project",
             "0008_events_contact_partial",
-            "0009_key_rolled_at"
+            "0009_key_rolled_at",
+            "0010_contact_emails_nfc"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());
@@ -620,7 +621,66 @@ async fn audit_is_scoped_and_paginated(backend: Backend) {
     assert_eq!(next[0].id, mine.id);
 }
 
+/// Runs raw SQL on a test database, as an older Keyflow would have written it.
+async fn raw_sql(db: &TestDb, sql: &str) {
+    use sqlx::Connection;
+    if db.url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Contacts stored before emails were compared in NFC (decomposed accents,
+/// keyed in NFD) are re-keyed by migration 0010; one whose NFC key another
+/// contact already holds keeps its old key.
+async fn contact_emails_are_rekeyed_in_nfc(backend: Backend) {
+    use keyflow_core::contacts::ContactLookup;
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let (_, project) = seeded(store.as_ref()).await;
+    let p = &project.id;
+    raw_sql(
+        &db,
+        &format!(
+            "INSERT INTO contacts (id, project_id, email, email_key, properties, created_at, updated_at) VALUES \
+             ('c-jose', '{p}', 'Jose\u{301}@x.io', 'jose\u{301}@x.io', '{{}}', 1, 1), \
+             ('c-zoe-nfd', '{p}', 'zoe\u{308}@x.io', 'zoe\u{308}@x.io', '{{}}', 1, 1), \
+             ('c-zoe-nfc', '{p}', 'zo\u{eb}@x.io', 'zo\u{eb}@x.io', '{{}}', 1, 1); \
+             DELETE FROM keyflow_migrations WHERE version = 10;"
+        ),
+    )
+    .await;
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0010_contact_emails_nfc"]
+    );
+    let jose = store
+        .get_contact(p, &ContactLookup::Email("JOS\u{c9}@x.io".into()))
+        .await
+        .unwrap()
+        .expect("found by its NFC email");
+    assert_eq!(jose.id, "c-jose");
+    assert_eq!(jose.fields.email.as_deref(), Some("Jos\u{e9}@x.io"));
+    let zoe = store
+        .get_contact(p, &ContactLookup::Email("zo\u{eb}@x.io".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(zoe.id, "c-zoe-nfc", "the colliding one keeps its old key");
+    assert!(store.migrate().await.unwrap().is_empty());
+}
+
 backend_tests!(
+    contact_emails_are_rekeyed_in_nfc,
     migrations_are_idempotent,
     workspaces_projects_and_plans,
     operators_are_unique_by_email,

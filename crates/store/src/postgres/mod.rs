@@ -69,6 +69,11 @@ impl PostgresStore {
             name: "0009_key_rolled_at",
             sql: include_str!("../../migrations/postgres/0009_key_rolled_at.sql"),
         },
+        Migration {
+            version: crate::sql_store::CONTACT_EMAILS_NFC,
+            name: "0010_contact_emails_nfc",
+            sql: include_str!("../../migrations/postgres/0010_contact_emails_nfc.sql"),
+        },
     ];
 
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {

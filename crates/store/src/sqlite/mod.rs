@@ -86,6 +86,11 @@ impl SqliteStore {
             name: "0009_key_rolled_at",
             sql: include_str!("../../migrations/sqlite/0009_key_rolled_at.sql"),
         },
+        Migration {
+            version: crate::sql_store::CONTACT_EMAILS_NFC,
+            name: "0010_contact_emails_nfc",
+            sql: include_str!("../../migrations/sqlite/0010_contact_emails_nfc.sql"),
+        },
     ];
 
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
