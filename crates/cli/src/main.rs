@@ -111,6 +111,10 @@ struct ServeArgs {
     /// Open connections at most (default: what the open-file limit allows)
     #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Open connections per client address (IPv6 /64) at most (default 256;
+    /// 0: no per-address cap; trusted proxies are exempt)
+    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
     /// Seconds SIGTERM waits for in-flight requests (default 30)
     #[arg(long, env = "KEYFLOW_SHUTDOWN_TIMEOUT_SECS")]
     shutdown_timeout_secs: Option<u64>,
@@ -369,6 +373,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             o.last_used_flush_secs = args.last_used_flush_secs;
             o.header_read_timeout_secs = args.header_read_timeout_secs;
             o.max_connections = args.max_connections;
+            o.max_connections_per_ip = args.max_connections_per_ip;
             o.shutdown_timeout_secs = args.shutdown_timeout_secs;
             let config = Config::load(&o)?;
             serve(config).await

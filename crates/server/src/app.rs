@@ -370,9 +370,11 @@ pub async fn launch_with_listener(
         header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs.max(1)),
         write_stall_timeout: Duration::from_secs(state.config.request_timeout_secs.max(1)),
         max_connections: crate::serve::raise_fd_limit_and_cap(state.config.max_connections),
+        max_connections_per_ip: state.config.max_connections_per_ip,
         shutdown_timeout: Duration::from_secs(state.config.shutdown_timeout_secs),
     };
-    let result = crate::serve::serve(listener, app, limits, shutdown).await;
+    let trusted = state.config.trusted_proxies.clone();
+    let result = crate::serve::serve(listener, app, limits, trusted, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = flusher.await;
     flush_usage(&state).await;

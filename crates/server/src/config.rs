@@ -76,6 +76,10 @@ pub struct Config {
     pub header_read_timeout_secs: u64,
     /// Open connections at most; `0` derives it from the open-file limit.
     pub max_connections: usize,
+    /// Open connections per client address (IPv6: per /64) at most, so a
+    /// few addresses cannot take every slot; `0` = no per-address cap.
+    /// Peers in `trusted_proxies` are exempt (a proxy carries many clients).
+    pub max_connections_per_ip: usize,
     /// How long SIGTERM waits for in-flight requests before closing them.
     pub shutdown_timeout_secs: u64,
 }
@@ -99,6 +103,7 @@ impl Default for Config {
             last_used_flush_secs: 30,
             header_read_timeout_secs: 10,
             max_connections: 0,
+            max_connections_per_ip: 256,
             shutdown_timeout_secs: 30,
         }
     }
@@ -125,6 +130,7 @@ struct ConfigFile {
     last_used_flush_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
 }
 
@@ -147,6 +153,7 @@ pub struct ConfigOverrides {
     pub last_used_flush_secs: Option<u64>,
     pub header_read_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub shutdown_timeout_secs: Option<u64>,
 }
 
@@ -286,6 +293,9 @@ impl Config {
         if let Some(v) = f.max_connections {
             self.max_connections = v;
         }
+        if let Some(v) = f.max_connections_per_ip {
+            self.max_connections_per_ip = v;
+        }
         if let Some(v) = f.shutdown_timeout_secs {
             self.shutdown_timeout_secs = v;
         }
@@ -338,6 +348,9 @@ impl Config {
         }
         if let Some(v) = o.max_connections {
             self.max_connections = v;
+        }
+        if let Some(v) = o.max_connections_per_ip {
+            self.max_connections_per_ip = v;
         }
         if let Some(v) = o.shutdown_timeout_secs {
             self.shutdown_timeout_secs = v;

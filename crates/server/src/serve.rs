@@ -4,7 +4,8 @@
 //! connection waits for its next request, so idle connections close after
 //! the same time, like Go's `IdleTimeout` defaulting to its read timeout);
 //! at most `max_connections` are open (beyond, the loop stops accepting and
-//! the kernel's backlog holds the rest); a client that reads nothing of its
+//! the kernel's backlog holds the rest), and at most `max_connections_per_ip`
+//! per client address (IPv6 /64; trusted proxies exempt); a client that reads nothing of its
 //! answer for `request_timeout_secs` loses the connection; and shutdown
 //! waits at most `shutdown_timeout_secs` for in-flight requests.
 
@@ -34,7 +35,49 @@ pub struct ConnectionLimits {
     /// connection (and its slot): it cannot hold a slot by never reading.
     pub write_stall_timeout: Duration,
     pub max_connections: usize,
+    /// Per client address (IPv6: per /64); 0 = none.
+    pub max_connections_per_ip: usize,
     pub shutdown_timeout: Duration,
+}
+
+/// Open connections per client address, for the per-address cap.
+#[derive(Default)]
+struct PerAddress {
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open connection of an address; counted down when dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    subject: String,
+}
+
+impl PerAddress {
+    /// A slot for `subject`, or `None` when it already holds `cap`.
+    fn take(self: &Arc<Self>, subject: String, cap: usize) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(subject.clone()).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            subject,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.subject) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.subject);
+            }
+        }
+    }
 }
 
 /// File descriptors kept for the database, logs and the listener.
@@ -72,8 +115,10 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    trusted_proxies: Vec<ipnet::IpNet>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let per_address = Arc::new(PerAddress::default());
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -110,6 +155,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // A few addresses must not take every slot: past its cap, an
+        // address's new connection is closed at once (proxies exempt).
+        let ip = peer.ip().to_canonical();
+        let address_slot = if limits.max_connections_per_ip == 0
+            || trusted_proxies.iter().any(|net| net.contains(&ip))
+        {
+            None
+        } else {
+            let subject = keyflow_core::ip::limiter_subject(ip);
+            match per_address.take(subject, limits.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(peer = %ip, "per-address connection cap reached");
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let service = connection_service(app.clone(), peer);
         let stream = StallGuard::new(stream, limits.write_stall_timeout);
@@ -120,6 +183,7 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
+            drop(address_slot);
         });
     }
     drop(listener);

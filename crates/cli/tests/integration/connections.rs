@@ -94,6 +94,51 @@ async fn connections_are_capped(backend: Backend) {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
 
+/// One address cannot take every slot: past its cap its new connections are
+/// closed at once, while other addresses (and trusted proxies) go on.
+async fn one_address_cannot_take_every_slot(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.max_connections_per_ip = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(half_sent(&app).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = TcpStream::connect(app.addr).await.unwrap();
+    let _ = refused
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 256];
+    let answer = tokio::time::timeout(Duration::from_secs(3), refused.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(answer, Ok(0) | Err(_)), "{answer:?}");
+    // A slot freed is a slot again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ok = reqwest::Client::new()
+        .get(format!("{}/livez", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    // A trusted proxy carries many clients: no per-address cap for it.
+    let proxied = TestApp::start_with(backend, |c| {
+        c.max_connections_per_ip = 1;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let _a = half_sent(&proxied).await;
+    let _b = half_sent(&proxied).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ok = reqwest::Client::new()
+        .get(format!("{}/livez", proxied.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
 /// A client that pipelines requests and never reads the answers cannot hold
 /// its slot: the write stalls, and after `request_timeout_secs` the
 /// connection is dropped, so the next client (cap 1 here) is served.
@@ -206,6 +251,7 @@ async fn gzip_bodies_are_accepted_within_the_limit(backend: Backend) {
 backend_tests!(
     slow_and_idle_clients_are_cut_off,
     connections_are_capped,
+    one_address_cannot_take_every_slot,
     clients_that_never_read_lose_their_slot,
     shutdown_is_bounded,
     oversized_headers_get_the_error_shape,
