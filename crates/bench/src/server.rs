@@ -51,6 +51,8 @@ impl Server {
             // The plan's limit is the ceiling of a key's override (SPEC §2):
             // the bench key's 1 000 000/s needs a plan that allows it.
             .args(["--rate-limit", "1000000/1"])
+            // wrk opens all its connections from one address.
+            .args(["--max-connections-per-ip", "0"])
             .env("KEYFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KEYFLOW_LOG", "warn")
             .stdout(Stdio::null())
