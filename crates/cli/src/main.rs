@@ -476,6 +476,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             let spec = validate_create(&request, now).map_err(ApiError::validation)?;
             let issued = key_ops::create_key(
                 store.as_ref(),
+                &keyflow_server::changes::NoListeners,
                 &project,
                 spec,
                 &Actor::InstanceAdmin,
@@ -503,6 +504,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 Plan::parse(plan).ok_or_else(|| "PLAN must be free, pro or team".to_string())?;
             let (updated, previous) = tenancy::change_plan(
                 store.as_ref(),
+                &keyflow_server::changes::NoListeners,
                 workspace,
                 plan,
                 &Actor::InstanceAdmin,

@@ -82,6 +82,7 @@ async fn fixture(dir: &std::path::Path) -> (Arc<AppState>, String) {
     let spec = keyflow_core::key_settings::validate_create(&request, now).unwrap();
     let issued = keyflow_server::operations::keys::create_key(
         store.as_ref(),
+        &keyflow_server::changes::NoListeners,
         &project,
         spec,
         &Actor::InstanceAdmin,

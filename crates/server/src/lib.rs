@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod changes;
 pub mod config;
 pub mod dashboard;
 pub mod error;

@@ -89,7 +89,9 @@ pub struct AppState {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub cache: KeyCache,
+    pub cache: Arc<KeyCache>,
+    /// Committed changes are published here (see [`crate::changes`]).
+    pub changes: Arc<crate::changes::LocalChangeBus>,
     pub limiter: Arc<dyn RateLimiter>,
     /// Failed authentications per client IP (always local: a guessing client
     /// hits one instance's socket at a time).
@@ -107,16 +109,19 @@ pub type SharedState = Arc<AppState>;
 
 impl AppState {
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        let cache = KeyCache::new(
+        let cache = Arc::new(KeyCache::new(
             config.key_cache_capacity,
             Duration::from_secs(config.key_cache_ttl_secs),
-        );
+        ));
+        let changes = Arc::new(crate::changes::LocalChangeBus::default());
+        changes.subscribe(crate::changes::invalidate_caches(cache.clone()));
         let local_limiter = Arc::new(LocalRateLimiter::default());
         Self {
             config,
             store,
             clock,
             cache,
+            changes,
             limiter: local_limiter.clone(),
             failed_auth: LocalRateLimiter::default(),
             local_limiter,

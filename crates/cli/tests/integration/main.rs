@@ -9,6 +9,7 @@ mod harness;
 mod admin_api;
 mod auth_pipeline;
 mod browser;
+mod change_bus;
 mod cli;
 mod connections;
 mod contacts_api;

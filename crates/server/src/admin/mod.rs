@@ -113,6 +113,7 @@ async fn set_plan(
     let plan = parse_plan(body.plan.as_deref())?;
     let (workspace, _) = tenancy::change_plan(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &id,
         plan,
         &Actor::InstanceAdmin,
@@ -120,7 +121,6 @@ async fn set_plan(
         state.now_ms(),
     )
     .await?;
-    state.cache.invalidate_plan(&id);
     Ok(Json(workspace_json(&workspace)))
 }
 
@@ -207,6 +207,7 @@ async fn create_key(
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
     let issued = key_ops::create_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &project,
         spec,
         &Actor::InstanceAdmin,
@@ -215,7 +216,6 @@ async fn create_key(
         now,
     )
     .await?;
-    state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
         crate::api::no_store(

@@ -120,6 +120,7 @@ pub async fn create_key(
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::create_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &project,
         spec,
         &caller.actor(),
@@ -128,7 +129,6 @@ pub async fn create_key(
         now,
     )
     .await?;
-    state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
         super::no_store(
@@ -271,6 +271,7 @@ pub async fn update_key(
     ticket.consume().await?;
     key_ops::update_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         caller.workspace_id(),
         &key,
         &settings,
@@ -280,7 +281,6 @@ pub async fn update_key(
         now,
     )
     .await?;
-    state.cache.invalidate(&key.digest);
     let updated = ApiKey { settings, ..key };
     Ok(Json(key_json(&updated, &state.usage)).into_response())
 }
@@ -317,6 +317,7 @@ pub async fn revoke_key(
     if key.revoked_at.is_none() {
         key_ops::revoke_key(
             state.store.as_ref(),
+            state.changes.as_ref(),
             caller.workspace_id(),
             &key,
             authority,
@@ -326,7 +327,6 @@ pub async fn revoke_key(
         )
         .await?;
     }
-    state.cache.invalidate(&key.digest);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -381,6 +381,7 @@ pub async fn roll_key(
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::roll_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &project,
         &old,
         grace,
@@ -390,8 +391,6 @@ pub async fn roll_key(
         now,
     )
     .await?;
-    state.cache.invalidate(&old.digest);
-    state.cache.invalidate(&issued.key.digest);
     Ok((
         StatusCode::CREATED,
         super::no_store(

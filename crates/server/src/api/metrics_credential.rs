@@ -51,6 +51,7 @@ pub async fn create_or_rotate(
     ticket.consume().await?;
     let issued = credential_ops::create_or_rotate(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &project,
         own.clone(),
         &caller.actor(),
@@ -160,6 +161,7 @@ pub async fn update_credential(
     let project = caller_project(&state, &caller).await?;
     let updated = credential_ops::update(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &project,
         &change,
         &caller.actor(),

@@ -428,6 +428,7 @@ pub async fn create(
     };
     match key_ops::create_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &ctx.project,
         spec,
         &ctx.actor(),
@@ -437,10 +438,7 @@ pub async fn create(
     )
     .await
     {
-        Ok(issued) => {
-            state.cache.invalidate(&issued.key.digest);
-            reveal(&ctx, &issued.key, &issued.secret)
-        }
+        Ok(issued) => reveal(&ctx, &issued.key, &issued.secret),
         Err(e) => {
             let form = new_key_form(&ctx, key_type, rows, &values, Some(&e.message));
             html(
@@ -545,6 +543,7 @@ pub async fn act(
     let result = match action.as_str() {
         "revoke" => key_ops::revoke_key(
             state.store.as_ref(),
+            state.changes.as_ref(),
             &ctx.membership.workspace_id,
             &key,
             authority,
@@ -562,6 +561,7 @@ pub async fn act(
                 .clamp(0, key_ops::MAX_ROLL_GRACE_SECONDS);
             key_ops::roll_key(
                 state.store.as_ref(),
+                state.changes.as_ref(),
                 &ctx.project,
                 &key,
                 grace,
@@ -575,12 +575,8 @@ pub async fn act(
         }
         _ => return error_page(ApiError::not_found("page")),
     };
-    state.cache.invalidate(&key.digest);
     match result {
-        Ok(Some(issued)) => {
-            state.cache.invalidate(&issued.key.digest);
-            reveal(&ctx, &issued.key, &issued.secret)
-        }
+        Ok(Some(issued)) => reveal(&ctx, &issued.key, &issued.secret),
         Ok(None) => Redirect::to(&format!("/keys?project={}", ctx.project.id)).into_response(),
         Err(e) => error_page(e),
     }
@@ -850,6 +846,7 @@ pub async fn edit(
     };
     if let Err(e) = key_ops::update_key(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &ctx.membership.workspace_id,
         &key,
         &settings,
@@ -862,7 +859,6 @@ pub async fn edit(
     {
         return error_page(e);
     }
-    state.cache.invalidate(&key.digest);
     Redirect::to(&format!("/keys/{}?project={}", key.id, ctx.project.id)).into_response()
 }
 

@@ -157,6 +157,7 @@ pub async fn rotate(
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
     let issued = match credential_ops::create_or_rotate(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &ctx.project,
         Vec::new(),
         &ctx.actor(),
@@ -231,6 +232,7 @@ pub async fn update(
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
     if let Err(e) = credential_ops::update(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &ctx.project,
         &change,
         &ctx.actor(),

@@ -348,6 +348,7 @@ pub async fn change_plan(
     };
     match tenancy::change_plan(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &membership.workspace_id,
         plan,
         &actor,
@@ -356,10 +357,7 @@ pub async fn change_plan(
     )
     .await
     {
-        Ok(_) => {
-            state.cache.invalidate_plan(&membership.workspace_id);
-            Redirect::to("/plan").into_response()
-        }
+        Ok(_) => Redirect::to("/plan").into_response(),
         Err(e) => error_page(e),
     }
 }
@@ -489,27 +487,18 @@ pub async fn save_settings(
         id: ctx.signed_in.operator.id.clone(),
         email: ctx.signed_in.operator.email.clone(),
     };
-    let entry = audit_entry(
-        &ctx.membership.workspace_id,
-        Some(&ctx.project.id),
+    if let Err(e) = tenancy::change_project_settings(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        &ctx.project,
+        &new,
         &actor,
-        "project.settings_changed",
-        AuditTarget {
-            kind: "project".into(),
-            id: Some(ctx.project.id.clone()),
-            name: Some(ctx.project.name.clone()),
-        },
         None,
-        json!({ "rate_limit": new.rate_limit, "metrics_cache_ttl_minutes": new.metrics_cache_ttl_minutes }),
         state.now_ms(),
-    );
-    if let Err(e) = state
-        .store
-        .set_project_settings(&ctx.project.id, &new, &entry)
-        .await
+    )
+    .await
     {
-        return error_page(e.into());
+        return error_page(e);
     }
-    state.cache.invalidate_project(&ctx.project.id);
     Redirect::to(&format!("/settings?project={}", ctx.project.id)).into_response()
 }

@@ -9,6 +9,7 @@ use keyflow_store::{Actor, ApiKey, AuditTarget, Project, Store, new_id};
 use serde_json::json;
 
 use super::audit_entry;
+use crate::changes::{Change, ChangeBus};
 use crate::error::{ApiError, ApiResult};
 
 /// A key just minted: the stored record and the full text, shown once.
@@ -170,8 +171,10 @@ pub fn above_plan(field: &str, ceiling: RateLimit) -> ApiError {
 /// Creates a key. A key as creator may not grant a scope it lacks; scopes
 /// and restrictions the request leaves out are narrowed to (inherited from)
 /// the creator's; the ones it names must be within the creator's.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_key(
     store: &dyn Store,
+    bus: &dyn ChangeBus,
     project: &Project,
     spec: NewKeySpec,
     actor: &Actor,
@@ -193,6 +196,9 @@ pub async fn create_key(
         now,
     );
     store.insert_api_key(&issued.key, &entry).await?;
+    bus.publish(Change::KeyCreated {
+        digest: issued.key.digest,
+    });
     Ok(issued)
 }
 
@@ -313,6 +319,7 @@ pub fn check_update(
 #[allow(clippy::too_many_arguments)]
 pub async fn update_key(
     store: &dyn Store,
+    bus: &dyn ChangeBus,
     workspace_id: &str,
     key: &ApiKey,
     settings: &KeySettings,
@@ -344,12 +351,15 @@ pub async fn update_key(
             "This API key was revoked or rolled meanwhile; read it again before changing it.",
         ));
     }
+    bus.publish(Change::KeyUpdated { digest: key.digest });
     Ok(())
 }
 
 /// Revokes; `Ok(false)` if it was already revoked (nothing written).
+#[allow(clippy::too_many_arguments)]
 pub async fn revoke_key(
     store: &dyn Store,
+    bus: &dyn ChangeBus,
     workspace_id: &str,
     key: &ApiKey,
     authority: KeyAuthority<'_>,
@@ -368,9 +378,13 @@ pub async fn revoke_key(
         json!({ "prefix": key.prefix }),
         now,
     );
-    Ok(store
+    let revoked = store
         .revoke_api_key(&key.project_id, &key.id, now, &entry)
-        .await?)
+        .await?;
+    if revoked {
+        bus.publish(Change::KeyRevoked { digest: key.digest });
+    }
+    Ok(revoked)
 }
 
 /// The settings of `old`'s successor, or why `authority` may not roll it.
@@ -414,6 +428,7 @@ pub fn successor_settings(
 #[allow(clippy::too_many_arguments)]
 pub async fn roll_key(
     store: &dyn Store,
+    bus: &dyn ChangeBus,
     project: &Project,
     old: &ApiKey,
     grace_seconds: i64,
@@ -449,5 +464,9 @@ pub async fn roll_key(
             "This API key is revoked or already rolled and cannot be rolled.",
         ));
     }
+    bus.publish(Change::KeyRolled {
+        old: old.digest,
+        new: issued.key.digest,
+    });
     Ok(issued)
 }

@@ -76,6 +76,7 @@ fn target(id: &str) -> AuditTarget {
 /// the stored result is still exactly one credential).
 pub async fn create_or_rotate(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     project: &Project,
     initial_allowlist: Vec<IpRule>,
     actor: &Actor,
@@ -116,6 +117,9 @@ pub async fn create_or_rotate(
         now,
     );
     let credential = store.put_metrics_credential(&credential, &entry).await?;
+    bus.publish(crate::changes::Change::MetricsCredentialChanged {
+        project_id: project.id.clone(),
+    });
     Ok(IssuedCredential { credential, secret })
 }
 
@@ -166,6 +170,7 @@ pub fn validate_change(
 /// the changed field names. 404 when the project has no credential yet.
 pub async fn update(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     project: &Project,
     change: &CredentialChange,
     actor: &Actor,
@@ -207,6 +212,9 @@ pub async fn update(
     if !updated {
         return Err(ApiError::not_found("metrics credential"));
     }
+    bus.publish(crate::changes::Change::MetricsCredentialChanged {
+        project_id: project.id.clone(),
+    });
     let mut updated = current;
     if let Some(rules) = &change.ip_allowlist {
         updated.ip_allowlist = rules.clone();

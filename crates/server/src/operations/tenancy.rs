@@ -215,6 +215,7 @@ pub async fn add_operator(
 /// and its previous plan.
 pub async fn change_plan(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     workspace_id: &str,
     plan: Plan,
     actor: &Actor,
@@ -242,7 +243,47 @@ pub async fn change_plan(
         .set_workspace_plan(workspace_id, plan, &entry)
         .await?
         .ok_or_else(|| ApiError::not_found("workspace"))?;
+    bus.publish(crate::changes::Change::PlanChanged {
+        workspace_id: workspace_id.to_string(),
+    });
     Ok((Workspace { plan, ..workspace }, previous))
+}
+
+/// Sets a project's settings (rate limit, metrics cache TTL), audited as
+/// `project.settings_changed`.
+pub async fn change_project_settings(
+    store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
+    project: &Project,
+    settings: &keyflow_store::ProjectSettings,
+    actor: &Actor,
+    ip: Option<String>,
+    now: UnixMillis,
+) -> ApiResult<()> {
+    let entry = audit_entry(
+        &project.workspace_id,
+        Some(&project.id),
+        actor,
+        "project.settings_changed",
+        AuditTarget {
+            kind: "project".into(),
+            id: Some(project.id.clone()),
+            name: Some(project.name.clone()),
+        },
+        ip,
+        json!({
+            "rate_limit": settings.rate_limit,
+            "metrics_cache_ttl_minutes": settings.metrics_cache_ttl_minutes,
+        }),
+        now,
+    );
+    store
+        .set_project_settings(&project.id, settings, &entry)
+        .await?;
+    bus.publish(crate::changes::Change::ProjectSettingsChanged {
+        project_id: project.id.clone(),
+    });
+    Ok(())
 }
 
 /// `keyflow init`: first workspace, project and owner in one go.

@@ -1,0 +1,110 @@
+//! The change bus: each committed change is published once, after its
+//! commit; refused or failed changes publish nothing.
+
+use std::sync::{Arc, Mutex};
+
+use keyflow_server::changes::Change;
+use serde_json::json;
+
+use crate::backend_tests;
+use crate::harness::{Backend, TestApp};
+
+fn record(app: &TestApp) -> Arc<Mutex<Vec<Change>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    app.state
+        .changes
+        .subscribe(move |c| sink.lock().unwrap().push(c.clone()));
+    seen
+}
+
+fn kinds(seen: &Arc<Mutex<Vec<Change>>>) -> Vec<&'static str> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|c| match c {
+            Change::KeyCreated { .. } => "key_created",
+            Change::KeyUpdated { .. } => "key_updated",
+            Change::KeyRevoked { .. } => "key_revoked",
+            Change::KeyRolled { .. } => "key_rolled",
+            Change::PlanChanged { .. } => "plan_changed",
+            Change::ProjectSettingsChanged { .. } => "project_settings_changed",
+            Change::MetricsCredentialChanged { .. } => "metrics_credential_changed",
+        })
+        .collect()
+}
+
+async fn each_committed_change_is_published_once(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let seen = record(&app);
+    let (id, key) = app
+        .create_key(
+            &t.key,
+            json!({"name": "a", "type": "secret", "scopes": ["keys:read"]}),
+        )
+        .await;
+    let path = format!("/v1/keys/{id}");
+    // Cached from here on.
+    assert_eq!(app.get("/v1/keys/self", &key).await.status, 200);
+    assert_eq!(
+        app.patch(&path, &t.key, json!({"name": "b"})).await.status,
+        200
+    );
+    // Refused or invalid: nothing committed, nothing published.
+    app.patch(&path, &key, json!({"name": "c"}))
+        .await
+        .assert_error(403, "insufficient_scope");
+    app.patch(&path, &t.key, json!({"name": ""}))
+        .await
+        .assert_error(422, "validation_failed");
+    assert_eq!(app.delete(&path, &t.key).await.status, 204);
+    // Already revoked: nothing written, nothing published.
+    assert_eq!(app.delete(&path, &t.key).await.status, 204);
+    app.patch(&path, &t.key, json!({"name": "d"}))
+        .await
+        .assert_error(409, "conflict");
+    let (other, _) = app
+        .create_key(&t.key, json!({"name": "r", "type": "secret"}))
+        .await;
+    let rolled = app
+        .post(&format!("/v1/keys/{other}/roll"), &t.key, json!({}))
+        .await;
+    assert_eq!(rolled.status, 201);
+    app.admin(
+        reqwest::Method::PUT,
+        &format!("/admin/v1/workspaces/{}/plan", t.workspace_id),
+        json!({"plan": "team"}),
+    )
+    .await;
+    app.admin(
+        reqwest::Method::PUT,
+        "/admin/v1/workspaces/no-such-workspace/plan",
+        json!({"plan": "team"}),
+    )
+    .await;
+    assert_eq!(
+        app.post("/v1/metrics/credential", &t.key, json!({}))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        kinds(&seen),
+        vec![
+            "key_created",
+            "key_updated",
+            "key_revoked",
+            "key_created",
+            "key_rolled",
+            "plan_changed",
+            "metrics_credential_changed",
+        ]
+    );
+    // The revoked key is refused at once: the cache listener dropped it.
+    app.get("/v1/keys/self", &key)
+        .await
+        .assert_error(401, "key_revoked");
+}
+
+backend_tests!(each_committed_change_is_published_once);
