@@ -28,6 +28,22 @@ pub enum Change {
     ProjectSettingsChanged { project_id: String },
     /// A project's metrics credential was created, rotated or changed.
     MetricsCredentialChanged { project_id: String },
+    /// A contact was created through the API, Segment `identify` or a
+    /// subscriber signup (contacts that event tracking creates are not
+    /// announced, as they are not audited).
+    ContactCreated {
+        project_id: String,
+        contact_id: String,
+    },
+    /// A contact's fields, properties or subscription changed.
+    ContactUpdated {
+        project_id: String,
+        contact_id: String,
+    },
+    ContactDeleted {
+        project_id: String,
+        contact_id: String,
+    },
 }
 
 type Listener = Box<dyn Fn(&Change) + Send + Sync>;
@@ -87,7 +103,10 @@ pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change)
         }
         Change::PlanChanged { workspace_id } => cache.invalidate_plan(workspace_id),
         Change::ProjectSettingsChanged { project_id } => cache.invalidate_project(project_id),
-        Change::MetricsCredentialChanged { .. } => {}
+        Change::MetricsCredentialChanged { .. }
+        | Change::ContactCreated { .. }
+        | Change::ContactUpdated { .. }
+        | Change::ContactDeleted { .. } => {}
     }
 }
 

@@ -30,6 +30,9 @@ fn kinds(seen: &Arc<Mutex<Vec<Change>>>) -> Vec<&'static str> {
             Change::PlanChanged { .. } => "plan_changed",
             Change::ProjectSettingsChanged { .. } => "project_settings_changed",
             Change::MetricsCredentialChanged { .. } => "metrics_credential_changed",
+            Change::ContactCreated { .. } => "contact_created",
+            Change::ContactUpdated { .. } => "contact_updated",
+            Change::ContactDeleted { .. } => "contact_deleted",
         })
         .collect()
 }
@@ -107,4 +110,61 @@ async fn each_committed_change_is_published_once(backend: Backend) {
         .assert_error(401, "key_revoked");
 }
 
-backend_tests!(each_committed_change_is_published_once);
+/// Contact writes through the API are announced; an event naming a new
+/// contact is not (like the audit log), nor is a refused write.
+async fn contact_writes_are_published(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let seen = record(&app);
+    let created = app
+        .post("/v1/contacts", &t.key, json!({"email": "a@x.io"}))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    app.post(
+        "/v1/contacts",
+        &t.key,
+        json!({"email": "a@x.io", "first_name": "A"}),
+    )
+    .await;
+    app.patch(
+        &format!("/v1/contacts/{id}"),
+        &t.key,
+        json!({"last_name": "B"}),
+    )
+    .await;
+    app.post("/v1/contacts", &t.key, json!({"first_name": "no identity"}))
+        .await
+        .assert_error(422, "validation_failed");
+    app.post(
+        "/v1/events",
+        &t.key,
+        json!({"name": "x", "email": "new@x.io"}),
+    )
+    .await;
+    assert_eq!(
+        app.delete(&format!("/v1/contacts/{id}"), &t.key)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        app.delete(&format!("/v1/contacts/{id}"), &t.key)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        kinds(&seen),
+        vec![
+            "contact_created",
+            "contact_updated",
+            "contact_updated",
+            "contact_deleted"
+        ]
+    );
+}
+
+backend_tests!(
+    each_committed_change_is_published_once,
+    contact_writes_are_published,
+);

@@ -65,16 +65,16 @@ pub async fn upsert_contact(
     JsonBody(input): JsonBody<ContactInput>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
-    let outcome = state
-        .store
-        .upsert_contact(
-            caller.project_id(),
-            &changes,
-            UpsertActions::CONTACT,
-            Some(&audit_context(&caller, json!({}))),
-            state.now_ms(),
-        )
-        .await?;
+    let outcome = crate::operations::contacts::upsert_contact(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &changes,
+        UpsertActions::CONTACT,
+        Some(&audit_context(&caller, json!({}))),
+        state.now_ms(),
+    )
+    .await?;
     Ok((
         upsert_status(outcome.created),
         Json(contact_json(&outcome.contact)),
@@ -191,18 +191,18 @@ pub async fn patch_contact(
     JsonBody(input): JsonBody<ContactInput>,
 ) -> ApiResult<Json<Value>> {
     let changes = validate_contact(&input, false, "").map_err(ApiError::validation)?;
-    let contact = state
-        .store
-        .update_contact(
-            caller.project_id(),
-            &ContactLookup::Id(id),
-            &changes,
-            "contact.updated",
-            Some(&audit_context(&caller, json!({}))),
-            state.now_ms(),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("contact"))?;
+    let contact = crate::operations::contacts::update_contact(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &ContactLookup::Id(id),
+        &changes,
+        "contact.updated",
+        Some(&audit_context(&caller, json!({}))),
+        state.now_ms(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("contact"))?;
     Ok(Json(contact_json(&contact)))
 }
 
@@ -227,15 +227,15 @@ pub async fn delete_contact(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let deleted = state
-        .store
-        .delete_contact(
-            caller.project_id(),
-            &id,
-            Some(&audit_context(&caller, json!({}))),
-            state.now_ms(),
-        )
-        .await?;
+    let deleted = crate::operations::contacts::delete_contact(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &id,
+        Some(&audit_context(&caller, json!({}))),
+        state.now_ms(),
+    )
+    .await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -292,15 +292,15 @@ pub async fn batch_contacts(
         }
     }
     let changes: Vec<_> = valid.iter().map(|(_, c)| c.clone()).collect();
-    let outcomes = state
-        .store
-        .upsert_contacts(
-            caller.project_id(),
-            &changes,
-            Some(&audit_context(&caller, json!({}))),
-            state.now_ms(),
-        )
-        .await?;
+    let outcomes = crate::operations::contacts::upsert_contacts(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &changes,
+        Some(&audit_context(&caller, json!({}))),
+        state.now_ms(),
+    )
+    .await?;
     for ((i, _), outcome) in valid.iter().zip(outcomes) {
         results[*i] = Some(match outcome {
             Ok(o) => {

@@ -128,16 +128,16 @@ pub async fn identify(
     JsonBody(msg): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     if let Some(changes) = identify_to_contact(&msg, "").map_err(ApiError::validation)? {
-        state
-            .store
-            .upsert_contact(
-                caller.project_id(),
-                &changes,
-                UpsertActions::CONTACT,
-                Some(&audit_context(&caller, json!({ "via": "segment" }))),
-                state.now_ms(),
-            )
-            .await?;
+        crate::operations::contacts::upsert_contact(
+            state.store.as_ref(),
+            state.changes.as_ref(),
+            caller.project_id(),
+            &changes,
+            UpsertActions::CONTACT,
+            Some(&audit_context(&caller, json!({ "via": "segment" }))),
+            state.now_ms(),
+        )
+        .await?;
     }
     Ok(success())
 }
@@ -208,15 +208,15 @@ pub async fn batch(
     check_and_spend(&state, &caller, &ticket, &events).await?;
     // Identify first, so a batch's track messages attach to the contact it describes.
     if !contacts.is_empty() {
-        let results = state
-            .store
-            .upsert_contacts(
-                caller.project_id(),
-                &contacts,
-                Some(&audit_context(&caller, json!({ "via": "segment" }))),
-                now,
-            )
-            .await?;
+        let results = crate::operations::contacts::upsert_contacts(
+            state.store.as_ref(),
+            state.changes.as_ref(),
+            caller.project_id(),
+            &contacts,
+            Some(&audit_context(&caller, json!({ "via": "segment" }))),
+            now,
+        )
+        .await?;
         for failure in results.iter().filter_map(|r| r.as_ref().err()) {
             tracing::warn!(error = %failure, "segment identify not applied");
         }

@@ -103,16 +103,16 @@ pub async fn signup(
         ..Default::default()
     };
     let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
-    let outcome = state
-        .store
-        .upsert_contact(
-            caller.project_id(),
-            &changes,
-            UpsertActions::SUBSCRIBER,
-            Some(&audit_context(&caller, json!({ "source": body.source }))),
-            state.now_ms(),
-        )
-        .await?;
+    let outcome = crate::operations::contacts::upsert_contact(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &changes,
+        UpsertActions::SUBSCRIBER,
+        Some(&audit_context(&caller, json!({ "source": body.source }))),
+        state.now_ms(),
+    )
+    .await?;
     Ok((
         upsert_status(outcome.created),
         Json(contact_json(&outcome.contact)),
@@ -145,17 +145,17 @@ pub async fn unsubscribe(
         subscribed: Some(false),
         ..Default::default()
     };
-    state
-        .store
-        .update_contact(
-            caller.project_id(),
-            &lookup_from_path(&email_or_id),
-            &changes,
-            "subscriber.unsubscribed",
-            Some(&audit_context(&caller, json!({}))),
-            state.now_ms(),
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("subscriber"))?;
+    crate::operations::contacts::update_contact(
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        caller.project_id(),
+        &lookup_from_path(&email_or_id),
+        &changes,
+        "subscriber.unsubscribed",
+        Some(&audit_context(&caller, json!({}))),
+        state.now_ms(),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("subscriber"))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,7 @@
 //! Operations shared by the HTTP API, the admin API and the CLI. They talk to
 //! the Store and write the audit trail; callers own caches and HTTP.
 
+pub mod contacts;
 pub mod keys;
 pub mod metrics_credential;
 pub mod tenancy;
