@@ -391,3 +391,21 @@ impl TestApp {
         self.clock.now_ms()
     }
 }
+
+/// The test Python that `scripts/test` prepares (a virtualenv with
+/// segment-analytics-python and openapi-spec-validator), or `None` — a loud
+/// skip — outside CI. Under CI a missing one fails the test.
+pub fn test_python() -> Option<String> {
+    match std::env::var("KEYFLOW_TEST_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("KEYFLOW_TEST_PYTHON must name the test Python under CI (scripts/test sets it)")
+        }
+        Err(_) => {
+            eprintln!(
+                "SKIPPED: KEYFLOW_TEST_PYTHON is not set; run scripts/test for the Python-based tests"
+            );
+            None
+        }
+    }
+}

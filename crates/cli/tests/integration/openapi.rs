@@ -38,6 +38,38 @@ async fn openapi_matches_the_snapshot() {
     );
 }
 
+/// The document validates as OpenAPI 3.1 with a standard validator
+/// (openapi-spec-validator from PyPI, installed by scripts/test).
+#[tokio::test]
+async fn the_document_validates_as_openapi() {
+    let Some(python) = crate::harness::test_python() else {
+        return;
+    };
+    let app = TestApp::start(Backend::Sqlite).await;
+    let doc = document(&app).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys\n\
+             from openapi_spec_validator import validate\n\
+             from openapi_spec_validator.readers import read_from_filename\n\
+             doc, _ = read_from_filename(sys.argv[1])\n\
+             validate(doc)\n\
+             print('valid')",
+        ])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("valid"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn every_documented_operation_exists_behind_auth() {
     let app = TestApp::start(Backend::Sqlite).await;

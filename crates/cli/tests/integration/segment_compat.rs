@@ -8,24 +8,6 @@ use serde_json::json;
 use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 
-/// The Python with `segment-analytics-python`, or `None` (a loud skip) outside CI.
-fn segment_python() -> Option<String> {
-    match std::env::var("KEYFLOW_TEST_PYTHON") {
-        Ok(python) => Some(python),
-        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "KEYFLOW_TEST_PYTHON must name a Python with segment-analytics-python under CI (scripts/test sets it)"
-            )
-        }
-        Err(_) => {
-            eprintln!(
-                "SKIPPED: KEYFLOW_TEST_PYTHON is not set; run scripts/test to test with the real Segment library"
-            );
-            None
-        }
-    }
-}
-
 const SCRIPT: &str = r#"
 import sys
 import segment.analytics as analytics
@@ -58,7 +40,7 @@ fn run_python(python: &str, key: &str, host: &str) -> std::process::Output {
 }
 
 async fn official_segment_library_works_unchanged(backend: Backend) {
-    let Some(python) = segment_python() else {
+    let Some(python) = crate::harness::test_python() else {
         return;
     };
     let app = TestApp::start(backend).await;

@@ -21,7 +21,7 @@ use crate::state::SharedState;
     description = "Scope: `audit:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
     responses(
-        (status = 200, body = schema::AuditList),
+        (status = 200, description = "A page of activity-log entries, newest first", body = schema::AuditList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),

@@ -89,7 +89,7 @@ pub async fn upsert_contact(
     description = "Scope: `contacts:read`.",
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, body = schema::Contact),
+        (status = 200, description = "The contact", body = schema::Contact),
         (status = 404, description = "Not found", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -118,7 +118,7 @@ pub async fn get_contact(
     description = "Scope: `contacts:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
     responses(
-        (status = 200, body = schema::ContactList),
+        (status = 200, description = "A page of contacts", body = schema::ContactList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -174,7 +174,7 @@ pub async fn list_contacts(
     request_body = schema::ContactInput,
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, body = schema::Contact),
+        (status = 200, description = "The contact", body = schema::Contact),
         (status = 404, description = "Not found", body = schema::ErrorBody),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 409, description = "Email or external id belongs to another contact", body = schema::ErrorBody),

@@ -186,7 +186,7 @@ fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i
     description = "Scope: `events:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
     responses(
-        (status = 200, body = schema::EventList),
+        (status = 200, description = "A page of events, newest first", body = schema::EventList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),

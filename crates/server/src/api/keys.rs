@@ -145,7 +145,7 @@ pub async fn create_key(
     description = "Scope: `keys:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
     responses(
-        (status = 200, body = schema::KeyList),
+        (status = 200, description = "A page of API keys", body = schema::KeyList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -181,7 +181,7 @@ pub async fn list_keys(
     description = "Scope: `keys:read`.",
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, body = schema::Key),
+        (status = 200, description = "The key object", body = schema::Key),
         (status = 404, description = "Not found", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -204,7 +204,7 @@ pub async fn get_key(
     tag = "keys",
     summary = "The calling key",
     responses(
-        (status = 200, body = schema::Key),
+        (status = 200, description = "The key object", body = schema::Key),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
         (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
@@ -230,7 +230,7 @@ pub async fn get_self(
     request_body = schema::PatchKey,
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, body = schema::Key),
+        (status = 200, description = "The key object", body = schema::Key),
         (status = 404, description = "Not found", body = schema::ErrorBody),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 409, description = "The key is revoked", body = schema::ErrorBody),

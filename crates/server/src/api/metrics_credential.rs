@@ -97,7 +97,7 @@ async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
     summary = "The metrics credential (without its secret)",
     description = "Scope: `keys:read`.",
     responses(
-        (status = 200, body = schema::MetricsCredential),
+        (status = 200, description = "The metrics credential (without its secret)", body = schema::MetricsCredential),
         (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -133,7 +133,7 @@ pub struct PatchCredentialRequest {
     description = "Scope: `keys:write`.",
     request_body = schema::PatchMetricsCredential,
     responses(
-        (status = 200, body = schema::MetricsCredential),
+        (status = 200, description = "The metrics credential (without its secret)", body = schema::MetricsCredential),
         (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),

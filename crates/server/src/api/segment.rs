@@ -82,12 +82,13 @@ fn success() -> Json<Value> {
 #[utoipa::path(
     post,
     path = "/v1/track",
+    operation_id = "segment_track",
     tag = "segment",
     summary = "Segment track",
     description = "Scope: `events:write`.",
     request_body = schema::SegmentMessage,
     responses(
-        (status = 200, body = schema::SegmentSuccess),
+        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -109,12 +110,13 @@ pub async fn track(
 #[utoipa::path(
     post,
     path = "/v1/identify",
+    operation_id = "segment_identify",
     tag = "segment",
     summary = "Segment identify",
     description = "Scope: `contacts:write`.",
     request_body = schema::SegmentMessage,
     responses(
-        (status = 200, body = schema::SegmentSuccess),
+        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
@@ -145,12 +147,13 @@ pub async fn identify(
 #[utoipa::path(
     post,
     path = "/v1/batch",
+    operation_id = "segment_batch",
     tag = "segment",
     summary = "Segment batch",
     description = "Scope: `events:write`.",
     request_body = schema::SegmentBatch,
     responses(
-        (status = 200, body = schema::SegmentSuccess),
+        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),

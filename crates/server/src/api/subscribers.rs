@@ -28,7 +28,7 @@ use crate::state::SharedState;
     description = "Scope: `subscribers:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
-        (status = 200, body = schema::ContactList),
+        (status = 200, description = "A page of contacts", body = schema::ContactList),
         (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
         (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
         (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
