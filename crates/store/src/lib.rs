@@ -207,7 +207,7 @@ pub trait Store: Send + Sync + 'static {
         project_id: &str,
         lookup: &ContactLookup,
         changes: &ContactChanges,
-        action: &'static str,
+        action: AuditAction,
         audit: Option<&AuditContext>,
         now: UnixMillis,
     ) -> StoreResult<Option<Contact>>;

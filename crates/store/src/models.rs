@@ -115,6 +115,80 @@ pub struct AuditTarget {
     pub name: Option<String>,
 }
 
+/// What an activity-log entry records (SPEC §3): one variant per action, so
+/// a typo cannot write an action nobody filters for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    ApiKeyCreated,
+    ApiKeyUpdated,
+    ApiKeyRolled,
+    ApiKeyRevoked,
+    ContactCreated,
+    ContactUpdated,
+    ContactDeleted,
+    SubscriberCreated,
+    SubscriberUpdated,
+    SubscriberUnsubscribed,
+    MemberAdded,
+    MemberRoleChanged,
+    MemberRemoved,
+    PlanChanged,
+    OperatorSignedIn,
+    ProjectSettingsChanged,
+    MetricsCredentialCreated,
+    MetricsCredentialRotated,
+    MetricsCredentialUpdated,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 19] = [
+        AuditAction::ApiKeyCreated,
+        AuditAction::ApiKeyUpdated,
+        AuditAction::ApiKeyRolled,
+        AuditAction::ApiKeyRevoked,
+        AuditAction::ContactCreated,
+        AuditAction::ContactUpdated,
+        AuditAction::ContactDeleted,
+        AuditAction::SubscriberCreated,
+        AuditAction::SubscriberUpdated,
+        AuditAction::SubscriberUnsubscribed,
+        AuditAction::MemberAdded,
+        AuditAction::MemberRoleChanged,
+        AuditAction::MemberRemoved,
+        AuditAction::PlanChanged,
+        AuditAction::OperatorSignedIn,
+        AuditAction::ProjectSettingsChanged,
+        AuditAction::MetricsCredentialCreated,
+        AuditAction::MetricsCredentialRotated,
+        AuditAction::MetricsCredentialUpdated,
+    ];
+
+    /// The wire name (`api_key.created`, …), as stored and filtered on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::ApiKeyCreated => "api_key.created",
+            AuditAction::ApiKeyUpdated => "api_key.updated",
+            AuditAction::ApiKeyRolled => "api_key.rolled",
+            AuditAction::ApiKeyRevoked => "api_key.revoked",
+            AuditAction::ContactCreated => "contact.created",
+            AuditAction::ContactUpdated => "contact.updated",
+            AuditAction::ContactDeleted => "contact.deleted",
+            AuditAction::SubscriberCreated => "subscriber.created",
+            AuditAction::SubscriberUpdated => "subscriber.updated",
+            AuditAction::SubscriberUnsubscribed => "subscriber.unsubscribed",
+            AuditAction::MemberAdded => "member.added",
+            AuditAction::MemberRoleChanged => "member.role_changed",
+            AuditAction::MemberRemoved => "member.removed",
+            AuditAction::PlanChanged => "plan.changed",
+            AuditAction::OperatorSignedIn => "operator.signed_in",
+            AuditAction::ProjectSettingsChanged => "project.settings_changed",
+            AuditAction::MetricsCredentialCreated => "metrics_credential.created",
+            AuditAction::MetricsCredentialRotated => "metrics_credential.rotated",
+            AuditAction::MetricsCredentialUpdated => "metrics_credential.updated",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {
     pub id: String,
@@ -193,18 +267,18 @@ pub struct EventFilter {
 /// Which audit actions an upsert writes (contacts vs subscribers).
 #[derive(Debug, Clone, Copy)]
 pub struct UpsertActions {
-    pub created: &'static str,
-    pub updated: &'static str,
+    pub created: AuditAction,
+    pub updated: AuditAction,
 }
 
 impl UpsertActions {
     pub const CONTACT: Self = Self {
-        created: "contact.created",
-        updated: "contact.updated",
+        created: AuditAction::ContactCreated,
+        updated: AuditAction::ContactUpdated,
     };
     pub const SUBSCRIBER: Self = Self {
-        created: "subscriber.created",
-        updated: "subscriber.updated",
+        created: AuditAction::SubscriberCreated,
+        updated: AuditAction::SubscriberUpdated,
     };
 }
 
@@ -273,4 +347,36 @@ pub struct MetricsCredential {
     pub ip_allowlist: Vec<keyflow_core::IpRule>,
     pub created_at: UnixMillis,
     pub last_used_at: Option<UnixMillis>,
+}
+
+#[cfg(test)]
+mod audit_action_tests {
+    use super::AuditAction;
+
+    #[test]
+    fn every_action_has_its_own_dotted_name() {
+        let names: Vec<&str> = AuditAction::ALL.iter().map(|a| a.as_str()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        assert!(names.iter().all(|n| n.split('.').count() == 2));
+        // SPEC §3's examples are among them.
+        for spec in [
+            "api_key.created",
+            "api_key.revoked",
+            "api_key.updated",
+            "api_key.rolled",
+            "contact.created",
+            "contact.updated",
+            "contact.deleted",
+            "subscriber.created",
+            "member.added",
+            "plan.changed",
+            "metrics_credential.rotated",
+            "operator.signed_in",
+        ] {
+            assert!(names.contains(&spec), "{spec}");
+        }
+    }
 }

@@ -460,7 +460,7 @@ macro_rules! impl_sql_store {
             scopes_to_column, settings_columns, usage_update_sql,
         };
         use $crate::{
-            ApiKey, AuditContext, AuditEntry, AuditFilter, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
+            ApiKey, AuditAction, AuditContext, AuditEntry, AuditFilter, AuditTarget, AuthKey, Contact, Event, EventFilter, EventOutcome,
             DailyUsage, KeyUsage, Membership, MetricsCredential, Operator, Page, Project, ProjectSettings, Session, Store, StoreError,
             StoreResult,
             UpsertActions, UpsertOutcome, Workspace, new_id,
@@ -747,7 +747,7 @@ macro_rules! impl_sql_store {
         async fn audit_contact(
             tx: &mut Conn,
             contact: &Contact,
-            action: &str,
+            action: AuditAction,
             audit: Option<&AuditContext>,
             now: UnixMillis,
         ) -> StoreResult<()> {
@@ -758,7 +758,7 @@ macro_rules! impl_sql_store {
                 project_id: Some(contact.project_id.clone()),
                 at: now,
                 actor: ctx.actor.clone(),
-                action: action.to_string(),
+                action: action.as_str().to_string(),
                 target: AuditTarget {
                     kind: "contact".into(),
                     id: Some(contact.id.clone()),
@@ -1670,7 +1670,7 @@ macro_rules! impl_sql_store {
                 project_id: &str,
                 lookup: &ContactLookup,
                 changes: &ContactChanges,
-                action: &'static str,
+                action: AuditAction,
                 audit: Option<&AuditContext>,
                 now: UnixMillis,
             ) -> StoreResult<Option<Contact>> {
@@ -1707,7 +1707,7 @@ macro_rules! impl_sql_store {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
-                audit_contact(&mut tx, &contact, "contact.deleted", audit, now).await?;
+                audit_contact(&mut tx, &contact, AuditAction::ContactDeleted, audit, now).await?;
                 tx.commit().await?;
                 Ok(true)
             }

@@ -768,7 +768,7 @@ async fn project_limits_bind_keys_without_an_override(backend: Backend) {
         &t.workspace_id,
         Some(&t.project_id),
         &keyflow_store::Actor::InstanceAdmin,
-        "project.settings_changed",
+        keyflow_store::AuditAction::ProjectSettingsChanged,
         keyflow_store::AuditTarget {
             kind: "project".into(),
             id: Some(t.project_id.clone()),

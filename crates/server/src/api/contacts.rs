@@ -197,7 +197,7 @@ pub async fn patch_contact(
         caller.project_id(),
         &ContactLookup::Id(id),
         &changes,
-        "contact.updated",
+        keyflow_store::AuditAction::ContactUpdated,
         Some(&audit_context(&caller, json!({}))),
         state.now_ms(),
     )

@@ -151,7 +151,7 @@ pub async fn unsubscribe(
         caller.project_id(),
         &lookup_from_path(&email_or_id),
         &changes,
-        "subscriber.unsubscribed",
+        keyflow_store::AuditAction::SubscriberUnsubscribed,
         Some(&audit_context(&caller, json!({}))),
         state.now_ms(),
     )

@@ -210,7 +210,7 @@ async fn start_session(
                 &m.workspace_id,
                 None,
                 &actor,
-                "operator.signed_in",
+                keyflow_store::AuditAction::OperatorSignedIn,
                 AuditTarget {
                     kind: "operator".into(),
                     id: Some(operator.id.clone()),
@@ -348,26 +348,6 @@ async fn setup(
     }
 }
 
-/// The actions the activity filter offers.
-const KNOWN_ACTIONS: [&str; 16] = [
-    "api_key.created",
-    "api_key.updated",
-    "api_key.rolled",
-    "api_key.revoked",
-    "contact.created",
-    "contact.updated",
-    "contact.deleted",
-    "subscriber.created",
-    "subscriber.updated",
-    "subscriber.unsubscribed",
-    "member.added",
-    "member.role_changed",
-    "member.removed",
-    "plan.changed",
-    "operator.signed_in",
-    "project.settings_changed",
-];
-
 /// `/activity`: the activity log of one project (and its workspace), newest first.
 async fn activity(
     State(state): State<SharedState>,
@@ -443,7 +423,7 @@ async fn render_activity(
          <select name=\"action\" aria-label=\"Action\"><option value=\"\">All actions</option>",
         escape(&project.id)
     );
-    for action in KNOWN_ACTIONS {
+    for action in keyflow_store::AuditAction::ALL.map(keyflow_store::AuditAction::as_str) {
         let selected = if filter.action.as_deref() == Some(action) {
             " selected"
         } else {

@@ -130,7 +130,7 @@ pub async fn change_members(
                     &workspace,
                     None,
                     &actor,
-                    "member.role_changed",
+                    keyflow_store::AuditAction::MemberRoleChanged,
                     AuditTarget {
                         kind: "operator".into(),
                         id: Some(op.id.clone()),
@@ -144,7 +144,7 @@ pub async fn change_members(
                     .store
                     .set_member_role(&workspace, &op.id, role, &entry)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::error::ApiError::from(e).message)
                     .and_then(|done| {
                         // `false`: the statement's own last-owner guard held.
                         done.then_some(())
@@ -162,7 +162,7 @@ pub async fn change_members(
                     &workspace,
                     None,
                     &actor,
-                    "member.removed",
+                    keyflow_store::AuditAction::MemberRemoved,
                     AuditTarget {
                         kind: "operator".into(),
                         id: Some(op.id.clone()),
@@ -176,7 +176,7 @@ pub async fn change_members(
                     .store
                     .remove_member(&workspace, &op.id, &entry)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| crate::error::ApiError::from(e).message)
                     .and_then(|done| {
                         // `false`: the statement's own last-owner guard held.
                         done.then_some(())

@@ -64,7 +64,7 @@ pub async fn update_contact(
     project_id: &str,
     lookup: &ContactLookup,
     changes: &ContactChanges,
-    action: &'static str,
+    action: keyflow_store::AuditAction,
     audit: Option<&AuditContext>,
     now: UnixMillis,
 ) -> StoreResult<Option<Contact>> {

@@ -101,10 +101,13 @@ pub async fn create_or_rotate(
     let prefix = display_prefix(&credential.id);
     let (action, details) = match &previous {
         Some(old) => (
-            "metrics_credential.rotated",
+            keyflow_store::AuditAction::MetricsCredentialRotated,
             json!({ "prefix": prefix, "previous_prefix": display_prefix(&old.id) }),
         ),
-        None => ("metrics_credential.created", json!({ "prefix": prefix })),
+        None => (
+            keyflow_store::AuditAction::MetricsCredentialCreated,
+            json!({ "prefix": prefix }),
+        ),
     };
     let entry = audit_entry(
         &project.workspace_id,
@@ -195,7 +198,7 @@ pub async fn update(
         &project.workspace_id,
         Some(&project.id),
         actor,
-        "metrics_credential.updated",
+        keyflow_store::AuditAction::MetricsCredentialUpdated,
         target(&current.id),
         ip,
         json!({ "fields": fields }),

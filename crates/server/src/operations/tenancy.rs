@@ -192,7 +192,7 @@ pub async fn add_operator(
         workspace_id,
         None,
         actor,
-        "member.added",
+        keyflow_store::AuditAction::MemberAdded,
         AuditTarget {
             kind: "operator".into(),
             id: Some(operator.id.clone()),
@@ -229,7 +229,7 @@ pub async fn change_plan(
         workspace_id,
         None,
         actor,
-        "plan.changed",
+        keyflow_store::AuditAction::PlanChanged,
         AuditTarget {
             kind: "workspace".into(),
             id: Some(workspace.id.clone()),
@@ -264,7 +264,7 @@ pub async fn change_project_settings(
         &project.workspace_id,
         Some(&project.id),
         actor,
-        "project.settings_changed",
+        keyflow_store::AuditAction::ProjectSettingsChanged,
         AuditTarget {
             kind: "project".into(),
             id: Some(project.id.clone()),
