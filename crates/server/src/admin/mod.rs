@@ -183,6 +183,7 @@ async fn create_operator(
         &email,
         password,
         role,
+        tenancy::MemberAuthority::Instance,
         &Actor::InstanceAdmin,
         state.now_ms(),
     )

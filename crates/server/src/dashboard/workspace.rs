@@ -10,14 +10,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::timefmt::format_rfc3339;
 use keyflow_core::{Plan, Role};
-use keyflow_store::{Actor, AuditTarget};
-use serde_json::json;
+use keyflow_store::Actor;
 
 use super::html::{error_box, escape, page};
 use super::keys::{manager, manager_post};
 use super::session;
 use super::{error_page, html, refused_cross_site};
-use crate::operations::{audit_entry, tenancy};
+use crate::operations::tenancy;
 use crate::state::SharedState;
 
 fn members_body(
@@ -99,93 +98,53 @@ pub async fn change_members(
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
     let role = Role::parse(field("role"));
     let target = members.iter().find(|(op, _)| op.id == field("operator"));
-    let owners = members
-        .iter()
-        .filter(|(_, m)| m.role == Role::Owner)
-        .count();
-    let is_owner = ctx.membership.role == Role::Owner;
-    let outcome: Result<(), String> = match (field("do"), role, target) {
-        ("add", Some(role), _) if role == Role::Owner && !is_owner => {
-            Err("Only owners can add owners.".into())
-        }
+    // The rules (only owners touch owners, never the last owner) live in
+    // the operations; this page only picks the operation and shows its answer.
+    let authority = tenancy::MemberAuthority::Member(ctx.membership.role);
+    let outcome: Result<(), crate::error::ApiError> = match (field("do"), role, target) {
         ("add", Some(role), _) => tenancy::add_operator(
             state.store.as_ref(),
             &workspace,
             field("email"),
             field("password").to_string(),
             role,
+            authority,
             &actor,
             now,
         )
         .await
-        .map(|_| ())
-        .map_err(|e| e.message),
+        .map(|_| ()),
         ("role", Some(role), Some((op, m))) => {
-            if (m.role == Role::Owner || role == Role::Owner) && !is_owner {
-                Err("Only owners can change who is an owner.".into())
-            } else if m.role == Role::Owner && role != Role::Owner && owners == 1 {
-                Err("A workspace needs at least one owner.".into())
-            } else {
-                let entry = audit_entry(
-                    &workspace,
-                    None,
-                    &actor,
-                    keyflow_store::AuditAction::MemberRoleChanged,
-                    AuditTarget {
-                        kind: "operator".into(),
-                        id: Some(op.id.clone()),
-                        name: Some(op.email.clone()),
-                    },
-                    None,
-                    json!({"from": m.role.as_str(), "to": role.as_str()}),
-                    now,
-                );
-                state
-                    .store
-                    .set_member_role(&workspace, &op.id, role, &entry)
-                    .await
-                    .map_err(|e| crate::error::ApiError::from(e).message)
-                    .and_then(|done| {
-                        // `false`: the statement's own last-owner guard held.
-                        done.then_some(())
-                            .ok_or_else(|| "A workspace needs at least one owner.".to_string())
-                    })
-            }
+            tenancy::change_member_role(
+                state.store.as_ref(),
+                &workspace,
+                op,
+                m.role,
+                role,
+                authority,
+                &actor,
+                now,
+            )
+            .await
         }
         ("remove", _, Some((op, m))) => {
-            if m.role == Role::Owner && !is_owner {
-                Err("Only owners can remove an owner.".into())
-            } else if m.role == Role::Owner && owners == 1 {
-                Err("A workspace needs at least one owner.".into())
-            } else {
-                let entry = audit_entry(
-                    &workspace,
-                    None,
-                    &actor,
-                    keyflow_store::AuditAction::MemberRemoved,
-                    AuditTarget {
-                        kind: "operator".into(),
-                        id: Some(op.id.clone()),
-                        name: Some(op.email.clone()),
-                    },
-                    None,
-                    json!({"role": m.role.as_str()}),
-                    now,
-                );
-                state
-                    .store
-                    .remove_member(&workspace, &op.id, &entry)
-                    .await
-                    .map_err(|e| crate::error::ApiError::from(e).message)
-                    .and_then(|done| {
-                        // `false`: the statement's own last-owner guard held.
-                        done.then_some(())
-                            .ok_or_else(|| "A workspace needs at least one owner.".to_string())
-                    })
-            }
+            tenancy::remove_member(
+                state.store.as_ref(),
+                &workspace,
+                op,
+                m.role,
+                authority,
+                &actor,
+                now,
+            )
+            .await
         }
-        _ => Err("That change is not valid (unknown member or role).".into()),
+        _ => Err(crate::error::ApiError::new(
+            keyflow_core::ErrorCode::ValidationFailed,
+            "That change is not valid (unknown member or role).",
+        )),
     };
+    let outcome = outcome.map_err(|e| e.message);
     match outcome {
         Ok(()) => Redirect::to("/members").into_response(),
         Err(message) => {

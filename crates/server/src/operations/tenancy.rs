@@ -157,15 +157,49 @@ pub struct NewOperator {
     pub membership: Membership,
 }
 
+/// Who changes a workspace's members: the instance admin (bound by
+/// nothing), or one of its operators with their role there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberAuthority {
+    Instance,
+    Member(Role),
+}
+
+impl MemberAuthority {
+    /// Only owners make, unmake or remove owners.
+    fn may_touch_owners(self) -> bool {
+        matches!(
+            self,
+            MemberAuthority::Instance | MemberAuthority::Member(Role::Owner)
+        )
+    }
+}
+
+fn owners_only(what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InsufficientScope,
+        format!("Only owners can {what}."),
+    )
+}
+
+fn last_owner() -> ApiError {
+    ApiError::new(ErrorCode::Conflict, "A workspace needs at least one owner.")
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn add_operator(
     store: &dyn Store,
     workspace_id: &str,
     email: &str,
     password: String,
     role: Role,
+    authority: MemberAuthority,
     actor: &Actor,
     now: UnixMillis,
 ) -> ApiResult<NewOperator> {
+    if role == Role::Owner && !authority.may_touch_owners() {
+        return Err(owners_only("add owners"));
+    }
     if store.get_workspace(workspace_id).await?.is_none() {
         return Err(ApiError::not_found("workspace"));
     }
@@ -247,6 +281,82 @@ pub async fn change_plan(
         workspace_id: workspace_id.to_string(),
     });
     Ok((Workspace { plan, ..workspace }, previous))
+}
+
+/// Changes a member's role: only owners make or unmake owners, and the last
+/// owner stays an owner (the store's statement guards that too, against a
+/// concurrent change).
+#[allow(clippy::too_many_arguments)]
+pub async fn change_member_role(
+    store: &dyn Store,
+    workspace_id: &str,
+    member: &Operator,
+    current: Role,
+    role: Role,
+    authority: MemberAuthority,
+    actor: &Actor,
+    now: UnixMillis,
+) -> ApiResult<()> {
+    if (current == Role::Owner || role == Role::Owner) && !authority.may_touch_owners() {
+        return Err(owners_only("change who is an owner"));
+    }
+    let entry = audit_entry(
+        workspace_id,
+        None,
+        actor,
+        keyflow_store::AuditAction::MemberRoleChanged,
+        member_target(member),
+        None,
+        json!({"from": current.as_str(), "to": role.as_str()}),
+        now,
+    );
+    if !store
+        .set_member_role(workspace_id, &member.id, role, &entry)
+        .await?
+    {
+        return Err(last_owner());
+    }
+    Ok(())
+}
+
+/// Removes a member: only owners remove owners; never the last owner.
+pub async fn remove_member(
+    store: &dyn Store,
+    workspace_id: &str,
+    member: &Operator,
+    current: Role,
+    authority: MemberAuthority,
+    actor: &Actor,
+    now: UnixMillis,
+) -> ApiResult<()> {
+    if current == Role::Owner && !authority.may_touch_owners() {
+        return Err(owners_only("remove an owner"));
+    }
+    let entry = audit_entry(
+        workspace_id,
+        None,
+        actor,
+        keyflow_store::AuditAction::MemberRemoved,
+        member_target(member),
+        None,
+        json!({"role": current.as_str()}),
+        now,
+    );
+    if !store
+        .remove_member(workspace_id, &member.id, &entry)
+        .await?
+    {
+        return Err(last_owner());
+    }
+    Ok(())
+}
+
+fn member_target(member: &Operator) -> AuditTarget {
+    AuditTarget {
+        kind: "operator".into(),
+        id: Some(member.id.clone()),
+        name: Some(member.email.clone()),
+    }
 }
 
 /// Sets a project's settings (rate limit, metrics cache TTL), audited as
