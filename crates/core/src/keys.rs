@@ -142,27 +142,37 @@ impl KeyDigest {
     }
 
     pub fn to_hex(&self) -> String {
-        let mut out = String::with_capacity(64);
-        for b in self.0 {
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        out
+        hex32(&self.0)
     }
 
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_value(pair[0])?;
-            let lo = hex_value(pair[1])?;
-            out[i] = (hi << 4) | lo;
-        }
-        Some(Self(out))
+        parse_hex32(hex).map(Self)
     }
+}
+
+/// 32 bytes (a SHA-256 digest or HMAC tag) as 64 lower-case hex digits.
+pub fn hex32(bytes: &[u8; 32]) -> String {
+    let mut out = String::with_capacity(64);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// The inverse of [`hex32`]: exactly 64 lower-case hex digits.
+pub fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = hex_value(pair[0])?;
+        let lo = hex_value(pair[1])?;
+        out[i] = (hi << 4) | lo;
+    }
+    Some(out)
 }
 
 impl fmt::Debug for KeyDigest {

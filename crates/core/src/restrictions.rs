@@ -71,6 +71,17 @@ impl Restriction {
         }
     }
 
+    /// Whether `a` and `b` hold the same value of this restriction.
+    pub fn same(self, a: &KeySettings, b: &KeySettings) -> bool {
+        match self {
+            Restriction::IpAllowlist => a.ip_allowlist == b.ip_allowlist,
+            Restriction::ExpiresAt => a.expires_at == b.expires_at,
+            Restriction::AllowedEvents => a.allowed_events == b.allowed_events,
+            Restriction::AllowedOrigins => a.allowed_origins == b.allowed_origins,
+            Restriction::RateLimit => a.rate_limit == b.rate_limit,
+        }
+    }
+
     /// Copies this restriction from `from` into `to`.
     pub fn copy(self, from: &KeySettings, to: &mut KeySettings) {
         match self {

@@ -26,6 +26,21 @@ use crate::state::{CachedKey, SharedState};
 pub struct Caller {
     pub key: Arc<CachedKey>,
     pub client_ip: Option<IpAddr>,
+    /// The limits the pipeline resolved for this request (the quota it
+    /// enforced and what it came from), so handlers need not look them up again.
+    pub limits: CallerLimits,
+}
+
+/// A caller's rate limits, as the pipeline resolved them.
+#[derive(Clone, Copy, Debug)]
+pub struct CallerLimits {
+    /// What this key runs on: its own, else its project's, else the plan's,
+    /// never above the plan's.
+    pub effective: RateLimit,
+    /// What a key of this project without its own limit runs on.
+    pub default: RateLimit,
+    /// The plan's limit, the ceiling of every tenant override.
+    pub plan: RateLimit,
 }
 
 impl Caller {
@@ -302,11 +317,13 @@ where
         Ok(limit) => limit,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let quota = effective_quota(
-        key.key.settings.rate_limit,
-        project_limit,
-        state.config.plan_rate_limit(plan),
-    );
+    let plan_limit = state.config.plan_rate_limit(plan);
+    let limits = CallerLimits {
+        effective: effective_quota(key.key.settings.rate_limit, project_limit, plan_limit),
+        default: effective_quota(None, project_limit, plan_limit),
+        plan: plan_limit,
+    };
+    let quota = limits.effective;
     let ticket = RateLimitTicket::new(state, &key.key.id, guard.category, quota, now);
     // The caller takes `key`; this handle counts the response afterwards.
     let counted = key.clone();
@@ -334,11 +351,10 @@ where
             ),
         ))
     } else {
-        guard
-            .scope
-            .into_iter()
-            .chain(guard.also.minus(key.key.scopes).iter())
-            .find(|s| !key.key.scopes.contains(*s))
+        // The route's scope first, then any other it also needs.
+        let missing = guard.scope.filter(|s| !key.key.scopes.contains(*s));
+        missing
+            .or_else(|| guard.also.minus(key.key.scopes).iter().next())
             .map(|s| {
                 ApiError::new(
                     ErrorCode::InsufficientScope,
@@ -357,7 +373,11 @@ where
         limited.into_response()
     } else {
         state.usage.record(&key.key.id, now, ip);
-        req.extensions_mut().insert(Caller { key, client_ip: ip });
+        req.extensions_mut().insert(Caller {
+            key,
+            client_ip: ip,
+            limits,
+        });
         req.extensions_mut().insert(ticket.clone());
         handler(req).await
     };

@@ -101,7 +101,7 @@ impl LocalRateLimiter {
         }
     }
 
-    /// Number of buckets held (for tests and `/metrics`).
+    /// Number of buckets held (tests check that pruning empties it).
     pub fn len(&self) -> usize {
         self.shards
             .iter()

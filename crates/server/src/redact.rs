@@ -163,6 +163,11 @@ mod tests {
         for _ in 0..9 {
             nested = nested.replace('%', "%25").replace('_', "%5F");
         }
+        // A whole key in a path becomes its display prefix and `…`.
+        assert_eq!(
+            redact_keys(&format!("/v1/keys/{k}")),
+            format!("/v1/keys/{}…", key.prefix)
+        );
         let redacted = redact_keys(&format!("/v1/keys/{nested}"));
         assert!(!redacted.contains(&k[12..20]), "{redacted}");
         assert_eq!(

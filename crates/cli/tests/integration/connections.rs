@@ -246,6 +246,25 @@ async fn gzip_bodies_are_accepted_within_the_limit(backend: Backend) {
     TestApp::reply(post(body.clone(), "br"))
         .await
         .assert_error(415, "unsupported_media_type");
+    // The way tracking libraries send it: a gzipped Segment batch of
+    // identified events with message ids, over Basic auth.
+    let batch = serde_json::to_vec(&json!({"batch": [
+        {"type": "track", "event": "signup", "userId": "u1", "messageId": "m1"},
+        {"type": "identify", "userId": "u1", "traits": {"email": "u1@x.io"}},
+    ]}))
+    .unwrap();
+    let segment = TestApp::reply(
+        reqwest::Client::new()
+            .post(format!("{}/v1/batch", app.base_url))
+            .basic_auth(&t.key, Some(""))
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(gzip(&batch)),
+    )
+    .await;
+    assert_eq!(segment.status, 200, "{}", segment.body);
+    let contact = app.get("/v1/contacts?external_id=u1", &t.key).await;
+    assert_eq!(contact.body["data"][0]["email"], "u1@x.io");
 }
 
 backend_tests!(

@@ -54,7 +54,7 @@ async fn concurrent_guesses_cannot_outrun_the_limiter(backend: Backend) {
     for i in 0..60 {
         let base = app.base_url.clone();
         tasks.push(tokio::spawn(async move {
-            browser()
+            let reply = browser()
                 .post(format!("{base}/signin"))
                 .header("origin", &base)
                 .form(&[
@@ -63,14 +63,22 @@ async fn concurrent_guesses_cannot_outrun_the_limiter(backend: Backend) {
                 ])
                 .send()
                 .await
-                .unwrap()
-                .status()
-                .as_u16()
+                .unwrap();
+            let retry_after = reply.headers().get("retry-after").cloned();
+            (reply.status().as_u16(), retry_after)
         }));
     }
     let mut counts = std::collections::BTreeMap::new();
     for t in tasks {
-        *counts.entry(t.await.unwrap()).or_insert(0) += 1;
+        let (status, retry_after) = t.await.unwrap();
+        // "Try again in a moment" says when.
+        if status == 503 {
+            assert_eq!(
+                retry_after.as_ref().and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        *counts.entry(status).or_insert(0) += 1;
     }
     let checked = counts.get(&401).copied().unwrap_or(0);
     assert!(checked <= 10, "{counts:?}");

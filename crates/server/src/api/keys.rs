@@ -33,27 +33,13 @@ pub(crate) async fn caller_project(state: &SharedState, caller: &Caller) -> ApiR
 }
 
 /// What binds the calling key when it manages keys: the key as it is
-/// enforced — its rate limit the effective one (its own, else its project's,
-/// else the plan's), so a key without an override cannot lift the limit its
-/// project gives it — and the plan's limit.
-async fn caller_bound(
-    state: &SharedState,
-    caller: &Caller,
-) -> ApiResult<(ApiKey, RateLimit, RateLimit)> {
-    let plan = state
-        .plan_of(caller.workspace_id())
-        .await?
-        .ok_or_else(|| ApiError::not_found("workspace"))?;
-    let plan_limit = state.config.plan_rate_limit(plan);
-    let project_limit = state.project_rate_limit(caller.project_id()).await?;
-    let default_limit = crate::auth::effective_quota(None, project_limit, plan_limit);
+/// enforced — its rate limit the effective one the pipeline resolved (its
+/// own, else its project's, else the plan's), so a key without an override
+/// cannot lift the limit its project gives it — and the plan's limit.
+fn caller_bound(caller: &Caller) -> (ApiKey, RateLimit, RateLimit) {
     let mut bound = caller.key.key.clone();
-    bound.settings.rate_limit = Some(crate::auth::effective_quota(
-        bound.settings.rate_limit,
-        project_limit,
-        plan_limit,
-    ));
-    Ok((bound, plan_limit, default_limit))
+    bound.settings.rate_limit = Some(caller.limits.effective);
+    (bound, caller.limits.plan, caller.limits.default)
 }
 
 fn authority<'a>(
@@ -112,7 +98,7 @@ pub async fn create_key(
         validate_create(&body, now).map_err(ApiError::validation),
     )
     .await?;
-    let bound = caller_bound(&state, &caller).await?;
+    let bound = caller_bound(&caller);
     let authority = authority(&bound);
     // An escalation is a 403 and must not spend quota: check it first.
     let spec = key_ops::narrow_spec(spec, authority)?;
@@ -264,7 +250,7 @@ pub async fn update_key(
         apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation),
     )
     .await?;
-    let bound = caller_bound(&state, &caller).await?;
+    let bound = caller_bound(&caller);
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
     key_ops::check_update(&key, &settings, authority, now)?;
@@ -309,7 +295,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = charged(&ticket, load_key(&state, &caller, &id).await).await?;
-    let bound = caller_bound(&state, &caller).await?;
+    let bound = caller_bound(&caller);
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
     authority.may_manage(&key)?;
@@ -374,7 +360,7 @@ pub async fn roll_key(
     }
     let now = state.now_ms();
     let old = charged(&ticket, load_key(&state, &caller, &id).await).await?;
-    let bound = caller_bound(&state, &caller).await?;
+    let bound = caller_bound(&caller);
     let authority = authority(&bound);
     key_ops::successor_settings(&old, authority, now)?;
     ticket.consume().await?;

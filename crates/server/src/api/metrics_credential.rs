@@ -40,20 +40,19 @@ pub async fn create_or_rotate(
     Extension(ticket): Extension<RateLimitTicket>,
 ) -> ApiResult<(StatusCode, Response)> {
     let project = caller_project(&state, &caller).await?;
-    // No escalation through the credential (SPEC §2): a key with an IP
-    // allow-list gives a new credential its own list, and may not rotate one
-    // usable from places it is not.
-    let own = &caller.key.key.settings.ip_allowlist;
-    if let Some(existing) = state.store.metrics_credential(&project.id).await? {
-        refuse_wider_allowlist(own, &existing.ip_allowlist)?;
-    }
-    // A refusal is a 403 and costs nothing; from here on the request counts.
+    // A refusal (403) costs nothing: checked before the quota is spent.
+    let rotation = credential_ops::prepare_rotation(
+        state.store.as_ref(),
+        &project,
+        &caller.key.key.settings.ip_allowlist,
+    )
+    .await?;
     ticket.consume().await?;
     let issued = credential_ops::create_or_rotate(
         state.store.as_ref(),
         state.changes.as_ref(),
         &project,
-        own.clone(),
+        rotation,
         &caller.actor(),
         caller.ip_string(),
         state.now_ms(),
@@ -64,22 +63,6 @@ pub async fn create_or_rotate(
         StatusCode::CREATED,
         super::no_store(Json(view(&issued.credential, ttl, Some(&issued.secret))).into_response()),
     ))
-}
-
-/// `403` when `wanted` would let the credential be used from addresses the
-/// calling key's own allow-list (`own`) does not cover.
-fn refuse_wider_allowlist(
-    own: &[keyflow_core::IpRule],
-    wanted: &[keyflow_core::IpRule],
-) -> ApiResult<()> {
-    if keyflow_core::restrictions::allowlist_covers(own, wanted) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        keyflow_core::ErrorCode::InsufficientScope,
-        "A key with an IP allow-list cannot make the metrics credential usable from addresses outside it.",
-    )
-    .with_details(serde_json::json!({"fields": [{"field": "ip_allowlist", "message": "must lie within the calling key's IP allow-list"}]})))
 }
 
 async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
@@ -154,8 +137,9 @@ pub async fn update_credential(
             .map_err(ApiError::validation),
     )
     .await?;
+    // A refusal (403) costs nothing: checked before the quota is spent.
     if let Some(rules) = &change.ip_allowlist {
-        refuse_wider_allowlist(&caller.key.key.settings.ip_allowlist, rules)?;
+        credential_ops::refuse_wider_allowlist(&caller.key.key.settings.ip_allowlist, rules)?;
     }
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
@@ -164,6 +148,7 @@ pub async fn update_credential(
         state.changes.as_ref(),
         &project,
         &change,
+        &caller.key.key.settings.ip_allowlist,
         &caller.actor(),
         caller.ip_string(),
         state.now_ms(),

@@ -155,11 +155,17 @@ pub async fn rotate(
         Err(r) => return r,
     };
     let ip = crate::auth::client_ip(&state, Some(peer), &headers).map(|i| i.to_string());
+    // Operators are bound by no key's allow-list.
+    let rotation =
+        match credential_ops::prepare_rotation(state.store.as_ref(), &ctx.project, &[]).await {
+            Ok(r) => r,
+            Err(e) => return error_page(e),
+        };
     let issued = match credential_ops::create_or_rotate(
         state.store.as_ref(),
         state.changes.as_ref(),
         &ctx.project,
-        Vec::new(),
+        rotation,
         &ctx.actor(),
         ip,
         state.now_ms(),
@@ -235,6 +241,7 @@ pub async fn update(
         state.changes.as_ref(),
         &ctx.project,
         &change,
+        &[],
         &ctx.actor(),
         ip,
         state.now_ms(),

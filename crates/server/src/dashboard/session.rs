@@ -30,15 +30,21 @@ pub fn new_session(operator_id: &str, now: i64) -> Result<(String, Session), Api
     Ok((id, session))
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+/// Every value of the cookie `name` the request carries (a sibling site may
+/// set one of the same name too).
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_string())
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    cookie_values(headers, COOKIE).next().map(str::to_string)
 }
 
 /// Whether the request came over TLS (directly, or per a trusted proxy).

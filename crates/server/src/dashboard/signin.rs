@@ -1,9 +1,10 @@
 //! Dashboard sign-in (SPEC §6). Attempts are limited per client IP, per
 //! (account, IP) and per account, charged *before* the password is checked
 //! (and, for the account buckets, given back when it was right), so
-//! concurrent guesses cannot all slip through. Password hashing runs under a
-//! small permit count taken before anything else: a flood is answered `503`
-//! without hashing or charging, and memory stays bounded.
+//! concurrent guesses cannot all slip through. The order: the address's own
+//! buckets, then one of a few hashing turns (none free: `503`, the charge
+//! given back, nothing looked up or hashed), then the account lookup and the
+//! account-wide bucket, then the hash. Memory stays bounded.
 //!
 //! Lockout cannot be turned into a weapon: the strict limit is per
 //! (account, IP), and the account-wide limit does not apply to a browser that
@@ -19,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use hmac::{Hmac, Mac};
 use keyflow_core::RateLimit;
+use keyflow_core::keys::{hex32, parse_hex32};
 use keyflow_store::Operator;
 use sha2::Sha256;
 
@@ -112,9 +114,11 @@ fn device_mac(operator: &Operator, issued_ms: i64) -> Option<Hmac<Sha256>> {
 }
 
 fn device_token(operator: &Operator, issued_ms: i64) -> Option<String> {
-    let tag = device_mac(operator, issued_ms)?.finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("{issued_ms}.{hex}"))
+    let tag: [u8; 32] = device_mac(operator, issued_ms)?
+        .finalize()
+        .into_bytes()
+        .into();
+    Some(format!("{issued_ms}.{}", hex32(&tag)))
 }
 
 /// Whether the request carries a live device cookie of `operator` (any of
@@ -123,7 +127,8 @@ fn is_known_device(headers: &HeaderMap, operator: Option<&Operator>, now: i64) -
     let Some(operator) = operator else {
         return false;
     };
-    device_cookies(headers).any(|token| device_token_valid(&token, operator, now))
+    session::cookie_values(headers, DEVICE_COOKIE)
+        .any(|token| device_token_valid(token, operator, now))
 }
 
 fn device_token_valid(token: &str, operator: &Operator, now: i64) -> bool {
@@ -136,27 +141,13 @@ fn device_token_valid(token: &str, operator: &Operator, now: i64) -> bool {
     let age_ok = now
         .checked_sub(issued_ms)
         .is_some_and(|age| (0..=DEVICE_LIFETIME_MS).contains(&age));
-    if !age_ok || hex.len() != 64 {
+    if !age_ok {
         return false;
     }
-    let tag: Option<Vec<u8>> = (0..32)
-        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect();
-    match (tag, device_mac(operator, issued_ms)) {
+    match (parse_hex32(hex), device_mac(operator, issued_ms)) {
         (Some(tag), Some(mac)) => mac.verify_slice(&tag).is_ok(),
         _ => false,
     }
-}
-
-fn device_cookies(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == DEVICE_COOKIE)
-        .map(|(_, value)| value.to_string())
 }
 
 fn device_set_cookie(operator: &Operator, now: i64, secure: bool) -> Option<HeaderValue> {

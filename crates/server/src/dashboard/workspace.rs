@@ -271,9 +271,8 @@ pub async fn change_plan(
         Ok(m) => m.into_iter().next(),
         Err(e) => return error_page(e.into()),
     };
-    let Some(membership) = membership.filter(|m| m.role == Role::Owner) else {
-        let body = "<div class=\"card narrow\"><h1>Owners only</h1><p>Only an owner can change the plan.</p></div>";
-        return html(
+    let forbidden = |body: &str| {
+        html(
             StatusCode::FORBIDDEN,
             page(
                 "Forbidden",
@@ -281,18 +280,16 @@ pub async fn change_plan(
                 Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
                 body,
             ),
+        )
+    };
+    let Some(membership) = membership.filter(|m| m.role == Role::Owner) else {
+        return forbidden(
+            "<div class=\"card narrow\"><h1>Owners only</h1><p>Only an owner can change the plan.</p></div>",
         );
     };
     if state.config.admin_token.is_some() {
-        let body = "<div class=\"card narrow\"><h1>Plan managed by the instance</h1><p>The plan of this workspace is managed by the operator of this Keyflow instance. Nothing was changed.</p></div>";
-        return html(
-            StatusCode::FORBIDDEN,
-            page(
-                "Forbidden",
-                "/plan",
-                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
-                body,
-            ),
+        return forbidden(
+            "<div class=\"card narrow\"><h1>Plan managed by the instance</h1><p>The plan of this workspace is managed by the operator of this Keyflow instance. Nothing was changed.</p></div>",
         );
     }
     let Some(plan) = form.get("plan").and_then(|p| Plan::parse(p)) else {

@@ -304,11 +304,7 @@ pub fn check_update(
     }
     let changed: Vec<Restriction> = Restriction::ALL
         .into_iter()
-        .filter(|r| {
-            let mut probe = key.settings.clone();
-            r.copy(settings, &mut probe);
-            probe != key.settings
-        })
+        .filter(|r| !r.same(&key.settings, settings))
         .collect();
     authority.check(settings, &changed)
 }

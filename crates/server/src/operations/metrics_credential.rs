@@ -69,21 +69,48 @@ fn target(id: &str) -> AuditTarget {
     }
 }
 
+/// A checked rotation: the credential being replaced (if any) and the
+/// allow-list a new one gets, from [`prepare_rotation`].
+pub struct Rotation {
+    previous: Option<MetricsCredential>,
+    bound: Vec<IpRule>,
+}
+
+/// Reads the current credential and checks that a caller whose own
+/// allow-list is `bound` (empty for operators and unrestricted keys) may
+/// replace it: no credential usable from outside `bound` is rotated (no
+/// escalation, SPEC §2). Handlers call it before spending quota.
+pub async fn prepare_rotation(
+    store: &dyn Store,
+    project: &Project,
+    bound: &[IpRule],
+) -> ApiResult<Rotation> {
+    let previous = store.metrics_credential(&project.id).await?;
+    if let Some(old) = &previous {
+        refuse_wider_allowlist(bound, &old.ip_allowlist)?;
+    }
+    Ok(Rotation {
+        previous,
+        bound: bound.to_vec(),
+    })
+}
+
 /// Creates the project's credential, or rotates it: a new id and secret
 /// replace the old ones (so tokens issued for the old id stop working), the
-/// stored allow-list is kept. Audited as `metrics_credential.created` /
+/// stored allow-list is kept (a new credential gets the caller's own, from
+/// the [`Rotation`]). Audited as `metrics_credential.created` /
 /// `.rotated` (two rotations racing may both name the same previous prefix;
 /// the stored result is still exactly one credential).
 pub async fn create_or_rotate(
     store: &dyn Store,
     bus: &dyn crate::changes::ChangeBus,
     project: &Project,
-    initial_allowlist: Vec<IpRule>,
+    rotation: Rotation,
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<IssuedCredential> {
-    let previous = store.metrics_credential(&project.id).await?;
+    let Rotation { previous, bound } = rotation;
     let id = generate_key(KeyType::Metrics, project.environment)
         .map_err(|e| ApiError::internal("credential id generation", &e))?
         .text;
@@ -93,8 +120,8 @@ pub async fn create_or_rotate(
         project_id: project.id.clone(),
         id,
         secret_digest: KeyDigest::of(&secret),
-        // A new credential's; a rotation keeps the stored one.
-        ip_allowlist: initial_allowlist,
+        // A new credential's: the caller's own; a rotation keeps the stored one.
+        ip_allowlist: bound,
         created_at: now,
         last_used_at: None,
     };
@@ -124,6 +151,19 @@ pub async fn create_or_rotate(
         project_id: project.id.clone(),
     });
     Ok(IssuedCredential { credential, secret })
+}
+
+/// `403` when `wanted` would let the credential be used from addresses the
+/// calling key's own allow-list (`bound`; empty: unrestricted) does not cover.
+pub fn refuse_wider_allowlist(bound: &[IpRule], wanted: &[IpRule]) -> ApiResult<()> {
+    if keyflow_core::restrictions::allowlist_covers(bound, wanted) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        keyflow_core::ErrorCode::InsufficientScope,
+        "A key with an IP allow-list cannot make the metrics credential usable from addresses outside it.",
+    )
+    .with_details(json!({"fields": [{"field": "ip_allowlist", "message": "must lie within the calling key's IP allow-list"}]})))
 }
 
 /// A validated change: `None` leaves a field as it is.
@@ -171,15 +211,20 @@ pub fn validate_change(
 
 /// Applies a validated change, audited as `metrics_credential.updated` with
 /// the changed field names. 404 when the project has no credential yet.
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     store: &dyn Store,
     bus: &dyn crate::changes::ChangeBus,
     project: &Project,
     change: &CredentialChange,
+    bound: &[IpRule],
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
 ) -> ApiResult<MetricsCredential> {
+    if let Some(rules) = &change.ip_allowlist {
+        refuse_wider_allowlist(bound, rules)?;
+    }
     let current = store
         .metrics_credential(&project.id)
         .await?
