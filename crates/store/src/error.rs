@@ -50,6 +50,15 @@ impl StoreError {
         }
     }
 
+    /// A failed write: a unique-constraint violation becomes `Conflict`
+    /// ("`what` already exists"); anything else stays as it was.
+    pub(crate) fn for_write(self, what: &str) -> Self {
+        match self {
+            Self::Database(e) => Self::from_write(e, what),
+            other => other,
+        }
+    }
+
     /// Whether the database is unreachable (503) rather than misbehaving (500).
     pub fn is_unavailable(&self) -> bool {
         match self {

@@ -8,7 +8,9 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::ingest_queue::{IngestJob, fail_all, submit};
 
-use crate::sql_store::{Migration, event_chunks, impl_sql_store};
+use crate::areas::events::{event_chunks, insert_events_sql, prepare_events};
+use crate::backend::{Backend, Migration};
+use crate::columns::EventRow;
 
 pub struct PostgresStore {
     pool: sqlx::PgPool,
@@ -22,60 +24,60 @@ const COMMITTERS: usize = 4;
 /// Rows per group commit at most, so one commit stays short.
 const MAX_ROWS_PER_COMMIT: usize = 2_000;
 
-impl PostgresStore {
-    const MIGRATIONS: &'static [Migration] = &[
-        Migration {
-            version: 1,
-            name: "0001_foundation",
-            sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
-        },
-        Migration {
-            version: 2,
-            name: "0002_customer_data",
-            sql: include_str!("../../migrations/postgres/0002_customer_data.sql"),
-        },
-        Migration {
-            version: 3,
-            name: "0003_sessions",
-            sql: include_str!("../../migrations/postgres/0003_sessions.sql"),
-        },
-        Migration {
-            version: 4,
-            name: "0004_key_usage",
-            sql: include_str!("../../migrations/postgres/0004_key_usage.sql"),
-        },
-        Migration {
-            version: 5,
-            name: "0005_project_settings",
-            sql: include_str!("../../migrations/postgres/0005_project_settings.sql"),
-        },
-        Migration {
-            version: 6,
-            name: "0006_metrics_credentials",
-            sql: include_str!("../../migrations/postgres/0006_metrics_credentials.sql"),
-        },
-        Migration {
-            version: 7,
-            name: "0007_events_by_project",
-            sql: include_str!("../../migrations/postgres/0007_events_by_project.sql"),
-        },
-        Migration {
-            version: 8,
-            name: "0008_events_contact_partial",
-            sql: include_str!("../../migrations/postgres/0008_events_contact_partial.sql"),
-        },
-        Migration {
-            version: 9,
-            name: "0009_key_rolled_at",
-            sql: include_str!("../../migrations/postgres/0009_key_rolled_at.sql"),
-        },
-        Migration {
-            version: crate::sql_store::CONTACT_EMAILS_NFC,
-            name: "0010_contact_emails_nfc",
-            sql: include_str!("../../migrations/postgres/0010_contact_emails_nfc.sql"),
-        },
-    ];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_foundation",
+        sql: include_str!("../../migrations/postgres/0001_foundation.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_customer_data",
+        sql: include_str!("../../migrations/postgres/0002_customer_data.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_sessions",
+        sql: include_str!("../../migrations/postgres/0003_sessions.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_key_usage",
+        sql: include_str!("../../migrations/postgres/0004_key_usage.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_project_settings",
+        sql: include_str!("../../migrations/postgres/0005_project_settings.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_metrics_credentials",
+        sql: include_str!("../../migrations/postgres/0006_metrics_credentials.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_events_by_project",
+        sql: include_str!("../../migrations/postgres/0007_events_by_project.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_events_contact_partial",
+        sql: include_str!("../../migrations/postgres/0008_events_contact_partial.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "0009_key_rolled_at",
+        sql: include_str!("../../migrations/postgres/0009_key_rolled_at.sql"),
+    },
+    Migration {
+        version: crate::areas::schema::CONTACT_EMAILS_NFC,
+        name: "0010_contact_emails_nfc",
+        sql: include_str!("../../migrations/postgres/0010_contact_emails_nfc.sql"),
+    },
+];
 
+impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
         // One plain connection first: a pool retries a failing connect until
         // its acquire timeout and then reports only "pool timed out".
@@ -111,15 +113,6 @@ impl PostgresStore {
         }
         Ok(Self { pool, ingest_queue })
     }
-
-    /// Several instances may start at once; a transaction-scoped advisory lock
-    /// makes them apply migrations one after another.
-    async fn lock_migrations(conn: &mut sqlx::PgConnection) -> Result<(), crate::StoreError> {
-        sqlx::query("SELECT pg_advisory_xact_lock(7231983)")
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
-    }
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,10 +145,27 @@ fn describe_connect_error(e: &sqlx::Error, url: &str) -> String {
     }
 }
 
-impl PostgresStore {
+impl Backend for PostgresStore {
+    type Db = sqlx::Postgres;
+    type WriteTx = sqlx::Transaction<'static, sqlx::Postgres>;
+    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
+
+    fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
     /// PostgreSQL transactions need nothing special to write.
-    async fn begin_write(&self) -> Result<WriteTx<'static>, sqlx::Error> {
-        self.pool.begin().await
+    async fn begin_write(&self) -> crate::StoreResult<Self::WriteTx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Several instances may start at once; a transaction-scoped advisory lock
+    /// makes them apply migrations one after another.
+    async fn lock_migrations(conn: &mut sqlx::PgConnection) -> crate::StoreResult<()> {
+        sqlx::query("SELECT pg_advisory_xact_lock(7231983)")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// Serialises membership changes of one workspace: under READ COMMITTED,
@@ -165,29 +175,12 @@ impl PostgresStore {
     async fn lock_workspace(
         conn: &mut sqlx::PgConnection,
         workspace_id: &str,
-    ) -> Result<(), crate::StoreError> {
+    ) -> crate::StoreResult<()> {
         sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR UPDATE")
             .bind(workspace_id)
             .execute(&mut *conn)
             .await?;
         Ok(())
-    }
-
-    /// Point reads have no shortcut on PostgreSQL: a query is a network round
-    /// trip either way (see the SQLite store's direct reader).
-    fn read_key_for_auth(
-        &self,
-        _digest: &keyflow_core::KeyDigest,
-    ) -> Option<crate::StoreResult<Option<crate::AuthKey>>> {
-        None
-    }
-
-    fn read_contact(
-        &self,
-        _project_id: &str,
-        _lookup: &keyflow_core::contacts::ContactLookup,
-    ) -> Option<crate::StoreResult<Option<crate::Contact>>> {
-        None
     }
 
     /// Concurrent requests each run their own transaction; PostgreSQL's row
@@ -209,7 +202,8 @@ impl PostgresStore {
         }
         let mut conn = self.pool.acquire().await?;
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let (outcomes, rows) = prepare_events(&mut tx, project_id, &events, now).await?;
+        let (outcomes, rows) =
+            prepare_events::<sqlx::Postgres>(&mut tx, project_id, &events, now).await?;
         insert_event_rows(&mut tx, &rows).await?;
         tx.commit().await?;
         Ok(outcomes)
@@ -292,8 +286,8 @@ async fn insert_event_rows<R: std::borrow::Borrow<EventRow>>(
     conn: &mut sqlx::PgConnection,
     rows: &[R],
 ) -> crate::StoreResult<()> {
-    for chunk in crate::sql_store::event_chunks(rows) {
-        let sql = crate::sql_store::insert_events_sql(chunk.len());
+    for chunk in event_chunks(rows) {
+        let sql = insert_events_sql(chunk.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             let r = r.borrow();
@@ -312,8 +306,3 @@ async fn insert_event_rows<R: std::borrow::Borrow<EventRow>>(
     }
     Ok(())
 }
-
-/// A transaction meant to write (see `impl_sql_store!`).
-type WriteTx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
-
-impl_sql_store!(PostgresStore, sqlx::Postgres, "postgres");

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::fail_all;
+use super::writer::fail_all;
+use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
+use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
-use crate::sql_store::{EVENT_CHUNKS, EventRow, event_chunks, insert_events_sql};
 
 pub(crate) struct DirectWriter {
     path: PathBuf,

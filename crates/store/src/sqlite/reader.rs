@@ -17,7 +17,7 @@ use keyflow_core::KeyDigest;
 use keyflow_core::contacts::{ContactFields, ContactLookup, email_key};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use crate::sql_store::{
+use crate::columns::{
     CONTACT_COLUMNS, KEY_COLUMNS, KeyRow, parse_environment, properties_from_column,
 };
 use crate::{AuthKey, Contact, StoreResult};

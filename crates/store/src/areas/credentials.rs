@@ -1,0 +1,116 @@
+//! The Metrics API credential of a project (one per project).
+
+use async_trait::async_trait;
+use keyflow_core::IpRule;
+
+use super::audit::commit_if;
+use crate::backend::{Backend, Run};
+use crate::columns::{CREDENTIAL_COLUMNS, CredentialRow, from_json, to_json};
+use crate::{AuditEntry, MetricsCredential, StoreResult};
+
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// The project's metrics credential, if one was ever created.
+    async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>>;
+    /// Creates the project's credential or replaces it (rotation: new id and
+    /// secret; the stored allow-list stays), with its audit entry, in one
+    /// transaction. Returns the credential as stored.
+    async fn put_metrics_credential(
+        &self,
+        credential: &MetricsCredential,
+        audit: &AuditEntry,
+    ) -> StoreResult<MetricsCredential>;
+    /// Changes the credential's allow-list and/or the project's metrics cache
+    /// TTL with one audit entry; `false` (nothing changed) if the project has
+    /// no credential.
+    async fn update_metrics_credential(
+        &self,
+        project_id: &str,
+        ip_allowlist: Option<&[IpRule]>,
+        cache_ttl_minutes: Option<i64>,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+}
+
+#[async_trait]
+impl<B: Backend> CredentialStore for B {
+    async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>> {
+        let mut conn = self.pool().acquire().await?;
+        let sql =
+            format!("SELECT {CREDENTIAL_COLUMNS} FROM metrics_credentials WHERE project_id = $1");
+        let row: Option<CredentialRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(project_id)
+            .optional(&mut conn)
+            .await?;
+        row.map(CredentialRow::into_model).transpose()
+    }
+
+    async fn put_metrics_credential(
+        &self,
+        c: &MetricsCredential,
+        audit: &AuditEntry,
+    ) -> StoreResult<MetricsCredential> {
+        let allowlist = to_json(&c.ip_allowlist)?;
+        let mut tx = self.begin_write().await?;
+        // A rotation keeps the stored allow-list (never the caller's copy,
+        // which a concurrent change may have made stale).
+        let (stored,): (String,) = sqlx::query::<B::Db>(
+            "INSERT INTO metrics_credentials (project_id, id, secret_digest, ip_allowlist, \
+             created_at, last_used_at) VALUES ($1, $2, $3, $4, $5, NULL) \
+             ON CONFLICT (project_id) DO UPDATE SET id = excluded.id, \
+             secret_digest = excluded.secret_digest, created_at = excluded.created_at, \
+             last_used_at = NULL RETURNING ip_allowlist",
+        )
+        .arg(&c.project_id)
+        .arg(&c.id)
+        .arg(c.secret_digest.to_hex())
+        .arg(allowlist)
+        .arg(c.created_at)
+        .one(&mut tx)
+        .await
+        .map_err(|e| e.for_write("metrics credential"))?;
+        commit_if::<B::Db>(tx, true, audit).await?;
+        Ok(MetricsCredential {
+            ip_allowlist: from_json("ip_allowlist", &stored)?,
+            last_used_at: None,
+            ..c.clone()
+        })
+    }
+
+    async fn update_metrics_credential(
+        &self,
+        project_id: &str,
+        ip_allowlist: Option<&[IpRule]>,
+        cache_ttl_minutes: Option<i64>,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool> {
+        let allowlist = ip_allowlist.map(to_json).transpose()?;
+        let mut tx = self.begin_write().await?;
+        // Write first: on SQLite a transaction that starts by reading cannot
+        // wait for the write lock (it fails with SQLITE_BUSY).
+        let changed = sqlx::query::<B::Db>(
+            "UPDATE metrics_credentials SET ip_allowlist = COALESCE($2, ip_allowlist) \
+             WHERE project_id = $1",
+        )
+        .arg(project_id)
+        .arg(allowlist)
+        .run(&mut tx)
+        .await?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        if let Some(ttl) = cache_ttl_minutes {
+            // The TTL is a project setting (also on /settings); keep its rate limit.
+            sqlx::query::<B::Db>(
+                "INSERT INTO project_settings (project_id, rate_limit, metrics_cache_ttl_minutes) \
+                 VALUES ($1, NULL, $2) ON CONFLICT (project_id) DO UPDATE SET \
+                 metrics_cache_ttl_minutes = excluded.metrics_cache_ttl_minutes",
+            )
+            .arg(project_id)
+            .arg(ttl)
+            .run(&mut tx)
+            .await?;
+        }
+        commit_if::<B::Db>(tx, true, audit).await
+    }
+}
