@@ -227,6 +227,12 @@ impl From<ApiError> for Failure {
     }
 }
 
+impl From<keyflow_server::operations::OpError> for Failure {
+    fn from(e: keyflow_server::operations::OpError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
 macro_rules! impl_failure_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Failure {

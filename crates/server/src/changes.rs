@@ -44,6 +44,11 @@ pub enum Change {
         project_id: String,
         contact_id: String,
     },
+    /// An operator joined a workspace, changed role in it, or left it.
+    MembershipChanged {
+        workspace_id: String,
+        operator_id: String,
+    },
 }
 
 type Listener = Box<dyn Fn(&Change) + Send + Sync>;
@@ -106,7 +111,8 @@ pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change)
         Change::MetricsCredentialChanged { .. }
         | Change::ContactCreated { .. }
         | Change::ContactUpdated { .. }
-        | Change::ContactDeleted { .. } => {}
+        | Change::ContactDeleted { .. }
+        | Change::MembershipChanged { .. } => {}
     }
 }
 

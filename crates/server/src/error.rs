@@ -108,6 +108,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::operations::OpError> for ApiError {
+    fn from(err: crate::operations::OpError) -> Self {
+        use crate::operations::OpError;
+        match err {
+            OpError::Refused {
+                code,
+                message,
+                details,
+            } => Self::new(code, message).with_details(details),
+            OpError::Store(e) => e.into(),
+            OpError::Internal { context, cause } => Self::internal(context, &cause),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())

@@ -33,6 +33,7 @@ fn kinds(seen: &Arc<Mutex<Vec<Change>>>) -> Vec<&'static str> {
             Change::ContactCreated { .. } => "contact_created",
             Change::ContactUpdated { .. } => "contact_updated",
             Change::ContactDeleted { .. } => "contact_deleted",
+            Change::MembershipChanged { .. } => "membership_changed",
         })
         .collect()
 }
@@ -164,7 +165,60 @@ async fn contact_writes_are_published(backend: Backend) {
     );
 }
 
+/// Members added, re-roled and removed are announced; refusals (a taken
+/// email, the last owner) are not.
+async fn membership_changes_are_published(backend: Backend) {
+    use keyflow_core::Role;
+    use keyflow_server::operations::tenancy::{self, MemberAuthority};
+    use keyflow_store::Actor;
+
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let seen = record(&app);
+    let path = format!("/admin/v1/workspaces/{}/operators", t.workspace_id);
+    let mut body = json!({"email": "m@x.io", "password": "correct horse battery", "role": "owner"});
+    for email in ["o@x.io", "m@x.io"] {
+        body["email"] = json!(email);
+        let added = app.admin(reqwest::Method::POST, &path, body.clone()).await;
+        assert_eq!(added.status, 201);
+    }
+    app.admin(reqwest::Method::POST, &path, body)
+        .await
+        .assert_error(409, "conflict");
+    let (store, bus) = (app.state.store.as_ref(), app.state.changes.as_ref());
+    let members = store.list_members(&t.workspace_id).await.unwrap();
+    let (member, _) = members.iter().find(|(o, _)| o.email == "m@x.io").unwrap();
+    let now = app.state.now_ms();
+    let (ws, actor) = (t.workspace_id.as_str(), &Actor::InstanceAdmin);
+    let authority = MemberAuthority::Instance;
+    tenancy::change_member_role(
+        store,
+        bus,
+        ws,
+        member,
+        Role::Owner,
+        Role::Admin,
+        authority,
+        actor,
+        now,
+    )
+    .await
+    .unwrap();
+    tenancy::remove_member(store, bus, ws, member, Role::Admin, authority, actor, now)
+        .await
+        .unwrap();
+    // The workspace's last owner stays.
+    let members = store.list_members(ws).await.unwrap();
+    let [(owner, m)] = members.as_slice() else {
+        panic!("one member left: {members:?}")
+    };
+    let refused = tenancy::remove_member(store, bus, ws, owner, m.role, authority, actor, now);
+    assert!(refused.await.is_err());
+    assert_eq!(kinds(&seen), vec!["membership_changed"; 4]);
+}
+
 backend_tests!(
     each_committed_change_is_published_once,
     contact_writes_are_published,
+    membership_changes_are_published,
 );

@@ -179,6 +179,7 @@ async fn create_operator(
         .ok_or_else(|| ApiError::field("password", "is required"))?;
     let created = tenancy::add_operator(
         state.store.as_ref(),
+        state.changes.as_ref(),
         &id,
         &email,
         password,

@@ -22,6 +22,7 @@ use super::{list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
+use crate::operations;
 use crate::state::SharedState;
 
 /// The checks every ingest path shares, in SPEC §2's order after the
@@ -72,25 +73,15 @@ pub async fn store_events(
     events: Vec<NewEvent>,
     single: bool,
 ) -> ApiResult<Vec<EventOutcome>> {
-    if events.is_empty() {
-        return Ok(Vec::new());
-    }
-    match state
-        .store
-        .ingest_events(caller.project_id(), events, state.now_ms())
-        .await
-    {
-        Ok(outcomes) => Ok(outcomes),
-        // The store names batch items (`events[0].contact_id`); a single
-        // event's field is just `contact_id`.
-        Err(keyflow_store::StoreError::Invalid(mut field)) if single => {
-            if let Some(rest) = field.field.strip_prefix("events[0].") {
-                field.field = rest.to_string();
-            }
-            Err(ApiError::validation(vec![field]))
-        }
-        Err(e) => Err(e.into()),
-    }
+    let project_id = caller.project_id();
+    Ok(operations::events::ingest(
+        state.store.as_ref(),
+        project_id,
+        events,
+        single,
+        state.now_ms(),
+    )
+    .await?)
 }
 
 #[utoipa::path(

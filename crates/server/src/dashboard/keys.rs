@@ -440,7 +440,8 @@ pub async fn create(
     {
         Ok(issued) => reveal(&ctx, &issued.key, &issued.secret),
         Err(e) => {
-            let form = new_key_form(&ctx, key_type, rows, &values, Some(&e.message));
+            let message = ApiError::from(e).message;
+            let form = new_key_form(&ctx, key_type, rows, &values, Some(&message));
             html(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ctx.render("Create API key", &form),
@@ -578,7 +579,7 @@ pub async fn act(
     match result {
         Ok(Some(issued)) => reveal(&ctx, &issued.key, &issued.secret),
         Ok(None) => Redirect::to(&format!("/keys?project={}", ctx.project.id)).into_response(),
-        Err(e) => error_page(e),
+        Err(e) => error_page(e.into()),
     }
 }
 
@@ -857,7 +858,7 @@ pub async fn edit(
     )
     .await
     {
-        return error_page(e);
+        return error_page(e.into());
     }
     Redirect::to(&format!("/keys/{}?project={}", key.id, ctx.project.id)).into_response()
 }

@@ -159,7 +159,7 @@ pub async fn rotate(
     let rotation =
         match credential_ops::prepare_rotation(state.store.as_ref(), &ctx.project, &[]).await {
             Ok(r) => r,
-            Err(e) => return error_page(e),
+            Err(e) => return error_page(e.into()),
         };
     let issued = match credential_ops::create_or_rotate(
         state.store.as_ref(),
@@ -173,7 +173,7 @@ pub async fn rotate(
     .await
     {
         Ok(i) => i,
-        Err(e) => return error_page(e),
+        Err(e) => return error_page(e.into()),
     };
     // The only page that ever shows the client secret.
     let body = format!(
@@ -248,7 +248,7 @@ pub async fn update(
     )
     .await
     {
-        return error_page(e);
+        return error_page(e.into());
     }
     Redirect::to(&format!("{PATH}?{}", ctx.project_q())).into_response()
 }

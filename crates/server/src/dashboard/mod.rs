@@ -344,7 +344,10 @@ async fn setup(
                 .await
                 .unwrap_or_else(error_page)
         }
-        Err(e) => setup_page(StatusCode::UNPROCESSABLE_ENTITY, &token, Some(&e.message)),
+        Err(e) => {
+            let message = ApiError::from(e).message;
+            setup_page(StatusCode::UNPROCESSABLE_ENTITY, &token, Some(&message))
+        }
     }
 }
 

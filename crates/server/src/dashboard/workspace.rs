@@ -101,9 +101,10 @@ pub async fn change_members(
     // The rules (only owners touch owners, never the last owner) live in
     // the operations; this page only picks the operation and shows its answer.
     let authority = tenancy::MemberAuthority::Member(ctx.membership.role);
-    let outcome: Result<(), crate::error::ApiError> = match (field("do"), role, target) {
+    let outcome: crate::operations::OpResult<()> = match (field("do"), role, target) {
         ("add", Some(role), _) => tenancy::add_operator(
             state.store.as_ref(),
+            state.changes.as_ref(),
             &workspace,
             field("email"),
             field("password").to_string(),
@@ -117,6 +118,7 @@ pub async fn change_members(
         ("role", Some(role), Some((op, m))) => {
             tenancy::change_member_role(
                 state.store.as_ref(),
+                state.changes.as_ref(),
                 &workspace,
                 op,
                 m.role,
@@ -130,6 +132,7 @@ pub async fn change_members(
         ("remove", _, Some((op, m))) => {
             tenancy::remove_member(
                 state.store.as_ref(),
+                state.changes.as_ref(),
                 &workspace,
                 op,
                 m.role,
@@ -139,12 +142,12 @@ pub async fn change_members(
             )
             .await
         }
-        _ => Err(crate::error::ApiError::new(
+        _ => Err(crate::operations::OpError::new(
             keyflow_core::ErrorCode::ValidationFailed,
             "That change is not valid (unknown member or role).",
         )),
     };
-    let outcome = outcome.map_err(|e| e.message);
+    let outcome = outcome.map_err(|e| crate::error::ApiError::from(e).message);
     match outcome {
         Ok(()) => Redirect::to("/members").into_response(),
         Err(message) => {
@@ -314,7 +317,7 @@ pub async fn change_plan(
     .await
     {
         Ok(_) => Redirect::to("/plan").into_response(),
-        Err(e) => error_page(e),
+        Err(e) => error_page(e.into()),
     }
 }
 
@@ -454,7 +457,7 @@ pub async fn save_settings(
     )
     .await
     {
-        return error_page(e);
+        return error_page(e.into());
     }
     Redirect::to(&format!("/settings?project={}", ctx.project.id)).into_response()
 }

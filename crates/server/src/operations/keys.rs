@@ -9,8 +9,8 @@ use keyflow_store::{Actor, ApiKey, AuditTarget, Project, Store, new_id};
 use serde_json::json;
 
 use super::audit_entry;
+use super::error::{OpError, OpResult};
 use crate::changes::{Change, ChangeBus};
-use crate::error::{ApiError, ApiResult};
 
 /// A key just minted: the stored record and the full text, shown once.
 pub struct IssuedKey {
@@ -42,9 +42,9 @@ fn mint(
     settings: KeySettings,
     actor: &Actor,
     now: UnixMillis,
-) -> ApiResult<IssuedKey> {
+) -> OpResult<IssuedKey> {
     let minted = generate_key(key_type, project.environment)
-        .map_err(|e| ApiError::internal("key generation", &e))?;
+        .map_err(|e| OpError::internal("key generation", &e))?;
     let key = ApiKey {
         id: new_id(),
         project_id: project.id.clone(),
@@ -114,10 +114,10 @@ impl KeyAuthority<'_> {
     }
 
     /// A key may act only on keys whose scopes are a subset of its own.
-    pub fn may_manage(&self, target: &ApiKey) -> ApiResult<()> {
+    pub fn may_manage(&self, target: &ApiKey) -> OpResult<()> {
         match self.key() {
             Some(caller) => refuse_escalation(target.scopes, caller.scopes).map_err(|_| {
-                ApiError::new(
+                OpError::new(
                     ErrorCode::InsufficientScope,
                     "A key may manage only keys whose scopes are a subset of its own.",
                 )
@@ -131,7 +131,7 @@ impl KeyAuthority<'_> {
 
     /// `settings` (for the `which` restrictions) must be no freer than the
     /// calling key, and any rate limit no higher than the plan's.
-    fn check(&self, settings: &KeySettings, which: &[Restriction]) -> ApiResult<()> {
+    fn check(&self, settings: &KeySettings, which: &[Restriction]) -> OpResult<()> {
         if let (Some(ceiling), Some(rl)) = (self.plan_limit(), settings.rate_limit)
             && which.contains(&Restriction::RateLimit)
             && !rl.at_most(ceiling)
@@ -146,7 +146,7 @@ impl KeyAuthority<'_> {
             return Ok(());
         }
         let names: Vec<&str> = looser.iter().map(|f| f.field.as_str()).collect();
-        Err(ApiError::new(
+        Err(OpError::new(
             ErrorCode::InsufficientScope,
             format!(
                 "A key cannot make a key freer than itself: {}.",
@@ -158,8 +158,8 @@ impl KeyAuthority<'_> {
 }
 
 /// `422` for a tenant rate limit above the plan's.
-pub fn above_plan(field: &str, ceiling: RateLimit) -> ApiError {
-    ApiError::field(
+pub fn above_plan(field: &str, ceiling: RateLimit) -> OpError {
+    OpError::field(
         field,
         format!(
             "must be at most the plan's limit of {} requests per {} s",
@@ -181,7 +181,7 @@ pub async fn create_key(
     authority: KeyAuthority<'_>,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<IssuedKey> {
+) -> OpResult<IssuedKey> {
     let spec = narrow_spec(spec, authority)?;
     let scopes = spec.scopes;
     let issued = mint(project, spec.key_type, scopes, spec.settings, actor, now)?;
@@ -206,7 +206,7 @@ pub async fn create_key(
 /// calling key's scopes and restrictions, what was named checked against
 /// them. Idempotent; handlers call it before spending quota, since a refusal
 /// is a 403 that must cost nothing.
-pub fn narrow_spec(mut spec: NewKeySpec, authority: KeyAuthority<'_>) -> ApiResult<NewKeySpec> {
+pub fn narrow_spec(mut spec: NewKeySpec, authority: KeyAuthority<'_>) -> OpResult<NewKeySpec> {
     if let Some(creator) = authority.key() {
         spec.scopes = resolve_scopes(spec.scopes, spec.given.scopes, Some(creator.scopes))?;
         for r in Restriction::ALL {
@@ -228,7 +228,7 @@ pub fn resolve_scopes(
     scopes: ScopeSet,
     requested: bool,
     creator: Option<ScopeSet>,
-) -> ApiResult<ScopeSet> {
+) -> OpResult<ScopeSet> {
     let Some(creator) = creator else {
         return Ok(scopes);
     };
@@ -238,7 +238,7 @@ pub fn resolve_scopes(
     }
     let narrowed = scopes.intersect(creator);
     if narrowed.is_empty() {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::InsufficientScope,
             "The calling key holds none of the scopes a key of this type may hold.",
         ));
@@ -246,12 +246,12 @@ pub fn resolve_scopes(
     Ok(narrowed)
 }
 
-pub fn refuse_escalation(wanted: ScopeSet, creator: ScopeSet) -> ApiResult<()> {
+pub fn refuse_escalation(wanted: ScopeSet, creator: ScopeSet) -> OpResult<()> {
     let missing = wanted.minus(creator);
     if missing.is_empty() {
         return Ok(());
     }
-    Err(ApiError::new(
+    Err(OpError::new(
         ErrorCode::InsufficientScope,
         format!(
             "A key cannot grant scopes it does not hold: {}.",
@@ -292,12 +292,12 @@ pub fn check_update(
     settings: &KeySettings,
     authority: KeyAuthority<'_>,
     now: UnixMillis,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     authority.may_manage(key)?;
     if settings.expires_at != key.settings.expires_at
         && expiry_is_final(&key.settings, key.rolled_at, now)
     {
-        return Err(ApiError::field(
+        return Err(OpError::field(
             "expires_at",
             "this key has expired or been rolled; its expiry is final (create a new key instead)",
         ));
@@ -323,7 +323,7 @@ pub async fn update_key(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     check_update(key, settings, authority, now)?;
     let changed = changed_fields(&key.settings, settings);
     let mut after = key.clone();
@@ -342,7 +342,7 @@ pub async fn update_key(
         .update_api_key_settings(&key.project_id, &key.id, key, settings, &entry)
         .await?
     {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "This API key was revoked or rolled meanwhile; read it again before changing it.",
         ));
@@ -362,7 +362,7 @@ pub async fn revoke_key(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<bool> {
+) -> OpResult<bool> {
     authority.may_manage(key)?;
     let entry = audit_entry(
         workspace_id,
@@ -389,16 +389,16 @@ pub fn successor_settings(
     old: &ApiKey,
     authority: KeyAuthority<'_>,
     now: UnixMillis,
-) -> ApiResult<KeySettings> {
+) -> OpResult<KeySettings> {
     authority.may_manage(old)?;
     if old.rolled_at.is_some() {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "This API key has already been rolled; roll its successor instead.",
         ));
     }
     if expiry_is_final(&old.settings, old.rolled_at, now) {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "This API key has expired and cannot be rolled; create a new key.",
         ));
@@ -432,7 +432,7 @@ pub async fn roll_key(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<IssuedKey> {
+) -> OpResult<IssuedKey> {
     let settings = successor_settings(old, authority, now)?;
     let issued = mint(project, old.key_type, old.scopes, settings, actor, now)?;
     let old_expires_at = now + grace_seconds * 1000;
@@ -455,7 +455,7 @@ pub async fn roll_key(
         .roll_api_key(&project.id, &old.id, old_expires_at, &issued.key, &entry)
         .await?
     {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "This API key is revoked or already rolled and cannot be rolled.",
         ));

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::audit_entry;
-use crate::error::{ApiError, ApiResult};
+use super::error::{OpError, OpResult};
 
 /// Length of a client secret: 43 base62 characters, over 256 bits.
 const SECRET_LEN: usize = 43;
@@ -84,7 +84,7 @@ pub async fn prepare_rotation(
     store: &dyn Store,
     project: &Project,
     bound: &[IpRule],
-) -> ApiResult<Rotation> {
+) -> OpResult<Rotation> {
     let previous = store.metrics_credential(&project.id).await?;
     if let Some(old) = &previous {
         refuse_wider_allowlist(bound, &old.ip_allowlist)?;
@@ -109,13 +109,13 @@ pub async fn create_or_rotate(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<IssuedCredential> {
+) -> OpResult<IssuedCredential> {
     let Rotation { previous, bound } = rotation;
     let id = generate_key(KeyType::Metrics, project.environment)
-        .map_err(|e| ApiError::internal("credential id generation", &e))?
+        .map_err(|e| OpError::internal("credential id generation", &e))?
         .text;
     let secret =
-        random_base62(SECRET_LEN).map_err(|e| ApiError::internal("secret generation", &e))?;
+        random_base62(SECRET_LEN).map_err(|e| OpError::internal("secret generation", &e))?;
     let credential = MetricsCredential {
         project_id: project.id.clone(),
         id,
@@ -155,11 +155,11 @@ pub async fn create_or_rotate(
 
 /// `403` when `wanted` would let the credential be used from addresses the
 /// calling key's own allow-list (`bound`; empty: unrestricted) does not cover.
-pub fn refuse_wider_allowlist(bound: &[IpRule], wanted: &[IpRule]) -> ApiResult<()> {
+pub fn refuse_wider_allowlist(bound: &[IpRule], wanted: &[IpRule]) -> OpResult<()> {
     if keyflow_core::restrictions::allowlist_covers(bound, wanted) {
         return Ok(());
     }
-    Err(ApiError::new(
+    Err(OpError::new(
         keyflow_core::ErrorCode::InsufficientScope,
         "A key with an IP allow-list cannot make the metrics credential usable from addresses outside it.",
     )
@@ -221,14 +221,14 @@ pub async fn update(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<MetricsCredential> {
+) -> OpResult<MetricsCredential> {
     if let Some(rules) = &change.ip_allowlist {
         refuse_wider_allowlist(bound, rules)?;
     }
     let current = store
         .metrics_credential(&project.id)
         .await?
-        .ok_or_else(|| ApiError::not_found("metrics credential"))?;
+        .ok_or_else(|| OpError::not_found("metrics credential"))?;
     let mut fields = Vec::new();
     if change.ip_allowlist.is_some() {
         fields.push("ip_allowlist");
@@ -258,7 +258,7 @@ pub async fn update(
         )
         .await?;
     if !updated {
-        return Err(ApiError::not_found("metrics credential"));
+        return Err(OpError::not_found("metrics credential"));
     }
     bus.publish(crate::changes::Change::MetricsCredentialChanged {
         project_id: project.id.clone(),

@@ -2,9 +2,13 @@
 //! the Store and write the audit trail; callers own caches and HTTP.
 
 pub mod contacts;
+mod error;
+pub mod events;
 pub mod keys;
 pub mod metrics_credential;
 pub mod tenancy;
+
+pub use error::{OpError, OpResult};
 
 use keyflow_core::clock::UnixMillis;
 use keyflow_store::{Actor, AuditEntry, AuditTarget, new_id};

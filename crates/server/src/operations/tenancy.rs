@@ -8,15 +8,15 @@ use keyflow_store::{Actor, AuditTarget, Membership, Operator, Project, Store, Wo
 use serde_json::json;
 
 use super::audit_entry;
-use crate::error::{ApiError, ApiResult};
+use super::error::{OpError, OpResult};
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
-pub fn check_name(field: &str, name: &str) -> ApiResult<String> {
+pub fn check_name(field: &str, name: &str) -> OpResult<String> {
     let name = name.trim();
     let chars = name.chars().count();
     if chars == 0 || chars > 100 || keyflow_core::text::has_forbidden_name_chars(name) {
-        return Err(ApiError::field(
+        return Err(OpError::field(
             field,
             "must be 1 to 100 printable characters",
         ));
@@ -24,7 +24,7 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<String> {
     Ok(name.to_string())
 }
 
-pub fn check_email(email: &str) -> ApiResult<String> {
+pub fn check_email(email: &str) -> OpResult<String> {
     let email = keyflow_core::text::nfc_email(email).to_lowercase();
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
@@ -32,7 +32,7 @@ pub fn check_email(email: &str) -> ApiResult<String> {
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid {
-        return Err(ApiError::field(
+        return Err(OpError::field(
             "email",
             "must be an email address like ops@example.com",
         ));
@@ -47,9 +47,9 @@ static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HASHI
 
 /// Argon2id with the crate's defaults (19 MiB, 2 passes), off the async
 /// threads, waiting its turn among [`HASHING_PERMITS`].
-pub async fn hash_password(password: String) -> ApiResult<String> {
+pub async fn hash_password(password: String) -> OpResult<String> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
-        return Err(ApiError::field(
+        return Err(OpError::field(
             "password",
             format!("must be at least {MIN_PASSWORD_CHARS} characters"),
         ));
@@ -57,21 +57,21 @@ pub async fn hash_password(password: String) -> ApiResult<String> {
     let _permit = HASHING
         .acquire()
         .await
-        .map_err(|e| ApiError::internal("password hashing permit", &e))?;
+        .map_err(|e| OpError::internal("password hashing permit", &e))?;
     tokio::task::spawn_blocking(move || hash_now(&password))
         .await
-        .map_err(|e| ApiError::internal("password hashing task", &e))?
+        .map_err(|e| OpError::internal("password hashing task", &e))?
 }
 
-fn hash_now(password: &str) -> ApiResult<String> {
+fn hash_now(password: &str) -> OpResult<String> {
     let mut salt_bytes = [0u8; 16];
-    getrandom::fill(&mut salt_bytes).map_err(|e| ApiError::internal("random salt", &e))?;
+    getrandom::fill(&mut salt_bytes).map_err(|e| OpError::internal("random salt", &e))?;
     let salt =
-        SaltString::encode_b64(&salt_bytes).map_err(|e| ApiError::internal("salt encoding", &e))?;
+        SaltString::encode_b64(&salt_bytes).map_err(|e| OpError::internal("salt encoding", &e))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ApiError::internal("password hashing", &e))
+        .map_err(|e| OpError::internal("password hashing", &e))
 }
 
 /// A hash of a random password, verified against when an email is unknown so
@@ -120,7 +120,7 @@ pub async fn create_workspace(
     name: &str,
     plan: Plan,
     now: UnixMillis,
-) -> ApiResult<Workspace> {
+) -> OpResult<Workspace> {
     let workspace = Workspace {
         id: new_id(),
         name: check_name("name", name)?,
@@ -137,9 +137,9 @@ pub async fn create_project(
     name: &str,
     environment: Environment,
     now: UnixMillis,
-) -> ApiResult<Project> {
+) -> OpResult<Project> {
     if store.get_workspace(workspace_id).await?.is_none() {
-        return Err(ApiError::not_found("workspace"));
+        return Err(OpError::not_found("workspace"));
     }
     let project = Project {
         id: new_id(),
@@ -175,20 +175,21 @@ impl MemberAuthority {
     }
 }
 
-fn owners_only(what: &str) -> ApiError {
-    ApiError::new(
+fn owners_only(what: &str) -> OpError {
+    OpError::new(
         ErrorCode::InsufficientScope,
         format!("Only owners can {what}."),
     )
 }
 
-fn last_owner() -> ApiError {
-    ApiError::new(ErrorCode::Conflict, "A workspace needs at least one owner.")
+fn last_owner() -> OpError {
+    OpError::new(ErrorCode::Conflict, "A workspace needs at least one owner.")
 }
 
 #[allow(clippy::too_many_arguments)]
 pub async fn add_operator(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     workspace_id: &str,
     email: &str,
     password: String,
@@ -196,16 +197,16 @@ pub async fn add_operator(
     authority: MemberAuthority,
     actor: &Actor,
     now: UnixMillis,
-) -> ApiResult<NewOperator> {
+) -> OpResult<NewOperator> {
     if role == Role::Owner && !authority.may_touch_owners() {
         return Err(owners_only("add owners"));
     }
     if store.get_workspace(workspace_id).await?.is_none() {
-        return Err(ApiError::not_found("workspace"));
+        return Err(OpError::not_found("workspace"));
     }
     let email = check_email(email)?;
     if store.find_operator_by_email(&email).await?.is_some() {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "An operator with this email already exists.",
         ));
@@ -239,6 +240,7 @@ pub async fn add_operator(
     store
         .create_operator(&operator, &membership, Some(&entry))
         .await?;
+    bus.publish(membership_changed(workspace_id, &operator.id));
     Ok(NewOperator {
         operator,
         membership,
@@ -255,9 +257,9 @@ pub async fn change_plan(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<(Workspace, Plan)> {
+) -> OpResult<(Workspace, Plan)> {
     let Some(workspace) = store.get_workspace(workspace_id).await? else {
-        return Err(ApiError::not_found("workspace"));
+        return Err(OpError::not_found("workspace"));
     };
     let entry = audit_entry(
         workspace_id,
@@ -276,7 +278,7 @@ pub async fn change_plan(
     let previous = store
         .set_workspace_plan(workspace_id, plan, &entry)
         .await?
-        .ok_or_else(|| ApiError::not_found("workspace"))?;
+        .ok_or_else(|| OpError::not_found("workspace"))?;
     bus.publish(crate::changes::Change::PlanChanged {
         workspace_id: workspace_id.to_string(),
     });
@@ -289,6 +291,7 @@ pub async fn change_plan(
 #[allow(clippy::too_many_arguments)]
 pub async fn change_member_role(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     workspace_id: &str,
     member: &Operator,
     current: Role,
@@ -296,7 +299,7 @@ pub async fn change_member_role(
     authority: MemberAuthority,
     actor: &Actor,
     now: UnixMillis,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     if (current == Role::Owner || role == Role::Owner) && !authority.may_touch_owners() {
         return Err(owners_only("change who is an owner"));
     }
@@ -316,19 +319,22 @@ pub async fn change_member_role(
     {
         return Err(last_owner());
     }
+    bus.publish(membership_changed(workspace_id, &member.id));
     Ok(())
 }
 
 /// Removes a member: only owners remove owners; never the last owner.
+#[allow(clippy::too_many_arguments)]
 pub async fn remove_member(
     store: &dyn Store,
+    bus: &dyn crate::changes::ChangeBus,
     workspace_id: &str,
     member: &Operator,
     current: Role,
     authority: MemberAuthority,
     actor: &Actor,
     now: UnixMillis,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     if current == Role::Owner && !authority.may_touch_owners() {
         return Err(owners_only("remove an owner"));
     }
@@ -348,7 +354,15 @@ pub async fn remove_member(
     {
         return Err(last_owner());
     }
+    bus.publish(membership_changed(workspace_id, &member.id));
     Ok(())
+}
+
+fn membership_changed(workspace_id: &str, operator_id: &str) -> crate::changes::Change {
+    crate::changes::Change::MembershipChanged {
+        workspace_id: workspace_id.to_string(),
+        operator_id: operator_id.to_string(),
+    }
 }
 
 fn member_target(member: &Operator) -> AuditTarget {
@@ -369,7 +383,7 @@ pub async fn change_project_settings(
     actor: &Actor,
     ip: Option<String>,
     now: UnixMillis,
-) -> ApiResult<()> {
+) -> OpResult<()> {
     let entry = audit_entry(
         &project.workspace_id,
         Some(&project.id),
@@ -413,11 +427,11 @@ pub async fn bootstrap(
     environment: Environment,
     plan: Plan,
     now: UnixMillis,
-) -> ApiResult<Bootstrap> {
+) -> OpResult<Bootstrap> {
     let email = check_email(email)?;
     let password_hash = hash_password(password).await?;
     if store.find_operator_by_email(&email).await?.is_some() {
-        return Err(ApiError::new(
+        return Err(OpError::new(
             ErrorCode::Conflict,
             "An operator with this email already exists.",
         ));
