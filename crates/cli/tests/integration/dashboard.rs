@@ -328,7 +328,7 @@ async fn pages_escape_user_text_and_send_security_headers(backend: Backend) {
     let activity = get_page(&app, "/activity", Some(&cookie)).await;
     let page = text(&activity);
     assert!(
-        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
         "{page}"
     );
     assert!(!page.contains("<script>alert(1)"));
@@ -725,7 +725,7 @@ mod keys_pages {
             )
             .await,
         );
-        assert!(page.contains("web &lt;prod&gt;") && !page.contains("web <prod>"));
+        assert!(page.contains("web &#60;prod&#62;") && !page.contains("web <prod>"));
         assert!(
             text(&get_page(&app, "/activity", Some(&cookie)).await).contains("api_key.updated")
         );
@@ -960,7 +960,7 @@ mod keys_pages {
         // A member may browse data.
         let cookie = sign_in(&app, "viewer@acme.io").await;
         let list = text(&get_page(&app, "/contacts", Some(&cookie)).await);
-        assert!(list.contains("ada@x.io") && list.contains("&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(list.contains("ada@x.io") && list.contains("&#60;img src=x onerror=alert(1)&#62;"));
         assert!(!list.contains("<img src=x"));
         let search = text(&get_page(&app, "/contacts?email=ADA%40x.io", Some(&cookie)).await);
         assert!(search.contains("ada@x.io"));
@@ -968,10 +968,10 @@ mod keys_pages {
         assert!(none.contains("No contacts."));
         let detail = text(&get_page(&app, &format!("/contacts/{id}"), Some(&cookie)).await);
         assert!(
-            detail.contains("&lt;script&gt;alert(2)&lt;/script&gt;")
+            detail.contains("&#60;script&#62;alert(2)&#60;/script&#62;")
                 && !detail.contains("<script>alert(2)")
         );
-        assert!(detail.contains("&lt;b&gt;clicked&lt;/b&gt;"));
+        assert!(detail.contains("&#60;b&#62;clicked&#60;/b&#62;"));
         let events = text(&get_page(&app, "/events?name=other", Some(&cookie)).await);
         assert!(events.contains("other") && !events.contains("clicked"));
         assert_eq!(
@@ -1174,7 +1174,7 @@ mod keys_pages {
             )
             .await,
         );
-        assert!(shown.contains("&lt;b&gt;office&lt;/b&gt;") && !shown.contains("<b>office"));
+        assert!(shown.contains("&#60;b&#62;office&#60;/b&#62;") && !shown.contains("<b>office"));
 
         // Bad input: a message, nothing changed.
         let refused = post_form(

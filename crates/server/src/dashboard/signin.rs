@@ -17,14 +17,15 @@ use std::collections::HashMap;
 use axum::Form;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use keyflow_core::RateLimit;
 use keyflow_core::keys::{hex32, parse_hex32};
 use keyflow_store::Operator;
 use sha2::Sha256;
 
-use super::{error_page, refused_cross_site, session, signin_page, start_session};
+use super::page::PageError;
+use super::{session, signin_page, start_session};
 use crate::limits::LocalRateLimiter;
 use crate::operations::tenancy;
 use crate::state::SharedState;
@@ -189,7 +190,7 @@ pub async fn signin(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if !session::same_origin(&headers) {
-        return refused_cross_site();
+        return PageError::CrossSite.into_response();
     }
     let raw_email = form.get("email").map(String::as_str).unwrap_or_default();
     let Some(email) = normalised_email(raw_email) else {
@@ -231,7 +232,7 @@ pub async fn signin(
         Ok(op) => op,
         Err(e) => {
             throttle.refund_all(&charges, now);
-            return error_page(e.into());
+            return PageError::from(e).into_response();
         }
     };
     // The account-wide bucket, unless this browser signed in to it before.
@@ -253,7 +254,7 @@ pub async fn signin(
             let mut response =
                 match start_session(&state, &headers, &op, ip.map(|i| i.to_string())).await {
                     Ok(r) => r,
-                    Err(e) => return error_page(e),
+                    Err(e) => return PageError::from(e).into_response(),
                 };
             if let Some(cookie) = device_set_cookie(&op, now, session::is_https(&headers)) {
                 response.headers_mut().append(header::SET_COOKIE, cookie);

@@ -2,462 +2,353 @@
 //! only owners change the plan.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 
-use axum::Form;
+use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::timefmt::format_rfc3339;
-use keyflow_core::{Plan, Role};
-use keyflow_store::Actor;
+use keyflow_core::{Plan, RateLimit, Role};
+use keyflow_store::{Membership, Operator, ProjectSettings, Workspace};
 
-use super::html::{error_box, escape, page};
-use super::keys::{manager, manager_post};
-use super::session;
-use super::{error_page, html, refused_cross_site};
-use crate::operations::tenancy;
+use super::activity::Choice;
+use super::extract::{Manager, ManagerForm, Viewer};
+use super::page::{Chrome, PageError, PageResult, refusal, render};
+use crate::error::ApiError;
+use crate::operations::{OpError, OpResult, tenancy};
 use crate::state::SharedState;
 
-fn members_body(
-    csrf: &str,
-    members: &[(keyflow_store::Operator, keyflow_store::Membership)],
+struct MemberRow {
+    id: String,
+    email: String,
+    roles: Vec<Choice>,
+    since: String,
+}
+
+#[derive(Template)]
+#[template(path = "members.html")]
+struct MembersPage<'a> {
+    chrome: Chrome,
+    csrf: &'a str,
+    members: Vec<MemberRow>,
+    message: Option<&'a str>,
+}
+
+fn members_page(
+    viewer: &Viewer,
+    status: StatusCode,
+    members: &[(Operator, Membership)],
     message: Option<&str>,
-) -> String {
-    let mut body = format!(
-        "<div class=\"card\"><h1>Members</h1>{}<table><thead><tr><th>Email</th><th>Role</th><th>Since</th><th></th></tr></thead><tbody>",
-        error_box(message)
-    );
-    for (op, m) in members {
-        let mut options = String::new();
-        for role in Role::ALL {
-            let selected = if role == m.role { " selected" } else { "" };
-            let _ = write!(options, "<option{selected}>{}</option>", role.as_str());
-        }
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td><form method=\"post\" action=\"/members\" class=\"row\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"operator\" value=\"{id}\">\
-             <select name=\"role\" aria-label=\"Role of {email}\">{options}</select><button type=\"submit\" name=\"do\" value=\"role\">Change</button></form></td>\
-             <td>{}</td><td><form method=\"post\" action=\"/members\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <input type=\"hidden\" name=\"operator\" value=\"{id}\"><button type=\"submit\" name=\"do\" value=\"remove\" class=\"danger\">Remove</button></form></td></tr>",
-            escape(&op.email),
-            format_rfc3339(m.created_at),
-            csrf = escape(csrf),
-            id = escape(&op.id),
-            email = escape(&op.email),
-        );
-    }
-    let _ = write!(
-        body,
-        "</tbody></table><h2>Add a member</h2><form method=\"post\" action=\"/members\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"do\" value=\"add\">\
-         <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" required>\
-         <label for=\"password\">Initial password (8 characters or more)</label><input id=\"password\" name=\"password\" type=\"password\" minlength=\"8\" required>\
-         <label for=\"role\">Role</label><select id=\"role\" name=\"role\"><option>member</option><option>admin</option><option>owner</option></select>\
-         <button type=\"submit\">Add member</button></form></div>",
-        escape(csrf)
-    );
-    body
-}
-
-pub async fn members(State(state): State<SharedState>, headers: HeaderMap) -> Response {
-    let ctx = match manager(&state, &headers, None).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match state.store.list_members(&ctx.membership.workspace_id).await {
-        Ok(list) => {
-            let body = members_body(&ctx.signed_in.session.csrf_token, &list, None);
-            html(StatusCode::OK, ctx.render_at("/members", "Members", &body))
-        }
-        Err(e) => error_page(e.into()),
-    }
-}
-
-pub async fn change_members(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    // Members forms carry no `project`: the workspace's first one, as before.
-    let ctx = match manager_post(&state, &headers, &form).await {
-        Ok(c) => c,
-        Err(r) => return r,
+    let rows = members
+        .iter()
+        .map(|(op, m)| MemberRow {
+            id: op.id.clone(),
+            email: op.email.clone(),
+            roles: Role::ALL
+                .into_iter()
+                .map(|r| Choice {
+                    value: r.as_str(),
+                    selected: r == m.role,
+                })
+                .collect(),
+            since: format_rfc3339(m.created_at),
+        })
+        .collect();
+    let page = MembersPage {
+        chrome: viewer.chrome("/members", "Members"),
+        csrf: viewer.csrf(),
+        members: rows,
+        message,
     };
-    let workspace = ctx.membership.workspace_id.clone();
-    let actor = Actor::Operator {
-        id: ctx.signed_in.operator.id.clone(),
-        email: ctx.signed_in.operator.email.clone(),
-    };
-    let now = state.now_ms();
-    let members = match state.store.list_members(&workspace).await {
-        Ok(m) => m,
-        Err(e) => return error_page(e.into()),
-    };
-    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let role = Role::parse(field("role"));
-    let target = members.iter().find(|(op, _)| op.id == field("operator"));
-    // The rules (only owners touch owners, never the last owner) live in
-    // the operations; this page only picks the operation and shows its answer.
-    let authority = tenancy::MemberAuthority::Member(ctx.membership.role);
-    let outcome: crate::operations::OpResult<()> = match (field("do"), role, target) {
-        ("add", Some(role), _) => tenancy::add_operator(
-            state.store.as_ref(),
-            state.changes.as_ref(),
-            &workspace,
-            field("email"),
-            field("password").to_string(),
-            role,
-            authority,
-            &actor,
-            now,
-        )
-        .await
-        .map(|_| ()),
+    render(status, &page)
+}
+
+pub async fn members(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
+    let list = state.store.list_members(viewer.workspace_id()).await?;
+    Ok(members_page(&viewer, StatusCode::OK, &list, None))
+}
+
+/// Add, change the role of, or remove a member. The rules (only owners touch
+/// owners, never the last owner) live in the operations; this page only
+/// picks the operation and shows its answer.
+pub async fn change_members(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
+    let viewer = &form.viewer;
+    let workspace = viewer.workspace_id();
+    let members = state.store.list_members(workspace).await?;
+    let role = Role::parse(form.field("role"));
+    let target = members
+        .iter()
+        .find(|(op, _)| op.id == form.field("operator"));
+    let authority = tenancy::MemberAuthority::Member(viewer.membership.role);
+    let (store, bus, actor, now) = (
+        state.store.as_ref(),
+        state.changes.as_ref(),
+        &viewer.actor(),
+        state.now_ms(),
+    );
+    let outcome: OpResult<()> = match (form.field("do"), role, target) {
+        ("add", Some(role), _) => {
+            let (email, password) = (form.field("email"), form.field("password").to_string());
+            let added = tenancy::add_operator(
+                store, bus, workspace, email, password, role, authority, actor, now,
+            );
+            added.await.map(|_| ())
+        }
         ("role", Some(role), Some((op, m))) => {
-            tenancy::change_member_role(
-                state.store.as_ref(),
-                state.changes.as_ref(),
-                &workspace,
-                op,
-                m.role,
-                role,
-                authority,
-                &actor,
-                now,
-            )
-            .await
+            let changed = tenancy::change_member_role(
+                store, bus, workspace, op, m.role, role, authority, actor, now,
+            );
+            changed.await
         }
         ("remove", _, Some((op, m))) => {
-            tenancy::remove_member(
-                state.store.as_ref(),
-                state.changes.as_ref(),
-                &workspace,
-                op,
-                m.role,
-                authority,
-                &actor,
-                now,
-            )
-            .await
+            let removed =
+                tenancy::remove_member(store, bus, workspace, op, m.role, authority, actor, now);
+            removed.await
         }
-        _ => Err(crate::operations::OpError::new(
+        _ => Err(OpError::new(
             keyflow_core::ErrorCode::ValidationFailed,
             "That change is not valid (unknown member or role).",
         )),
     };
-    let outcome = outcome.map_err(|e| crate::error::ApiError::from(e).message);
     match outcome {
-        Ok(()) => Redirect::to("/members").into_response(),
-        Err(message) => {
-            let list = state
-                .store
-                .list_members(&workspace)
-                .await
-                .unwrap_or(members);
-            let body = members_body(&ctx.signed_in.session.csrf_token, &list, Some(&message));
-            html(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ctx.render_at("/members", "Members", &body),
-            )
+        Ok(()) => Ok(Redirect::to("/members").into_response()),
+        Err(e) => {
+            let list = state.store.list_members(workspace).await.unwrap_or(members);
+            let message = refusal(e);
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(members_page(viewer, status, &list, Some(&message)))
         }
     }
+}
+
+/// What the plan page offers the viewer.
+enum PlanControl {
+    /// The plan is set by the instance's operator (admin API): read-only.
+    ManagedByInstance,
+    /// An admin: may look, not change.
+    OwnersOnly,
+    /// An owner: a preview of the chosen plan, then the change.
+    Change { preview: Option<PlanPreview> },
+}
+
+struct PlanPreview {
+    target: &'static str,
+    effect: String,
+}
+
+#[derive(Template)]
+#[template(path = "plan.html")]
+struct PlanPage<'a> {
+    chrome: Chrome,
+    workspace: &'a Workspace,
+    control: PlanControl,
+    plans: Vec<&'static str>,
+    csrf: &'a str,
 }
 
 /// `/plan`: the plan, and for owners a form to change it with a preview of
 /// how many keys a downgrade below pro suspends.
 pub async fn plan(
+    Manager(viewer): Manager,
     State(state): State<SharedState>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    // Owners and admins see the plan (members get a 403 page); owners change it.
-    let signed_in = match manager(&state, &headers, None).await {
-        Ok(ctx) => ctx.signed_in,
-        Err(r) => return r,
-    };
-    let render = async {
-        let membership = state
-            .store
-            .list_memberships(&signed_in.operator.id)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| crate::error::ApiError::not_found("workspace"))?;
-        let workspace = state
-            .store
-            .get_workspace(&membership.workspace_id)
-            .await?
-            .ok_or_else(|| crate::error::ApiError::not_found("workspace"))?;
-        let active = state
-            .store
-            .count_active_keys(&workspace.id, state.now_ms())
-            .await?;
-        let mut body = format!(
-            "<div class=\"card\"><h1>Plan</h1><p>Workspace <strong>{}</strong> is on the <strong>{}</strong> plan. API access needs pro or team.</p>",
-            escape(&workspace.name),
-            workspace.plan.as_str()
-        );
-        if state.config.admin_token.is_some() {
-            // The instance is run for customers whose billing decides their
-            // plan (SPEC §1): read-only here.
-            body.push_str("<p class=\"muted\">The plan is managed by the operator of this Keyflow instance.</p>");
-        } else if membership.role == Role::Owner {
-            let _ = write!(
-                body,
-                "<form method=\"get\" action=\"/plan\" class=\"row\"><select name=\"preview\" aria-label=\"New plan\">"
-            );
-            for p in Plan::ALL {
-                let _ = write!(body, "<option>{}</option>", p.as_str());
+) -> PageResult {
+    let workspace = state
+        .store
+        .get_workspace(viewer.workspace_id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace"))?;
+    let control = if state.config.admin_token.is_some() {
+        PlanControl::ManagedByInstance
+    } else if viewer.membership.role != Role::Owner {
+        PlanControl::OwnersOnly
+    } else {
+        let preview = match query.get("preview").and_then(|p| Plan::parse(p)) {
+            Some(target) => {
+                let active = state
+                    .store
+                    .count_active_keys(&workspace.id, state.now_ms())
+                    .await?;
+                Some(PlanPreview {
+                    target: target.as_str(),
+                    effect: downgrade_effect(workspace.plan, target, active),
+                })
             }
-            body.push_str("</select><button type=\"submit\">Preview</button></form>");
-            if let Some(target) = query.get("preview").and_then(|p| Plan::parse(p)) {
-                let effect = if !target.allows_api() && workspace.plan.allows_api() {
-                    format!(
-                        "{active} active API keys will be suspended: every request with them gets 403 feature_not_allowed until the plan allows API access again."
-                    )
-                } else if target.allows_api() && !workspace.plan.allows_api() {
-                    format!("{active} active API keys will work again at once.")
-                } else {
-                    "No API key changes.".to_string()
-                };
-                let _ = write!(
-                    body,
-                    "<p class=\"warning\">Changing to <strong>{}</strong>: {}</p><form method=\"post\" action=\"/plan\">\
-                     <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"plan\" value=\"{}\">\
-                     <button type=\"submit\">Change plan to {}</button></form>",
-                    target.as_str(),
-                    escape(&effect),
-                    escape(&signed_in.session.csrf_token),
-                    target.as_str(),
-                    target.as_str()
-                );
-            }
-        } else {
-            body.push_str("<p class=\"muted\">Only owners can change the plan.</p>");
-        }
-        body.push_str("</div>");
-        Ok::<_, crate::error::ApiError>(body)
+            None => None,
+        };
+        PlanControl::Change { preview }
     };
-    match render.await {
-        Ok(body) => html(
-            StatusCode::OK,
-            page(
-                "Plan",
-                "/plan",
-                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
-                &body,
-            ),
-        ),
-        Err(e) => error_page(e),
+    let page = PlanPage {
+        chrome: viewer.chrome("/plan", "Plan"),
+        workspace: &workspace,
+        control,
+        plans: Plan::ALL.map(Plan::as_str).to_vec(),
+        csrf: viewer.csrf(),
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// What changing from `from` to `to` does to the workspace's `active` keys.
+fn downgrade_effect(from: Plan, to: Plan, active: i64) -> String {
+    if !to.allows_api() && from.allows_api() {
+        format!(
+            "{active} active API keys will be suspended: every request with them gets 403 \
+             feature_not_allowed until the plan allows API access again."
+        )
+    } else if to.allows_api() && !from.allows_api() {
+        format!("{active} active API keys will work again at once.")
+    } else {
+        "No API key changes.".to_string()
     }
 }
 
-pub async fn change_plan(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if !session::same_origin(&headers) {
-        return refused_cross_site();
+pub async fn change_plan(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
+    let viewer = &form.viewer;
+    if viewer.membership.role != Role::Owner {
+        return Err(PageError::Forbidden {
+            chrome: viewer.chrome("/plan", "Forbidden"),
+            heading: "Owners only",
+            text: "Only an owner can change the plan.",
+        });
     }
-    let signed_in = match session::current(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return Redirect::to("/signin").into_response(),
-        Err(e) => return error_page(e),
-    };
-    if !session::csrf_ok(&signed_in.session, form.get("csrf").map(String::as_str)) {
-        return refused_cross_site();
-    }
-    let membership = match state.store.list_memberships(&signed_in.operator.id).await {
-        Ok(m) => m.into_iter().next(),
-        Err(e) => return error_page(e.into()),
-    };
-    let forbidden = |body: &str| {
-        html(
-            StatusCode::FORBIDDEN,
-            page(
-                "Forbidden",
-                "/plan",
-                Some((&signed_in.operator.email, &signed_in.session.csrf_token)),
-                body,
-            ),
-        )
-    };
-    let Some(membership) = membership.filter(|m| m.role == Role::Owner) else {
-        return forbidden(
-            "<div class=\"card narrow\"><h1>Owners only</h1><p>Only an owner can change the plan.</p></div>",
-        );
-    };
     if state.config.admin_token.is_some() {
-        return forbidden(
-            "<div class=\"card narrow\"><h1>Plan managed by the instance</h1><p>The plan of this workspace is managed by the operator of this Keyflow instance. Nothing was changed.</p></div>",
-        );
+        return Err(PageError::Forbidden {
+            chrome: viewer.chrome("/plan", "Forbidden"),
+            heading: "Plan managed by the instance",
+            text: "The plan of this workspace is managed by the operator of this Keyflow \
+                   instance. Nothing was changed.",
+        });
     }
-    let Some(plan) = form.get("plan").and_then(|p| Plan::parse(p)) else {
-        return error_page(crate::error::ApiError::field(
-            "plan",
-            "must be free, pro or team",
-        ));
-    };
-    let actor = Actor::Operator {
-        id: signed_in.operator.id.clone(),
-        email: signed_in.operator.email.clone(),
-    };
-    match tenancy::change_plan(
+    let plan = Plan::parse(form.field("plan"))
+        .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))?;
+    tenancy::change_plan(
         state.store.as_ref(),
         state.changes.as_ref(),
-        &membership.workspace_id,
+        viewer.workspace_id(),
         plan,
-        &actor,
+        &viewer.actor(),
         None,
         state.now_ms(),
     )
-    .await
-    {
-        Ok(_) => Redirect::to("/plan").into_response(),
-        Err(e) => error_page(e.into()),
-    }
+    .await?;
+    Ok(Redirect::to("/plan").into_response())
 }
 
-fn settings_body(
-    ctx: &super::keys::ManagerContext,
-    settings: &keyflow_store::ProjectSettings,
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage<'a> {
+    chrome: Chrome,
+    csrf: &'a str,
+    project_id: &'a str,
+    project_name: &'a str,
+    limit: String,
+    period: String,
+    ttl: i64,
+    message: Option<&'a str>,
+}
+
+fn settings_page(
+    viewer: &Viewer,
+    status: StatusCode,
+    settings: &ProjectSettings,
     message: Option<&str>,
-) -> String {
+) -> Response {
     let (limit, period) = settings
         .rate_limit
         .map(|rl| (rl.limit.to_string(), rl.period_seconds.to_string()))
         .unwrap_or_default();
-    format!(
-        "<div class=\"card\"><h1>Settings · {}</h1>{}<form method=\"post\" action=\"/settings\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"project\" value=\"{}\">\
-         <h2>Rate limit for this project's keys</h2><p class=\"muted\">Per key and per category. Empty: the plan's default. A key's own limit still wins.</p>\
-         <div class=\"row\"><input name=\"limit\" inputmode=\"numeric\" placeholder=\"requests\" value=\"{}\" aria-label=\"Requests\">\
-         <input name=\"period_seconds\" inputmode=\"numeric\" placeholder=\"per seconds\" value=\"{}\" aria-label=\"Period in seconds\"></div>\
-         <h2>Metrics cache</h2><label for=\"ttl\">Cache TTL (minutes, at least 5)</label>\
-         <input id=\"ttl\" name=\"metrics_cache_ttl_minutes\" inputmode=\"numeric\" value=\"{}\">\
-         <button type=\"submit\">Save</button></form></div>",
-        escape(&ctx.project.name),
-        error_box(message),
-        escape(&ctx.signed_in.session.csrf_token),
-        escape(&ctx.project.id),
-        escape(&limit),
-        escape(&period),
-        settings.metrics_cache_ttl_minutes
-    )
+    let page = SettingsPage {
+        chrome: viewer.chrome("/settings", "Settings"),
+        csrf: viewer.csrf(),
+        project_id: &viewer.project.id,
+        project_name: &viewer.project.name,
+        limit,
+        period,
+        ttl: settings.metrics_cache_ttl_minutes,
+        message,
+    };
+    render(status, &page)
 }
 
 /// `/settings`: owners and admins set the project's rate limit and metrics cache TTL.
-pub async fn settings(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let ctx = match manager(&state, &headers, query.get("project")).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match state.store.project_settings(&ctx.project.id).await {
-        Ok(settings) => html(
-            StatusCode::OK,
-            ctx.render_at(
-                "/settings",
-                "Settings",
-                &settings_body(&ctx, &settings, None),
-            ),
-        ),
-        Err(e) => error_page(e.into()),
-    }
+pub async fn settings(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
+    let settings = state.store.project_settings(&viewer.project.id).await?;
+    Ok(settings_page(&viewer, StatusCode::OK, &settings, None))
 }
 
-pub async fn save_settings(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let ctx = match manager_post(&state, &headers, &form).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
+    let viewer = &form.viewer;
     // A tenant's override never goes above its plan's limit (SPEC §2).
-    let ceiling = match state.plan_of(&ctx.membership.workspace_id).await {
-        Ok(Some(plan)) => state.config.plan_rate_limit(plan),
-        Ok(None) => return error_page(crate::error::ApiError::not_found("workspace")),
-        Err(e) => return error_page(e.into()),
-    };
-    let field = |name: &str| form.get(name).map(|v| v.trim()).unwrap_or("");
-    let parsed: Result<keyflow_store::ProjectSettings, String> = (|| {
-        let rate_limit = match (field("limit"), field("period_seconds")) {
-            ("", "") => None,
-            (l, p) => {
-                let rl = keyflow_core::RateLimit {
-                    limit: l
-                        .parse()
-                        .map_err(|_| "The limit must be a whole number.".to_string())?,
-                    period_seconds: p
-                        .parse()
-                        .map_err(|_| "The period must be a whole number of seconds.".to_string())?,
-                };
-                if !rl.is_valid() {
-                    return Err(format!(
-                        "The limit must be 1 to {} requests per 1 to {} seconds.",
-                        keyflow_core::RateLimit::MAX_LIMIT,
-                        keyflow_core::RateLimit::MAX_PERIOD_SECONDS
-                    ));
-                }
-                if !rl.at_most(ceiling) {
-                    return Err(format!(
-                        "The limit must be at most the plan's {} requests per {} seconds.",
-                        ceiling.limit, ceiling.period_seconds
-                    ));
-                }
-                Some(rl)
-            }
-        };
-        let ttl: i64 = field("metrics_cache_ttl_minutes")
-            .parse()
-            .map_err(|_| "The cache TTL must be a whole number of minutes.".to_string())?;
-        if !(5..=10_080).contains(&ttl) {
-            return Err("The cache TTL must be 5 minutes to 7 days.".into());
-        }
-        Ok(keyflow_store::ProjectSettings {
-            rate_limit,
-            metrics_cache_ttl_minutes: ttl,
-        })
-    })();
-    let new = match parsed {
+    let plan = state
+        .plan_of(viewer.workspace_id())
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace"))?;
+    let ceiling = state.config.plan_rate_limit(plan);
+    let new = match parse_settings(&form, ceiling) {
         Ok(s) => s,
         Err(message) => {
             let current = state
                 .store
-                .project_settings(&ctx.project.id)
+                .project_settings(&viewer.project.id)
                 .await
                 .unwrap_or_default();
-            let body = settings_body(&ctx, &current, Some(&message));
-            return html(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ctx.render_at("/settings", "Settings", &body),
-            );
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            return Ok(settings_page(viewer, status, &current, Some(&message)));
         }
     };
-    let actor = Actor::Operator {
-        id: ctx.signed_in.operator.id.clone(),
-        email: ctx.signed_in.operator.email.clone(),
-    };
-    if let Err(e) = tenancy::change_project_settings(
+    tenancy::change_project_settings(
         state.store.as_ref(),
         state.changes.as_ref(),
-        &ctx.project,
+        &viewer.project,
         &new,
-        &actor,
+        &viewer.actor(),
         None,
         state.now_ms(),
     )
-    .await
-    {
-        return error_page(e.into());
+    .await?;
+    let to = format!("/settings?project={}", viewer.project.id);
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// The settings form, checked; the message to show otherwise.
+fn parse_settings(form: &ManagerForm, ceiling: RateLimit) -> Result<ProjectSettings, String> {
+    let field = |name: &str| form.field(name).trim();
+    let rate_limit = match (field("limit"), field("period_seconds")) {
+        ("", "") => None,
+        (l, p) => {
+            let rl = RateLimit {
+                limit: l
+                    .parse()
+                    .map_err(|_| "The limit must be a whole number.".to_string())?,
+                period_seconds: p
+                    .parse()
+                    .map_err(|_| "The period must be a whole number of seconds.".to_string())?,
+            };
+            if !rl.is_valid() {
+                return Err(format!(
+                    "The limit must be 1 to {} requests per 1 to {} seconds.",
+                    RateLimit::MAX_LIMIT,
+                    RateLimit::MAX_PERIOD_SECONDS
+                ));
+            }
+            if !rl.at_most(ceiling) {
+                return Err(format!(
+                    "The limit must be at most the plan's {} requests per {} seconds.",
+                    ceiling.limit, ceiling.period_seconds
+                ));
+            }
+            Some(rl)
+        }
+    };
+    let ttl: i64 = field("metrics_cache_ttl_minutes")
+        .parse()
+        .map_err(|_| "The cache TTL must be a whole number of minutes.".to_string())?;
+    if !(5..=10_080).contains(&ttl) {
+        return Err("The cache TTL must be 5 minutes to 7 days.".into());
     }
-    Redirect::to(&format!("/settings?project={}", ctx.project.id)).into_response()
+    Ok(ProjectSettings {
+        rate_limit,
+        metrics_cache_ttl_minutes: ttl,
+    })
 }

@@ -1,0 +1,232 @@
+//! Rendering pages: the layout's data ([`Chrome`]), templates to responses,
+//! and the one error type of the dashboard ([`PageError`]), which always
+//! answers with a page (never JSON, never database text).
+//!
+//! Templates live in `crates/server/templates/` (askama: checked at compile
+//! time, every `{{ value }}` HTML-escaped).
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use crate::error::ApiError;
+use crate::operations::OpError;
+
+/// Navigation entries: (path, label).
+const NAV: [(&str, &str); 8] = [
+    ("/contacts", "Contacts"),
+    ("/events", "Events"),
+    ("/keys", "API keys"),
+    ("/activity", "Activity"),
+    ("/members", "Members"),
+    ("/plan", "Plan"),
+    ("/metrics-credential", "Metrics credential"),
+    ("/settings", "Settings"),
+];
+
+/// What the layout shows around a page: its title, the navigation entry to
+/// mark current, and (signed in) the operator with the sign-out form's token.
+pub struct Chrome {
+    pub title: String,
+    pub current: &'static str,
+    pub operator: Option<OperatorChrome>,
+}
+
+pub struct OperatorChrome {
+    pub email: String,
+    pub csrf: String,
+}
+
+impl Chrome {
+    /// A page for someone not signed in (sign-in, setup, errors).
+    pub fn public(title: &str) -> Self {
+        Self {
+            title: title.to_string(),
+            current: "",
+            operator: None,
+        }
+    }
+
+    pub fn nav(&self) -> &'static [(&'static str, &'static str)] {
+        &NAV
+    }
+
+    pub fn is_current(&self, path: &str) -> bool {
+        path == self.current
+    }
+}
+
+/// Renders `template` as the response body with `status`.
+pub fn render(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(body) => html(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "dashboard template failed to render");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Error · Keyflow</title><p>Something went wrong.</p>".into(),
+            )
+        }
+    }
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    let mut response = (status, Html(body)).into_response();
+    // A page is already in its final form: the JSON error shape of the API
+    // must not replace it.
+    response
+        .extensions_mut()
+        .insert(crate::error::RenderedError);
+    response
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage<'a> {
+    pub chrome: Chrome,
+    pub heading: &'a str,
+    /// Shown as an alert (an error), or as a paragraph when `alert` is false.
+    pub text: &'a str,
+    pub alert: bool,
+}
+
+/// Why a page could not be shown; each renders as a page of its own.
+pub enum PageError {
+    /// Not signed in (or the session ended): to the sign-in page.
+    SignIn,
+    /// A form posted from another site, or without this session's token.
+    CrossSite,
+    /// Signed in, but the role does not allow the page.
+    Forbidden {
+        chrome: Chrome,
+        heading: &'static str,
+        text: &'static str,
+    },
+    /// Anything else: the message of the error in the API's words (for an
+    /// internal failure, the generic one; the cause went to the log).
+    Failed(ApiError),
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::SignIn => Redirect::to("/signin").into_response(),
+            Self::CrossSite => render(
+                StatusCode::FORBIDDEN,
+                &MessagePage {
+                    chrome: Chrome::public("Refused"),
+                    heading: "Request refused",
+                    text: "This form was posted from another site. Nothing was changed.",
+                    alert: true,
+                },
+            ),
+            Self::Forbidden {
+                chrome,
+                heading,
+                text,
+            } => render(
+                StatusCode::FORBIDDEN,
+                &MessagePage {
+                    chrome,
+                    heading,
+                    text,
+                    alert: false,
+                },
+            ),
+            Self::Failed(err) => {
+                let status = StatusCode::from_u16(err.code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                render(
+                    status,
+                    &MessagePage {
+                        chrome: Chrome::public("Error"),
+                        heading: "Something went wrong",
+                        text: &err.message,
+                        alert: true,
+                    },
+                )
+            }
+        }
+    }
+}
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<OpError> for PageError {
+    fn from(e: OpError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<keyflow_store::StoreError> for PageError {
+    fn from(e: keyflow_store::StoreError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+pub type PageResult = Result<Response, PageError>;
+
+/// "3 minutes ago" for a past time, relative to `now` (both Unix ms).
+pub fn relative_time(at: i64, now: i64) -> String {
+    let seconds = (now - at).max(0) / 1000;
+    let (n, unit) = match seconds {
+        0..=59 => return "just now".to_string(),
+        60..=3599 => (seconds / 60, "minute"),
+        3600..=86_399 => (seconds / 3600, "hour"),
+        _ => (seconds / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// The words of an operation's refusal, for the message next to a form.
+pub fn refusal(e: OpError) -> String {
+    ApiError::from(e).message
+}
+
+/// Field errors as one line: "name: is required; expires_at: …".
+pub fn field_errors(fields: &[keyflow_core::FieldError]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_time_in_words() {
+        assert_eq!(relative_time(0, 30_000), "just now");
+        assert_eq!(relative_time(0, 180_000), "3 minutes ago");
+        assert_eq!(relative_time(0, 3_600_000), "1 hour ago");
+        assert_eq!(relative_time(0, 3 * 86_400_000), "3 days ago");
+    }
+
+    #[test]
+    fn the_layout_escapes_what_it_shows() {
+        let page = MessagePage {
+            chrome: Chrome {
+                title: "<b>".into(),
+                current: "/activity",
+                operator: Some(OperatorChrome {
+                    email: "<i>@x.io".into(),
+                    csrf: "tok".into(),
+                }),
+            },
+            heading: "<h>",
+            text: "<script>alert('x')</script> & \"q\"",
+            alert: true,
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains("<b>") && !html.contains("<i>@") && !html.contains("<h>"));
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains("&#60;script&#62;alert("));
+        assert!(html.contains("<a href=\"/activity\" aria-current=\"page\">Activity</a>"));
+    }
+}

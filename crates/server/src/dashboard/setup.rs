@@ -1,0 +1,116 @@
+//! First-run setup (`/setup?token=…`): the owner account, the first
+//! workspace and its first project, from the link `keyflow serve` prints.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use keyflow_core::{Environment, Plan};
+
+use super::page::{Chrome, MessagePage, PageError, PageResult, refusal, render};
+use super::{client_ip, session, start_session};
+use crate::operations::tenancy;
+use crate::state::SharedState;
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage<'a> {
+    chrome: Chrome,
+    token: &'a str,
+    message: Option<&'a str>,
+}
+
+fn setup_page(status: StatusCode, token: &str, message: Option<&str>) -> Response {
+    let page = SetupPage {
+        chrome: Chrome::public("Set up"),
+        token,
+        message,
+    };
+    render(status, &page)
+}
+
+/// Setup is for an empty instance only: once an operator exists (from the
+/// link, `keyflow init` or the admin API), the link stops working.
+async fn no_operators_yet(state: &SharedState) -> bool {
+    state.store.count_operators().await.is_ok_and(|n| n == 0)
+}
+
+fn unavailable() -> Response {
+    render(
+        StatusCode::NOT_FOUND,
+        &MessagePage {
+            chrome: Chrome::public("Setup"),
+            heading: "Setup is not available",
+            text: "This instance is already set up, or the link is not valid. \
+                   Use the link printed by keyflow serve on first start.",
+            alert: false,
+        },
+    )
+}
+
+pub async fn form(
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    match query.get("token") {
+        Some(token) if state.setup_token_matches(token) && no_operators_yet(&state).await => {
+            setup_page(StatusCode::OK, token, None)
+        }
+        _ => unavailable(),
+    }
+}
+
+pub async fn submit(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> PageResult {
+    if !session::same_origin(&headers) {
+        return Err(PageError::CrossSite);
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    if !state.setup_token_matches(&token) || !no_operators_yet(&state).await {
+        return Ok(unavailable());
+    }
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
+    let environment = Environment::parse(field("environment")).unwrap_or(Environment::Live);
+    // The form preselects team; a post without the field means the same.
+    let plan = match field("plan") {
+        "" => Some(Plan::Team),
+        p => Plan::parse(p),
+    };
+    let Some(plan) = plan else {
+        let message = Some("Choose a plan: free, pro or team.");
+        return Ok(setup_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &token,
+            message,
+        ));
+    };
+    let created = tenancy::bootstrap(
+        state.store.as_ref(),
+        field("email"),
+        field("password").to_string(),
+        field("workspace"),
+        field("project"),
+        environment,
+        plan,
+        state.now_ms(),
+    )
+    .await;
+    match created {
+        Ok(boot) => {
+            state.consume_setup_token();
+            let ip = client_ip(&state, &headers, peer);
+            Ok(start_session(&state, &headers, &boot.owner, ip).await?)
+        }
+        Err(e) => {
+            let message = refusal(e);
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            Ok(setup_page(status, &token, Some(&message)))
+        }
+    }
+}
