@@ -518,7 +518,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 now,
             )
             .await?;
-            let mut value = workspace_json(&updated);
+            let mut value = serde_json::to_value(workspace_json(&updated))?;
             if let Value::Object(map) = &mut value {
                 map.insert(
                     "previous_plan".into(),

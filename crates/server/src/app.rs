@@ -9,169 +9,30 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
-use keyflow_core::Scope;
 use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::api::{
-    audit, browser, contacts, events, keys, metrics_credential, segment, subscribers,
-};
-use crate::auth::Guard;
+use crate::api::browser;
 use crate::error::{ApiError, REQUEST_ID, RenderedError};
-use crate::limits::Category;
 use crate::state::{AppState, SharedState};
 
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
 
-/// Every `/v1` route with the scope and rate-limit category it requires.
-fn v1_routes(state: &SharedState) -> Router<SharedState> {
-    let guard = |scope: Option<Scope>, category: Category| Guard::new(state, scope, category);
-    use Category::{Ingest, Management, Read, Write};
-    let deferred =
-        |scope: Scope, category: Category| Guard::new(state, Some(scope), category).deferred();
-    let segment = |scope: Scope, category: Category, deferred: bool| {
-        let guard = Guard::new(state, Some(scope), category).basic_auth();
-        if deferred { guard.deferred() } else { guard }
-    };
-    Router::new()
-        .route(
-            "/v1/contacts",
-            get(guard(Some(Scope::ContactsRead), Read).wrap(contacts::list_contacts)),
-        )
-        .route(
-            "/v1/contacts",
-            post(guard(Some(Scope::ContactsWrite), Write).wrap(contacts::upsert_contact)),
-        )
-        .route(
-            "/v1/contacts/batch",
-            post(guard(Some(Scope::ContactsWrite), Write).wrap(contacts::batch_contacts)),
-        )
-        .route(
-            "/v1/contacts/{id}",
-            get(guard(Some(Scope::ContactsRead), Read).wrap(contacts::get_contact)),
-        )
-        .route(
-            "/v1/contacts/{id}",
-            axum::routing::patch(
-                guard(Some(Scope::ContactsWrite), Write).wrap(contacts::patch_contact),
-            ),
-        )
-        .route(
-            "/v1/contacts/{id}",
-            axum::routing::delete(
-                guard(Some(Scope::ContactsWrite), Write).wrap(contacts::delete_contact),
-            ),
-        )
-        .route(
-            "/v1/events",
-            post(deferred(Scope::EventsWrite, Ingest).wrap(events::track)),
-        )
-        .route(
-            "/v1/events",
-            get(guard(Some(Scope::EventsRead), Read).wrap(events::list_events)),
-        )
-        .route(
-            "/v1/events/batch",
-            post(deferred(Scope::EventsWrite, Ingest).wrap(events::track_batch)),
-        )
-        .route(
-            "/v1/subscribers",
-            get(guard(Some(Scope::SubscribersRead), Read).wrap(subscribers::list_subscribers)),
-        )
-        .route(
-            "/v1/subscribers",
-            post(guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::signup)),
-        )
-        .route(
-            "/v1/subscribers/{email_or_id}",
-            axum::routing::delete(
-                guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::unsubscribe),
-            ),
-        )
-        .route(
-            "/v1/track",
-            post(segment(Scope::EventsWrite, Ingest, true).wrap(segment::track)),
-        )
-        .route(
-            "/v1/identify",
-            post(segment(Scope::ContactsWrite, Write, false).wrap(segment::identify)),
-        )
-        .route(
-            "/v1/batch",
-            post(segment(Scope::EventsWrite, Ingest, true).wrap(segment::batch)),
-        )
-        .route(
-            "/v1/keys",
-            get(guard(Some(Scope::KeysRead), Management).wrap(keys::list_keys)),
-        )
-        .route(
-            "/v1/keys",
-            post(deferred(Scope::KeysWrite, Management).wrap(keys::create_key)),
-        )
-        .route(
-            "/v1/keys/self",
-            get(guard(None, Management).wrap(keys::get_self)),
-        )
-        .route(
-            "/v1/keys/{id}",
-            get(guard(Some(Scope::KeysRead), Management).wrap(keys::get_key)),
-        )
-        .route(
-            "/v1/keys/{id}",
-            axum::routing::patch(deferred(Scope::KeysWrite, Management).wrap(keys::update_key)),
-        )
-        .route(
-            "/v1/keys/{id}",
-            axum::routing::delete(deferred(Scope::KeysWrite, Management).wrap(keys::revoke_key)),
-        )
-        .route(
-            "/v1/keys/{id}/roll",
-            post(deferred(Scope::KeysWrite, Management).wrap(keys::roll_key)),
-        )
-        .route(
-            "/v1/metrics/credential",
-            post(
-                deferred(Scope::KeysWrite, Management)
-                    .also(Scope::ContactsRead)
-                    .also(Scope::EventsRead)
-                    .wrap(metrics_credential::create_or_rotate),
-            ),
-        )
-        .route(
-            "/v1/metrics/credential",
-            get(guard(Some(Scope::KeysRead), Management).wrap(metrics_credential::get_credential)),
-        )
-        .route(
-            "/v1/metrics/credential",
-            axum::routing::patch(
-                deferred(Scope::KeysWrite, Management).wrap(metrics_credential::update_credential),
-            ),
-        )
-        .route(
-            "/v1/audit",
-            get(guard(Some(Scope::AuditRead), Management).wrap(audit::list_audit)),
-        )
-}
-
 pub fn router(state: SharedState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
+    let api = api_routes(&state);
+    let openapi = crate::api::openapi::serve(&api.doc);
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/embed.js", get(browser::embed_js))
-        .route("/openapi.json", get(crate::api::openapi::openapi_json))
-        .merge(v1_routes(&state))
-        .merge(if state.config.admin_token.is_some() {
-            crate::admin::router(state.clone())
-        } else {
-            // No admin token: every /admin path is 404, whatever the method.
-            Router::new()
-        })
+        .route("/openapi.json", get(openapi))
+        .merge(api.router)
         .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
         .layer(from_fn(browser::cors_preflight))
@@ -190,6 +51,20 @@ pub fn router(state: SharedState) -> Router {
         .layer(from_fn(catch_panics_as_500))
         .layer(from_fn_with_state(state.clone(), request_context))
         .with_state(state)
+}
+
+/// The `/v1` API and, when an admin token is configured, `/admin/v1`. The
+/// admin API is documented either way (it is part of the contract); without
+/// a token every `/admin` path is 404, whatever the method.
+fn api_routes(state: &SharedState) -> crate::api::routes::ApiRoutes {
+    let admin = crate::admin::routes(state);
+    let mut api = crate::api::routes::v1(state);
+    if state.config.admin_token.is_some() {
+        api = api.merge(admin);
+    } else {
+        api.doc.merge(admin.doc);
+    }
+    api
 }
 
 /// Assigns the request id, makes every error our JSON shape (also the

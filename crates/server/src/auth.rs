@@ -75,7 +75,7 @@ pub struct Guard {
     pub allow_basic: bool,
     /// The handler spends quota itself (after checks that must come first,
     /// such as `event_not_allowed`) through the request's [`RateLimitTicket`].
-    pub deferred_limit: bool,
+    pub quota_spent_by_handler: bool,
 }
 
 impl Guard {
@@ -86,7 +86,7 @@ impl Guard {
             also: ScopeSet::EMPTY,
             category,
             allow_basic: false,
-            deferred_limit: false,
+            quota_spent_by_handler: false,
         }
     }
     /// Also requires `scope`.
@@ -98,8 +98,9 @@ impl Guard {
         self.allow_basic = true;
         self
     }
-    pub fn deferred(mut self) -> Self {
-        self.deferred_limit = true;
+    /// The handler spends the request's quota itself (see `quota_spent_by_handler`).
+    pub fn quota_spent_by_handler(mut self) -> Self {
+        self.quota_spent_by_handler = true;
         self
     }
     /// `handler` behind this guard's checks (see [`Guarded`]).
@@ -367,7 +368,7 @@ where
         // Authenticated but refused: the quota is reported, not spent.
         state.metrics.count_auth_rejection(err.code);
         err.into_response()
-    } else if !guard.deferred_limit
+    } else if !guard.quota_spent_by_handler
         && let Err(limited) = ticket.consume().await
     {
         limited.into_response()

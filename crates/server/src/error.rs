@@ -5,7 +5,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyflow_core::{ErrorCode, FieldError};
 use keyflow_store::StoreError;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 tokio::task_local! {
     /// The current request's id, set by the request-context middleware so that
@@ -123,24 +125,47 @@ impl From<crate::operations::OpError> for ApiError {
     }
 }
 
+/// `{"error": {...}}`, the body of every error.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorObject,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// e.g. `insufficient_scope`, `validation_failed`.
+    code: &'static str,
+    message: String,
+    request_id: String,
+    /// For `validation_failed`: `{"fields": [{"field", "message"}]}`.
+    details: Value,
+}
+
+impl ApiError {
+    /// The body this error is answered with.
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code.as_str(),
+                message: self.message,
+                request_id: current_request_id(),
+                details: self.details,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({
-            "error": {
-                "code": self.code.as_str(),
-                "message": self.message,
-                "request_id": current_request_id(),
-                "details": self.details,
-            }
-        });
-        let mut response = (status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        for (name, value) in self.headers {
-            headers.insert(name, value);
+        let headers = std::mem::take(&mut self.headers);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        let response_headers = response.headers_mut();
+        for (name, value) in headers {
+            response_headers.insert(name, value);
         }
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response.extensions_mut().insert(RenderedError);
         response
     }

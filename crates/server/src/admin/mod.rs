@@ -1,34 +1,46 @@
 //! The instance administration API (SPEC §8): `/admin/v1`, authenticated by
 //! the instance's admin token and mounted only when one is configured.
 
+use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
-use axum::{Json, Router};
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
 use keyflow_core::{Environment, ErrorCode, Plan, Role};
 use keyflow_store::Actor;
 use serde::Deserialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
 
-use crate::api::repr::{issued_key_json, operator_json, project_json, workspace_json};
+use crate::api::openapi::AdminRefusals;
+use crate::api::repr::{
+    KeyView, OperatorView, ProjectView, WorkspaceView, issued_key_json, operator_json,
+    project_json, workspace_json,
+};
+use crate::api::requests;
+use crate::api::routes::ApiRoutes;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::operations::{keys as key_ops, tenancy};
 use crate::state::SharedState;
 
-pub fn router(state: SharedState) -> Router<SharedState> {
-    Router::new()
-        .route("/admin/v1/workspaces", post(create_workspace))
-        .route("/admin/v1/workspaces/{id}/plan", put(set_plan))
-        .route("/admin/v1/workspaces/{id}/projects", post(create_project))
-        .route("/admin/v1/workspaces/{id}/operators", post(create_operator))
-        .route("/admin/v1/projects/{id}/keys", post(create_key))
-        .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+/// The admin routes, documented, behind the admin token.
+pub fn routes(state: &SharedState) -> ApiRoutes {
+    let mut admin = ApiRoutes::new(utoipa::openapi::OpenApi::default())
+        .add(__path_create_workspace, create_workspace)
+        .add(__path_set_plan, set_plan)
+        .add(__path_create_project, create_project)
+        .add(__path_create_operator, create_operator)
+        .add(__path_create_key, create_key);
+    admin.router = admin
+        .router
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ));
+    admin
 }
 
 /// Compares digests in constant time, so neither content nor length leaks.
@@ -78,16 +90,31 @@ fn parse_plan(text: Option<&str>) -> ApiResult<Plan> {
         .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct WorkspaceRequest {
     name: Option<String>,
     plan: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/workspaces",
+    operation_id = "admin_create_workspace",
+    tag = "admin",
+    summary = "Create a workspace",
+    description = "`plan` defaults to `free`.",
+    request_body = WorkspaceRequest,
+    responses(
+        (status = 201, description = "Created", body = WorkspaceView),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_workspace(
     State(state): State<SharedState>,
     JsonBody(body): JsonBody<WorkspaceRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let plan = match body.plan.as_deref() {
         None => Plan::Free,
         some => parse_plan(some)?,
@@ -97,19 +124,36 @@ async fn create_workspace(
         .ok_or_else(|| ApiError::field("name", "is required"))?;
     let workspace =
         tenancy::create_workspace(state.store.as_ref(), &name, plan, state.now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(workspace_json(&workspace))))
+    Ok((StatusCode::CREATED, Json(workspace_json(&workspace))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct PlanRequest {
     plan: Option<String>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/admin/v1/workspaces/{id}/plan",
+    operation_id = "admin_set_plan",
+    tag = "admin",
+    summary = "Change a workspace's plan",
+    description = "Below pro, the workspace's keys are refused with 403 `feature_not_allowed` at once.",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body = PlanRequest,
+    responses(
+        (status = 200, description = "The workspace", body = WorkspaceView),
+        (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_token" = []))
+)]
 async fn set_plan(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PlanRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let plan = parse_plan(body.plan.as_deref())?;
     let (workspace, _) = tenancy::change_plan(
         state.store.as_ref(),
@@ -121,20 +165,37 @@ async fn set_plan(
         state.now_ms(),
     )
     .await?;
-    Ok(Json(workspace_json(&workspace)))
+    Ok(Json(workspace_json(&workspace)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct ProjectRequest {
     name: Option<String>,
     environment: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/workspaces/{id}/projects",
+    operation_id = "admin_create_project",
+    tag = "admin",
+    summary = "Create a project",
+    description = "`environment` defaults to `live`.",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body = ProjectRequest,
+    responses(
+        (status = 201, description = "Created", body = ProjectView),
+        (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_project(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ProjectRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let environment = match body.environment.as_deref() {
         None => Environment::Live,
         Some(text) => Environment::parse(text)
@@ -151,21 +212,39 @@ async fn create_project(
         state.now_ms(),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(project_json(&project))))
+    Ok((StatusCode::CREATED, Json(project_json(&project))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct OperatorRequest {
     email: Option<String>,
     password: Option<String>,
     role: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/workspaces/{id}/operators",
+    operation_id = "admin_create_operator",
+    tag = "admin",
+    summary = "Add an operator (dashboard account) to a workspace",
+    description = "`role` defaults to `member`.",
+    params(("id" = String, Path, description = "Workspace id")),
+    request_body = OperatorRequest,
+    responses(
+        (status = 201, description = "Created", body = OperatorView),
+        (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
+        (status = 409, description = "An operator with this email exists", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_operator(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<OperatorRequest>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let role = match body.role.as_deref() {
         None => Role::Member,
         Some(text) => Role::parse(text)
@@ -192,9 +271,27 @@ async fn create_operator(
     Ok((
         StatusCode::CREATED,
         Json(operator_json(&created.operator, &id, role)),
-    ))
+    )
+        .into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/projects/{id}/keys",
+    operation_id = "admin_create_key",
+    tag = "admin",
+    summary = "Create a key in a project",
+    description = "The body is the one of `POST /v1/keys`; the answer carries the full key, once.",
+    params(("id" = String, Path, description = "Project id")),
+    request_body = requests::CreateKey,
+    responses(
+        (status = 201, description = "Created; `key` is shown only here", body = KeyView),
+        (status = 404, description = "No such project", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        AdminRefusals,
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_key(
     State(state): State<SharedState>,
     Path(project_id): Path<String>,

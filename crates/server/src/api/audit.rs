@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use axum::Extension;
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
 
-use super::repr::audit_json;
-use super::schema;
+use super::repr::{AuditView, ListPage, audit_json};
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -21,11 +21,9 @@ use crate::state::SharedState;
     description = "Scope: `audit:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
     responses(
-        (status = 200, description = "A page of activity-log entries, newest first", body = schema::AuditList),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "A page of activity-log entries, newest first", body = ListPage<AuditView>),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -33,7 +31,7 @@ pub async fn list_audit(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let entries = state
         .store
@@ -49,7 +47,8 @@ pub async fn list_audit(
         entries.iter().map(audit_json).collect(),
         &page,
         last,
-    )))
+    ))
+    .into_response())
 }
 
 /// `?action=` and `?actor=` (empty values mean no filter).

@@ -6,14 +6,15 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use keyflow_core::contacts::{ContactInput, ContactLookup, validate_contact};
 use keyflow_core::{ErrorCode, FieldError};
 use keyflow_store::{AuditContext, UpsertActions};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::repr::contact_json;
-use super::schema;
+use super::repr::{ContactView, ListPage, contact_json};
+use super::requests;
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -47,15 +48,13 @@ pub fn upsert_status(created: bool) -> StatusCode {
     tag = "contacts",
     summary = "Create or update a contact",
     description = "Scope: `contacts:write`.",
-    request_body = schema::ContactInput,
+    request_body = requests::ContactInput,
     responses(
-        (status = 201, description = "Created", body = schema::Contact),
-        (status = 200, description = "Updated", body = schema::Contact),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 409, description = "Email or external id belongs to another contact", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 201, description = "Created", body = ContactView),
+        (status = 200, description = "Updated", body = ContactView),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -63,7 +62,7 @@ pub async fn upsert_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     JsonBody(input): JsonBody<ContactInput>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
     let outcome = crate::operations::contacts::upsert_contact(
         state.store.as_ref(),
@@ -78,7 +77,8 @@ pub async fn upsert_contact(
     Ok((
         upsert_status(outcome.created),
         Json(contact_json(&outcome.contact)),
-    ))
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -89,11 +89,9 @@ pub async fn upsert_contact(
     description = "Scope: `contacts:read`.",
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, description = "The contact", body = schema::Contact),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The contact", body = ContactView),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -101,13 +99,13 @@ pub async fn get_contact(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let contact = state
         .store
         .get_contact(caller.project_id(), &ContactLookup::Id(id))
         .await?
         .ok_or_else(|| ApiError::not_found("contact"))?;
-    Ok(Json(contact_json(&contact)))
+    Ok(Json(contact_json(&contact)).into_response())
 }
 
 #[utoipa::path(
@@ -118,11 +116,9 @@ pub async fn get_contact(
     description = "Scope: `contacts:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
     responses(
-        (status = 200, description = "A page of contacts", body = schema::ContactList),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -132,7 +128,7 @@ pub async fn list_contacts(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let lookup = match (query.get("email"), query.get("external_id")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field(
@@ -149,8 +145,12 @@ pub async fn list_contacts(
             .store
             .get_contact(caller.project_id(), &lookup)
             .await?;
-        let data: Vec<Value> = found.iter().map(contact_json).collect();
-        return Ok(Json(json!({ "data": data, "next_cursor": null })));
+        let data = found.iter().map(contact_json).collect();
+        let one = super::repr::ListPage {
+            data,
+            next_cursor: None,
+        };
+        return Ok(Json(one).into_response());
     }
     let page = page_from_query(&query)?;
     let contacts = state
@@ -162,7 +162,8 @@ pub async fn list_contacts(
         contacts.iter().map(contact_json).collect(),
         &page,
         last,
-    )))
+    ))
+    .into_response())
 }
 
 #[utoipa::path(
@@ -171,16 +172,14 @@ pub async fn list_contacts(
     tag = "contacts",
     summary = "Update a contact",
     description = "Scope: `contacts:write`.",
-    request_body = schema::ContactInput,
+    request_body = requests::ContactInput,
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, description = "The contact", body = schema::Contact),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 409, description = "Email or external id belongs to another contact", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The contact", body = ContactView),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -189,7 +188,7 @@ pub async fn patch_contact(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(input): JsonBody<ContactInput>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let changes = validate_contact(&input, false, "").map_err(ApiError::validation)?;
     let contact = crate::operations::contacts::update_contact(
         state.store.as_ref(),
@@ -203,7 +202,7 @@ pub async fn patch_contact(
     )
     .await?
     .ok_or_else(|| ApiError::not_found("contact"))?;
-    Ok(Json(contact_json(&contact)))
+    Ok(Json(contact_json(&contact)).into_response())
 }
 
 #[utoipa::path(
@@ -215,10 +214,8 @@ pub async fn patch_contact(
     params(("id" = String, Path, description = "Object id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -254,13 +251,11 @@ pub struct BatchBody {
     tag = "contacts",
     summary = "Create or update up to 1000 contacts",
     description = "Scope: `contacts:write`.",
-    request_body = schema::ContactBatch,
+    request_body = requests::ContactBatch,
     responses(
-        (status = 200, description = "One result per item", body = schema::ContactBatchResults),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "One result per item", body = BatchResults),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -269,14 +264,15 @@ pub async fn batch_contacts(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<BatchBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     if body.contacts.is_empty() || body.contacts.len() > MAX_CONTACT_BATCH {
         return Err(ApiError::field(
             "contacts",
             format!("send 1 to {MAX_CONTACT_BATCH} contacts"),
         ));
     }
-    let mut results: Vec<Option<Value>> = vec![None; body.contacts.len()];
+    let mut results: Vec<Option<BatchResult>> = Vec::new();
+    results.resize_with(body.contacts.len(), || None);
     let mut valid = Vec::new();
     for (i, item) in body.contacts.into_iter().enumerate() {
         let prefix = format!("contacts[{i}].");
@@ -303,21 +299,56 @@ pub async fn batch_contacts(
     .await?;
     for ((i, _), outcome) in valid.iter().zip(outcomes) {
         results[*i] = Some(match outcome {
-            Ok(o) => {
-                json!({ "index": i, "status": upsert_status(o.created).as_u16(), "id": o.contact.id })
-            }
+            Ok(o) => BatchResult {
+                index: *i,
+                status: upsert_status(o.created).as_u16(),
+                id: Some(o.contact.id),
+                error: None,
+            },
             Err(e) => item_error(*i, ApiError::from(e)),
         });
     }
-    let results: Vec<Value> = results.into_iter().flatten().collect();
-    Ok(Json(json!({ "results": results })))
+    let results = results.into_iter().flatten().collect();
+    Ok(Json(BatchResults { results }).into_response())
 }
 
-fn item_error(index: usize, err: ApiError) -> Value {
+/// One item's outcome in a contacts batch.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ContactBatchResult)]
+pub struct BatchResult {
+    index: usize,
+    /// 201 created, 200 updated, or the error's status.
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ItemError>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ContactBatchError)]
+pub struct ItemError {
+    code: &'static str,
+    message: String,
+    details: Value,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ContactBatchResults)]
+pub struct BatchResults {
+    results: Vec<BatchResult>,
+}
+
+fn item_error(index: usize, err: ApiError) -> BatchResult {
     let code: ErrorCode = err.code;
-    json!({
-        "index": index,
-        "status": code.http_status(),
-        "error": { "code": code.as_str(), "message": err.message, "details": err.details },
-    })
+    BatchResult {
+        index,
+        status: code.http_status(),
+        id: None,
+        error: Some(ItemError {
+            code: code.as_str(),
+            message: err.message,
+            details: err.details,
+        }),
+    }
 }

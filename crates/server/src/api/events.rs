@@ -14,10 +14,10 @@ use keyflow_core::events::{
 use keyflow_core::timefmt::parse_rfc3339;
 use keyflow_store::{EventFilter, EventOutcome};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::repr::event_json;
-use super::schema;
+use super::repr::{EventView, ListPage, event_json};
+use super::requests;
 use super::{list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
@@ -90,14 +90,12 @@ pub async fn store_events(
     tag = "events",
     summary = "Track an event",
     description = "Scope: `events:write`.",
-    request_body = schema::EventInput,
+    request_body = requests::EventInput,
     responses(
-        (status = 202, description = "Durably stored", body = schema::EventAccepted),
-        (status = 200, description = "Idempotency key seen in the last 24 h: the first event's id", body = schema::EventAccepted),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 202, description = "Durably stored", body = Accepted),
+        (status = 200, description = "Idempotency key seen in the last 24 h: the first event's id", body = Accepted),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -122,9 +120,18 @@ pub async fn track(
 }
 
 /// `{"id": …}` serialised straight from the outcome (no `Value` map on the hot path).
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EventAccepted)]
 pub struct Accepted<'a> {
     id: &'a str,
+}
+
+/// The ids of a batch, in the order sent (a repeated idempotency key gives
+/// the first event's id).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EventBatchAccepted)]
+pub struct BatchAccepted<'a> {
+    ids: Vec<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -138,14 +145,12 @@ pub struct BatchBody {
     tag = "events",
     summary = "Track up to 1000 events (all or nothing)",
     description = "Scope: `events:write`.",
-    request_body = schema::EventBatch,
+    request_body = requests::EventBatch,
     responses(
-        (status = 202, description = "Durably stored", body = schema::EventBatchAccepted),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 413, description = "Body over 1 MiB", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 202, description = "Durably stored", body = BatchAccepted),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -155,11 +160,11 @@ pub async fn track_batch(
     Extension(caller): Extension<Caller>,
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(body): JsonBody<BatchBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let events = validate_batch(body.events, state.now_ms()).map_err(ApiError::validation)?;
     let outcomes = ingest(&state, &caller, &ticket, events, Batch::Many).await?;
     let ids: Vec<&str> = outcomes.iter().map(|o| o.id.as_str()).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))))
+    Ok((StatusCode::ACCEPTED, Json(BatchAccepted { ids })).into_response())
 }
 
 fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
@@ -177,11 +182,9 @@ fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i
     description = "Scope: `events:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
     responses(
-        (status = 200, description = "A page of events, newest first", body = schema::EventList),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "A page of events, newest first", body = ListPage<EventView>),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -190,7 +193,7 @@ pub async fn list_events(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let filter = EventFilter {
         contact_id: query.get("contact_id").cloned(),
@@ -207,5 +210,6 @@ pub async fn list_events(
         events.iter().map(event_json).collect(),
         &page,
         last,
-    )))
+    ))
+    .into_response())
 }

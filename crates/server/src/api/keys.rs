@@ -11,10 +11,9 @@ use keyflow_core::RateLimit;
 use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch, validate_create};
 use keyflow_store::{ApiKey, Project};
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::repr::{issued_key_json, key_json};
-use super::schema;
+use super::repr::{KeyView, ListPage, issued_key_json, key_json};
+use super::requests;
 use super::{bool_query, list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
@@ -76,13 +75,11 @@ async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<A
     tag = "keys",
     summary = "Create an API key",
     description = "Scope: `keys:write`.",
-    request_body = schema::CreateKey,
+    request_body = requests::CreateKey,
     responses(
-        (status = 201, description = "Created; `key` is shown only here", body = schema::IssuedKey),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 201, description = "Created; `key` is shown only here", body = KeyView),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -131,11 +128,9 @@ pub async fn create_key(
     description = "Scope: `keys:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
     responses(
-        (status = 200, description = "A page of API keys", body = schema::KeyList),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "A page of API keys", body = ListPage<KeyView>),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -143,7 +138,7 @@ pub async fn list_keys(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let include_revoked = bool_query(&query, "include_revoked")?;
     let keys = state
@@ -156,7 +151,7 @@ pub async fn list_keys(
         .map(|k| serde_json::to_value(key_json(k, &state.usage)))
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::internal("key list", &e))?;
-    Ok(Json(list_body(data, &page, last)))
+    Ok(Json(list_body(data, &page, last)).into_response())
 }
 
 #[utoipa::path(
@@ -167,11 +162,9 @@ pub async fn list_keys(
     description = "Scope: `keys:read`.",
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, description = "The key object", body = schema::Key),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The key object", body = KeyView),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -190,10 +183,8 @@ pub async fn get_key(
     tag = "keys",
     summary = "The calling key",
     responses(
-        (status = 200, description = "The key object", body = schema::Key),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The key object", body = KeyView),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -213,16 +204,14 @@ pub async fn get_self(
     tag = "keys",
     summary = "Change a key's settings",
     description = "Scope: `keys:write`.",
-    request_body = schema::PatchKey,
+    request_body = requests::PatchKey,
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 200, description = "The key object", body = schema::Key),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 409, description = "The key is revoked", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The key object", body = KeyView),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -280,10 +269,8 @@ pub async fn update_key(
     params(("id" = String, Path, description = "Object id")),
     responses(
         (status = 204, description = "Revoked (at once, on every instance)"),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -327,16 +314,14 @@ pub struct RollRequest {
     tag = "keys",
     summary = "Roll an API key",
     description = "Scope: `keys:write`.",
-    request_body = Option<schema::RollKey>,
+    request_body = Option<requests::RollKey>,
     params(("id" = String, Path, description = "Object id")),
     responses(
-        (status = 201, description = "The successor; `key` is shown only here", body = schema::IssuedKey),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 409, description = "The key is revoked", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 201, description = "The successor; `key` is shown only here", body = KeyView),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]

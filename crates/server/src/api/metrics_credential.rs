@@ -10,11 +10,12 @@ use keyflow_core::key_settings::IpRuleInput;
 use serde::Deserialize;
 
 use super::keys::{caller_project, charged};
-use super::schema;
+use super::repr::{CredentialView, credential_json as view};
+use super::requests;
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
-use crate::operations::metrics_credential::{self as credential_ops, view};
+use crate::operations::metrics_credential as credential_ops;
 use crate::state::SharedState;
 
 #[utoipa::path(
@@ -27,10 +28,8 @@ use crate::state::SharedState;
                    with a new id and client secret (outstanding tokens stop working). The \
                    client secret is in this answer only.",
     responses(
-        (status = 201, description = "Created; `client_secret` is shown only here", body = schema::IssuedMetricsCredential),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 201, description = "Created; `client_secret` is shown only here", body = CredentialView),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -80,11 +79,9 @@ async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
     summary = "The metrics credential (without its secret)",
     description = "Scope: `keys:read`.",
     responses(
-        (status = 200, description = "The metrics credential (without its secret)", body = schema::MetricsCredential),
-        (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The metrics credential (without its secret)", body = CredentialView),
+        (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -114,14 +111,12 @@ pub struct PatchCredentialRequest {
     tag = "metrics",
     summary = "Change the credential's IP allow-list or the cache TTL",
     description = "Scope: `keys:write`.",
-    request_body = schema::PatchMetricsCredential,
+    request_body = requests::PatchMetricsCredential,
     responses(
-        (status = 200, description = "The metrics credential (without its secret)", body = schema::MetricsCredential),
-        (status = 404, description = "The project has no metrics credential yet", body = schema::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "The metrics credential (without its secret)", body = CredentialView),
+        (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]

@@ -8,7 +8,8 @@ pub mod keys;
 pub mod metrics_credential;
 pub mod openapi;
 pub mod repr;
-pub mod schema;
+pub mod requests;
+pub mod routes;
 pub mod segment;
 pub mod subscribers;
 
@@ -52,18 +53,14 @@ pub fn page_from_query(query: &HashMap<String, String>) -> ApiResult<Page> {
     Ok(Page { limit, cursor })
 }
 
-/// `{"data": [...], "next_cursor": …}`; a full page means there may be more.
-pub fn list_body(
-    data: Vec<serde_json::Value>,
-    page: &Page,
-    last_id: Option<String>,
-) -> serde_json::Value {
-    let next = if data.len() as u32 == page.limit {
+/// One page of a list; a full page means there may be more.
+pub fn list_body<T>(data: Vec<T>, page: &Page, last_id: Option<String>) -> repr::ListPage<T> {
+    let next_cursor = if data.len() as u32 == page.limit {
         last_id
     } else {
         None
     };
-    serde_json::json!({ "data": data, "next_cursor": next })
+    repr::ListPage { data, next_cursor }
 }
 
 pub fn bool_query(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {

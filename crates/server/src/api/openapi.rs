@@ -1,11 +1,16 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document of the whole `/v1` API,
-//! generated from the handlers' `#[utoipa::path]` annotations.
+//! `GET /openapi.json`: the OpenAPI 3.1 document of `/v1` and `/admin/v1`,
+//! generated from the handlers' `#[utoipa::path]` annotations as the route
+//! list registers them (`routes.rs`). This file holds what is not a route:
+//! the document's description, tags, security schemes, and the error
+//! responses every authenticated route shares.
 
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
-use super::{audit, contacts, events, keys, metrics_credential, schema, segment, subscribers};
+use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,36 +20,8 @@ use super::{audit, contacts, events, keys, metrics_credential, schema, segment, 
                        `Authorization: Bearer <key>`; errors are `{\"error\": {code, message, request_id, details}}`; \
                        every authenticated response carries X-RateLimit-* and RateLimit headers."
     ),
-    paths(
-        keys::create_key,
-        keys::list_keys,
-        keys::get_self,
-        keys::get_key,
-        keys::update_key,
-        keys::revoke_key,
-        keys::roll_key,
-        metrics_credential::create_or_rotate,
-        metrics_credential::get_credential,
-        metrics_credential::update_credential,
-        audit::list_audit,
-        contacts::upsert_contact,
-        contacts::list_contacts,
-        contacts::get_contact,
-        contacts::patch_contact,
-        contacts::delete_contact,
-        contacts::batch_contacts,
-        events::track,
-        events::track_batch,
-        events::list_events,
-        subscribers::list_subscribers,
-        subscribers::signup,
-        subscribers::unsubscribe,
-        segment::track,
-        segment::identify,
-        segment::batch,
-    ),
-    components(schemas(schema::ErrorBody)),
-    modifiers(&KeySecurity),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "keys", description = "Management API (secret keys with keys:*)"),
         (name = "metrics", description = "Metrics API: the project's metrics credential"),
@@ -53,14 +30,20 @@ use super::{audit, contacts, events, keys, metrics_credential, schema, segment, 
         (name = "events", description = "Events"),
         (name = "subscribers", description = "Subscribers"),
         (name = "segment", description = "Segment HTTP Tracking API compatibility (HTTP Basic, key as user name)"),
+        (name = "admin", description = "Instance administration (SPEC §8): the instance admin token; mounted only when one is configured"),
     )
 )]
-pub struct ApiDoc;
+struct Base;
 
-struct KeySecurity;
+/// The document without paths (the route list adds those).
+pub fn base() -> Document {
+    Base::openapi()
+}
 
-impl Modify for KeySecurity {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut Document) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut bearer = Http::new(HttpAuthScheme::Bearer);
         bearer.bearer_format = Some("sk_live_… / ck_live_… / ro_live_…".into());
@@ -69,9 +52,56 @@ impl Modify for KeySecurity {
             "segment_basic",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The refusals every key-authenticated route can answer.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum KeyRefusals {
+    #[response(status = 401, description = "Missing, invalid, revoked or expired key")]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "Plan, IP allow-list, scope or origin refused"
+    )]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Rate limited (see Retry-After)")]
+    RateLimited(ErrorBody),
+}
+
+/// The refusals of the admin token.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum AdminRefusals {
+    #[response(status = 401, description = "Missing or wrong admin token")]
+    Unauthorized(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Too many failed attempts (see Retry-After)"
+    )]
+    RateLimited(ErrorBody),
+}
+
+/// The `/openapi.json` handler: the document, serialised once.
+pub fn serve(
+    doc: &Document,
+) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    let body: std::sync::Arc<str> = serde_json::to_string(doc)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the OpenAPI document does not serialise");
+            "{}".to_string()
+        })
+        .into();
+    move || {
+        let response = (
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        );
+        std::future::ready(response.into_response())
+    }
 }

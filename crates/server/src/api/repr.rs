@@ -1,16 +1,23 @@
-//! JSON representations of stored objects (SPEC §2/§3/§8 field names).
+//! The JSON objects the API answers with (SPEC §2/§3/§8 field names): each
+//! is the type that is serialised, and its OpenAPI schema is derived from
+//! it, so the document cannot drift from what is sent.
 
 use keyflow_core::timefmt::format_rfc3339;
 use keyflow_core::{IpRule, RateLimit};
 use keyflow_store::{Actor, ApiKey, AuditEntry, Contact, Event, Operator, Project, Workspace};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::requests;
 
 use crate::usage::UsageTracker;
 
 /// Who created a key, as the key object shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Creator)]
 pub struct CreatorView<'a> {
+    /// `operator`, `api_key` or `instance_admin`.
     #[serde(rename = "type")]
     kind: &'static str,
     id: Option<&'a str>,
@@ -40,7 +47,8 @@ fn creator(actor: &Actor) -> CreatorView<'_> {
 /// The key object (SPEC §2), serialised straight from the stored key:
 /// `GET /v1/keys/self` is on the hot path, and building a `serde_json::Value`
 /// map first cost more than the rest of the handler.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Key)]
 pub struct KeyView<'a> {
     id: &'a str,
     object: &'static str,
@@ -48,6 +56,7 @@ pub struct KeyView<'a> {
     #[serde(rename = "type")]
     key_type: &'static str,
     scopes: Vec<&'static str>,
+    /// First 12 characters, e.g. `sk_live_AbCd`.
     prefix: &'a str,
     created_at: String,
     created_by: CreatorView<'a>,
@@ -55,9 +64,12 @@ pub struct KeyView<'a> {
     last_used_ip: Option<String>,
     expires_at: Option<String>,
     revoked_at: Option<String>,
+    #[schema(value_type = Vec<requests::IpRule>)]
     ip_allowlist: &'a [IpRule],
     allowed_events: Option<&'a [String]>,
+    /// Client keys only.
     allowed_origins: Option<&'a [String]>,
+    #[schema(value_type = Option<requests::RateLimit>)]
     rate_limit: Option<RateLimit>,
     /// The full key: only in the create/roll answer, once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,82 +115,246 @@ pub fn issued_key_json<'a>(key: &'a ApiKey, secret: &'a str, usage: &UsageTracke
     }
 }
 
-pub fn audit_json(e: &AuditEntry) -> Value {
+/// `{"data": [...], "next_cursor": …}`: one page of a list.
+#[derive(Serialize, ToSchema)]
+pub struct ListPage<T> {
+    pub data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Who did something, in an audit entry.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Actor)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ActorView<'a> {
+    Operator {
+        id: &'a str,
+        email: &'a str,
+    },
+    ApiKey {
+        id: &'a str,
+        name: &'a str,
+        prefix: &'a str,
+    },
+    InstanceAdmin,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = Target)]
+pub struct TargetView<'a> {
+    /// e.g. `api_key`, `contact`, `operator`, `workspace`.
+    #[serde(rename = "type")]
+    kind: &'a str,
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+/// An activity log entry.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
+pub struct AuditView<'a> {
+    id: &'a str,
+    at: String,
+    actor: ActorView<'a>,
+    /// e.g. `api_key.created`, `contact.updated`, `plan.changed`.
+    action: &'a str,
+    target: TargetView<'a>,
+    ip: Option<&'a str>,
+    project_id: Option<&'a str>,
+    details: &'a Value,
+}
+
+pub fn audit_json(e: &AuditEntry) -> AuditView<'_> {
     let actor = match &e.actor {
-        Actor::Operator { id, email } => json!({ "type": "operator", "id": id, "email": email }),
-        Actor::ApiKey { id, name, prefix } => {
-            json!({ "type": "api_key", "id": id, "name": name, "prefix": prefix })
-        }
-        Actor::InstanceAdmin => json!({ "type": "instance_admin" }),
+        Actor::Operator { id, email } => ActorView::Operator { id, email },
+        Actor::ApiKey { id, name, prefix } => ActorView::ApiKey { id, name, prefix },
+        Actor::InstanceAdmin => ActorView::InstanceAdmin,
     };
-    let mut target = json!({ "type": e.target.kind, "id": e.target.id });
-    if let (Some(name), Value::Object(map)) = (&e.target.name, &mut target) {
-        map.insert("name".into(), Value::String(name.clone()));
+    AuditView {
+        id: &e.id,
+        at: format_rfc3339(e.at),
+        actor,
+        action: &e.action,
+        target: TargetView {
+            kind: &e.target.kind,
+            id: e.target.id.as_deref(),
+            name: e.target.name.as_deref(),
+        },
+        ip: e.ip.as_deref(),
+        project_id: e.project_id.as_deref(),
+        details: &e.details,
     }
-    json!({
-        "id": e.id,
-        "at": format_rfc3339(e.at),
-        "actor": actor,
-        "action": e.action,
-        "target": target,
-        "ip": e.ip,
-        "project_id": e.project_id,
-        "details": e.details,
-    })
 }
 
-pub fn workspace_json(w: &Workspace) -> Value {
-    json!({ "id": w.id, "object": "workspace", "name": w.name, "plan": w.plan.as_str(), "created_at": format_rfc3339(w.created_at) })
+#[derive(Serialize, ToSchema)]
+#[schema(as = Workspace)]
+pub struct WorkspaceView<'a> {
+    id: &'a str,
+    /// Always `workspace`.
+    object: &'static str,
+    name: &'a str,
+    /// `free`, `pro` or `team`.
+    plan: &'static str,
+    created_at: String,
 }
 
-pub fn project_json(p: &Project) -> Value {
-    json!({
-        "id": p.id,
-        "object": "project",
-        "workspace_id": p.workspace_id,
-        "name": p.name,
-        "environment": p.environment.as_str(),
-        "created_at": format_rfc3339(p.created_at),
-    })
+pub fn workspace_json(w: &Workspace) -> WorkspaceView<'_> {
+    WorkspaceView {
+        id: &w.id,
+        object: "workspace",
+        name: &w.name,
+        plan: w.plan.as_str(),
+        created_at: format_rfc3339(w.created_at),
+    }
 }
 
-pub fn operator_json(o: &Operator, workspace_id: &str, role: keyflow_core::Role) -> Value {
-    json!({
-        "id": o.id,
-        "object": "operator",
-        "email": o.email,
-        "workspace_id": workspace_id,
-        "role": role.as_str(),
-        "created_at": format_rfc3339(o.created_at),
-    })
+#[derive(Serialize, ToSchema)]
+#[schema(as = Project)]
+pub struct ProjectView<'a> {
+    id: &'a str,
+    /// Always `project`.
+    object: &'static str,
+    workspace_id: &'a str,
+    name: &'a str,
+    /// `live` or `test`.
+    environment: &'static str,
+    created_at: String,
 }
 
-pub fn contact_json(c: &Contact) -> Value {
+pub fn project_json(p: &Project) -> ProjectView<'_> {
+    ProjectView {
+        id: &p.id,
+        object: "project",
+        workspace_id: &p.workspace_id,
+        name: &p.name,
+        environment: p.environment.as_str(),
+        created_at: format_rfc3339(p.created_at),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = Operator)]
+pub struct OperatorView<'a> {
+    id: &'a str,
+    /// Always `operator`.
+    object: &'static str,
+    email: &'a str,
+    workspace_id: &'a str,
+    /// `owner`, `admin` or `member`.
+    role: &'static str,
+    created_at: String,
+}
+
+pub fn operator_json<'a>(
+    o: &'a Operator,
+    workspace_id: &'a str,
+    role: keyflow_core::Role,
+) -> OperatorView<'a> {
+    OperatorView {
+        id: &o.id,
+        object: "operator",
+        email: &o.email,
+        workspace_id,
+        role: role.as_str(),
+        created_at: format_rfc3339(o.created_at),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = Contact)]
+pub struct ContactView<'a> {
+    id: &'a str,
+    /// Always `contact`.
+    object: &'static str,
+    email: Option<&'a str>,
+    external_id: Option<&'a str>,
+    first_name: Option<&'a str>,
+    last_name: Option<&'a str>,
+    subscribed: bool,
+    properties: &'a Map<String, Value>,
+    created_at: String,
+    updated_at: String,
+}
+
+pub fn contact_json(c: &Contact) -> ContactView<'_> {
     let f = &c.fields;
-    json!({
-        "id": c.id,
-        "object": "contact",
-        "email": f.email,
-        "external_id": f.external_id,
-        "first_name": f.first_name,
-        "last_name": f.last_name,
-        "subscribed": f.subscribed,
-        "properties": f.properties,
-        "created_at": format_rfc3339(c.created_at),
-        "updated_at": format_rfc3339(c.updated_at),
-    })
+    ContactView {
+        id: &c.id,
+        object: "contact",
+        email: f.email.as_deref(),
+        external_id: f.external_id.as_deref(),
+        first_name: f.first_name.as_deref(),
+        last_name: f.last_name.as_deref(),
+        subscribed: f.subscribed,
+        properties: &f.properties,
+        created_at: format_rfc3339(c.created_at),
+        updated_at: format_rfc3339(c.updated_at),
+    }
 }
 
-pub fn event_json(e: &Event) -> Value {
-    json!({
-        "id": e.id,
-        "object": "event",
-        "name": e.name,
-        "contact_id": e.contact_id,
-        "anonymous_id": e.anonymous_id,
-        "properties": e.properties,
-        "timestamp": format_rfc3339(e.timestamp),
-        "received_at": format_rfc3339(e.received_at),
-        "idempotency_key": e.idempotency_key,
-    })
+#[derive(Serialize, ToSchema)]
+#[schema(as = Event)]
+pub struct EventView<'a> {
+    id: &'a str,
+    /// Always `event`.
+    object: &'static str,
+    name: &'a str,
+    contact_id: Option<&'a str>,
+    anonymous_id: Option<&'a str>,
+    properties: &'a Map<String, Value>,
+    timestamp: String,
+    received_at: String,
+    idempotency_key: Option<&'a str>,
+}
+
+pub fn event_json(e: &Event) -> EventView<'_> {
+    EventView {
+        id: &e.id,
+        object: "event",
+        name: &e.name,
+        contact_id: e.contact_id.as_deref(),
+        anonymous_id: e.anonymous_id.as_deref(),
+        properties: &e.properties,
+        timestamp: format_rfc3339(e.timestamp),
+        received_at: format_rfc3339(e.received_at),
+        idempotency_key: e.idempotency_key.as_deref(),
+    }
+}
+
+/// The project's metrics credential (SPEC §4); `client_secret` only in the
+/// create/rotate answer, once.
+#[derive(Serialize, ToSchema)]
+#[schema(as = MetricsCredential)]
+pub struct CredentialView<'a> {
+    /// `mk_live_…` / `mk_test_…`: the public id sent as the bearer of `/v1/metrics/token`.
+    id: &'a str,
+    /// Always `metrics_credential`.
+    object: &'static str,
+    /// Shown once; only its SHA-256 is stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_secret: Option<&'a str>,
+    created_at: String,
+    last_used_at: Option<String>,
+    #[schema(value_type = Vec<requests::IpRule>)]
+    ip_allowlist: &'a [IpRule],
+    /// How long Metrics API results are cached (minutes, 5 to 10080).
+    cache_ttl_minutes: i64,
+}
+
+pub fn credential_json<'a>(
+    credential: &'a keyflow_store::MetricsCredential,
+    cache_ttl_minutes: i64,
+    secret: Option<&'a str>,
+) -> CredentialView<'a> {
+    CredentialView {
+        id: &credential.id,
+        object: "metrics_credential",
+        client_secret: secret,
+        created_at: format_rfc3339(credential.created_at),
+        last_used_at: credential.last_used_at.map(format_rfc3339),
+        ip_allowlist: &credential.ip_allowlist,
+        cache_ttl_minutes,
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::contacts::audit_context;
 use super::events::{Batch, check_and_spend, ingest, store_events};
-use super::schema;
+use super::requests;
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -75,8 +75,15 @@ fn identify_to_contact(
     validate_contact(&input, true, prefix).map(Some)
 }
 
-fn success() -> Json<Value> {
-    Json(json!({ "success": true }))
+/// `{"success": true}`, Segment's answer to every accepted call.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = SegmentSuccess)]
+pub struct Success {
+    success: bool,
+}
+
+fn success() -> Json<Success> {
+    Json(Success { success: true })
 }
 
 #[utoipa::path(
@@ -86,13 +93,11 @@ fn success() -> Json<Value> {
     tag = "segment",
     summary = "Segment track",
     description = "Scope: `events:write`.",
-    request_body = schema::SegmentMessage,
+    request_body = requests::SegmentMessage,
     responses(
-        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "Accepted", body = Success),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))
 )]
@@ -101,7 +106,7 @@ pub async fn track(
     Extension(caller): Extension<Caller>,
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(msg): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Success>> {
     let event = track_to_event(&msg, state.now_ms(), "").map_err(ApiError::validation)?;
     ingest(&state, &caller, &ticket, vec![event], Batch::Single).await?;
     Ok(success())
@@ -114,13 +119,11 @@ pub async fn track(
     tag = "segment",
     summary = "Segment identify",
     description = "Scope: `contacts:write`.",
-    request_body = schema::SegmentMessage,
+    request_body = requests::SegmentMessage,
     responses(
-        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "Accepted", body = Success),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))
 )]
@@ -128,7 +131,7 @@ pub async fn identify(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     JsonBody(msg): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Success>> {
     if let Some(changes) = identify_to_contact(&msg, "").map_err(ApiError::validation)? {
         crate::operations::contacts::upsert_contact(
             state.store.as_ref(),
@@ -151,13 +154,11 @@ pub async fn identify(
     tag = "segment",
     summary = "Segment batch",
     description = "Scope: `events:write`.",
-    request_body = schema::SegmentBatch,
+    request_body = requests::SegmentBatch,
     responses(
-        (status = 200, description = "Accepted", body = schema::SegmentSuccess),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "Accepted", body = Success),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))
 )]
@@ -168,7 +169,7 @@ pub async fn batch(
     Extension(caller): Extension<Caller>,
     Extension(ticket): Extension<RateLimitTicket>,
     JsonBody(body): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Success>> {
     let Some(items) = body["batch"].as_array() else {
         return Err(ApiError::field("batch", "must be an array of messages"));
     };

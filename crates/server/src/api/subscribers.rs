@@ -6,14 +6,15 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use keyflow_core::contacts::{ContactChanges, ContactInput, lookup_from_path, validate_contact};
 use keyflow_store::UpsertActions;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::contacts::{audit_context, upsert_status};
-use super::repr::contact_json;
-use super::schema;
+use super::repr::{ContactView, ListPage, contact_json};
+use super::requests;
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -28,11 +29,9 @@ use crate::state::SharedState;
     description = "Scope: `subscribers:read`.",
     params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
     responses(
-        (status = 200, description = "A page of contacts", body = schema::ContactList),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -40,7 +39,7 @@ pub async fn list_subscribers(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let contacts = state
         .store
@@ -51,7 +50,8 @@ pub async fn list_subscribers(
         contacts.iter().map(contact_json).collect(),
         &page,
         last,
-    )))
+    ))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -68,14 +68,12 @@ pub struct SignupBody {
     tag = "subscribers",
     summary = "Sign up a subscriber",
     description = "Scope: `subscribers:write`.",
-    request_body = schema::SubscriberSignup,
+    request_body = requests::SubscriberSignup,
     responses(
-        (status = 201, description = "Created", body = schema::Contact),
-        (status = 200, description = "Updated", body = schema::Contact),
-        (status = 422, description = "Invalid fields (details.fields)", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 201, description = "Created", body = ContactView),
+        (status = 200, description = "Updated", body = ContactView),
+        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]
@@ -84,7 +82,7 @@ pub async fn signup(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<SignupBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     if body.email.is_none() {
         return Err(ApiError::field("email", "email is required"));
     }
@@ -116,7 +114,8 @@ pub async fn signup(
     Ok((
         upsert_status(outcome.created),
         Json(contact_json(&outcome.contact)),
-    ))
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -128,10 +127,8 @@ pub async fn signup(
     params(("email_or_id" = String, Path, description = "An email (contains @) or a contact id")),
     responses(
         (status = 204, description = "Unsubscribed"),
-        (status = 404, description = "Not found", body = schema::ErrorBody),
-        (status = 401, description = "Missing, invalid, revoked or expired key", body = schema::ErrorBody),
-        (status = 403, description = "Plan, IP allow-list, scope or origin refused", body = schema::ErrorBody),
-        (status = 429, description = "Rate limited (see Retry-After)", body = schema::ErrorBody),
+        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::KeyRefusals,
     ),
     security(("api_key" = []))
 )]

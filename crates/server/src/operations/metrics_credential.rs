@@ -7,7 +7,6 @@ use keyflow_core::key_settings::{IpRuleInput, METRICS_CACHE_TTL_MINUTES, validat
 use keyflow_core::keys::{display_prefix, generate_key, random_base62};
 use keyflow_core::{FieldError, IpRule, KeyDigest, KeyType};
 use keyflow_store::{Actor, AuditTarget, MetricsCredential, Project, Store};
-use serde::Serialize;
 use serde_json::json;
 
 use super::audit_entry;
@@ -25,36 +24,6 @@ pub struct IssuedCredential {
 impl std::fmt::Debug for IssuedCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "IssuedCredential({})", self.credential.id)
-    }
-}
-
-/// The credential as the API shows it (`client_secret` only when just issued).
-#[derive(Serialize)]
-pub struct CredentialView<'a> {
-    id: &'a str,
-    object: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_secret: Option<&'a str>,
-    created_at: String,
-    last_used_at: Option<String>,
-    ip_allowlist: &'a [IpRule],
-    cache_ttl_minutes: i64,
-}
-
-pub fn view<'a>(
-    credential: &'a MetricsCredential,
-    cache_ttl_minutes: i64,
-    secret: Option<&'a str>,
-) -> CredentialView<'a> {
-    use keyflow_core::timefmt::format_rfc3339;
-    CredentialView {
-        id: &credential.id,
-        object: "metrics_credential",
-        client_secret: secret,
-        created_at: format_rfc3339(credential.created_at),
-        last_used_at: credential.last_used_at.map(format_rfc3339),
-        ip_allowlist: &credential.ip_allowlist,
-        cache_ttl_minutes,
     }
 }
 
