@@ -1,171 +1,32 @@
 //! The `keyflow` binary: `serve`, `init`, `keys create`, `workspace plan`,
 //! `migrate`, `backup`.
 
-use std::path::PathBuf;
+mod args;
+mod database;
+mod failure;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
 use keyflow_core::{Clock, Environment, Plan, SystemClock};
+use keyflow_server::Config;
 use keyflow_server::api::repr::{issued_key_json, project_json, workspace_json};
 use keyflow_server::config::{LogFormat, Secret, read_secret_file};
 use keyflow_server::error::ApiError;
 use keyflow_server::operations::{keys as key_ops, tenancy};
 use keyflow_server::usage::UsageTracker;
-use keyflow_server::{Config, ConfigOverrides};
-use keyflow_store::{Actor, Store};
+use keyflow_store::Actor;
 use serde_json::{Value, json};
+
+use crate::args::{Cli, Command, FlagSources, KeysCommand, WorkspaceCommand, overrides};
+use crate::database::{open_existing_store, open_store, open_store_without_migrating, sqlite_file};
+use crate::failure::Failure;
 
 /// mimalloc: the request path allocates small short-lived buffers all the
 /// time, and glibc's malloc showed up at ~15% of the server's CPU under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-#[command(
-    name = "keyflow",
-    version,
-    about = "Keyflow: customer API with a first-class API-key platform"
-)]
-struct Cli {
-    /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data dir)
-    #[arg(
-        long,
-        global = true,
-        env = "KEYFLOW_DATABASE_URL",
-        hide_env_values = true
-    )]
-    database_url: Option<String>,
-    /// Read the database URL from a file (for URLs with passwords)
-    #[arg(long, global = true, env = "KEYFLOW_DATABASE_URL_FILE")]
-    database_url_file: Option<PathBuf>,
-    /// Where the embedded SQLite database lives
-    #[arg(long, global = true, env = "KEYFLOW_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// TOML configuration file (below environment and flags in precedence)
-    #[arg(long, global = true, env = "KEYFLOW_CONFIG")]
-    config: Option<PathBuf>,
-    /// Print results as JSON
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the HTTP server (applies migrations first)
-    Serve(ServeArgs),
-    /// Create the first workspace, project and owner, non-interactively
-    Init(InitArgs),
-    /// Manage API keys
-    #[command(subcommand)]
-    Keys(KeysCommand),
-    /// Manage workspaces
-    #[command(subcommand)]
-    Workspace(WorkspaceCommand),
-    /// Apply database migrations
-    Migrate,
-    /// Write a consistent copy of the embedded SQLite database to FILE, safe
-    /// while the server runs (PostgreSQL: use pg_dump)
-    Backup {
-        /// Where to write the copy (must not exist)
-        file: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on
-    #[arg(long, env = "KEYFLOW_LISTEN")]
-    listen: Option<String>,
-    /// Redis URL for multi-instance rate limits and revocation broadcast
-    #[arg(long, env = "KEYFLOW_REDIS_URL", hide_env_values = true)]
-    redis_url: Option<String>,
-    /// File holding the instance admin token (enables /admin/v1)
-    #[arg(long, env = "KEYFLOW_ADMIN_TOKEN_FILE")]
-    admin_token_file: Option<PathBuf>,
-    /// Proxies whose X-Forwarded-For is trusted (comma-separated addresses/CIDRs)
-    #[arg(long, env = "KEYFLOW_TRUSTED_PROXIES")]
-    trusted_proxies: Option<String>,
-    /// Default quota per key and category, LIMIT/SECONDS (e.g. 100/60)
-    #[arg(long, env = "KEYFLOW_RATE_LIMIT")]
-    rate_limit: Option<String>,
-    /// Failed authentications allowed per client IP per minute
-    #[arg(long, env = "KEYFLOW_FAILED_AUTH_PER_MINUTE")]
-    failed_auth_per_minute: Option<u32>,
-    /// text or json
-    #[arg(long, env = "KEYFLOW_LOG_FORMAT")]
-    log_format: Option<String>,
-    /// Seconds before a request is answered 408
-    #[arg(long, env = "KEYFLOW_REQUEST_TIMEOUT_SECS")]
-    request_timeout_secs: Option<u64>,
-    /// Seconds between flushes of last-used data (1-30)
-    #[arg(long, env = "KEYFLOW_LAST_USED_FLUSH_SECS")]
-    last_used_flush_secs: Option<u64>,
-    /// Seconds a client has to send a request's headers; idle keep-alive
-    /// connections close after the same time (default 10)
-    #[arg(long, env = "KEYFLOW_HEADER_READ_TIMEOUT_SECS")]
-    header_read_timeout_secs: Option<u64>,
-    /// Open connections at most (default: what the open-file limit allows)
-    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Open connections per client address (IPv6 /64) at most (default 256;
-    /// 0: no per-address cap; trusted proxies are exempt)
-    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<usize>,
-    /// Seconds SIGTERM waits for in-flight requests (default 30)
-    #[arg(long, env = "KEYFLOW_SHUTDOWN_TIMEOUT_SECS")]
-    shutdown_timeout_secs: Option<u64>,
-}
-
-#[derive(Args)]
-struct InitArgs {
-    #[arg(long)]
-    email: String,
-    /// File holding the owner's password
-    #[arg(long)]
-    password_file: PathBuf,
-    #[arg(long)]
-    workspace: String,
-    #[arg(long)]
-    project: String,
-    #[arg(long, default_value = "live")]
-    environment: String,
-    #[arg(long, default_value = "free")]
-    plan: String,
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create an API key and print it once
-    Create {
-        #[arg(long)]
-        project: String,
-        #[arg(long)]
-        name: String,
-        /// secret, client or read_only
-        #[arg(long = "type")]
-        key_type: String,
-        /// A scope such as contacts:read (repeatable; default: the type's default)
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// RFC 3339 expiry
-        #[arg(long)]
-        expires_at: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum WorkspaceCommand {
-    /// Change a workspace's plan (free, pro, team)
-    Plan {
-        #[arg(long)]
-        workspace: String,
-        plan: String,
-    },
-}
 
 fn main() -> ExitCode {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
@@ -194,126 +55,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A command failure: a message, and the API error behind it when there is one.
-struct Failure {
-    message: String,
-    api: Option<ApiError>,
-}
-
-impl Failure {
-    fn print(&self, json_output: bool) {
-        match (&self.api, json_output) {
-            (Some(api), true) => {
-                println!(
-                    "{}",
-                    json!({"error": {"code": api.code.as_str(), "message": api.message, "details": api.details}})
-                );
-            }
-            (_, true) => println!(
-                "{}",
-                json!({"error": {"code": "command_failed", "message": self.message}})
-            ),
-            (_, false) => eprintln!("keyflow: {}", self.message),
-        }
-    }
-}
-
-impl From<ApiError> for Failure {
-    fn from(api: ApiError) -> Self {
-        Self {
-            message: api.message.clone(),
-            api: Some(api),
-        }
-    }
-}
-
-impl From<keyflow_server::operations::OpError> for Failure {
-    fn from(e: keyflow_server::operations::OpError) -> Self {
-        ApiError::from(e).into()
-    }
-}
-
-macro_rules! impl_failure_from {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Failure {
-            fn from(e: $t) -> Self {
-                Self { message: e.to_string(), api: None }
-            }
-        }
-    )*};
-}
-impl_failure_from!(
-    keyflow_server::config::ConfigError,
-    keyflow_store::StoreError,
-    std::io::Error,
-    serde_json::Error,
-    String
-);
-
-fn overrides(cli: &Cli) -> ConfigOverrides {
-    ConfigOverrides {
-        config_file: cli.config.clone(),
-        data_dir: cli.data_dir.clone(),
-        database_url: cli.database_url.clone().map(Secret::new),
-        database_url_file: cli.database_url_file.clone(),
-        ..Default::default()
-    }
-}
-
-/// Creates the data directory (owner-only) for the embedded database.
-fn create_data_dir(config: &Config) -> Result<(), Failure> {
-    if config.database_url.is_some() || config.data_dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        )
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-/// The embedded database file this configuration names, if it is SQLite.
-fn sqlite_file(config: &Config) -> Option<PathBuf> {
-    keyflow_store::sqlite::files::path_of_url(config.effective_database_url().expose())
-}
-
-/// For commands that work on an existing instance (everything but `init`,
-/// `migrate` and `serve`): refuse a SQLite file that does not exist rather
-/// than create an empty one and then report "no project with id …".
-async fn open_existing_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
-    if let Some(path) = sqlite_file(config)
-        && !path.is_file()
-    {
-        return Err(Failure::from(format!(
-            "no Keyflow database at {}: run this where `keyflow serve` runs, or pass the \
-             same --data-dir / --database-url (KEYFLOW_DATA_DIR / KEYFLOW_DATABASE_URL); \
-             `keyflow init` creates a new one",
-            path.display()
-        )));
-    }
-    open_store(config).await
-}
-
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Failure> {
-    create_data_dir(config)?;
-    let url = config.effective_database_url();
-    let store = keyflow_store::connect(url.expose()).await.map_err(|e| {
-        format!(
-            "cannot open database {}: {e}",
-            keyflow_store::redact_url(url.expose())
-        )
-    })?;
-    store.migrate().await?;
-    Ok(store)
-}
-
 fn print_result(
     json_output: bool,
     value: &impl serde::Serialize,
@@ -325,33 +66,6 @@ fn print_result(
         println!("{text}");
     }
     Ok(())
-}
-
-/// Which values came from a flag rather than the environment: a flag must win
-/// over any environment variable, including one for a sibling setting (e.g.
-/// `--database-url-file` over `KEYFLOW_DATABASE_URL`).
-#[derive(Default, Clone, Copy)]
-struct FlagSources {
-    database_url_file_flag: bool,
-    database_url_from_env: bool,
-    admin_token_file_flag: bool,
-}
-
-impl FlagSources {
-    fn of(matches: &clap::ArgMatches) -> Self {
-        use clap::parser::ValueSource;
-        let flag = |m: &clap::ArgMatches, id: &str| {
-            m.try_get_raw(id).ok().flatten().is_some()
-                && m.value_source(id) == Some(ValueSource::CommandLine)
-        };
-        let serve = matches.subcommand_matches("serve");
-        Self {
-            database_url_file_flag: flag(matches, "database_url_file"),
-            database_url_from_env: matches.value_source("database_url")
-                == Some(ValueSource::EnvVariable),
-            admin_token_file_flag: serve.is_some_and(|m| flag(m, "admin_token_file")),
-        }
-    }
 }
 
 async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
@@ -535,17 +249,6 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-async fn open_store_without_migrating(config: &Config) -> Result<Arc<dyn Store>, Failure> {
-    create_data_dir(config)?;
-    let url = config.effective_database_url();
-    Ok(keyflow_store::connect(url.expose()).await.map_err(|e| {
-        format!(
-            "cannot open database {}: {e}",
-            keyflow_store::redact_url(url.expose())
-        )
-    })?)
 }
 
 fn init_logging(format: LogFormat) {

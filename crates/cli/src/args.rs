@@ -1,0 +1,189 @@
+//! The command line: commands, flags, and which values came from a flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use keyflow_server::ConfigOverrides;
+use keyflow_server::config::Secret;
+
+#[derive(Parser)]
+#[command(
+    name = "keyflow",
+    version,
+    about = "Keyflow: customer API with a first-class API-key platform"
+)]
+pub struct Cli {
+    /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data dir)
+    #[arg(
+        long,
+        global = true,
+        env = "KEYFLOW_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Read the database URL from a file (for URLs with passwords)
+    #[arg(long, global = true, env = "KEYFLOW_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// Where the embedded SQLite database lives
+    #[arg(long, global = true, env = "KEYFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (below environment and flags in precedence)
+    #[arg(long, global = true, env = "KEYFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (applies migrations first)
+    Serve(ServeArgs),
+    /// Create the first workspace, project and owner, non-interactively
+    Init(InitArgs),
+    /// Manage API keys
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Manage workspaces
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Apply database migrations
+    Migrate,
+    /// Write a consistent copy of the embedded SQLite database to FILE, safe
+    /// while the server runs (PostgreSQL: use pg_dump)
+    Backup {
+        /// Where to write the copy (must not exist)
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, env = "KEYFLOW_LISTEN")]
+    pub listen: Option<String>,
+    /// Redis URL for multi-instance rate limits and revocation broadcast
+    #[arg(long, env = "KEYFLOW_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// File holding the instance admin token (enables /admin/v1)
+    #[arg(long, env = "KEYFLOW_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Proxies whose X-Forwarded-For is trusted (comma-separated addresses/CIDRs)
+    #[arg(long, env = "KEYFLOW_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Default quota per key and category, LIMIT/SECONDS (e.g. 100/60)
+    #[arg(long, env = "KEYFLOW_RATE_LIMIT")]
+    pub rate_limit: Option<String>,
+    /// Failed authentications allowed per client IP per minute
+    #[arg(long, env = "KEYFLOW_FAILED_AUTH_PER_MINUTE")]
+    pub failed_auth_per_minute: Option<u32>,
+    /// text or json
+    #[arg(long, env = "KEYFLOW_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Seconds before a request is answered 408
+    #[arg(long, env = "KEYFLOW_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds between flushes of last-used data (1-30)
+    #[arg(long, env = "KEYFLOW_LAST_USED_FLUSH_SECS")]
+    pub last_used_flush_secs: Option<u64>,
+    /// Seconds a client has to send a request's headers; idle keep-alive
+    /// connections close after the same time (default 10)
+    #[arg(long, env = "KEYFLOW_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Open connections at most (default: what the open-file limit allows)
+    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6 /64) at most (default 256;
+    /// 0: no per-address cap; trusted proxies are exempt)
+    #[arg(long, env = "KEYFLOW_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds SIGTERM waits for in-flight requests (default 30)
+    #[arg(long, env = "KEYFLOW_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[arg(long)]
+    pub email: String,
+    /// File holding the owner's password
+    #[arg(long)]
+    pub password_file: PathBuf,
+    #[arg(long)]
+    pub workspace: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long, default_value = "live")]
+    pub environment: String,
+    #[arg(long, default_value = "free")]
+    pub plan: String,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it once
+    Create {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        name: String,
+        /// secret, client or read_only
+        #[arg(long = "type")]
+        key_type: String,
+        /// A scope such as contacts:read (repeatable; default: the type's default)
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// RFC 3339 expiry
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WorkspaceCommand {
+    /// Change a workspace's plan (free, pro, team)
+    Plan {
+        #[arg(long)]
+        workspace: String,
+        plan: String,
+    },
+}
+
+/// Which values came from a flag rather than the environment: a flag must win
+/// over any environment variable, including one for a sibling setting (e.g.
+/// `--database-url-file` over `KEYFLOW_DATABASE_URL`).
+#[derive(Default, Clone, Copy)]
+pub struct FlagSources {
+    pub database_url_file_flag: bool,
+    pub database_url_from_env: bool,
+    pub admin_token_file_flag: bool,
+}
+
+impl FlagSources {
+    pub fn of(matches: &clap::ArgMatches) -> Self {
+        use clap::parser::ValueSource;
+        let flag = |m: &clap::ArgMatches, id: &str| {
+            m.try_get_raw(id).ok().flatten().is_some()
+                && m.value_source(id) == Some(ValueSource::CommandLine)
+        };
+        let serve = matches.subcommand_matches("serve");
+        Self {
+            database_url_file_flag: flag(matches, "database_url_file"),
+            database_url_from_env: matches.value_source("database_url")
+                == Some(ValueSource::EnvVariable),
+            admin_token_file_flag: serve.is_some_and(|m| flag(m, "admin_token_file")),
+        }
+    }
+}
+
+pub fn overrides(cli: &Cli) -> ConfigOverrides {
+    ConfigOverrides {
+        config_file: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone().map(Secret::new),
+        database_url_file: cli.database_url_file.clone(),
+        ..Default::default()
+    }
+}
