@@ -16,7 +16,7 @@ use keyflow_server::config::{LogFormat, Secret, read_secret_file};
 use keyflow_server::error::ApiError;
 use keyflow_server::operations::{keys as key_ops, tenancy};
 use keyflow_server::usage::UsageTracker;
-use keyflow_store::Actor;
+use keyflow_store::{Actor, Store};
 use serde_json::{Value, json};
 
 use crate::args::{Cli, Command, FlagSources, KeysCommand, WorkspaceCommand, overrides};
@@ -144,17 +144,15 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
                 .ok_or_else(|| "--environment must be live or test".to_string())?;
             let plan = Plan::parse(&args.plan)
                 .ok_or_else(|| "--plan must be free, pro or team".to_string())?;
-            let boot = tenancy::bootstrap(
-                store.as_ref(),
-                &args.email,
-                password.expose().to_string(),
-                &args.workspace,
-                &args.project,
+            let new = tenancy::NewInstance {
+                email: &args.email,
+                password: password.expose().to_string(),
+                workspace_name: &args.workspace,
+                project_name: &args.project,
                 environment,
                 plan,
-                now,
-            )
-            .await?;
+            };
+            let boot = tenancy::bootstrap(store.as_ref(), new, now).await?;
             let value = json!({
                 "workspace": workspace_json(&boot.workspace),
                 "project": project_json(&boot.project),
@@ -195,14 +193,10 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             };
             let spec = validate_create(&request, now).map_err(ApiError::validation)?;
             let issued = key_ops::create_key(
-                store.as_ref(),
-                &keyflow_server::changes::NoListeners,
+                &instance_ctx(store.as_ref(), now),
                 &project,
                 spec,
-                &Actor::InstanceAdmin,
                 key_ops::KeyAuthority::Instance,
-                None,
-                now,
             )
             .await?;
             let value = issued_key_json(&issued.key, &issued.secret, &UsageTracker::default());
@@ -222,16 +216,8 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             let store = open_existing_store(&config).await?;
             let plan =
                 Plan::parse(plan).ok_or_else(|| "PLAN must be free, pro or team".to_string())?;
-            let (updated, previous) = tenancy::change_plan(
-                store.as_ref(),
-                &keyflow_server::changes::NoListeners,
-                workspace,
-                plan,
-                &Actor::InstanceAdmin,
-                None,
-                now,
-            )
-            .await?;
+            let (updated, previous) =
+                tenancy::change_plan(&instance_ctx(store.as_ref(), now), workspace, plan).await?;
             let mut value = serde_json::to_value(workspace_json(&updated))?;
             if let Value::Object(map) = &mut value {
                 map.insert(
@@ -326,4 +312,16 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutdown requested: draining in-flight requests");
+}
+
+/// The context of a change the CLI makes: the instance admin, no address,
+/// and no running server to tell (its caches expire on their own).
+fn instance_ctx(store: &dyn Store, now: i64) -> keyflow_server::operations::Ctx<'_> {
+    keyflow_server::operations::Ctx {
+        store,
+        bus: &keyflow_server::changes::NoListeners,
+        actor: Actor::InstanceAdmin,
+        ip: None,
+        now,
+    }
 }

@@ -80,18 +80,17 @@ async fn fixture(dir: &std::path::Path) -> (Arc<AppState>, String) {
         }))
         .unwrap();
     let spec = keyflow_core::key_settings::validate_create(&request, now).unwrap();
-    let issued = keyflow_server::operations::keys::create_key(
-        store.as_ref(),
-        &keyflow_server::changes::NoListeners,
-        &project,
-        spec,
-        &Actor::InstanceAdmin,
-        keyflow_server::operations::keys::KeyAuthority::Instance,
-        None,
+    let ctx = keyflow_server::operations::Ctx {
+        store: store.as_ref(),
+        bus: &keyflow_server::changes::NoListeners,
+        actor: Actor::InstanceAdmin,
+        ip: None,
         now,
-    )
-    .await
-    .unwrap();
+    };
+    let authority = keyflow_server::operations::keys::KeyAuthority::Instance;
+    let issued = keyflow_server::operations::keys::create_key(&ctx, &project, spec, authority)
+        .await
+        .unwrap();
     let state = Arc::new(AppState::new(
         Config::default(),
         store,

@@ -60,6 +60,10 @@ impl Caller {
     pub fn ip_string(&self) -> Option<String> {
         self.client_ip.map(|ip| ip.to_string())
     }
+    /// The context of a change this caller makes now.
+    pub fn ctx<'s>(&self, state: &'s crate::state::AppState) -> crate::operations::Ctx<'s> {
+        state.ctx(self.actor(), self.ip_string(), state.now_ms())
+    }
 }
 
 /// What a route requires: its scope (none for `/v1/keys/self`) and category.

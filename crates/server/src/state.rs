@@ -108,6 +108,22 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
+    /// The context of a change made by `actor` (from `ip`, at `now`).
+    pub fn ctx(
+        &self,
+        actor: keyflow_store::Actor,
+        ip: Option<String>,
+        now: keyflow_core::clock::UnixMillis,
+    ) -> crate::operations::Ctx<'_> {
+        crate::operations::Ctx {
+            store: self.store.as_ref(),
+            bus: self.changes.as_ref(),
+            actor,
+            ip,
+            now,
+        }
+    }
+
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let cache = Arc::new(KeyCache::new(
             config.key_cache_capacity,

@@ -189,22 +189,19 @@ async fn membership_changes_are_published(backend: Backend) {
     let members = store.list_members(&t.workspace_id).await.unwrap();
     let (member, _) = members.iter().find(|(o, _)| o.email == "m@x.io").unwrap();
     let now = app.state.now_ms();
-    let (ws, actor) = (t.workspace_id.as_str(), &Actor::InstanceAdmin);
-    let authority = MemberAuthority::Instance;
-    tenancy::change_member_role(
+    let ws = t.workspace_id.as_str();
+    let ctx = keyflow_server::operations::Ctx {
         store,
         bus,
-        ws,
-        member,
-        Role::Owner,
-        Role::Admin,
-        authority,
-        actor,
+        actor: Actor::InstanceAdmin,
+        ip: None,
         now,
-    )
-    .await
-    .unwrap();
-    tenancy::remove_member(store, bus, ws, member, Role::Admin, authority, actor, now)
+    };
+    let authority = MemberAuthority::Instance;
+    tenancy::change_member_role(&ctx, ws, member, Role::Owner, Role::Admin, authority)
+        .await
+        .unwrap();
+    tenancy::remove_member(&ctx, ws, member, Role::Admin, authority)
         .await
         .unwrap();
     // The workspace's last owner stays.
@@ -212,7 +209,7 @@ async fn membership_changes_are_published(backend: Backend) {
     let [(owner, m)] = members.as_slice() else {
         panic!("one member left: {members:?}")
     };
-    let refused = tenancy::remove_member(store, bus, ws, owner, m.role, authority, actor, now);
+    let refused = tenancy::remove_member(&ctx, ws, owner, m.role, authority);
     assert!(refused.await.is_err());
     assert_eq!(kinds(&seen), vec!["membership_changed"; 4]);
 }

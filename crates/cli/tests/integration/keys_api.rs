@@ -764,29 +764,14 @@ async fn project_limits_bind_keys_without_an_override(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
     let projects = app.store.list_projects(&t.workspace_id).await.unwrap();
-    let entry = keyflow_server::operations::audit_entry(
-        &t.workspace_id,
-        Some(&t.project_id),
-        &keyflow_store::Actor::InstanceAdmin,
-        keyflow_store::AuditAction::ProjectSettingsChanged,
-        keyflow_store::AuditTarget {
-            kind: "project".into(),
-            id: Some(t.project_id.clone()),
-            name: Some(projects[0].name.clone()),
-        },
-        None,
-        json!({}),
-        app.now_ms(),
-    );
-    app.store
-        .set_project_settings(
-            &t.project_id,
-            &keyflow_store::ProjectSettings {
-                rate_limit: Some(keyflow_core::RateLimit::per_minute(20)),
-                metrics_cache_ttl_minutes: 5,
-            },
-            &entry,
-        )
+    let ctx = app
+        .state
+        .ctx(keyflow_store::Actor::InstanceAdmin, None, app.now_ms());
+    let settings = keyflow_store::ProjectSettings {
+        rate_limit: Some(keyflow_core::RateLimit::per_minute(20)),
+        metrics_cache_ttl_minutes: 5,
+    };
+    keyflow_server::operations::tenancy::change_project_settings(&ctx, &projects[0], &settings)
         .await
         .unwrap();
     app.clock.advance_ms(2_000); // past the 1-second project cache

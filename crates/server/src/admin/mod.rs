@@ -156,13 +156,9 @@ async fn set_plan(
 ) -> ApiResult<Response> {
     let plan = parse_plan(body.plan.as_deref())?;
     let (workspace, _) = tenancy::change_plan(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(Actor::InstanceAdmin, None, state.now_ms()),
         &id,
         plan,
-        &Actor::InstanceAdmin,
-        None,
-        state.now_ms(),
     )
     .await?;
     Ok(Json(workspace_json(&workspace)).into_response())
@@ -257,15 +253,12 @@ async fn create_operator(
         .password
         .ok_or_else(|| ApiError::field("password", "is required"))?;
     let created = tenancy::add_operator(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(Actor::InstanceAdmin, None, state.now_ms()),
         &id,
         &email,
         password,
         role,
         tenancy::MemberAuthority::Instance,
-        &Actor::InstanceAdmin,
-        state.now_ms(),
     )
     .await?;
     Ok((
@@ -305,14 +298,10 @@ async fn create_key(
         .ok_or_else(|| ApiError::not_found("project"))?;
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
     let issued = key_ops::create_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(Actor::InstanceAdmin, None, now),
         &project,
         spec,
-        &Actor::InstanceAdmin,
         crate::operations::keys::KeyAuthority::Instance,
-        None,
-        now,
     )
     .await?;
     Ok((

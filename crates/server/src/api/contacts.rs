@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keyflow_core::contacts::{ContactInput, ContactLookup, validate_contact};
 use keyflow_core::{ErrorCode, FieldError};
-use keyflow_store::{AuditContext, UpsertActions};
+use keyflow_store::UpsertActions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,16 +22,6 @@ use crate::json::JsonBody;
 use crate::state::SharedState;
 
 pub const MAX_CONTACT_BATCH: usize = 1000;
-
-/// Mutations made through a key are audited with the key as actor.
-pub fn audit_context(caller: &Caller, details: Value) -> AuditContext {
-    AuditContext {
-        workspace_id: caller.workspace_id().to_string(),
-        actor: caller.actor(),
-        ip: caller.ip_string(),
-        details,
-    }
-}
 
 /// 201 when created, 200 when updated.
 pub fn upsert_status(created: bool) -> StatusCode {
@@ -65,13 +55,12 @@ pub async fn upsert_contact(
 ) -> ApiResult<Response> {
     let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
     let outcome = crate::operations::contacts::upsert_contact(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &changes,
         UpsertActions::CONTACT,
-        Some(&audit_context(&caller, json!({}))),
-        state.now_ms(),
+        json!({}),
     )
     .await?;
     Ok((
@@ -191,14 +180,12 @@ pub async fn patch_contact(
 ) -> ApiResult<Response> {
     let changes = validate_contact(&input, false, "").map_err(ApiError::validation)?;
     let contact = crate::operations::contacts::update_contact(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &ContactLookup::Id(id),
         &changes,
         keyflow_store::AuditAction::ContactUpdated,
-        Some(&audit_context(&caller, json!({}))),
-        state.now_ms(),
     )
     .await?
     .ok_or_else(|| ApiError::not_found("contact"))?;
@@ -225,12 +212,10 @@ pub async fn delete_contact(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let deleted = crate::operations::contacts::delete_contact(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &id,
-        Some(&audit_context(&caller, json!({}))),
-        state.now_ms(),
     )
     .await?;
     if deleted {
@@ -289,12 +274,11 @@ pub async fn batch_contacts(
     }
     let changes: Vec<_> = valid.iter().map(|(_, c)| c.clone()).collect();
     let outcomes = crate::operations::contacts::upsert_contacts(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &changes,
-        Some(&audit_context(&caller, json!({}))),
-        state.now_ms(),
+        json!({}),
     )
     .await?;
     for ((i, _), outcome) in valid.iter().zip(outcomes) {

@@ -102,14 +102,10 @@ pub async fn create_key(
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::create_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(caller.actor(), caller.ip_string(), now),
         &project,
         spec,
-        &caller.actor(),
         authority,
-        caller.ip_string(),
-        now,
     )
     .await?;
     Ok((
@@ -245,15 +241,11 @@ pub async fn update_key(
     key_ops::check_update(&key, &settings, authority, now)?;
     ticket.consume().await?;
     key_ops::update_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(caller.actor(), caller.ip_string(), now),
         caller.workspace_id(),
         &key,
         &settings,
         authority,
-        &caller.actor(),
-        caller.ip_string(),
-        now,
     )
     .await?;
     let updated = ApiKey { settings, ..key };
@@ -288,17 +280,7 @@ pub async fn revoke_key(
     authority.may_manage(&key)?;
     ticket.consume().await?;
     if key.revoked_at.is_none() {
-        key_ops::revoke_key(
-            state.store.as_ref(),
-            state.changes.as_ref(),
-            caller.workspace_id(),
-            &key,
-            authority,
-            &caller.actor(),
-            caller.ip_string(),
-            state.now_ms(),
-        )
-        .await?;
+        key_ops::revoke_key(&caller.ctx(&state), caller.workspace_id(), &key, authority).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -351,15 +333,11 @@ pub async fn roll_key(
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let issued = key_ops::roll_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(caller.actor(), caller.ip_string(), now),
         &project,
         &old,
         grace,
         authority,
-        &caller.actor(),
-        caller.ip_string(),
-        now,
     )
     .await?;
     Ok((

@@ -47,16 +47,7 @@ pub async fn create_or_rotate(
     )
     .await?;
     ticket.consume().await?;
-    let issued = credential_ops::create_or_rotate(
-        state.store.as_ref(),
-        state.changes.as_ref(),
-        &project,
-        rotation,
-        &caller.actor(),
-        caller.ip_string(),
-        state.now_ms(),
-    )
-    .await?;
+    let issued = credential_ops::create_or_rotate(&caller.ctx(&state), &project, rotation).await?;
     let ttl = cache_ttl(&state, &project.id).await?;
     Ok((
         StatusCode::CREATED,
@@ -139,14 +130,10 @@ pub async fn update_credential(
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
     let updated = credential_ops::update(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
         &project,
         &change,
         &caller.key.key.settings.ip_allowlist,
-        &caller.actor(),
-        caller.ip_string(),
-        state.now_ms(),
     )
     .await?;
     let ttl = cache_ttl(&state, &project.id).await?;

@@ -12,7 +12,6 @@ use keyflow_core::{ErrorCode, FieldError, Scope};
 use keyflow_store::UpsertActions;
 use serde_json::{Map, Value, json};
 
-use super::contacts::audit_context;
 use super::events::{Batch, check_and_spend, ingest, store_events};
 use super::requests;
 use crate::auth::{Caller, RateLimitTicket};
@@ -134,13 +133,12 @@ pub async fn identify(
 ) -> ApiResult<Json<Success>> {
     if let Some(changes) = identify_to_contact(&msg, "").map_err(ApiError::validation)? {
         crate::operations::contacts::upsert_contact(
-            state.store.as_ref(),
-            state.changes.as_ref(),
+            &caller.ctx(&state),
+            caller.workspace_id(),
             caller.project_id(),
             &changes,
             UpsertActions::CONTACT,
-            Some(&audit_context(&caller, json!({ "via": "segment" }))),
-            state.now_ms(),
+            json!({ "via": "segment" }),
         )
         .await?;
     }
@@ -213,12 +211,11 @@ pub async fn batch(
     // Identify first, so a batch's track messages attach to the contact it describes.
     if !contacts.is_empty() {
         let results = crate::operations::contacts::upsert_contacts(
-            state.store.as_ref(),
-            state.changes.as_ref(),
+            &caller.ctx(&state),
+            caller.workspace_id(),
             caller.project_id(),
             &contacts,
-            Some(&audit_context(&caller, json!({ "via": "segment" }))),
-            now,
+            json!({ "via": "segment" }),
         )
         .await?;
         for failure in results.iter().filter_map(|r| r.as_ref().err()) {

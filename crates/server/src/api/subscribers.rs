@@ -12,7 +12,7 @@ use keyflow_store::UpsertActions;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::contacts::{audit_context, upsert_status};
+use super::contacts::upsert_status;
 use super::repr::{ContactView, ListPage, contact_json};
 use super::requests;
 use super::{list_body, page_from_query};
@@ -102,13 +102,12 @@ pub async fn signup(
     };
     let changes = validate_contact(&input, true, "").map_err(ApiError::validation)?;
     let outcome = crate::operations::contacts::upsert_contact(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &changes,
         UpsertActions::SUBSCRIBER,
-        Some(&audit_context(&caller, json!({ "source": body.source }))),
-        state.now_ms(),
+        json!({ "source": body.source }),
     )
     .await?;
     Ok((
@@ -143,14 +142,12 @@ pub async fn unsubscribe(
         ..Default::default()
     };
     crate::operations::contacts::update_contact(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &caller.ctx(&state),
+        caller.workspace_id(),
         caller.project_id(),
         &lookup_from_path(&email_or_id),
         &changes,
         keyflow_store::AuditAction::SubscriberUnsubscribed,
-        Some(&audit_context(&caller, json!({}))),
-        state.now_ms(),
     )
     .await?
     .ok_or_else(|| ApiError::not_found("subscriber"))?;

@@ -231,15 +231,11 @@ pub async fn edit(
     let ip = super::client_ip(&state, &headers, peer);
     let authority = operator_authority(&state, viewer).await?;
     key_ops::update_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), ip, now),
         viewer.workspace_id(),
         &key,
         &settings,
         authority,
-        &viewer.actor(),
-        ip,
-        now,
     )
     .await?;
     let to = format!("/keys/{}?project={}", key.id, viewer.project.id);

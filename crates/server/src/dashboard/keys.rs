@@ -313,14 +313,10 @@ pub async fn create(
     let ip = super::client_ip(&state, &headers, peer);
     let authority = operator_authority(&state, viewer).await?;
     let created = key_ops::create_key(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), ip, now),
         &viewer.project,
         spec,
-        &viewer.actor(),
         authority,
-        ip,
-        now,
     )
     .await;
     Ok(match created {
@@ -422,14 +418,11 @@ pub async fn act(
     let viewer = &form.viewer;
     let key = key_of(&state, viewer, &id).await?;
     let ip = super::client_ip(&state, &headers, peer);
-    let now = state.now_ms();
     let authority = operator_authority(&state, viewer).await?;
-    let (store, bus) = (state.store.as_ref(), state.changes.as_ref());
+    let ctx = state.ctx(viewer.actor(), ip, state.now_ms());
     match action.as_str() {
         "revoke" => {
-            let workspace = viewer.workspace_id();
-            let actor = viewer.actor();
-            key_ops::revoke_key(store, bus, workspace, &key, authority, &actor, ip, now).await?;
+            key_ops::revoke_key(&ctx, viewer.workspace_id(), &key, authority).await?;
             let to = format!("/keys?project={}", viewer.project.id);
             Ok(Redirect::to(&to).into_response())
         }
@@ -439,10 +432,7 @@ pub async fn act(
                 .parse::<i64>()
                 .unwrap_or(0)
                 .clamp(0, key_ops::MAX_ROLL_GRACE_SECONDS);
-            let (project, actor) = (&viewer.project, viewer.actor());
-            let issued =
-                key_ops::roll_key(store, bus, project, &key, grace, authority, &actor, ip, now)
-                    .await?;
+            let issued = key_ops::roll_key(&ctx, &viewer.project, &key, grace, authority).await?;
             Ok(reveal(viewer, &issued.key, &issued.secret))
         }
         _ => Err(ApiError::not_found("page").into()),

@@ -114,13 +114,9 @@ pub async fn rotate(
     let rotation =
         credential_ops::prepare_rotation(state.store.as_ref(), &viewer.project, &[]).await?;
     let issued = credential_ops::create_or_rotate(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), ip, state.now_ms()),
         &viewer.project,
         rotation,
-        &viewer.actor(),
-        ip,
-        state.now_ms(),
     )
     .await?;
     let page = RevealPage {
@@ -155,14 +151,10 @@ pub async fn update(
     };
     let ip = super::client_ip(&state, &headers, peer);
     credential_ops::update(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), ip, state.now_ms()),
         &viewer.project,
         &change,
         &[],
-        &viewer.actor(),
-        ip,
-        state.now_ms(),
     )
     .await?;
     let to = format!("/metrics-credential?project={}", viewer.project.id);

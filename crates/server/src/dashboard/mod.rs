@@ -28,7 +28,6 @@ use serde_json::json;
 
 use self::page::{Chrome, PageError, PageResult, render};
 use crate::error::ApiError;
-use crate::operations::audit_entry;
 use crate::state::SharedState;
 
 pub const STYLESHEET: &str = include_str!("../../assets/app.css");
@@ -166,25 +165,23 @@ async fn start_session(
         id: operator.id.clone(),
         email: operator.email.clone(),
     };
+    let ctx = state.ctx(actor, ip, now);
     let entries: Vec<_> = state
         .store
         .list_memberships(&operator.id)
         .await?
         .iter()
         .map(|m| {
-            audit_entry(
+            ctx.audit(
                 &m.workspace_id,
                 None,
-                &actor,
                 keyflow_store::AuditAction::OperatorSignedIn,
                 AuditTarget {
                     kind: "operator".into(),
                     id: Some(operator.id.clone()),
                     name: Some(operator.email.clone()),
                 },
-                ip.clone(),
                 json!({}),
-                now,
             )
         })
         .collect();

@@ -90,17 +90,15 @@ pub async fn submit(
             message,
         ));
     };
-    let created = tenancy::bootstrap(
-        state.store.as_ref(),
-        field("email"),
-        field("password").to_string(),
-        field("workspace"),
-        field("project"),
+    let new = tenancy::NewInstance {
+        email: field("email"),
+        password: field("password").to_string(),
+        workspace_name: field("workspace"),
+        project_name: field("project"),
         environment,
         plan,
-        state.now_ms(),
-    )
-    .await;
+    };
+    let created = tenancy::bootstrap(state.store.as_ref(), new, state.now_ms()).await;
     match created {
         Ok(boot) => {
             state.consume_setup_token();

@@ -81,29 +81,19 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
         .iter()
         .find(|(op, _)| op.id == form.field("operator"));
     let authority = tenancy::MemberAuthority::Member(viewer.membership.role);
-    let (store, bus, actor, now) = (
-        state.store.as_ref(),
-        state.changes.as_ref(),
-        &viewer.actor(),
-        state.now_ms(),
-    );
+    let ctx = state.ctx(viewer.actor(), None, state.now_ms());
     let outcome: OpResult<()> = match (form.field("do"), role, target) {
         ("add", Some(role), _) => {
             let (email, password) = (form.field("email"), form.field("password").to_string());
-            let added = tenancy::add_operator(
-                store, bus, workspace, email, password, role, authority, actor, now,
-            );
+            let added = tenancy::add_operator(&ctx, workspace, email, password, role, authority);
             added.await.map(|_| ())
         }
         ("role", Some(role), Some((op, m))) => {
-            let changed = tenancy::change_member_role(
-                store, bus, workspace, op, m.role, role, authority, actor, now,
-            );
+            let changed = tenancy::change_member_role(&ctx, workspace, op, m.role, role, authority);
             changed.await
         }
         ("remove", _, Some((op, m))) => {
-            let removed =
-                tenancy::remove_member(store, bus, workspace, op, m.role, authority, actor, now);
+            let removed = tenancy::remove_member(&ctx, workspace, op, m.role, authority);
             removed.await
         }
         _ => Err(OpError::new(
@@ -223,13 +213,9 @@ pub async fn change_plan(State(state): State<SharedState>, form: ManagerForm) ->
     let plan = Plan::parse(form.field("plan"))
         .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))?;
     tenancy::change_plan(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), None, state.now_ms()),
         viewer.workspace_id(),
         plan,
-        &viewer.actor(),
-        None,
-        state.now_ms(),
     )
     .await?;
     Ok(Redirect::to("/plan").into_response())
@@ -298,13 +284,9 @@ pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) 
         }
     };
     tenancy::change_project_settings(
-        state.store.as_ref(),
-        state.changes.as_ref(),
+        &state.ctx(viewer.actor(), None, state.now_ms()),
         &viewer.project,
         &new,
-        &viewer.actor(),
-        None,
-        state.now_ms(),
     )
     .await?;
     let to = format!("/settings?project={}", viewer.project.id);

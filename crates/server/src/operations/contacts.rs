@@ -1,10 +1,11 @@
-//! Contact writes (API, Segment `identify`, subscribers): the store call,
-//! then the change published once it is committed.
+//! Contact writes (API, Segment `identify`, subscribers): the store call
+//! (audited in its transaction), then the change published once committed.
 
-use keyflow_core::clock::UnixMillis;
 use keyflow_core::contacts::{ContactChanges, ContactLookup};
-use keyflow_store::{AuditContext, Contact, Store, StoreResult, UpsertActions, UpsertOutcome};
+use keyflow_store::{AuditAction, Contact, StoreResult, UpsertActions, UpsertOutcome};
+use serde_json::{Value, json};
 
+use super::Ctx;
 use crate::changes::{Change, ChangeBus};
 
 fn announce(bus: &dyn ChangeBus, project_id: &str, outcome: &UpsertOutcome) {
@@ -23,56 +24,61 @@ fn announce(bus: &dyn ChangeBus, project_id: &str, outcome: &UpsertOutcome) {
     });
 }
 
-/// Creates or updates one contact (matched by external id, then email).
+/// Creates or updates one contact (matched by external id, then email);
+/// `details` go into its audit entry (e.g. `{"via": "segment"}`).
 pub async fn upsert_contact(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
+    workspace_id: &str,
     project_id: &str,
     changes: &ContactChanges,
     actions: UpsertActions,
-    audit: Option<&AuditContext>,
-    now: UnixMillis,
+    details: Value,
 ) -> StoreResult<UpsertOutcome> {
-    let outcome = store
-        .upsert_contact(project_id, changes, actions, audit, now)
+    let audit = ctx.contact_audit(workspace_id, details);
+    let outcome = ctx
+        .store
+        .upsert_contact(project_id, changes, actions, Some(&audit), ctx.now)
         .await?;
-    announce(bus, project_id, &outcome);
+    announce(ctx.bus, project_id, &outcome);
     Ok(outcome)
 }
 
 /// Many upserts in one transaction; each applied item is announced.
 pub async fn upsert_contacts(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
+    workspace_id: &str,
     project_id: &str,
     items: &[ContactChanges],
-    audit: Option<&AuditContext>,
-    now: UnixMillis,
+    details: Value,
 ) -> StoreResult<Vec<StoreResult<UpsertOutcome>>> {
-    let outcomes = store.upsert_contacts(project_id, items, audit, now).await?;
+    let audit = ctx.contact_audit(workspace_id, details);
+    let outcomes = ctx
+        .store
+        .upsert_contacts(project_id, items, Some(&audit), ctx.now)
+        .await?;
     for outcome in outcomes.iter().flatten() {
-        announce(bus, project_id, outcome);
+        announce(ctx.bus, project_id, outcome);
     }
     Ok(outcomes)
 }
 
-/// Partial update of an existing contact; `None` (nothing published) if there is none.
-#[allow(clippy::too_many_arguments)]
+/// Partial update of an existing contact, audited as `action`; `None`
+/// (nothing published) if there is none.
 pub async fn update_contact(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
+    workspace_id: &str,
     project_id: &str,
     lookup: &ContactLookup,
     changes: &ContactChanges,
-    action: keyflow_store::AuditAction,
-    audit: Option<&AuditContext>,
-    now: UnixMillis,
+    action: AuditAction,
 ) -> StoreResult<Option<Contact>> {
-    let updated = store
-        .update_contact(project_id, lookup, changes, action, audit, now)
+    let audit = ctx.contact_audit(workspace_id, json!({}));
+    let updated = ctx
+        .store
+        .update_contact(project_id, lookup, changes, action, Some(&audit), ctx.now)
         .await?;
     if let Some(contact) = &updated {
-        bus.publish(Change::ContactUpdated {
+        ctx.bus.publish(Change::ContactUpdated {
             project_id: project_id.to_string(),
             contact_id: contact.id.clone(),
         });
@@ -82,16 +88,18 @@ pub async fn update_contact(
 
 /// Deletes a contact (its events stay, detached); `false` if there was none.
 pub async fn delete_contact(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
+    workspace_id: &str,
     project_id: &str,
     id: &str,
-    audit: Option<&AuditContext>,
-    now: UnixMillis,
 ) -> StoreResult<bool> {
-    let deleted = store.delete_contact(project_id, id, audit, now).await?;
+    let audit = ctx.contact_audit(workspace_id, json!({}));
+    let deleted = ctx
+        .store
+        .delete_contact(project_id, id, Some(&audit), ctx.now)
+        .await?;
     if deleted {
-        bus.publish(Change::ContactDeleted {
+        ctx.bus.publish(Change::ContactDeleted {
             project_id: project_id.to_string(),
             contact_id: id.to_string(),
         });

@@ -5,12 +5,12 @@ use keyflow_core::key_settings::{KeySettings, NewKeySpec};
 use keyflow_core::keys::generate_key;
 use keyflow_core::restrictions::{Restriction, expiry_is_final, looser_than};
 use keyflow_core::{ErrorCode, KeyType, RateLimit, ScopeSet};
-use keyflow_store::{Actor, ApiKey, AuditTarget, Project, Store, new_id};
+use keyflow_store::{Actor, ApiKey, AuditTarget, Project, new_id};
 use serde_json::json;
 
-use super::audit_entry;
+use super::Ctx;
 use super::error::{OpError, OpResult};
-use crate::changes::{Change, ChangeBus};
+use crate::changes::Change;
 
 /// A key just minted: the stored record and the full text, shown once.
 pub struct IssuedKey {
@@ -171,32 +171,25 @@ pub fn above_plan(field: &str, ceiling: RateLimit) -> OpError {
 /// Creates a key. A key as creator may not grant a scope it lacks; scopes
 /// and restrictions the request leaves out are narrowed to (inherited from)
 /// the creator's; the ones it names must be within the creator's.
-#[allow(clippy::too_many_arguments)]
 pub async fn create_key(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
     project: &Project,
     spec: NewKeySpec,
-    actor: &Actor,
     authority: KeyAuthority<'_>,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<IssuedKey> {
     let spec = narrow_spec(spec, authority)?;
     let scopes = spec.scopes;
-    let issued = mint(project, spec.key_type, scopes, spec.settings, actor, now)?;
-    let entry = audit_entry(
-        &project.workspace_id,
-        Some(&project.id),
-        actor,
-        keyflow_store::AuditAction::ApiKeyCreated,
-        target(&issued.key),
-        ip,
-        json!({ "type": spec.key_type.as_str(), "scopes": scopes.to_strings(), "prefix": issued.key.prefix }),
-        now,
-    );
-    store.insert_api_key(&issued.key, &entry).await?;
-    bus.publish(Change::KeyCreated {
+    let issued = mint(
+        project,
+        spec.key_type,
+        scopes,
+        spec.settings,
+        &ctx.actor,
+        ctx.now,
+    )?;
+    let entry = ctx.audit(&project.workspace_id, Some(&project.id), keyflow_store::AuditAction::ApiKeyCreated, target(&issued.key), json!({ "type": spec.key_type.as_str(), "scopes": scopes.to_strings(), "prefix": issued.key.prefix }));
+    ctx.store.insert_api_key(&issued.key, &entry).await?;
+    ctx.bus.publish(Change::KeyCreated {
         digest: issued.key.digest,
     });
     Ok(issued)
@@ -312,33 +305,26 @@ pub fn check_update(
 /// Changes a key's settings. A changed restriction must stay within the
 /// calling key's (which also stops a key loosening its own); once a key has
 /// expired or been rolled, its expiry is final.
-#[allow(clippy::too_many_arguments)]
 pub async fn update_key(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     key: &ApiKey,
     settings: &KeySettings,
     authority: KeyAuthority<'_>,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<()> {
-    check_update(key, settings, authority, now)?;
+    check_update(key, settings, authority, ctx.now)?;
     let changed = changed_fields(&key.settings, settings);
     let mut after = key.clone();
     after.settings = settings.clone();
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         Some(&key.project_id),
-        actor,
         keyflow_store::AuditAction::ApiKeyUpdated,
         target(&after),
-        ip,
         json!({ "changed": changed, "prefix": key.prefix }),
-        now,
     );
-    if !store
+    if !ctx
+        .store
         .update_api_key_settings(&key.project_id, &key.id, key, settings, &entry)
         .await?
     {
@@ -347,38 +333,31 @@ pub async fn update_key(
             "This API key was revoked or rolled meanwhile; read it again before changing it.",
         ));
     }
-    bus.publish(Change::KeyUpdated { digest: key.digest });
+    ctx.bus.publish(Change::KeyUpdated { digest: key.digest });
     Ok(())
 }
 
 /// Revokes; `Ok(false)` if it was already revoked (nothing written).
-#[allow(clippy::too_many_arguments)]
 pub async fn revoke_key(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     key: &ApiKey,
     authority: KeyAuthority<'_>,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<bool> {
     authority.may_manage(key)?;
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         Some(&key.project_id),
-        actor,
         keyflow_store::AuditAction::ApiKeyRevoked,
         target(key),
-        ip,
         json!({ "prefix": key.prefix }),
-        now,
     );
-    let revoked = store
-        .revoke_api_key(&key.project_id, &key.id, now, &entry)
+    let revoked = ctx
+        .store
+        .revoke_api_key(&key.project_id, &key.id, ctx.now, &entry)
         .await?;
     if revoked {
-        bus.publish(Change::KeyRevoked { digest: key.digest });
+        ctx.bus.publish(Change::KeyRevoked { digest: key.digest });
     }
     Ok(revoked)
 }
@@ -421,37 +400,37 @@ pub fn successor_settings(
 /// rolls it, it gets that key's own expiry, being at most as free). The old
 /// key expires after `grace_seconds` (0 = now). An expired or already rolled
 /// key cannot be rolled.
-#[allow(clippy::too_many_arguments)]
 pub async fn roll_key(
-    store: &dyn Store,
-    bus: &dyn ChangeBus,
+    ctx: &Ctx<'_>,
     project: &Project,
     old: &ApiKey,
     grace_seconds: i64,
     authority: KeyAuthority<'_>,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<IssuedKey> {
-    let settings = successor_settings(old, authority, now)?;
-    let issued = mint(project, old.key_type, old.scopes, settings, actor, now)?;
-    let old_expires_at = now + grace_seconds * 1000;
-    let entry = audit_entry(
+    let settings = successor_settings(old, authority, ctx.now)?;
+    let issued = mint(
+        project,
+        old.key_type,
+        old.scopes,
+        settings,
+        &ctx.actor,
+        ctx.now,
+    )?;
+    let old_expires_at = ctx.now + grace_seconds * 1000;
+    let entry = ctx.audit(
         &project.workspace_id,
         Some(&project.id),
-        actor,
         keyflow_store::AuditAction::ApiKeyRolled,
         target(old),
-        ip,
         json!({
             "old_prefix": old.prefix,
             "new_key_id": issued.key.id,
             "new_prefix": issued.key.prefix,
             "grace_seconds": grace_seconds,
         }),
-        now,
     );
-    if !store
+    if !ctx
+        .store
         .roll_api_key(&project.id, &old.id, old_expires_at, &issued.key, &entry)
         .await?
     {
@@ -460,7 +439,7 @@ pub async fn roll_key(
             "This API key is revoked or already rolled and cannot be rolled.",
         ));
     }
-    bus.publish(Change::KeyRolled {
+    ctx.bus.publish(Change::KeyRolled {
         old: old.digest,
         new: issued.key.digest,
     });

@@ -2,14 +2,13 @@
 //! secret is returned once), read, and change its allow-list and cache TTL.
 //! Shared by `/v1/metrics/credential` and the dashboard.
 
-use keyflow_core::clock::UnixMillis;
 use keyflow_core::key_settings::{IpRuleInput, METRICS_CACHE_TTL_MINUTES, validate_allowlist};
 use keyflow_core::keys::{display_prefix, generate_key, random_base62};
 use keyflow_core::{FieldError, IpRule, KeyDigest, KeyType};
-use keyflow_store::{Actor, AuditTarget, MetricsCredential, Project, Store};
+use keyflow_store::{AuditTarget, MetricsCredential, Project, Store};
 use serde_json::json;
 
-use super::audit_entry;
+use super::Ctx;
 use super::error::{OpError, OpResult};
 
 /// Length of a client secret: 43 base62 characters, over 256 bits.
@@ -71,13 +70,9 @@ pub async fn prepare_rotation(
 /// `.rotated` (two rotations racing may both name the same previous prefix;
 /// the stored result is still exactly one credential).
 pub async fn create_or_rotate(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     project: &Project,
     rotation: Rotation,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<IssuedCredential> {
     let Rotation { previous, bound } = rotation;
     let id = generate_key(KeyType::Metrics, project.environment)
@@ -91,7 +86,7 @@ pub async fn create_or_rotate(
         secret_digest: KeyDigest::of(&secret),
         // A new credential's: the caller's own; a rotation keeps the stored one.
         ip_allowlist: bound,
-        created_at: now,
+        created_at: ctx.now,
         last_used_at: None,
     };
     let prefix = display_prefix(&credential.id);
@@ -105,20 +100,21 @@ pub async fn create_or_rotate(
             json!({ "prefix": prefix }),
         ),
     };
-    let entry = audit_entry(
+    let entry = ctx.audit(
         &project.workspace_id,
         Some(&project.id),
-        actor,
         action,
         target(&credential.id),
-        ip,
         details,
-        now,
     );
-    let credential = store.put_metrics_credential(&credential, &entry).await?;
-    bus.publish(crate::changes::Change::MetricsCredentialChanged {
-        project_id: project.id.clone(),
-    });
+    let credential = ctx
+        .store
+        .put_metrics_credential(&credential, &entry)
+        .await?;
+    ctx.bus
+        .publish(crate::changes::Change::MetricsCredentialChanged {
+            project_id: project.id.clone(),
+        });
     Ok(IssuedCredential { credential, secret })
 }
 
@@ -180,21 +176,17 @@ pub fn validate_change(
 
 /// Applies a validated change, audited as `metrics_credential.updated` with
 /// the changed field names. 404 when the project has no credential yet.
-#[allow(clippy::too_many_arguments)]
 pub async fn update(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     project: &Project,
     change: &CredentialChange,
     bound: &[IpRule],
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<MetricsCredential> {
     if let Some(rules) = &change.ip_allowlist {
         refuse_wider_allowlist(bound, rules)?;
     }
-    let current = store
+    let current = ctx
+        .store
         .metrics_credential(&project.id)
         .await?
         .ok_or_else(|| OpError::not_found("metrics credential"))?;
@@ -208,17 +200,15 @@ pub async fn update(
     if fields.is_empty() {
         return Ok(current);
     }
-    let entry = audit_entry(
+    let entry = ctx.audit(
         &project.workspace_id,
         Some(&project.id),
-        actor,
         keyflow_store::AuditAction::MetricsCredentialUpdated,
         target(&current.id),
-        ip,
         json!({ "fields": fields }),
-        now,
     );
-    let updated = store
+    let updated = ctx
+        .store
         .update_metrics_credential(
             &project.id,
             change.ip_allowlist.as_deref(),
@@ -229,9 +219,10 @@ pub async fn update(
     if !updated {
         return Err(OpError::not_found("metrics credential"));
     }
-    bus.publish(crate::changes::Change::MetricsCredentialChanged {
-        project_id: project.id.clone(),
-    });
+    ctx.bus
+        .publish(crate::changes::Change::MetricsCredentialChanged {
+            project_id: project.id.clone(),
+        });
     let mut updated = current;
     if let Some(rules) = &change.ip_allowlist {
         updated.ip_allowlist = rules.clone();

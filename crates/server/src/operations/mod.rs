@@ -11,29 +11,53 @@ pub mod tenancy;
 pub use error::{OpError, OpResult};
 
 use keyflow_core::clock::UnixMillis;
-use keyflow_store::{Actor, AuditEntry, AuditTarget, new_id};
+use keyflow_store::{Actor, AuditAction, AuditContext, AuditEntry, AuditTarget, Store, new_id};
 
-/// Builds an audit entry; `project_id = None` for workspace-wide events.
-#[allow(clippy::too_many_arguments)]
-pub fn audit_entry(
-    workspace_id: &str,
-    project_id: Option<&str>,
-    actor: &Actor,
-    action: keyflow_store::AuditAction,
-    target: AuditTarget,
-    ip: Option<String>,
-    details: serde_json::Value,
-    at: UnixMillis,
-) -> AuditEntry {
-    AuditEntry {
-        id: new_id(),
-        workspace_id: workspace_id.to_string(),
-        project_id: project_id.map(str::to_string),
-        at,
-        actor: actor.clone(),
-        action: action.as_str().to_string(),
-        target,
-        ip,
-        details,
+use crate::changes::ChangeBus;
+
+/// Who makes a change, from where and when, and where the operation
+/// reports it: every audited mutation takes one. (The request id needs no
+/// field: it is in the request's task-local scope, which every log line and
+/// error body already carries.)
+pub struct Ctx<'a> {
+    pub store: &'a dyn Store,
+    pub bus: &'a dyn ChangeBus,
+    pub actor: Actor,
+    /// The client's address, when the change came over HTTP.
+    pub ip: Option<String>,
+    pub now: UnixMillis,
+}
+
+impl Ctx<'_> {
+    /// The audit entry of this change; `project_id = None` for workspace-wide changes.
+    pub fn audit(
+        &self,
+        workspace_id: &str,
+        project_id: Option<&str>,
+        action: AuditAction,
+        target: AuditTarget,
+        details: serde_json::Value,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: new_id(),
+            workspace_id: workspace_id.to_string(),
+            project_id: project_id.map(str::to_string),
+            at: self.now,
+            actor: self.actor.clone(),
+            action: action.as_str().to_string(),
+            target,
+            ip: self.ip.clone(),
+            details,
+        }
+    }
+
+    /// What the store needs to audit a contact write.
+    pub fn contact_audit(&self, workspace_id: &str, details: serde_json::Value) -> AuditContext {
+        AuditContext {
+            workspace_id: workspace_id.to_string(),
+            actor: self.actor.clone(),
+            ip: self.ip.clone(),
+            details,
+        }
     }
 }

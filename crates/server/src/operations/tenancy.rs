@@ -4,10 +4,10 @@ use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use keyflow_core::clock::UnixMillis;
 use keyflow_core::{Environment, ErrorCode, Plan, Role};
-use keyflow_store::{Actor, AuditTarget, Membership, Operator, Project, Store, Workspace, new_id};
+use keyflow_store::{AuditTarget, Membership, Operator, Project, Store, Workspace, new_id};
 use serde_json::json;
 
-use super::audit_entry;
+use super::Ctx;
 use super::error::{OpError, OpResult};
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -186,26 +186,22 @@ fn last_owner() -> OpError {
     OpError::new(ErrorCode::Conflict, "A workspace needs at least one owner.")
 }
 
-#[allow(clippy::too_many_arguments)]
 pub async fn add_operator(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     email: &str,
     password: String,
     role: Role,
     authority: MemberAuthority,
-    actor: &Actor,
-    now: UnixMillis,
 ) -> OpResult<NewOperator> {
     if role == Role::Owner && !authority.may_touch_owners() {
         return Err(owners_only("add owners"));
     }
-    if store.get_workspace(workspace_id).await?.is_none() {
+    if ctx.store.get_workspace(workspace_id).await?.is_none() {
         return Err(OpError::not_found("workspace"));
     }
     let email = check_email(email)?;
-    if store.find_operator_by_email(&email).await?.is_some() {
+    if ctx.store.find_operator_by_email(&email).await?.is_some() {
         return Err(OpError::new(
             ErrorCode::Conflict,
             "An operator with this email already exists.",
@@ -215,32 +211,30 @@ pub async fn add_operator(
         id: new_id(),
         email,
         password_hash: hash_password(password).await?,
-        created_at: now,
+        created_at: ctx.now,
     };
     let membership = Membership {
         workspace_id: workspace_id.to_string(),
         operator_id: operator.id.clone(),
         role,
-        created_at: now,
+        created_at: ctx.now,
     };
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         None,
-        actor,
         keyflow_store::AuditAction::MemberAdded,
         AuditTarget {
             kind: "operator".into(),
             id: Some(operator.id.clone()),
             name: Some(operator.email.clone()),
         },
-        None,
         json!({ "role": role.as_str() }),
-        now,
     );
-    store
+    ctx.store
         .create_operator(&operator, &membership, Some(&entry))
         .await?;
-    bus.publish(membership_changed(workspace_id, &operator.id));
+    ctx.bus
+        .publish(membership_changed(workspace_id, &operator.id));
     Ok(NewOperator {
         operator,
         membership,
@@ -250,36 +244,30 @@ pub async fn add_operator(
 /// Changes a workspace's plan (audited as `plan.changed`). Returns the workspace
 /// and its previous plan.
 pub async fn change_plan(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     plan: Plan,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<(Workspace, Plan)> {
-    let Some(workspace) = store.get_workspace(workspace_id).await? else {
+    let Some(workspace) = ctx.store.get_workspace(workspace_id).await? else {
         return Err(OpError::not_found("workspace"));
     };
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         None,
-        actor,
         keyflow_store::AuditAction::PlanChanged,
         AuditTarget {
             kind: "workspace".into(),
             id: Some(workspace.id.clone()),
             name: Some(workspace.name.clone()),
         },
-        ip,
         json!({ "from": workspace.plan.as_str(), "to": plan.as_str() }),
-        now,
     );
-    let previous = store
+    let previous = ctx
+        .store
         .set_workspace_plan(workspace_id, plan, &entry)
         .await?
         .ok_or_else(|| OpError::not_found("workspace"))?;
-    bus.publish(crate::changes::Change::PlanChanged {
+    ctx.bus.publish(crate::changes::Change::PlanChanged {
         workspace_id: workspace_id.to_string(),
     });
     Ok((Workspace { plan, ..workspace }, previous))
@@ -288,73 +276,63 @@ pub async fn change_plan(
 /// Changes a member's role: only owners make or unmake owners, and the last
 /// owner stays an owner (the store's statement guards that too, against a
 /// concurrent change).
-#[allow(clippy::too_many_arguments)]
 pub async fn change_member_role(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     member: &Operator,
     current: Role,
     role: Role,
     authority: MemberAuthority,
-    actor: &Actor,
-    now: UnixMillis,
 ) -> OpResult<()> {
     if (current == Role::Owner || role == Role::Owner) && !authority.may_touch_owners() {
         return Err(owners_only("change who is an owner"));
     }
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         None,
-        actor,
         keyflow_store::AuditAction::MemberRoleChanged,
         member_target(member),
-        None,
         json!({"from": current.as_str(), "to": role.as_str()}),
-        now,
     );
-    if !store
+    if !ctx
+        .store
         .set_member_role(workspace_id, &member.id, role, &entry)
         .await?
     {
         return Err(last_owner());
     }
-    bus.publish(membership_changed(workspace_id, &member.id));
+    ctx.bus
+        .publish(membership_changed(workspace_id, &member.id));
     Ok(())
 }
 
 /// Removes a member: only owners remove owners; never the last owner.
-#[allow(clippy::too_many_arguments)]
 pub async fn remove_member(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     workspace_id: &str,
     member: &Operator,
     current: Role,
     authority: MemberAuthority,
-    actor: &Actor,
-    now: UnixMillis,
 ) -> OpResult<()> {
     if current == Role::Owner && !authority.may_touch_owners() {
         return Err(owners_only("remove an owner"));
     }
-    let entry = audit_entry(
+    let entry = ctx.audit(
         workspace_id,
         None,
-        actor,
         keyflow_store::AuditAction::MemberRemoved,
         member_target(member),
-        None,
         json!({"role": current.as_str()}),
-        now,
     );
-    if !store
+    if !ctx
+        .store
         .remove_member(workspace_id, &member.id, &entry)
         .await?
     {
         return Err(last_owner());
     }
-    bus.publish(membership_changed(workspace_id, &member.id));
+    ctx.bus
+        .publish(membership_changed(workspace_id, &member.id));
     Ok(())
 }
 
@@ -376,37 +354,31 @@ fn member_target(member: &Operator) -> AuditTarget {
 /// Sets a project's settings (rate limit, metrics cache TTL), audited as
 /// `project.settings_changed`.
 pub async fn change_project_settings(
-    store: &dyn Store,
-    bus: &dyn crate::changes::ChangeBus,
+    ctx: &Ctx<'_>,
     project: &Project,
     settings: &keyflow_store::ProjectSettings,
-    actor: &Actor,
-    ip: Option<String>,
-    now: UnixMillis,
 ) -> OpResult<()> {
-    let entry = audit_entry(
+    let entry = ctx.audit(
         &project.workspace_id,
         Some(&project.id),
-        actor,
         keyflow_store::AuditAction::ProjectSettingsChanged,
         AuditTarget {
             kind: "project".into(),
             id: Some(project.id.clone()),
             name: Some(project.name.clone()),
         },
-        ip,
         json!({
             "rate_limit": settings.rate_limit,
             "metrics_cache_ttl_minutes": settings.metrics_cache_ttl_minutes,
         }),
-        now,
     );
-    store
+    ctx.store
         .set_project_settings(&project.id, settings, &entry)
         .await?;
-    bus.publish(crate::changes::Change::ProjectSettingsChanged {
-        project_id: project.id.clone(),
-    });
+    ctx.bus
+        .publish(crate::changes::Change::ProjectSettingsChanged {
+            project_id: project.id.clone(),
+        });
     Ok(())
 }
 
@@ -417,17 +389,29 @@ pub struct Bootstrap {
     pub owner: Operator,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `keyflow init` and the setup page ask for.
+pub struct NewInstance<'a> {
+    pub email: &'a str,
+    pub password: String,
+    pub workspace_name: &'a str,
+    pub project_name: &'a str,
+    pub environment: Environment,
+    pub plan: Plan,
+}
+
 pub async fn bootstrap(
     store: &dyn Store,
-    email: &str,
-    password: String,
-    workspace_name: &str,
-    project_name: &str,
-    environment: Environment,
-    plan: Plan,
+    new: NewInstance<'_>,
     now: UnixMillis,
 ) -> OpResult<Bootstrap> {
+    let NewInstance {
+        email,
+        password,
+        workspace_name,
+        project_name,
+        environment,
+        plan,
+    } = new;
     let email = check_email(email)?;
     let password_hash = hash_password(password).await?;
     if store.find_operator_by_email(&email).await?.is_some() {
