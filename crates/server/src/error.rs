@@ -5,6 +5,8 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keyflow_core::{ErrorCode, FieldError};
 use keyflow_store::StoreError;
+
+use crate::operations::OpError;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -49,25 +51,17 @@ impl ApiError {
         self
     }
 
+    /// The same words as the operations' refusals (one source for each).
     pub fn not_found(what: &str) -> Self {
-        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+        OpError::not_found(what).into()
     }
 
     pub fn validation(fields: Vec<FieldError>) -> Self {
-        let summary = fields
-            .iter()
-            .map(|f| format!("{}: {}", f.field, f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Self::new(
-            ErrorCode::ValidationFailed,
-            format!("The request is invalid: {summary}"),
-        )
-        .with_details(json!({ "fields": fields }))
+        OpError::validation(fields).into()
     }
 
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        Self::validation(vec![FieldError::new(field, message)])
+        OpError::field(field, message).into()
     }
 
     /// For bare framework responses (router 404/405, body-limit 413, timeout 408).
@@ -110,9 +104,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<crate::operations::OpError> for ApiError {
-    fn from(err: crate::operations::OpError) -> Self {
-        use crate::operations::OpError;
+impl From<OpError> for ApiError {
+    fn from(err: OpError) -> Self {
         match err {
             OpError::Refused {
                 code,

@@ -55,19 +55,7 @@ pub trait Store:
 {
 }
 
-impl<T> Store for T where
-    T: SchemaStore
-        + TenancyStore
-        + MemberStore
-        + KeyStore
-        + CredentialStore
-        + SessionStore
-        + AuditStore
-        + ContactStore
-        + EventStore
-        + 'static
-{
-}
+impl<B: backend::Backend> Store for B {}
 
 /// Opens the store named by `url` (`sqlite://path` or `postgres://…`).
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {

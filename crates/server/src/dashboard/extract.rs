@@ -134,9 +134,16 @@ pub struct ManagerForm {
     pub pairs: Vec<(String, String)>,
     /// The last value of each field.
     pub values: HashMap<String, String>,
+    /// The client's address (per SPEC §2), for the audit log.
+    pub ip: Option<String>,
 }
 
 impl ManagerForm {
+    /// The context of the change this form asks for.
+    pub fn ctx<'s>(&self, state: &'s SharedState) -> crate::operations::Ctx<'s> {
+        state.ctx(self.viewer.actor(), self.ip.clone(), state.now_ms())
+    }
+
     /// A field's value, or `""`.
     pub fn field(&self, name: &str) -> &str {
         self.values.get(name).map(String::as_str).unwrap_or("")
@@ -151,6 +158,11 @@ impl FromRequest<SharedState> for ManagerForm {
             return Err(PageError::CrossSite);
         }
         let headers = req.headers().clone();
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        let ip = crate::auth::client_ip(state, peer, &headers).map(|ip| ip.to_string());
         let Form(pairs) = Form::<Vec<(String, String)>>::from_request(req, state)
             .await
             .map_err(|_| ApiError::field("form", "is not a valid form"))?;
@@ -168,6 +180,7 @@ impl FromRequest<SharedState> for ManagerForm {
             viewer,
             pairs,
             values,
+            ip,
         })
     }
 }

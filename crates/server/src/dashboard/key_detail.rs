@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::KeyType;
 use keyflow_core::key_settings::{PatchKeyRequest, apply_patch};
@@ -196,8 +196,6 @@ async fn usage_of(state: &SharedState, key: &ApiKey) -> Result<Vec<DailyUsage>, 
 
 pub async fn edit(
     State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     form: ManagerForm,
 ) -> PageResult {
@@ -228,10 +226,9 @@ pub async fn edit(
             return Ok(page);
         }
     };
-    let ip = super::client_ip(&state, &headers, peer);
     let authority = operator_authority(&state, viewer).await?;
     key_ops::update_key(
-        &state.ctx(viewer.actor(), ip, now),
+        &form.ctx(&state),
         viewer.workspace_id(),
         &key,
         &settings,

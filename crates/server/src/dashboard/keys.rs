@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::IpRule;
 use keyflow_core::key_settings::{CreateKeyRequest, IpRuleInput, validate_create};
@@ -273,12 +273,7 @@ pub async fn new_form(
     )
 }
 
-pub async fn create(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    form: ManagerForm,
-) -> PageResult {
+pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
     let (viewer, values) = (&form.viewer, &form.values);
     let key_type = KeyType::parse_api_type(form.field("type")).unwrap_or(KeyType::Secret);
     let scopes: Vec<&str> = form
@@ -310,15 +305,8 @@ pub async fn create(
         Ok(spec) => spec,
         Err(fields) => return Ok(again(unprocessable, rows, Some(&field_errors(&fields)))),
     };
-    let ip = super::client_ip(&state, &headers, peer);
     let authority = operator_authority(&state, viewer).await?;
-    let created = key_ops::create_key(
-        &state.ctx(viewer.actor(), ip, now),
-        &viewer.project,
-        spec,
-        authority,
-    )
-    .await;
+    let created = key_ops::create_key(&form.ctx(&state), &viewer.project, spec, authority).await;
     Ok(match created {
         Ok(issued) => reveal(viewer, &issued.key, &issued.secret),
         Err(e) => again(unprocessable, rows, Some(&refusal(e))),
@@ -410,16 +398,13 @@ pub async fn confirm(
 
 pub async fn act(
     State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     form: ManagerForm,
 ) -> PageResult {
     let viewer = &form.viewer;
     let key = key_of(&state, viewer, &id).await?;
-    let ip = super::client_ip(&state, &headers, peer);
     let authority = operator_authority(&state, viewer).await?;
-    let ctx = state.ctx(viewer.actor(), ip, state.now_ms());
+    let ctx = form.ctx(&state);
     match action.as_str() {
         "revoke" => {
             key_ops::revoke_key(&ctx, viewer.workspace_id(), &key, authority).await?;

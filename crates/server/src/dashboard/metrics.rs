@@ -3,8 +3,8 @@
 //! secret, and its IP allow-list and cache TTL.
 
 use askama::Template;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::MetricsCredential;
@@ -102,23 +102,13 @@ struct RevealPage<'a> {
 }
 
 /// `POST /metrics-credential/rotate`: create or rotate, then the one-time reveal.
-pub async fn rotate(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    form: ManagerForm,
-) -> PageResult {
+pub async fn rotate(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
     let viewer = &form.viewer;
-    let ip = super::client_ip(&state, &headers, peer);
     // Operators are bound by no key's allow-list.
     let rotation =
         credential_ops::prepare_rotation(state.store.as_ref(), &viewer.project, &[]).await?;
-    let issued = credential_ops::create_or_rotate(
-        &state.ctx(viewer.actor(), ip, state.now_ms()),
-        &viewer.project,
-        rotation,
-    )
-    .await?;
+    let issued =
+        credential_ops::create_or_rotate(&form.ctx(&state), &viewer.project, rotation).await?;
     let page = RevealPage {
         chrome: viewer.chrome("/metrics-credential", "Metrics credential"),
         id: &issued.credential.id,
@@ -129,12 +119,7 @@ pub async fn rotate(
 }
 
 /// `POST /metrics-credential`: the allow-list and cache TTL.
-pub async fn update(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    form: ManagerForm,
-) -> PageResult {
+pub async fn update(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
     let viewer = &form.viewer;
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let ip_rows = ip_rows_from_form(&form.values);
@@ -149,14 +134,7 @@ pub async fn update(
             return show(&state, viewer, unprocessable, Some(&message)).await;
         }
     };
-    let ip = super::client_ip(&state, &headers, peer);
-    credential_ops::update(
-        &state.ctx(viewer.actor(), ip, state.now_ms()),
-        &viewer.project,
-        &change,
-        &[],
-    )
-    .await?;
+    credential_ops::update(&form.ctx(&state), &viewer.project, &change, &[]).await?;
     let to = format!("/metrics-credential?project={}", viewer.project.id);
     Ok(Redirect::to(&to).into_response())
 }

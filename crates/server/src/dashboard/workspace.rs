@@ -81,7 +81,7 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
         .iter()
         .find(|(op, _)| op.id == form.field("operator"));
     let authority = tenancy::MemberAuthority::Member(viewer.membership.role);
-    let ctx = state.ctx(viewer.actor(), None, state.now_ms());
+    let ctx = form.ctx(&state);
     let outcome: OpResult<()> = match (form.field("do"), role, target) {
         ("add", Some(role), _) => {
             let (email, password) = (form.field("email"), form.field("password").to_string());
@@ -212,12 +212,7 @@ pub async fn change_plan(State(state): State<SharedState>, form: ManagerForm) ->
     }
     let plan = Plan::parse(form.field("plan"))
         .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))?;
-    tenancy::change_plan(
-        &state.ctx(viewer.actor(), None, state.now_ms()),
-        viewer.workspace_id(),
-        plan,
-    )
-    .await?;
+    tenancy::change_plan(&form.ctx(&state), viewer.workspace_id(), plan).await?;
     Ok(Redirect::to("/plan").into_response())
 }
 
@@ -283,12 +278,7 @@ pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) 
             return Ok(settings_page(viewer, status, &current, Some(&message)));
         }
     };
-    tenancy::change_project_settings(
-        &state.ctx(viewer.actor(), None, state.now_ms()),
-        &viewer.project,
-        &new,
-    )
-    .await?;
+    tenancy::change_project_settings(&form.ctx(&state), &viewer.project, &new).await?;
     let to = format!("/settings?project={}", viewer.project.id);
     Ok(Redirect::to(&to).into_response())
 }
