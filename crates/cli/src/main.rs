@@ -11,7 +11,7 @@ use std::sync::Arc;
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
 use keyflow_core::{Clock, Environment, Plan, SystemClock};
 use keyflow_server::Config;
-use keyflow_server::api::repr::{issued_key_json, project_json, workspace_json};
+use keyflow_server::api::views::{issued_key_json, project_json, workspace_json};
 use keyflow_server::config::{LogFormat, Secret, read_secret_file};
 use keyflow_server::error::ApiError;
 use keyflow_server::operations::{keys as key_ops, tenancy};
@@ -24,7 +24,8 @@ use crate::database::{open_existing_store, open_store, open_store_without_migrat
 use crate::failure::Failure;
 
 /// mimalloc: the request path allocates small short-lived buffers all the
-/// time, and glibc's malloc showed up at ~15% of the server's CPU under load.
+/// time, and glibc's malloc was a visible share of the server's CPU under
+/// load (docs/benchmarks.md, "What was changed").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

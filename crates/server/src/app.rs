@@ -101,7 +101,7 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status().as_u16();
-    state.metrics.count_status(status);
+    state.prometheus.count_status(status);
     // The path is logged, never headers or bodies: keys travel only in headers.
     tracing::info!(
         request_id = %request_id,
@@ -198,7 +198,7 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 async fn metrics(State(state): State<SharedState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        state.prometheus.render(),
     )
         .into_response()
 }
@@ -222,7 +222,7 @@ async fn background_flush(state: SharedState, mut stop: tokio::sync::watch::Rece
 pub async fn flush_usage(state: &AppState) {
     if let Err(e) = state.usage.flush(state.store.as_ref()).await {
         state
-            .metrics
+            .prometheus
             .usage_flush_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(error = %e, "could not flush last-used data; will retry");

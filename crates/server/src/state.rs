@@ -9,7 +9,7 @@ use moka::sync::Cache;
 
 use crate::config::Config;
 use crate::limits::{LocalRateLimiter, RateLimiter};
-use crate::metrics::Metrics;
+use crate::prometheus::Prometheus;
 use crate::usage::UsageTracker;
 
 /// A key as the auth pipeline needs it, resolved once and cached.
@@ -98,7 +98,7 @@ pub struct AppState {
     pub failed_auth: LocalRateLimiter,
     pub local_limiter: Arc<LocalRateLimiter>,
     pub usage: UsageTracker,
-    pub metrics: Metrics,
+    pub prometheus: Prometheus,
     /// Failed dashboard sign-ins and the browsers known to have signed in.
     pub signin: crate::dashboard::signin::SigninThrottle,
     /// The one-time first-run setup token, while the instance has no operator.
@@ -142,7 +142,7 @@ impl AppState {
             failed_auth: LocalRateLimiter::default(),
             local_limiter,
             usage: UsageTracker::default(),
-            metrics: Metrics::default(),
+            prometheus: Prometheus::default(),
             signin: Default::default(),
             setup_token: std::sync::Mutex::new(None),
         }

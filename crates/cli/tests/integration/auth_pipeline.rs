@@ -10,7 +10,7 @@ use crate::harness::{Backend, TestApp};
 
 fn lookups(app: &TestApp) -> u64 {
     app.state
-        .metrics
+        .prometheus
         .key_store_lookups
         .load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -125,7 +125,7 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
     assert!(num(&limited, "retry-after") >= 1);
     let lookups = app
         .state
-        .metrics
+        .prometheus
         .key_store_lookups
         .load(std::sync::atomic::Ordering::Relaxed);
     let another = generate_key(KeyType::Secret, Environment::Live).unwrap();
@@ -134,7 +134,7 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
         .assert_error(429, "rate_limited");
     assert_eq!(
         app.state
-            .metrics
+            .prometheus
             .key_store_lookups
             .load(std::sync::atomic::Ordering::Relaxed),
         lookups,

@@ -15,12 +15,12 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::api::openapi::AdminRefusals;
-use crate::api::repr::{
+use crate::api::requests;
+use crate::api::routes::ApiRoutes;
+use crate::api::views::{
     KeyView, OperatorView, ProjectView, WorkspaceView, issued_key_json, operator_json,
     project_json, workspace_json,
 };
-use crate::api::requests;
-use crate::api::routes::ApiRoutes;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::operations::{keys as key_ops, tenancy};

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 
-use super::repr::{AuditView, ListPage, audit_json};
+use super::views::{AuditView, ListPage, audit_json};
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::ApiResult;

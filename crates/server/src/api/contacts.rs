@@ -13,8 +13,8 @@ use keyflow_store::UpsertActions;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::repr::{ContactView, ListPage, contact_json};
 use super::requests;
+use super::views::{ContactView, ListPage, contact_json};
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -135,7 +135,7 @@ pub async fn list_contacts(
             .get_contact(caller.project_id(), &lookup)
             .await?;
         let data = found.iter().map(contact_json).collect();
-        let one = super::repr::ListPage {
+        let one = super::views::ListPage {
             data,
             next_cursor: None,
         };

@@ -16,8 +16,8 @@ use keyflow_store::{EventFilter, EventOutcome};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::repr::{EventView, ListPage, event_json};
 use super::requests;
+use super::views::{EventView, ListPage, event_json};
 use super::{list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
@@ -36,7 +36,7 @@ pub async fn check_and_spend(
     if let Some(name) = first_disallowed(events, caller.key.key.settings.allowed_events.as_deref())
     {
         state
-            .metrics
+            .prometheus
             .count_auth_rejection(ErrorCode::EventNotAllowed);
         return Err(ApiError::new(
             ErrorCode::EventNotAllowed,

@@ -12,8 +12,8 @@ use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch,
 use keyflow_store::{ApiKey, Project};
 use serde::Deserialize;
 
-use super::repr::{KeyView, ListPage, issued_key_json, key_json};
 use super::requests;
+use super::views::{KeyView, ListPage, issued_key_json, key_json};
 use super::{bool_query, list_body, page_from_query};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};

@@ -10,8 +10,8 @@ use keyflow_core::key_settings::IpRuleInput;
 use serde::Deserialize;
 
 use super::keys::{caller_project, charged};
-use super::repr::{CredentialView, credential_json as view};
 use super::requests;
+use super::views::{CredentialView, credential_json as view};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;

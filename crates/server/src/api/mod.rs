@@ -7,11 +7,11 @@ pub mod events;
 pub mod keys;
 pub mod metrics_credential;
 pub mod openapi;
-pub mod repr;
 pub mod requests;
 pub mod routes;
 pub mod segment;
 pub mod subscribers;
+pub mod views;
 
 use std::collections::HashMap;
 
@@ -54,13 +54,13 @@ pub fn page_from_query(query: &HashMap<String, String>) -> ApiResult<Page> {
 }
 
 /// One page of a list; a full page means there may be more.
-pub fn list_body<T>(data: Vec<T>, page: &Page, last_id: Option<String>) -> repr::ListPage<T> {
+pub fn list_body<T>(data: Vec<T>, page: &Page, last_id: Option<String>) -> views::ListPage<T> {
     let next_cursor = if data.len() as u32 == page.limit {
         last_id
     } else {
         None
     };
-    repr::ListPage { data, next_cursor }
+    views::ListPage { data, next_cursor }
 }
 
 pub fn bool_query(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {

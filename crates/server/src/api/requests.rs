@@ -2,7 +2,7 @@
 //! them through `keyflow_core`'s input types (which know nothing of OpenAPI);
 //! these mirror those types, and the contract tests send every documented
 //! shape. Responses need no copy: their schemas come from the types in
-//! `repr.rs` that are serialised.
+//! `views.rs` that are serialised.
 
 #![allow(dead_code)] // read only by the OpenAPI derive
 

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::contacts::upsert_status;
-use super::repr::{ContactView, ListPage, contact_json};
 use super::requests;
+use super::views::{ContactView, ListPage, contact_json};
 use super::{list_body, page_from_query};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};

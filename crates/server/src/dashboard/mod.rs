@@ -3,11 +3,11 @@
 //! extractors in [`extract`] and answer with a page or a [`page::PageError`].
 
 mod activity;
-mod data;
+mod credential;
+mod customer_data;
 mod extract;
 mod key_detail;
 pub mod keys;
-mod metrics;
 mod page;
 pub mod session;
 mod setup;
@@ -39,9 +39,9 @@ pub fn router() -> Router<SharedState> {
         .route("/signout", post(signout))
         .route("/setup", get(setup::form).post(setup::submit))
         .route("/activity", get(activity::page))
-        .route("/contacts", get(data::contacts))
-        .route("/contacts/{id}", get(data::contact))
-        .route("/events", get(data::events))
+        .route("/contacts", get(customer_data::contacts))
+        .route("/contacts/{id}", get(customer_data::contact))
+        .route("/events", get(customer_data::events))
         .route(
             "/members",
             get(workspace::members).post(workspace::change_members),
@@ -53,11 +53,11 @@ pub fn router() -> Router<SharedState> {
         )
         .route(
             "/metrics-credential",
-            get(metrics::credential).post(metrics::update),
+            get(credential::credential).post(credential::update),
         )
         .route(
             "/metrics-credential/rotate",
-            get(metrics::confirm_rotate).post(metrics::rotate),
+            get(credential::confirm_rotate).post(credential::rotate),
         )
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))

@@ -38,7 +38,7 @@ pub(crate) struct EventRow {
 
 impl EventRow {
     /// Whether preparing this event wrote anything (see `needs_savepoint`).
-    pub(crate) fn is_plain(event: &keyflow_core::events::NewEvent) -> bool {
+    pub(crate) fn prepares_without_writing(event: &keyflow_core::events::NewEvent) -> bool {
         use keyflow_core::events::EventIdentity;
         event.idempotency_key.is_none()
             && matches!(

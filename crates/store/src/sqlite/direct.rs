@@ -2,7 +2,7 @@
 //! (anonymous events without idempotency keys: the bulk of tracking).
 //!
 //! Through sqlx, a commit is a round trip to the connection's worker thread:
-//! two wake-ups, ~0.2 ms of a ~0.85 ms commit cycle on a small VM. Here the
+//! two wake-ups, a good part of a commit cycle (docs/benchmarks.md). Here the
 //! writer thread runs `BEGIN IMMEDIATE; INSERT …; COMMIT` itself. Batches with
 //! lookups keep the sqlx path: both run under the same write turn.
 

@@ -1,8 +1,8 @@
 //! Point reads straight through SQLite, on the calling thread.
 //!
 //! sqlx runs every SQLite connection on a worker thread of its own and each
-//! statement is a round trip to it: two cross-thread wake-ups, 20–60 µs on a
-//! small VM, far more than the indexed read itself (a few µs). The two reads
+//! statement is a round trip to it: two cross-thread wake-ups, far more than
+//! the indexed read itself (docs/benchmarks.md). The two reads
 //! on the request path — a key by digest on a cache miss, a contact by id,
 //! email or external id — therefore use their own connections (rusqlite on the
 //! same bundled SQLite) from a small pool and run where they are called. In

@@ -162,7 +162,11 @@ async fn prepare_job(conn: &mut SqliteConnection, job: &IngestJob) -> Result<Pre
         }
     };
     let broken = |e: sqlx::Error| JobFailure::Broken(e.into());
-    if job.events.iter().all(crate::columns::EventRow::is_plain) {
+    if job
+        .events
+        .iter()
+        .all(crate::columns::EventRow::prepares_without_writing)
+    {
         return prepare_events::<Sqlite>(conn, &job.project_id, &job.events, job.now)
             .await
             .map_err(classify);

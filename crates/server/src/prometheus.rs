@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use keyflow_core::ErrorCode;
 
 #[derive(Default)]
-pub struct Metrics {
+pub struct Prometheus {
     pub responses_2xx: AtomicU64,
     pub responses_4xx: AtomicU64,
     pub responses_5xx: AtomicU64,
@@ -32,7 +32,7 @@ pub const AUTH_CODES: [ErrorCode; 11] = [
     ErrorCode::RateLimited,
 ];
 
-impl Metrics {
+impl Prometheus {
     pub fn count_status(&self, status: u16) {
         let counter = match status {
             200..=299 => &self.responses_2xx,
