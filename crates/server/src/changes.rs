@@ -44,6 +44,13 @@ pub enum Change {
         project_id: String,
         contact_id: String,
     },
+    /// A contact subscribed or unsubscribed (published before the
+    /// `ContactCreated`/`ContactUpdated` of the same write).
+    SubscriptionChanged {
+        project_id: String,
+        contact_id: String,
+        subscribed: bool,
+    },
     /// An operator joined a workspace, changed role in it, or left it.
     MembershipChanged {
         workspace_id: String,
@@ -112,6 +119,7 @@ pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change)
         | Change::ContactCreated { .. }
         | Change::ContactUpdated { .. }
         | Change::ContactDeleted { .. }
+        | Change::SubscriptionChanged { .. }
         | Change::MembershipChanged { .. } => {}
     }
 }

@@ -253,6 +253,9 @@ pub struct AuditContext {
 pub struct UpsertOutcome {
     pub contact: Contact,
     pub created: bool,
+    /// Whether `subscribed` differs from before (a new contact was not
+    /// subscribed before).
+    pub subscription_changed: bool,
 }
 
 /// Filters of `GET /v1/events`.

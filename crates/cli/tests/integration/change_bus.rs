@@ -34,6 +34,12 @@ fn kinds(seen: &Arc<Mutex<Vec<Change>>>) -> Vec<&'static str> {
             Change::ContactUpdated { .. } => "contact_updated",
             Change::ContactDeleted { .. } => "contact_deleted",
             Change::MembershipChanged { .. } => "membership_changed",
+            Change::SubscriptionChanged {
+                subscribed: true, ..
+            } => "subscribed",
+            Change::SubscriptionChanged {
+                subscribed: false, ..
+            } => "unsubscribed",
         })
         .collect()
 }
@@ -165,6 +171,44 @@ async fn contact_writes_are_published(backend: Backend) {
     );
 }
 
+/// A subscription that changes is announced (before the contact change of
+/// the same write); a write that leaves it as it was is not.
+async fn subscription_changes_are_published(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let seen = record(&app);
+    let signup = json!({"email": "s@x.io"});
+    assert_eq!(
+        app.post("/v1/subscribers", &t.key, signup.clone())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        app.post("/v1/subscribers", &t.key, signup).await.status,
+        200
+    );
+    for _ in 0..2 {
+        let gone = app.delete("/v1/subscribers/s@x.io", &t.key).await;
+        assert_eq!(gone.status, 204);
+    }
+    let again = json!({"email": "s@x.io", "subscribed": true});
+    assert_eq!(app.post("/v1/contacts", &t.key, again).await.status, 200);
+    assert_eq!(
+        kinds(&seen),
+        vec![
+            "subscribed",
+            "contact_created",
+            "contact_updated",
+            "unsubscribed",
+            "contact_updated",
+            "contact_updated",
+            "subscribed",
+            "contact_updated",
+        ]
+    );
+}
+
 /// Members added, re-roled and removed are announced; refusals (a taken
 /// email, the last owner) are not.
 async fn membership_changes_are_published(backend: Backend) {
@@ -218,4 +262,5 @@ backend_tests!(
     each_committed_change_is_published_once,
     contact_writes_are_published,
     membership_changes_are_published,
+    subscription_changes_are_published,
 );

@@ -106,7 +106,7 @@ struct WorkspaceRequest {
     request_body = WorkspaceRequest,
     responses(
         (status = 201, description = "Created", body = WorkspaceView),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
         AdminRefusals,
     ),
     security(("admin_token" = []))
@@ -144,7 +144,7 @@ struct PlanRequest {
     responses(
         (status = 200, description = "The workspace", body = WorkspaceView),
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
         AdminRefusals,
     ),
     security(("admin_token" = []))
@@ -182,7 +182,7 @@ struct ProjectRequest {
     responses(
         (status = 201, description = "Created", body = ProjectView),
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
         AdminRefusals,
     ),
     security(("admin_token" = []))
@@ -231,7 +231,7 @@ struct OperatorRequest {
         (status = 201, description = "Created", body = OperatorView),
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
         (status = 409, description = "An operator with this email exists", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
         AdminRefusals,
     ),
     security(("admin_token" = []))
@@ -280,7 +280,7 @@ async fn create_operator(
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = KeyView),
         (status = 404, description = "No such project", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
         AdminRefusals,
     ),
     security(("admin_token" = []))

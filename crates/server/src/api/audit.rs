@@ -19,13 +19,12 @@ use crate::state::SharedState;
     tag = "audit",
     summary = "The activity log, newest first",
     description = "Scope: `audit:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
+    params(super::openapi::PageParams, ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
     responses(
         (status = 200, description = "A page of activity-log entries, newest first", body = ListPage<AuditView>),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn list_audit(
     State(state): State<SharedState>,

@@ -40,13 +40,11 @@ pub fn upsert_status(created: bool) -> StatusCode {
     description = "Scope: `contacts:write`.",
     request_body = requests::ContactInput,
     responses(
-        (status = 201, description = "Created", body = ContactView),
-        (status = 200, description = "Updated", body = ContactView),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::ContactWritten,
+        super::openapi::Invalid,
         (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn upsert_contact(
     State(state): State<SharedState>,
@@ -76,13 +74,12 @@ pub async fn upsert_contact(
     tag = "contacts",
     summary = "Get a contact",
     description = "Scope: `contacts:read`.",
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The contact", body = ContactView),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn get_contact(
     State(state): State<SharedState>,
@@ -103,13 +100,12 @@ pub async fn get_contact(
     tag = "contacts",
     summary = "List contacts, or look one up",
     description = "Scope: `contacts:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
+    params(super::openapi::PageParams, ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
     responses(
         (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// `GET /v1/contacts`: the list, or with `?email=` / `?external_id=` the
 /// (zero or one) matching contact in the same list shape.
@@ -162,15 +158,14 @@ pub async fn list_contacts(
     summary = "Update a contact",
     description = "Scope: `contacts:write`.",
     request_body = requests::ContactInput,
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The contact", body = ContactView),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
+        super::openapi::Invalid,
         (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn patch_contact(
     State(state): State<SharedState>,
@@ -198,13 +193,12 @@ pub async fn patch_contact(
     tag = "contacts",
     summary = "Delete a contact (its events stay, detached)",
     description = "Scope: `contacts:write`.",
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn delete_contact(
     State(state): State<SharedState>,
@@ -239,10 +233,9 @@ pub struct BatchBody {
     request_body = requests::ContactBatch,
     responses(
         (status = 200, description = "One result per item", body = BatchResults),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// One result per item; valid items are applied even when others fail.
 pub async fn batch_contacts(

@@ -94,10 +94,9 @@ pub async fn store_events(
     responses(
         (status = 202, description = "Durably stored", body = Accepted),
         (status = 200, description = "Idempotency key seen in the last 24 h: the first event's id", body = Accepted),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// `202 {"id"}` once stored; a repeated idempotency key answers `200` with the first id.
 pub async fn track(
@@ -148,11 +147,10 @@ pub struct BatchBody {
     request_body = requests::EventBatch,
     responses(
         (status = 202, description = "Durably stored", body = BatchAccepted),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         (status = 413, description = "Body over 1 MiB", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// All-or-nothing: one invalid or disallowed event and nothing is stored.
 pub async fn track_batch(
@@ -180,13 +178,12 @@ fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i
     tag = "events",
     summary = "List events, newest first",
     description = "Scope: `events:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
+    params(super::openapi::PageParams, ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
     responses(
         (status = 200, description = "A page of events, newest first", body = ListPage<EventView>),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// `GET /v1/events?contact_id=&name=&since=&until=`, newest first.
 pub async fn list_events(

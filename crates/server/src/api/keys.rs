@@ -78,10 +78,9 @@ async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<A
     request_body = requests::CreateKey,
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = KeyView),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn create_key(
     State(state): State<SharedState>,
@@ -122,13 +121,12 @@ pub async fn create_key(
     tag = "keys",
     summary = "List API keys",
     description = "Scope: `keys:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
+    params(super::openapi::PageParams, ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
     responses(
         (status = 200, description = "A page of API keys", body = ListPage<KeyView>),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn list_keys(
     State(state): State<SharedState>,
@@ -156,13 +154,12 @@ pub async fn list_keys(
     tag = "keys",
     summary = "Get an API key",
     description = "Scope: `keys:read`.",
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The key object", body = KeyView),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn get_key(
     State(state): State<SharedState>,
@@ -182,7 +179,6 @@ pub async fn get_key(
         (status = 200, description = "The key object", body = KeyView),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// `GET /v1/keys/self`: any valid key may read its own object. Answered from
 /// the key the auth pipeline just verified (the same cached row it enforced),
@@ -201,15 +197,14 @@ pub async fn get_self(
     summary = "Change a key's settings",
     description = "Scope: `keys:write`.",
     request_body = requests::PatchKey,
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The key object", body = KeyView),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
+        super::openapi::Invalid,
         (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn update_key(
     State(state): State<SharedState>,
@@ -258,13 +253,12 @@ pub async fn update_key(
     tag = "keys",
     summary = "Revoke an API key",
     description = "Scope: `keys:write`.",
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 204, description = "Revoked (at once, on every instance)"),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// Revoke. Revoking an already revoked key is a no-op `204` (no new audit entry).
 pub async fn revoke_key(
@@ -297,15 +291,14 @@ pub struct RollRequest {
     summary = "Roll an API key",
     description = "Scope: `keys:write`.",
     request_body = Option<requests::RollKey>,
-    params(("id" = String, Path, description = "Object id")),
+    params(super::openapi::IdPath),
     responses(
         (status = 201, description = "The successor; `key` is shown only here", body = KeyView),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
+        super::openapi::Invalid,
         (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn roll_key(
     State(state): State<SharedState>,

@@ -31,7 +31,6 @@ use crate::state::SharedState;
         (status = 201, description = "Created; `client_secret` is shown only here", body = CredentialView),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn create_or_rotate(
     State(state): State<SharedState>,
@@ -74,7 +73,6 @@ async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
         (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn get_credential(
     State(state): State<SharedState>,
@@ -106,10 +104,9 @@ pub struct PatchCredentialRequest {
     responses(
         (status = 200, description = "The metrics credential (without its secret)", body = CredentialView),
         (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn update_credential(
     State(state): State<SharedState>,

@@ -20,8 +20,12 @@ use crate::error::ErrorBody;
                        `Authorization: Bearer <key>`; errors are `{\"error\": {code, message, request_id, details}}`; \
                        every authenticated response carries X-RateLimit-* and RateLimit headers."
     ),
-    components(schemas(ErrorBody)),
+    // Schemas only the shared responses below name (the route list adds the rest).
+    components(schemas(ErrorBody, super::segment::Success, super::views::ContactView)),
     modifiers(&SecuritySchemes),
+    // Every operation takes a key unless it says otherwise (Segment's
+    // Basic, the admin token).
+    security(("api_key" = [])),
     tags(
         (name = "keys", description = "Management API (secret keys with keys:*)"),
         (name = "metrics", description = "Metrics API: the project's metrics credential"),
@@ -72,6 +76,52 @@ pub enum KeyRefusals {
     Forbidden(ErrorBody),
     #[response(status = 429, description = "Rate limited (see Retry-After)")]
     RateLimited(ErrorBody),
+}
+
+/// `422`: the body or query is invalid; `details.fields` says where.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum Invalid {
+    #[response(status = 422, description = "Invalid fields (details.fields)")]
+    Invalid(ErrorBody),
+}
+
+/// `404`: no such object in the caller's project.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum NotFound {
+    #[response(status = 404, description = "Not found")]
+    NotFound(ErrorBody),
+}
+
+/// `?limit=` and `?cursor=` of a list.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub struct PageParams {
+    /// 1-1000, default 100
+    limit: Option<u32>,
+    /// next_cursor of the previous page
+    cursor: Option<String>,
+}
+
+/// `201` for a new contact, `200` for one updated.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum ContactWritten<'a> {
+    #[response(status = 201, description = "Created")]
+    Created(super::views::ContactView<'a>),
+    #[response(status = 200, description = "Updated")]
+    Updated(super::views::ContactView<'a>),
+}
+
+/// The `{id}` of an object in the path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub struct IdPath {
+    /// Object id
+    id: String,
 }
 
 /// The refusals of the admin token.

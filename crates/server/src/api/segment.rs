@@ -81,6 +81,16 @@ pub struct Success {
     success: bool,
 }
 
+/// What every Segment call answers: `{"success": true}` or a refusal.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum Answers {
+    #[response(status = 200, description = "Accepted")]
+    Accepted(Success),
+    #[response(status = 422, description = "Invalid fields (details.fields)")]
+    Invalid(crate::error::ErrorBody),
+}
+
 fn success() -> Json<Success> {
     Json(Success { success: true })
 }
@@ -94,8 +104,7 @@ fn success() -> Json<Success> {
     description = "Scope: `events:write`.",
     request_body = requests::SegmentMessage,
     responses(
-        (status = 200, description = "Accepted", body = Success),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        Answers,
         super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))
@@ -120,8 +129,7 @@ pub async fn track(
     description = "Scope: `contacts:write`.",
     request_body = requests::SegmentMessage,
     responses(
-        (status = 200, description = "Accepted", body = Success),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        Answers,
         super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))
@@ -154,8 +162,7 @@ pub async fn identify(
     description = "Scope: `events:write`.",
     request_body = requests::SegmentBatch,
     responses(
-        (status = 200, description = "Accepted", body = Success),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        Answers,
         super::openapi::KeyRefusals,
     ),
     security(("api_key" = []), ("segment_basic" = []))

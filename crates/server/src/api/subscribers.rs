@@ -27,13 +27,12 @@ use crate::state::SharedState;
     tag = "subscribers",
     summary = "List subscribers",
     description = "Scope: `subscribers:read`.",
-    params(("limit" = Option<u32>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    params(super::openapi::PageParams),
     responses(
         (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 pub async fn list_subscribers(
     State(state): State<SharedState>,
@@ -70,12 +69,10 @@ pub struct SignupBody {
     description = "Scope: `subscribers:write`.",
     request_body = requests::SubscriberSignup,
     responses(
-        (status = 201, description = "Created", body = ContactView),
-        (status = 200, description = "Updated", body = ContactView),
-        (status = 422, description = "Invalid fields (details.fields)", body = crate::error::ErrorBody),
+        super::openapi::ContactWritten,
+        super::openapi::Invalid,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// Server-side signup: creates or updates the contact and subscribes it.
 pub async fn signup(
@@ -126,10 +123,9 @@ pub async fn signup(
     params(("email_or_id" = String, Path, description = "An email (contains @) or a contact id")),
     responses(
         (status = 204, description = "Unsubscribed"),
-        (status = 404, description = "Not found", body = crate::error::ErrorBody),
+        super::openapi::NotFound,
         super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []))
 )]
 /// Unsubscribe by email or contact id: `subscribed = false`, 204.
 pub async fn unsubscribe(

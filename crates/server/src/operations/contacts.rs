@@ -8,9 +8,18 @@ use serde_json::{Value, json};
 use super::Ctx;
 use crate::changes::{Change, ChangeBus};
 
+/// Publishes what a committed write did: created or updated, and the
+/// subscription when it changed.
 fn announce(bus: &dyn ChangeBus, project_id: &str, outcome: &UpsertOutcome) {
     let contact_id = outcome.contact.id.clone();
     let project_id = project_id.to_string();
+    if outcome.subscription_changed {
+        bus.publish(Change::SubscriptionChanged {
+            project_id: project_id.clone(),
+            contact_id: contact_id.clone(),
+            subscribed: outcome.contact.fields.subscribed,
+        });
+    }
     bus.publish(if outcome.created {
         Change::ContactCreated {
             project_id,
@@ -77,13 +86,10 @@ pub async fn update_contact(
         .store
         .update_contact(project_id, lookup, changes, action, Some(&audit), ctx.now)
         .await?;
-    if let Some(contact) = &updated {
-        ctx.bus.publish(Change::ContactUpdated {
-            project_id: project_id.to_string(),
-            contact_id: contact.id.clone(),
-        });
+    if let Some(outcome) = &updated {
+        announce(ctx.bus, project_id, outcome);
     }
-    Ok(updated)
+    Ok(updated.map(|outcome| outcome.contact))
 }
 
 /// Deletes a contact (its events stay, detached); `false` if there was none.

@@ -50,7 +50,7 @@ pub trait ContactStore: Send + Sync {
         action: AuditAction,
         audit: Option<&AuditContext>,
         now: UnixMillis,
-    ) -> StoreResult<Option<Contact>>;
+    ) -> StoreResult<Option<UpsertOutcome>>;
     /// Deletes a contact; its events stay, detached. `false` if there was none.
     async fn delete_contact(
         &self,
@@ -216,7 +216,12 @@ async fn upsert_contact_in<DB: Db>(
         actions.updated
     };
     audit_contact::<DB>(tx, &contact, action, audit, now).await?;
-    Ok(UpsertOutcome { contact, created })
+    let subscription_changed = was_subscribed != contact.fields.subscribed;
+    Ok(UpsertOutcome {
+        contact,
+        created,
+        subscription_changed,
+    })
 }
 
 #[async_trait]
@@ -299,12 +304,13 @@ impl<B: Backend> ContactStore for B {
         action: AuditAction,
         audit: Option<&AuditContext>,
         now: UnixMillis,
-    ) -> StoreResult<Option<Contact>> {
+    ) -> StoreResult<Option<UpsertOutcome>> {
         let mut tx = self.begin_write().await?;
         let Some(current) = find_contact::<B::Db>(&mut tx, project_id, lookup).await? else {
             return Ok(None);
         };
         let fields = apply_changes(Some(&current.fields), changes).map_err(StoreError::Invalid)?;
+        let subscription_changed = fields.subscribed != current.fields.subscribed;
         let contact = Contact {
             fields,
             updated_at: now,
@@ -313,7 +319,11 @@ impl<B: Backend> ContactStore for B {
         write_contact::<B::Db>(&mut tx, &contact, true).await?;
         audit_contact::<B::Db>(&mut tx, &contact, action, audit, now).await?;
         tx.commit().await?;
-        Ok(Some(contact))
+        Ok(Some(UpsertOutcome {
+            contact,
+            created: false,
+            subscription_changed,
+        }))
     }
 
     async fn delete_contact(
