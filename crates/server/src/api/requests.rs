@@ -32,22 +32,26 @@ pub struct CreateKey {
     key_type: String,
     /// Default: every scope the type may hold (`events:write` for client keys).
     scopes: Option<Vec<String>>,
-    /// RFC 3339, in the future.
-    expires_at: Option<String>,
-    ip_allowlist: Option<Vec<IpRule>>,
-    allowed_events: Option<Vec<String>>,
-    /// Client keys only.
-    allowed_origins: Option<Vec<String>>,
-    rate_limit: Option<RateLimit>,
+    #[serde(flatten)]
+    restrictions: KeyRestrictions,
 }
 
 /// Absent fields are unchanged, `null` clears; `scopes` and `type` are refused.
 #[derive(Serialize, ToSchema)]
 pub struct PatchKey {
     name: Option<String>,
+    #[serde(flatten)]
+    restrictions: KeyRestrictions,
+}
+
+/// What limits a key (SPEC §2): each may only narrow the creating key's.
+#[derive(Serialize, ToSchema)]
+pub struct KeyRestrictions {
+    /// RFC 3339, in the future.
     expires_at: Option<String>,
     ip_allowlist: Option<Vec<IpRule>>,
     allowed_events: Option<Vec<String>>,
+    /// Client keys only.
     allowed_origins: Option<Vec<String>>,
     rate_limit: Option<RateLimit>,
 }

@@ -256,26 +256,18 @@ pub fn refuse_escalation(wanted: ScopeSet, creator: ScopeSet) -> OpResult<()> {
 
 /// Names of the settings that differ, for the audit entry.
 pub fn changed_fields(before: &KeySettings, after: &KeySettings) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if before.name != after.name {
-        changed.push("name");
-    }
-    if before.expires_at != after.expires_at {
-        changed.push("expires_at");
-    }
-    if before.ip_allowlist != after.ip_allowlist {
-        changed.push("ip_allowlist");
-    }
-    if before.allowed_events != after.allowed_events {
-        changed.push("allowed_events");
-    }
-    if before.allowed_origins != after.allowed_origins {
-        changed.push("allowed_origins");
-    }
-    if before.rate_limit != after.rate_limit {
-        changed.push("rate_limit");
-    }
-    changed
+    let (b, a) = (before, after);
+    [
+        ("name", b.name != a.name),
+        ("expires_at", b.expires_at != a.expires_at),
+        ("ip_allowlist", b.ip_allowlist != a.ip_allowlist),
+        ("allowed_events", b.allowed_events != a.allowed_events),
+        ("allowed_origins", b.allowed_origins != a.allowed_origins),
+        ("rate_limit", b.rate_limit != a.rate_limit),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect()
 }
 
 /// Whether `authority` may give `key` these `settings`. Idempotent;

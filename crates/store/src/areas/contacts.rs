@@ -7,7 +7,7 @@ use keyflow_core::contacts::{ContactChanges, ContactLookup, apply_changes, email
 use super::audit::write_audit;
 use crate::backend::{Backend, Db, Run, WriteTx};
 use crate::columns::{
-    CONTACT_COLUMNS, ContactRow, contact_conflict, page_limit, properties_to_column,
+    CONTACT_COLUMNS, ContactRow, contact_conflict, lookup_column, page_limit, properties_to_column,
 };
 use crate::{
     AuditAction, AuditContext, AuditEntry, AuditTarget, Contact, Page, StoreError, StoreResult,
@@ -73,11 +73,7 @@ pub(crate) async fn find_contact<DB: Db>(
     project_id: &str,
     lookup: &ContactLookup,
 ) -> StoreResult<Option<Contact>> {
-    let (column, value) = match lookup {
-        ContactLookup::Id(id) => ("id", id.clone()),
-        ContactLookup::Email(email) => ("email_key", email_key(email)),
-        ContactLookup::ExternalId(x) => ("external_id", x.clone()),
-    };
+    let (column, value) = lookup_column(lookup);
     let sql =
         format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 AND {column} = $2");
     let row: Option<ContactRow> = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql))

@@ -1,6 +1,6 @@
 //! The columns of contacts and events.
 
-use keyflow_core::contacts::ContactFields;
+use keyflow_core::contacts::{ContactFields, ContactLookup, email_key};
 
 use super::from_json;
 use crate::{Contact, Event, StoreError, StoreResult};
@@ -150,5 +150,15 @@ impl EventRow {
             received_at: self.received_at,
             idempotency_key: self.idempotency_key,
         })
+    }
+}
+
+/// The column a lookup matches and the value it compares (emails by their
+/// NFC, case-folded key).
+pub(crate) fn lookup_column(lookup: &ContactLookup) -> (&'static str, String) {
+    match lookup {
+        ContactLookup::Id(id) => ("id", id.clone()),
+        ContactLookup::Email(email) => ("email_key", email_key(email)),
+        ContactLookup::ExternalId(x) => ("external_id", x.clone()),
     }
 }

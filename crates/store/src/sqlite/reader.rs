@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use keyflow_core::KeyDigest;
-use keyflow_core::contacts::{ContactFields, ContactLookup, email_key};
+use keyflow_core::contacts::{ContactFields, ContactLookup};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::columns::{
-    CONTACT_COLUMNS, KEY_COLUMNS, KeyRow, parse_environment, properties_from_column,
+    CONTACT_COLUMNS, KEY_COLUMNS, KeyRow, lookup_column, parse_environment, properties_from_column,
 };
 use crate::{AuthKey, Contact, StoreResult};
 
@@ -103,11 +103,7 @@ impl Reader {
         project_id: &str,
         lookup: &ContactLookup,
     ) -> StoreResult<Option<Contact>> {
-        let (column, value) = match lookup {
-            ContactLookup::Id(id) => ("id", id.clone()),
-            ContactLookup::Email(email) => ("email_key", email_key(email)),
-            ContactLookup::ExternalId(x) => ("external_id", x.clone()),
-        };
+        let (column, value) = lookup_column(lookup);
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = ?1 AND {column} = ?2"
