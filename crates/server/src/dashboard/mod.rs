@@ -23,11 +23,10 @@ use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use keyflow_store::{Actor, AuditTarget};
-use serde_json::json;
 
 use self::page::{Chrome, PageError, PageResult, render};
 use crate::error::ApiError;
+use crate::operations::sessions::{self, NewSession};
 use crate::state::SharedState;
 
 pub const STYLESHEET: &str = include_str!("../../assets/app.css");
@@ -158,34 +157,10 @@ async fn start_session(
     operator: &keyflow_store::Operator,
     ip: Option<String>,
 ) -> Result<Response, ApiError> {
-    session::end(state, headers).await?;
-    let now = state.now_ms();
-    let (id, new_session) = session::new_session(&operator.id, now)?;
-    let actor = Actor::Operator {
-        id: operator.id.clone(),
-        email: operator.email.clone(),
-    };
-    let ctx = state.ctx(actor, ip, now);
-    let entries: Vec<_> = state
-        .store
-        .list_memberships(&operator.id)
-        .await?
-        .iter()
-        .map(|m| {
-            ctx.audit(
-                &m.workspace_id,
-                None,
-                keyflow_store::AuditAction::OperatorSignedIn,
-                AuditTarget {
-                    kind: "operator".into(),
-                    id: Some(operator.id.clone()),
-                    name: Some(operator.email.clone()),
-                },
-                json!({}),
-            )
-        })
-        .collect();
-    state.store.create_session(&new_session, &entries).await?;
+    let actor = sessions::operator_actor(operator);
+    let ctx = state.ctx(actor, ip, state.now_ms());
+    let replaced = session::cookie_value(headers);
+    let NewSession { id, .. } = sessions::sign_in(&ctx, operator, replaced.as_deref()).await?;
     let mut response = Redirect::to("/activity").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -206,7 +181,8 @@ async fn signout(
         if !session::csrf_ok(&signed_in.session, form.get("csrf").map(String::as_str)) {
             return Err(PageError::CrossSite);
         }
-        session::end(&state, &headers).await?;
+        let actor = sessions::operator_actor(&signed_in.operator);
+        session::end(&state, &headers, actor).await?;
     }
     let mut response = Redirect::to("/signin").into_response();
     response

@@ -4,7 +4,7 @@
 //! check on every state-changing request.
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use keyflow_core::keys::{KeyDigest, random_base62};
+use keyflow_core::keys::KeyDigest;
 use keyflow_store::{Operator, Session};
 
 use crate::error::ApiError;
@@ -15,20 +15,6 @@ pub const IDLE_TIMEOUT_MS: i64 = 3600 * 1000;
 pub const ABSOLUTE_TIMEOUT_MS: i64 = 24 * 3600 * 1000;
 /// `last_seen_at` is written at most this often (not on every page view).
 const TOUCH_EVERY_MS: i64 = 60 * 1000;
-
-/// A fresh session id (cookie value) and its stored row.
-pub fn new_session(operator_id: &str, now: i64) -> Result<(String, Session), ApiError> {
-    let id = random_base62(32).map_err(|e| ApiError::internal("session id", &e))?;
-    let csrf = random_base62(32).map_err(|e| ApiError::internal("csrf token", &e))?;
-    let session = Session {
-        id_hash: KeyDigest::of(&id).to_hex(),
-        operator_id: operator_id.to_string(),
-        csrf_token: csrf,
-        created_at: now,
-        last_seen_at: now,
-    };
-    Ok((id, session))
-}
 
 /// Every value of the cookie `name` the request carries (a sibling site may
 /// set one of the same name too).
@@ -43,7 +29,7 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
         .map(|(_, value)| value)
 }
 
-fn cookie_value(headers: &HeaderMap) -> Option<String> {
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
     cookie_values(headers, COOKIE).next().map(str::to_string)
 }
 
@@ -101,12 +87,15 @@ pub async fn current(
     Ok(Some(SignedIn { session, operator }))
 }
 
-pub async fn end(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Ends the browser's session, if it has one.
+pub async fn end(
+    state: &SharedState,
+    headers: &HeaderMap,
+    actor: keyflow_store::Actor,
+) -> Result<(), ApiError> {
     if let Some(id) = cookie_value(headers) {
-        state
-            .store
-            .delete_session(&KeyDigest::of(&id).to_hex())
-            .await?;
+        let ctx = state.ctx(actor, None, state.now_ms());
+        crate::operations::sessions::sign_out(&ctx, &id).await?;
     }
     Ok(())
 }

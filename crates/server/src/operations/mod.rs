@@ -6,6 +6,7 @@ mod error;
 pub mod events;
 pub mod keys;
 pub mod metrics_credential;
+pub mod sessions;
 pub mod tenancy;
 
 pub use error::{OpError, OpResult};
