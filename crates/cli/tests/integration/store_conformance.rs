@@ -767,3 +767,119 @@ async fn sqlite_writer_failures_store_nothing_and_recover() {
         .unwrap();
     assert_eq!(later.len(), 1);
 }
+
+/// Events with lookups (idempotency keys, identities) give the same outcomes
+/// on every ingest path: SQLite's writer on its own connection (a plain file
+/// URL), SQLite through sqlx (a URL with options), and PostgreSQL. A refused
+/// job (an unknown contact id) stores nothing, not even the contacts or
+/// idempotency keys it touched, and does not fail the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_paths_agree_on_lookups() {
+    use keyflow_core::events::{EventInput, NewEvent, validate_event};
+    let event = |json: serde_json::Value| -> NewEvent {
+        let input: EventInput = serde_json::from_value(json).unwrap();
+        validate_event(input, 1_000, "").unwrap()
+    };
+    let sqlite = TestDb::create(Backend::Sqlite).await;
+    let through_sqlx = TestDb::create(Backend::Sqlite).await;
+    let postgres = TestDb::create(Backend::Postgres).await;
+    let urls = [
+        sqlite.url.clone(),
+        format!("{}?mode=rwc", through_sqlx.url),
+        postgres.url.clone(),
+    ];
+    for url in urls {
+        let store = keyflow_store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let (_, project) = seeded(store.as_ref()).await;
+        let p = project.id.as_str();
+        let first = store
+            .ingest_events(
+                p,
+                vec![
+                    event(json!({"name": "a", "external_id": "u1", "idempotency_key": "k1"})),
+                    event(json!({"name": "a", "external_id": "u1", "idempotency_key": "k1"})),
+                    event(json!({"name": "b", "email": "e@x.io", "idempotency_key": "k2"})),
+                    event(json!({"name": "c", "anonymous_id": "v"})),
+                ],
+                2_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(first[1].id, first[0].id, "{url}");
+        assert!(first[1].duplicate && !first[0].duplicate && !first[2].duplicate);
+        let again = store
+            .ingest_events(
+                p,
+                vec![event(
+                    json!({"name": "a", "external_id": "u1", "idempotency_key": "k1"}),
+                )],
+                3_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (again[0].id.as_str(), again[0].duplicate),
+            (first[0].id.as_str(), true)
+        );
+        // Two jobs at once: the refused one leaves no trace.
+        let refused = store.ingest_events(
+            p,
+            vec![
+                event(json!({"name": "d", "external_id": "u9", "idempotency_key": "k9"})),
+                event(json!({"name": "d", "contact_id": "nope"})),
+            ],
+            4_000,
+        );
+        let accepted = store.ingest_events(
+            p,
+            vec![event(
+                json!({"name": "e", "external_id": "u2", "idempotency_key": "k3"}),
+            )],
+            4_000,
+        );
+        let (refused, accepted) = tokio::join!(refused, accepted);
+        assert!(
+            matches!(refused, Err(StoreError::Invalid(_))),
+            "{url}: {refused:?}"
+        );
+        let accepted = accepted.unwrap();
+        let page = Page {
+            limit: 100,
+            cursor: None,
+        };
+        let events = store
+            .list_events(p, &keyflow_store::EventFilter::default(), &page)
+            .await
+            .unwrap();
+        let mut names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c", "e"], "{url}");
+        let contacts = store.list_contacts(p, false, &page).await.unwrap();
+        let mut who: Vec<String> = contacts
+            .iter()
+            .map(|c| {
+                c.fields
+                    .external_id
+                    .clone()
+                    .or(c.fields.email.clone())
+                    .unwrap()
+            })
+            .collect();
+        who.sort();
+        assert_eq!(who, ["e@x.io", "u1", "u2"], "{url}: u9 was rolled back");
+        // k9 was rolled back with its job: it is free again.
+        let retried = store
+            .ingest_events(
+                p,
+                vec![event(
+                    json!({"name": "d", "external_id": "u9", "idempotency_key": "k9"}),
+                )],
+                5_000,
+            )
+            .await
+            .unwrap();
+        assert!(!retried[0].duplicate, "{url}");
+        assert_ne!(retried[0].id, accepted[0].id);
+    }
+}

@@ -1,20 +1,24 @@
-//! The writer's own SQLite connection for batches that need no lookups
-//! (anonymous events without idempotency keys: the bulk of tracking).
+//! The writer's own SQLite connection: every batch of an on-disk database is
+//! committed here, on the writer thread.
 //!
-//! Through sqlx, a commit is a round trip to the connection's worker thread:
-//! two wake-ups, a good part of a commit cycle (docs/benchmarks.md). Here the
-//! writer thread runs `BEGIN IMMEDIATE; INSERT …; COMMIT` itself. Batches with
-//! lookups keep the sqlx path: both run under the same write turn.
+//! Through sqlx, each statement is a round trip to the connection's worker
+//! thread: two wake-ups, a good part of a commit cycle (docs/benchmarks.md),
+//! and a batch of identified events with idempotency keys needs a few
+//! statements per event. Here the writer thread runs them itself:
+//! `BEGIN IMMEDIATE`, the lookups of each job in a savepoint
+//! ([`super::lookups`]), the `INSERT`s, `COMMIT`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::lookups;
 use super::writer::fail_all;
 use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
 use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
+use crate::{EventOutcome, StoreError, StoreResult};
 
 pub(crate) struct DirectWriter {
     path: PathBuf,
@@ -85,38 +89,20 @@ impl DirectWriter {
         last_error
     }
 
+    fn connection(&mut self) -> rusqlite::Result<&mut Connection> {
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            empty @ None => Ok(empty.insert(open(&self.path)?)),
+        }
+    }
+
     fn write(&mut self, rows: &[&EventRow]) -> rusqlite::Result<()> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
             empty @ None => empty.insert(open(&self.path)?),
         };
-        let inserts = &self.inserts;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        // Multi-row INSERTs in a few fixed sizes (each prepared once): one
-        // statement per 100 rows instead of per row saves SQLite's
-        // per-statement setup (cursors, halt) on every event.
-        let inserted = event_chunks(rows).into_iter().try_for_each(|chunk| {
-            let sql = inserts
-                .iter()
-                .find(|(rows, _)| *rows == chunk.len())
-                .map(|(_, sql)| sql.as_str())
-                .ok_or(rusqlite::Error::InvalidQuery)?;
-            let mut insert = conn.prepare_cached(sql)?;
-            for (i, r) in chunk.iter().enumerate() {
-                let at = i * 9;
-                insert.raw_bind_parameter(at + 1, &r.id)?;
-                insert.raw_bind_parameter(at + 2, &r.project_id)?;
-                insert.raw_bind_parameter(at + 3, &r.name)?;
-                insert.raw_bind_parameter(at + 4, &r.contact_id)?;
-                insert.raw_bind_parameter(at + 5, &r.anonymous_id)?;
-                insert.raw_bind_parameter(at + 6, &r.properties)?;
-                insert.raw_bind_parameter(at + 7, r.timestamp)?;
-                insert.raw_bind_parameter(at + 8, r.received_at)?;
-                insert.raw_bind_parameter(at + 9, &r.idempotency_key)?;
-            }
-            insert.raw_execute().map(|_| ())
-        });
-        match inserted.and_then(|()| conn.execute_batch("COMMIT")) {
+        match insert(conn, &self.inserts, rows).and_then(|()| conn.execute_batch("COMMIT")) {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Nothing of the batch may stay; if even this fails the
@@ -126,6 +112,99 @@ impl DirectWriter {
             }
         }
     }
+
+    /// Commits a batch whose events need lookups and answers its jobs. A job
+    /// whose own input is refused (an unknown contact id, a contact
+    /// conflict) fails alone, its writes undone by its savepoint; a failure
+    /// of SQLite itself fails the whole batch, nothing of it kept, and is
+    /// returned so the caller opens a fresh connection.
+    pub(crate) fn commit_with_lookups(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
+        let inserts = std::mem::take(&mut self.inserts);
+        let done = self
+            .connection()
+            .and_then(|conn| prepare_and_insert(conn, &inserts, &batch));
+        self.inserts = inserts;
+        match done {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                fail_all(batch, &e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One transaction: each job prepared in a savepoint, every accepted job's
+/// rows inserted, committed. Rolled back on any SQLite failure.
+fn prepare_and_insert(
+    conn: &mut Connection,
+    inserts: &[(usize, String)],
+    batch: &[IngestJob],
+) -> rusqlite::Result<Vec<StoreResult<Vec<EventOutcome>>>> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let written = (|| {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for job in batch {
+            conn.execute_batch("SAVEPOINT ingest_job")?;
+            match lookups::prepare(conn, &job.project_id, &job.events, job.now) {
+                Ok((outcomes, mut job_rows)) => {
+                    conn.execute_batch("RELEASE ingest_job")?;
+                    rows.append(&mut job_rows);
+                    results.push(Ok(outcomes));
+                }
+                Err(StoreError::Sqlite(e)) => return Err(e),
+                Err(refused) => {
+                    conn.execute_batch("ROLLBACK TO ingest_job; RELEASE ingest_job")?;
+                    results.push(Err(refused));
+                }
+            }
+        }
+        let rows: Vec<&EventRow> = rows.iter().collect();
+        insert(conn, inserts, &rows)?;
+        conn.execute_batch("COMMIT")?;
+        Ok(results)
+    })();
+    if written.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    written
+}
+
+/// Multi-row INSERTs in a few fixed sizes (each prepared once): one
+/// statement per 100 rows instead of per row saves SQLite's per-statement
+/// setup (cursors, halt) on every event.
+fn insert(
+    conn: &Connection,
+    inserts: &[(usize, String)],
+    rows: &[&EventRow],
+) -> rusqlite::Result<()> {
+    event_chunks(rows).into_iter().try_for_each(|chunk| {
+        let sql = inserts
+            .iter()
+            .find(|(rows, _)| *rows == chunk.len())
+            .map(|(_, sql)| sql.as_str())
+            .ok_or(rusqlite::Error::InvalidQuery)?;
+        let mut insert = conn.prepare_cached(sql)?;
+        for (i, r) in chunk.iter().enumerate() {
+            let at = i * 9;
+            insert.raw_bind_parameter(at + 1, &r.id)?;
+            insert.raw_bind_parameter(at + 2, &r.project_id)?;
+            insert.raw_bind_parameter(at + 3, &r.name)?;
+            insert.raw_bind_parameter(at + 4, &r.contact_id)?;
+            insert.raw_bind_parameter(at + 5, &r.anonymous_id)?;
+            insert.raw_bind_parameter(at + 6, &r.properties)?;
+            insert.raw_bind_parameter(at + 7, r.timestamp)?;
+            insert.raw_bind_parameter(at + 8, r.received_at)?;
+            insert.raw_bind_parameter(at + 9, &r.idempotency_key)?;
+        }
+        insert.raw_execute().map(|_| ())
+    })
 }
 
 fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {

@@ -17,6 +17,7 @@ use crate::ingest_queue::{self, IngestJob};
 
 mod direct;
 pub mod files;
+mod lookups;
 mod reader;
 mod writer;
 

@@ -27,11 +27,11 @@ const COMMIT_STEP: std::time::Duration = std::time::Duration::from_micros(50);
 /// their rows with one statement, commits once, then answers each job.
 /// Nothing is acknowledged before its commit; a refused job fails alone.
 ///
-/// Batches that need no lookups (anonymous events, the bulk of tracking) are
-/// committed on this thread through its own connection ([`direct`]): no
-/// round trip to a sqlx worker thread. Others go through sqlx (each
-/// statement a round trip), driven from here with the runtime's handle. Both
-/// hold the store's write turn, so other write transactions queue fairly.
+/// On-disk databases are committed on this thread through its own
+/// connection ([`direct`]): no round trip to a sqlx worker thread. In-memory
+/// databases (tests) go through sqlx, driven from here with the runtime's
+/// handle. Both hold the store's write turn, so other write transactions
+/// queue fairly.
 pub(super) fn run_writer(
     runtime: tokio::runtime::Handle,
     pool: sqlx::SqlitePool,
@@ -75,8 +75,13 @@ pub(super) fn run_writer(
                 .iter()
                 .any(crate::columns::EventRow::needs_lookups)
         });
-        if !lookups && let Some(direct) = direct.as_mut() {
-            if let Err(e) = direct.commit(batch) {
+        if let Some(direct) = direct.as_mut() {
+            let committed = if lookups {
+                direct.commit_with_lookups(batch)
+            } else {
+                direct.commit(batch)
+            };
+            if let Err(e) = committed {
                 tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
                 direct.reset();
             }
