@@ -51,7 +51,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0007_events_by_project",
             "0008_events_contact_partial",
             "0009_key_rolled_at",
-            "0010_contact_emails_nfc"
+            "0010_contact_emails_nfc",
+            "0011_idempotency_without_rowid"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

@@ -100,7 +100,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0007_events_by_project",
             "0008_events_contact_partial",
             "0009_key_rolled_at",
-            "0010_contact_emails_nfc"
+            "0010_contact_emails_nfc",
+            "0011_idempotency_without_rowid"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());
@@ -882,4 +883,38 @@ async fn ingest_paths_agree_on_lookups() {
         assert!(!retried[0].duplicate, "{url}");
         assert_ne!(retried[0].id, accepted[0].id);
     }
+}
+
+/// Migration 0011 moves SQLite's idempotency keys into a WITHOUT ROWID table:
+/// a key claimed before it still answers with the first event after it.
+#[tokio::test]
+async fn idempotency_keys_survive_their_move() {
+    use keyflow_core::events::{EventInput, validate_event};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let (_, project) = seeded(store.as_ref()).await;
+    let input = || -> EventInput {
+        serde_json::from_value(json!({"name": "a", "anonymous_id": "v", "idempotency_key": "k"}))
+            .unwrap()
+    };
+    let event = || validate_event(input(), 1_000, "").unwrap();
+    let first = store
+        .ingest_events(&project.id, vec![event()], 1_000)
+        .await
+        .unwrap();
+    drop(store);
+    raw_sql(&db, "DELETE FROM keyflow_migrations WHERE version = 11;").await;
+    let store = keyflow_store::connect(&db.url).await.unwrap();
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        vec!["0011_idempotency_without_rowid"]
+    );
+    let again = store
+        .ingest_events(&project.id, vec![event()], 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].id.as_str(), again[0].duplicate),
+        (first[0].id.as_str(), true)
+    );
 }

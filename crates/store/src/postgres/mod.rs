@@ -75,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0010_contact_emails_nfc",
         sql: include_str!("../../migrations/postgres/0010_contact_emails_nfc.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_idempotency_without_rowid",
+        sql: include_str!("../../migrations/postgres/0011_idempotency_without_rowid.sql"),
+    },
 ];
 
 impl PostgresStore {

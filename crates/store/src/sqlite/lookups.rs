@@ -14,10 +14,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::columns::{EventRow, contact_conflict, lookup_column};
 use crate::{EventOutcome, StoreError, StoreResult, new_id};
 
+/// Claims a key unless an event within the window holds it. No `RETURNING`:
+/// SQLite builds a temporary table for it on every run; the number of rows
+/// changed says the same (0 when the conflict's `WHERE` kept the old row).
 const CLAIM: &str = "INSERT INTO event_idempotency (project_id, key, event_id, created_at) \
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project_id, key) DO UPDATE SET \
      event_id = excluded.event_id, created_at = excluded.created_at \
-     WHERE event_idempotency.created_at < ?5 RETURNING event_id";
+     WHERE event_idempotency.created_at < ?5";
 
 const FIRST_CLAIM: &str =
     "SELECT event_id FROM event_idempotency WHERE project_id = ?1 AND key = ?2";
@@ -83,11 +86,10 @@ fn claim(
     now: i64,
 ) -> StoreResult<Option<String>> {
     let cutoff = now - IDEMPOTENCY_WINDOW_MS;
-    let claimed: Option<String> = conn
+    let claimed = conn
         .prepare_cached(CLAIM)?
-        .query_row(params![project_id, key, id, now, cutoff], |r| r.get(0))
-        .optional()?;
-    if claimed.is_some() {
+        .execute(params![project_id, key, id, now, cutoff])?;
+    if claimed == 1 {
         return Ok(None);
     }
     let first: String = conn

@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0010_contact_emails_nfc",
         sql: include_str!("../../migrations/sqlite/0010_contact_emails_nfc.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_idempotency_without_rowid",
+        sql: include_str!("../../migrations/sqlite/0011_idempotency_without_rowid.sql"),
+    },
 ];
 
 impl SqliteStore {
