@@ -57,6 +57,38 @@ const EVENT: &str = r#"{"name":"page_view","anonymous_id":"visitor-1","propertie
 const ANONYMOUS_ID: &str = "visitor-1";
 const PROPERTIES: &str = r#"{"path":"/pricing","plan":"pro"}"#;
 
+/// What server-side clients send (SPEC §3, Segment's libraries): an
+/// `external_id` from a population of 1 000 users and a fresh idempotency key
+/// per event (`run` keeps keys of different runs apart), two properties.
+/// A Lua expression over `n` and `t` (see `wrk::generated`).
+fn identified_event(run: &str, index: &str) -> String {
+    format!(
+        "string.format('{{\"name\":\"purchase\",\"external_id\":\"user-%d\",\
+         \"idempotency_key\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
+         ({index}) % 1000, t, n, {index}, n)"
+    )
+}
+
+/// 100 identified events per request, as `/v1/events/batch` takes them.
+fn identified_batch(run: &str) -> String {
+    let one = identified_event(run, "n * 100 + i");
+    format!(
+        "(function() local e = {{}}; for i = 1, 100 do e[i] = {one} end; \
+         return '{{\"events\":[' .. table.concat(e, ',') .. ']}}' end)()"
+    )
+}
+
+/// The same 100 events as Segment `track` messages (`userId`, `messageId`).
+fn segment_batch(run: &str) -> String {
+    format!(
+        "(function() local e = {{}}; for i = 1, 100 do e[i] = string.format(\
+         '{{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"user-%d\",\
+         \"messageId\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
+         (n * 100 + i) % 1000, t, n, i, n) end; \
+         return '{{\"batch\":[' .. table.concat(e, ',') .. ']}}' end)()"
+    )
+}
+
 /// A route measured against `/livez` in alternating rounds (see `--rounds`).
 struct Paired {
     route: Figure,
@@ -94,6 +126,11 @@ struct BackendFigures {
     contact: Paired,
     single: Paired,
     batch: Figure,
+    /// The shapes real clients send (see `identified_event`).
+    identified: Paired,
+    repeats: Paired,
+    identified_batch: Figure,
+    segment_batch: Figure,
     rss_idle: u64,
     rss_peak: u64,
     start_to_ready: Duration,
@@ -110,6 +147,7 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
         url: url("/livez"),
         key: None,
         body: None,
+        script: None,
     };
     let key_self = paired(
         wrk,
@@ -119,6 +157,7 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
             url: url("/v1/keys/self"),
             key,
             body: None,
+            script: None,
         },
     )?;
     let contact = paired(
@@ -129,6 +168,7 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
             url: url(&format!("/v1/contacts/{}", fixture.contact_id)),
             key,
             body: None,
+            script: None,
         },
     )?;
     let single = paired(
@@ -139,19 +179,52 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
             url: url("/v1/events"),
             key,
             body: Some(EVENT.to_string()),
+            script: None,
         },
     )?;
     let batch = wrk.run(&Load {
         url: url("/v1/events/batch"),
         key,
         body: Some(format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","))),
+        script: None,
     })?;
+    let run = format!("r{}", std::process::id());
+    let script = |lua_body: String, path: &str| Load {
+        url: url(path),
+        key,
+        body: None,
+        script: Some(wrk::generated(&lua_body)),
+    };
+    let identified = paired(
+        wrk,
+        args.rounds,
+        &livez,
+        &script(identified_event(&run, "n * 7 + t"), "/v1/events"),
+    )?;
+    // Keys already seen: 1 000 of them, over and over (retries, replays).
+    let repeats = paired(
+        wrk,
+        args.rounds,
+        &livez,
+        &script(identified_event("seen", "n % 1000"), "/v1/events"),
+    )?;
+    // Batches at 16 connections, as issue 12 states its p99 target.
+    let batches = Wrk {
+        connections: 16,
+        ..*wrk
+    };
+    let identified_batch = batches.run(&script(identified_batch(&run), "/v1/events/batch"))?;
+    let segment_batch = batches.run(&script(segment_batch(&run), "/v1/batch"))?;
     let (_, rss_peak) = server.rss()?;
     Ok(BackendFigures {
         key_self,
         contact,
         single,
         batch,
+        identified,
+        repeats,
+        identified_batch,
+        segment_batch,
         rss_idle,
         rss_peak,
         start_to_ready: server.start_to_ready,
@@ -239,6 +312,52 @@ fn print_table(name: &str, f: &BackendFigures, raw_events: f64, raw_label: &str)
         &format!("≥ 0.50 — {}", verdict(r >= 0.5)),
     );
     println!("| {raw_label} | {raw_events:.0} events/s | | | 1.00 | — |");
+    paired_rows(
+        "`POST /v1/events` (1 identified event, fresh idempotency key)",
+        &f.identified,
+        if name.starts_with("SQLite") {
+            0.3
+        } else {
+            0.15
+        },
+    );
+    let vs_anonymous = f.identified.route.requests_per_second / f.single.route.requests_per_second;
+    println!(
+        "| ↳ identified / anonymous single event | | | | {vs_anonymous:.2} | ≥ 0.80 — {} |",
+        verdict(vs_anonymous >= 0.8)
+    );
+    paired_rows(
+        "`POST /v1/events` (1 event, an idempotency key seen before)",
+        &f.repeats,
+        0.0,
+    );
+    let per_event = |fig: &Figure| Figure {
+        requests_per_second: fig.requests_per_second * 100.0,
+        p50_us: fig.p50_us,
+        p99_us: fig.p99_us,
+    };
+    let identified_batch = per_event(&f.identified_batch);
+    let vs_batch = identified_batch.requests_per_second / batch_events.requests_per_second;
+    row(
+        "`POST /v1/events/batch` (100 identified events, 16 connections)",
+        &identified_batch,
+        "events/s",
+        format!("{vs_batch:.2}× anonymous batch"),
+        &format!(
+            "≥ 0.60 — {}; p99 < 50 ms — {}",
+            verdict(vs_batch >= 0.6),
+            verdict(identified_batch.p99_us < 50_000.0)
+        ),
+    );
+    let segment = per_event(&f.segment_batch);
+    let vs_identified = segment.requests_per_second / identified_batch.requests_per_second;
+    row(
+        "Segment `/v1/batch` (the same 100 events as `track` with `userId` + `messageId`)",
+        &segment,
+        "events/s",
+        format!("{vs_identified:.2}× `/v1/events/batch`"),
+        &format!("≥ 0.90 — {}", verdict(vs_identified >= 0.9)),
+    );
     println!(
         "| RSS idle / peak | {:.1} MiB / {:.1} MiB | | | | ≤ 64 / ≤ 256 MiB — {} |",
         mib(f.rss_idle),

@@ -19,6 +19,22 @@ pub struct Load<'a> {
     pub key: Option<&'a str>,
     /// A JSON body makes it a POST.
     pub body: Option<String>,
+    /// Or a Lua `request()` that makes each POST body (see [`generated`]).
+    pub script: Option<String>,
+}
+
+/// A wrk script POSTing a body made per request by `lua_body`, a Lua
+/// expression over `n` (this thread's request number, from 1) and `t` (the
+/// thread's number): fresh idempotency keys, users drawn from a population.
+pub fn generated(lua_body: &str) -> String {
+    format!(
+        "local threads = 0\n\
+         function setup(thread) threads = threads + 1; thread:set(\"t\", threads) end\n\
+         function init() n = 0 end\n\
+         wrk.method = \"POST\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+         function request() n = n + 1; return wrk.format(nil, nil, nil, {lua_body}) end\n"
+    )
 }
 
 pub struct Wrk<'a> {
@@ -39,7 +55,11 @@ impl Wrk<'_> {
         if let Some(key) = load.key {
             command.args(["-H", &format!("Authorization: Bearer {key}")]);
         }
-        if let Some(body) = &load.body {
+        if let Some(source) = &load.script {
+            let script = self.scratch.join("generated.lua");
+            std::fs::write(&script, source)?;
+            command.arg("-s").arg(&script);
+        } else if let Some(body) = &load.body {
             let script = self.scratch.join("post.lua");
             std::fs::write(
                 &script,
