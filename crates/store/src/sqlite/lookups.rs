@@ -22,19 +22,6 @@ const CLAIM: &str = "INSERT INTO event_idempotency (project_id, key, event_id, c
      event_id = excluded.event_id, created_at = excluded.created_at \
      WHERE event_idempotency.created_at < ?5";
 
-/// A job's keys claimed with one statement: `?3` is a JSON array of
-/// `[key, event id]` pairs, taken in order (a key repeated within the job
-/// keeps its first event). `WHERE true` lets SQLite parse the upsert.
-const CLAIM_ALL: &str = "INSERT INTO event_idempotency (project_id, key, event_id, created_at) \
-     SELECT ?1, c.value ->> 0, c.value ->> 1, ?2 FROM json_each(?3) AS c WHERE true \
-     ON CONFLICT (project_id, key) DO UPDATE SET \
-     event_id = excluded.event_id, created_at = excluded.created_at \
-     WHERE event_idempotency.created_at < ?4";
-
-/// The event each of a job's keys answers with, after `CLAIM_ALL`.
-const CLAIMED: &str = "SELECT key, event_id FROM event_idempotency \
-     WHERE project_id = ?1 AND key IN (SELECT c.value ->> 0 FROM json_each(?2) AS c)";
-
 const FIRST_CLAIM: &str =
     "SELECT event_id FROM event_idempotency WHERE project_id = ?1 AND key = ?2";
 
@@ -54,24 +41,11 @@ pub(crate) fn prepare(
     let mut outcomes = Vec::with_capacity(events.len());
     let mut rows = Vec::with_capacity(events.len());
     let mut resolved: HashMap<&EventIdentity, Option<String>> = HashMap::new();
-    let ids: Vec<String> = events.iter().map(|_| new_id()).collect();
-    let claims: Vec<[&str; 2]> = events
-        .iter()
-        .zip(&ids)
-        .filter_map(|(e, id)| Some([e.idempotency_key.as_deref()?, id.as_str()]))
-        .collect();
-    // Several keys: claimed together (two statements for the job); one key:
-    // claimed alone (one statement).
-    let claimed = (claims.len() > 1)
-        .then(|| claim_all(conn, project_id, &claims, now))
-        .transpose()?;
-    for (i, (event, id)) in events.iter().zip(ids).enumerate() {
-        let earlier = match (&event.idempotency_key, &claimed) {
-            (None, _) => None,
-            (Some(key), Some(holders)) => holders.get(key).filter(|held| **held != id).cloned(),
-            (Some(key), None) => claim(conn, project_id, key, &id, now)?,
-        };
-        if let Some(first) = earlier {
+    for (i, event) in events.iter().enumerate() {
+        let id = new_id();
+        if let Some(key) = &event.idempotency_key
+            && let Some(first) = claim(conn, project_id, key, &id, now)?
+        {
             outcomes.push(EventOutcome {
                 id: first,
                 duplicate: true,
@@ -100,24 +74,6 @@ pub(crate) fn prepare(
         });
     }
     Ok((outcomes, rows))
-}
-
-/// Claims a job's keys (`[key, event id]` pairs) at once; the event each key
-/// answers with (the job's own where its claim won).
-fn claim_all(
-    conn: &Connection,
-    project_id: &str,
-    claims: &[[&str; 2]],
-    now: i64,
-) -> StoreResult<HashMap<String, String>> {
-    let pairs = serde_json::to_string(claims)
-        .map_err(|e| StoreError::Corrupt(format!("idempotency keys: {e}")))?;
-    let cutoff = now - IDEMPOTENCY_WINDOW_MS;
-    conn.prepare_cached(CLAIM_ALL)?
-        .execute(params![project_id, now, pairs, cutoff])?;
-    let mut holders = conn.prepare_cached(CLAIMED)?;
-    let rows = holders.query_map(params![project_id, pairs], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Claims `key` for the event `id`; `Some(first id)` when an event within the
