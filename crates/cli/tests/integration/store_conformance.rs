@@ -882,6 +882,29 @@ async fn ingest_paths_agree_on_lookups() {
             .unwrap();
         assert!(!retried[0].duplicate, "{url}");
         assert_ne!(retried[0].id, accepted[0].id);
+        // Past the window a key is free again; keys inside it still answer.
+        let later = 2_000 + keyflow_core::events::IDEMPOTENCY_WINDOW_MS + 1;
+        let expired = store
+            .ingest_events(
+                p,
+                vec![
+                    event(json!({"name": "f", "external_id": "u1", "idempotency_key": "k1"})),
+                    event(json!({"name": "f", "external_id": "u1", "idempotency_key": "k4"})),
+                    event(json!({"name": "f", "external_id": "u1", "idempotency_key": "k3"})),
+                ],
+                later,
+            )
+            .await
+            .unwrap();
+        assert!(
+            !expired[0].duplicate && expired[0].id != first[0].id,
+            "{url}"
+        );
+        assert!(!expired[1].duplicate, "{url}");
+        assert_eq!(
+            (expired[2].id.as_str(), expired[2].duplicate),
+            (accepted[0].id.as_str(), true)
+        );
     }
 }
 
