@@ -198,6 +198,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Called inside a contact write's transaction, before its commit: a
+    /// backend that caches who a contact is (SQLite's event writer) forgets
+    /// it. The write turn is still held, so no batch runs in between.
+    fn contacts_changing(&self) {}
+
     /// A contact without sqlx, where the backend has such a path.
     fn read_contact(
         &self,

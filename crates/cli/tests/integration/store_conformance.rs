@@ -776,6 +776,7 @@ async fn sqlite_writer_failures_store_nothing_and_recover() {
 /// idempotency keys it touched, and does not fail the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_paths_agree_on_lookups() {
+    use keyflow_core::contacts::ContactLookup;
     use keyflow_core::events::{EventInput, NewEvent, validate_event};
     let event = |json: serde_json::Value| -> NewEvent {
         let input: EventInput = serde_json::from_value(json).unwrap();
@@ -905,6 +906,56 @@ async fn ingest_paths_agree_on_lookups() {
             (expired[2].id.as_str(), expired[2].duplicate),
             (accepted[0].id.as_str(), true)
         );
+        // Who a contact is follows contact writes (the SQLite writer caches it).
+        let contact_of = |external_id: &str| {
+            let lookup = ContactLookup::ExternalId(external_id.into());
+            let store = store.clone();
+            async move { store.get_contact(p, &lookup).await.unwrap().map(|c| c.id) }
+        };
+        let event_for = |external_id: &str, at: i64| {
+            let e = event(json!({"name": "g", "external_id": external_id}));
+            let store = store.clone();
+            async move {
+                let out = store.ingest_events(p, vec![e], at).await.unwrap();
+                let filter = keyflow_store::EventFilter::default();
+                let page = Page {
+                    limit: 1,
+                    cursor: None,
+                };
+                let newest = store.list_events(p, &filter, &page).await.unwrap();
+                assert_eq!(newest[0].id, out[0].id);
+                newest[0].contact_id.clone()
+            }
+        };
+        let u2 = contact_of("u2").await.unwrap();
+        assert_eq!(event_for("u2", later).await.as_deref(), Some(u2.as_str()));
+        assert!(store.delete_contact(p, &u2, None, later).await.unwrap());
+        let reborn = event_for("u2", later).await.unwrap();
+        assert_ne!(reborn, u2, "{url}: a deleted contact is not named again");
+        let u1 = contact_of("u1").await.unwrap();
+        let rename = keyflow_core::contacts::ContactChanges {
+            external_id: Some("u7".into()),
+            ..Default::default()
+        };
+        store
+            .update_contact(
+                p,
+                &ContactLookup::Id(u1.clone()),
+                &rename,
+                keyflow_store::AuditAction::ContactUpdated,
+                None,
+                later,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            event_for("u7", later).await.as_deref(),
+            Some(u1.as_str()),
+            "{url}"
+        );
+        let new_u1 = event_for("u1", later).await.unwrap();
+        assert_ne!(new_u1, u1, "{url}: u1 now names a new contact");
     }
 }
 

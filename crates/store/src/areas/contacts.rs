@@ -239,6 +239,7 @@ impl<B: Backend> ContactStore for B {
                 .await
             {
                 Ok(outcome) => {
+                    self.contacts_changing();
                     tx.commit().await?;
                     return Ok(outcome);
                 }
@@ -274,6 +275,7 @@ impl<B: Backend> ContactStore for B {
                 }
             }
         }
+        self.contacts_changing();
         tx.commit().await?;
         Ok(results)
     }
@@ -314,6 +316,7 @@ impl<B: Backend> ContactStore for B {
         };
         write_contact::<B::Db>(&mut tx, &contact, true).await?;
         audit_contact::<B::Db>(&mut tx, &contact, action, audit, now).await?;
+        self.contacts_changing();
         tx.commit().await?;
         Ok(Some(UpsertOutcome {
             contact,
@@ -347,6 +350,7 @@ impl<B: Backend> ContactStore for B {
             .run(&mut tx)
             .await?;
         audit_contact::<B::Db>(&mut tx, &contact, AuditAction::ContactDeleted, audit, now).await?;
+        self.contacts_changing();
         tx.commit().await?;
         Ok(true)
     }

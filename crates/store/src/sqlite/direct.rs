@@ -9,6 +9,8 @@
 //! ([`super::lookups`]), the `INSERT`s, `COMMIT`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -25,10 +27,16 @@ pub(crate) struct DirectWriter {
     conn: Option<Connection>,
     /// The INSERT for each chunk size of `EVENT_CHUNKS`, written once.
     inserts: Vec<(usize, String)>,
+    /// Contacts events named before (see [`lookups::Identities`]).
+    identities: lookups::Identities,
+    /// Bumped by every contact write elsewhere (`contacts_changing`); when
+    /// it moved since the last batch, the identities are forgotten.
+    contacts_generation: Arc<AtomicU64>,
+    seen_generation: u64,
 }
 
 impl DirectWriter {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, contacts_generation: Arc<AtomicU64>) -> Self {
         let inserts = EVENT_CHUNKS
             .iter()
             .map(|&rows| (rows, insert_events_sql(rows).replace('$', "?")))
@@ -37,12 +45,16 @@ impl DirectWriter {
             path,
             conn: None,
             inserts,
+            identities: lookups::Identities::default(),
+            seen_generation: contacts_generation.load(Ordering::Acquire),
+            contacts_generation,
         }
     }
 
     /// Forget the connection after a failure; the next batch opens a new one.
     pub(crate) fn reset(&mut self) {
         self.conn = None;
+        self.identities.forget_all();
     }
 
     /// Commits a lookup-free batch and answers its jobs. Should SQLite refuse
@@ -119,10 +131,23 @@ impl DirectWriter {
     /// of SQLite itself fails the whole batch, nothing of it kept, and is
     /// returned so the caller opens a fresh connection.
     pub(crate) fn commit_with_lookups(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
+        // Called under the write turn: a contact write that bumped the
+        // generation has committed or rolled back by now.
+        let generation = self.contacts_generation.load(Ordering::Acquire);
+        if generation != self.seen_generation {
+            self.identities.forget_all();
+            self.seen_generation = generation;
+        }
         let inserts = std::mem::take(&mut self.inserts);
+        let mut identities = std::mem::take(&mut self.identities);
         let done = self
             .connection()
-            .and_then(|conn| prepare_and_insert(conn, &inserts, &batch));
+            .and_then(|conn| prepare_and_insert(conn, &mut identities, &inserts, &batch));
+        match &done {
+            Ok(_) => identities.committed(),
+            Err(_) => identities.rolled_back(0),
+        }
+        self.identities = identities;
         self.inserts = inserts;
         match done {
             Ok(results) => {
@@ -143,6 +168,7 @@ impl DirectWriter {
 /// rows inserted, committed. Rolled back on any SQLite failure.
 fn prepare_and_insert(
     conn: &mut Connection,
+    identities: &mut lookups::Identities,
     inserts: &[(usize, String)],
     batch: &[IngestJob],
 ) -> rusqlite::Result<Vec<StoreResult<Vec<EventOutcome>>>> {
@@ -152,7 +178,8 @@ fn prepare_and_insert(
         let mut rows = Vec::new();
         for job in batch {
             conn.execute_batch("SAVEPOINT ingest_job")?;
-            match lookups::prepare(conn, &job.project_id, &job.events, job.now) {
+            let mark = identities.pending_len();
+            match lookups::prepare(conn, identities, &job.project_id, &job.events, job.now) {
                 Ok((outcomes, mut job_rows)) => {
                     conn.execute_batch("RELEASE ingest_job")?;
                     rows.append(&mut job_rows);
@@ -161,6 +188,7 @@ fn prepare_and_insert(
                 Err(StoreError::Sqlite(e)) => return Err(e),
                 Err(refused) => {
                     conn.execute_batch("ROLLBACK TO ingest_job; RELEASE ingest_job")?;
+                    identities.rolled_back(mark);
                     results.push(Err(refused));
                 }
             }

@@ -14,6 +14,45 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::columns::{EventRow, contact_conflict, lookup_column};
 use crate::{EventOutcome, StoreError, StoreResult, new_id};
 
+/// Who a contact is, as events name it: (project, column, value) → contact id.
+type IdentityKey = (String, &'static str, String);
+
+/// Contact ids the writer has seen committed, so an event for a known user
+/// needs no lookup. Kept true by `forget_all` whenever a contact write is
+/// about to commit elsewhere (`Backend::contacts_changing`), and bounded.
+#[derive(Default)]
+pub(crate) struct Identities {
+    known: HashMap<IdentityKey, String>,
+    /// Found or created in the batch being prepared: known once it commits.
+    pending: Vec<(IdentityKey, String)>,
+}
+
+/// Entries kept at most; past that the cache starts over.
+const MAX_IDENTITIES: usize = 100_000;
+
+impl Identities {
+    pub(crate) fn forget_all(&mut self) {
+        self.known.clear();
+    }
+
+    /// The batch committed: what it found or created is known from now on.
+    pub(crate) fn committed(&mut self) {
+        if self.known.len() + self.pending.len() > MAX_IDENTITIES {
+            self.known.clear();
+        }
+        self.known.extend(self.pending.drain(..));
+    }
+
+    /// The batch (or a job of it) rolled back: nothing it saw is kept.
+    pub(crate) fn rolled_back(&mut self, keep: usize) {
+        self.pending.truncate(keep);
+    }
+
+    pub(crate) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
 /// Claims a key unless an event within the window holds it. No `RETURNING`:
 /// SQLite builds a temporary table for it on every run; the number of rows
 /// changed says the same (0 when the conflict's `WHERE` kept the old row).
@@ -34,6 +73,7 @@ const CREATE_CONTACT: &str = "INSERT INTO contacts (id, project_id, email, email
 /// writes behind: the caller runs this in a savepoint.
 pub(crate) fn prepare(
     conn: &Connection,
+    identities: &mut Identities,
     project_id: &str,
     events: &[NewEvent],
     now: i64,
@@ -56,7 +96,7 @@ pub(crate) fn prepare(
             Some(known) => known.clone(),
             None => {
                 let field = format!("events[{i}].contact_id");
-                let found = resolve(conn, project_id, &event.identity, &field, now)?;
+                let found = resolve(conn, identities, project_id, &event.identity, &field, now)?;
                 resolved.insert(&event.identity, found.clone());
                 found
             }
@@ -100,20 +140,30 @@ fn claim(
 
 fn contact_id(
     conn: &Connection,
+    identities: &mut Identities,
     project_id: &str,
     lookup: &ContactLookup,
 ) -> StoreResult<Option<String>> {
     let (column, value) = lookup_column(lookup);
+    let key = (project_id.to_string(), column, value);
+    if let Some(known) = identities.known.get(&key) {
+        return Ok(Some(known.clone()));
+    }
     let sql = format!("SELECT id FROM contacts WHERE project_id = ?1 AND {column} = ?2");
-    Ok(conn
+    let found: Option<String> = conn
         .prepare_cached(&sql)?
-        .query_row(params![project_id, value], |r| r.get(0))
-        .optional()?)
+        .query_row(params![project_id, key.2], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = &found {
+        identities.pending.push((key, id.clone()));
+    }
+    Ok(found)
 }
 
 /// Finds or creates the contact an event names; `None` for anonymous events.
 fn resolve(
     conn: &Connection,
+    identities: &mut Identities,
     project_id: &str,
     identity: &EventIdentity,
     field: &str,
@@ -123,7 +173,7 @@ fn resolve(
         EventIdentity::Anonymous => return Ok(None),
         EventIdentity::ContactId(id) => {
             let lookup = ContactLookup::Id(id.clone());
-            return match contact_id(conn, project_id, &lookup)? {
+            return match contact_id(conn, identities, project_id, &lookup)? {
                 Some(found) => Ok(Some(found)),
                 None => Err(StoreError::Invalid(keyflow_core::FieldError::new(
                     field,
@@ -142,7 +192,7 @@ fn resolve(
             None,
         ),
     };
-    if let Some(found) = contact_id(conn, project_id, &lookup)? {
+    if let Some(found) = contact_id(conn, identities, project_id, &lookup)? {
         return Ok(Some(found));
     }
     // Unknown: create it. If the email is taken by a contact with another
@@ -158,7 +208,7 @@ fn resolve(
             external_id,
             now
         ])?;
-        if let Some(found) = contact_id(conn, project_id, &lookup)? {
+        if let Some(found) = contact_id(conn, identities, project_id, &lookup)? {
             return Ok(Some(found));
         }
     }

@@ -29,6 +29,8 @@ pub struct SqliteStore {
     ingest_queue: mpsc::Sender<IngestJob>,
     /// Point reads on the calling thread; `None` for in-memory databases.
     reader: Option<reader::Reader>,
+    /// Bumped before every contact write commits (see `contacts_changing`).
+    contacts_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -119,7 +121,9 @@ impl SqliteStore {
         // VFS, and in-memory databases, are left to sqlx for everything.
         let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
         let reader = on_disk.then(|| reader::Reader::new(path.clone()));
-        let direct = on_disk.then(|| direct::DirectWriter::new(path));
+        let contacts_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let generation = contacts_generation.clone();
+        let direct = on_disk.then(|| direct::DirectWriter::new(path, generation));
         let (runtime, writer_pool, turn) = (
             tokio::runtime::Handle::current(),
             pool.clone(),
@@ -136,6 +140,7 @@ impl SqliteStore {
             write_turn,
             ingest_queue,
             reader,
+            contacts_generation,
         })
     }
 }
@@ -188,6 +193,13 @@ impl Backend for SqliteStore {
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
         let stopped = || crate::StoreError::WriteFailed("the SQLite writer has stopped".into());
         ingest_queue::submit(&self.ingest_queue, project_id, events, now, stopped).await
+    }
+
+    /// The event writer caches who contacts are; a contact write about to
+    /// commit (under the write turn) makes it forget before its next batch.
+    fn contacts_changing(&self) {
+        self.contacts_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// A key by digest through the direct reader (`None`: use sqlx).
