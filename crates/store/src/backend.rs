@@ -199,9 +199,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     }
 
     /// Called inside a contact write's transaction, before its commit: a
-    /// backend that caches who a contact is (SQLite's event writer) forgets
-    /// it. The write turn is still held, so no batch runs in between.
-    fn contacts_changing(&self) {}
+    /// backend that caches who a contact is (SQLite's event writer) records
+    /// the change in the database itself, so every process's cache sees it.
+    fn contacts_changing(_conn: &mut Conn<Self>) -> impl Future<Output = StoreResult<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 
     /// A contact without sqlx, where the backend has such a path.
     fn read_contact(

@@ -52,7 +52,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0008_events_contact_partial",
             "0009_key_rolled_at",
             "0010_contact_emails_nfc",
-            "0011_idempotency_without_rowid"
+            "0011_idempotency_without_rowid",
+            "0012_generations"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

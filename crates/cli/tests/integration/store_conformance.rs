@@ -101,7 +101,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0008_events_contact_partial",
             "0009_key_rolled_at",
             "0010_contact_emails_nfc",
-            "0011_idempotency_without_rowid"
+            "0011_idempotency_without_rowid",
+            "0012_generations"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());
@@ -991,4 +992,55 @@ async fn idempotency_keys_survive_their_move() {
         (again[0].id.as_str(), again[0].duplicate),
         (first[0].id.as_str(), true)
     );
+}
+
+/// The SQLite event writer's contact cache follows contact writes made by
+/// another process on the same file (another `keyflow serve`, the CLI): a
+/// second store stands in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_writes_from_another_process_reach_the_event_writer() {
+    use keyflow_core::contacts::ContactLookup;
+    use keyflow_core::events::{EventInput, validate_event};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let here = db.store().await;
+    let (_, project) = seeded(here.as_ref()).await;
+    let p = project.id.as_str();
+    let elsewhere = keyflow_store::connect(&db.url).await.unwrap();
+    let track = |at: i64| {
+        let input: EventInput =
+            serde_json::from_value(json!({"name": "g", "external_id": "u1"})).unwrap();
+        let event = validate_event(input, at, "").unwrap();
+        let here = here.clone();
+        async move {
+            let id = here.ingest_events(p, vec![event], at).await.unwrap()[0]
+                .id
+                .clone();
+            let page = Page {
+                limit: 1,
+                cursor: None,
+            };
+            let newest = here
+                .list_events(p, &keyflow_store::EventFilter::default(), &page)
+                .await
+                .unwrap();
+            assert_eq!(newest[0].id, id);
+            newest[0].contact_id.clone().unwrap()
+        }
+    };
+    let first = track(1_000).await;
+    assert_eq!(track(2_000).await, first, "the same user, the same contact");
+    assert!(
+        elsewhere
+            .delete_contact(p, &first, None, 3_000)
+            .await
+            .unwrap()
+    );
+    let second = track(4_000).await;
+    assert_ne!(
+        second, first,
+        "a contact deleted elsewhere is not named again"
+    );
+    let lookup = ContactLookup::ExternalId("u1".into());
+    let stored = elsewhere.get_contact(p, &lookup).await.unwrap().unwrap();
+    assert_eq!(stored.id, second);
 }

@@ -239,7 +239,7 @@ impl<B: Backend> ContactStore for B {
                 .await
             {
                 Ok(outcome) => {
-                    self.contacts_changing();
+                    B::contacts_changing(&mut tx).await?;
                     tx.commit().await?;
                     return Ok(outcome);
                 }
@@ -275,7 +275,7 @@ impl<B: Backend> ContactStore for B {
                 }
             }
         }
-        self.contacts_changing();
+        B::contacts_changing(&mut tx).await?;
         tx.commit().await?;
         Ok(results)
     }
@@ -316,7 +316,7 @@ impl<B: Backend> ContactStore for B {
         };
         write_contact::<B::Db>(&mut tx, &contact, true).await?;
         audit_contact::<B::Db>(&mut tx, &contact, action, audit, now).await?;
-        self.contacts_changing();
+        B::contacts_changing(&mut tx).await?;
         tx.commit().await?;
         Ok(Some(UpsertOutcome {
             contact,
@@ -350,7 +350,7 @@ impl<B: Backend> ContactStore for B {
             .run(&mut tx)
             .await?;
         audit_contact::<B::Db>(&mut tx, &contact, AuditAction::ContactDeleted, audit, now).await?;
-        self.contacts_changing();
+        B::contacts_changing(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -80,6 +80,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0011_idempotency_without_rowid",
         sql: include_str!("../../migrations/postgres/0011_idempotency_without_rowid.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_generations",
+        sql: include_str!("../../migrations/postgres/0012_generations.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -9,8 +9,6 @@
 //! ([`super::lookups`]), the `INSERT`s, `COMMIT`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -29,14 +27,10 @@ pub(crate) struct DirectWriter {
     inserts: Vec<(usize, String)>,
     /// Contacts events named before (see [`lookups::Identities`]).
     identities: lookups::Identities,
-    /// Bumped by every contact write elsewhere (`contacts_changing`); when
-    /// it moved since the last batch, the identities are forgotten.
-    contacts_generation: Arc<AtomicU64>,
-    seen_generation: u64,
 }
 
 impl DirectWriter {
-    pub(crate) fn new(path: PathBuf, contacts_generation: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         let inserts = EVENT_CHUNKS
             .iter()
             .map(|&rows| (rows, insert_events_sql(rows).replace('$', "?")))
@@ -46,8 +40,6 @@ impl DirectWriter {
             conn: None,
             inserts,
             identities: lookups::Identities::default(),
-            seen_generation: contacts_generation.load(Ordering::Acquire),
-            contacts_generation,
         }
     }
 
@@ -131,13 +123,6 @@ impl DirectWriter {
     /// of SQLite itself fails the whole batch, nothing of it kept, and is
     /// returned so the caller opens a fresh connection.
     pub(crate) fn commit_with_lookups(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
-        // Called under the write turn: a contact write that bumped the
-        // generation has committed or rolled back by now.
-        let generation = self.contacts_generation.load(Ordering::Acquire);
-        if generation != self.seen_generation {
-            self.identities.forget_all();
-            self.seen_generation = generation;
-        }
         let inserts = std::mem::take(&mut self.inserts);
         let mut identities = std::mem::take(&mut self.identities);
         let done = self
@@ -174,6 +159,9 @@ fn prepare_and_insert(
 ) -> rusqlite::Result<Vec<StoreResult<Vec<EventOutcome>>>> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let written = (|| {
+        // Holding the write lock: any contact write, from any process, has
+        // committed (and counted) or not begun.
+        identities.check_generation(conn)?;
         let mut results = Vec::with_capacity(batch.len());
         let mut rows = Vec::new();
         for job in batch {

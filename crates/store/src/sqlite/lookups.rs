@@ -18,11 +18,14 @@ use crate::{EventOutcome, StoreError, StoreResult, new_id};
 type IdentityKey = (String, &'static str, String);
 
 /// Contact ids the writer has seen committed, so an event for a known user
-/// needs no lookup. Kept true by `forget_all` whenever a contact write is
-/// about to commit elsewhere (`Backend::contacts_changing`), and bounded.
+/// needs no lookup. Kept true by the `contacts` generation every contact
+/// write bumps in its transaction (`Backend::contacts_changing`), read at the
+/// start of each batch; bounded.
 #[derive(Default)]
 pub(crate) struct Identities {
     known: HashMap<IdentityKey, String>,
+    /// The `contacts` generation `known` was filled under.
+    generation: Option<i64>,
     /// Found or created in the batch being prepared: known once it commits.
     pending: Vec<(IdentityKey, String)>,
 }
@@ -33,6 +36,19 @@ const MAX_IDENTITIES: usize = 100_000;
 impl Identities {
     pub(crate) fn forget_all(&mut self) {
         self.known.clear();
+        self.generation = None;
+    }
+
+    /// Forgets everything if a contact was written since the last batch.
+    pub(crate) fn check_generation(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let now: i64 = conn
+            .prepare_cached("SELECT value FROM keyflow_generations WHERE name = 'contacts'")?
+            .query_row([], |r| r.get(0))?;
+        if self.generation != Some(now) {
+            self.known.clear();
+            self.generation = Some(now);
+        }
+        Ok(())
     }
 
     /// The batch committed: what it found or created is known from now on.

@@ -29,8 +29,6 @@ pub struct SqliteStore {
     ingest_queue: mpsc::Sender<IngestJob>,
     /// Point reads on the calling thread; `None` for in-memory databases.
     reader: Option<reader::Reader>,
-    /// Bumped before every contact write commits (see `contacts_changing`).
-    contacts_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -89,6 +87,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0011_idempotency_without_rowid",
         sql: include_str!("../../migrations/sqlite/0011_idempotency_without_rowid.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_generations",
+        sql: include_str!("../../migrations/sqlite/0012_generations.sql"),
+    },
 ];
 
 impl SqliteStore {
@@ -121,9 +124,7 @@ impl SqliteStore {
         // VFS, and in-memory databases, are left to sqlx for everything.
         let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
         let reader = on_disk.then(|| reader::Reader::new(path.clone()));
-        let contacts_generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let generation = contacts_generation.clone();
-        let direct = on_disk.then(|| direct::DirectWriter::new(path, generation));
+        let direct = on_disk.then(|| direct::DirectWriter::new(path));
         let (runtime, writer_pool, turn) = (
             tokio::runtime::Handle::current(),
             pool.clone(),
@@ -140,7 +141,6 @@ impl SqliteStore {
             write_turn,
             ingest_queue,
             reader,
-            contacts_generation,
         })
     }
 }
@@ -195,11 +195,14 @@ impl Backend for SqliteStore {
         ingest_queue::submit(&self.ingest_queue, project_id, events, now, stopped).await
     }
 
-    /// The event writer caches who contacts are; a contact write about to
-    /// commit (under the write turn) makes it forget before its next batch.
-    fn contacts_changing(&self) {
-        self.contacts_generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    /// The event writer caches who contacts are; it reads this counter at
+    /// the start of each batch and forgets them when it moved (whichever
+    /// process wrote the contact).
+    async fn contacts_changing(conn: &mut SqliteConnection) -> crate::StoreResult<()> {
+        sqlx::query("UPDATE keyflow_generations SET value = value + 1 WHERE name = 'contacts'")
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// A key by digest through the direct reader (`None`: use sqlx).
