@@ -163,9 +163,27 @@ impl AppState {
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())))
     }
 
-    /// Setup works once.
-    pub fn consume_setup_token(&self) {
-        *self.setup_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// Takes the token if `presented` matches it: of two concurrent setups
+    /// only one gets it. Put it back with [`Self::restore_setup_token`] if
+    /// the setup then fails.
+    pub fn take_setup_token(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let mut guard = self.setup_token.lock().unwrap_or_else(|p| p.into_inner());
+        let matches = guard
+            .as_deref()
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(presented.as_bytes())));
+        if matches {
+            *guard = None;
+        }
+        matches
+    }
+
+    /// A setup that took the token failed: the link works again.
+    pub fn restore_setup_token(&self, token: String) {
+        let mut guard = self.setup_token.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(token);
+        }
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -184,6 +184,53 @@ async fn setup_link_stops_once_an_operator_exists(backend: Backend) {
     );
 }
 
+/// Two setups posted at once with the valid link: one creates the owner,
+/// the other finds the link used (the token is taken before the password is
+/// hashed); a setup that fails on its input gives the link back.
+async fn setup_runs_once_under_concurrent_posts(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    let refused = post_form(
+        &app,
+        "/setup",
+        None,
+        &[
+            ("token", &token),
+            ("email", "a@x.io"),
+            ("password", "short"),
+            ("workspace", "W"),
+            ("project", "P"),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{}", text(&refused));
+    let setup = |email: &'static str| {
+        let token = token.clone();
+        let app = &app;
+        async move {
+            post_form(
+                app,
+                "/setup",
+                None,
+                &[
+                    ("token", &token),
+                    ("email", email),
+                    ("password", PASSWORD),
+                    ("workspace", "W"),
+                    ("project", "P"),
+                ],
+            )
+            .await
+            .status
+        }
+    };
+    let (a, b) = tokio::join!(setup("one@x.io"), setup("two@x.io"));
+    let mut statuses = [a, b];
+    statuses.sort();
+    assert_eq!(statuses, [303, 404]);
+    assert_eq!(app.store.count_operators().await.unwrap(), 1);
+}
+
 async fn sign_in_is_audited_and_rate_limited(backend: Backend) {
     let app = TestApp::start(backend).await;
     let workspace = operator(&app, "ops@acme.io").await;
@@ -348,6 +395,7 @@ async fn pages_escape_user_text_and_send_security_headers(backend: Backend) {
 backend_tests!(
     setup_link_stops_once_an_operator_exists,
     first_run_setup_creates_owner_and_signs_in,
+    setup_runs_once_under_concurrent_posts,
     sign_in_is_audited_and_rate_limited,
     cross_site_posts_and_missing_csrf_are_refused,
     sessions_expire_idle_and_absolute,

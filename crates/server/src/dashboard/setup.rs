@@ -72,7 +72,12 @@ pub async fn submit(
         return Err(PageError::CrossSite);
     }
     let token = form.get("token").cloned().unwrap_or_default();
-    if !state.setup_token_matches(&token) || !no_operators_yet(&state).await {
+    // Taken before anything else: a second setup running at the same time
+    // finds no token (and a failed setup puts it back below).
+    if !state.take_setup_token(&token) {
+        return Ok(unavailable());
+    }
+    if !no_operators_yet(&state).await {
         return Ok(unavailable());
     }
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
@@ -83,6 +88,7 @@ pub async fn submit(
         p => Plan::parse(p),
     };
     let Some(plan) = plan else {
+        state.restore_setup_token(token.clone());
         let message = Some("Choose a plan: free, pro or team.");
         return Ok(setup_page(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -101,11 +107,11 @@ pub async fn submit(
     let created = tenancy::bootstrap(state.store.as_ref(), new, state.now_ms()).await;
     match created {
         Ok(boot) => {
-            state.consume_setup_token();
             let ip = client_ip(&state, &headers, peer);
             Ok(start_session(&state, &headers, &boot.owner, ip).await?)
         }
         Err(e) => {
+            state.restore_setup_token(token.clone());
             let message = refusal(e);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(setup_page(status, &token, Some(&message)))
