@@ -141,17 +141,13 @@ pub enum AdminRefusals {
 pub fn serve(
     doc: &Document,
 ) -> impl Fn() -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
-    let body: std::sync::Arc<str> = serde_json::to_string(doc)
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the OpenAPI document does not serialise");
-            "{}".to_string()
-        })
-        .into();
+    // Bytes: each request shares the one serialised copy, nothing is copied.
+    let body = axum::body::Bytes::from(serde_json::to_vec(doc).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document does not serialise");
+        b"{}".to_vec()
+    }));
     move || {
-        let response = (
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        );
+        let response = ([(header::CONTENT_TYPE, "application/json")], body.clone());
         std::future::ready(response.into_response())
     }
 }

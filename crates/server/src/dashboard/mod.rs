@@ -181,8 +181,7 @@ async fn signout(
         if !session::csrf_ok(&signed_in.session, form.get("csrf").map(String::as_str)) {
             return Err(PageError::CrossSite);
         }
-        let actor = sessions::operator_actor(&signed_in.operator);
-        session::end(&state, &headers, actor).await?;
+        session::end(&state, &headers).await?;
     }
     let mut response = Redirect::to("/signin").into_response();
     response

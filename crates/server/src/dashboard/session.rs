@@ -88,14 +88,9 @@ pub async fn current(
 }
 
 /// Ends the browser's session, if it has one.
-pub async fn end(
-    state: &SharedState,
-    headers: &HeaderMap,
-    actor: keyflow_store::Actor,
-) -> Result<(), ApiError> {
+pub async fn end(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(id) = cookie_value(headers) {
-        let ctx = state.ctx(actor, None, state.now_ms());
-        crate::operations::sessions::sign_out(&ctx, &id).await?;
+        crate::operations::sessions::sign_out(state.store.as_ref(), &id).await?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `operator.signed_in` in each of the operator's workspaces) and out.
 
 use keyflow_core::keys::{KeyDigest, random_base62};
-use keyflow_store::{Actor, AuditAction, AuditTarget, Operator, Session};
+use keyflow_store::{Actor, AuditAction, AuditTarget, Operator, Session, Store};
 use serde_json::json;
 
 use super::Ctx;
@@ -23,7 +23,7 @@ pub async fn sign_in(
     replaced: Option<&str>,
 ) -> OpResult<NewSession> {
     if let Some(old) = replaced {
-        sign_out(ctx, old).await?;
+        sign_out(ctx.store, old).await?;
     }
     let id = random_base62(32).map_err(|e| OpError::internal("session id", &e))?;
     let csrf = random_base62(32).map_err(|e| OpError::internal("csrf token", &e))?;
@@ -54,10 +54,8 @@ pub async fn sign_in(
 }
 
 /// Ends the session whose cookie value is `id` (nothing if there is none).
-pub async fn sign_out(ctx: &Ctx<'_>, id: &str) -> OpResult<()> {
-    ctx.store
-        .delete_session(&KeyDigest::of(id).to_hex())
-        .await?;
+pub async fn sign_out(store: &dyn Store, id: &str) -> OpResult<()> {
+    store.delete_session(&KeyDigest::of(id).to_hex()).await?;
     Ok(())
 }
 

@@ -165,9 +165,18 @@ fn contact_id(
     if let Some(known) = identities.known.get(&key) {
         return Ok(Some(known.clone()));
     }
-    let sql = format!("SELECT id FROM contacts WHERE project_id = ?1 AND {column} = ?2");
+    // One statement per column, written out: no SQL text built per lookup.
+    let sql = match lookup {
+        ContactLookup::Id(_) => "SELECT id FROM contacts WHERE project_id = ?1 AND id = ?2",
+        ContactLookup::Email(_) => {
+            "SELECT id FROM contacts WHERE project_id = ?1 AND email_key = ?2"
+        }
+        ContactLookup::ExternalId(_) => {
+            "SELECT id FROM contacts WHERE project_id = ?1 AND external_id = ?2"
+        }
+    };
     let found: Option<String> = conn
-        .prepare_cached(&sql)?
+        .prepare_cached(sql)?
         .query_row(params![project_id, key.2], |r| r.get(0))
         .optional()?;
     if let Some(id) = &found {
