@@ -2,7 +2,7 @@
 //! documented operation must exist behind the auth pipeline.
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{Backend, TestApp};
 
@@ -137,4 +137,92 @@ async fn every_documented_operation_exists_behind_auth() {
         operations, 31,
         "every /v1 and /admin/v1 operation is documented"
     );
+}
+
+/// The route list writes each `/v1` operation's "Scope: …" sentence from the
+/// guard that enforces it, so the document and the checks cannot disagree:
+/// a key missing any one named scope is refused with `insufficient_scope`,
+/// and a key holding exactly the named scopes is not. Every operation also
+/// carries one of the document's declared tags.
+#[tokio::test]
+async fn documented_scopes_are_the_enforced_ones() {
+    const ALL: [&str; 9] = [
+        "contacts:read",
+        "contacts:write",
+        "events:read",
+        "events:write",
+        "subscribers:read",
+        "subscribers:write",
+        "keys:read",
+        "keys:write",
+        "audit:read",
+    ];
+    let app = TestApp::start(Backend::Sqlite).await;
+    let tenant = app.tenant_on("team").await;
+    let doc = document(&app).await;
+    let tags: Vec<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let key_with = |scopes: Vec<&'static str>| {
+        let app = &app;
+        let creator = tenant.key.clone();
+        async move {
+            app.create_key(
+                &creator,
+                json!({"name": "probe", "type": "secret", "scopes": scopes}),
+            )
+            .await
+            .1
+        }
+    };
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let tag = op["tags"][0].as_str().unwrap_or_default();
+            assert!(tags.contains(&tag), "{method} {path}: tag {tag:?}");
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let description = op["description"].as_str().unwrap_or_default();
+            let sentence = description.split('.').next().unwrap_or_default();
+            let named: Vec<&str> = ALL
+                .into_iter()
+                .filter(|s| sentence.contains(&format!("`{s}`")))
+                .collect();
+            if path == "/v1/keys/self" {
+                assert!(named.is_empty(), "any key may read itself");
+                continue;
+            }
+            assert!(
+                sentence.starts_with("Scope"),
+                "{method} {path} names no scope: {description}"
+            );
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let concrete = path
+                .replace("{id}", "some-id")
+                .replace("{email_or_id}", "a@b.co");
+            for missing in &named {
+                let key = key_with(ALL.into_iter().filter(|s| s != missing).collect()).await;
+                let reply = app
+                    .request(method.clone(), &concrete, Some(&key), Some(json!({})))
+                    .await;
+                reply.assert_error(403, "insufficient_scope");
+            }
+            let key = key_with(named.clone()).await;
+            let reply = app
+                .request(method.clone(), &concrete, Some(&key), Some(json!({})))
+                .await;
+            assert_ne!(
+                reply.error_code(),
+                "insufficient_scope",
+                "{method} {path} with {named:?}: {}",
+                reply.body
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 25, "every /v1 operation but keys/self");
 }

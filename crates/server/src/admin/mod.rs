@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::api::openapi::AdminRefusals;
 use crate::api::requests;
 use crate::api::routes::ApiRoutes;
 use crate::api::views::{
@@ -29,11 +28,11 @@ use crate::state::SharedState;
 /// The admin routes, documented, behind the admin token.
 pub fn routes(state: &SharedState) -> ApiRoutes {
     let mut admin = ApiRoutes::new(utoipa::openapi::OpenApi::default())
-        .add(__path_create_workspace, create_workspace)
-        .add(__path_set_plan, set_plan)
-        .add(__path_create_project, create_project)
-        .add(__path_create_operator, create_operator)
-        .add(__path_create_key, create_key);
+        .admin(__path_create_workspace, create_workspace)
+        .admin(__path_set_plan, set_plan)
+        .admin(__path_create_project, create_project)
+        .admin(__path_create_operator, create_operator)
+        .admin(__path_create_key, create_key);
     admin.router = admin
         .router
         .route_layer(axum::middleware::from_fn_with_state(
@@ -85,10 +84,28 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
     next.run(req).await
 }
 
-fn parse_plan(text: Option<&str>) -> ApiResult<Plan> {
-    text.and_then(Plan::parse)
-        .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))
+/// `value`, or a 422 that says `field` is required.
+fn required<T>(value: Option<T>, field: &str) -> ApiResult<T> {
+    value.ok_or_else(|| ApiError::field(field, "is required"))
 }
+
+/// `text` parsed, `default` when absent, or a 422 naming `field` and what it accepts.
+fn choice<T>(
+    text: Option<&str>,
+    default: Option<T>,
+    parse: fn(&str) -> Option<T>,
+    field: &str,
+    accepted: &str,
+) -> ApiResult<T> {
+    match (text, default) {
+        (None, Some(default)) => Ok(default),
+        (text, _) => text
+            .and_then(parse)
+            .ok_or_else(|| ApiError::field(field, format!("must be {accepted}"))),
+    }
+}
+
+const PLANS: &str = "free, pro or team";
 
 #[derive(Deserialize, ToSchema)]
 struct WorkspaceRequest {
@@ -99,29 +116,26 @@ struct WorkspaceRequest {
 #[utoipa::path(
     post,
     path = "/admin/v1/workspaces",
-    operation_id = "admin_create_workspace",
-    tag = "admin",
     summary = "Create a workspace",
     description = "`plan` defaults to `free`.",
     request_body = WorkspaceRequest,
     responses(
         (status = 201, description = "Created", body = WorkspaceView),
         crate::api::openapi::Invalid,
-        AdminRefusals,
     ),
-    security(("admin_token" = []))
 )]
 async fn create_workspace(
     State(state): State<SharedState>,
     JsonBody(body): JsonBody<WorkspaceRequest>,
 ) -> ApiResult<Response> {
-    let plan = match body.plan.as_deref() {
-        None => Plan::Free,
-        some => parse_plan(some)?,
-    };
-    let name = body
-        .name
-        .ok_or_else(|| ApiError::field("name", "is required"))?;
+    let plan = choice(
+        body.plan.as_deref(),
+        Some(Plan::Free),
+        Plan::parse,
+        "plan",
+        PLANS,
+    )?;
+    let name = required(body.name, "name")?;
     let workspace =
         tenancy::create_workspace(state.store.as_ref(), &name, plan, state.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(workspace_json(&workspace))).into_response())
@@ -135,8 +149,6 @@ struct PlanRequest {
 #[utoipa::path(
     put,
     path = "/admin/v1/workspaces/{id}/plan",
-    operation_id = "admin_set_plan",
-    tag = "admin",
     summary = "Change a workspace's plan",
     description = "Below pro, the workspace's keys are refused with 403 `feature_not_allowed` at once.",
     params(("id" = String, Path, description = "Workspace id")),
@@ -145,16 +157,14 @@ struct PlanRequest {
         (status = 200, description = "The workspace", body = WorkspaceView),
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
         crate::api::openapi::Invalid,
-        AdminRefusals,
     ),
-    security(("admin_token" = []))
 )]
 async fn set_plan(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<PlanRequest>,
 ) -> ApiResult<Response> {
-    let plan = parse_plan(body.plan.as_deref())?;
+    let plan = choice(body.plan.as_deref(), None, Plan::parse, "plan", PLANS)?;
     let (workspace, _) = tenancy::change_plan(
         &state.ctx(Actor::InstanceAdmin, None, state.now_ms()),
         &id,
@@ -173,8 +183,6 @@ struct ProjectRequest {
 #[utoipa::path(
     post,
     path = "/admin/v1/workspaces/{id}/projects",
-    operation_id = "admin_create_project",
-    tag = "admin",
     summary = "Create a project",
     description = "`environment` defaults to `live`.",
     params(("id" = String, Path, description = "Workspace id")),
@@ -183,23 +191,21 @@ struct ProjectRequest {
         (status = 201, description = "Created", body = ProjectView),
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
         crate::api::openapi::Invalid,
-        AdminRefusals,
     ),
-    security(("admin_token" = []))
 )]
 async fn create_project(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ProjectRequest>,
 ) -> ApiResult<Response> {
-    let environment = match body.environment.as_deref() {
-        None => Environment::Live,
-        Some(text) => Environment::parse(text)
-            .ok_or_else(|| ApiError::field("environment", "must be live or test"))?,
-    };
-    let name = body
-        .name
-        .ok_or_else(|| ApiError::field("name", "is required"))?;
+    let environment = choice(
+        body.environment.as_deref(),
+        Some(Environment::Live),
+        Environment::parse,
+        "environment",
+        "live or test",
+    )?;
+    let name = required(body.name, "name")?;
     let project = tenancy::create_project(
         state.store.as_ref(),
         &id,
@@ -221,8 +227,6 @@ struct OperatorRequest {
 #[utoipa::path(
     post,
     path = "/admin/v1/workspaces/{id}/operators",
-    operation_id = "admin_create_operator",
-    tag = "admin",
     summary = "Add an operator (dashboard account) to a workspace",
     description = "`role` defaults to `member`.",
     params(("id" = String, Path, description = "Workspace id")),
@@ -232,26 +236,22 @@ struct OperatorRequest {
         (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
         (status = 409, description = "An operator with this email exists", body = crate::error::ErrorBody),
         crate::api::openapi::Invalid,
-        AdminRefusals,
     ),
-    security(("admin_token" = []))
 )]
 async fn create_operator(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<OperatorRequest>,
 ) -> ApiResult<Response> {
-    let role = match body.role.as_deref() {
-        None => Role::Member,
-        Some(text) => Role::parse(text)
-            .ok_or_else(|| ApiError::field("role", "must be owner, admin or member"))?,
-    };
-    let email = body
-        .email
-        .ok_or_else(|| ApiError::field("email", "is required"))?;
-    let password = body
-        .password
-        .ok_or_else(|| ApiError::field("password", "is required"))?;
+    let role = choice(
+        body.role.as_deref(),
+        Some(Role::Member),
+        Role::parse,
+        "role",
+        "owner, admin or member",
+    )?;
+    let email = required(body.email, "email")?;
+    let password = required(body.password, "password")?;
     let created = tenancy::add_operator(
         &state.ctx(Actor::InstanceAdmin, None, state.now_ms()),
         &id,
@@ -271,8 +271,6 @@ async fn create_operator(
 #[utoipa::path(
     post,
     path = "/admin/v1/projects/{id}/keys",
-    operation_id = "admin_create_key",
-    tag = "admin",
     summary = "Create a key in a project",
     description = "The body is the one of `POST /v1/keys`; the answer carries the full key, once.",
     params(("id" = String, Path, description = "Project id")),
@@ -281,9 +279,7 @@ async fn create_operator(
         (status = 201, description = "Created; `key` is shown only here", body = KeyView),
         (status = 404, description = "No such project", body = crate::error::ErrorBody),
         crate::api::openapi::Invalid,
-        AdminRefusals,
     ),
-    security(("admin_token" = []))
 )]
 async fn create_key(
     State(state): State<SharedState>,

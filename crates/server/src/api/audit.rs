@@ -3,12 +3,11 @@
 use std::collections::HashMap;
 
 use axum::Extension;
-use axum::Json;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::views::{AuditView, ListPage, audit_json};
-use super::{list_body, page_from_query};
+use super::{page_from_query, page_response};
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::state::SharedState;
@@ -18,12 +17,10 @@ use crate::state::SharedState;
     path = "/v1/audit",
     tag = "audit",
     summary = "The activity log, newest first",
-    description = "Scope: `audit:read`.",
     params(super::openapi::PageParams, ("action" = Option<String>, Query, description = "Only this action, e.g. api_key.revoked"), ("actor" = Option<String>, Query, description = "Only this actor: an id, an operator's email or a key's name")),
     responses(
         (status = 200, description = "A page of activity-log entries, newest first", body = ListPage<AuditView>),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn list_audit(
@@ -41,13 +38,7 @@ pub async fn list_audit(
             &page,
         )
         .await?;
-    let last = entries.last().map(|e| e.id.clone());
-    Ok(Json(list_body(
-        entries.iter().map(audit_json).collect(),
-        &page,
-        last,
-    ))
-    .into_response())
+    Ok(page_response(&entries, &page, |row| &row.id, audit_json))
 }
 
 /// `?action=` and `?actor=` (empty values mean no filter).

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::requests;
 use super::views::{ContactView, ListPage, contact_json};
-use super::{list_body, page_from_query};
+use super::{page_from_query, page_response};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -37,13 +37,11 @@ pub fn upsert_status(created: bool) -> StatusCode {
     path = "/v1/contacts",
     tag = "contacts",
     summary = "Create or update a contact",
-    description = "Scope: `contacts:write`.",
     request_body = requests::ContactInput,
     responses(
         super::openapi::ContactWritten,
         super::openapi::Invalid,
         (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn upsert_contact(
@@ -73,12 +71,10 @@ pub async fn upsert_contact(
     path = "/v1/contacts/{id}",
     tag = "contacts",
     summary = "Get a contact",
-    description = "Scope: `contacts:read`.",
     params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The contact", body = ContactView),
         super::openapi::NotFound,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn get_contact(
@@ -99,12 +95,10 @@ pub async fn get_contact(
     path = "/v1/contacts",
     tag = "contacts",
     summary = "List contacts, or look one up",
-    description = "Scope: `contacts:read`.",
     params(super::openapi::PageParams, ("email" = Option<String>, Query, description = "Look up by email (case-insensitive)"), ("external_id" = Option<String>, Query, description = "Look up by external id")),
     responses(
         (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// `GET /v1/contacts`: the list, or with `?email=` / `?external_id=` the
@@ -142,13 +136,7 @@ pub async fn list_contacts(
         .store
         .list_contacts(caller.project_id(), false, &page)
         .await?;
-    let last = contacts.last().map(|c| c.id.clone());
-    Ok(Json(list_body(
-        contacts.iter().map(contact_json).collect(),
-        &page,
-        last,
-    ))
-    .into_response())
+    Ok(page_response(&contacts, &page, |row| &row.id, contact_json))
 }
 
 #[utoipa::path(
@@ -156,7 +144,6 @@ pub async fn list_contacts(
     path = "/v1/contacts/{id}",
     tag = "contacts",
     summary = "Update a contact",
-    description = "Scope: `contacts:write`.",
     request_body = requests::ContactInput,
     params(super::openapi::IdPath),
     responses(
@@ -164,7 +151,6 @@ pub async fn list_contacts(
         super::openapi::NotFound,
         super::openapi::Invalid,
         (status = 409, description = "Email or external id belongs to another contact", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn patch_contact(
@@ -192,12 +178,10 @@ pub async fn patch_contact(
     path = "/v1/contacts/{id}",
     tag = "contacts",
     summary = "Delete a contact (its events stay, detached)",
-    description = "Scope: `contacts:write`.",
     params(super::openapi::IdPath),
     responses(
         (status = 204, description = "Deleted"),
         super::openapi::NotFound,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn delete_contact(
@@ -229,12 +213,10 @@ pub struct BatchBody {
     path = "/v1/contacts/batch",
     tag = "contacts",
     summary = "Create or update up to 1000 contacts",
-    description = "Scope: `contacts:write`.",
     request_body = requests::ContactBatch,
     responses(
         (status = 200, description = "One result per item", body = BatchResults),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// One result per item; valid items are applied even when others fail.

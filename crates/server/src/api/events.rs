@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::requests;
 use super::views::{EventView, ListPage, event_json};
-use super::{list_body, page_from_query};
+use super::{page_from_query, page_response};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -89,13 +89,11 @@ pub async fn store_events(
     path = "/v1/events",
     tag = "events",
     summary = "Track an event",
-    description = "Scope: `events:write`.",
     request_body = requests::EventInput,
     responses(
         (status = 202, description = "Durably stored", body = Accepted),
         (status = 200, description = "Idempotency key seen in the last 24 h: the first event's id", body = Accepted),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// `202 {"id"}` once stored; a repeated idempotency key answers `200` with the first id.
@@ -143,13 +141,11 @@ pub struct BatchBody {
     path = "/v1/events/batch",
     tag = "events",
     summary = "Track up to 1000 events (all or nothing)",
-    description = "Scope: `events:write`.",
     request_body = requests::EventBatch,
     responses(
         (status = 202, description = "Durably stored", body = BatchAccepted),
         super::openapi::Invalid,
         (status = 413, description = "Body over 1 MiB", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 /// All-or-nothing: one invalid or disallowed event and nothing is stored.
@@ -177,12 +173,10 @@ fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i
     path = "/v1/events",
     tag = "events",
     summary = "List events, newest first",
-    description = "Scope: `events:read`.",
     params(super::openapi::PageParams, ("contact_id" = Option<String>, Query, description = "Events of one contact"), ("name" = Option<String>, Query, description = "Events with this name"), ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on timestamp"), ("until" = Option<String>, Query, description = "RFC 3339, exclusive, on timestamp")),
     responses(
         (status = 200, description = "A page of events, newest first", body = ListPage<EventView>),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// `GET /v1/events?contact_id=&name=&since=&until=`, newest first.
@@ -202,11 +196,5 @@ pub async fn list_events(
         .store
         .list_events(caller.project_id(), &filter, &page)
         .await?;
-    let last = events.last().map(|e| e.id.clone());
-    Ok(Json(list_body(
-        events.iter().map(event_json).collect(),
-        &page,
-        last,
-    ))
-    .into_response())
+    Ok(page_response(&events, &page, |row| &row.id, event_json))
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::requests;
 use super::views::{KeyView, ListPage, issued_key_json, key_json};
-use super::{bool_query, list_body, page_from_query};
+use super::{bool_query, page_from_query, page_response};
 use crate::auth::{Caller, RateLimitTicket};
 use crate::error::{ApiError, ApiResult};
 use crate::json::{JsonBody, JsonOrEmpty};
@@ -74,12 +74,10 @@ async fn load_key(state: &SharedState, caller: &Caller, id: &str) -> ApiResult<A
     path = "/v1/keys",
     tag = "keys",
     summary = "Create an API key",
-    description = "Scope: `keys:write`.",
     request_body = requests::CreateKey,
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = KeyView),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn create_key(
@@ -120,12 +118,10 @@ pub async fn create_key(
     path = "/v1/keys",
     tag = "keys",
     summary = "List API keys",
-    description = "Scope: `keys:read`.",
     params(super::openapi::PageParams, ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys")),
     responses(
         (status = 200, description = "A page of API keys", body = ListPage<KeyView>),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn list_keys(
@@ -139,13 +135,12 @@ pub async fn list_keys(
         .store
         .list_api_keys(caller.project_id(), include_revoked, &page)
         .await?;
-    let last = keys.last().map(|k| k.id.clone());
-    let data = keys
-        .iter()
-        .map(|k| serde_json::to_value(key_json(k, &state.usage)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::internal("key list", &e))?;
-    Ok(Json(list_body(data, &page, last)).into_response())
+    Ok(page_response(
+        &keys,
+        &page,
+        |row| &row.id,
+        |key| key_json(key, &state.usage),
+    ))
 }
 
 #[utoipa::path(
@@ -153,12 +148,10 @@ pub async fn list_keys(
     path = "/v1/keys/{id}",
     tag = "keys",
     summary = "Get an API key",
-    description = "Scope: `keys:read`.",
     params(super::openapi::IdPath),
     responses(
         (status = 200, description = "The key object", body = KeyView),
         super::openapi::NotFound,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn get_key(
@@ -177,7 +170,6 @@ pub async fn get_key(
     summary = "The calling key",
     responses(
         (status = 200, description = "The key object", body = KeyView),
-        super::openapi::KeyRefusals,
     ),
 )]
 /// `GET /v1/keys/self`: any valid key may read its own object. Answered from
@@ -195,7 +187,6 @@ pub async fn get_self(
     path = "/v1/keys/{id}",
     tag = "keys",
     summary = "Change a key's settings",
-    description = "Scope: `keys:write`.",
     request_body = requests::PatchKey,
     params(super::openapi::IdPath),
     responses(
@@ -203,7 +194,6 @@ pub async fn get_self(
         super::openapi::NotFound,
         super::openapi::Invalid,
         (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn update_key(
@@ -252,12 +242,10 @@ pub async fn update_key(
     path = "/v1/keys/{id}",
     tag = "keys",
     summary = "Revoke an API key",
-    description = "Scope: `keys:write`.",
     params(super::openapi::IdPath),
     responses(
         (status = 204, description = "Revoked (at once, on every instance)"),
         super::openapi::NotFound,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// Revoke. Revoking an already revoked key is a no-op `204` (no new audit entry).
@@ -289,7 +277,6 @@ pub struct RollRequest {
     path = "/v1/keys/{id}/roll",
     tag = "keys",
     summary = "Roll an API key",
-    description = "Scope: `keys:write`.",
     request_body = Option<requests::RollKey>,
     params(super::openapi::IdPath),
     responses(
@@ -297,7 +284,6 @@ pub struct RollRequest {
         super::openapi::NotFound,
         super::openapi::Invalid,
         (status = 409, description = "The key is revoked", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn roll_key(

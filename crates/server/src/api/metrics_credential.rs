@@ -23,13 +23,12 @@ use crate::state::SharedState;
     path = "/v1/metrics/credential",
     tag = "metrics",
     summary = "Create or rotate the metrics credential",
-    description = "Scopes: `keys:write`, `contacts:read` and `events:read` (the credential reads \
-                   that data). Creates the project's metrics credential, or replaces it \
-                   with a new id and client secret (outstanding tokens stop working). The \
-                   client secret is in this answer only.",
+    description = "The read scopes are needed because the credential reads contacts and \
+                   events. Creates the project's metrics credential, or replaces it with a \
+                   new id and client secret (outstanding tokens stop working). The client \
+                   secret is in this answer only.",
     responses(
         (status = 201, description = "Created; `client_secret` is shown only here", body = CredentialView),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn create_or_rotate(
@@ -67,11 +66,9 @@ async fn cache_ttl(state: &SharedState, project_id: &str) -> ApiResult<i64> {
     path = "/v1/metrics/credential",
     tag = "metrics",
     summary = "The metrics credential (without its secret)",
-    description = "Scope: `keys:read`.",
     responses(
         (status = 200, description = "The metrics credential (without its secret)", body = CredentialView),
         (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn get_credential(
@@ -99,13 +96,11 @@ pub struct PatchCredentialRequest {
     path = "/v1/metrics/credential",
     tag = "metrics",
     summary = "Change the credential's IP allow-list or the cache TTL",
-    description = "Scope: `keys:write`.",
     request_body = requests::PatchMetricsCredential,
     responses(
         (status = 200, description = "The metrics credential (without its secret)", body = CredentialView),
         (status = 404, description = "The project has no metrics credential yet", body = crate::error::ErrorBody),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn update_credential(

@@ -53,14 +53,21 @@ pub fn page_from_query(query: &HashMap<String, String>) -> ApiResult<Page> {
     Ok(Page { limit, cursor })
 }
 
-/// One page of a list; a full page means there may be more.
-pub fn list_body<T>(data: Vec<T>, page: &Page, last_id: Option<String>) -> views::ListPage<T> {
-    let next_cursor = if data.len() as u32 == page.limit {
-        last_id
-    } else {
-        None
-    };
-    views::ListPage { data, next_cursor }
+/// One page of a list as the answer: each row rendered, and the last row's
+/// id as `next_cursor` when the page is full (there may be more).
+pub fn page_response<'r, T, V: serde::Serialize>(
+    rows: &'r [T],
+    page: &Page,
+    id: impl Fn(&T) -> &str,
+    render: impl Fn(&'r T) -> V,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let next_cursor = rows
+        .last()
+        .filter(|_| rows.len() as u32 == page.limit)
+        .map(|last| id(last).to_string());
+    let data = rows.iter().map(render).collect();
+    axum::Json(views::ListPage { data, next_cursor }).into_response()
 }
 
 pub fn bool_query(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {

@@ -8,9 +8,11 @@ use axum::Router;
 use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter};
 use keyflow_core::Scope;
-use utoipa::__dev::SchemaReferences;
+use utoipa::__dev::{SchemaReferences, Tags};
+use utoipa::IntoResponses;
 use utoipa::openapi::OpenApi;
-use utoipa::openapi::path::HttpMethod;
+use utoipa::openapi::path::{HttpMethod, Operation};
+use utoipa::openapi::security::SecurityRequirement;
 
 use super::{audit, contacts, events, keys, metrics_credential, segment, subscribers};
 use crate::auth::Guard;
@@ -33,13 +35,64 @@ impl ApiRoutes {
 
     /// Serves `handler` where `P` (the `__path_<handler>` type that
     /// `#[utoipa::path]` generates) says, and documents it.
-    pub fn add<P, H, T>(mut self, _doc: P, handler: H) -> Self
+    pub fn add<P, H, T>(self, _doc: P, handler: H) -> Self
     where
-        P: utoipa::Path + SchemaReferences,
+        P: utoipa::Path + SchemaReferences + for<'t> Tags<'t>,
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.register::<P, H, T>(P::operation(), handler)
+    }
+
+    /// Serves `handler` behind `guard`, and documents what the guard
+    /// enforces from the guard itself: the scope sentence that opens the
+    /// description, the 401/403/429 refusals and the accepted credentials.
+    /// The document cannot name a scope the route does not require.
+    pub fn guarded<P, H, T>(self, _doc: P, guard: Guard, handler: H) -> Self
+    where
+        P: utoipa::Path + SchemaReferences + for<'t> Tags<'t>,
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        let mut operation = P::operation();
+        document_guard(&guard, &mut operation);
+        self.register::<P, _, _>(operation, guard.wrap(handler))
+    }
+
+    /// An `/admin/v1` route: behind the admin token (the router's layer),
+    /// documented with its refusals, its credential and an `admin_` operation id.
+    pub fn admin<P, H, T>(self, _doc: P, handler: H) -> Self
+    where
+        P: utoipa::Path + SchemaReferences + for<'t> Tags<'t>,
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        let mut operation = P::operation();
+        operation.operation_id = operation.operation_id.map(|id| format!("admin_{id}"));
+        operation.tags = Some(vec!["admin".into()]);
+        operation.security = Some(vec![SecurityRequirement::new(
+            "admin_token",
+            Vec::<String>::new(),
+        )]);
+        operation
+            .responses
+            .responses
+            .extend(super::openapi::AdminRefusals::responses());
+        self.register::<P, H, T>(operation, handler)
+    }
+
+    fn register<P, H, T>(mut self, mut operation: Operation, handler: H) -> Self
+    where
+        P: utoipa::Path + SchemaReferences + for<'t> Tags<'t>,
         H: Handler<T, SharedState>,
         T: 'static,
     {
         let (path, methods) = (P::path(), P::methods());
+        // `tag = …` of the annotation (utoipa applies it only through its
+        // own `OpenApi` derive, which this list replaces).
+        operation
+            .tags
+            .get_or_insert_with(|| P::tags().into_iter().map(String::from).collect());
         let mut route = MethodRouter::new();
         for method in &methods {
             route = route.on(method_filter(method), handler.clone());
@@ -49,9 +102,7 @@ impl ApiRoutes {
         P::schemas(&mut schemas);
         let components = self.doc.components.get_or_insert_with(Default::default);
         components.schemas.extend(schemas);
-        self.doc
-            .paths
-            .add_path_operation(path, methods, P::operation());
+        self.doc.paths.add_path_operation(path, methods, operation);
         self
     }
 
@@ -76,6 +127,36 @@ fn method_filter(method: &HttpMethod) -> MethodFilter {
     }
 }
 
+/// Documents `guard` on `operation` (see [`ApiRoutes::guarded`]).
+fn document_guard(guard: &Guard, operation: &mut Operation) {
+    let scopes: Vec<String> = guard
+        .scope
+        .into_iter()
+        .chain(guard.also.iter())
+        .map(|scope| format!("`{}`", scope.as_str()))
+        .collect();
+    let sentence = match scopes.as_slice() {
+        [] => None,
+        [one] => Some(format!("Scope: {one}.")),
+        [init @ .., last] => Some(format!("Scopes: {} and {last}.", init.join(", "))),
+    };
+    operation.description = match (sentence, operation.description.take()) {
+        (Some(sentence), Some(more)) => Some(format!("{sentence} {more}")),
+        (sentence, more) => sentence.or(more),
+    };
+    operation
+        .responses
+        .responses
+        .extend(super::openapi::KeyRefusals::responses());
+    if guard.allow_basic {
+        let any = Vec::<String>::new;
+        operation.security = Some(vec![
+            SecurityRequirement::new("api_key", any()),
+            SecurityRequirement::new("segment_basic", any()),
+        ]);
+    }
+}
+
 /// Every `/v1` route with the scope and rate-limit category it requires.
 /// Where the handler spends the quota itself, it does so after checks that
 /// must come first (an event the key may not send is refused uncharged).
@@ -95,112 +176,136 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
     };
     let (contacts_read, contacts_write) = (Scope::ContactsRead, Scope::ContactsWrite);
     ApiRoutes::new(super::openapi::base())
-        .add(
+        .guarded(
             contacts::__path_list_contacts,
-            guard(Some(contacts_read), Read).wrap(contacts::list_contacts),
+            guard(Some(contacts_read), Read),
+            contacts::list_contacts,
         )
-        .add(
+        .guarded(
             contacts::__path_upsert_contact,
-            guard(Some(contacts_write), Write).wrap(contacts::upsert_contact),
+            guard(Some(contacts_write), Write),
+            contacts::upsert_contact,
         )
-        .add(
+        .guarded(
             contacts::__path_batch_contacts,
-            guard(Some(contacts_write), Write).wrap(contacts::batch_contacts),
+            guard(Some(contacts_write), Write),
+            contacts::batch_contacts,
         )
-        .add(
+        .guarded(
             contacts::__path_get_contact,
-            guard(Some(contacts_read), Read).wrap(contacts::get_contact),
+            guard(Some(contacts_read), Read),
+            contacts::get_contact,
         )
-        .add(
+        .guarded(
             contacts::__path_patch_contact,
-            guard(Some(contacts_write), Write).wrap(contacts::patch_contact),
+            guard(Some(contacts_write), Write),
+            contacts::patch_contact,
         )
-        .add(
+        .guarded(
             contacts::__path_delete_contact,
-            guard(Some(contacts_write), Write).wrap(contacts::delete_contact),
+            guard(Some(contacts_write), Write),
+            contacts::delete_contact,
         )
-        .add(
+        .guarded(
             events::__path_track,
-            handler_spends(Scope::EventsWrite, Ingest).wrap(events::track),
+            handler_spends(Scope::EventsWrite, Ingest),
+            events::track,
         )
-        .add(
+        .guarded(
             events::__path_list_events,
-            guard(Some(Scope::EventsRead), Read).wrap(events::list_events),
+            guard(Some(Scope::EventsRead), Read),
+            events::list_events,
         )
-        .add(
+        .guarded(
             events::__path_track_batch,
-            handler_spends(Scope::EventsWrite, Ingest).wrap(events::track_batch),
+            handler_spends(Scope::EventsWrite, Ingest),
+            events::track_batch,
         )
-        .add(
+        .guarded(
             subscribers::__path_list_subscribers,
-            guard(Some(Scope::SubscribersRead), Read).wrap(subscribers::list_subscribers),
+            guard(Some(Scope::SubscribersRead), Read),
+            subscribers::list_subscribers,
         )
-        .add(
+        .guarded(
             subscribers::__path_signup,
-            guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::signup),
+            guard(Some(Scope::SubscribersWrite), Ingest),
+            subscribers::signup,
         )
-        .add(
+        .guarded(
             subscribers::__path_unsubscribe,
-            guard(Some(Scope::SubscribersWrite), Ingest).wrap(subscribers::unsubscribe),
+            guard(Some(Scope::SubscribersWrite), Ingest),
+            subscribers::unsubscribe,
         )
-        .add(
+        .guarded(
             segment::__path_track,
-            segment(Scope::EventsWrite, Ingest, true).wrap(segment::track),
+            segment(Scope::EventsWrite, Ingest, true),
+            segment::track,
         )
-        .add(
+        .guarded(
             segment::__path_identify,
-            segment(contacts_write, Write, false).wrap(segment::identify),
+            segment(contacts_write, Write, false),
+            segment::identify,
         )
-        .add(
+        .guarded(
             segment::__path_batch,
-            segment(Scope::EventsWrite, Ingest, true).wrap(segment::batch),
+            segment(Scope::EventsWrite, Ingest, true),
+            segment::batch,
         )
-        .add(
+        .guarded(
             keys::__path_list_keys,
-            guard(Some(Scope::KeysRead), Management).wrap(keys::list_keys),
+            guard(Some(Scope::KeysRead), Management),
+            keys::list_keys,
         )
-        .add(
+        .guarded(
             keys::__path_create_key,
-            handler_spends(Scope::KeysWrite, Management).wrap(keys::create_key),
+            handler_spends(Scope::KeysWrite, Management),
+            keys::create_key,
         )
-        .add(
+        .guarded(
             keys::__path_get_self,
-            guard(None, Management).wrap(keys::get_self),
+            guard(None, Management),
+            keys::get_self,
         )
-        .add(
+        .guarded(
             keys::__path_get_key,
-            guard(Some(Scope::KeysRead), Management).wrap(keys::get_key),
+            guard(Some(Scope::KeysRead), Management),
+            keys::get_key,
         )
-        .add(
+        .guarded(
             keys::__path_update_key,
-            handler_spends(Scope::KeysWrite, Management).wrap(keys::update_key),
+            handler_spends(Scope::KeysWrite, Management),
+            keys::update_key,
         )
-        .add(
+        .guarded(
             keys::__path_revoke_key,
-            handler_spends(Scope::KeysWrite, Management).wrap(keys::revoke_key),
+            handler_spends(Scope::KeysWrite, Management),
+            keys::revoke_key,
         )
-        .add(
+        .guarded(
             keys::__path_roll_key,
-            handler_spends(Scope::KeysWrite, Management).wrap(keys::roll_key),
+            handler_spends(Scope::KeysWrite, Management),
+            keys::roll_key,
         )
-        .add(
+        .guarded(
             metrics_credential::__path_create_or_rotate,
             handler_spends(Scope::KeysWrite, Management)
                 .also(contacts_read)
-                .also(Scope::EventsRead)
-                .wrap(metrics_credential::create_or_rotate),
+                .also(Scope::EventsRead),
+            metrics_credential::create_or_rotate,
         )
-        .add(
+        .guarded(
             metrics_credential::__path_get_credential,
-            guard(Some(Scope::KeysRead), Management).wrap(metrics_credential::get_credential),
+            guard(Some(Scope::KeysRead), Management),
+            metrics_credential::get_credential,
         )
-        .add(
+        .guarded(
             metrics_credential::__path_update_credential,
-            handler_spends(Scope::KeysWrite, Management)
-                .wrap(metrics_credential::update_credential),
+            handler_spends(Scope::KeysWrite, Management),
+            metrics_credential::update_credential,
         )
-        .add(
+        .guarded(
             audit::__path_list_audit,
-            guard(Some(Scope::AuditRead), Management).wrap(audit::list_audit),
+            guard(Some(Scope::AuditRead), Management),
+            audit::list_audit,
         )
 }

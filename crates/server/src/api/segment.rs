@@ -101,13 +101,10 @@ fn success() -> Json<Success> {
     operation_id = "segment_track",
     tag = "segment",
     summary = "Segment track",
-    description = "Scope: `events:write`.",
     request_body = requests::SegmentMessage,
     responses(
         Answers,
-        super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []), ("segment_basic" = []))
 )]
 pub async fn track(
     State(state): State<SharedState>,
@@ -126,13 +123,10 @@ pub async fn track(
     operation_id = "segment_identify",
     tag = "segment",
     summary = "Segment identify",
-    description = "Scope: `contacts:write`.",
     request_body = requests::SegmentMessage,
     responses(
         Answers,
-        super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []), ("segment_basic" = []))
 )]
 pub async fn identify(
     State(state): State<SharedState>,
@@ -159,13 +153,10 @@ pub async fn identify(
     operation_id = "segment_batch",
     tag = "segment",
     summary = "Segment batch",
-    description = "Scope: `events:write`.",
     request_body = requests::SegmentBatch,
     responses(
         Answers,
-        super::openapi::KeyRefusals,
     ),
-    security(("api_key" = []), ("segment_basic" = []))
 )]
 /// A batch is validated whole (all-or-nothing, like `/v1/events/batch`);
 /// `identify` items need `contacts:write` as on `/v1/identify`.

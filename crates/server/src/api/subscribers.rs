@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::contacts::upsert_status;
 use super::requests;
 use super::views::{ContactView, ListPage, contact_json};
-use super::{list_body, page_from_query};
+use super::{page_from_query, page_response};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
@@ -26,12 +26,10 @@ use crate::state::SharedState;
     path = "/v1/subscribers",
     tag = "subscribers",
     summary = "List subscribers",
-    description = "Scope: `subscribers:read`.",
     params(super::openapi::PageParams),
     responses(
         (status = 200, description = "A page of contacts", body = ListPage<ContactView>),
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 pub async fn list_subscribers(
@@ -44,13 +42,7 @@ pub async fn list_subscribers(
         .store
         .list_contacts(caller.project_id(), true, &page)
         .await?;
-    let last = contacts.last().map(|c| c.id.clone());
-    Ok(Json(list_body(
-        contacts.iter().map(contact_json).collect(),
-        &page,
-        last,
-    ))
-    .into_response())
+    Ok(page_response(&contacts, &page, |row| &row.id, contact_json))
 }
 
 #[derive(Deserialize)]
@@ -66,12 +58,10 @@ pub struct SignupBody {
     path = "/v1/subscribers",
     tag = "subscribers",
     summary = "Sign up a subscriber",
-    description = "Scope: `subscribers:write`.",
     request_body = requests::SubscriberSignup,
     responses(
         super::openapi::ContactWritten,
         super::openapi::Invalid,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// Server-side signup: creates or updates the contact and subscribes it.
@@ -119,12 +109,10 @@ pub async fn signup(
     path = "/v1/subscribers/{email_or_id}",
     tag = "subscribers",
     summary = "Unsubscribe",
-    description = "Scope: `subscribers:write`.",
     params(("email_or_id" = String, Path, description = "An email (contains @) or a contact id")),
     responses(
         (status = 204, description = "Unsubscribed"),
         super::openapi::NotFound,
-        super::openapi::KeyRefusals,
     ),
 )]
 /// Unsubscribe by email or contact id: `subscribed = false`, 204.
