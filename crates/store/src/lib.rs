@@ -22,6 +22,7 @@ pub use areas::credentials::CredentialStore;
 pub use areas::events::EventStore;
 pub use areas::keys::KeyStore;
 pub use areas::members::MemberStore;
+pub use areas::metrics::{Buckets, MetricsStore, NamedPoint, Point};
 pub use areas::schema::SchemaStore;
 pub use areas::sessions::SessionStore;
 pub use areas::tenancy::TenancyStore;
@@ -51,6 +52,7 @@ pub trait Store:
     + AuditStore
     + ContactStore
     + EventStore
+    + MetricsStore
     + 'static
 {
 }

@@ -53,7 +53,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0009_key_rolled_at",
             "0010_contact_emails_nfc",
             "0011_idempotency_without_rowid",
-            "0012_generations"
+            "0012_generations",
+            "0013_metrics_rollups"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

@@ -102,7 +102,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0009_key_rolled_at",
             "0010_contact_emails_nfc",
             "0011_idempotency_without_rowid",
-            "0012_generations"
+            "0012_generations",
+            "0013_metrics_rollups"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());
@@ -1043,4 +1044,136 @@ async fn contact_writes_from_another_process_reach_the_event_writer() {
     let lookup = ContactLookup::ExternalId("u1".into());
     let stored = elsewhere.get_contact(p, &lookup).await.unwrap().unwrap();
     assert_eq!(stored.id, second);
+}
+
+/// The Metrics API's roll-ups count exactly what was stored, on every ingest
+/// path (SQLite's own writer, SQLite through sqlx, PostgreSQL): duplicates
+/// and refused jobs add nothing, late events land in their own (old) bucket,
+/// a contact active twice in a day is one unique contact, and each series
+/// has every bucket of the range, zeros included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollups_count_what_was_stored_on_every_path() {
+    use keyflow_core::events::{EventInput, NewEvent, validate_event};
+    use keyflow_store::Buckets;
+    use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS};
+    let day0 = keyflow_core::timefmt::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+    let at = |day: i64, hour: i64| {
+        keyflow_core::timefmt::format_rfc3339(day0 + day * DAY_MS + hour * HOUR_MS + 61_000)
+    };
+    let event = |json: serde_json::Value| -> NewEvent {
+        let input: EventInput = serde_json::from_value(json).unwrap();
+        validate_event(input, day0, "").unwrap()
+    };
+    let sqlite = TestDb::create(Backend::Sqlite).await;
+    let through_sqlx = TestDb::create(Backend::Sqlite).await;
+    let postgres = TestDb::create(Backend::Postgres).await;
+    let urls = [
+        sqlite.url.clone(),
+        format!("{}?mode=rwc", through_sqlx.url),
+        postgres.url.clone(),
+    ];
+    for url in urls {
+        let store = keyflow_store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let (_, project) = seeded(store.as_ref()).await;
+        let (_, other) = seeded(store.as_ref()).await;
+        let p = project.id.as_str();
+        // Lookup-free: anonymous events over two hours of day 1.
+        let anonymous: Vec<NewEvent> = (0..5)
+            .map(|i| event(json!({"name": "view", "anonymous_id": "v", "timestamp": at(1, i % 2)})))
+            .collect();
+        store.ingest_events(p, anonymous, day0).await.unwrap();
+        // Identified, with a duplicate key and the same contact twice a day.
+        store
+            .ingest_events(
+                p,
+                vec![
+                    event(json!({"name": "signup", "external_id": "u1", "idempotency_key": "k1", "timestamp": at(1, 3)})),
+                    event(json!({"name": "signup", "external_id": "u1", "idempotency_key": "k1", "timestamp": at(1, 3)})),
+                    event(json!({"name": "view", "external_id": "u1", "timestamp": at(1, 5)})),
+                    event(json!({"name": "view", "email": "b@x.io", "timestamp": at(1, 6)})),
+                ],
+                day0,
+            )
+            .await
+            .unwrap();
+        // A late event lands on day 0; a refused job counts nothing.
+        let late = store.ingest_events(
+            p,
+            vec![event(
+                json!({"name": "view", "external_id": "u1", "timestamp": at(0, 2)}),
+            )],
+            day0,
+        );
+        let refused = store.ingest_events(
+            p,
+            vec![
+                event(json!({"name": "view", "external_id": "u7", "timestamp": at(1, 1)})),
+                event(json!({"name": "view", "contact_id": "nope", "timestamp": at(1, 1)})),
+            ],
+            day0,
+        );
+        let (late, refused) = tokio::join!(late, refused);
+        late.unwrap();
+        assert!(refused.is_err(), "{url}");
+        // Another project's events never show.
+        store
+            .ingest_events(
+                &other.id,
+                vec![event(
+                    json!({"name": "view", "external_id": "u1", "timestamp": at(1, 1)}),
+                )],
+                day0,
+            )
+            .await
+            .unwrap();
+
+        let days = Buckets {
+            from: day0,
+            to: day0 + 3 * DAY_MS,
+            width: DAY_MS,
+        };
+        let values = |points: Vec<keyflow_store::Point>| -> Vec<i64> {
+            points.iter().map(|p| p.value).collect()
+        };
+        let all = store.event_counts(p, days, None).await.unwrap();
+        assert_eq!(
+            all.iter().map(|p| p.t).collect::<Vec<_>>(),
+            [day0, day0 + DAY_MS, day0 + 2 * DAY_MS]
+        );
+        assert_eq!(values(all), [1, 8, 0], "{url}");
+        let views = store.event_counts(p, days, Some("view")).await.unwrap();
+        assert_eq!(values(views), [1, 7, 0], "{url}");
+        let hours = Buckets {
+            from: day0 + DAY_MS,
+            to: day0 + DAY_MS + 4 * HOUR_MS,
+            width: HOUR_MS,
+        };
+        let hourly = store.event_counts(p, hours, None).await.unwrap();
+        assert_eq!(values(hourly), [3, 2, 0, 1], "{url}");
+        let unique = store.unique_contacts(p, days, None).await.unwrap();
+        assert_eq!(values(unique), [1, 2, 0], "{url}: u1 and b@x.io on day 1");
+        let unique_signups = store
+            .unique_contacts(p, days, Some("signup"))
+            .await
+            .unwrap();
+        assert_eq!(values(unique_signups), [0, 1, 0], "{url}");
+        let top = store.top_events(p, days).await.unwrap();
+        let top: Vec<(i64, &str, i64)> = top
+            .iter()
+            .map(|t| (t.t, t.name.as_str(), t.value))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                (day0, "view", 1),
+                (day0 + DAY_MS, "view", 7),
+                (day0 + DAY_MS, "signup", 1)
+            ],
+            "{url}"
+        );
+        // Contacts created (at ingest time `day0`): u1 and b@x.io, not u7.
+        let created = store.contacts_created(p, days).await.unwrap();
+        assert_eq!(values(created), [2, 0, 0], "{url}");
+    }
 }

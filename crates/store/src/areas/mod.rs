@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod events;
 pub mod keys;
 pub mod members;
+pub mod metrics;
 pub mod schema;
 pub mod sessions;
 pub mod tenancy;

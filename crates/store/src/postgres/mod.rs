@@ -9,6 +9,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::ingest_queue::{IngestJob, fail_all, submit};
 
 use crate::areas::events::{event_chunks, insert_events_sql, prepare_events};
+use crate::areas::metrics::{RollUps, postgres_rollups_prefix};
 use crate::backend::{Backend, Migration};
 use crate::columns::EventRow;
 
@@ -84,6 +85,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 12,
         name: "0012_generations",
         sql: include_str!("../../migrations/postgres/0012_generations.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "0013_metrics_rollups",
+        sql: include_str!("../../migrations/postgres/0013_metrics_rollups.sql"),
     },
 ];
 
@@ -291,13 +297,22 @@ async fn write_rows(pool: &sqlx::PgPool, rows: &[&EventRow]) -> crate::StoreResu
     Ok(())
 }
 
-/// Multi-row INSERTs in a few fixed shapes (see `event_chunks`).
+/// Multi-row INSERTs in a few fixed shapes (see `event_chunks`); the first
+/// also writes the Metrics API's roll-ups of every row (leading CTEs), so a
+/// batch that fits one chunk is still one atomic statement.
 async fn insert_event_rows<R: std::borrow::Borrow<EventRow>>(
     conn: &mut sqlx::PgConnection,
     rows: &[R],
 ) -> crate::StoreResult<()> {
+    let mut rollups = RollUps::of(rows)?;
     for chunk in event_chunks(rows) {
-        let sql = insert_events_sql(chunk.len());
+        let params = chunk.len() * 9;
+        let sql = match &rollups {
+            Some(_) => {
+                postgres_rollups_prefix(params + 1, params + 2) + &insert_events_sql(chunk.len())
+            }
+            None => insert_events_sql(chunk.len()),
+        };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
             let r = r.borrow();
@@ -311,6 +326,9 @@ async fn insert_event_rows<R: std::borrow::Borrow<EventRow>>(
                 .bind(r.timestamp)
                 .bind(r.received_at)
                 .bind(&r.idempotency_key);
+        }
+        if let Some(rollups) = rollups.take() {
+            query = query.bind(rollups.hours).bind(rollups.presence);
         }
         query.execute(&mut *conn).await?;
     }

@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use super::lookups;
 use super::writer::fail_all;
 use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
+use crate::areas::metrics::{RollUps, SQLITE_ROLLUPS};
 use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
 use crate::{EventOutcome, StoreError, StoreResult};
@@ -194,7 +195,8 @@ fn prepare_and_insert(
 
 /// Multi-row INSERTs in a few fixed sizes (each prepared once): one
 /// statement per 100 rows instead of per row saves SQLite's per-statement
-/// setup (cursors, halt) on every event.
+/// setup (cursors, halt) on every event. Then the Metrics API's roll-ups
+/// of these rows, in the same transaction.
 fn insert(
     conn: &Connection,
     inserts: &[(usize, String)],
@@ -220,7 +222,22 @@ fn insert(
             insert.raw_bind_parameter(at + 9, &r.idempotency_key)?;
         }
         insert.raw_execute().map(|_| ())
-    })
+    })?;
+    let rollups =
+        RollUps::of(rows).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    if let Some(rollups) = rollups {
+        let params = [&rollups.hours, &rollups.presence];
+        for sql in SQLITE_ROLLUPS {
+            let mut statement = conn.prepare_cached(sql)?;
+            // Each statement names ?1, ?2 or both.
+            for i in 1..=statement.parameter_count() {
+                let param = params.get(i - 1).ok_or(rusqlite::Error::InvalidQuery)?;
+                statement.raw_bind_parameter(i, param)?;
+            }
+            statement.raw_execute()?;
+        }
+    }
+    Ok(())
 }
 
 fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {

@@ -92,6 +92,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0012_generations",
         sql: include_str!("../../migrations/sqlite/0012_generations.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_metrics_rollups",
+        sql: include_str!("../../migrations/sqlite/0013_metrics_rollups.sql"),
+    },
 ];
 
 impl SqliteStore {

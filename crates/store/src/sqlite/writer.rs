@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::direct;
 use crate::areas::events::prepare_events;
+use crate::areas::metrics::{RollUps, SQLITE_ROLLUPS};
 use crate::ingest_queue::{self, IngestJob};
 
 /// Jobs taken into one transaction at most (bounded so one commit stays short).
@@ -274,20 +275,32 @@ async fn commit_batch(
             Err(JobFailure::Broken(e)) => return abandon(conn, batch, &e.to_string()).await,
         }
     }
-    let statement = format!("{begin_first}{INSERT_EVENTS}; COMMIT");
     // Without lookups every job yields rows, so `rows` is empty only after
     // a transaction was begun above.
-    let written = if rows.is_empty() {
-        sqlx::raw_sql("COMMIT")
+    let written = match RollUps::of(&rows) {
+        Err(e) => return abandon(conn, batch, &e.to_string()).await,
+        Ok(None) => sqlx::raw_sql("COMMIT")
             .execute(&mut *conn)
             .await
-            .map(|_| ())
-    } else {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .bind(rows_as_json(&rows))
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
+            .map(|_| ()),
+        Ok(Some(rollups)) => {
+            // The events are ?1; the roll-up statements' ?1 and ?2 become ?2 and ?3.
+            let rollup_sql: Vec<String> = SQLITE_ROLLUPS
+                .iter()
+                .map(|sql| sql.replace("?2", "?3").replace("?1", "?2"))
+                .collect();
+            let statement = format!(
+                "{begin_first}{INSERT_EVENTS}; {}; COMMIT",
+                rollup_sql.join("; ")
+            );
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(rows_as_json(&rows))
+                .bind(rollups.hours)
+                .bind(rollups.presence)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        }
     };
     if let Err(e) = written {
         return abandon(conn, batch, &e.to_string()).await;
