@@ -518,6 +518,8 @@ fn failure_quota(state: &SharedState) -> RateLimit {
 pub(crate) enum Failure {
     Key,
     AdminToken,
+    /// Metrics credential ids, client secrets and access tokens.
+    MetricsToken,
 }
 
 /// Per client IP, IPv6 per /64 (SPEC §2).
@@ -525,6 +527,7 @@ fn failure_bucket(kind: Failure, ip: Option<IpAddr>) -> String {
     let kind = match kind {
         Failure::Key => "auth-failures",
         Failure::AdminToken => "admin-failures",
+        Failure::MetricsToken => "metrics-failures",
     };
     match ip {
         Some(ip) => format!("{kind}:{}", keyflow_core::ip::limiter_subject(ip)),

@@ -115,8 +115,8 @@ pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change)
         }
         Change::PlanChanged { workspace_id } => cache.invalidate_plan(workspace_id),
         Change::ProjectSettingsChanged { project_id } => cache.invalidate_project(project_id),
-        Change::MetricsCredentialChanged { .. }
-        | Change::ContactCreated { .. }
+        Change::MetricsCredentialChanged { .. } => cache.invalidate_credentials(),
+        Change::ContactCreated { .. }
         | Change::ContactUpdated { .. }
         | Change::ContactDeleted { .. }
         | Change::SubscriptionChanged { .. }

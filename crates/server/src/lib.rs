@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod metrics_token;
 pub mod operations;
 pub mod prometheus;
 pub mod redact;

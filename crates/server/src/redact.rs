@@ -29,8 +29,12 @@ pub fn redact_keys(text: &str) -> String {
     while let Some(at) = find_key_start(rest) {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
+        // A metrics access token's MAC follows a dot: cut it with the rest.
+        let token = tail.starts_with("mt_");
         let run = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || (token && c == '.'))
+            })
             .unwrap_or(tail.len());
         if run >= MIN_KEY_LIKE {
             out.push_str(&tail[..keyflow_core::keys::PREFIX_LEN.min(run)]);
@@ -89,7 +93,8 @@ const MIN_KEY_LIKE: usize = 20;
 fn find_key_start(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     (0..bytes.len().saturating_sub(2)).find(|&i| {
-        matches!(&bytes[i..i + 3], b"sk_" | b"ck_" | b"ro_" | b"mk_") && text.is_char_boundary(i)
+        matches!(&bytes[i..i + 3], b"sk_" | b"ck_" | b"ro_" | b"mk_" | b"mt_")
+            && text.is_char_boundary(i)
     })
 }
 
@@ -176,5 +181,15 @@ mod tests {
         );
         assert_eq!(redact_keys("/v1/task_list/ro_ok"), "/v1/task_list/ro_ok");
         assert_eq!(redact_keys("/v1/a%zz"), "/v1/a%zz");
+    }
+
+    #[test]
+    fn metrics_access_tokens_are_cut_whole() {
+        let digest = keyflow_core::KeyDigest::of("secret");
+        let token = crate::metrics_token::issue("mk_live_abc", &digest, 1_790_000_000_000).unwrap();
+        let (_, mac) = token.split_once('.').unwrap();
+        let redacted = redact_keys(&format!("/v1/metrics/events.count?token={token}&x=1"));
+        assert!(!redacted.contains(&mac[..8]), "{redacted}");
+        assert!(redacted.ends_with("…&x=1"), "{redacted}");
     }
 }

@@ -30,6 +30,12 @@ pub struct KeyCache {
     plans: Cache<String, Plan>,
     /// Per-project quota overrides, 1-second TTL like plans.
     project_limits: Cache<String, Option<keyflow_core::RateLimit>>,
+    /// Metrics credentials by id, 5-second TTL: a rotation elsewhere (the
+    /// CLI, another instance) stops the old id's tokens within 5 s.
+    credentials: Cache<String, Arc<crate::api::metrics::CachedCredential>>,
+    /// When each credential's last use was last written (see
+    /// [`KeyCache::note_credential_use`]).
+    credential_uses: Cache<String, i64>,
 }
 
 impl KeyCache {
@@ -50,6 +56,14 @@ impl KeyCache {
             project_limits: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(1))
+                .build(),
+            credentials: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+            credential_uses: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(60))
                 .build(),
         }
     }
@@ -83,6 +97,34 @@ impl KeyCache {
     pub fn invalidate_project(&self, project_id: &str) {
         self.project_limits.invalidate(project_id);
     }
+    pub fn credential(&self, id: &str) -> Option<Arc<crate::api::metrics::CachedCredential>> {
+        self.credentials.get(id)
+    }
+    pub fn insert_credential(
+        &self,
+        id: String,
+        credential: Arc<crate::api::metrics::CachedCredential>,
+    ) {
+        self.credentials.insert(id, credential);
+    }
+    /// Forget every cached credential (one was created, rotated or changed;
+    /// they are few, and keyed by id rather than project).
+    pub fn invalidate_credentials(&self) {
+        self.credentials.invalidate_all();
+    }
+    /// Whether a use of credential `id` at `now` should be written: the
+    /// first in a minute is, the rest are not.
+    pub fn note_credential_use(&self, id: &str, now: i64) -> bool {
+        if self
+            .credential_uses
+            .get(id)
+            .is_some_and(|at| now - at < 60_000)
+        {
+            return false;
+        }
+        self.credential_uses.insert(id.to_string(), now);
+        true
+    }
 }
 
 pub struct AppState {
@@ -103,6 +145,10 @@ pub struct AppState {
     pub signin: crate::dashboard::signin::SigninThrottle,
     /// The one-time first-run setup token, while the instance has no operator.
     setup_token: std::sync::Mutex<Option<String>>,
+    /// Metric answers per (project, request); each entry knows until when it
+    /// may be served (`CachedSeries::valid_until`), at most a week (the
+    /// longest cache TTL a project may set).
+    pub series_cache: Cache<String, Arc<crate::api::metrics::CachedSeries>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -145,6 +191,10 @@ impl AppState {
             prometheus: Prometheus::default(),
             signin: Default::default(),
             setup_token: std::sync::Mutex::new(None),
+            series_cache: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(7 * 24 * 3600))
+                .build(),
         }
     }
 

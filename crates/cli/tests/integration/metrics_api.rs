@@ -200,8 +200,330 @@ async fn needs_an_api_plan(backend: Backend) {
     );
 }
 
+/// A credential of `t`'s project and a token for it: `(id, secret, token)`.
+async fn credential_and_token(app: &TestApp, key: &str) -> (String, String, String) {
+    let created = app.post(PATH, key, json!({})).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let secret = created.body["client_secret"].as_str().unwrap().to_string();
+    let token = exchange(app, &id, json!({"client_secret": secret})).await;
+    assert_eq!(token.status, 200, "{}", token.body);
+    let token = token.body["access_token"].as_str().unwrap().to_string();
+    (id, secret, token)
+}
+
+async fn exchange(app: &TestApp, id: &str, body: serde_json::Value) -> crate::harness::Reply {
+    app.post("/v1/metrics/token", id, body).await
+}
+
+async fn token_exchange_and_its_refusals(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let (id, secret, _) = credential_and_token(&app, &t.key).await;
+    let answer = exchange(&app, &id, json!({"client_secret": secret})).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let token = answer.body["access_token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("mt_"), "{token}");
+    assert_eq!(answer.body["token_type"], "Bearer");
+    assert_eq!(answer.body["expires_in"], 900);
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    assert!(answer.header("x-ratelimit-limit").is_some());
+    assert!(
+        answer
+            .header("ratelimit-policy")
+            .unwrap()
+            .contains("metrics")
+    );
+
+    // Wrong, missing or misplaced credentials.
+    exchange(&app, &id, json!({"client_secret": "nope"}))
+        .await
+        .assert_error(401, "invalid_api_key");
+    exchange(&app, &id, json!({}))
+        .await
+        .assert_error(401, "invalid_api_key");
+    exchange(&app, &t.key, json!({"client_secret": secret}))
+        .await
+        .assert_error(401, "invalid_api_key");
+    let stranger =
+        keyflow_core::keys::generate_key(KeyType::Metrics, keyflow_core::Environment::Live)
+            .unwrap();
+    exchange(&app, &stranger.text, json!({"client_secret": secret}))
+        .await
+        .assert_error(401, "invalid_api_key");
+    app.request(
+        Method::POST,
+        "/v1/metrics/token",
+        None,
+        Some(json!({"client_secret": secret})),
+    )
+    .await
+    .assert_error(401, "missing_api_key");
+    exchange(
+        &app,
+        &id,
+        json!({"client_secret": secret, "expires_in": 7200}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+    let hour = exchange(
+        &app,
+        &id,
+        json!({"client_secret": secret, "expires_in": 3600}),
+    )
+    .await;
+    assert_eq!(hour.body["expires_in"], 3600, "{}", hour.body);
+
+    // The token opens the metric routes, and nothing else does.
+    let series = app.get("/v1/metrics/events.count", &token).await;
+    assert_eq!(series.status, 200, "{}", series.body);
+    assert!(series.header("x-ratelimit-remaining").is_some());
+    app.get("/v1/metrics/events.count", &t.key)
+        .await
+        .assert_error(401, "invalid_api_key");
+    app.get("/v1/metrics/events.count", &id)
+        .await
+        .assert_error(401, "invalid_api_key");
+    app.request(Method::GET, "/v1/metrics/events.count", None, None)
+        .await
+        .assert_error(401, "missing_api_key");
+    app.get("/v1/keys/self", &token)
+        .await
+        .assert_error(401, "invalid_api_key");
+    // Tampered: one character of the MAC changed.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    app.get("/v1/metrics/events.count", &forged)
+        .await
+        .assert_error(401, "invalid_api_key");
+
+    // Used: the credential says when.
+    let mut used = serde_json::Value::Null;
+    for _ in 0..50 {
+        used = app.get(PATH, &t.key).await.body["last_used_at"].clone();
+        if !used.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(used.is_string(), "last_used_at: {used}");
+
+    // Expired after its lifetime.
+    app.clock.advance_ms(901_000);
+    app.get("/v1/metrics/events.count", &token)
+        .await
+        .assert_error(401, "key_expired");
+    // Rotated away: the old credential's tokens stop at once.
+    let fresh = exchange(&app, &id, json!({"client_secret": secret})).await;
+    let fresh = fresh.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.get("/v1/metrics/events.count", &fresh).await.status,
+        200
+    );
+    assert_eq!(app.post(PATH, &t.key, json!({})).await.status, 201);
+    app.get("/v1/metrics/events.count", &fresh)
+        .await
+        .assert_error(401, "invalid_api_key");
+    exchange(&app, &id, json!({"client_secret": secret}))
+        .await
+        .assert_error(401, "invalid_api_key");
+}
+
+async fn plan_allowlist_and_rate_limit_apply(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.plan_rate_limits.insert(
+            keyflow_core::Plan::Pro,
+            keyflow_core::RateLimit::per_minute(4),
+        );
+    })
+    .await;
+    let t = app.tenant().await;
+    let (id, secret, token) = credential_and_token(&app, &t.key).await;
+    // One request spent (the exchange); three left, then 429.
+    for _ in 0..3 {
+        let allowed = app.get("/v1/metrics/events.count", &token).await;
+        assert_eq!(allowed.status, 200, "{}", allowed.body);
+    }
+    let limited = app.get("/v1/metrics/events.count", &token).await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.header("retry-after").is_some());
+    exchange(&app, &id, json!({"client_secret": secret}))
+        .await
+        .assert_error(429, "rate_limited");
+    app.clock.advance_ms(60_000);
+
+    // The credential's own IP allow-list: this client is 127.0.0.1.
+    let narrowed = app
+        .patch(
+            PATH,
+            &t.key,
+            json!({"ip_allowlist": [{"cidr": "10.0.0.0/8"}]}),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+    app.get("/v1/metrics/events.count", &token)
+        .await
+        .assert_error(403, "ip_not_allowed");
+    exchange(&app, &id, json!({"client_secret": secret}))
+        .await
+        .assert_error(403, "ip_not_allowed");
+    let widened = app.patch(PATH, &t.key, json!({"ip_allowlist": []})).await;
+    assert_eq!(widened.status, 200, "{}", widened.body);
+    assert_eq!(
+        app.get("/v1/metrics/events.count", &token).await.status,
+        200
+    );
+
+    // Below pro: refused, like keys.
+    let down = app
+        .admin(
+            Method::PUT,
+            &format!("/admin/v1/workspaces/{}/plan", t.workspace_id),
+            json!({"plan": "free"}),
+        )
+        .await;
+    assert_eq!(down.status, 200, "{}", down.body);
+    app.get("/v1/metrics/events.count", &token)
+        .await
+        .assert_error(403, "feature_not_allowed");
+    exchange(&app, &id, json!({"client_secret": secret}))
+        .await
+        .assert_error(403, "feature_not_allowed");
+}
+
+/// The predefined metrics answer from what the API stored, for the token's
+/// project only; answers are cached for the project's TTL, then recomputed.
+async fn predefined_metrics_answer_from_ingested_events(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let other = app.tenant().await;
+    let day0 = keyflow_core::timefmt::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+    app.clock.set_ms(day0 + 2 * 86_400_000 + 3_600_000);
+    let (_, _, token) = credential_and_token(&app, &t.key).await;
+    let (_, _, other_token) = credential_and_token(&app, &other.key).await;
+    let events = json!({"events": [
+        {"name": "signup", "external_id": "u1", "idempotency_key": "a", "timestamp": "2030-01-01T10:00:00Z"},
+        {"name": "signup", "external_id": "u1", "idempotency_key": "a", "timestamp": "2030-01-01T10:00:00Z"},
+        {"name": "view", "external_id": "u1", "timestamp": "2030-01-01T11:00:00Z"},
+        {"name": "view", "email": "b@x.io", "timestamp": "2030-01-02T09:00:00Z"},
+        {"name": "view", "anonymous_id": "v", "timestamp": "2030-01-02T09:30:00Z"},
+    ]});
+    let stored = app.post("/v1/events/batch", &t.key, events).await;
+    assert!(stored.status < 300, "{}", stored.body);
+    let range = "from=2030-01-01T00:00:00Z&to=2030-01-03T00:00:00Z";
+    let values = |reply: &crate::harness::Reply| -> Vec<i64> {
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_i64().unwrap())
+            .collect()
+    };
+    let count = app
+        .get(&format!("/v1/metrics/events.count?{range}"), &token)
+        .await;
+    assert_eq!(values(&count), [2, 2]);
+    assert_eq!(count.body["series"][0]["t"], "2030-01-01T00:00:00Z");
+    assert_eq!(count.body["metric"], "events.count");
+    assert_eq!(count.body["interval"], "day");
+    assert_eq!(count.body["cached"], false);
+    assert!(count.body["elapsed_ms"].is_u64());
+    assert!(count.header("age").is_none());
+    let views = app
+        .get(
+            &format!("/v1/metrics/events.count?{range}&event=view"),
+            &token,
+        )
+        .await;
+    assert_eq!(values(&views), [1, 2]);
+    let unique = app
+        .get(
+            &format!("/v1/metrics/events.unique_contacts?{range}"),
+            &token,
+        )
+        .await;
+    assert_eq!(values(&unique), [1, 1]);
+    let created = app
+        .get(&format!("/v1/metrics/contacts.created?{range}"), &token)
+        .await;
+    assert_eq!(values(&created), [0, 0], "created at ingest time, on day 3");
+    let top = app
+        .get(&format!("/v1/metrics/events.top?{range}"), &token)
+        .await;
+    assert_eq!(top.status, 200, "{}", top.body);
+    assert_eq!(
+        top.body["series"],
+        json!([
+            {"t": "2030-01-01T00:00:00Z", "name": "signup", "value": 1},
+            {"t": "2030-01-01T00:00:00Z", "name": "view", "value": 1},
+            {"t": "2030-01-02T00:00:00Z", "name": "view", "value": 2},
+        ])
+    );
+    let hourly = app
+        .get(
+            "/v1/metrics/events.count?interval=hour&from=2030-01-01T09:00:00Z&to=2030-01-01T12:00:00Z",
+            &token,
+        )
+        .await;
+    assert_eq!(values(&hourly), [0, 1, 1]);
+    // Another project's token sees only its own (empty) project.
+    let theirs = app
+        .get(&format!("/v1/metrics/events.count?{range}"), &other_token)
+        .await;
+    assert_eq!(values(&theirs), [0, 0]);
+
+    // Cached: the same request within the TTL, with its age.
+    app.clock.advance_ms(30_000);
+    let more = json!({"events": [{"name": "view", "anonymous_id": "w", "timestamp": "2030-01-02T10:00:00Z"}]});
+    assert!(app.post("/v1/events/batch", &t.key, more).await.status < 300);
+    let again = app
+        .get(&format!("/v1/metrics/events.count?{range}"), &token)
+        .await;
+    assert_eq!(values(&again), [2, 2]);
+    assert_eq!(again.body["cached"], true);
+    assert_eq!(again.header("age"), Some("30"));
+    // Past the project's TTL (5 minutes): recomputed.
+    app.clock.advance_ms(5 * 60_000);
+    let fresh = app
+        .get(&format!("/v1/metrics/events.count?{range}"), &token)
+        .await;
+    assert_eq!(values(&fresh), [2, 3]);
+    assert_eq!(fresh.body["cached"], false);
+
+    // Refusals name the parameter.
+    for (query, field) in [
+        ("interval=week", "interval"),
+        ("from=2030-01-03T00:00:00Z&to=2030-01-01T00:00:00Z", "from"),
+        ("from=yesterday", "from"),
+        ("interval=hour&from=2029-01-01T00:00:00Z", "from"),
+    ] {
+        let refused = app
+            .get(&format!("/v1/metrics/events.count?{query}"), &token)
+            .await;
+        refused.assert_error(422, "validation_failed");
+        assert_eq!(
+            refused.body["error"]["details"]["fields"][0]["field"], field,
+            "{query}"
+        );
+    }
+    app.get("/v1/metrics/events.unique_contacts?interval=hour", &token)
+        .await
+        .assert_error(422, "validation_failed");
+    app.get("/v1/metrics/events.top?event=view", &token)
+        .await
+        .assert_error(422, "validation_failed");
+    app.get("/v1/metrics/events.sum", &token)
+        .await
+        .assert_error(404, "not_found");
+}
+
 backend_tests!(
     create_read_update_rotate,
     scopes_guard_the_credential,
-    needs_an_api_plan
+    needs_an_api_plan,
+    token_exchange_and_its_refusals,
+    plan_allowlist_and_rate_limit_apply,
+    predefined_metrics_answer_from_ingested_events
 );

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod contacts;
 pub mod events;
 pub mod keys;
+pub mod metrics;
 pub mod metrics_credential;
 pub mod openapi;
 pub mod requests;

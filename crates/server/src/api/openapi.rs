@@ -57,6 +57,13 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
         components.add_security_scheme(
+            "metrics_credential",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        let mut token = Http::new(HttpAuthScheme::Bearer);
+        token.bearer_format = Some("mt_… (from POST /v1/metrics/token)".into());
+        components.add_security_scheme("metrics_token", SecurityScheme::Http(token));
+        components.add_security_scheme(
             "admin_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );

@@ -14,7 +14,7 @@ use utoipa::openapi::OpenApi;
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::security::SecurityRequirement;
 
-use super::{audit, contacts, events, keys, metrics_credential, segment, subscribers};
+use super::{audit, contacts, events, keys, metrics, metrics_credential, segment, subscribers};
 use crate::auth::Guard;
 use crate::limits::Category;
 use crate::state::SharedState;
@@ -303,9 +303,21 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
             handler_spends(Scope::KeysWrite, Management),
             metrics_credential::update_credential,
         )
+        .add(metrics::__path_exchange, metrics::exchange)
+        .merge(metric_routes(state))
         .guarded(
             audit::__path_list_audit,
             guard(Some(Scope::AuditRead), Management),
             audit::list_audit,
         )
+}
+
+/// The routes behind a Metrics API access token ([`metrics::require_token`]),
+/// layered on each handler so a wrong method is still 405 before any token check.
+fn metric_routes(state: &SharedState) -> ApiRoutes {
+    let token = || axum::middleware::from_fn_with_state(state.clone(), metrics::require_token);
+    ApiRoutes::new(utoipa::openapi::OpenApi::default()).add(
+        metrics::__path_get_metric,
+        metrics::get_metric.layer(token()),
+    )
 }

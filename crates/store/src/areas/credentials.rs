@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keyflow_core::IpRule;
 
 use super::audit::commit_if;
-use crate::backend::{Backend, Run};
+use crate::backend::{Backend, Run, WriteTx};
 use crate::columns::{CREDENTIAL_COLUMNS, CredentialRow, from_json, to_json};
 use crate::{AuditEntry, MetricsCredential, StoreResult};
 
@@ -12,6 +12,15 @@ use crate::{AuditEntry, MetricsCredential, StoreResult};
 pub trait CredentialStore: Send + Sync {
     /// The project's metrics credential, if one was ever created.
     async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>>;
+    /// The credential with this id and its project's workspace (token
+    /// exchange and access tokens); `None` once it was rotated away.
+    async fn credential_for_auth(
+        &self,
+        id: &str,
+    ) -> StoreResult<Option<(MetricsCredential, String)>>;
+    /// Records a use of the credential at `at`, unless one was recorded in the
+    /// minute before (so a busy credential does not write on every call).
+    async fn mark_credential_used(&self, id: &str, at: i64) -> StoreResult<()>;
     /// Creates the project's credential or replaces it (rotation: new id and
     /// secret; the stored allow-list stays), with its audit entry, in one
     /// transaction. Returns the credential as stored.
@@ -43,6 +52,41 @@ impl<B: Backend> CredentialStore for B {
             .optional(&mut conn)
             .await?;
         row.map(CredentialRow::into_model).transpose()
+    }
+
+    async fn credential_for_auth(
+        &self,
+        id: &str,
+    ) -> StoreResult<Option<(MetricsCredential, String)>> {
+        let mut conn = self.pool().acquire().await?;
+        let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM metrics_credentials WHERE id = $1");
+        let row: Option<CredentialRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(id)
+            .optional(&mut conn)
+            .await?;
+        let Some(credential) = row.map(CredentialRow::into_model).transpose()? else {
+            return Ok(None);
+        };
+        let workspace: Option<(String,)> =
+            sqlx::query::<B::Db>("SELECT workspace_id FROM projects WHERE id = $1")
+                .arg(&credential.project_id)
+                .optional(&mut conn)
+                .await?;
+        Ok(workspace.map(|(workspace_id,)| (credential, workspace_id)))
+    }
+
+    async fn mark_credential_used(&self, id: &str, at: i64) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query::<B::Db>(
+            "UPDATE metrics_credentials SET last_used_at = $2 WHERE id = $1 \
+             AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .arg(id)
+        .arg(at)
+        .arg(at - 60_000)
+        .run(&mut tx)
+        .await?;
+        tx.commit().await
     }
 
     async fn put_metrics_credential(

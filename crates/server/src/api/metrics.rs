@@ -1,0 +1,709 @@
+//! The Metrics API (SPEC §4). `POST /v1/metrics/token` exchanges the
+//! project's metrics credential (`Bearer mk_…` and its client secret) for a
+//! short-lived access token ([`crate::metrics_token`]); the metric routes
+//! take that token. Both check, in SPEC §2's order, the workspace's plan,
+//! the credential's IP allow-list and the `metrics` rate limit of the
+//! credential, and answer with the rate-limit headers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyflow_core::keys::parse_key;
+use keyflow_core::timefmt::{format_rfc3339, parse_rfc3339};
+use keyflow_core::{ErrorCode, GcraDecision, IpAllowList, KeyType, RateLimit};
+use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS, bucket_start};
+use keyflow_store::{Buckets, MetricsCredential};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::auth::{Failure, client_ip, effective_quota, failures_exhausted, note_failure};
+use crate::error::{ApiError, ApiResult};
+use crate::limits::{Category, write_headers};
+use crate::metrics_token;
+use crate::state::SharedState;
+
+/// A credential as the metrics pipeline needs it, cached for a few seconds.
+#[derive(Debug)]
+pub struct CachedCredential {
+    pub credential: MetricsCredential,
+    pub workspace_id: String,
+    pub allowlist: IpAllowList,
+}
+
+/// A request the metrics pipeline let through.
+#[derive(Clone, Debug)]
+pub struct MetricsCaller {
+    pub credential: Arc<CachedCredential>,
+}
+
+impl MetricsCaller {
+    pub fn project_id(&self) -> &str {
+        &self.credential.credential.project_id
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn peer_ip(
+    state: &SharedState,
+    req_peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<IpAddr> {
+    client_ip(state, req_peer, headers)
+}
+
+async fn credential(state: &SharedState, id: &str) -> ApiResult<Option<Arc<CachedCredential>>> {
+    if let Some(found) = state.cache.credential(id) {
+        return Ok(Some(found));
+    }
+    let Some((credential, workspace_id)) = state.store.credential_for_auth(id).await? else {
+        return Ok(None);
+    };
+    let cached = Arc::new(CachedCredential {
+        allowlist: IpAllowList::from_rules(&credential.ip_allowlist),
+        credential,
+        workspace_id,
+    });
+    state
+        .cache
+        .insert_credential(id.to_string(), cached.clone());
+    Ok(Some(cached))
+}
+
+/// The checks after authentication: plan, IP allow-list, rate limit (which
+/// is spent only when the others pass). Returns the refusal, if any, and
+/// what the rate-limit headers report.
+async fn admit(
+    state: &SharedState,
+    credential: &CachedCredential,
+    ip: Option<IpAddr>,
+    now: i64,
+) -> (Result<(), ApiError>, RateLimit, GcraDecision) {
+    let bucket = format!(
+        "{}:{}",
+        credential.credential.id,
+        Category::Metrics.as_str()
+    );
+    let project_id = &credential.credential.project_id;
+    let plan = match state.plan_of(&credential.workspace_id).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => keyflow_core::Plan::Free,
+        Err(e) => {
+            let quota = state.config.default_rate_limit;
+            let decision = state.limiter.check(&bucket, quota, now, false).await;
+            return (Err(e.into()), quota, decision);
+        }
+    };
+    let project_limit = state.project_rate_limit(project_id).await.ok().flatten();
+    let quota = effective_quota(None, project_limit, state.config.plan_rate_limit(plan));
+    let refusal = if !plan.allows_api() {
+        Some(ApiError::new(
+            ErrorCode::FeatureNotAllowed,
+            format!(
+                "The Metrics API needs the pro or team plan; this workspace is on {}.",
+                plan.as_str()
+            ),
+        ))
+    } else if !credential.allowlist.allows(ip) {
+        Some(ApiError::new(
+            ErrorCode::IpNotAllowed,
+            format!(
+                "Requests from {} are not on the metrics credential's IP allow-list.",
+                ip.map(|i| i.to_string())
+                    .unwrap_or_else(|| "an unknown address".into())
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        state.prometheus.count_auth_rejection(refusal.code);
+        let decision = state.limiter.check(&bucket, quota, now, false).await;
+        return (Err(refusal), quota, decision);
+    }
+    let decision = state.limiter.check(&bucket, quota, now, true).await;
+    if !decision.allowed {
+        state
+            .prometheus
+            .count_auth_rejection(ErrorCode::RateLimited);
+        let retry = decision.retry_after_seconds();
+        let limited = ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "Rate limit of {} requests per {} s exceeded; retry in {retry} s.",
+                quota.limit, quota.period_seconds
+            ),
+        );
+        return (Err(limited), quota, decision);
+    }
+    // Last use, at most one write a minute per credential.
+    if state
+        .cache
+        .note_credential_use(&credential.credential.id, now)
+    {
+        let (store, id) = (state.store.clone(), credential.credential.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.mark_credential_used(&id, now).await {
+                tracing::warn!(error = %e, "could not record the metrics credential's last use");
+            }
+        });
+    }
+    (Ok(()), quota, decision)
+}
+
+fn with_headers(
+    mut response: Response,
+    quota: RateLimit,
+    decision: &GcraDecision,
+    now: i64,
+) -> Response {
+    let limited = response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS;
+    write_headers(
+        response.headers_mut(),
+        Category::Metrics,
+        quota,
+        decision,
+        now,
+        limited,
+    );
+    response
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// The client secret shown when the credential was created or rotated.
+    client_secret: Option<String>,
+    /// Lifetime in seconds, 60 to 3600 (default 900).
+    expires_in: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenView {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the token stops working.
+    expires_in: i64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/metrics/token",
+    tag = "metrics",
+    summary = "Exchange the metrics credential for an access token",
+    description = "`Authorization: Bearer mk_…` (the credential id) and the client secret in the \
+                   body. The token works on every instance until it expires or the credential is \
+                   rotated. Checked like a key: plan, the credential's IP allow-list, the `metrics` \
+                   rate limit.",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "An access token", body = TokenView),
+        (status = 401, description = "Missing or unknown credential id, or wrong client secret", body = crate::error::ErrorBody),
+        (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
+        (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::ErrorBody),
+    ),
+    security(("metrics_credential" = []))
+)]
+pub async fn exchange(
+    State(state): State<SharedState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let ip = peer_ip(&state, peer, &headers);
+    let now = state.now_ms();
+    let Some(presented) = bearer(&headers) else {
+        return ApiError::new(
+            ErrorCode::MissingApiKey,
+            "Send the metrics credential id as `Authorization: Bearer mk_…`.",
+        )
+        .into_response();
+    };
+    if failures_exhausted(&state, Failure::MetricsToken, ip, now) {
+        return crate::auth::too_many_failures(&state, Failure::MetricsToken, ip, now)
+            .into_response();
+    }
+    let invalid = || {
+        ApiError::new(
+            ErrorCode::InvalidApiKey,
+            "The metrics credential id or client secret is not valid.",
+        )
+    };
+    let refuse = |state: &SharedState| {
+        note_failure(state, Failure::MetricsToken, ip, invalid()).into_response()
+    };
+    if !parse_key(presented).is_ok_and(|k| k.key_type == KeyType::Metrics) {
+        return refuse(&state);
+    }
+    let found = match credential(&state, presented).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return refuse(&state),
+        Err(e) => return e.into_response(),
+    };
+    let request: TokenRequest = match crate::json::parse_json(&body) {
+        Ok(request) => request,
+        Err(e) => return e.into_response(),
+    };
+    let secret = request.client_secret.unwrap_or_default();
+    let digest = keyflow_core::KeyDigest::of(&secret);
+    if !bool::from(digest.0.ct_eq(&found.credential.secret_digest.0)) {
+        return refuse(&state);
+    }
+    let (admitted, quota, decision) = admit(&state, &found, ip, now).await;
+    let answer = admitted.and_then(|()| {
+        let ttl = request
+            .expires_in
+            .unwrap_or(metrics_token::DEFAULT_TTL_SECS);
+        if !(metrics_token::MIN_TTL_SECS..=metrics_token::MAX_TTL_SECS).contains(&ttl) {
+            return Err(ApiError::field(
+                "expires_in",
+                format!(
+                    "must be {} to {} seconds",
+                    metrics_token::MIN_TTL_SECS,
+                    metrics_token::MAX_TTL_SECS
+                ),
+            ));
+        }
+        let token = metrics_token::issue(
+            &found.credential.id,
+            &found.credential.secret_digest,
+            now + ttl * 1000,
+        )
+        .ok_or_else(|| ApiError::internal("access token signing", &"the HMAC key was refused"))?;
+        Ok(super::no_store(
+            Json(TokenView {
+                access_token: token,
+                token_type: "Bearer",
+                expires_in: ttl,
+            })
+            .into_response(),
+        ))
+    });
+    let response = answer.unwrap_or_else(IntoResponse::into_response);
+    with_headers(response, quota, &decision, now)
+}
+
+/// The pipeline of the metric routes: the access token, then [`admit`].
+pub async fn require_token(
+    State(state): State<SharedState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ip = peer_ip(&state, peer, req.headers());
+    let now = state.now_ms();
+    let Some(presented) = bearer(req.headers()) else {
+        return ApiError::new(
+            ErrorCode::MissingApiKey,
+            "Send an access token from POST /v1/metrics/token as `Authorization: Bearer <token>`.",
+        )
+        .into_response();
+    };
+    if failures_exhausted(&state, Failure::MetricsToken, ip, now) {
+        return crate::auth::too_many_failures(&state, Failure::MetricsToken, ip, now)
+            .into_response();
+    }
+    let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "The access token is not valid.");
+    let Some(claims) = metrics_token::read(presented) else {
+        return note_failure(&state, Failure::MetricsToken, ip, invalid()).into_response();
+    };
+    let found = match credential(&state, &claims.credential_id).await {
+        Ok(Some(found)) if claims.signed_by(&found.credential.secret_digest) => found,
+        // Unknown id (rotated away or forged) or a MAC that does not match.
+        Ok(_) => return note_failure(&state, Failure::MetricsToken, ip, invalid()).into_response(),
+        Err(e) => return e.into_response(),
+    };
+    // A genuine token past its time is not a guess.
+    if claims.expires_at <= now {
+        return ApiError::new(
+            ErrorCode::KeyExpired,
+            "The access token has expired; exchange the credential for a new one.",
+        )
+        .into_response();
+    }
+    let (admitted, quota, decision) = admit(&state, &found, ip, now).await;
+    let response = match admitted {
+        Ok(()) => {
+            req.extensions_mut()
+                .insert(MetricsCaller { credential: found });
+            next.run(req).await
+        }
+        Err(refusal) => refusal.into_response(),
+    };
+    with_headers(response, quota, &decision, now)
+}
+
+/// The predefined metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Metric {
+    EventsCount,
+    UniqueContacts,
+    ContactsCreated,
+    TopEvents,
+}
+
+impl Metric {
+    const ALL: [Metric; 4] = [
+        Metric::EventsCount,
+        Metric::UniqueContacts,
+        Metric::ContactsCreated,
+        Metric::TopEvents,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            Metric::EventsCount => "events.count",
+            Metric::UniqueContacts => "events.unique_contacts",
+            Metric::ContactsCreated => "contacts.created",
+            Metric::TopEvents => "events.top",
+        }
+    }
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+/// The most buckets one series may have.
+pub const MAX_BUCKETS: i64 = 1000;
+
+/// A metric request, checked: what the answer and its cache entry are of.
+#[derive(Debug, PartialEq, Eq)]
+struct SeriesRequest {
+    metric: Metric,
+    buckets: Buckets,
+    event: Option<String>,
+}
+
+fn parse_request(
+    metric: &str,
+    query: &std::collections::HashMap<String, String>,
+    now: i64,
+) -> ApiResult<SeriesRequest> {
+    let metric = Metric::parse(metric).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "No metric named {metric:?}; the metrics are {}.",
+                Metric::ALL.map(Metric::as_str).join(", ")
+            ),
+        )
+    })?;
+    let width = match query.get("interval").map(String::as_str) {
+        None | Some("day") => DAY_MS,
+        Some("hour") => HOUR_MS,
+        Some(_) => return Err(ApiError::field("interval", "must be hour or day")),
+    };
+    let time = |name: &str| -> ApiResult<Option<i64>> {
+        query
+            .get(name)
+            .map(|t| {
+                parse_rfc3339(t).ok_or_else(|| {
+                    ApiError::field(name, "must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z")
+                })
+            })
+            .transpose()
+    };
+    let to = time("to")?.unwrap_or(now);
+    let default_span = if width == DAY_MS { 30 * DAY_MS } else { DAY_MS };
+    let from = time("from")?.unwrap_or(to.saturating_sub(default_span));
+    if from >= to {
+        return Err(ApiError::field("from", "must be before to"));
+    }
+    // Whole buckets: `from` down to its bucket's start, `to` (exclusive) up to its bucket's end.
+    let buckets = Buckets {
+        from: bucket_start(from, width),
+        to: bucket_start(to - 1, width) + width,
+        width,
+    };
+    if (buckets.to - buckets.from) / width > MAX_BUCKETS {
+        return Err(ApiError::field(
+            "from",
+            format!(
+                "a series has at most {MAX_BUCKETS} buckets: narrow the range or use a wider interval"
+            ),
+        ));
+    }
+    if metric == Metric::UniqueContacts && width != DAY_MS {
+        return Err(ApiError::field(
+            "interval",
+            "events.unique_contacts is kept per day: use interval=day",
+        ));
+    }
+    let event = match query
+        .get("event")
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        None => None,
+        Some(_) if matches!(metric, Metric::ContactsCreated | Metric::TopEvents) => {
+            return Err(ApiError::field(
+                "event",
+                format!("{} does not take an event", metric.as_str()),
+            ));
+        }
+        Some(name) => Some(
+            keyflow_core::events::check_event_name(
+                "event",
+                &keyflow_core::events::normalise_event_name(name),
+            )
+            .map_err(|e| ApiError::validation(vec![e]))?,
+        ),
+    };
+    Ok(SeriesRequest {
+        metric,
+        buckets,
+        event,
+    })
+}
+
+/// One bucket of an answer (`name` only in `events.top`).
+#[derive(Clone, Serialize, ToSchema)]
+pub struct PointView {
+    /// The bucket's start (RFC 3339, UTC).
+    t: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    value: i64,
+}
+
+/// A computed series, kept for later requests (see [`SeriesRequest`]).
+#[derive(Debug)]
+pub struct CachedSeries {
+    series: Vec<(i64, Option<String>, i64)>,
+    computed_at: i64,
+    /// Not served from this time on: the project's TTL, or the end of a
+    /// bucket that was still open when computed, whichever comes first.
+    valid_until: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeriesView {
+    metric: &'static str,
+    /// `hour` or `day`.
+    interval: &'static str,
+    /// The first bucket's start.
+    from: String,
+    /// The end of the last bucket (exclusive).
+    to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<String>,
+    series: Vec<PointView>,
+    /// Whether this answer comes from the cache (then `Age` says how old it is).
+    cached: bool,
+    computed_at: String,
+    /// Time spent answering this request, in milliseconds.
+    elapsed_ms: u64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/metrics/{metric}",
+    tag = "metrics",
+    summary = "A predefined metric",
+    description = "`events.count` (events per bucket, of one `event` or all), \
+                   `events.unique_contacts` (distinct contacts with an event that day; \
+                   `interval=day` only), `contacts.created`, `events.top` (the 10 most \
+                   frequent event names of each bucket). Buckets are UTC hours or days from \
+                   the events' own timestamps; a range has at most 1000 buckets (default: the \
+                   last 30 days, or 24 hours with `interval=hour`). Answers are cached per \
+                   project for its cache TTL, never past the end of a bucket still open when \
+                   computed; a cached answer carries `Age`.",
+    params(
+        ("metric" = String, Path, description = "events.count, events.unique_contacts, contacts.created or events.top"),
+        ("interval" = Option<String>, Query, description = "hour or day (default day)"),
+        ("from" = Option<String>, Query, description = "RFC 3339; rounded down to its bucket"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive; rounded up to its bucket's end (default now)"),
+        ("event" = Option<String>, Query, description = "Only this event name (events.count, events.unique_contacts)"),
+    ),
+    responses(
+        (status = 200, description = "The series", body = SeriesView),
+        (status = 401, description = "Missing, invalid, rotated-away or expired access token", body = crate::error::ErrorBody),
+        (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
+        (status = 404, description = "No such metric", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
+        (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::ErrorBody),
+    ),
+    security(("metrics_token" = []))
+)]
+pub async fn get_metric(
+    State(state): State<SharedState>,
+    axum::Extension(caller): axum::Extension<MetricsCaller>,
+    Path(metric): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let now = state.now_ms();
+    let request = parse_request(&metric, &query, now)?;
+    let project_id = caller.project_id();
+    let cache_key = format!(
+        "{project_id}|{}|{}|{}|{}|{}",
+        request.metric.as_str(),
+        request.buckets.width,
+        request.buckets.from,
+        request.buckets.to,
+        request.event.as_deref().unwrap_or("")
+    );
+    let (entry, cached) = match state.series_cache.get(&cache_key) {
+        Some(entry) if entry.valid_until > now => (entry, true),
+        _ => {
+            let entry = Arc::new(compute(&state, project_id, &request, now).await?);
+            state.series_cache.insert(cache_key, entry.clone());
+            (entry, false)
+        }
+    };
+    let view = SeriesView {
+        metric: request.metric.as_str(),
+        interval: if request.buckets.width == DAY_MS {
+            "day"
+        } else {
+            "hour"
+        },
+        from: format_rfc3339(request.buckets.from),
+        to: format_rfc3339(request.buckets.to),
+        event: request.event,
+        series: entry
+            .series
+            .iter()
+            .map(|(t, name, value)| PointView {
+                t: format_rfc3339(*t),
+                name: name.clone(),
+                value: *value,
+            })
+            .collect(),
+        cached,
+        computed_at: format_rfc3339(entry.computed_at),
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut response = Json(view).into_response();
+    if cached {
+        let age = (now - entry.computed_at).max(0) / 1000;
+        response
+            .headers_mut()
+            .insert(header::AGE, HeaderValue::from(age));
+    }
+    Ok(response)
+}
+
+async fn compute(
+    state: &SharedState,
+    project_id: &str,
+    request: &SeriesRequest,
+    now: i64,
+) -> ApiResult<CachedSeries> {
+    let buckets = request.buckets;
+    let event = request.event.as_deref();
+    let store = state.store.as_ref();
+    let series: Vec<(i64, Option<String>, i64)> = match request.metric {
+        Metric::EventsCount => plain(store.event_counts(project_id, buckets, event).await?),
+        Metric::UniqueContacts => plain(store.unique_contacts(project_id, buckets, event).await?),
+        Metric::ContactsCreated => plain(store.contacts_created(project_id, buckets).await?),
+        Metric::TopEvents => store
+            .top_events(project_id, buckets)
+            .await?
+            .into_iter()
+            .map(|p| (p.t, Some(p.name), p.value))
+            .collect(),
+    };
+    let ttl_minutes = state
+        .store
+        .project_settings(project_id)
+        .await?
+        .metrics_cache_ttl_minutes;
+    Ok(CachedSeries {
+        series,
+        computed_at: now,
+        valid_until: valid_until(buckets, now, ttl_minutes),
+    })
+}
+
+/// The project's TTL from `now`, cut at the end of the bucket holding `now`
+/// when that bucket is part of the series (it is still filling up).
+fn valid_until(buckets: Buckets, now: i64, ttl_minutes: i64) -> i64 {
+    let by_ttl = now + ttl_minutes * 60_000;
+    if buckets.from <= now && now < buckets.to {
+        by_ttl.min(bucket_start(now, buckets.width) + buckets.width)
+    } else {
+        by_ttl
+    }
+}
+
+fn plain(points: Vec<keyflow_store::Point>) -> Vec<(i64, Option<String>, i64)> {
+    points.into_iter().map(|p| (p.t, None, p.value)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_snap_to_whole_buckets_and_stay_bounded() {
+        let now = parse_rfc3339("2030-01-31T12:30:00Z").unwrap();
+        let r = parse_request("events.count", &query(&[]), now).unwrap();
+        assert_eq!(format_rfc3339(r.buckets.from), "2030-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(r.buckets.to), "2030-02-01T00:00:00Z");
+        assert_eq!(r.buckets.starts().count(), 31);
+        let hourly = parse_request("events.count", &query(&[("interval", "hour")]), now).unwrap();
+        assert_eq!(hourly.buckets.starts().count(), 25);
+        let wide = query(&[("interval", "hour"), ("from", "2029-01-01T00:00:00Z")]);
+        assert!(parse_request("events.count", &wide, now).is_err());
+        let backwards = query(&[
+            ("from", "2030-02-01T00:00:00Z"),
+            ("to", "2030-01-01T00:00:00Z"),
+        ]);
+        assert!(parse_request("events.count", &backwards, now).is_err());
+        assert!(
+            parse_request(
+                "events.unique_contacts",
+                &query(&[("interval", "hour")]),
+                now
+            )
+            .is_err()
+        );
+        assert!(parse_request("events.top", &query(&[("event", "x")]), now).is_err());
+        assert!(parse_request("events.sum", &query(&[]), now).is_err());
+        assert!(parse_request("events.count", &query(&[("interval", "week")]), now).is_err());
+    }
+
+    #[test]
+    fn an_open_bucket_ends_the_cache_entry() {
+        let day = Buckets {
+            from: 0,
+            to: 2 * DAY_MS,
+            width: DAY_MS,
+        };
+        // Computed at 23:58 of the last day: recomputed from midnight on.
+        let late = 2 * DAY_MS - 2 * 60_000;
+        assert_eq!(valid_until(day, late, 5), 2 * DAY_MS);
+        // Early in the day: the TTL decides.
+        assert_eq!(valid_until(day, DAY_MS, 5), DAY_MS + 5 * 60_000);
+        // A range wholly in the past: the TTL decides.
+        assert_eq!(valid_until(day, 10 * DAY_MS, 5), 10 * DAY_MS + 5 * 60_000);
+    }
+}
