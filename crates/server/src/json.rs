@@ -116,7 +116,7 @@ fn explain_failure<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_data() {
-            let message = strip_position(&inner.to_string());
+            let message = hide_value(&strip_position(&inner.to_string()));
             let mut field = if path == "." { String::new() } else { path };
             // "missing field `x`" is reported at the parent; name the field itself.
             if let Some(missing) = message
@@ -151,6 +151,21 @@ fn explain_failure<T: DeserializeOwned>(bytes: &[u8]) -> ApiError {
         // Unreachable unless the two parsers disagree; say so rather than panic.
         Ok(()) => ApiError::new(ErrorCode::InvalidJson, "The body could not be parsed."),
     }
+}
+
+/// serde's `invalid type: string "…", expected …` quotes the value it got,
+/// which may be a secret sent in the wrong place (a bare client secret as
+/// the body): keep the type, drop the value.
+fn hide_value(message: &str) -> String {
+    for kind in ["string \"", "string `"] {
+        if let Some(start) = message.find(kind)
+            && let Some(end) = message.rfind(", expected")
+            && end > start
+        {
+            return format!("{}string{}", &message[..start], &message[end..]);
+        }
+    }
+    message.to_string()
 }
 
 /// serde_json appends " at line X column Y", which means nothing to a field path.
@@ -253,5 +268,19 @@ mod tests {
         );
         assert!(parse_json::<Body>(ok.as_bytes()).is_ok());
         assert_eq!(nesting_depth(br#"{"a": "[[[[\"{{"}"#), 1);
+    }
+
+    #[test]
+    fn refused_values_are_not_repeated() {
+        let secret = "cU4HsecretSecretSecret0123456789abcdef";
+        for body in [
+            format!("\"{secret}\""),
+            format!(r#"{{"rows": [], "n": "{secret}"}}"#),
+        ] {
+            let err = parse_json::<Body>(body.as_bytes()).unwrap_err();
+            let text = serde_json::to_string(&err.details).unwrap() + &err.message;
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains("invalid type: string, expected"), "{text}");
+        }
     }
 }

@@ -36,6 +36,10 @@ pub struct KeyCache {
     /// When each credential's last use was last written (see
     /// [`KeyCache::note_credential_use`]).
     credential_uses: Cache<String, i64>,
+    /// Access token digest → (credential id, expiry): fixed for a token's
+    /// life, so kept up to the longest lifetime; a rotation is seen through
+    /// `credentials` (the old id is gone).
+    tokens: Cache<KeyDigest, (String, i64)>,
 }
 
 impl KeyCache {
@@ -64,6 +68,10 @@ impl KeyCache {
             credential_uses: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(60))
+                .build(),
+            tokens: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(Duration::from_secs(3600))
                 .build(),
         }
     }
@@ -112,6 +120,12 @@ impl KeyCache {
     pub fn invalidate_credentials(&self) {
         self.credentials.invalidate_all();
     }
+    pub fn token(&self, digest: &KeyDigest) -> Option<(String, i64)> {
+        self.tokens.get(digest)
+    }
+    pub fn insert_token(&self, digest: KeyDigest, credential_id: String, expires_at: i64) {
+        self.tokens.insert(digest, (credential_id, expires_at));
+    }
     /// Whether a use of credential `id` at `now` should be written: the
     /// first in a minute is, the rest are not.
     pub fn note_credential_use(&self, id: &str, now: i64) -> bool {
@@ -145,9 +159,8 @@ pub struct AppState {
     pub signin: crate::dashboard::signin::SigninThrottle,
     /// The one-time first-run setup token, while the instance has no operator.
     setup_token: std::sync::Mutex<Option<String>>,
-    /// Metric answers per (project, request); each entry knows until when it
-    /// may be served (`CachedSeries::valid_until`), at most a week (the
-    /// longest cache TTL a project may set).
+    /// Metric answers per (project, request), bounded by their size (see
+    /// `api::metrics::series_cache`).
     pub series_cache: Cache<String, Arc<crate::api::metrics::CachedSeries>>,
 }
 
@@ -191,10 +204,7 @@ impl AppState {
             prometheus: Prometheus::default(),
             signin: Default::default(),
             setup_token: std::sync::Mutex::new(None),
-            series_cache: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(7 * 24 * 3600))
-                .build(),
+            series_cache: crate::api::metrics::series_cache(),
         }
     }
 

@@ -54,7 +54,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0010_contact_emails_nfc",
             "0011_idempotency_without_rowid",
             "0012_generations",
-            "0013_metrics_rollups"
+            "0013_metrics_rollups",
+            "0014_metrics_tokens"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

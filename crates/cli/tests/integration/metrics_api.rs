@@ -324,10 +324,95 @@ async fn token_exchange_and_its_refusals(backend: Backend) {
     assert_eq!(app.post(PATH, &t.key, json!({})).await.status, 201);
     app.get("/v1/metrics/events.count", &fresh)
         .await
-        .assert_error(401, "invalid_api_key");
+        .assert_error(401, "key_revoked");
     exchange(&app, &id, json!({"client_secret": secret}))
         .await
         .assert_error(401, "invalid_api_key");
+}
+
+/// Tokens are kept as digests only; the exchange reads its body first (so a
+/// bad body says nothing about the credential) and refuses browsers; a
+/// failed-guess budget spent by one client of an address neither blocks a
+/// genuine token nor counts stale (expired, rotated-away) ones.
+async fn tokens_are_digests_and_guesses_are_bounded(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| c.failed_auth_per_minute = 3).await;
+    let t = app.tenant().await;
+    let (id, secret, token) = credential_and_token(&app, &t.key).await;
+    let stored = app
+        .store
+        .metrics_token(&KeyDigest::of(&token))
+        .await
+        .unwrap()
+        .expect("the token's digest is stored");
+    assert_eq!(stored.0, id);
+    // The body first: the same answer for a live and an unknown id.
+    let stranger =
+        keyflow_core::keys::generate_key(KeyType::Metrics, keyflow_core::Environment::Live)
+            .unwrap();
+    for who in [id.as_str(), stranger.text.as_str()] {
+        let bare = app
+            .client
+            .post(format!("{}/v1/metrics/token", app.base_url))
+            .bearer_auth(who)
+            .header("content-type", "application/json")
+            .body(format!("\"{secret}\""));
+        let reply = TestApp::reply(bare).await;
+        reply.assert_error(422, "validation_failed");
+        assert!(!reply.body.to_string().contains(&secret), "{}", reply.body);
+        let text = app
+            .client
+            .post(format!("{}/v1/metrics/token", app.base_url))
+            .bearer_auth(who)
+            .header("content-type", "text/plain")
+            .body(json!({"client_secret": secret}).to_string());
+        TestApp::reply(text)
+            .await
+            .assert_error(415, "unsupported_media_type");
+        exchange(&app, who, json!({"client_secret": secret, "expires_in": 5}))
+            .await
+            .assert_error(422, "validation_failed");
+    }
+    // Browsers are refused, with a credential or a token.
+    let from_browser = app
+        .client
+        .get(format!("{}/v1/metrics/events.count", app.base_url))
+        .bearer_auth(&token)
+        .header("origin", "https://app.example");
+    TestApp::reply(from_browser)
+        .await
+        .assert_error(403, "insecure_key_usage");
+    let exchange_from_browser = app
+        .client
+        .post(format!("{}/v1/metrics/token", app.base_url))
+        .bearer_auth(&id)
+        .header("origin", "https://app.example")
+        .json(&json!({"client_secret": secret}));
+    TestApp::reply(exchange_from_browser)
+        .await
+        .assert_error(403, "insecure_key_usage");
+
+    // Guesses: three allowed, then 429 for more guesses from this address…
+    let guess = format!("mt_{}", "A".repeat(43));
+    for _ in 0..3 {
+        app.get("/v1/metrics/events.count", &guess)
+            .await
+            .assert_error(401, "invalid_api_key");
+    }
+    app.get("/v1/metrics/events.count", &guess)
+        .await
+        .assert_error(429, "rate_limited");
+    // …while the genuine token keeps working.
+    let ok = app.get("/v1/metrics/events.count", &token).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    app.clock.advance_ms(60_000);
+    // A rotated-away token is not a guess: always 401 key_revoked, never 429.
+    assert_eq!(app.post(PATH, &t.key, json!({})).await.status, 201);
+    for _ in 0..5 {
+        app.get("/v1/metrics/events.count", &token)
+            .await
+            .assert_error(401, "key_revoked");
+    }
+    let _ = secret;
 }
 
 async fn plan_allowlist_and_rate_limit_apply(backend: Backend) {
@@ -525,5 +610,6 @@ backend_tests!(
     needs_an_api_plan,
     token_exchange_and_its_refusals,
     plan_allowlist_and_rate_limit_apply,
-    predefined_metrics_answer_from_ingested_events
+    predefined_metrics_answer_from_ingested_events,
+    tokens_are_digests_and_guesses_are_bounded
 );

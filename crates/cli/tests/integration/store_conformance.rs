@@ -103,7 +103,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0010_contact_emails_nfc",
             "0011_idempotency_without_rowid",
             "0012_generations",
-            "0013_metrics_rollups"
+            "0013_metrics_rollups",
+            "0014_metrics_tokens"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

@@ -1,16 +1,16 @@
 //! The Metrics API (SPEC §4). `POST /v1/metrics/token` exchanges the
 //! project's metrics credential (`Bearer mk_…` and its client secret) for a
 //! short-lived access token ([`crate::metrics_token`]); the metric routes
-//! take that token. Both check, in SPEC §2's order, the workspace's plan,
-//! the credential's IP allow-list and the `metrics` rate limit of the
-//! credential, and answer with the rate-limit headers.
+//! take that token. Server-to-server only: a browser's request (one with
+//! `Origin`) is refused. Both check, in SPEC §2's order, the workspace's
+//! plan, the credential's IP allow-list and the project's `metrics` rate
+//! limit, and answer with the rate-limit headers.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
@@ -66,9 +66,25 @@ fn peer_ip(
     client_ip(state, req_peer, headers)
 }
 
-async fn credential(state: &SharedState, id: &str) -> ApiResult<Option<Arc<CachedCredential>>> {
+/// The credential with this id (cached); `None` if there is none. A lookup
+/// that must reach the database is refused once `ip` has used up its failed
+/// guesses (429), as for keys: cached, genuine credentials keep working.
+async fn credential(
+    state: &SharedState,
+    id: &str,
+    ip: Option<IpAddr>,
+) -> ApiResult<Option<Arc<CachedCredential>>> {
     if let Some(found) = state.cache.credential(id) {
         return Ok(Some(found));
+    }
+    let now = state.now_ms();
+    if failures_exhausted(state, Failure::MetricsToken, ip, now) {
+        return Err(crate::auth::too_many_failures(
+            state,
+            Failure::MetricsToken,
+            ip,
+            now,
+        ));
     }
     let Some((credential, workspace_id)) = state.store.credential_for_auth(id).await? else {
         return Ok(None);
@@ -93,12 +109,9 @@ async fn admit(
     ip: Option<IpAddr>,
     now: i64,
 ) -> (Result<(), ApiError>, RateLimit, GcraDecision) {
-    let bucket = format!(
-        "{}:{}",
-        credential.credential.id,
-        Category::Metrics.as_str()
-    );
+    // Per project, so a rotation (a new credential id) starts no new quota.
     let project_id = &credential.credential.project_id;
+    let bucket = format!("{project_id}:{}", Category::Metrics.as_str());
     let plan = match state.plan_of(&credential.workspace_id).await {
         Ok(Some(plan)) => plan,
         Ok(None) => keyflow_core::Plan::Free,
@@ -184,6 +197,7 @@ fn with_headers(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The client secret shown when the credential was created or rotated.
     client_secret: Option<String>,
@@ -200,6 +214,18 @@ pub struct TokenView {
     expires_in: i64,
 }
 
+/// `403 insecure_key_usage` for a request a browser sent (SPEC §4: server to
+/// server only), like a secret key's.
+fn refuse_browsers(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key(header::ORIGIN) {
+        return Err(ApiError::new(
+            ErrorCode::InsecureKeyUsage,
+            "The Metrics API is server-to-server: never use the metrics credential or its tokens from a browser.",
+        ));
+    }
+    Ok(())
+}
+
 #[utoipa::path(
     post,
     path = "/v1/metrics/token",
@@ -207,13 +233,14 @@ pub struct TokenView {
     summary = "Exchange the metrics credential for an access token",
     description = "`Authorization: Bearer mk_…` (the credential id) and the client secret in the \
                    body. The token works on every instance until it expires or the credential is \
-                   rotated. Checked like a key: plan, the credential's IP allow-list, the `metrics` \
-                   rate limit.",
+                   rotated. Checked like a key: plan, the credential's IP allow-list, the \
+                   project's `metrics` rate limit. Server-to-server only (a request with `Origin` \
+                   is refused).",
     request_body = TokenRequest,
     responses(
         (status = 200, description = "An access token", body = TokenView),
         (status = 401, description = "Missing or unknown credential id, or wrong client secret", body = crate::error::ErrorBody),
-        (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
+        (status = 403, description = "Plan, IP allow-list or browser origin refused", body = crate::error::ErrorBody),
         super::openapi::Invalid,
         (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::ErrorBody),
     ),
@@ -223,8 +250,27 @@ pub async fn exchange(
     State(state): State<SharedState>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
-    body: Bytes,
+    crate::json::JsonBody(request): crate::json::JsonBody<TokenRequest>,
 ) -> Response {
+    if let Err(refused) = refuse_browsers(&headers) {
+        return refused.into_response();
+    }
+    // The body is read (by the extractor) and checked before the credential,
+    // so its errors say nothing about whether an id exists, and cost no quota.
+    let ttl = request
+        .expires_in
+        .unwrap_or(metrics_token::DEFAULT_TTL_SECS);
+    if !(metrics_token::MIN_TTL_SECS..=metrics_token::MAX_TTL_SECS).contains(&ttl) {
+        return ApiError::field(
+            "expires_in",
+            format!(
+                "must be {} to {} seconds",
+                metrics_token::MIN_TTL_SECS,
+                metrics_token::MAX_TTL_SECS
+            ),
+        )
+        .into_response();
+    }
     let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     let ip = peer_ip(&state, peer, &headers);
     let now = state.now_ms();
@@ -235,29 +281,19 @@ pub async fn exchange(
         )
         .into_response();
     };
-    if failures_exhausted(&state, Failure::MetricsToken, ip, now) {
-        return crate::auth::too_many_failures(&state, Failure::MetricsToken, ip, now)
-            .into_response();
-    }
-    let invalid = || {
-        ApiError::new(
+    let refuse = |state: &SharedState| {
+        let invalid = ApiError::new(
             ErrorCode::InvalidApiKey,
             "The metrics credential id or client secret is not valid.",
-        )
-    };
-    let refuse = |state: &SharedState| {
-        note_failure(state, Failure::MetricsToken, ip, invalid()).into_response()
+        );
+        note_failure(state, Failure::MetricsToken, ip, invalid).into_response()
     };
     if !parse_key(presented).is_ok_and(|k| k.key_type == KeyType::Metrics) {
         return refuse(&state);
     }
-    let found = match credential(&state, presented).await {
+    let found = match credential(&state, presented, ip).await {
         Ok(Some(found)) => found,
         Ok(None) => return refuse(&state),
-        Err(e) => return e.into_response(),
-    };
-    let request: TokenRequest = match crate::json::parse_json(&body) {
-        Ok(request) => request,
         Err(e) => return e.into_response(),
     };
     let secret = request.client_secret.unwrap_or_default();
@@ -266,37 +302,45 @@ pub async fn exchange(
         return refuse(&state);
     }
     let (admitted, quota, decision) = admit(&state, &found, ip, now).await;
-    let answer = admitted.and_then(|()| {
-        let ttl = request
-            .expires_in
-            .unwrap_or(metrics_token::DEFAULT_TTL_SECS);
-        if !(metrics_token::MIN_TTL_SECS..=metrics_token::MAX_TTL_SECS).contains(&ttl) {
-            return Err(ApiError::field(
-                "expires_in",
-                format!(
-                    "must be {} to {} seconds",
-                    metrics_token::MIN_TTL_SECS,
-                    metrics_token::MAX_TTL_SECS
-                ),
-            ));
-        }
-        let token = metrics_token::issue(
-            &found.credential.id,
-            &found.credential.secret_digest,
-            now + ttl * 1000,
-        )
-        .ok_or_else(|| ApiError::internal("access token signing", &"the HMAC key was refused"))?;
-        Ok(super::no_store(
-            Json(TokenView {
-                access_token: token,
-                token_type: "Bearer",
-                expires_in: ttl,
-            })
-            .into_response(),
-        ))
-    });
+    let answer = match admitted {
+        Ok(()) => issue(&state, &found.credential, ttl, now).await,
+        Err(refusal) => Err(refusal),
+    };
     let response = answer.unwrap_or_else(IntoResponse::into_response);
     with_headers(response, quota, &decision, now)
+}
+
+/// Mints a token for `credential`, stores its digest, and answers with it.
+async fn issue(
+    state: &SharedState,
+    credential: &MetricsCredential,
+    ttl: i64,
+    now: i64,
+) -> ApiResult<Response> {
+    let (token, digest) = metrics_token::mint()
+        .ok_or_else(|| ApiError::internal("access token", &"the random source failed"))?;
+    let expires_at = now + ttl * 1000;
+    state
+        .store
+        .put_metrics_token(
+            &digest,
+            &credential.id,
+            &credential.project_id,
+            expires_at,
+            now,
+        )
+        .await?;
+    state
+        .cache
+        .insert_token(digest, credential.id.clone(), expires_at);
+    Ok(super::no_store(
+        Json(TokenView {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: ttl,
+        })
+        .into_response(),
+    ))
 }
 
 /// The pipeline of the metric routes: the access token, then [`admit`].
@@ -305,6 +349,9 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Response {
+    if let Err(refused) = refuse_browsers(req.headers()) {
+        return refused.into_response();
+    }
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -318,28 +365,50 @@ pub async fn require_token(
         )
         .into_response();
     };
-    if failures_exhausted(&state, Failure::MetricsToken, ip, now) {
-        return crate::auth::too_many_failures(&state, Failure::MetricsToken, ip, now)
-            .into_response();
-    }
     let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "The access token is not valid.");
-    let Some(claims) = metrics_token::read(presented) else {
+    let Some(digest) = metrics_token::digest_of(presented) else {
         return note_failure(&state, Failure::MetricsToken, ip, invalid()).into_response();
     };
-    let found = match credential(&state, &claims.credential_id).await {
-        Ok(Some(found)) if claims.signed_by(&found.credential.secret_digest) => found,
-        // Unknown id (rotated away or forged) or a MAC that does not match.
-        Ok(_) => return note_failure(&state, Failure::MetricsToken, ip, invalid()).into_response(),
-        Err(e) => return e.into_response(),
+    let (credential_id, expires_at) = match state.cache.token(&digest) {
+        Some(known) => known,
+        None => {
+            if failures_exhausted(&state, Failure::MetricsToken, ip, now) {
+                return crate::auth::too_many_failures(&state, Failure::MetricsToken, ip, now)
+                    .into_response();
+            }
+            match state.store.metrics_token(&digest).await {
+                Ok(Some((id, expires_at))) => {
+                    state.cache.insert_token(digest, id.clone(), expires_at);
+                    (id, expires_at)
+                }
+                Ok(None) => {
+                    return note_failure(&state, Failure::MetricsToken, ip, invalid())
+                        .into_response();
+                }
+                Err(e) => return ApiError::from(e).into_response(),
+            }
+        }
     };
-    // A genuine token past its time is not a guess.
-    if claims.expires_at <= now {
+    // A genuine token past its time, or of a rotated-away credential, is
+    // not a guess: refused without counting against the address.
+    if expires_at <= now {
         return ApiError::new(
             ErrorCode::KeyExpired,
             "The access token has expired; exchange the credential for a new one.",
         )
         .into_response();
     }
+    let found = match credential(&state, &credential_id, ip).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return ApiError::new(
+                ErrorCode::KeyRevoked,
+                "The metrics credential of this access token was rotated; exchange the new one.",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
     let (admitted, quota, decision) = admit(&state, &found, ip, now).await;
     let response = match admitted {
         Ok(()) => {
@@ -433,6 +502,15 @@ fn parse_request(
         to: bucket_start(to - 1, width) + width,
         width,
     };
+    // Both edges must be writable as RFC 3339 (years 0000 to 9999).
+    for (field, edge) in [("from", buckets.from), ("to", buckets.to - 1)] {
+        if format_rfc3339(edge).is_empty() || format_rfc3339(edge + 1).is_empty() {
+            return Err(ApiError::field(
+                field,
+                "must lie between the years 0000 and 9999",
+            ));
+        }
+    }
     if (buckets.to - buckets.from) / width > MAX_BUCKETS {
         return Err(ApiError::field(
             "from",
@@ -492,6 +570,48 @@ pub struct CachedSeries {
     /// Not served from this time on: the project's TTL, or the end of a
     /// bucket that was still open when computed, whichever comes first.
     valid_until: i64,
+}
+
+impl CachedSeries {
+    /// Roughly the bytes it holds (the cache's weight).
+    fn weight(&self) -> u32 {
+        let names: usize = self
+            .series
+            .iter()
+            .map(|(_, name, _)| name.as_ref().map_or(0, String::len))
+            .sum();
+        u32::try_from(64 + self.series.len() * 48 + names).unwrap_or(u32::MAX)
+    }
+}
+
+/// Bytes of answers one instance keeps: the least recently used go first.
+const SERIES_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The answer cache: bounded by the answers' size, and each entry dropped
+/// when it may no longer be served (a lowered TTL applies to answers
+/// computed from then on).
+pub fn series_cache() -> moka::sync::Cache<String, Arc<CachedSeries>> {
+    struct UntilInvalid;
+    impl moka::Expiry<String, Arc<CachedSeries>> for UntilInvalid {
+        fn expire_after_create(
+            &self,
+            _key: &String,
+            value: &Arc<CachedSeries>,
+            _created_at: std::time::Instant,
+        ) -> Option<std::time::Duration> {
+            let ms = (value.valid_until - value.computed_at).max(0);
+            Some(std::time::Duration::from_millis(ms.unsigned_abs()))
+        }
+    }
+    moka::sync::Cache::builder()
+        .max_capacity(SERIES_CACHE_BYTES)
+        .weigher(|key: &String, value: &Arc<CachedSeries>| {
+            value
+                .weight()
+                .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
+        })
+        .expire_after(UntilInvalid)
+        .build()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -689,6 +809,19 @@ mod tests {
         assert!(parse_request("events.top", &query(&[("event", "x")]), now).is_err());
         assert!(parse_request("events.sum", &query(&[]), now).is_err());
         assert!(parse_request("events.count", &query(&[("interval", "week")]), now).is_err());
+        // Edges that RFC 3339 cannot write: refused, not answered with "".
+        let late = query(&[
+            ("from", "9999-12-01T00:00:00Z"),
+            ("to", "9999-12-31T23:59:59Z"),
+        ]);
+        assert!(parse_request("events.count", &late, now).is_err());
+        let early = query(&[("to", "0000-01-05T00:00:00Z")]);
+        assert!(parse_request("events.count", &early, now).is_err());
+        let fine = query(&[
+            ("from", "9999-12-01T00:00:00Z"),
+            ("to", "9999-12-30T00:00:00Z"),
+        ]);
+        assert!(parse_request("events.count", &fine, now).is_ok());
     }
 
     #[test]

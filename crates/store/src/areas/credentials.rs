@@ -21,6 +21,21 @@ pub trait CredentialStore: Send + Sync {
     /// Records a use of the credential at `at`, unless one was recorded in the
     /// minute before (so a busy credential does not write on every call).
     async fn mark_credential_used(&self, id: &str, at: i64) -> StoreResult<()>;
+    /// Stores an access token's digest for `credential_id` until
+    /// `expires_at`, and drops the project's tokens expired by `now`.
+    async fn put_metrics_token(
+        &self,
+        digest: &keyflow_core::KeyDigest,
+        credential_id: &str,
+        project_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()>;
+    /// The credential id and expiry of the access token with this digest.
+    async fn metrics_token(
+        &self,
+        digest: &keyflow_core::KeyDigest,
+    ) -> StoreResult<Option<(String, i64)>>;
     /// Creates the project's credential or replaces it (rotation: new id and
     /// secret; the stored allow-list stays), with its audit entry, in one
     /// transaction. Returns the credential as stored.
@@ -87,6 +102,48 @@ impl<B: Backend> CredentialStore for B {
         .run(&mut tx)
         .await?;
         tx.commit().await
+    }
+
+    async fn put_metrics_token(
+        &self,
+        digest: &keyflow_core::KeyDigest,
+        credential_id: &str,
+        project_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query::<B::Db>(
+            "INSERT INTO metrics_tokens (digest, credential_id, project_id, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .arg(digest.to_hex())
+        .arg(credential_id)
+        .arg(project_id)
+        .arg(expires_at)
+        .run(&mut tx)
+        .await?;
+        sqlx::query::<B::Db>(
+            "DELETE FROM metrics_tokens WHERE project_id = $1 AND expires_at <= $2",
+        )
+        .arg(project_id)
+        .arg(now)
+        .run(&mut tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn metrics_token(
+        &self,
+        digest: &keyflow_core::KeyDigest,
+    ) -> StoreResult<Option<(String, i64)>> {
+        let mut conn = self.pool().acquire().await?;
+        sqlx::query::<B::Db>(
+            "SELECT credential_id, expires_at FROM metrics_tokens WHERE digest = $1",
+        )
+        .arg(digest.to_hex())
+        .optional(&mut conn)
+        .await
     }
 
     async fn put_metrics_credential(

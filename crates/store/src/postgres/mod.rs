@@ -91,6 +91,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0013_metrics_rollups",
         sql: include_str!("../../migrations/postgres/0013_metrics_rollups.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_metrics_tokens",
+        sql: include_str!("../../migrations/postgres/0014_metrics_tokens.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::lookups;
 use super::writer::fail_all;
+use super::{lookups, rollups};
 use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
-use crate::areas::metrics::{RollUps, SQLITE_ROLLUPS};
 use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
 use crate::{EventOutcome, StoreError, StoreResult};
@@ -28,6 +27,8 @@ pub(crate) struct DirectWriter {
     inserts: Vec<(usize, String)>,
     /// Contacts events named before (see [`lookups::Identities`]).
     identities: lookups::Identities,
+    /// Presences known to be stored (see [`rollups::Presences`]).
+    presences: rollups::Presences,
 }
 
 impl DirectWriter {
@@ -41,6 +42,7 @@ impl DirectWriter {
             conn: None,
             inserts,
             identities: lookups::Identities::default(),
+            presences: rollups::Presences::default(),
         }
     }
 
@@ -48,6 +50,7 @@ impl DirectWriter {
     pub(crate) fn reset(&mut self) {
         self.conn = None;
         self.identities.forget_all();
+        self.presences.forget_all();
     }
 
     /// Commits a lookup-free batch and answers its jobs. Should SQLite refuse
@@ -107,9 +110,15 @@ impl DirectWriter {
             empty @ None => empty.insert(open(&self.path)?),
         };
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        match insert(conn, &self.inserts, rows).and_then(|()| conn.execute_batch("COMMIT")) {
-            Ok(()) => Ok(()),
+        let written = insert(conn, &self.inserts, &mut self.presences, rows)
+            .and_then(|()| conn.execute_batch("COMMIT"));
+        match written {
+            Ok(()) => {
+                self.presences.committed();
+                Ok(())
+            }
             Err(e) => {
+                self.presences.rolled_back();
                 // Nothing of the batch may stay; if even this fails the
                 // caller drops the connection.
                 let _ = conn.execute_batch("ROLLBACK");
@@ -126,14 +135,22 @@ impl DirectWriter {
     pub(crate) fn commit_with_lookups(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
         let inserts = std::mem::take(&mut self.inserts);
         let mut identities = std::mem::take(&mut self.identities);
-        let done = self
-            .connection()
-            .and_then(|conn| prepare_and_insert(conn, &mut identities, &inserts, &batch));
+        let mut presences = std::mem::take(&mut self.presences);
+        let done = self.connection().and_then(|conn| {
+            prepare_and_insert(conn, &mut identities, &mut presences, &inserts, &batch)
+        });
         match &done {
-            Ok(_) => identities.committed(),
-            Err(_) => identities.rolled_back(0),
+            Ok(_) => {
+                identities.committed();
+                presences.committed();
+            }
+            Err(_) => {
+                identities.rolled_back(0);
+                presences.rolled_back();
+            }
         }
         self.identities = identities;
+        self.presences = presences;
         self.inserts = inserts;
         match done {
             Ok(results) => {
@@ -155,6 +172,7 @@ impl DirectWriter {
 fn prepare_and_insert(
     conn: &mut Connection,
     identities: &mut lookups::Identities,
+    presences: &mut rollups::Presences,
     inserts: &[(usize, String)],
     batch: &[IngestJob],
 ) -> rusqlite::Result<Vec<StoreResult<Vec<EventOutcome>>>> {
@@ -183,7 +201,7 @@ fn prepare_and_insert(
             }
         }
         let rows: Vec<&EventRow> = rows.iter().collect();
-        insert(conn, inserts, &rows)?;
+        insert(conn, inserts, presences, &rows)?;
         conn.execute_batch("COMMIT")?;
         Ok(results)
     })();
@@ -200,6 +218,7 @@ fn prepare_and_insert(
 fn insert(
     conn: &Connection,
     inserts: &[(usize, String)],
+    presences: &mut rollups::Presences,
     rows: &[&EventRow],
 ) -> rusqlite::Result<()> {
     event_chunks(rows).into_iter().try_for_each(|chunk| {
@@ -223,21 +242,7 @@ fn insert(
         }
         insert.raw_execute().map(|_| ())
     })?;
-    let rollups =
-        RollUps::of(rows).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    if let Some(rollups) = rollups {
-        let params = [&rollups.hours, &rollups.presence];
-        for sql in SQLITE_ROLLUPS {
-            let mut statement = conn.prepare_cached(sql)?;
-            // Each statement names ?1, ?2 or both.
-            for i in 1..=statement.parameter_count() {
-                let param = params.get(i - 1).ok_or(rusqlite::Error::InvalidQuery)?;
-                statement.raw_bind_parameter(i, param)?;
-            }
-            statement.raw_execute()?;
-        }
-    }
-    Ok(())
+    rollups::write(conn, presences, rows)
 }
 
 fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {

@@ -19,6 +19,7 @@ mod direct;
 pub mod files;
 mod lookups;
 mod reader;
+mod rollups;
 mod writer;
 
 pub struct SqliteStore {
@@ -96,6 +97,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 13,
         name: "0013_metrics_rollups",
         sql: include_str!("../../migrations/sqlite/0013_metrics_rollups.sql"),
+    },
+    Migration {
+        version: 14,
+        name: "0014_metrics_tokens",
+        sql: include_str!("../../migrations/sqlite/0014_metrics_tokens.sql"),
     },
 ];
 
