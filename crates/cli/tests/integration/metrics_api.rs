@@ -604,7 +604,98 @@ async fn predefined_metrics_answer_from_ingested_events(backend: Backend) {
         .assert_error(404, "not_found");
 }
 
+/// The dashboard's Metrics page: any member sees the project's charts
+/// (values in each bar's title), the picker, the most frequent events; a
+/// bad event name is a message next to the field; other projects' events
+/// never show.
+async fn dashboard_metrics_page(backend: Backend) {
+    use crate::dashboard::{get_page, sign_in, text};
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let other = app.tenant().await;
+    app.admin(
+        Method::POST,
+        &format!("/admin/v1/workspaces/{}/operators", t.workspace_id),
+        json!({"email": "member@acme.io", "password": crate::dashboard::PASSWORD, "role": "member"}),
+    )
+    .await;
+    let now = app.now_ms();
+    let today = keyflow_core::timefmt::format_rfc3339(now);
+    let events = json!({"events": [
+        {"name": "signup", "external_id": "u1", "timestamp": today},
+        {"name": "view", "external_id": "u1", "timestamp": today},
+        {"name": "view", "anonymous_id": "v", "timestamp": today},
+    ]});
+    assert!(app.post("/v1/events/batch", &t.key, events).await.status < 300);
+    let theirs = json!({"events": [{"name": "their_secret_event", "anonymous_id": "x"}]});
+    assert!(
+        app.post("/v1/events/batch", &other.key, theirs)
+            .await
+            .status
+            < 300
+    );
+
+    let cookie = sign_in(&app, "member@acme.io").await;
+    let page = get_page(
+        &app,
+        &format!("/analytics?project={}", t.project_id),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    let html = text(&page);
+    assert!(
+        html.contains("aria-current=\"page\">Metrics<"),
+        "the nav marks the page"
+    );
+    let day = &today[..10];
+    assert!(
+        html.contains(&format!("<title>{day}: 3</title>")),
+        "today's events: {html}"
+    );
+    assert!(html.contains("Unique contacts"));
+    assert!(
+        html.contains(&format!("<title>{day}: 1</title>")),
+        "one unique contact"
+    );
+    assert!(html.contains("<td>view</td><td>2</td>"));
+    assert!(!html.contains("their_secret_event"));
+    // Hourly, one event name.
+    let hourly = text(
+        &get_page(
+            &app,
+            &format!(
+                "/analytics?project={}&interval=hour&range=48&event=view",
+                t.project_id
+            ),
+            Some(&cookie),
+        )
+        .await,
+    );
+    assert!(
+        hourly.contains("<option value=\"48\" selected>"),
+        "{hourly}"
+    );
+    assert!(hourly.contains(": 2</title>"), "two views this hour");
+    assert!(!hourly.contains("Unique contacts"), "kept per day only");
+    // A bad name: a message tied to the field, nothing else breaks.
+    let bad = get_page(
+        &app,
+        &format!("/analytics?project={}&event=%01", t.project_id),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    let bad = text(&bad);
+    assert!(bad.contains("role=\"alert\" id=\"event-error\""));
+    assert!(bad.contains("aria-describedby=\"event-error\""));
+    // Signed out: to the sign-in page.
+    let anonymous = get_page(&app, "/analytics", None).await;
+    assert_eq!(anonymous.status, 303);
+}
+
 backend_tests!(
+    dashboard_metrics_page,
     create_read_update_rotate,
     scopes_guard_the_credential,
     needs_an_api_plan,

@@ -8,6 +8,7 @@ mod customer_data;
 mod extract;
 mod key_detail;
 pub mod keys;
+mod metrics;
 mod page;
 pub mod session;
 mod setup;
@@ -41,6 +42,7 @@ pub fn router() -> Router<SharedState> {
         .route("/contacts", get(customer_data::contacts))
         .route("/contacts/{id}", get(customer_data::contact))
         .route("/events", get(customer_data::events))
+        .route("/analytics", get(metrics::page))
         .route(
             "/members",
             get(workspace::members).post(workspace::change_members),

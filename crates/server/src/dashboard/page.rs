@@ -13,9 +13,10 @@ use crate::error::ApiError;
 use crate::operations::OpError;
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 8] = [
+const NAV: [(&str, &str); 9] = [
     ("/contacts", "Contacts"),
     ("/events", "Events"),
+    ("/analytics", "Metrics"),
     ("/keys", "API keys"),
     ("/activity", "Activity"),
     ("/members", "Members"),

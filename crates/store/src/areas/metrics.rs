@@ -162,6 +162,14 @@ pub trait MetricsStore: Send + Sync {
     /// `events.top`: the [`TOP_EVENTS`] most frequent names of each bucket,
     /// most frequent first.
     async fn top_events(&self, project_id: &str, buckets: Buckets) -> StoreResult<Vec<NamedPoint>>;
+    /// The `limit` most frequent event names of the whole range, with their
+    /// counts, most frequent first (the dashboard's table).
+    async fn event_totals(
+        &self,
+        project_id: &str,
+        buckets: Buckets,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, i64)>>;
 }
 
 #[async_trait]
@@ -242,6 +250,26 @@ impl<B: Backend> MetricsStore for B {
         .all(&mut conn)
         .await?;
         Ok(top(buckets, hours))
+    }
+
+    async fn event_totals(
+        &self,
+        project_id: &str,
+        buckets: Buckets,
+        limit: u32,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        let mut conn = self.pool().acquire().await?;
+        sqlx::query::<B::Db>(
+            "SELECT name, CAST(sum(total) AS BIGINT) AS n FROM event_counts_hourly \
+             WHERE project_id = $1 AND hour >= $2 AND hour < $3 \
+             GROUP BY name ORDER BY n DESC, name LIMIT $4",
+        )
+        .arg(project_id)
+        .arg(buckets.from)
+        .arg(buckets.to)
+        .arg(i64::from(limit))
+        .all(&mut conn)
+        .await
     }
 }
 
