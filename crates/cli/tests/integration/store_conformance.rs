@@ -1178,3 +1178,20 @@ async fn rollups_count_what_was_stored_on_every_path() {
         assert_eq!(values(created), [2, 0, 0], "{url}");
     }
 }
+
+/// PostgreSQL sessions plan each execution for its values: a generic plan
+/// cached while a table was empty chose the project-only index for contact
+/// lookups and scanned every contact of the project (measured by
+/// keyflow-metrics-bench: ingest of identified events fell below 2 000 a
+/// second with autovacuum off).
+#[tokio::test]
+async fn postgres_sessions_plan_for_their_values() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = keyflow_store::postgres::PostgresStore::connect(&db.url)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_setting("plan_cache_mode").await.unwrap(),
+        "force_custom_plan"
+    );
+}
