@@ -658,14 +658,14 @@ async fn dashboard_metrics_page(backend: Backend) {
         html.contains(&format!("<title>{day}: 1</title>")),
         "one unique contact"
     );
-    assert!(html.contains("<td>view</td><td>2</td>"));
+    assert!(html.contains("<td class=\"name\"><bdi>view</bdi></td><td>2</td>"));
     assert!(!html.contains("their_secret_event"));
     // Hourly, one event name.
     let hourly = text(
         &get_page(
             &app,
             &format!(
-                "/analytics?project={}&interval=hour&range=48&event=view",
+                "/analytics?project={}&interval=hour&range=2&event=view",
                 t.project_id
             ),
             Some(&cookie),
@@ -673,11 +673,23 @@ async fn dashboard_metrics_page(backend: Backend) {
         .await,
     );
     assert!(
-        hourly.contains("<option value=\"48\" selected>"),
+        hourly.contains("<option value=\"2\" selected>48 hours"),
         "{hourly}"
     );
     assert!(hourly.contains(": 2</title>"), "two views this hour");
-    assert!(!hourly.contains("Unique contacts"), "kept per day only");
+    assert!(!hourly.contains("<h2>Unique contacts"), "kept per day only");
+    assert!(hourly.contains("unique contacts are kept per day"));
+    // Hourly over 90 days would be 2 160 bars: daily instead, and said so.
+    let long = text(
+        &get_page(
+            &app,
+            &format!("/analytics?project={}&interval=hour&range=90", t.project_id),
+            Some(&cookie),
+        )
+        .await,
+    );
+    assert!(long.contains("so this range is daily"), "{long}");
+    assert!(long.contains("<option value=\"day\" selected>"));
     // A bad name: a message tied to the field, nothing else breaks.
     let bad = get_page(
         &app,
@@ -689,6 +701,10 @@ async fn dashboard_metrics_page(backend: Backend) {
     let bad = text(&bad);
     assert!(bad.contains("role=\"alert\" id=\"event-error\""));
     assert!(bad.contains("aria-describedby=\"event-error\""));
+    assert!(
+        !bad.contains("<svg"),
+        "no charts for a filter that was not applied"
+    );
     // Signed out: to the sign-in page.
     let anonymous = get_page(&app, "/analytics", None).await;
     assert_eq!(anonymous.status, 303);

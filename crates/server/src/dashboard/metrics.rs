@@ -17,21 +17,26 @@ use super::extract::Viewer;
 use super::page::{Chrome, PageResult, render};
 use crate::state::SharedState;
 
-/// A bar chart of one series, with a y axis (0, half, max) and the first
-/// and last bucket under the x axis; each bar's `<title>` gives its value.
+/// A bar chart of one series, with a y axis (0, half, a round maximum)
+/// and the first and last bucket under the x axis; each bar's `<title>`
+/// gives its value, and `values` lists them all for keyboards and screen
+/// readers.
 pub struct BarChart {
     pub title: &'static str,
+    /// What the heading adds (a total, or the highest day for uniques).
+    pub summary: String,
     pub width: i64,
     pub height: i64,
+    /// Room above the plot, so the top label is not cut.
+    pub top: i64,
     /// Left margin for the y axis' numbers.
     pub left: i64,
     pub bar: i64,
-    pub max: i64,
-    pub total: i64,
     pub bars: Vec<ChartBar>,
     pub first: String,
     pub last: String,
-    pub ticks: [(i64, i64); 3],
+    /// (y, label) of the axis lines.
+    pub ticks: [(i64, String); 3],
 }
 
 pub struct ChartBar {
@@ -39,16 +44,75 @@ pub struct ChartBar {
     pub y: i64,
     pub h: i64,
     pub label: String,
-    pub value: i64,
+    pub value: String,
+}
+
+/// The smallest of 2, 4, 10, 20, 40, 100, … at or above `max`: even, so
+/// the middle line is a whole number too.
+fn axis_max(max: i64) -> i64 {
+    let mut scale = 1i64;
+    loop {
+        for m in [2, 4, 10] {
+            let candidate = scale.saturating_mul(m);
+            if candidate >= max || candidate == i64::MAX {
+                return candidate;
+            }
+        }
+        scale = scale.saturating_mul(10);
+    }
+}
+
+/// 1234567 → "1,234,567".
+pub fn grouped(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// An axis label that fits the margin: 950, 12k, 1.2M, 3.4G.
+fn compact(n: i64) -> String {
+    let f = n as f64;
+    if n < 1_000 {
+        n.to_string()
+    } else if n < 1_000_000 {
+        format!("{}k", trim(f / 1e3))
+    } else if n < 1_000_000_000 {
+        format!("{}M", trim(f / 1e6))
+    } else {
+        format!("{}G", trim(f / 1e9))
+    }
+}
+
+fn trim(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}").trim_end_matches(".0").to_string()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Summary {
+    /// The range's total (events, contacts created).
+    Total,
+    /// The highest bucket (unique contacts: daily figures do not add up).
+    Highest,
 }
 
 impl BarChart {
-    fn of(title: &'static str, points: &[Point], width_ms: i64) -> Self {
-        let (left, height, plot) = (44, 140, 600);
+    fn of(title: &'static str, summary: Summary, points: &[Point], width_ms: i64) -> Self {
+        let (left, top, height, plot) = (44, 10, 140, 600);
         let n = i64::try_from(points.len()).unwrap_or(1).max(1);
         let step = (plot / n).max(2);
         let bar = (step * 4 / 5).max(1);
-        let max = points.iter().map(|p| p.value).max().unwrap_or(0).max(1);
+        let highest = points.iter().map(|p| p.value).max().unwrap_or(0);
+        let max = axis_max(highest.max(1));
         let label = |t: i64| {
             let text = format_rfc3339(t);
             let cut = if width_ms == DAY_MS { 10 } else { 16 };
@@ -58,28 +122,37 @@ impl BarChart {
             .iter()
             .zip(0..)
             .map(|(p, i)| {
-                let h = p.value * height / max;
+                // A non-zero value is never invisible.
+                let h = (p.value * height / max).max(i64::from(p.value > 0));
                 ChartBar {
                     x: left + i * step,
-                    y: height - h,
+                    y: top + height - h,
                     h,
                     label: label(p.t),
-                    value: p.value,
+                    value: grouped(p.value),
                 }
             })
             .collect();
+        let summary = match summary {
+            Summary::Total => format!("{} in range", grouped(points.iter().map(|p| p.value).sum())),
+            Summary::Highest => format!("at most {} in a day", grouped(highest)),
+        };
         Self {
             title,
+            summary,
             width: left + n * step,
             height,
+            top,
             left,
             bar,
-            max,
-            total: points.iter().map(|p| p.value).sum(),
             bars,
             first: points.first().map(|p| label(p.t)).unwrap_or_default(),
             last: points.last().map(|p| label(p.t)).unwrap_or_default(),
-            ticks: [(height, 0), (height / 2, max / 2), (0, max)],
+            ticks: [
+                (top + height, "0".into()),
+                (top + height / 2, compact(max / 2)),
+                (top, compact(max)),
+            ],
         }
     }
 }
@@ -101,17 +174,25 @@ struct MetricsPage<'a> {
     ranges: Vec<Pick>,
     event: String,
     message: Option<String>,
-    from: String,
-    to: String,
+    /// What the charts show, in words (range, interval, filter).
+    showing: String,
     charts: Vec<BarChart>,
-    top: Vec<(String, i64)>,
+    top: Vec<(String, String)>,
     cache_ttl_minutes: i64,
+    /// Owners and admins (the credential page is theirs).
+    manager: bool,
     has_credential: bool,
 }
 
-/// Ranges offered per interval, in buckets.
-const DAY_RANGES: [(i64, &str); 3] = [(7, "7 days"), (30, "30 days"), (90, "90 days")];
-const HOUR_RANGES: [(i64, &str); 3] = [(24, "24 hours"), (48, "48 hours"), (168, "7 days")];
+/// Ranges offered, in days; hourly buckets cover at most `MAX_HOURLY_DAYS`.
+const RANGES: [(i64, &str); 5] = [
+    (1, "24 hours"),
+    (2, "48 hours"),
+    (7, "7 days"),
+    (30, "30 days"),
+    (90, "90 days"),
+];
+const MAX_HOURLY_DAYS: i64 = 7;
 
 pub async fn page(
     viewer: Viewer,
@@ -119,21 +200,23 @@ pub async fn page(
     Query(query): Query<HashMap<String, String>>,
 ) -> PageResult {
     let now = state.now_ms();
-    let hourly = query.get("interval").map(String::as_str) == Some("hour");
-    let (width, offered) = if hourly {
-        (HOUR_MS, HOUR_RANGES)
-    } else {
-        (DAY_MS, DAY_RANGES)
-    };
-    let asked: Option<i64> = query.get("range").and_then(|r| r.parse().ok());
-    let range = offered
-        .iter()
-        .map(|(n, _)| *n)
-        .find(|n| Some(*n) == asked)
-        .unwrap_or(offered[if hourly { 0 } else { 1 }].0);
+    let asked_hourly = query.get("interval").map(String::as_str) == Some("hour");
+    let days: i64 = query
+        .get("range")
+        .and_then(|r| r.parse().ok())
+        .filter(|d| RANGES.iter().any(|(n, _)| n == d))
+        .unwrap_or(if asked_hourly { 2 } else { 30 });
+    let mut notes = Vec::new();
+    let hourly = asked_hourly && days <= MAX_HOURLY_DAYS;
+    if asked_hourly && !hourly {
+        notes.push(format!(
+            "hourly buckets cover at most {MAX_HOURLY_DAYS} days, so this range is daily"
+        ));
+    }
+    let width = if hourly { HOUR_MS } else { DAY_MS };
     let to = bucket_start(now, width) + width;
     let buckets = Buckets {
-        from: to - range * width,
+        from: to - days * DAY_MS,
         to,
         width,
     };
@@ -149,26 +232,65 @@ pub async fn page(
     };
     let p = viewer.project.id.as_str();
     let store = state.store.as_ref();
-    let mut charts = vec![BarChart::of(
-        "Events",
-        &store.event_counts(p, buckets, event.as_deref()).await?,
-        width,
-    )];
-    if !hourly {
+    let (charts, top) = if message.is_some() {
+        // Nothing is shown for a filter that could not be applied.
+        (Vec::new(), Vec::new())
+    } else {
+        let name = event.as_deref();
+        let (counts, uniques, created, top) = tokio::try_join!(
+            store.event_counts(p, buckets, name),
+            async {
+                if hourly {
+                    Ok(None)
+                } else {
+                    store.unique_contacts(p, buckets, name).await.map(Some)
+                }
+            },
+            store.contacts_created(p, buckets),
+            store.event_totals(p, buckets, 10),
+        )?;
+        let mut charts = vec![BarChart::of("Events", Summary::Total, &counts, width)];
+        match uniques {
+            Some(uniques) => charts.push(BarChart::of(
+                "Unique contacts",
+                Summary::Highest,
+                &uniques,
+                width,
+            )),
+            None => notes.push("unique contacts are kept per day: choose daily to see them".into()),
+        }
         charts.push(BarChart::of(
-            "Unique contacts",
-            &store.unique_contacts(p, buckets, event.as_deref()).await?,
+            "Contacts created",
+            Summary::Total,
+            &created,
             width,
         ));
-    }
-    charts.push(BarChart::of(
-        "Contacts created",
-        &store.contacts_created(p, buckets).await?,
-        width,
-    ));
-    let top = store.event_totals(p, buckets, 10).await?;
+        let top = top
+            .into_iter()
+            .map(|(name, n)| (name, grouped(n)))
+            .collect();
+        (charts, top)
+    };
     let settings = store.project_settings(p).await?;
     let has_credential = store.metrics_credential(p).await?.is_some();
+    let range_label = RANGES
+        .iter()
+        .find(|(n, _)| *n == days)
+        .map_or("", |(_, label)| label);
+    let mut showing = format!(
+        "The last {range_label}, {} UTC buckets from {} to {} (the last one still filling)",
+        if hourly { "hourly" } else { "daily" },
+        format_rfc3339(buckets.from),
+        format_rfc3339(buckets.to)
+    );
+    if let Some(name) = &event {
+        showing.push_str(&format!("; events named “{name}” (contacts created: all)"));
+    }
+    for note in notes {
+        showing.push_str("; ");
+        showing.push_str(&note);
+    }
+    showing.push('.');
     let intervals = [("day", "Daily"), ("hour", "Hourly")]
         .map(|(value, label)| Pick {
             value: value.into(),
@@ -176,11 +298,11 @@ pub async fn page(
             selected: (value == "hour") == hourly,
         })
         .into();
-    let ranges = offered
+    let ranges = RANGES
         .map(|(n, label)| Pick {
             value: n.to_string(),
             label: label.into(),
-            selected: n == range,
+            selected: n == days,
         })
         .into();
     let page = MetricsPage {
@@ -191,11 +313,11 @@ pub async fn page(
         ranges,
         event: event.unwrap_or_else(|| typed.to_string()),
         message,
-        from: format_rfc3339(buckets.from),
-        to: format_rfc3339(buckets.to),
+        showing,
         charts,
         top,
         cache_ttl_minutes: settings.metrics_cache_ttl_minutes,
+        manager: viewer.membership.role.can_manage(),
         has_credential,
     };
     let status = if page.message.is_some() {
@@ -211,8 +333,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bars_scale_to_the_largest_value() {
-        let points: Vec<Point> = [0, 5, 10]
+    fn bars_scale_to_a_round_maximum() {
+        let points: Vec<Point> = [0, 1, 5, 10]
             .iter()
             .zip(0..)
             .map(|(v, i)| Point {
@@ -220,13 +342,42 @@ mod tests {
                 value: *v,
             })
             .collect();
-        let chart = BarChart::of("Events", &points, DAY_MS);
-        assert_eq!(chart.max, 10);
-        assert_eq!(chart.total, 15);
+        let chart = BarChart::of("Events", Summary::Total, &points, DAY_MS);
+        assert_eq!(
+            chart.ticks.each_ref().map(|t| t.1.as_str()),
+            ["0", "5", "10"]
+        );
+        assert_eq!(chart.summary, "16 in range");
         let heights: Vec<i64> = chart.bars.iter().map(|b| b.h).collect();
-        assert_eq!(heights, [0, chart.height / 2, chart.height]);
+        assert_eq!(heights, [0, 14, chart.height / 2, chart.height]);
         assert_eq!(chart.first, "1970-01-01");
-        assert_eq!(chart.last, "1970-01-03");
+        assert_eq!(chart.last, "1970-01-04");
         assert!(chart.bars.windows(2).all(|w| w[0].x < w[1].x));
+        // A tiny value next to a large one still shows.
+        let tiny = [
+            Point { t: 0, value: 1 },
+            Point {
+                t: DAY_MS,
+                value: 100_000,
+            },
+        ];
+        assert_eq!(
+            BarChart::of("Events", Summary::Total, &tiny, DAY_MS).bars[0].h,
+            1
+        );
+    }
+
+    #[test]
+    fn axis_and_numbers_read_well() {
+        let maxima: Vec<i64> = [1, 2, 3, 5, 11, 21, 41, 99, 101, 12_345]
+            .map(axis_max)
+            .into();
+        assert_eq!(maxima, [2, 2, 4, 10, 20, 40, 100, 100, 200, 20_000]);
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(compact(950), "950");
+        assert_eq!(compact(12_000), "12k");
+        assert_eq!(compact(1_200_000), "1.2M");
+        assert_eq!(compact(20_000_000), "20M");
     }
 }
