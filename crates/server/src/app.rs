@@ -213,9 +213,18 @@ async fn background_flush(state: SharedState, mut stop: tokio::sync::watch::Rece
             _ = stop.changed() => return,
         }
         flush_usage(&state).await;
+        compact_rollups(&state).await;
         state.local_limiter.prune(state.now_ms());
         state.failed_auth.prune(state.now_ms());
         state.signin.prune(state.now_ms());
+    }
+}
+
+/// Folds the Metrics API's roll-up slots of closed buckets (see
+/// `MetricsStore::compact_rollups`), so reads stay at one row per bucket.
+async fn compact_rollups(state: &AppState) {
+    if let Err(e) = state.store.compact_rollups(state.now_ms()).await {
+        tracing::warn!(error = %e, "could not fold the metrics roll-ups; will retry");
     }
 }
 

@@ -1195,3 +1195,104 @@ async fn postgres_sessions_plan_for_their_values() {
         "force_custom_plan"
     );
 }
+
+/// PostgreSQL writers spread a bucket's counts over slots; folding the
+/// slots of closed buckets into slot 0 keeps every total, leaves the open
+/// bucket alone, and cuts what a series reads to one row per bucket.
+#[tokio::test]
+async fn rollup_slots_fold_without_changing_a_total() {
+    use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS};
+    use keyflow_store::Buckets;
+    let db = TestDb::create(Backend::Postgres).await;
+    let store = keyflow_store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let (_, project) = seeded(store.as_ref()).await;
+    let p = project.id.as_str();
+    let now = 10 * DAY_MS + 5 * HOUR_MS + 1;
+    let open_hour = 10 * DAY_MS + 5 * HOUR_MS;
+    let raw = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for (hour, slot, total) in [
+        (HOUR_MS, 0, 1),
+        (HOUR_MS, 3, 2),
+        (HOUR_MS, 7, 4),
+        (2 * HOUR_MS, 5, 8),
+        (open_hour, 2, 16),
+        (open_hour, 9, 32),
+    ] {
+        sqlx::query(
+            "INSERT INTO event_counts_hourly (project_id, hour, name, slot, total) \
+             VALUES ($1, $2, 'view', $3, $4)",
+        )
+        .bind(p)
+        .bind(hour)
+        .bind(slot)
+        .bind(total)
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    for (day, slot, total) in [(0, 1, 5), (0, 4, 6), (10 * DAY_MS, 3, 7)] {
+        sqlx::query(
+            "INSERT INTO unique_contacts_daily (project_id, day, name, slot, total) \
+             VALUES ($1, $2, '', $3, $4)",
+        )
+        .bind(p)
+        .bind(day)
+        .bind(slot)
+        .bind(total)
+        .execute(&raw)
+        .await
+        .unwrap();
+    }
+    let hours = Buckets {
+        from: 0,
+        to: open_hour + HOUR_MS,
+        width: 11 * DAY_MS,
+    };
+    let days = Buckets {
+        from: 0,
+        to: 11 * DAY_MS,
+        width: DAY_MS,
+    };
+    let before = (
+        store.event_counts(p, hours, None).await.unwrap(),
+        store.unique_contacts(p, days, None).await.unwrap(),
+    );
+    assert_eq!(before.0[0].value, 63);
+    assert!(store.compact_rollups(now).await.unwrap() > 0);
+    let after = (
+        store.event_counts(p, hours, None).await.unwrap(),
+        store.unique_contacts(p, days, None).await.unwrap(),
+    );
+    assert_eq!(before, after, "folding changes no total");
+    let rows: Vec<(i64, i32, i64)> = sqlx::query_as(
+        "SELECT hour, slot, total FROM event_counts_hourly WHERE project_id = $1 ORDER BY hour, slot",
+    )
+    .bind(p)
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (HOUR_MS, 0, 7),
+            (2 * HOUR_MS, 0, 8),
+            (open_hour, 2, 16),
+            (open_hour, 9, 32)
+        ],
+        "closed hours folded into slot 0, the open hour left alone"
+    );
+    let days_left: Vec<(i64, i32, i64)> = sqlx::query_as(
+        "SELECT day, slot, total FROM unique_contacts_daily WHERE project_id = $1 ORDER BY day, slot",
+    )
+    .bind(p)
+    .fetch_all(&raw)
+    .await
+    .unwrap();
+    assert_eq!(days_left, [(0, 0, 11), (10 * DAY_MS, 3, 7)]);
+    assert_eq!(
+        store.compact_rollups(now).await.unwrap(),
+        0,
+        "nothing left to fold"
+    );
+}

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use keyflow_core::clock::UnixMillis;
 
-use crate::backend::{Backend, Run};
+use crate::backend::{Backend, Db, Run, WriteTx};
 use crate::columns::EventRow;
 use crate::{StoreError, StoreResult};
 
@@ -170,6 +170,35 @@ pub trait MetricsStore: Send + Sync {
         buckets: Buckets,
         limit: u32,
     ) -> StoreResult<Vec<(String, i64)>>;
+    /// Folds the slots of buckets that ended before `now` into slot 0, a
+    /// bounded number of rows per call; returns how many (bucket, name)
+    /// rows received folded counts.
+    /// Readers add slots up, so a series over closed buckets reads one row
+    /// per bucket and name instead of up to 16 (PostgreSQL; SQLite writes
+    /// slot 0 only, so there is nothing to fold).
+    async fn compact_rollups(&self, now: UnixMillis) -> StoreResult<u64>;
+}
+
+/// Rows folded per table per [`MetricsStore::compact_rollups`] call.
+const COMPACT_BATCH: i64 = 10_000;
+
+/// Folds one slotted table's rows of buckets before `$1` into slot 0.
+/// Rows are locked in key order, the order writers take them in (their
+/// roll-ups are sorted), so folding never deadlocks with ingestion.
+fn compact_sql(table: &str, bucket: &str) -> String {
+    format!(
+        "WITH doomed AS (SELECT project_id, {bucket}, name, slot FROM {table} \
+         WHERE slot <> 0 AND {bucket} < $1 ORDER BY project_id, {bucket}, name, slot \
+         LIMIT $2 FOR UPDATE), \
+         moved AS (DELETE FROM {table} AS t USING doomed AS d \
+         WHERE t.project_id = d.project_id AND t.{bucket} = d.{bucket} AND t.name = d.name \
+         AND t.slot = d.slot RETURNING t.project_id, t.{bucket}, t.name, t.total) \
+         INSERT INTO {table} (project_id, {bucket}, name, slot, total) \
+         SELECT project_id, {bucket}, name, 0, sum(total) FROM moved \
+         GROUP BY project_id, {bucket}, name ORDER BY project_id, {bucket}, name \
+         ON CONFLICT (project_id, {bucket}, name, slot) DO UPDATE \
+         SET total = {table}.total + excluded.total"
+    )
 }
 
 #[async_trait]
@@ -250,6 +279,27 @@ impl<B: Backend> MetricsStore for B {
         .all(&mut conn)
         .await?;
         Ok(top(buckets, hours))
+    }
+
+    async fn compact_rollups(&self, now: UnixMillis) -> StoreResult<u64> {
+        if B::Db::NAME == "sqlite" {
+            return Ok(0);
+        }
+        let mut folded = 0;
+        let tables = [
+            ("event_counts_hourly", "hour", bucket_start(now, HOUR_MS)),
+            ("unique_contacts_daily", "day", bucket_start(now, DAY_MS)),
+        ];
+        for (table, bucket, before) in tables {
+            let mut tx = self.begin_write().await?;
+            folded += sqlx::query::<B::Db>(sqlx::AssertSqlSafe(compact_sql(table, bucket)))
+                .arg(before)
+                .arg(COMPACT_BATCH)
+                .run(&mut tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(folded)
     }
 
     async fn event_totals(
