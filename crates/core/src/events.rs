@@ -68,9 +68,14 @@ pub fn check_event_name(field: &str, name: &str) -> Result<String, FieldError> {
 fn event_name(name: &str) -> Result<String, String> {
     let normalised = normalise_event_name(name.trim());
     let chars = normalised.chars().count();
-    if chars == 0 || chars > MAX_EVENT_NAME_CHARS || normalised.chars().any(char::is_control) {
+    // Bidirectional controls too: a name that displays as another
+    // ("Trojan Source") would mislead every page and export that shows it.
+    if chars == 0
+        || chars > MAX_EVENT_NAME_CHARS
+        || crate::text::has_forbidden_name_chars(&normalised)
+    {
         return Err(format!(
-            "event names are 1 to {MAX_EVENT_NAME_CHARS} printable characters"
+            "event names are 1 to {MAX_EVENT_NAME_CHARS} printable characters, without bidirectional controls"
         ));
     }
     Ok(normalised)
@@ -236,6 +241,25 @@ pub fn first_disallowed<'a>(events: &'a [NewEvent], allowed: Option<&[String]>) 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn event_names_refuse_controls_and_bidi_overrides() {
+        for bad in [
+            "",
+            "a\u{0}b",
+            "line\nbreak",
+            "\u{202E}exe.evil",
+            "x\u{2066}y",
+            "\u{200F}",
+        ] {
+            assert!(check_event_name("name", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_event_name("name", " café ").unwrap(), "café");
+        assert!(
+            check_event_name("name", "عربي").is_ok(),
+            "right-to-left text itself is fine"
+        );
+    }
     use super::*;
     use serde_json::json;
 

@@ -1201,8 +1201,8 @@ async fn postgres_sessions_plan_for_their_values() {
 /// bucket alone, and cuts what a series reads to one row per bucket.
 #[tokio::test]
 async fn rollup_slots_fold_without_changing_a_total() {
-    use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS};
     use keyflow_store::Buckets;
+    use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS};
     let db = TestDb::create(Backend::Postgres).await;
     let store = keyflow_store::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
