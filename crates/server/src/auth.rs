@@ -342,23 +342,10 @@ where
 
     let denial = if let Err(e) = origin_check {
         Some(e)
-    } else if !plan.allows_api() {
-        Some(ApiError::new(
-            ErrorCode::FeatureNotAllowed,
-            format!(
-                "API access needs the pro or team plan; this workspace is on {}.",
-                plan.as_str()
-            ),
-        ))
-    } else if !key.allowlist.allows(ip) {
-        Some(ApiError::new(
-            ErrorCode::IpNotAllowed,
-            format!(
-                "Requests from {} are not on this key's IP allow-list.",
-                ip.map(|i| i.to_string())
-                    .unwrap_or_else(|| "an unknown address".into())
-            ),
-        ))
+    } else if let Some(refused) =
+        plan_and_address(plan, &key.allowlist, ip, "API access", "this key's")
+    {
+        Some(refused)
     } else {
         // The route's scope first, then any other it also needs.
         let missing = guard.scope.filter(|s| !key.key.scopes.contains(*s));
@@ -407,6 +394,37 @@ where
         allow_origin(&mut response, origin);
     }
     response
+}
+
+/// SPEC §2's plan and IP steps for `what` (named in the refusal) from `ip`
+/// against `whose` allow-list; `None` when both pass.
+pub(crate) fn plan_and_address(
+    plan: keyflow_core::Plan,
+    allowlist: &IpAllowList,
+    ip: Option<IpAddr>,
+    what: &str,
+    whose: &str,
+) -> Option<ApiError> {
+    if !plan.allows_api() {
+        return Some(ApiError::new(
+            ErrorCode::FeatureNotAllowed,
+            format!(
+                "{what} needs the pro or team plan; this workspace is on {}.",
+                plan.as_str()
+            ),
+        ));
+    }
+    if !allowlist.allows(ip) {
+        return Some(ApiError::new(
+            ErrorCode::IpNotAllowed,
+            format!(
+                "Requests from {} are not on {whose} IP allow-list.",
+                ip.map(|i| i.to_string())
+                    .unwrap_or_else(|| "an unknown address".into())
+            ),
+        ));
+    }
+    None
 }
 
 /// A key's own limit, else its project's, else the plan's; never above the

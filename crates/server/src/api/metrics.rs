@@ -123,26 +123,13 @@ async fn admit(
     };
     let project_limit = state.project_rate_limit(project_id).await.ok().flatten();
     let quota = effective_quota(None, project_limit, state.config.plan_rate_limit(plan));
-    let refusal = if !plan.allows_api() {
-        Some(ApiError::new(
-            ErrorCode::FeatureNotAllowed,
-            format!(
-                "The Metrics API needs the pro or team plan; this workspace is on {}.",
-                plan.as_str()
-            ),
-        ))
-    } else if !credential.allowlist.allows(ip) {
-        Some(ApiError::new(
-            ErrorCode::IpNotAllowed,
-            format!(
-                "Requests from {} are not on the metrics credential's IP allow-list.",
-                ip.map(|i| i.to_string())
-                    .unwrap_or_else(|| "an unknown address".into())
-            ),
-        ))
-    } else {
-        None
-    };
+    let refusal = crate::auth::plan_and_address(
+        plan,
+        &credential.allowlist,
+        ip,
+        "The Metrics API",
+        "the metrics credential's",
+    );
     if let Some(refusal) = refusal {
         state.prometheus.count_auth_rejection(refusal.code);
         let decision = state.limiter.check(&bucket, quota, now, false).await;
