@@ -56,7 +56,9 @@ impl<T> Decode for T where
 }
 
 /// What the shared SQL needs from a database.
-pub(crate) trait Db: Database<Arguments: sqlx::IntoArguments<Self>> {
+pub(crate) trait Db:
+    Database<Arguments: sqlx::IntoArguments<Self>> + sqlx::database::HasStatementCache
+{
     /// `"sqlite"` or `"postgres"`.
     const NAME: &'static str;
     fn exec(conn: &mut Self::Connection) -> impl Executor<'_, Database = Self>;

@@ -76,7 +76,11 @@ pub(crate) async fn find_contact<DB: Db>(
     let (column, value) = lookup_column(lookup);
     let sql =
         format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 AND {column} = $2");
+    // Planned for its values each time on PostgreSQL (an unnamed statement):
+    // a plan cached while `contacts` was small chose the project-only index
+    // and scanned every contact of the project per lookup (docs/benchmarks.md).
     let row: Option<ContactRow> = sqlx::query::<DB>(sqlx::AssertSqlSafe(sql))
+        .persistent(<DB as Db>::NAME == "sqlite")
         .arg(project_id)
         .arg(value)
         .optional(conn)

@@ -48,8 +48,12 @@ impl<B: Backend> EventStore for B {
         filter: &EventFilter,
         page: &Page,
     ) -> StoreResult<Vec<Event>> {
-        let sql = list_events_sql(filter, page.cursor.is_some(), B::Db::NAME == "sqlite");
-        let mut query = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql)).arg(project_id);
+        let sqlite = B::Db::NAME == "sqlite";
+        let sql = list_events_sql(filter, page.cursor.is_some(), sqlite);
+        // PostgreSQL plans a filtered listing for its values (see `find_contact`).
+        let mut query = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .persistent(sqlite)
+            .arg(project_id);
         // Bound in the order `list_events_sql` numbers them.
         for text in [&filter.contact_id, &filter.name].into_iter().flatten() {
             query = query.arg(text);

@@ -1,6 +1,5 @@
 //! PostgreSQL, for several `keyflow serve` instances sharing one database.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,16 +122,10 @@ impl PostgresStore {
                 )));
             }
         }
-        // Plans fitted to each execution's values: a generic plan cached by
-        // a pooled connection while a table was small (or never analysed)
-        // can stay wrong for good — a contact lookup that scanned every
-        // contact of the project was measured (docs/benchmarks.md).
-        let options = sqlx::postgres::PgConnectOptions::from_str(url)?
-            .options([("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect(url)
             .await?;
         let (ingest_queue, jobs) = mpsc::channel(4096);
         let jobs = Arc::new(Mutex::new(jobs));
@@ -140,17 +133,6 @@ impl PostgresStore {
             tokio::spawn(run_committer(pool.clone(), jobs.clone()));
         }
         Ok(Self { pool, ingest_queue })
-    }
-}
-
-impl PostgresStore {
-    /// A setting of the store's sessions (`current_setting`), as they run.
-    pub async fn session_setting(&self, name: &str) -> crate::StoreResult<String> {
-        let (value,): (String,) = sqlx::query_as("SELECT current_setting($1)")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(value)
     }
 }
 
