@@ -392,7 +392,23 @@ async fn pages_escape_user_text_and_send_security_headers(backend: Backend) {
     );
 }
 
+/// An activity page with nothing to show says why, and how to see everything again.
+async fn empty_activity_pages_say_why(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    operator(&app, "admin@acme.io").await;
+    let cookie = sign_in(&app, "admin@acme.io").await;
+    let filtered = text(&get_page(&app, "/activity?actor=nobody-at-all", Some(&cookie)).await);
+    assert!(
+        filtered.contains("No entries match these filters."),
+        "{filtered}"
+    );
+    assert!(filtered.contains(">Clear filters</a>"));
+    let all = text(&get_page(&app, "/activity", Some(&cookie)).await);
+    assert!(!all.contains("No entries match"), "the sign-in is an entry");
+}
+
 backend_tests!(
+    empty_activity_pages_say_why,
     setup_link_stops_once_an_operator_exists,
     first_run_setup_creates_owner_and_signs_in,
     setup_runs_once_under_concurrent_posts,

@@ -27,6 +27,8 @@ struct ActivityPage<'a> {
     projects: &'a [Project],
     actions: Vec<Choice>,
     actor: &'a str,
+    /// An action or actor filter is applied (an empty page then says so).
+    filtered: bool,
     entries: Vec<AuditEntry>,
     older: Option<String>,
 }
@@ -82,6 +84,7 @@ pub async fn page(
         projects: &viewer.projects,
         actions,
         actor: filter.actor.as_deref().unwrap_or(""),
+        filtered: filter.action.is_some() || filter.actor.is_some(),
         entries,
         older,
     };
