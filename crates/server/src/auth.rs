@@ -132,7 +132,7 @@ pub fn client_ip(
 }
 
 /// The presented key: `Bearer <key>`, or (where allowed) Basic with the key as user name.
-fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<Cow<'_, str>> {
+pub(crate) fn presented_key(headers: &HeaderMap, allow_basic: bool) -> Option<Cow<'_, str>> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("bearer") {
@@ -441,7 +441,7 @@ pub fn effective_quota(
         .unwrap_or(plan_limit)
 }
 
-fn rate_limited(quota: &RateLimit, retry_after: i64) -> ApiError {
+pub(crate) fn rate_limited(quota: &RateLimit, retry_after: i64) -> ApiError {
     ApiError::new(
         ErrorCode::RateLimited,
         format!(

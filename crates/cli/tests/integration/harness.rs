@@ -231,12 +231,24 @@ impl TestApp {
         configure: impl FnOnce(&mut Config),
     ) -> Self {
         let db = TestDb::create(backend).await;
-        let store = db.store().await;
         let mut config = Config {
             admin_token: Some(keyflow_server::config::Secret::new(ADMIN_TOKEN)),
             ..Config::default()
         };
         configure(&mut config);
+        Self::launch(bind, db, config).await
+    }
+
+    /// A second instance on this one's database: its own caches, limiter
+    /// and clock (SPEC §11's several instances).
+    pub async fn another_instance(&self) -> Self {
+        let mut config = self.state.config.clone();
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        Self::launch("127.0.0.1:0", TestDb::existing(&self.db.url), config).await
+    }
+
+    async fn launch(bind: &str, db: TestDb, config: Config) -> Self {
+        let store = db.store().await;
         let clock = ManualClock::starting_now();
         let state = keyflow_server::build_state(config, store.clone(), Arc::new(clock.clone()));
         let listener = TcpListener::bind(bind).await.expect("bind");

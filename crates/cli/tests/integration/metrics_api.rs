@@ -710,7 +710,37 @@ async fn dashboard_metrics_page(backend: Backend) {
     assert_eq!(anonymous.status, 303);
 }
 
+/// A token works on every instance on the database, and a rotation made on
+/// one stops it on the others within their credential cache's 5 seconds.
+async fn tokens_work_on_every_instance(backend: Backend) {
+    let a = TestApp::start(backend).await;
+    let b = a.another_instance().await;
+    let t = a.tenant().await;
+    let (_, _, token) = credential_and_token(&a, &t.key).await;
+    let on_b = b.get("/v1/metrics/events.count", &token).await;
+    assert_eq!(on_b.status, 200, "{}", on_b.body);
+    assert_eq!(a.post(PATH, &t.key, json!({})).await.status, 201);
+    a.get("/v1/metrics/events.count", &token)
+        .await
+        .assert_error(401, "key_revoked");
+    let started = std::time::Instant::now();
+    loop {
+        let reply = b.get("/v1/metrics/events.count", &token).await;
+        if reply.status == 401 {
+            reply.assert_error(401, "key_revoked");
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(7),
+            "the other instance still accepts a rotated-away token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 backend_tests!(
+    tokens_work_on_every_instance,
     dashboard_metrics_page,
     create_read_update_rotate,
     scopes_guard_the_credential,

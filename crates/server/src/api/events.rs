@@ -11,7 +11,6 @@ use keyflow_core::ErrorCode;
 use keyflow_core::events::{
     EventInput, NewEvent, first_disallowed, normalise_event_name, validate_batch, validate_event,
 };
-use keyflow_core::timefmt::parse_rfc3339;
 use keyflow_store::{EventFilter, EventOutcome};
 use serde::Deserialize;
 use serde_json::json;
@@ -161,13 +160,6 @@ pub async fn track_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchAccepted { ids })).into_response())
 }
 
-fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
-    query
-        .get(name)
-        .map(|t| parse_rfc3339(t).ok_or_else(|| ApiError::field(name, "must be an RFC 3339 time")))
-        .transpose()
-}
-
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -189,8 +181,8 @@ pub async fn list_events(
     let filter = EventFilter {
         contact_id: query.get("contact_id").cloned(),
         name: query.get("name").map(|n| normalise_event_name(n)),
-        since: time_query(&query, "since")?,
-        until: time_query(&query, "until")?,
+        since: super::time_query(&query, "since")?,
+        until: super::time_query(&query, "until")?,
     };
     let events = state
         .store

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyflow_core::keys::parse_key;
-use keyflow_core::timefmt::{format_rfc3339, parse_rfc3339};
+use keyflow_core::timefmt::format_rfc3339;
 use keyflow_core::{ErrorCode, GcraDecision, IpAllowList, KeyType, RateLimit};
 use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS, bucket_start};
 use keyflow_store::{Buckets, MetricsCredential};
@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::auth::{Failure, client_ip, effective_quota, failures_exhausted, note_failure};
+use crate::auth::{
+    Failure, client_ip, effective_quota, failures_exhausted, note_failure, presented_key,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::limits::{Category, write_headers};
 use crate::metrics_token;
@@ -48,22 +50,6 @@ impl MetricsCaller {
     pub fn project_id(&self) -> &str {
         &self.credential.credential.project_id
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-fn peer_ip(
-    state: &SharedState,
-    req_peer: Option<SocketAddr>,
-    headers: &HeaderMap,
-) -> Option<IpAddr> {
-    client_ip(state, req_peer, headers)
 }
 
 /// The credential with this id (cached); `None` if there is none. A lookup
@@ -121,7 +107,14 @@ async fn admit(
             return (Err(e.into()), quota, decision);
         }
     };
-    let project_limit = state.project_rate_limit(project_id).await.ok().flatten();
+    let project_limit = match state.project_rate_limit(project_id).await {
+        Ok(limit) => limit,
+        Err(e) => {
+            let quota = state.config.default_rate_limit;
+            let decision = state.limiter.check(&bucket, quota, now, false).await;
+            return (Err(e.into()), quota, decision);
+        }
+    };
     let quota = effective_quota(None, project_limit, state.config.plan_rate_limit(plan));
     let refusal = crate::auth::plan_and_address(
         plan,
@@ -140,14 +133,7 @@ async fn admit(
         state
             .prometheus
             .count_auth_rejection(ErrorCode::RateLimited);
-        let retry = decision.retry_after_seconds();
-        let limited = ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "Rate limit of {} requests per {} s exceeded; retry in {retry} s.",
-                quota.limit, quota.period_seconds
-            ),
-        );
+        let limited = crate::auth::rate_limited(&quota, decision.retry_after_seconds());
         return (Err(limited), quota, decision);
     }
     // Last use, at most one write a minute per credential.
@@ -259,9 +245,9 @@ pub async fn exchange(
         .into_response();
     }
     let peer = extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let ip = peer_ip(&state, peer, &headers);
+    let ip = client_ip(&state, peer, &headers);
     let now = state.now_ms();
-    let Some(presented) = bearer(&headers) else {
+    let Some(presented) = presented_key(&headers, false) else {
         return ApiError::new(
             ErrorCode::MissingApiKey,
             "Send the metrics credential id as `Authorization: Bearer mk_…`.",
@@ -275,10 +261,10 @@ pub async fn exchange(
         );
         note_failure(state, Failure::MetricsToken, ip, invalid).into_response()
     };
-    if !parse_key(presented).is_ok_and(|k| k.key_type == KeyType::Metrics) {
+    if !parse_key(&presented).is_ok_and(|k| k.key_type == KeyType::Metrics) {
         return refuse(&state);
     }
-    let found = match credential(&state, presented, ip).await {
+    let found = match credential(&state, &presented, ip).await {
         Ok(Some(found)) => found,
         Ok(None) => return refuse(&state),
         Err(e) => return e.into_response(),
@@ -343,9 +329,9 @@ pub async fn require_token(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let ip = peer_ip(&state, peer, req.headers());
+    let ip = client_ip(&state, peer, req.headers());
     let now = state.now_ms();
-    let Some(presented) = bearer(req.headers()) else {
+    let Some(presented) = presented_key(req.headers(), false) else {
         return ApiError::new(
             ErrorCode::MissingApiKey,
             "Send an access token from POST /v1/metrics/token as `Authorization: Bearer <token>`.",
@@ -353,7 +339,7 @@ pub async fn require_token(
         .into_response();
     };
     let invalid = || ApiError::new(ErrorCode::InvalidApiKey, "The access token is not valid.");
-    let Some(digest) = metrics_token::digest_of(presented) else {
+    let Some(digest) = metrics_token::digest_of(&presented) else {
         return note_failure(&state, Failure::MetricsToken, ip, invalid()).into_response();
     };
     let (credential_id, expires_at) = match state.cache.token(&digest) {
@@ -467,19 +453,9 @@ fn parse_request(
         Some("hour") => HOUR_MS,
         Some(_) => return Err(ApiError::field("interval", "must be hour or day")),
     };
-    let time = |name: &str| -> ApiResult<Option<i64>> {
-        query
-            .get(name)
-            .map(|t| {
-                parse_rfc3339(t).ok_or_else(|| {
-                    ApiError::field(name, "must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z")
-                })
-            })
-            .transpose()
-    };
-    let to = time("to")?.unwrap_or(now);
+    let to = super::time_query(query, "to")?.unwrap_or(now);
     let default_span = if width == DAY_MS { 30 * DAY_MS } else { DAY_MS };
-    let from = time("from")?.unwrap_or(to.saturating_sub(default_span));
+    let from = super::time_query(query, "from")?.unwrap_or(to.saturating_sub(default_span));
     if from >= to {
         return Err(ApiError::field("from", "must be before to"));
     }
@@ -761,6 +737,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use keyflow_core::timefmt::parse_rfc3339;
 
     fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -71,6 +71,18 @@ pub fn page_response<'r, T, V: serde::Serialize>(
     axum::Json(views::ListPage { data, next_cursor }).into_response()
 }
 
+/// `?name=` as an RFC 3339 time, if given.
+pub fn time_query(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<i64>> {
+    query
+        .get(name)
+        .map(|t| {
+            keyflow_core::timefmt::parse_rfc3339(t).ok_or_else(|| {
+                ApiError::field(name, "must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z")
+            })
+        })
+        .transpose()
+}
+
 pub fn bool_query(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
     match query.get(name).map(String::as_str) {
         None | Some("false") | Some("0") => Ok(false),

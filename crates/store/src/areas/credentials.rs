@@ -5,7 +5,7 @@ use keyflow_core::IpRule;
 
 use super::audit::commit_if;
 use crate::backend::{Backend, Run, WriteTx};
-use crate::columns::{CREDENTIAL_COLUMNS, CredentialRow, from_json, to_json};
+use crate::columns::{CREDENTIAL_COLUMNS, CredentialAuthRow, CredentialRow, from_json, to_json};
 use crate::{AuditEntry, MetricsCredential, StoreResult};
 
 #[async_trait]
@@ -74,20 +74,18 @@ impl<B: Backend> CredentialStore for B {
         id: &str,
     ) -> StoreResult<Option<(MetricsCredential, String)>> {
         let mut conn = self.pool().acquire().await?;
-        let sql = format!("SELECT {CREDENTIAL_COLUMNS} FROM metrics_credentials WHERE id = $1");
-        let row: Option<CredentialRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+        // One round trip: the credential and its project's workspace.
+        let sql = format!(
+            "SELECT {CREDENTIAL_COLUMNS}, (SELECT workspace_id FROM projects \
+             WHERE projects.id = metrics_credentials.project_id) AS workspace_id \
+             FROM metrics_credentials WHERE id = $1"
+        );
+        let row: Option<CredentialAuthRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
             .arg(id)
             .optional(&mut conn)
             .await?;
-        let Some(credential) = row.map(CredentialRow::into_model).transpose()? else {
-            return Ok(None);
-        };
-        let workspace: Option<(String,)> =
-            sqlx::query::<B::Db>("SELECT workspace_id FROM projects WHERE id = $1")
-                .arg(&credential.project_id)
-                .optional(&mut conn)
-                .await?;
-        Ok(workspace.map(|(workspace_id,)| (credential, workspace_id)))
+        row.map(|r| Ok((r.credential.into_model()?, r.workspace_id)))
+            .transpose()
     }
 
     async fn mark_credential_used(&self, id: &str, at: i64) -> StoreResult<()> {

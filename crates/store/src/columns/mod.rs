@@ -292,6 +292,14 @@ pub(crate) struct CredentialRow {
     pub last_used_at: Option<i64>,
 }
 
+/// A credential row with its project's workspace (token exchange).
+#[derive(sqlx::FromRow)]
+pub(crate) struct CredentialAuthRow {
+    #[sqlx(flatten)]
+    pub credential: CredentialRow,
+    pub workspace_id: String,
+}
+
 impl CredentialRow {
     pub(crate) fn into_model(self) -> StoreResult<MetricsCredential> {
         Ok(MetricsCredential {
