@@ -660,6 +660,15 @@ async fn dashboard_metrics_page(backend: Backend) {
     );
     assert!(html.contains("<td class=\"name\"><bdi>view</bdi></td><td>2</td>"));
     assert!(!html.contains("their_secret_event"));
+    // Another tenant's project id is not a way in.
+    let theirs = get_page(
+        &app,
+        &format!("/analytics?project={}", other.project_id),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(theirs.status, 404);
+    assert!(!text(&theirs).contains("their_secret_event"));
     // Hourly, one event name.
     let hourly = text(
         &get_page(

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
@@ -59,14 +59,7 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
         return crate::auth::too_many_failures(&state, crate::auth::Failure::AdminToken, ip, now)
             .into_response();
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .unwrap_or("");
+    let presented = crate::auth::presented_key(req.headers(), false).unwrap_or_default();
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.expose().as_bytes());
     if !bool::from(a.ct_eq(&b)) {
