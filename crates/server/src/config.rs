@@ -82,6 +82,11 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// How long SIGTERM waits for in-flight requests before closing them.
     pub shutdown_timeout_secs: u64,
+    /// A Metrics API SQL query is stopped after this long (SPEC §4: 5 s).
+    pub query_timeout_ms: u64,
+    /// Metrics API SQL queries running at once on this instance, all
+    /// projects together (each project may run two of them).
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for Config {
@@ -105,6 +110,8 @@ impl Default for Config {
             max_connections: 0,
             max_connections_per_ip: 256,
             shutdown_timeout_secs: 30,
+            query_timeout_ms: 5_000,
+            max_concurrent_queries: 4,
         }
     }
 }

@@ -160,8 +160,12 @@ pub struct AppState {
     /// The one-time first-run setup token, while the instance has no operator.
     setup_token: std::sync::Mutex<Option<String>>,
     /// Metric answers per (project, request), bounded by their size (see
-    /// `api::metrics::series_cache`).
+    /// `api::metrics::answer_cache`).
     pub series_cache: Cache<String, Arc<crate::api::metrics::CachedSeries>>,
+    /// Query answers per (project, normal form of the query), the same way.
+    pub query_cache: Cache<String, Arc<crate::api::metrics_query::CachedAnswer>>,
+    /// Tenant queries running now (see `api::metrics_query::QuerySlots`).
+    pub query_slots: crate::api::metrics_query::QuerySlots,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -191,6 +195,7 @@ impl AppState {
         let changes = Arc::new(crate::changes::LocalChangeBus::default());
         changes.subscribe(crate::changes::invalidate_caches(cache.clone()));
         let local_limiter = Arc::new(LocalRateLimiter::default());
+        let config_queries = config.max_concurrent_queries;
         Self {
             config,
             store,
@@ -204,7 +209,9 @@ impl AppState {
             prometheus: Prometheus::default(),
             signin: Default::default(),
             setup_token: std::sync::Mutex::new(None),
-            series_cache: crate::api::metrics::series_cache(),
+            series_cache: crate::api::metrics::answer_cache(),
+            query_cache: crate::api::metrics::answer_cache(),
+            query_slots: crate::api::metrics_query::QuerySlots::new(config_queries),
         }
     }
 

@@ -15,6 +15,7 @@ mod ingest_queue;
 mod models;
 pub mod postgres;
 pub mod sqlite;
+pub mod tenant_sql;
 
 pub use areas::audit::AuditStore;
 pub use areas::contacts::ContactStore;
@@ -53,11 +54,12 @@ pub trait Store:
     + ContactStore
     + EventStore
     + MetricsStore
+    + tenant_sql::TenantSqlStore
     + 'static
 {
 }
 
-impl<B: backend::Backend> Store for B {}
+impl<B: backend::Backend + tenant_sql::TenantSqlStore> Store for B {}
 
 /// Opens the store named by `url` (`sqlite://path` or `postgres://…`).
 pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {

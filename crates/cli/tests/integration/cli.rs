@@ -55,7 +55,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0011_idempotency_without_rowid",
             "0012_generations",
             "0013_metrics_rollups",
-            "0014_metrics_tokens"
+            "0014_metrics_tokens",
+            "0015_tenant_sql"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

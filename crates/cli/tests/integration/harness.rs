@@ -153,6 +153,19 @@ impl Drop for TestDb {
                     )))
                     .execute(&mut conn)
                     .await;
+                    // The tenant SQL reader role Keyflow made for that database.
+                    let role: Result<String, _> =
+                        sqlx::query_scalar("SELECT 'keyflow_tenant_' || left(md5($1), 12)")
+                            .bind(&name)
+                            .fetch_one(&mut conn)
+                            .await;
+                    if let Ok(role) = role {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP ROLE IF EXISTS \"{role}\""
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
                 }
             });
         })
@@ -247,7 +260,7 @@ impl TestApp {
         Self::launch("127.0.0.1:0", TestDb::existing(&self.db.url), config).await
     }
 
-    async fn launch(bind: &str, db: TestDb, config: Config) -> Self {
+    pub async fn launch(bind: &str, db: TestDb, config: Config) -> Self {
         let store = db.store().await;
         let clock = ManualClock::starting_now();
         let state = keyflow_server::build_state(config, store.clone(), Arc::new(clock.clone()));

@@ -24,4 +24,5 @@ mod segment_compat;
 mod signin;
 mod store_conformance;
 mod subscribers_api;
+mod tenant_sql;
 mod webdriver;

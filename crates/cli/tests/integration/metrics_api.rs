@@ -201,7 +201,7 @@ async fn needs_an_api_plan(backend: Backend) {
 }
 
 /// A credential of `t`'s project and a token for it: `(id, secret, token)`.
-async fn credential_and_token(app: &TestApp, key: &str) -> (String, String, String) {
+pub(crate) async fn credential_and_token(app: &TestApp, key: &str) -> (String, String, String) {
     let created = app.post(PATH, key, json!({})).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_string();

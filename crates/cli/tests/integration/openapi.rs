@@ -139,7 +139,7 @@ async fn every_documented_operation_exists_behind_auth() {
         }
     }
     assert_eq!(
-        operations, 33,
+        operations, 35,
         "every /v1 and /admin/v1 operation is documented"
     );
 }

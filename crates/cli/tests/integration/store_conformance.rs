@@ -104,7 +104,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0011_idempotency_without_rowid",
             "0012_generations",
             "0013_metrics_rollups",
-            "0014_metrics_tokens"
+            "0014_metrics_tokens",
+            "0015_tenant_sql"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

@@ -535,7 +535,13 @@ pub struct CachedSeries {
     valid_until: i64,
 }
 
-impl CachedSeries {
+impl Cached for CachedSeries {
+    fn computed_at(&self) -> i64 {
+        self.computed_at
+    }
+    fn valid_until(&self) -> i64 {
+        self.valid_until
+    }
     /// Roughly the bytes it holds (the cache's weight).
     fn weight(&self) -> u32 {
         let names: usize = self
@@ -547,28 +553,37 @@ impl CachedSeries {
     }
 }
 
-/// Bytes of answers one instance keeps: the least recently used go first.
-const SERIES_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// An answer the Metrics API keeps for later identical requests.
+pub trait Cached: Send + Sync + 'static {
+    fn computed_at(&self) -> i64;
+    /// Not served from this time on.
+    fn valid_until(&self) -> i64;
+    /// Roughly the bytes it holds.
+    fn weight(&self) -> u32;
+}
 
-/// The answer cache: bounded by the answers' size, and each entry dropped
+/// Bytes of answers of one kind one instance keeps: the least recently used go first.
+const ANSWER_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// An answer cache: bounded by the answers' size, and each entry dropped
 /// when it may no longer be served (a lowered TTL applies to answers
 /// computed from then on).
-pub fn series_cache() -> moka::sync::Cache<String, Arc<CachedSeries>> {
+pub fn answer_cache<T: Cached>() -> moka::sync::Cache<String, Arc<T>> {
     struct UntilInvalid;
-    impl moka::Expiry<String, Arc<CachedSeries>> for UntilInvalid {
+    impl<T: Cached> moka::Expiry<String, Arc<T>> for UntilInvalid {
         fn expire_after_create(
             &self,
             _key: &String,
-            value: &Arc<CachedSeries>,
+            value: &Arc<T>,
             _created_at: std::time::Instant,
         ) -> Option<std::time::Duration> {
-            let ms = (value.valid_until - value.computed_at).max(0);
+            let ms = (value.valid_until() - value.computed_at()).max(0);
             Some(std::time::Duration::from_millis(ms.unsigned_abs()))
         }
     }
     moka::sync::Cache::builder()
-        .max_capacity(SERIES_CACHE_BYTES)
-        .weigher(|key: &String, value: &Arc<CachedSeries>| {
+        .max_capacity(ANSWER_CACHE_BYTES)
+        .weigher(|key: &String, value: &Arc<T>| {
             value
                 .weight()
                 .saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))

@@ -7,6 +7,7 @@ pub mod events;
 pub mod keys;
 pub mod metrics;
 pub mod metrics_credential;
+pub mod metrics_query;
 pub mod openapi;
 pub mod requests;
 pub mod routes;

@@ -14,7 +14,9 @@ use utoipa::openapi::OpenApi;
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::security::SecurityRequirement;
 
-use super::{audit, contacts, events, keys, metrics, metrics_credential, segment, subscribers};
+use super::{
+    audit, contacts, events, keys, metrics, metrics_credential, metrics_query, segment, subscribers,
+};
 use crate::auth::Guard;
 use crate::limits::Category;
 use crate::state::SharedState;
@@ -316,8 +318,17 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
 /// layered on each handler so a wrong method is still 405 before any token check.
 fn metric_routes(state: &SharedState) -> ApiRoutes {
     let token = || axum::middleware::from_fn_with_state(state.clone(), metrics::require_token);
-    ApiRoutes::new(utoipa::openapi::OpenApi::default()).add(
-        metrics::__path_get_metric,
-        metrics::get_metric.layer(token()),
-    )
+    ApiRoutes::new(utoipa::openapi::OpenApi::default())
+        .add(
+            metrics_query::__path_get_schema,
+            metrics_query::get_schema.layer(token()),
+        )
+        .add(
+            metrics_query::__path_run_query,
+            metrics_query::run_query.layer(token()),
+        )
+        .add(
+            metrics::__path_get_metric,
+            metrics::get_metric.layer(token()),
+        )
 }

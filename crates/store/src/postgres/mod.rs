@@ -8,6 +8,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::ingest_queue::{IngestJob, fail_all, submit};
 
+mod tenant_sql;
+
 use crate::areas::events::{event_chunks, insert_events_sql, prepare_events};
 use crate::areas::metrics::{RollUps, postgres_rollups_prefix};
 use crate::backend::{Backend, Migration};
@@ -15,6 +17,8 @@ use crate::columns::EventRow;
 
 pub struct PostgresStore {
     pool: sqlx::PgPool,
+    /// Tenant SQL's reader role and its own connections.
+    tenant_sql: tenant_sql::TenantSql,
     /// Lookup-free events waiting for a group commit (see `run_committer`).
     ingest_queue: mpsc::Sender<IngestJob>,
 }
@@ -96,6 +100,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0014_metrics_tokens",
         sql: include_str!("../../migrations/postgres/0014_metrics_tokens.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_tenant_sql",
+        sql: include_str!("../../migrations/postgres/0015_tenant_sql.sql"),
+    },
 ];
 
 impl PostgresStore {
@@ -132,7 +141,11 @@ impl PostgresStore {
         for _ in 0..COMMITTERS {
             tokio::spawn(run_committer(pool.clone(), jobs.clone()));
         }
-        Ok(Self { pool, ingest_queue })
+        Ok(Self {
+            tenant_sql: tenant_sql::TenantSql::new(pool.clone(), url),
+            pool,
+            ingest_queue,
+        })
     }
 }
 
@@ -163,6 +176,22 @@ fn describe_connect_error(e: &sqlx::Error, url: &str) -> String {
         },
         sqlx::Error::Tls(tls) => format!("TLS to PostgreSQL at {target} failed: {tls}"),
         other => format!("cannot connect to PostgreSQL at {target}: {other}"),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::tenant_sql::TenantSqlStore for PostgresStore {
+    fn tenant_dialect(&self) -> crate::tenant_sql::Dialect {
+        crate::tenant_sql::Dialect::Postgres
+    }
+
+    async fn run_tenant_query(
+        &self,
+        project_id: &str,
+        query: &crate::tenant_sql::CheckedQuery,
+        limits: crate::tenant_sql::Limits,
+    ) -> Result<crate::tenant_sql::QueryOutput, crate::tenant_sql::QueryFailure> {
+        self.tenant_sql.run(project_id, query, limits).await
     }
 }
 

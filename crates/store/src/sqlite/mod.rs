@@ -20,6 +20,7 @@ pub mod files;
 mod lookups;
 mod reader;
 mod rollups;
+mod tenant_sql;
 mod writer;
 
 pub struct SqliteStore {
@@ -30,6 +31,8 @@ pub struct SqliteStore {
     ingest_queue: mpsc::Sender<IngestJob>,
     /// Point reads on the calling thread; `None` for in-memory databases.
     reader: Option<reader::Reader>,
+    /// Tenant SQL's read-only connections; `None` for in-memory databases.
+    tenant_sql: Option<Arc<tenant_sql::TenantSql>>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -103,6 +106,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0014_metrics_tokens",
         sql: include_str!("../../migrations/sqlite/0014_metrics_tokens.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_tenant_sql",
+        sql: include_str!("../../migrations/sqlite/0015_tenant_sql.sql"),
+    },
 ];
 
 impl SqliteStore {
@@ -135,6 +143,7 @@ impl SqliteStore {
         // VFS, and in-memory databases, are left to sqlx for everything.
         let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
         let reader = on_disk.then(|| reader::Reader::new(path.clone()));
+        let tenant_sql = on_disk.then(|| Arc::new(tenant_sql::TenantSql::new(path.clone())));
         let direct = on_disk.then(|| direct::DirectWriter::new(path));
         let (runtime, writer_pool, turn) = (
             tokio::runtime::Handle::current(),
@@ -152,6 +161,7 @@ impl SqliteStore {
             write_turn,
             ingest_queue,
             reader,
+            tenant_sql,
         })
     }
 }
@@ -231,6 +241,35 @@ impl Backend for SqliteStore {
         lookup: &keyflow_core::contacts::ContactLookup,
     ) -> Option<crate::StoreResult<Option<crate::Contact>>> {
         self.reader.as_ref().map(|r| r.contact(project_id, lookup))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::tenant_sql::TenantSqlStore for SqliteStore {
+    fn tenant_dialect(&self) -> crate::tenant_sql::Dialect {
+        crate::tenant_sql::Dialect::Sqlite
+    }
+
+    /// On a blocking thread: SQLite works on the caller's thread.
+    async fn run_tenant_query(
+        &self,
+        project_id: &str,
+        query: &crate::tenant_sql::CheckedQuery,
+        limits: crate::tenant_sql::Limits,
+    ) -> Result<crate::tenant_sql::QueryOutput, crate::tenant_sql::QueryFailure> {
+        let Some(tenant_sql) = self.tenant_sql.clone() else {
+            return Err(crate::tenant_sql::QueryFailure::Unavailable(
+                "SQL queries need the database in a file; this one is in memory".into(),
+            ));
+        };
+        let (project_id, query) = (project_id.to_string(), query.clone());
+        tokio::task::spawn_blocking(move || tenant_sql.run(&project_id, &query, limits))
+            .await
+            .map_err(|e| {
+                crate::tenant_sql::QueryFailure::Store(crate::StoreError::Config(format!(
+                    "the query's thread failed: {e}"
+                )))
+            })?
     }
 }
 

@@ -1,0 +1,363 @@
+//! Tenant SQL over the Metrics API (SPEC §4): `POST /v1/metrics/query` and
+//! `GET /v1/metrics/schema`, behind the same access token as the metrics.
+//!
+//! The isolation is the store's (`keyflow_store::tenant_sql`: a parser
+//! allow-list, then each engine's own). This module adds what protects the
+//! instance and the other tenants: at most two queries at once per
+//! project and a global cap, answers cached per (project, normal form of
+//! the query) for the project's TTL, and errors in SPEC's shape.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use keyflow_core::ErrorCode;
+use keyflow_core::timefmt::format_rfc3339;
+use keyflow_store::tenant_sql::{self, Limits, QueryFailure, QueryOutput};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+use super::metrics::MetricsCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::SharedState;
+
+/// Queries one project may run at once.
+pub const QUERIES_PER_PROJECT: usize = 2;
+
+/// Who is running queries now: a global cap (so tenant SQL never takes every
+/// core from ingest) and [`QUERIES_PER_PROJECT`] per project (so one tenant
+/// never takes every global slot).
+pub struct QuerySlots {
+    global: Arc<tokio::sync::Semaphore>,
+    per_project: Mutex<HashMap<String, usize>>,
+}
+
+/// A slot held for one running query.
+struct Slot<'a> {
+    slots: &'a QuerySlots,
+    project_id: String,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .slots
+            .per_project
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.project_id) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.project_id);
+            }
+        }
+    }
+}
+
+impl QuerySlots {
+    pub fn new(global: usize) -> Self {
+        Self {
+            global: Arc::new(tokio::sync::Semaphore::new(global.max(1))),
+            per_project: Mutex::default(),
+        }
+    }
+
+    /// A slot now, or the refusal: 429 when the project already runs its
+    /// share, 503 when the instance runs all it may.
+    fn take(&self, project_id: &str) -> ApiResult<Slot<'_>> {
+        let retry = |e: ApiError| e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut running = self.per_project.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = running.get(project_id).copied().unwrap_or(0);
+        if mine >= QUERIES_PER_PROJECT {
+            return Err(retry(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "This project already runs {QUERIES_PER_PROJECT} queries; send the next when one has finished."
+                ),
+            )));
+        }
+        let Ok(global) = self.global.clone().try_acquire_owned() else {
+            return Err(retry(ApiError::new(
+                ErrorCode::Unavailable,
+                "This instance runs as many queries as it may; retry shortly.",
+            )));
+        };
+        running.insert(project_id.to_string(), mine + 1);
+        Ok(Slot {
+            slots: self,
+            project_id: project_id.to_string(),
+            _global: global,
+        })
+    }
+}
+
+/// A computed answer, kept for later identical queries.
+#[derive(Debug)]
+pub struct CachedAnswer {
+    output: QueryOutput,
+    computed_at: i64,
+    valid_until: i64,
+    weight: u32,
+}
+
+impl super::metrics::Cached for CachedAnswer {
+    fn computed_at(&self) -> i64 {
+        self.computed_at
+    }
+    fn valid_until(&self) -> i64 {
+        self.valid_until
+    }
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One `SELECT` (or `WITH … SELECT`) over `events` and `contacts`, at most 100 KB.
+    sql: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueryView {
+    /// The column names, in order (repeats kept).
+    columns: Vec<String>,
+    /// Each row's values in column order, as JSON values.
+    #[schema(value_type = Vec<Vec<Object>>)]
+    rows: Vec<Vec<Value>>,
+    row_count: usize,
+    /// The row limit (10 000) or the size limit cut the answer short.
+    truncated: bool,
+    /// Whether this answer comes from the cache (then `Age` says how old it is).
+    cached: bool,
+    computed_at: String,
+    /// Time spent answering this request, in milliseconds.
+    elapsed_ms: u64,
+}
+
+/// The limits queries run under on this instance.
+pub fn limits(state: &SharedState) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(state.config.query_timeout_ms),
+        ..Limits::default()
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/metrics/query",
+    tag = "metrics",
+    summary = "Run a SQL query over the project's events and contacts",
+    description = "One `SELECT` or `WITH … SELECT` in the store's dialect (`GET /v1/metrics/schema` \
+                   says which, and lists the columns, functions and limits). The query sees two \
+                   relations, `events` and `contacts`, holding this project's rows only, and can \
+                   read nothing else and write nothing. Stopped after the time limit (default \
+                   5 s); at most 10 000 rows (`truncated`). A refused query is a 422 that says \
+                   what was refused and where (`details.position`). Answers are cached per \
+                   project and normalised query for the project's cache TTL (`Age` on a cached \
+                   answer). At most two queries run at once per project (429 past it).",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "The rows", body = QueryView),
+        (status = 401, description = "Missing, invalid, rotated-away or expired access token", body = crate::error::ErrorBody),
+        (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
+        super::openapi::Invalid,
+        (status = 429, description = "Rate limited, or two queries of the project already running (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 503, description = "Queries cannot run on this store as configured (the message says why), or the instance runs all the queries it may", body = crate::error::ErrorBody),
+    ),
+    security(("metrics_token" = []))
+)]
+pub async fn run_query(
+    State(state): State<SharedState>,
+    axum::Extension(caller): axum::Extension<MetricsCaller>,
+    crate::json::JsonBody(request): crate::json::JsonBody<QueryRequest>,
+) -> ApiResult<Response> {
+    let started = Instant::now();
+    let now = state.now_ms();
+    let project_id = caller.project_id();
+    let checked = tenant_sql::check(&request.sql, state.store.tenant_dialect()).map_err(refusal)?;
+    let cache_key = format!("{project_id}|{}", checked.normalized());
+    let (entry, cached) = match state.query_cache.get(&cache_key) {
+        Some(entry) if entry.valid_until > now => (entry, true),
+        _ => {
+            let _slot = state.query_slots.take(project_id)?;
+            let output = state
+                .store
+                .run_tenant_query(project_id, &checked, limits(&state))
+                .await
+                .map_err(refusal)?;
+            let ttl_minutes = state
+                .store
+                .project_settings(project_id)
+                .await?
+                .metrics_cache_ttl_minutes;
+            let weight = u32::try_from(
+                output
+                    .rows
+                    .iter()
+                    .flatten()
+                    .map(|v| 16 + v.to_string().len())
+                    .sum::<usize>(),
+            )
+            .unwrap_or(u32::MAX);
+            let entry = Arc::new(CachedAnswer {
+                output,
+                computed_at: now,
+                valid_until: now + ttl_minutes * 60_000,
+                weight,
+            });
+            state.query_cache.insert(cache_key, entry.clone());
+            (entry, false)
+        }
+    };
+    let view = QueryView {
+        columns: entry.output.columns.clone(),
+        rows: entry.output.rows.clone(),
+        row_count: entry.output.rows.len(),
+        truncated: entry.output.truncated,
+        cached,
+        computed_at: format_rfc3339(entry.computed_at),
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    };
+    let mut response = Json(view).into_response();
+    if cached {
+        let age = (now - entry.computed_at).max(0) / 1000;
+        response
+            .headers_mut()
+            .insert(header::AGE, HeaderValue::from(age));
+    }
+    Ok(response)
+}
+
+/// A query's failure in SPEC's error shape: 422 for what the query did
+/// (with `details.reason`: `refused`, `timeout` or `error`), 503 when the
+/// store cannot run queries.
+pub fn refusal(failure: QueryFailure) -> ApiError {
+    let invalid = |reason: &str, message: String, position: Option<tenant_sql::Position>| {
+        let mut details = json!({
+            "reason": reason,
+            "fields": [{"field": "sql", "message": message}],
+        });
+        if let Some(p) = position {
+            details["position"] = json!({"line": p.line, "column": p.column});
+        }
+        ApiError::new(
+            ErrorCode::ValidationFailed,
+            format!("The query was not run: {message}."),
+        )
+        .with_details(details)
+    };
+    match failure {
+        QueryFailure::Refused { reason, position } => invalid("refused", reason, position),
+        QueryFailure::TimedOut(limit) => invalid(
+            "timeout",
+            format!(
+                "it ran for longer than the {} s limit and was stopped",
+                limit.as_secs_f64()
+            ),
+            None,
+        ),
+        QueryFailure::Failed(message) => invalid("error", message, None),
+        QueryFailure::Unavailable(message) => ApiError::new(ErrorCode::Unavailable, message)
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
+        QueryFailure::Store(e) => e.into(),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SchemaColumn {
+    name: &'static str,
+    #[serde(rename = "type")]
+    type_name: &'static str,
+    description: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SchemaRelation {
+    name: &'static str,
+    columns: Vec<SchemaColumn>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SchemaLimits {
+    timeout_ms: u64,
+    max_rows: usize,
+    max_result_bytes: usize,
+    max_sql_bytes: usize,
+    max_columns: usize,
+    concurrent_queries_per_project: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SchemaView {
+    /// `sqlite` or `postgresql`: the store's own dialect.
+    dialect: &'static str,
+    relations: Vec<SchemaRelation>,
+    /// The functions a query may call.
+    functions: Vec<&'static str>,
+    limits: SchemaLimits,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/metrics/schema",
+    tag = "metrics",
+    summary = "What a SQL query may use",
+    description = "The dialect, the two relations with their columns and types, the functions \
+                   allowed and the limits (a query cannot read the catalogues).",
+    responses(
+        (status = 200, description = "The schema", body = SchemaView),
+        (status = 401, description = "Missing, invalid, rotated-away or expired access token", body = crate::error::ErrorBody),
+        (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
+        (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::ErrorBody),
+    ),
+    security(("metrics_token" = []))
+)]
+pub async fn get_schema(
+    State(state): State<SharedState>,
+    axum::Extension(_caller): axum::Extension<MetricsCaller>,
+) -> Json<SchemaView> {
+    Json(schema(&state))
+}
+
+/// The schema as the API and the dashboard show it.
+pub fn schema(state: &SharedState) -> SchemaView {
+    let dialect = state.store.tenant_dialect();
+    let limits = limits(state);
+    SchemaView {
+        dialect: dialect.as_str(),
+        relations: tenant_sql::RELATIONS
+            .iter()
+            .map(|(name, columns)| SchemaRelation {
+                name,
+                columns: columns
+                    .iter()
+                    .map(|c| SchemaColumn {
+                        name: c.name,
+                        type_name: match dialect {
+                            tenant_sql::Dialect::Sqlite => c.sqlite_type,
+                            tenant_sql::Dialect::Postgres => c.postgres_type,
+                        },
+                        description: c.about,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        functions: dialect.functions(),
+        limits: SchemaLimits {
+            timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_rows: limits.max_rows,
+            max_result_bytes: limits.max_bytes,
+            max_sql_bytes: tenant_sql::MAX_SQL_BYTES,
+            max_columns: tenant_sql::MAX_COLUMNS,
+            concurrent_queries_per_project: QUERIES_PER_PROJECT,
+        },
+    }
+}

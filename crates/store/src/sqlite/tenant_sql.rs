@@ -1,0 +1,347 @@
+//! Layer two of tenant SQL on SQLite: the engine itself keeps a query to
+//! one project's rows, whatever layer one let through.
+//!
+//! - A separate connection opened **read-only**, with defensive mode on,
+//!   double-quoted strings off, no extensions, no attached databases and
+//!   lowered `SQLITE_LIMIT_*`s.
+//! - Per query, two temporary views carry the project: `events` and
+//!   `contacts` (which shadow the real tables for unqualified names) select
+//!   from views named with a fresh random suffix, which read the real
+//!   tables with the project's id written into their definition.
+//! - An **authorizer** admits reads of the real `events`/`contacts` only
+//!   when SQLite reports that one of those random views is doing the
+//!   reading. (Not the public names: SQLite reports a CTE's name the same
+//!   way, so `WITH events AS (SELECT * FROM main.events)` would pass a check
+//!   on `events`.) It denies every other table (`sqlite_master`, keys,
+//!   sessions, roll-ups), every function outside the allow-list (so
+//!   `load_extension`, `readfile`, pragma functions), pragmas, `ATTACH`, and
+//!   any write or schema change.
+//! - A **progress handler** stops the query at its deadline.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::tenant_sql::{
+    CheckedQuery, Dialect, Limits, MAX_COLUMNS, QueryFailure, QueryOutput, column_names, json_size,
+};
+
+/// Idle read-only connections kept for the next query.
+const IDLE_CONNECTIONS: usize = 4;
+
+pub(crate) struct TenantSql {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Functions SQLite reports for operators: `LIKE`, `GLOB`, `->`, `->>`.
+const OPERATOR_FUNCTIONS: &[&str] = &["like", "glob", "->", "->>"];
+
+impl TenantSql {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `query` over `project_id`'s rows (blocking: call it from a
+    /// blocking thread).
+    pub(crate) fn run(
+        &self,
+        project_id: &str,
+        query: &CheckedQuery,
+        limits: Limits,
+    ) -> Result<QueryOutput, QueryFailure> {
+        let conn = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            Some(conn) => conn,
+            None => open(&self.path).map_err(crate::StoreError::from)?,
+        };
+        let result = run_on(&conn, project_id, query.text(), limits);
+        // Hooks off again before the connection waits for its next query.
+        let reset = conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
+            .and_then(|()| conn.progress_handler(0, None::<fn() -> bool>));
+        if reset.is_ok()
+            && let Ok(mut idle) = self.idle.lock()
+            && idle.len() < IDLE_CONNECTIONS
+        {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DML, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DDL, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        // The longest string or blob a query may build.
+        (Limit::SQLITE_LIMIT_LENGTH, 1_000_000),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, 200_000),
+        (Limit::SQLITE_LIMIT_COLUMN, 200),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+        (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
+        (Limit::SQLITE_LIMIT_FUNCTION_ARG, 16),
+        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000),
+        (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 0),
+        (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 1),
+        (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
+    ] {
+        conn.set_limit(limit, value)?;
+    }
+    Ok(conn)
+}
+
+/// What the authorizer knows about one query's connection.
+struct Scope {
+    /// The views that read the real `events` and `contacts` (random names).
+    events_view: String,
+    contacts_view: String,
+    /// Every stored table and view of the main database, in lower case,
+    /// and SQLite's own (`sqlite_*`).
+    stored: std::collections::HashSet<String>,
+}
+
+/// The statements that scope this connection to one project, under fresh
+/// random names.
+fn scope_to(conn: &Connection, project_id: &str) -> rusqlite::Result<Scope> {
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let literal = project_id.replace('\'', "''");
+    let mut sql =
+        String::from("DROP VIEW IF EXISTS temp.events; DROP VIEW IF EXISTS temp.contacts;\n");
+    let mut inner = Vec::new();
+    for relation in ["events", "contacts"] {
+        let columns = column_names(relation).join(", ");
+        let scoped = format!("kf_scope_{suffix}_{relation}");
+        sql.push_str(&format!(
+            "CREATE TEMP VIEW {scoped} AS SELECT {columns} FROM main.{relation} WHERE project_id = '{literal}';\n\
+             CREATE TEMP VIEW {relation} AS SELECT {columns} FROM temp.{scoped};\n"
+        ));
+        inner.push(scoped);
+    }
+    // Views of earlier queries on this connection.
+    let old: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM temp.sqlite_master WHERE type = 'view' AND name LIKE 'kf_scope_%'",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in old {
+        conn.execute_batch(&format!("DROP VIEW temp.\"{name}\";"))?;
+    }
+    conn.execute_batch(&sql)?;
+    let mut stored: std::collections::HashSet<String> = conn
+        .prepare("SELECT lower(name) FROM main.sqlite_master WHERE type IN ('table', 'view')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for own in [
+        "sqlite_master",
+        "sqlite_schema",
+        "sqlite_temp_master",
+        "sqlite_temp_schema",
+        "sqlite_sequence",
+        "sqlite_stat1",
+        "sqlite_stat4",
+    ] {
+        stored.insert(own.to_string());
+    }
+    let [events_view, contacts_view]: [String; 2] = inner
+        .try_into()
+        .map_err(|_| rusqlite::Error::InvalidQuery)?;
+    Ok(Scope {
+        events_view,
+        contacts_view,
+        stored,
+    })
+}
+
+fn run_on(
+    conn: &Connection,
+    project_id: &str,
+    sql: &str,
+    limits: Limits,
+) -> Result<QueryOutput, QueryFailure> {
+    let scope = scope_to(conn, project_id).map_err(crate::StoreError::from)?;
+    // The first thing the authorizer denied, to say why.
+    let denied: Arc<Mutex<Option<String>>> = Arc::default();
+    let record = denied.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let verdict = authorize(&ctx, &scope);
+        if let Err(what) = &verdict
+            && let Ok(mut first) = record.lock()
+            && first.is_none()
+        {
+            *first = Some(what.clone());
+        }
+        match verdict {
+            Ok(()) => Authorization::Allow,
+            Err(_) => Authorization::Deny,
+        }
+    }))
+    .map_err(crate::StoreError::from)?;
+    let deadline = Instant::now() + limits.timeout;
+    conn.progress_handler(1_000, Some(move || Instant::now() >= deadline))
+        .map_err(crate::StoreError::from)?;
+
+    let failure = |e: rusqlite::Error| {
+        let first_denied = denied.lock().ok().and_then(|d| d.clone());
+        classify(e, first_denied, limits)
+    };
+    let mut statement = conn.prepare(sql).map_err(failure)?;
+    if statement.is_explain() != 0 || !statement.readonly() {
+        return Err(QueryFailure::refused(
+            "only a query (SELECT or WITH … SELECT) may run",
+        ));
+    }
+    let columns: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if columns.len() > MAX_COLUMNS {
+        return Err(QueryFailure::refused(format!(
+            "the query returns {} columns; at most {MAX_COLUMNS} are allowed",
+            columns.len()
+        )));
+    }
+    let mut rows = statement.query([]).map_err(failure)?;
+    let (mut out, mut bytes, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(row) = rows.next().map_err(failure)? {
+        if out.len() == limits.max_rows || bytes > limits.max_bytes {
+            truncated = true;
+            break;
+        }
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            let value = json_of(row.get_ref(i).map_err(failure)?);
+            bytes += json_size(&value);
+            values.push(value);
+        }
+        out.push(values);
+    }
+    Ok(QueryOutput {
+        columns,
+        rows: out,
+        truncated,
+    })
+}
+
+/// The authorizer's rule; `Err` names what was denied.
+fn authorize(ctx: &AuthContext<'_>, scope: &Scope) -> Result<(), String> {
+    let (events_view, contacts_view) = (scope.events_view.as_str(), scope.contacts_view.as_str());
+    match ctx.action {
+        AuthAction::Select | AuthAction::Recursive => Ok(()),
+        AuthAction::Read { table_name, .. } => {
+            let through = ctx.accessor;
+            let allowed = match (ctx.database_name, table_name) {
+                // SQLite names no database for a recursive WITH reading its
+                // own rows so far, but also for `count(*)` of a stored table;
+                // a stored table's name is judged as if "main" were given.
+                (None, name) if scope.stored.contains(&name.to_ascii_lowercase()) => {
+                    match name.to_ascii_lowercase().as_str() {
+                        "events" => through == Some(events_view),
+                        "contacts" => through == Some(contacts_view),
+                        _ => false,
+                    }
+                }
+                (None, _) => true,
+                (Some("main"), "events") => through == Some(events_view),
+                (Some("main"), "contacts") => through == Some(contacts_view),
+                (Some("temp"), name) => {
+                    name == "events"
+                        || name == "contacts"
+                        || name == events_view
+                        || name == contacts_view
+                }
+                _ => false,
+            };
+            if allowed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "reading {} is not allowed: a query reads events and contacts",
+                    readable_name(ctx.database_name, table_name)
+                ))
+            }
+        }
+        AuthAction::Function { function_name } => {
+            let lower = function_name.to_ascii_lowercase();
+            if Dialect::Sqlite.allows_function(&lower)
+                || OPERATOR_FUNCTIONS.contains(&lower.as_str())
+            {
+                Ok(())
+            } else {
+                Err(format!("the function {function_name} is not allowed"))
+            }
+        }
+        AuthAction::Pragma { pragma_name, .. } => {
+            Err(format!("PRAGMA {pragma_name} is not allowed"))
+        }
+        AuthAction::Attach { .. } => Err("ATTACH is not allowed".into()),
+        _ => Err("a query may only read: writes and schema changes are not allowed".into()),
+    }
+}
+
+/// Real names only: the random views' names are not shown.
+fn readable_name(database: Option<&str>, table: &str) -> String {
+    if table.starts_with("kf_scope_") {
+        return "that view".into();
+    }
+    match database {
+        Some(db) => format!("{db}.{table}"),
+        None => table.to_string(),
+    }
+}
+
+fn classify(e: rusqlite::Error, denied: Option<String>, limits: Limits) -> QueryFailure {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::OperationInterrupted) => QueryFailure::TimedOut(limits.timeout),
+        Some(ErrorCode::AuthorizationForStatementDenied) => QueryFailure::refused(
+            denied.unwrap_or_else(|| "the query does something not allowed".into()),
+        ),
+        Some(ErrorCode::TooBig) => QueryFailure::Failed(
+            "a value grew past 1,000,000 bytes, the largest a query may build".into(),
+        ),
+        Some(_) | None => match e {
+            rusqlite::Error::MultipleStatement => QueryFailure::refused("one statement only"),
+            rusqlite::Error::SqliteFailure(_, Some(message)) => QueryFailure::Failed(message),
+            other => QueryFailure::Failed(other.to_string()),
+        },
+    }
+}
+
+fn json_of(value: ValueRef<'_>) -> serde_json::Value {
+    match value {
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => i.into(),
+        ValueRef::Real(f) => {
+            serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+        }
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned().into(),
+        ValueRef::Blob(bytes) => {
+            let mut hex = String::with_capacity(2 + bytes.len() * 2);
+            hex.push_str("\\x");
+            for b in bytes {
+                hex.push_str(&format!("{b:02x}"));
+            }
+            hex.into()
+        }
+    }
+}

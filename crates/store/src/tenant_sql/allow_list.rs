@@ -1,0 +1,709 @@
+//! Layer one of tenant SQL: what a query may say, read from its syntax tree.
+//!
+//! One statement, a query (`SELECT`, `WITH`, `VALUES`, set operations),
+//! reading only `events`, `contacts` and the names its own `WITH` defines
+//! where they are in scope; only the functions and types of the dialect's
+//! allow-list; no table functions, parameters, locks, `SELECT INTO` or
+//! custom operators. Everything not named here is refused, so a syntax this
+//! walk does not know is refused too. The engine's own isolation (layer two)
+//! does not rely on any of it.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, DataType, Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr,
+    Spanned, Statement, TableFactor, Value, Visit, Visitor,
+};
+use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::Span;
+
+use super::{Dialect, MAX_SQL_BYTES, Position, QueryFailure};
+
+/// A query that passed layer one: the text to run, and its normal form
+/// (the syntax tree printed back), which names it in the answer cache.
+#[derive(Debug, Clone)]
+pub struct CheckedQuery {
+    dialect: Dialect,
+    text: String,
+    normalized: String,
+}
+
+impl CheckedQuery {
+    /// The text as the tenant sent it: the engine runs exactly this.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// One spelling per syntax tree: spacing, keyword case and comments
+    /// do not change it.
+    pub fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A query that skipped layer one, so tests can show that layer two
+    /// holds on its own. Nothing but tests calls it.
+    #[doc(hidden)]
+    pub fn skipping_layer_one_for_tests(sql: &str, dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            text: sql.to_string(),
+            normalized: sql.to_string(),
+        }
+    }
+}
+
+/// Nesting the parser accepts at most (its own default is 50).
+const MAX_DEPTH: usize = 40;
+
+/// Layer one: refuses what a tenant's query may not say, with the reason
+/// and, when known, where.
+pub fn check(sql: &str, dialect: Dialect) -> Result<CheckedQuery, QueryFailure> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(QueryFailure::refused(format!(
+            "the SQL text is {} bytes; at most {MAX_SQL_BYTES} are allowed",
+            sql.len()
+        )));
+    }
+    if sql.trim().is_empty() {
+        return Err(QueryFailure::refused("the SQL text is empty"));
+    }
+    if sql.contains('\0') {
+        return Err(QueryFailure::refused(
+            "the SQL text contains a NUL character",
+        ));
+    }
+    let parsed = match dialect {
+        Dialect::Sqlite => parse(&SQLiteDialect {}, sql),
+        Dialect::Postgres => parse(&PostgreSqlDialect {}, sql),
+    }?;
+    let statement = match parsed.as_slice() {
+        [one] => one,
+        many => {
+            return Err(QueryFailure::refused(format!(
+                "one statement only; this text holds {}",
+                many.len()
+            )));
+        }
+    };
+    let Statement::Query(_) = statement else {
+        let kind = statement
+            .to_string()
+            .split_whitespace()
+            .next()
+            .unwrap_or("this")
+            .to_ascii_uppercase();
+        return Err(QueryFailure::Refused {
+            reason: format!("only a query (SELECT or WITH … SELECT) may run; {kind} may not"),
+            position: position(statement.span()),
+        });
+    };
+    let mut walker = Walker {
+        dialect,
+        frames: Vec::new(),
+    };
+    if let ControlFlow::Break(refusal) = statement.visit(&mut walker) {
+        return Err(refusal);
+    }
+    Ok(CheckedQuery {
+        dialect,
+        text: sql.to_string(),
+        normalized: statement.to_string(),
+    })
+}
+
+fn parse(
+    dialect: &dyn sqlparser::dialect::Dialect,
+    sql: &str,
+) -> Result<Vec<Statement>, QueryFailure> {
+    Parser::new(dialect)
+        .with_recursion_limit(MAX_DEPTH)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| {
+            let text = e.to_string();
+            let text = text.strip_prefix("sql parser error: ").unwrap_or(&text);
+            QueryFailure::Refused {
+                reason: format!("the SQL could not be read: {text}"),
+                position: position_in_message(text),
+            }
+        })
+}
+
+/// The parser reports positions as "… at Line: 3, Column: 7".
+fn position_in_message(text: &str) -> Option<Position> {
+    let rest = &text[text.rfind("Line: ")? + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some(Position {
+        line: line.trim().parse().ok()?,
+        column: column.parse().ok()?,
+    })
+}
+
+fn position(span: Span) -> Option<Position> {
+    (span.start.line > 0).then_some(Position {
+        line: span.start.line,
+        column: span.start.column,
+    })
+}
+
+fn refuse(reason: String, span: Span) -> ControlFlow<QueryFailure> {
+    ControlFlow::Break(QueryFailure::Refused {
+        reason,
+        position: position(span),
+    })
+}
+
+/// The `WITH` names of one query level and which of them are in scope.
+struct Frame {
+    names: Vec<String>,
+    recursive: bool,
+    /// How many of the names' own queries the walk has entered.
+    entered: usize,
+    /// The `WITH` query being walked (its later siblings are out of scope),
+    /// or `None` once the walk is in the query's body.
+    in_cte: Option<usize>,
+}
+
+impl Frame {
+    /// The names visible from the walk's current position under this frame.
+    fn visible(&self, is_top: bool) -> &[String] {
+        let end = match (is_top, self.in_cte) {
+            (true, _) | (false, None) => self.names.len(),
+            // Without RECURSIVE a WITH query sees only the earlier ones.
+            (false, Some(i)) => (if self.recursive { i + 1 } else { i }).min(self.names.len()),
+        };
+        &self.names[..end]
+    }
+}
+
+struct Walker {
+    dialect: Dialect,
+    frames: Vec<Frame>,
+}
+
+/// How an identifier compares: PostgreSQL keeps the case of quoted names;
+/// SQLite ignores case everywhere.
+fn folded(ident: &Ident, dialect: Dialect) -> String {
+    if ident.quote_style.is_some() && dialect == Dialect::Postgres {
+        ident.value.clone()
+    } else {
+        ident.value.to_ascii_lowercase()
+    }
+}
+
+impl Walker {
+    fn in_scope(&self, name: &str) -> bool {
+        let top = self.frames.len().saturating_sub(1);
+        self.frames
+            .iter()
+            .enumerate()
+            .any(|(i, frame)| frame.visible(i == top).iter().any(|n| n == name))
+    }
+
+    fn check_body(&self, body: &SetExpr) -> ControlFlow<QueryFailure> {
+        match body {
+            SetExpr::Select(_) | SetExpr::Query(_) | SetExpr::Values(_) => {
+                ControlFlow::Continue(())
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.check_body(left)?;
+                self.check_body(right)
+            }
+            SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
+                refuse("a query may not write".into(), s.span())
+            }
+            SetExpr::Table(_) => refuse(
+                "`TABLE name` is not supported: write SELECT * FROM name".into(),
+                body.span(),
+            ),
+        }
+    }
+
+    fn check_type(&self, data_type: &DataType, span: Span) -> ControlFlow<QueryFailure> {
+        let text = data_type.to_string().to_ascii_lowercase();
+        let base = text.trim_end_matches("[]");
+        let base = base.split('(').next().unwrap_or(base).trim();
+        if ALLOWED_TYPES.contains(&base) {
+            ControlFlow::Continue(())
+        } else {
+            refuse(
+                format!(
+                    "the type {text} is not allowed; use one of: {}",
+                    ALLOWED_TYPES.join(", ")
+                ),
+                span,
+            )
+        }
+    }
+
+    fn check_function_name(&self, name: &ObjectName, span: Span) -> ControlFlow<QueryFailure> {
+        let printed = name.to_string();
+        let allowed = match name.0.as_slice() {
+            [ObjectNamePart::Identifier(ident)] => {
+                self.dialect.allows_function(&folded(ident, self.dialect))
+            }
+            _ => false,
+        };
+        if allowed {
+            ControlFlow::Continue(())
+        } else {
+            refuse(
+                format!(
+                    "the function {printed} is not allowed (GET /v1/metrics/schema lists those that are)"
+                ),
+                span,
+            )
+        }
+    }
+}
+
+/// Type names a cast may name (lower case, without length or precision).
+const ALLOWED_TYPES: &[&str] = &[
+    "bigint",
+    "bool",
+    "boolean",
+    "char",
+    "character",
+    "character varying",
+    "date",
+    "decimal",
+    "double",
+    "double precision",
+    "float",
+    "float4",
+    "float8",
+    "int",
+    "int2",
+    "int4",
+    "int8",
+    "integer",
+    "interval",
+    "json",
+    "jsonb",
+    "numeric",
+    "real",
+    "smallint",
+    "text",
+    "time",
+    "timestamp",
+    "timestamp with time zone",
+    "timestamp without time zone",
+    "timestamptz",
+    "varchar",
+];
+
+impl Visitor for Walker {
+    type Break = QueryFailure;
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<QueryFailure> {
+        if !query.locks.is_empty() {
+            return refuse(
+                "a query may not lock rows (FOR UPDATE/SHARE)".into(),
+                query.span(),
+            );
+        }
+        if query.for_clause.is_some()
+            || query.settings.is_some()
+            || query.format_clause.is_some()
+            || !query.pipe_operators.is_empty()
+        {
+            return refuse("this query clause is not supported".into(), query.span());
+        }
+        self.check_body(&query.body)?;
+        // The queries a frame's WITH defines are its first children, in order.
+        if let Some(parent) = self.frames.last_mut() {
+            if parent.entered < parent.names.len() {
+                parent.in_cte = Some(parent.entered);
+                parent.entered += 1;
+            } else {
+                parent.in_cte = None;
+            }
+        }
+        let (names, recursive) = match &query.with {
+            Some(with) => (
+                with.cte_tables
+                    .iter()
+                    .map(|cte| folded(&cte.alias.name, self.dialect))
+                    .collect(),
+                with.recursive,
+            ),
+            None => (Vec::new(), false),
+        };
+        self.frames.push(Frame {
+            names,
+            recursive,
+            entered: 0,
+            in_cte: None,
+        });
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<QueryFailure> {
+        self.frames.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<QueryFailure> {
+        if select.into.is_some() {
+            return refuse(
+                "SELECT INTO writes a table; a query may not write".into(),
+                select.span(),
+            );
+        }
+        if !select.lateral_views.is_empty()
+            || !select.connect_by.is_empty()
+            || select.prewhere.is_some()
+            || !select.cluster_by.is_empty()
+            || !select.distribute_by.is_empty()
+            || !select.sort_by.is_empty()
+            || select.value_table_mode.is_some()
+        {
+            return refuse("this SELECT clause is not supported".into(), select.span());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<QueryFailure> {
+        let printed = relation.to_string();
+        let name = match relation.0.as_slice() {
+            [ObjectNamePart::Identifier(ident)] => folded(ident, self.dialect),
+            _ => {
+                return refuse(
+                    format!(
+                        "the relation {printed} is not available: write events or contacts, without a schema"
+                    ),
+                    relation.span(),
+                );
+            }
+        };
+        if name == "events" || name == "contacts" || self.in_scope(&name) {
+            return ControlFlow::Continue(());
+        }
+        refuse(
+            format!(
+                "the relation {printed} is not available: a query reads events, contacts and the names its own WITH defines"
+            ),
+            relation.span(),
+        )
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<QueryFailure> {
+        match factor {
+            TableFactor::Table {
+                args,
+                with_hints,
+                version,
+                partitions,
+                json_path,
+                sample,
+                index_directives,
+                ..
+            } => {
+                if args.is_some() {
+                    return refuse(
+                        "table-valued functions are not allowed".into(),
+                        factor.span(),
+                    );
+                }
+                if !with_hints.is_empty()
+                    || version.is_some()
+                    || !partitions.is_empty()
+                    || json_path.is_some()
+                    || sample.is_some()
+                    || !index_directives.is_empty()
+                {
+                    return refuse("this table clause is not supported".into(), factor.span());
+                }
+                ControlFlow::Continue(())
+            }
+            TableFactor::Derived { .. } | TableFactor::NestedJoin { .. } => {
+                ControlFlow::Continue(())
+            }
+            _ => refuse(
+                "table functions (UNNEST, JSON_TABLE, PIVOT…) are not allowed".into(),
+                factor.span(),
+            ),
+        }
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<QueryFailure> {
+        match expr {
+            Expr::Function(function) => self.check_function_name(&function.name, expr.span()),
+            Expr::Cast { data_type, .. } => self.check_type(data_type, expr.span()),
+            Expr::TypedString(typed) => self.check_type(&typed.data_type, expr.span()),
+            Expr::Value(value) => match value.value {
+                Value::Placeholder(_) => refuse(
+                    "parameters ($1, ?) are not supported: write the values in the text".into(),
+                    expr.span(),
+                ),
+                _ => ControlFlow::Continue(()),
+            },
+            Expr::BinaryOp { op, .. } => match op {
+                BinaryOperator::PGCustomBinaryOperator(_) | BinaryOperator::Custom(_) => {
+                    refuse(format!("the operator {op} is not allowed"), expr.span())
+                }
+                _ => ControlFlow::Continue(()),
+            },
+            Expr::Identifier(_)
+            | Expr::CompoundIdentifier(_)
+            | Expr::CompoundFieldAccess { .. }
+            | Expr::JsonAccess { .. }
+            | Expr::IsFalse(_)
+            | Expr::IsNotFalse(_)
+            | Expr::IsTrue(_)
+            | Expr::IsNotTrue(_)
+            | Expr::IsNull(_)
+            | Expr::IsNotNull(_)
+            | Expr::IsUnknown(_)
+            | Expr::IsNotUnknown(_)
+            | Expr::IsDistinctFrom(..)
+            | Expr::IsNotDistinctFrom(..)
+            | Expr::In { .. }
+            | Expr::Between { .. }
+            | Expr::Like { .. }
+            | Expr::ILike { .. }
+            | Expr::SimilarTo { .. }
+            | Expr::AnyOp { .. }
+            | Expr::AllOp { .. }
+            | Expr::UnaryOp { .. }
+            | Expr::AtTimeZone { .. }
+            | Expr::Extract { .. }
+            | Expr::Ceil { .. }
+            | Expr::Floor { .. }
+            | Expr::Position { .. }
+            | Expr::Substring { .. }
+            | Expr::Trim { .. }
+            | Expr::Collate { .. }
+            | Expr::Nested(_)
+            | Expr::Case { .. }
+            | Expr::Exists { .. }
+            | Expr::Subquery(_)
+            | Expr::GroupingSets(_)
+            | Expr::Cube(_)
+            | Expr::Rollup(_)
+            | Expr::Tuple(_)
+            | Expr::Interval(_)
+            | Expr::Wildcard(_)
+            | Expr::QualifiedWildcard(..) => ControlFlow::Continue(()),
+            _ => refuse(
+                "this kind of expression is not supported".into(),
+                expr.span(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(sql: &str, dialect: Dialect) -> String {
+        match check(sql, dialect) {
+            Ok(_) => panic!("accepted: {sql}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn both(sql: &str) -> [Result<CheckedQuery, QueryFailure>; 2] {
+        [check(sql, Dialect::Sqlite), check(sql, Dialect::Postgres)]
+    }
+
+    #[test]
+    fn plain_reads_of_the_two_relations_pass() {
+        for sql in [
+            "SELECT * FROM events",
+            "select count(*) from contacts where email like '%@example.com'",
+            "SELECT name, count(*) AS n FROM events GROUP BY name ORDER BY n DESC LIMIT 10",
+            "WITH t AS (SELECT contact_id FROM events) SELECT count(DISTINCT contact_id) FROM t",
+            "SELECT e.name FROM events e JOIN contacts c ON c.id = e.contact_id",
+            "SELECT name FROM events UNION ALL SELECT email FROM contacts",
+            "SELECT row_number() OVER (PARTITION BY name ORDER BY timestamp) FROM events",
+            "SELECT * FROM (SELECT * FROM events) AS sub WHERE sub.id IN (SELECT id FROM events)",
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5) SELECT * FROM n",
+            "SELECT CAST(timestamp AS text) FROM events -- a comment",
+            "/* leading */ SELECT 1;",
+        ] {
+            for result in both(sql) {
+                assert!(result.is_ok(), "{sql}: {:?}", result.err());
+            }
+        }
+    }
+
+    #[test]
+    fn other_relations_are_refused_however_they_are_spelled() {
+        for sql in [
+            "SELECT * FROM api_keys",
+            "SELECT * FROM \"api_keys\"",
+            "SELECT * FROM main.events",
+            "SELECT * FROM temp.events",
+            "SELECT * FROM public.events",
+            "SELECT * FROM sqlite_master",
+            "SELECT * FROM sqlite_schema",
+            "SELECT * FROM sqlite_temp_master",
+            "SELECT * FROM information_schema.tables",
+            "SELECT * FROM pg_catalog.pg_stat_activity",
+            "SELECT * FROM pg_stat_activity",
+            "SELECT * FROM pg_settings",
+            "SELECT * FROM event_counts_hourly",
+            "SELECT * FROM events WHERE id IN (SELECT id FROM operators)",
+            "SELECT (SELECT secret_hash FROM sessions LIMIT 1)",
+            "SELECT * FROM events JOIN audit_log ON true",
+            "SELECT name FROM events UNION SELECT name FROM workspaces",
+        ] {
+            for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                let reason = refusal(sql, dialect);
+                assert!(reason.contains("not available"), "{sql}: {reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn with_names_count_only_where_they_are_in_scope() {
+        // A WITH name of a subquery does not cover the outer query.
+        let sql = "SELECT * FROM (WITH api_keys AS (SELECT 1) SELECT * FROM api_keys) x, api_keys";
+        assert!(refusal(sql, Dialect::Sqlite).contains("api_keys"));
+        // Without RECURSIVE, an earlier WITH query does not see a later one.
+        let sql = "WITH a AS (SELECT * FROM api_keys), api_keys AS (SELECT 1) SELECT * FROM a";
+        assert!(refusal(sql, Dialect::Postgres).contains("api_keys"));
+        // A later one sees an earlier one, and the body sees all.
+        let sql = "WITH a AS (SELECT 1 AS x), b AS (SELECT x FROM a) SELECT * FROM a, b";
+        assert!(check(sql, Dialect::Sqlite).is_ok());
+        // A CTE named like a real table is the tenant's own rows.
+        let sql = "WITH api_keys AS (SELECT id FROM events) SELECT * FROM api_keys";
+        assert!(check(sql, Dialect::Postgres).is_ok());
+    }
+
+    #[test]
+    fn writes_ddl_and_settings_are_refused() {
+        for sql in [
+            "DELETE FROM events",
+            "UPDATE contacts SET email = NULL",
+            "INSERT INTO events VALUES (1)",
+            "DROP TABLE events",
+            "CREATE TABLE x (a int)",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "PRAGMA table_info(api_keys)",
+            "SET ROLE postgres",
+            "RESET ROLE",
+            "COPY events TO '/tmp/x'",
+            "VACUUM",
+            "BEGIN",
+            "SELECT * INTO stolen FROM events",
+            "SELECT * FROM events FOR UPDATE",
+            "WITH d AS (DELETE FROM events RETURNING *) SELECT * FROM d",
+        ] {
+            for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                let result = check(sql, dialect);
+                assert!(result.is_err(), "{sql} passed on {dialect:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn several_statements_are_refused() {
+        for sql in [
+            "SELECT 1; SELECT 2",
+            "SELECT 1; DELETE FROM events",
+            "SELECT 1;\n/* x */ ; SELECT 2",
+        ] {
+            assert!(
+                refusal(sql, Dialect::Sqlite).contains("one statement"),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn functions_outside_the_list_are_refused_with_their_position() {
+        for sql in [
+            "SELECT load_extension('x')",
+            "SELECT readfile('/etc/passwd')",
+            "SELECT writefile('/tmp/x', 'y')",
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT pg_ls_dir('.')",
+            "SELECT lo_import('/etc/passwd')",
+            "SELECT pg_sleep(10)",
+            "SELECT set_config('role', 'postgres', true)",
+            "SELECT current_setting('is_superuser')",
+            "SELECT dblink('host=x', 'select 1')",
+            "SELECT pg_catalog.count(*) FROM events",
+            "SELECT randomblob(1000000000)",
+            "SELECT sqlite_version()",
+            "SELECT \"pg_sleep\"(1)",
+        ] {
+            for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                let result = check(sql, dialect);
+                let Err(QueryFailure::Refused { reason, position }) = result else {
+                    panic!("{sql} passed on {dialect:?}");
+                };
+                assert!(reason.contains("not allowed"), "{sql}: {reason}");
+                assert_eq!(position.map(|p| p.line), Some(1), "{sql}");
+            }
+        }
+        let Err(QueryFailure::Refused { position, .. }) = check(
+            "SELECT count(*),\n  pg_sleep(1) FROM events",
+            Dialect::Postgres,
+        ) else {
+            panic!("accepted");
+        };
+        assert_eq!(position, Some(Position { line: 2, column: 3 }));
+    }
+
+    #[test]
+    fn table_functions_casts_and_operators_outside_the_list_are_refused() {
+        for sql in [
+            "SELECT * FROM pragma_table_info('api_keys')",
+            "SELECT * FROM json_each('[1]')",
+            "SELECT * FROM generate_series(1, 10)",
+            "SELECT 'pg_authid'::regclass",
+            "SELECT CAST('x' AS regproc)",
+            "SELECT 1 OPERATOR(pg_catalog.+) 1",
+            "SELECT $1",
+            "SELECT ?",
+        ] {
+            assert!(check(sql, Dialect::Postgres).is_err(), "{sql}");
+        }
+        assert!(
+            check(
+                "SELECT * FROM pragma_table_info('api_keys')",
+                Dialect::Sqlite
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn size_emptiness_and_nul_are_refused_before_parsing() {
+        let long = format!("SELECT 1 {}", " ".repeat(super::MAX_SQL_BYTES));
+        assert!(refusal(&long, Dialect::Sqlite).contains("bytes"));
+        assert!(refusal("  \n ", Dialect::Sqlite).contains("empty"));
+        assert!(refusal("SELECT 1\0; DROP TABLE x", Dialect::Sqlite).contains("NUL"));
+        let deep = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+        assert!(refusal(&deep, Dialect::Postgres).contains("could not be read"));
+    }
+
+    #[test]
+    fn unreadable_sql_says_where() {
+        let Err(QueryFailure::Refused { position, reason }) =
+            check("SELECT * FROM events WHERE )", Dialect::Sqlite)
+        else {
+            panic!("accepted");
+        };
+        assert!(reason.starts_with("the SQL could not be read"), "{reason}");
+        assert!(position.is_some(), "{reason}");
+    }
+
+    #[test]
+    fn the_normal_form_ignores_spacing_case_and_comments() {
+        let a = check("select  count(*)\nfrom events -- x", Dialect::Sqlite).unwrap();
+        let b = check("SELECT count(*) FROM events", Dialect::Sqlite).unwrap();
+        assert_eq!(a.normalized(), b.normalized());
+        assert_eq!(a.text(), "select  count(*)\nfrom events -- x");
+    }
+}

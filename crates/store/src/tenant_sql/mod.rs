@@ -1,0 +1,340 @@
+//! Tenant SQL: the Metrics API's `POST /v1/metrics/query` (SPEC §4).
+//!
+//! A tenant's query is isolated twice:
+//! 1. [`check`] (layer one, shared): a parser allow-list. One `SELECT`/`WITH`
+//!    statement, the relations `events` and `contacts` only, allowed
+//!    functions and types only.
+//! 2. Each backend's own engine (layer two, which must hold even when layer
+//!    one is fooled): `sqlite/tenant_sql.rs` runs the text on a read-only
+//!    connection under an authorizer; `postgres/tenant_sql.rs` runs it as a
+//!    role that can read two views and nothing else.
+//!
+//! Both layers describe the same tenant-facing schema: [`RELATIONS`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+mod allow_list;
+
+pub use allow_list::{CheckedQuery, check};
+
+/// The SQL dialect a store speaks to tenants (its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgresql",
+        }
+    }
+
+    /// The functions a tenant's query may call, sorted.
+    pub fn functions(self) -> Vec<&'static str> {
+        let own = match self {
+            Dialect::Sqlite => SQLITE_FUNCTIONS,
+            Dialect::Postgres => POSTGRES_FUNCTIONS,
+        };
+        let mut all: Vec<&'static str> = COMMON_FUNCTIONS.iter().chain(own).copied().collect();
+        all.sort_unstable();
+        all
+    }
+
+    pub(crate) fn allows_function(self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let own = match self {
+            Dialect::Sqlite => SQLITE_FUNCTIONS,
+            Dialect::Postgres => POSTGRES_FUNCTIONS,
+        };
+        COMMON_FUNCTIONS.contains(&name.as_str()) || own.contains(&name.as_str())
+    }
+}
+
+/// Functions both stores allow: aggregates, window functions, plain scalars.
+/// Nothing that reads a file, the catalogue, a setting or another session,
+/// sleeps, or makes a value bigger than its input asks for.
+const COMMON_FUNCTIONS: &[&str] = &[
+    "abs",
+    "avg",
+    "coalesce",
+    "count",
+    "cume_dist",
+    "dense_rank",
+    "first_value",
+    "lag",
+    "last_value",
+    "lead",
+    "length",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nth_value",
+    "ntile",
+    "nullif",
+    "percent_rank",
+    "rank",
+    "replace",
+    "round",
+    "row_number",
+    "rtrim",
+    "substr",
+    "sum",
+    "trim",
+    "upper",
+];
+
+const SQLITE_FUNCTIONS: &[&str] = &[
+    "date",
+    "datetime",
+    "group_concat",
+    "ifnull",
+    "iif",
+    "instr",
+    "json_array_length",
+    "json_extract",
+    "json_type",
+    "json_valid",
+    "julianday",
+    "strftime",
+    "time",
+    "total",
+    "typeof",
+    "unixepoch",
+];
+
+const POSTGRES_FUNCTIONS: &[&str] = &[
+    "bool_and",
+    "bool_or",
+    "concat",
+    "date_part",
+    "date_trunc",
+    "greatest",
+    "jsonb_array_length",
+    "jsonb_extract_path_text",
+    "jsonb_typeof",
+    "least",
+    "left",
+    "now",
+    "right",
+    "split_part",
+    "stddev",
+    "string_agg",
+    "strpos",
+    "to_char",
+    "to_timestamp",
+    "variance",
+];
+
+/// A column of a tenant-facing relation: its name, its type in each dialect
+/// and what it holds.
+pub struct ColumnDoc {
+    pub name: &'static str,
+    pub sqlite_type: &'static str,
+    pub postgres_type: &'static str,
+    pub about: &'static str,
+}
+
+/// The two relations a tenant's query sees, each holding the project's rows only.
+pub const RELATIONS: &[(&str, &[ColumnDoc])] = &[
+    (
+        "events",
+        &[
+            col("id", "TEXT", "text", "the event id (evt_…)"),
+            col("name", "TEXT", "text", "the event name"),
+            col(
+                "contact_id",
+                "TEXT",
+                "text",
+                "the contact it names (NULL for anonymous events)",
+            ),
+            col(
+                "anonymous_id",
+                "TEXT",
+                "text",
+                "the anonymous id it was sent with",
+            ),
+            col(
+                "properties",
+                "TEXT (JSON)",
+                "jsonb",
+                "the event's properties (SQLite: json_extract(properties, '$.plan'); PostgreSQL: properties->>'plan')",
+            ),
+            col(
+                "timestamp",
+                "INTEGER",
+                "bigint",
+                "when it happened, in milliseconds since 1970-01-01 UTC",
+            ),
+            col(
+                "received_at",
+                "INTEGER",
+                "bigint",
+                "when Keyflow stored it, in milliseconds since 1970-01-01 UTC",
+            ),
+        ],
+    ),
+    (
+        "contacts",
+        &[
+            col("id", "TEXT", "text", "the contact id (con_…)"),
+            col("email", "TEXT", "text", "the email address as sent"),
+            col("external_id", "TEXT", "text", "your own id for the contact"),
+            col("first_name", "TEXT", "text", ""),
+            col("last_name", "TEXT", "text", ""),
+            col(
+                "subscribed",
+                "INTEGER (0 or 1)",
+                "boolean",
+                "whether the contact is subscribed",
+            ),
+            col(
+                "properties",
+                "TEXT (JSON)",
+                "jsonb",
+                "the contact's properties",
+            ),
+            col(
+                "created_at",
+                "INTEGER",
+                "bigint",
+                "milliseconds since 1970-01-01 UTC",
+            ),
+            col(
+                "updated_at",
+                "INTEGER",
+                "bigint",
+                "milliseconds since 1970-01-01 UTC",
+            ),
+        ],
+    ),
+];
+
+const fn col(
+    name: &'static str,
+    sqlite_type: &'static str,
+    postgres_type: &'static str,
+    about: &'static str,
+) -> ColumnDoc {
+    ColumnDoc {
+        name,
+        sqlite_type,
+        postgres_type,
+        about,
+    }
+}
+
+/// The column list of a relation, for the views both backends define.
+pub(crate) fn column_names(relation: &str) -> Vec<&'static str> {
+    RELATIONS
+        .iter()
+        .find(|(name, _)| *name == relation)
+        .map(|(_, columns)| columns.iter().map(|c| c.name).collect())
+        .unwrap_or_default()
+}
+
+/// How far one query may go.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Rows returned at most; past it the answer says `truncated`.
+    pub max_rows: usize,
+    /// Bytes of values returned at most (roughly their JSON size); past it
+    /// the answer is cut short and says `truncated`.
+    pub max_bytes: usize,
+    /// Running time at most; past it the query is stopped.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            max_bytes: 4 * 1024 * 1024,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// SQL text longer than this is refused before it is parsed.
+pub const MAX_SQL_BYTES: usize = 100 * 1024;
+/// Columns of an answer at most.
+pub const MAX_COLUMNS: usize = 100;
+
+/// A query's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryOutput {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// The row or size limit cut the answer short.
+    pub truncated: bool,
+}
+
+/// Where in the SQL text something was found (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// Why a query gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryFailure {
+    /// Not allowed, by either layer (422): what was refused, and where.
+    #[error("{reason}")]
+    Refused {
+        reason: String,
+        position: Option<Position>,
+    },
+    /// Stopped at the time limit (422).
+    #[error("the query ran for longer than {} s and was stopped", .0.as_secs_f64())]
+    TimedOut(Duration),
+    /// The engine refused or failed it (no such column, a type error…) (422).
+    #[error("{0}")]
+    Failed(String),
+    /// Tenant SQL cannot run on this store as configured (503), with why.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (500).
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+impl QueryFailure {
+    pub(crate) fn refused(reason: impl Into<String>) -> Self {
+        Self::Refused {
+            reason: reason.into(),
+            position: None,
+        }
+    }
+}
+
+/// Runs tenant SQL against one project's rows (layer two). Each backend
+/// implements it in its own folder.
+#[async_trait]
+pub trait TenantSqlStore: Send + Sync {
+    /// The dialect the tenant writes.
+    fn tenant_dialect(&self) -> Dialect;
+
+    /// Runs a query that passed [`check`] over `project_id`'s rows only.
+    async fn run_tenant_query(
+        &self,
+        project_id: &str,
+        query: &CheckedQuery,
+        limits: Limits,
+    ) -> Result<QueryOutput, QueryFailure>;
+}
+
+/// A value's share of [`Limits::max_bytes`].
+pub(crate) fn json_size(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
+        serde_json::Value::Number(_) => 20,
+        serde_json::Value::String(s) => s.len() + 2,
+        other => other.to_string().len(),
+    }
+}
