@@ -327,6 +327,11 @@ const REFUSED_ON_SQLITE: &[&str] = &[
     "SELECT * FROM temp.sqlite_schema",
     "SELECT * FROM pragma_table_info('api_keys')",
     "SELECT * FROM pragma_database_list",
+    "SELECT * FROM json_each('[1]')",
+    "SELECT * FROM json_tree('{}')",
+    "SELECT * FROM generate_series(1, 3)",
+    "SELECT * FROM dbstat",
+    "SELECT * FROM sqlite_dbpage",
     "SELECT name FROM events UNION SELECT name FROM main.events",
     "SELECT count(*) OVER () FROM main.events",
     "SELECT e.name FROM events e JOIN main.contacts c ON 1 = 1",
@@ -410,6 +415,24 @@ async fn attacks_are_refused_by_each_layer(backend: Backend) {
                 .await;
             assert_no_markers(sql, "layer two", &result);
         }
+    }
+    if backend == Backend::Postgres {
+        // What a query leaves on its session does not outlive it: an
+        // advisory lock (Keyflow's own writes take some) is released.
+        let lock =
+            CheckedQuery::skipping_layer_one_for_tests("SELECT pg_advisory_lock(424242)", dialect);
+        let _ = store
+            .run_tenant_query(&mine.project_id, &lock, limits)
+            .await;
+        let url = app.db.url.clone();
+        let mut other = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(424242)")
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        assert!(free, "a tenant query's advisory lock outlived it");
     }
     // Reads that pass both layers see the caller's rows only.
     let mut own_rows = vec![
@@ -633,3 +656,105 @@ backend_tests!(
     runaway_queries_stop_at_the_time_limit,
     two_queries_at_once_per_project,
 );
+
+/// The SQL block under "PostgreSQL reader role" in docs/metrics-api.md.
+fn documented_reader_sql() -> String {
+    let doc = include_str!("../../../../docs/metrics-api.md");
+    let section = &doc[doc.find("### PostgreSQL reader role").expect("the section")..];
+    let start = section.find("```sql\n").expect("its SQL") + "```sql\n".len();
+    let end = start + section[start..].find("```").expect("the block's end");
+    section[start..end].to_string()
+}
+
+/// A database user without CREATEROLE: queries answer 503 naming the role
+/// and the docs; the metrics keep working; after a DBA runs the documented
+/// SQL once, queries work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_without_createrole_answers_503_until_a_dba_makes_the_role() {
+    let base = crate::harness::postgres_base_url();
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (owner, database) = (format!("kf_owner_{suffix}"), format!("kf_test_{suffix}"));
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+        .await
+        .unwrap();
+    for statement in [
+        format!("CREATE ROLE {owner} LOGIN NOCREATEROLE"),
+        format!("CREATE DATABASE {database} OWNER {owner}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    // The same server, as the owner, in its database.
+    let (scheme_and_user, host_and_db) = base.split_once('@').unwrap();
+    let scheme = &scheme_and_user[..scheme_and_user.find("://").unwrap() + 3];
+    let host = host_and_db.rsplit_once('/').unwrap().0;
+    let url = format!("{scheme}{owner}@{host}/{database}");
+
+    let mut app = TestApp::launch(
+        "127.0.0.1:0",
+        crate::harness::TestDb::existing(&url),
+        keyflow_server::config::Config {
+            admin_token: Some(keyflow_server::config::Secret::new(
+                crate::harness::ADMIN_TOKEN,
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mine, _) = two_tenants(&app).await;
+    let (_, _, token) = credential_and_token(&app, &mine.key).await;
+    let refused = app
+        .post(QUERY, &token, json!({"sql": "SELECT count(*) FROM events"}))
+        .await;
+    refused.assert_error(503, "unavailable");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("keyflow_tenant_"), "{message}");
+    assert!(message.contains("CREATEROLE"), "{message}");
+    assert!(message.contains("docs/metrics-api.md"), "{message}");
+    assert!(refused.header("retry-after").is_some());
+    let metric = app.get("/v1/metrics/events.count", &token).await;
+    assert_eq!(metric.status, 200, "{}", metric.body);
+
+    // A DBA runs the documented SQL in Keyflow's database.
+    let admin_url = format!("{}/{database}", base.rsplit_once('/').unwrap().0);
+    let mut dba = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(documented_reader_sql()))
+        .execute(&mut dba)
+        .await
+        .unwrap();
+    sqlx::Connection::close(dba).await.unwrap();
+    // A new instance (or this one after 30 s) sets up with it.
+    let mut second = TestApp::launch(
+        "127.0.0.1:0",
+        crate::harness::TestDb::existing(&url),
+        app.state.config.clone(),
+    )
+    .await;
+    let works = second
+        .post(QUERY, &token, json!({"sql": "SELECT count(*) FROM events"}))
+        .await;
+    assert_eq!(works.status, 200, "{}", works.body);
+    assert_eq!(works.body["rows"], json!([[3]]));
+    second.stop().await;
+    app.stop().await;
+
+    let role: String = sqlx::query_scalar("SELECT 'keyflow_tenant_' || left(md5($1), 12)")
+        .bind(&database)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    for statement in [
+        format!("DROP DATABASE {database} WITH (FORCE)"),
+        format!("DROP ROLE \"{role}\""),
+        format!("DROP ROLE {owner}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}

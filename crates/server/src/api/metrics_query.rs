@@ -34,23 +34,20 @@ pub const QUERIES_PER_PROJECT: usize = 2;
 /// never takes every global slot).
 pub struct QuerySlots {
     global: Arc<tokio::sync::Semaphore>,
-    per_project: Mutex<HashMap<String, usize>>,
+    per_project: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// A slot held for one running query.
-struct Slot<'a> {
-    slots: &'a QuerySlots,
+/// A slot held for one running query, until the query's work is over (not
+/// merely until its client went away).
+struct Slot {
+    per_project: Arc<Mutex<HashMap<String, usize>>>,
     project_id: String,
     _global: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut running = self
-            .slots
-            .per_project
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut running = self.per_project.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = running.get_mut(&self.project_id) {
             *n -= 1;
             if *n == 0 {
@@ -64,13 +61,13 @@ impl QuerySlots {
     pub fn new(global: usize) -> Self {
         Self {
             global: Arc::new(tokio::sync::Semaphore::new(global.max(1))),
-            per_project: Mutex::default(),
+            per_project: Arc::default(),
         }
     }
 
     /// A slot now, or the refusal: 429 when the project already runs its
     /// share, 503 when the instance runs all it may.
-    fn take(&self, project_id: &str) -> ApiResult<Slot<'_>> {
+    fn take(&self, project_id: &str) -> ApiResult<Slot> {
         let retry = |e: ApiError| e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
         let mut running = self.per_project.lock().unwrap_or_else(|p| p.into_inner());
         let mine = running.get(project_id).copied().unwrap_or(0);
@@ -90,7 +87,7 @@ impl QuerySlots {
         };
         running.insert(project_id.to_string(), mine + 1);
         Ok(Slot {
-            slots: self,
+            per_project: self.per_project.clone(),
             project_id: project_id.to_string(),
             _global: global,
         })
@@ -187,12 +184,22 @@ pub async fn run_query(
     let (entry, cached) = match state.query_cache.get(&cache_key) {
         Some(entry) if entry.valid_until > now => (entry, true),
         _ => {
-            let _slot = state.query_slots.take(project_id)?;
-            let output = state
-                .store
-                .run_tenant_query(project_id, &checked, limits(&state))
-                .await
-                .map_err(refusal)?;
+            let slot = state.query_slots.take(project_id)?;
+            // On its own task: a client that hangs up does not stop the
+            // query's clean-up, nor free its slot before the work is over.
+            let (store, project, query, limits) = (
+                state.store.clone(),
+                project_id.to_string(),
+                checked.clone(),
+                limits(&state),
+            );
+            let output = tokio::spawn(async move {
+                let _slot = slot;
+                store.run_tenant_query(&project, &query, limits).await
+            })
+            .await
+            .map_err(|e| ApiError::internal("tenant query task", &e))?
+            .map_err(refusal)?;
             let ttl_minutes = state
                 .store
                 .project_settings(project_id)

@@ -220,13 +220,14 @@ impl TenantSql {
         )
         .await;
         let result = match outcome {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(failure)) => {
-                // The transaction may still be open after a failure.
-                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+            Ok(result) => {
+                // Whatever the query left on its session goes: an open
+                // transaction after a failure, advisory locks, settings.
+                let reset = "ROLLBACK; SELECT pg_advisory_unlock_all(); RESET ALL;";
+                if sqlx::raw_sql(reset).execute(&mut *conn).await.is_err() {
                     conn.close_on_drop();
                 }
-                Err(failure)
+                result
             }
             Err(_) => {
                 let _ = sqlx::query("SELECT pg_cancel_backend($1)")
