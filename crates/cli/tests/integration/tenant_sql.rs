@@ -649,7 +649,131 @@ async fn two_queries_at_once_per_project(backend: Backend) {
     assert_eq!(after.body["error"]["details"]["reason"], "timeout");
 }
 
+/// The dashboard's SQL console (members too): the answer as a table, the
+/// schema beside it, errors at the field with where, the cache state; the
+/// form needs its CSRF token and never reaches another project.
+async fn dashboard_sql_console(backend: Backend) {
+    use crate::dashboard::{PASSWORD, get_page, post_form, sign_in, text};
+    let app = TestApp::start(backend).await;
+    let (mine, other) = two_tenants(&app).await;
+    let added = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/workspaces/{}/operators", mine.workspace_id),
+            json!({"email": "member@acme.io", "password": PASSWORD, "role": "member"}),
+        )
+        .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let cookie = sign_in(&app, "member@acme.io").await;
+    let page = text(
+        &get_page(
+            &app,
+            &format!("/analytics?project={}", mine.project_id),
+            Some(&cookie),
+        )
+        .await,
+    );
+    assert!(
+        page.contains("<textarea id=\"sql-text\" name=\"sql\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("<code>contact_id</code>"),
+        "the schema is beside it"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!(
+        "/analytics?project={}&interval=day&range=7&event=",
+        mine.project_id
+    );
+    let sql = "SELECT name, count(*) AS n, NULL AS empty FROM events GROUP BY name ORDER BY name";
+    let run = |sql: &'static str, csrf: String| {
+        let (app, cookie, path, project) =
+            (&app, cookie.clone(), path.clone(), mine.project_id.clone());
+        async move {
+            post_form(
+                app,
+                &path,
+                Some(&cookie),
+                &[("csrf", &csrf), ("project", &project), ("sql", sql)],
+            )
+            .await
+        }
+    };
+    let answered = run(sql, csrf.clone()).await;
+    assert_eq!(
+        answered.status,
+        200,
+        "{}",
+        text(&answered)
+            .split("id=\"sql-error\">")
+            .nth(1)
+            .unwrap_or("")
+            .split("</p>")
+            .next()
+            .unwrap_or("")
+    );
+    let html = text(&answered);
+    assert!(
+        html.contains("<th scope=\"col\">name</th><th scope=\"col\">n</th>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<tr><td>aa_view</td><td>2</td><td class=\"muted\">NULL</td></tr>"),
+        "{html}"
+    );
+    assert!(html.contains("2 rows. Computed now in"), "{html}");
+    assert!(!html.contains("zz_"), "another project's rows");
+    assert!(
+        html.contains("<option value=\"7\" selected>"),
+        "the charts keep their range"
+    );
+    assert!(
+        html.contains("GROUP BY name ORDER BY name</textarea>"),
+        "the query stays"
+    );
+    let again = text(&run(sql, csrf.clone()).await);
+    assert!(again.contains("From the cache: computed at"), "{again}");
+    // A refusal: at the field, with where, and the query kept.
+    let refused = run("SELECT *\nFROM api_keys", csrf.clone()).await;
+    assert_eq!(refused.status, 422);
+    let html = text(&refused);
+    assert!(html.contains("role=\"alert\" id=\"sql-error\""), "{html}");
+    assert!(html.contains("aria-describedby=\"sql-error\""));
+    assert!(html.contains("api_keys"));
+    assert!(html.contains("(at line 2, column 6)"), "{html}");
+    assert!(html.contains("FROM api_keys</textarea>"));
+    // Escaped like everything else.
+    let markup = text(&run("SELECT '<script>x</script>' AS \"<b>\"", csrf.clone()).await);
+    assert!(!markup.contains("<script>x"), "{markup}");
+    // Without the form's token: refused, nothing run.
+    let forged = run(sql, "forged".into()).await;
+    assert_eq!(forged.status, 403);
+    // Another tenant's project id is not a way in.
+    let theirs = post_form(
+        &app,
+        &format!("/analytics?project={}", other.project_id),
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("project", &other.project_id),
+            ("sql", sql),
+        ],
+    )
+    .await;
+    assert_eq!(theirs.status, 404);
+    assert!(!text(&theirs).contains("zz_"));
+}
+
 backend_tests!(
+    dashboard_sql_console,
     queries_answer_over_the_callers_rows,
     every_listed_function_runs,
     attacks_are_refused_by_each_layer,

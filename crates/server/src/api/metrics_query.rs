@@ -103,6 +103,16 @@ pub struct CachedAnswer {
     weight: u32,
 }
 
+impl CachedAnswer {
+    pub fn output(&self) -> &QueryOutput {
+        &self.output
+    }
+
+    pub fn computed_at(&self) -> i64 {
+        self.computed_at
+    }
+}
+
 impl super::metrics::Cached for CachedAnswer {
     fn computed_at(&self) -> i64 {
         self.computed_at
@@ -178,52 +188,7 @@ pub async fn run_query(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let now = state.now_ms();
-    let project_id = caller.project_id();
-    let checked = tenant_sql::check(&request.sql, state.store.tenant_dialect()).map_err(refusal)?;
-    let cache_key = format!("{project_id}|{}", checked.normalized());
-    let (entry, cached) = match state.query_cache.get(&cache_key) {
-        Some(entry) if entry.valid_until > now => (entry, true),
-        _ => {
-            let slot = state.query_slots.take(project_id)?;
-            // On its own task: a client that hangs up does not stop the
-            // query's clean-up, nor free its slot before the work is over.
-            let (store, project, query, limits) = (
-                state.store.clone(),
-                project_id.to_string(),
-                checked.clone(),
-                limits(&state),
-            );
-            let output = tokio::spawn(async move {
-                let _slot = slot;
-                store.run_tenant_query(&project, &query, limits).await
-            })
-            .await
-            .map_err(|e| ApiError::internal("tenant query task", &e))?
-            .map_err(refusal)?;
-            let ttl_minutes = state
-                .store
-                .project_settings(project_id)
-                .await?
-                .metrics_cache_ttl_minutes;
-            let weight = u32::try_from(
-                output
-                    .rows
-                    .iter()
-                    .flatten()
-                    .map(|v| 16 + v.to_string().len())
-                    .sum::<usize>(),
-            )
-            .unwrap_or(u32::MAX);
-            let entry = Arc::new(CachedAnswer {
-                output,
-                computed_at: now,
-                valid_until: now + ttl_minutes * 60_000,
-                weight,
-            });
-            state.query_cache.insert(cache_key, entry.clone());
-            (entry, false)
-        }
-    };
+    let (entry, cached) = answer(&state, caller.project_id(), &request.sql).await?;
     let view = QueryView {
         columns: entry.output.columns.clone(),
         rows: entry.output.rows.clone(),
@@ -241,6 +206,62 @@ pub async fn run_query(
             .insert(header::AGE, HeaderValue::from(age));
     }
     Ok(response)
+}
+
+/// The answer to `sql` over `project_id`'s rows, from the cache or
+/// computed now (`true`: from the cache). Shared by the API and the
+/// dashboard's console.
+pub async fn answer(
+    state: &SharedState,
+    project_id: &str,
+    sql: &str,
+) -> ApiResult<(Arc<CachedAnswer>, bool)> {
+    let now = state.now_ms();
+    let checked = tenant_sql::check(sql, state.store.tenant_dialect()).map_err(refusal)?;
+    let cache_key = format!("{project_id}|{}", checked.normalized());
+    if let Some(entry) = state.query_cache.get(&cache_key)
+        && entry.valid_until > now
+    {
+        return Ok((entry, true));
+    }
+    let slot = state.query_slots.take(project_id)?;
+    // On its own task: a client that hangs up does not stop the query's
+    // clean-up, nor free its slot before the work is over.
+    let (store, project, query, limits) = (
+        state.store.clone(),
+        project_id.to_string(),
+        checked,
+        limits(state),
+    );
+    let output = tokio::spawn(async move {
+        let _slot = slot;
+        store.run_tenant_query(&project, &query, limits).await
+    })
+    .await
+    .map_err(|e| ApiError::internal("tenant query task", &e))?
+    .map_err(refusal)?;
+    let ttl_minutes = state
+        .store
+        .project_settings(project_id)
+        .await?
+        .metrics_cache_ttl_minutes;
+    let weight = u32::try_from(
+        output
+            .rows
+            .iter()
+            .flatten()
+            .map(|v| 16 + v.to_string().len())
+            .sum::<usize>(),
+    )
+    .unwrap_or(u32::MAX);
+    let entry = Arc::new(CachedAnswer {
+        output,
+        computed_at: now,
+        valid_until: now + ttl_minutes * 60_000,
+        weight,
+    });
+    state.query_cache.insert(cache_key, entry.clone());
+    Ok((entry, false))
 }
 
 /// A query's failure in SPEC's error shape: 422 for what the query did
@@ -280,36 +301,36 @@ pub fn refusal(failure: QueryFailure) -> ApiError {
 
 #[derive(Serialize, ToSchema)]
 pub struct SchemaColumn {
-    name: &'static str,
+    pub name: &'static str,
     #[serde(rename = "type")]
-    type_name: &'static str,
-    description: &'static str,
+    pub type_name: &'static str,
+    pub description: &'static str,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct SchemaRelation {
-    name: &'static str,
-    columns: Vec<SchemaColumn>,
+    pub name: &'static str,
+    pub columns: Vec<SchemaColumn>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct SchemaLimits {
-    timeout_ms: u64,
-    max_rows: usize,
-    max_result_bytes: usize,
-    max_sql_bytes: usize,
-    max_columns: usize,
-    concurrent_queries_per_project: usize,
+    pub timeout_ms: u64,
+    pub max_rows: usize,
+    pub max_result_bytes: usize,
+    pub max_sql_bytes: usize,
+    pub max_columns: usize,
+    pub concurrent_queries_per_project: usize,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct SchemaView {
     /// `sqlite` or `postgresql`: the store's own dialect.
-    dialect: &'static str,
-    relations: Vec<SchemaRelation>,
+    pub dialect: &'static str,
+    pub relations: Vec<SchemaRelation>,
     /// The functions a query may call.
-    functions: Vec<&'static str>,
-    limits: SchemaLimits,
+    pub functions: Vec<&'static str>,
+    pub limits: SchemaLimits,
 }
 
 #[utoipa::path(

@@ -127,8 +127,9 @@ impl FromRequestParts<SharedState> for Manager {
     }
 }
 
-/// A manager's form post, checked (see the module comment), with its fields.
-pub struct ManagerForm {
+/// A member's form post, checked (see the module comment), with its fields:
+/// for forms every member may send (they change nothing only managers may).
+pub struct ViewerForm {
     pub viewer: Viewer,
     /// Every field in order (repeated names, such as checkboxes, kept).
     pub pairs: Vec<(String, String)>,
@@ -138,7 +139,7 @@ pub struct ManagerForm {
     pub ip: Option<String>,
 }
 
-impl ManagerForm {
+impl ViewerForm {
     /// The context of the change this form asks for.
     pub fn ctx<'s>(&self, state: &'s SharedState) -> crate::operations::Ctx<'s> {
         state.ctx(self.viewer.actor(), self.ip.clone(), state.now_ms())
@@ -150,7 +151,7 @@ impl ManagerForm {
     }
 }
 
-impl FromRequest<SharedState> for ManagerForm {
+impl FromRequest<SharedState> for ViewerForm {
     type Rejection = PageError;
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, PageError> {
@@ -167,9 +168,7 @@ impl FromRequest<SharedState> for ManagerForm {
             .await
             .map_err(|_| ApiError::field("form", "is not a valid form"))?;
         let values: HashMap<String, String> = pairs.iter().cloned().collect();
-        let viewer = Viewer::load(state, &headers, values.get("project"))
-            .await?
-            .require_manager()?;
+        let viewer = Viewer::load(state, &headers, values.get("project")).await?;
         if !session::csrf_ok(
             &viewer.signed_in.session,
             values.get("csrf").map(String::as_str),
@@ -182,5 +181,25 @@ impl FromRequest<SharedState> for ManagerForm {
             values,
             ip,
         })
+    }
+}
+
+/// A manager's form post: a [`ViewerForm`] from an owner or admin.
+pub struct ManagerForm(ViewerForm);
+
+impl std::ops::Deref for ManagerForm {
+    type Target = ViewerForm;
+    fn deref(&self) -> &ViewerForm {
+        &self.0
+    }
+}
+
+impl FromRequest<SharedState> for ManagerForm {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, PageError> {
+        let mut form = ViewerForm::from_request(req, state).await?;
+        form.viewer = form.viewer.require_manager()?;
+        Ok(Self(form))
     }
 }

@@ -13,7 +13,7 @@ use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::areas::metrics::{DAY_MS, HOUR_MS, bucket_start};
 use keyflow_store::{Buckets, Point, Project};
 
-use super::extract::Viewer;
+use super::extract::{Viewer, ViewerForm};
 use super::page::{Chrome, PageResult, render};
 use crate::state::SharedState;
 
@@ -182,6 +182,94 @@ struct MetricsPage<'a> {
     /// Owners and admins (the credential page is theirs).
     manager: bool,
     has_credential: bool,
+    console: Console,
+    schema: crate::api::metrics_query::SchemaView,
+    csrf: &'a str,
+    /// The chart settings, so running SQL keeps them.
+    chart_query: String,
+}
+
+/// The SQL console: what was typed, and its answer or why there is none.
+#[derive(Default)]
+pub struct Console {
+    pub sql: String,
+    pub error: Option<String>,
+    /// "line 2, column 6" when the refusal says where.
+    pub error_at: Option<String>,
+    pub result: Option<ConsoleResult>,
+}
+
+pub struct ConsoleResult {
+    pub columns: Vec<String>,
+    /// Each value as shown (`None`: NULL).
+    pub rows: Vec<Vec<Option<String>>>,
+    pub row_count: usize,
+    /// Rows left out of the page (the API returns them all).
+    pub hidden: usize,
+    pub truncated: bool,
+    /// Where the answer came from, in words.
+    pub origin: String,
+}
+
+/// Rows the page shows at most.
+const SHOWN_ROWS: usize = 500;
+
+impl Console {
+    async fn run(state: &SharedState, project_id: &str, sql: &str) -> Self {
+        let started = std::time::Instant::now();
+        let mut console = Console {
+            sql: sql.to_string(),
+            ..Default::default()
+        };
+        match crate::api::metrics_query::answer(state, project_id, sql).await {
+            Ok((entry, cached)) => {
+                let output = entry.output();
+                let origin = if cached {
+                    format!(
+                        "From the cache: computed at {} ({} s ago).",
+                        format_rfc3339(entry.computed_at()),
+                        (state.now_ms() - entry.computed_at()).max(0) / 1000
+                    )
+                } else {
+                    format!("Computed now in {} ms.", started.elapsed().as_millis())
+                };
+                console.result = Some(ConsoleResult {
+                    columns: output.columns.clone(),
+                    rows: output
+                        .rows
+                        .iter()
+                        .take(SHOWN_ROWS)
+                        .map(|row| row.iter().map(shown).collect())
+                        .collect(),
+                    row_count: output.rows.len(),
+                    hidden: output.rows.len().saturating_sub(SHOWN_ROWS),
+                    truncated: output.truncated,
+                    origin,
+                });
+            }
+            Err(e) => {
+                let field = e.details["fields"][0]["message"].as_str();
+                console.error = Some(match field {
+                    Some(reason) => format!("Not run: {reason}."),
+                    None => e.message.clone(),
+                });
+                let at = &e.details["position"];
+                if let (Some(line), Some(column)) = (at["line"].as_u64(), at["column"].as_u64()) {
+                    console.error_at = Some(format!("line {line}, column {column}"));
+                }
+            }
+        }
+        console
+    }
+}
+
+/// A value as the results table shows it.
+fn shown(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// Ranges offered, in days; hourly buckets cover at most `MAX_HOURLY_DAYS`.
@@ -198,6 +286,34 @@ pub async fn page(
     viewer: Viewer,
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
+    show(viewer, &state, &query, Console::default()).await
+}
+
+/// The SQL console's form: runs the query as the Metrics API would (same
+/// checks, limits, slots and cache) and shows the page with its answer.
+pub async fn run_sql(
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+    form: ViewerForm,
+) -> PageResult {
+    let sql = form.field("sql").to_string();
+    let console = if sql.trim().is_empty() {
+        Console {
+            error: Some("Type a query first.".into()),
+            ..Default::default()
+        }
+    } else {
+        Console::run(&state, &form.viewer.project.id, &sql).await
+    };
+    show(form.viewer, &state, &query, console).await
+}
+
+async fn show(
+    viewer: Viewer,
+    state: &SharedState,
+    query: &HashMap<String, String>,
+    console: Console,
 ) -> PageResult {
     let now = state.now_ms();
     let asked_hourly = query.get("interval").map(String::as_str) == Some("hour");
@@ -305,6 +421,12 @@ pub async fn page(
             selected: n == days,
         })
         .into();
+    let chart_query = format!(
+        "project={}&interval={}&range={days}&event={}",
+        viewer.project.id,
+        if hourly { "hour" } else { "day" },
+        percent_encode(event.as_deref().unwrap_or(""))
+    );
     let page = MetricsPage {
         chrome: viewer.chrome("/analytics", "Metrics"),
         project: &viewer.project,
@@ -319,13 +441,30 @@ pub async fn page(
         cache_ttl_minutes: settings.metrics_cache_ttl_minutes,
         manager: viewer.membership.role.can_manage(),
         has_credential,
+        schema: crate::api::metrics_query::schema(state),
+        csrf: viewer.csrf(),
+        chart_query,
+        console,
     };
-    let status = if page.message.is_some() {
+    let status = if page.message.is_some() || page.console.error.is_some() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
     };
     Ok(render(status, &page))
+}
+
+/// A query-string value, percent-encoded (unreserved characters kept).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

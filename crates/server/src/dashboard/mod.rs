@@ -42,7 +42,7 @@ pub fn router() -> Router<SharedState> {
         .route("/contacts", get(customer_data::contacts))
         .route("/contacts/{id}", get(customer_data::contact))
         .route("/events", get(customer_data::events))
-        .route("/analytics", get(metrics::page))
+        .route("/analytics", get(metrics::page).post(metrics::run_sql))
         .route(
             "/members",
             get(workspace::members).post(workspace::change_members),
