@@ -42,6 +42,9 @@ struct Args {
     /// Timed runs per query.
     #[arg(long, default_value_t = 50)]
     runs: usize,
+    /// Timed runs per tenant SQL query (`POST /v1/metrics/query`'s path).
+    #[arg(long, default_value_t = 5)]
+    sql_runs: usize,
     #[arg(
         long,
         env = "KEYFLOW_BENCH_POSTGRES_URL",
@@ -215,7 +218,58 @@ async fn run(label: &str, url: &str, args: &Args) -> Result<()> {
         args.events
     );
     println!("\n(check: the daily series adds up to the {total} events loaded)");
+
+    // Tenant SQL reads the events themselves (through the project's views),
+    // not the roll-ups: what a query costs grows with what it touches.
+    println!(
+        "\n| tenant SQL (`POST /v1/metrics/query`, uncached, no time limit) | p50 | p99 | max |"
+    );
+    println!("|---|---|---|---|");
+    let dialect = store.tenant_dialect();
+    let limits = keyflow_store::tenant_sql::Limits {
+        timeout: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let one_user = "SELECT count(*) FROM events WHERE contact_id = \
+                    (SELECT id FROM contacts WHERE external_id = 'user-42')";
+    let last_day = format!(
+        "SELECT count(*) FROM events WHERE name = '{popular}' AND timestamp >= {}",
+        days.to - DAY_MS
+    );
+    for (label, sql) in [
+        ("one user's events (index on contact)", one_user.to_string()),
+        ("count of contacts", "SELECT count(*) FROM contacts".to_string()),
+        ("count of all events", "SELECT count(*) FROM events".to_string()),
+        ("one name over the last day (scans the project)", last_day),
+        (
+            "events per name (scans the project)",
+            "SELECT name, count(*) AS n FROM events GROUP BY name ORDER BY n DESC".to_string(),
+        ),
+    ] {
+        let query = keyflow_store::tenant_sql::check(&sql, dialect)
+            .map_err(|e| anyhow::anyhow!("{sql}: {e}"))?;
+        time(args.sql_runs, label, || async {
+            store
+                .run_tenant_query(p, &query, limits)
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{sql}: {e}"))
+        })
+        .await?;
+    }
     Ok(())
+}
+
+fn print_row(label: &str, mut took: Vec<Duration>) {
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "| {label} | {} | {} | {} |",
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(at(1.0))
+    );
 }
 
 /// Event `i` of `n`: every fifth names a user, the rest are anonymous;
@@ -249,10 +303,11 @@ fn name(k: u64) -> String {
     format!("event_{k:02}")
 }
 
-async fn time<F, Fut>(runs: usize, label: &str, query: F) -> Result<()>
+async fn time<F, Fut, E>(runs: usize, label: &str, query: F) -> Result<()>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = keyflow_store::StoreResult<()>>,
+    Fut: std::future::Future<Output = std::result::Result<(), E>>,
+    anyhow::Error: From<E>,
 {
     query().await?;
     let mut took: Vec<Duration> = Vec::with_capacity(runs);
@@ -261,15 +316,7 @@ where
         query().await?;
         took.push(began.elapsed());
     }
-    took.sort();
-    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
-    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
-    println!(
-        "| {label} | {} | {} | {} |",
-        ms(at(0.5)),
-        ms(at(0.99)),
-        ms(at(1.0))
-    );
+    print_row(label, took);
     Ok(())
 }
 
