@@ -83,6 +83,16 @@ async fn main() -> Result<()> {
         )))
         .execute(&admin)
         .await?;
+        // The tenant SQL reader role the server made for that database.
+        let role: String = sqlx::query_scalar("SELECT 'keyflow_tenant_' || left(md5($1), 12)")
+            .bind(&db)
+            .fetch_one(&admin)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP ROLE IF EXISTS \"{role}\""
+        )))
+        .execute(&admin)
+        .await?;
         result?;
     }
     Ok(())
@@ -238,8 +248,14 @@ async fn run(label: &str, url: &str, args: &Args) -> Result<()> {
     );
     for (label, sql) in [
         ("one user's events (index on contact)", one_user.to_string()),
-        ("count of contacts", "SELECT count(*) FROM contacts".to_string()),
-        ("count of all events", "SELECT count(*) FROM events".to_string()),
+        (
+            "count of contacts",
+            "SELECT count(*) FROM contacts".to_string(),
+        ),
+        (
+            "count of all events",
+            "SELECT count(*) FROM events".to_string(),
+        ),
         ("one name over the last day (scans the project)", last_day),
         (
             "events per name (scans the project)",
