@@ -234,8 +234,31 @@ impl TenantSql {
                     .bind(pid)
                     .execute(&self.main)
                     .await;
-                // Stopped mid-answer: this connection is not reused.
+                // Stopped mid-answer: this connection is not reused. Some
+                // work cannot be cancelled until it ends (a long substring
+                // search checks nowhere), so the connection, one of the
+                // reader pool's few, is held until its backend is idle:
+                // leftovers never pile up past the pool's size.
                 conn.close_on_drop();
+                let main = self.main.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_secs(900) {
+                        let active: Option<bool> = sqlx::query_scalar(
+                            "SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1",
+                        )
+                        .bind(pid)
+                        .fetch_optional(&main)
+                        .await
+                        .ok()
+                        .flatten();
+                        if active != Some(true) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    drop(conn);
+                });
                 Err(QueryFailure::TimedOut(limits.timeout))
             }
         };
@@ -279,17 +302,23 @@ async fn run_scoped(
             columns.len()
         )));
     }
-    // Each row as one JSON array: PostgreSQL turns every type into JSON,
-    // and positional names keep repeated column names apart.
+    // Each value as its JSON text (PostgreSQL turns every type into JSON),
+    // positional names keeping repeated column names apart; a row larger
+    // than the answer may be comes back as NULL, so it is never sent.
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-    let values: Vec<String> = names.iter().map(|n| format!("q.{n}")).collect();
+    let values: Vec<String> = names
+        .iter()
+        .map(|n| format!("to_json(q.{n})::text"))
+        .collect();
     let alias = if names.is_empty() {
         String::from("q")
     } else {
         format!("q({})", names.join(", "))
     };
     let wrapper = format!(
-        "SELECT json_build_array({})::text FROM (\n{sql}\n) AS {alias} LIMIT {}",
+        "SELECT CASE WHEN coalesce(octet_length(array_to_string(r.a, '')), 0) <= {} THEN r.a END \
+         FROM (SELECT ARRAY[{}]::text[] AS a FROM (\n{sql}\n) AS {alias} LIMIT {}) AS r",
+        limits.max_bytes,
         values.join(", "),
         limits.max_rows + 1
     );
@@ -297,14 +326,24 @@ async fn run_scoped(
     {
         let mut stream = sqlx::query(sqlx::AssertSqlSafe(wrapper)).fetch(&mut *conn);
         while let Some(row) = stream.try_next().await.map_err(failure)? {
-            if rows.len() == limits.max_rows || bytes > limits.max_bytes {
+            if rows.len() == limits.max_rows {
                 truncated = true;
                 break;
             }
-            let text: String = row.try_get(0).map_err(failure)?;
-            let values: Vec<serde_json::Value> = serde_json::from_str(&text)
-                .map_err(|e| crate::StoreError::Corrupt(format!("a query row: {e}")))?;
+            let Some(texts) = row
+                .try_get::<Option<Vec<Option<String>>>, _>(0)
+                .map_err(failure)?
+            else {
+                // This one row is over the size cap on its own.
+                truncated = true;
+                break;
+            };
+            let values: Vec<serde_json::Value> = texts.into_iter().map(json_value).collect();
             bytes += values.iter().map(json_size).sum::<usize>();
+            if bytes > limits.max_bytes {
+                truncated = true;
+                break;
+            }
             rows.push(values);
         }
     }
@@ -314,6 +353,16 @@ async fn run_scoped(
         rows,
         truncated,
     })
+}
+
+/// A value from its JSON text. Text serde_json does not take (a number
+/// beyond a double's range such as `1e400`, JSON nested deeper than 128
+/// levels, a lone surrogate escape) comes back as that text, in a string.
+fn json_value(text: Option<String>) -> serde_json::Value {
+    match text {
+        None => serde_json::Value::Null,
+        Some(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    }
 }
 
 fn classify(e: sqlx::Error, limits: Limits) -> QueryFailure {

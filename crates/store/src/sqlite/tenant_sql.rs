@@ -16,7 +16,12 @@
 //!   sessions, roll-ups), every function outside the allow-list (so
 //!   `load_extension`, `readfile`, pragma functions), pragmas, `ATTACH`, and
 //!   any write or schema change.
-//! - A **progress handler** stops the query at its deadline.
+//! - A **progress handler** stops the query at its deadline. It runs
+//!   between the engine's steps, so no single step may take long: strings
+//!   are capped at 100 KB, `LIKE` patterns at 100 bytes, and `instr`,
+//!   `replace` and the trims are replaced by linear implementations
+//!   (SQLite's own compare at every position: with a long needle or
+//!   character set, one call could take seconds).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -91,21 +96,116 @@ fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     for (limit, value) in [
         (Limit::SQLITE_LIMIT_ATTACHED, 0),
-        // The longest string or blob a query may build.
-        (Limit::SQLITE_LIMIT_LENGTH, 1_000_000),
+        // The longest string or blob a query may read or build (stored
+        // properties are at most 32 KiB).
+        (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES),
         (Limit::SQLITE_LIMIT_SQL_LENGTH, 200_000),
         (Limit::SQLITE_LIMIT_COLUMN, 200),
-        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 250),
         (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50),
         (Limit::SQLITE_LIMIT_FUNCTION_ARG, 16),
-        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000),
+        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 100),
         (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 0),
         (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 1),
         (Limit::SQLITE_LIMIT_WORKER_THREADS, 0),
     ] {
         conn.set_limit(limit, value)?;
     }
+    linear_functions(&conn)?;
     Ok(conn)
+}
+
+/// The longest string or blob a query may read or build.
+const MAX_VALUE_BYTES: i32 = 100_000;
+
+/// `instr`, `replace`, `trim`, `ltrim` and `rtrim` with SQLite's meaning,
+/// in time linear in their arguments' sizes (the connection's own
+/// functions win over the built-in ones).
+fn linear_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("instr", 2, flags, |ctx| {
+        let (haystack, needle) = (ctx.get_raw(0), ctx.get_raw(1));
+        Ok(match (haystack, needle) {
+            (ValueRef::Null, _) | (_, ValueRef::Null) => None,
+            (ValueRef::Blob(h), ValueRef::Blob(n)) => {
+                Some(memchr::memmem::find(h, n).map_or(0, |i| i + 1) as i64)
+            }
+            (h, n) => {
+                let (h, n) = (text_of(h), text_of(n));
+                Some(h.find(n.as_str()).map_or(0, |i| h[..i].chars().count() + 1) as i64)
+            }
+        })
+    })?;
+    conn.create_scalar_function("replace", 3, flags, |ctx| {
+        let args = [ctx.get_raw(0), ctx.get_raw(1), ctx.get_raw(2)];
+        if args.iter().any(|a| matches!(a, ValueRef::Null)) {
+            return Ok(None);
+        }
+        let [text, from, to] = args.map(text_of);
+        if from.is_empty() {
+            return Ok(Some(text));
+        }
+        let grown = text.len() / from.len() * to.len().saturating_sub(from.len());
+        if text.len() + grown > MAX_VALUE_BYTES as usize {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+                Some("string or blob too big".into()),
+            ));
+        }
+        Ok(Some(text.replace(from.as_str(), &to)))
+    })?;
+    for (name, left, right) in [
+        ("trim", true, true),
+        ("ltrim", true, false),
+        ("rtrim", false, true),
+    ] {
+        for args in [1, 2] {
+            conn.create_scalar_function(name, args, flags, move |ctx| {
+                let text = ctx.get_raw(0);
+                if matches!(text, ValueRef::Null) {
+                    return Ok(None);
+                }
+                let set: std::collections::HashSet<char> = if args == 2 {
+                    match ctx.get_raw(1) {
+                        ValueRef::Null => return Ok(None),
+                        chars => text_of(chars).chars().collect(),
+                    }
+                } else {
+                    std::iter::once(' ').collect()
+                };
+                let text = text_of(text);
+                let mut out = text.as_str();
+                if left {
+                    out = out.trim_start_matches(|c| set.contains(&c));
+                }
+                if right {
+                    out = out.trim_end_matches(|c| set.contains(&c));
+                }
+                Ok(Some(out.to_string()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A value as SQLite's string functions read it.
+fn text_of(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => {
+            let text = f.to_string();
+            if text.contains(['.', 'e', 'E', 'N', 'i']) {
+                text
+            } else {
+                format!("{text}.0")
+            }
+        }
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
 }
 
 /// What the authorizer knows about one query's connection.
@@ -196,7 +296,7 @@ fn run_on(
     }))
     .map_err(crate::StoreError::from)?;
     let deadline = Instant::now() + limits.timeout;
-    conn.progress_handler(1_000, Some(move || Instant::now() >= deadline))
+    conn.progress_handler(100, Some(move || Instant::now() >= deadline))
         .map_err(crate::StoreError::from)?;
 
     let failure = |e: rusqlite::Error| {
@@ -222,8 +322,8 @@ fn run_on(
     }
     let mut rows = statement.query([]).map_err(failure)?;
     let (mut out, mut bytes, mut truncated) = (Vec::new(), 0usize, false);
-    while let Some(row) = rows.next().map_err(failure)? {
-        if out.len() == limits.max_rows || bytes > limits.max_bytes {
+    'rows: while let Some(row) = rows.next().map_err(failure)? {
+        if out.len() == limits.max_rows {
             truncated = true;
             break;
         }
@@ -231,6 +331,11 @@ fn run_on(
         for i in 0..columns.len() {
             let value = json_of(row.get_ref(i).map_err(failure)?);
             bytes += json_size(&value);
+            // Checked per value: one row may hold 100 columns of 100 KB.
+            if bytes > limits.max_bytes {
+                truncated = true;
+                break 'rows;
+            }
             values.push(value);
         }
         out.push(values);
@@ -316,9 +421,9 @@ fn classify(e: rusqlite::Error, denied: Option<String>, limits: Limits) -> Query
         Some(ErrorCode::AuthorizationForStatementDenied) => QueryFailure::refused(
             denied.unwrap_or_else(|| "the query does something not allowed".into()),
         ),
-        Some(ErrorCode::TooBig) => QueryFailure::Failed(
-            "a value grew past 1,000,000 bytes, the largest a query may build".into(),
-        ),
+        Some(ErrorCode::TooBig) => QueryFailure::Failed(format!(
+            "a value grew past {MAX_VALUE_BYTES} bytes, the largest a query may build"
+        )),
         Some(_) | None => match e {
             rusqlite::Error::MultipleStatement => QueryFailure::refused("one statement only"),
             rusqlite::Error::SqliteFailure(_, Some(message)) => QueryFailure::Failed(message),

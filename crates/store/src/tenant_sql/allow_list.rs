@@ -11,12 +11,13 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, DataType, Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr,
-    Spanned, Statement, TableFactor, Value, Visit, Visitor,
+    BinaryOperator, DataType, Expr, FunctionArguments, Ident, InTarget, ObjectName, ObjectNamePart,
+    Query, Select, SetExpr, Spanned, Statement, TableFactor, Value, Visit, Visitor,
 };
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::Span;
+use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer};
 
 use super::{Dialect, MAX_SQL_BYTES, Position, QueryFailure};
 
@@ -59,6 +60,15 @@ impl CheckedQuery {
 
 /// Nesting the parser accepts at most (its own default is 50).
 const MAX_DEPTH: usize = 40;
+/// Tokens that can add a level to the syntax tree (operators, keywords,
+/// parentheses) at most. A chain such as `1+1+…` or `a OR b OR …` is parsed
+/// in a loop but nests one level per operator, and every walk of the tree
+/// (the checks, printing, dropping it) recurses once per level.
+const MAX_STRUCTURE_TOKENS: usize = 1_000;
+/// The tree is parsed, walked and dropped on a thread of its own with this
+/// much stack (reserved, not used), which holds a tree at the limit above
+/// even in an unoptimised build.
+const CHECK_STACK_BYTES: usize = 256 * 1024 * 1024;
 
 /// Layer one: refuses what a tenant's query may not say, with the reason
 /// and, when known, where.
@@ -77,9 +87,44 @@ pub fn check(sql: &str, dialect: Dialect) -> Result<CheckedQuery, QueryFailure> 
             "the SQL text contains a NUL character",
         ));
     }
+    let text = sql.to_string();
+    std::thread::Builder::new()
+        .name("keyflow-sql-check".into())
+        .stack_size(CHECK_STACK_BYTES)
+        .spawn(move || check_on_this_thread(text, dialect))
+        .map_err(|e| {
+            QueryFailure::Store(crate::StoreError::Config(format!(
+                "cannot start the query check: {e}"
+            )))
+        })?
+        .join()
+        .map_err(|_| {
+            QueryFailure::Store(crate::StoreError::Config("the query check failed".into()))
+        })?
+}
+
+fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, QueryFailure> {
+    let tokens = match dialect {
+        Dialect::Sqlite => Tokenizer::new(&SQLiteDialect {}, &sql).tokenize_with_location(),
+        Dialect::Postgres => Tokenizer::new(&PostgreSqlDialect {}, &sql).tokenize_with_location(),
+    }
+    .map_err(|e| QueryFailure::Refused {
+        reason: format!("the SQL could not be read: {}", e.message),
+        position: Some(Position {
+            line: e.location.line,
+            column: e.location.column,
+        }),
+    })?;
+    let structure = tokens.iter().filter(|t| adds_structure(&t.token)).count();
+    if structure > MAX_STRUCTURE_TOKENS {
+        return Err(QueryFailure::refused(format!(
+            "the query is too complex: {structure} operators, keywords and parentheses; at most \
+             {MAX_STRUCTURE_TOKENS} (a long chain of OR or UNION is often an IN (…) list)"
+        )));
+    }
     let parsed = match dialect {
-        Dialect::Sqlite => parse(&SQLiteDialect {}, sql),
-        Dialect::Postgres => parse(&PostgreSqlDialect {}, sql),
+        Dialect::Sqlite => parse(&SQLiteDialect {}, &sql),
+        Dialect::Postgres => parse(&PostgreSqlDialect {}, &sql),
     }?;
     let statement = match parsed.as_slice() {
         [one] => one,
@@ -109,11 +154,69 @@ pub fn check(sql: &str, dialect: Dialect) -> Result<CheckedQuery, QueryFailure> 
     if let ControlFlow::Break(refusal) = statement.visit(&mut walker) {
         return Err(refusal);
     }
+    let normalized = normal_form(&sql, &tokens);
     Ok(CheckedQuery {
         dialect,
-        text: sql.to_string(),
-        normalized: statement.to_string(),
+        text: sql,
+        normalized,
     })
+}
+
+/// Whether a token can add a level to the syntax tree: anything but
+/// spacing, comments, separators, literals and plain names.
+fn adds_structure(token: &Token) -> bool {
+    match token {
+        Token::Whitespace(_)
+        | Token::Comma
+        | Token::Period
+        | Token::SemiColon
+        | Token::Number(..)
+        | Token::SingleQuotedString(_)
+        | Token::DoubleQuotedString(_)
+        | Token::DollarQuotedString(_)
+        | Token::NationalStringLiteral(_)
+        | Token::EscapedStringLiteral(_)
+        | Token::UnicodeStringLiteral(_)
+        | Token::HexStringLiteral(_) => false,
+        Token::Word(word) => word.keyword != Keyword::NoKeyword,
+        _ => true,
+    }
+}
+
+/// The query's cache identity: its tokens without spacing or comments,
+/// unquoted keywords in upper case, everything else exactly as written (a
+/// printed syntax tree would not do: it writes `0x41` and `X'41'`, an
+/// integer and a blob in SQLite, the same way).
+fn normal_form(sql: &str, tokens: &[TokenWithSpan]) -> String {
+    let mut line_starts = vec![0usize];
+    line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let offset = |at: Location| -> usize {
+        let line = usize::try_from(at.line.saturating_sub(1)).unwrap_or(usize::MAX);
+        let Some(&start) = line_starts.get(line) else {
+            return sql.len();
+        };
+        let chars = usize::try_from(at.column.saturating_sub(1)).unwrap_or(usize::MAX);
+        sql[start..]
+            .char_indices()
+            .nth(chars)
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let mut out = Vec::new();
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(_) => {}
+            Token::Word(word)
+                if word.quote_style.is_none() && word.keyword != Keyword::NoKeyword =>
+            {
+                out.push(word.value.to_ascii_uppercase());
+            }
+            _ => {
+                let (start, end) = (offset(t.span.start), offset(t.span.end));
+                out.push(sql.get(start..end).unwrap_or_default().to_string());
+            }
+        }
+    }
+    out.join(" ")
 }
 
 fn parse(
@@ -262,6 +365,19 @@ impl Walker {
         }
     }
 }
+
+/// PostgreSQL functions of a whole row that `alias.name` would call.
+const RECORD_FUNCTIONS: &[&str] = &[
+    "hash_record",
+    "hash_record_extended",
+    "json_populate_record",
+    "jsonb_populate_record",
+    "record_out",
+    "record_send",
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+];
 
 /// Type names a cast may name (lower case, without length or precision).
 const ALLOWED_TYPES: &[&str] = &[
@@ -434,7 +550,61 @@ impl Visitor for Walker {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<QueryFailure> {
         match expr {
-            Expr::Function(function) => self.check_function_name(&function.name, expr.span()),
+            Expr::Function(function) => {
+                self.check_function_name(&function.name, expr.span())?;
+                // PostgreSQL trims with a character set in time |text| × |set|
+                // and checks for cancellation nowhere inside.
+                let args = match &function.args {
+                    FunctionArguments::List(list) => list.args.len(),
+                    _ => 0,
+                };
+                let name = function.name.to_string().to_ascii_lowercase();
+                if self.dialect == Dialect::Postgres
+                    && args > 1
+                    && matches!(name.as_str(), "ltrim" | "rtrim" | "btrim" | "trim")
+                {
+                    return refuse(
+                        format!("{name} with a set of characters is not allowed on this store"),
+                        expr.span(),
+                    );
+                }
+                ControlFlow::Continue(())
+            }
+            Expr::Trim {
+                trim_what,
+                trim_characters,
+                ..
+            } if self.dialect == Dialect::Postgres
+                && (trim_what.is_some() || trim_characters.is_some()) =>
+            {
+                refuse(
+                    "TRIM with a set of characters is not allowed on this store".into(),
+                    expr.span(),
+                )
+            }
+            Expr::Position { .. } if self.dialect == Dialect::Postgres => refuse(
+                "POSITION is not allowed on this store (its search cannot be stopped)".into(),
+                expr.span(),
+            ),
+            Expr::In { target, .. }
+                if !matches!(target, InTarget::List(_) | InTarget::Subquery(_)) =>
+            {
+                refuse(
+                    "`IN name` and `IN UNNEST(…)` are not supported: write IN (SELECT …)".into(),
+                    expr.span(),
+                )
+            }
+            Expr::CompoundIdentifier(parts)
+                if self.dialect == Dialect::Postgres
+                    && parts.last().is_some_and(|last| {
+                        RECORD_FUNCTIONS.contains(&folded(last, self.dialect).as_str())
+                    }) =>
+            {
+                refuse(
+                    "a function called as a column (alias.function) is not allowed".into(),
+                    expr.span(),
+                )
+            }
             Expr::Cast { data_type, .. } => self.check_type(data_type, expr.span()),
             Expr::TypedString(typed) => self.check_type(&typed.data_type, expr.span()),
             Expr::Value(value) => match value.value {
@@ -445,7 +615,10 @@ impl Visitor for Walker {
                 _ => ControlFlow::Continue(()),
             },
             Expr::BinaryOp { op, .. } => match op {
-                BinaryOperator::PGCustomBinaryOperator(_) | BinaryOperator::Custom(_) => {
+                BinaryOperator::PGCustomBinaryOperator(_)
+                | BinaryOperator::Custom(_)
+                | BinaryOperator::Match
+                | BinaryOperator::Regexp => {
                     refuse(format!("the operator {op} is not allowed"), expr.span())
                 }
                 _ => ControlFlow::Continue(()),
