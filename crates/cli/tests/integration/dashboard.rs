@@ -51,6 +51,17 @@ pub(crate) async fn post_form(
     TestApp::reply(req).await
 }
 
+/// The CSRF token of a signed-in page's forms.
+pub(crate) fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 pub(crate) fn text(reply: &Reply) -> String {
     reply
         .body
@@ -321,15 +332,7 @@ async fn cross_site_posts_and_missing_csrf_are_refused(backend: Backend) {
         200,
         "still signed in"
     );
-    let page = text(&get_page(&app, "/activity", Some(&cookie)).await);
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(&text(&get_page(&app, "/activity", Some(&cookie)).await));
     let out = post_form(&app, "/signout", Some(&cookie), &[("csrf", &csrf)]).await;
     assert_eq!(out.status, 303);
     assert_eq!(
@@ -427,16 +430,6 @@ mod keys_pages {
             .nth(1)
             .and_then(|rest| rest.split('<').next())
             .expect("a revealed key")
-            .to_string()
-    }
-
-    fn csrf_of(page: &str) -> String {
-        page.split("name=\"csrf\" value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
             .to_string()
     }
 

@@ -526,6 +526,19 @@ async fn attacks_are_refused_by_each_layer(backend: Backend) {
     );
 }
 
+/// A query sent on its own task, so the test can do other things meanwhile.
+fn in_background(
+    app: &TestApp,
+    token: &str,
+    sql: String,
+) -> tokio::task::JoinHandle<crate::harness::Reply> {
+    let request = reqwest::Client::new()
+        .post(format!("{}{QUERY}", app.base_url))
+        .bearer_auth(token)
+        .json(&json!({"sql": sql}));
+    tokio::spawn(TestApp::reply(request))
+}
+
 /// Runaway queries stop at the time limit with a clear error, and the
 /// instance keeps answering others meanwhile.
 async fn runaway_queries_stop_at_the_time_limit(backend: Backend) {
@@ -537,18 +550,7 @@ async fn runaway_queries_stop_at_the_time_limit(backend: Backend) {
     let cartesian = "SELECT count(*) FROM events a, events b, events c, events d, events e, events f, events g, events h, events i, events j, events k, events l, events m, events n, events o, events p, events q, events r, events s, events t";
     for sql in [endless, cartesian] {
         let started = Instant::now();
-        let slow = {
-            let (url, token) = (format!("{}{QUERY}", app.base_url), token.clone());
-            tokio::spawn(async move {
-                crate::harness::TestApp::reply(
-                    reqwest::Client::new()
-                        .post(url)
-                        .bearer_auth(token)
-                        .json(&json!({"sql": sql})),
-                )
-                .await
-            })
-        };
+        let slow = in_background(&app, &token, sql.to_string());
         // Meanwhile, events are stored and read at the usual speed.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let during = Instant::now();
@@ -636,16 +638,7 @@ async fn two_queries_at_once_per_project(backend: Backend) {
     };
     let mut running = Vec::new();
     for n in 0..2 {
-        let (url, token, sql) = (format!("{}{QUERY}", app.base_url), token.clone(), slow(n));
-        running.push(tokio::spawn(async move {
-            crate::harness::TestApp::reply(
-                reqwest::Client::new()
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&json!({"sql": sql})),
-            )
-            .await
-        }));
+        running.push(in_background(&app, &token, slow(n)));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     let third = app.post(QUERY, &token, json!({"sql": slow(7)})).await;
@@ -702,14 +695,7 @@ async fn dashboard_sql_console(backend: Backend) {
         page.contains("<code>contact_id</code>"),
         "the schema is beside it"
     );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = crate::dashboard::csrf_of(&page);
     let path = format!(
         "/analytics?project={}&interval=day&range=7&event=",
         mine.project_id

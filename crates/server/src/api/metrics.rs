@@ -688,16 +688,30 @@ pub async fn get_metric(
             .collect(),
         cached,
         computed_at: format_rfc3339(entry.computed_at),
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms: elapsed_ms(started),
     };
-    let mut response = Json(view).into_response();
+    Ok(with_age(
+        Json(view).into_response(),
+        cached,
+        now,
+        entry.computed_at,
+    ))
+}
+
+/// Milliseconds since `started`, for `elapsed_ms`.
+pub fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A cached answer says how old it is in `Age` (seconds).
+pub fn with_age(mut response: Response, cached: bool, now: i64, computed_at: i64) -> Response {
     if cached {
-        let age = (now - entry.computed_at).max(0) / 1000;
+        let age = (now - computed_at).max(0) / 1000;
         response
             .headers_mut()
             .insert(header::AGE, HeaderValue::from(age));
     }
-    Ok(response)
+    response
 }
 
 async fn compute(

@@ -196,16 +196,14 @@ pub async fn run_query(
         truncated: entry.output.truncated,
         cached,
         computed_at: format_rfc3339(entry.computed_at),
-        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        elapsed_ms: super::metrics::elapsed_ms(started),
     };
-    let mut response = Json(view).into_response();
-    if cached {
-        let age = (now - entry.computed_at).max(0) / 1000;
-        response
-            .headers_mut()
-            .insert(header::AGE, HeaderValue::from(age));
-    }
-    Ok(response)
+    Ok(super::metrics::with_age(
+        Json(view).into_response(),
+        cached,
+        now,
+        entry.computed_at,
+    ))
 }
 
 /// The answer to `sql` over `project_id`'s rows, from the cache or
