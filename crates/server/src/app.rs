@@ -34,7 +34,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(api.router)
         .merge(crate::dashboard::router())
-        .fallback(|| async { ApiError::from_status(StatusCode::NOT_FOUND) })
+        .fallback(crate::dashboard::page::not_found)
         .layer(from_fn(browser::cors_preflight))
         // The 1 MiB limit applies to the decompressed body (SPEC §7): the
         // limit reads the stream the decompression layer produces, so a gzip

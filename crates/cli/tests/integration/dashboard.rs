@@ -410,7 +410,40 @@ async fn empty_activity_pages_say_why(backend: Backend) {
     assert!(!all.contains("No entries match"), "the sign-in is an entry");
 }
 
+/// An unknown path: a page for a browser, the API's JSON 404 for API
+/// clients and under `/v1` and `/admin` whatever they accept.
+async fn unknown_paths_answer_in_the_askers_terms(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let ask = |path: &'static str, accept: &'static str| {
+        let request = browser()
+            .get(format!("{}{path}", app.base_url))
+            .header("accept", accept);
+        TestApp::reply(request)
+    };
+    let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+    let page = ask("/keyz", html).await;
+    assert_eq!(page.status, 404);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        page.header("content-type")
+    );
+    assert!(text(&page).contains("Page not found"));
+    for (path, accept) in [
+        ("/keyz", "application/json"),
+        ("/keyz", "*/*"),
+        ("/v1/nope", html),
+        ("/admin/nope", html),
+    ] {
+        let reply = ask(path, accept).await;
+        reply.assert_error(404, "not_found");
+    }
+}
+
 backend_tests!(
+    unknown_paths_answer_in_the_askers_terms,
     empty_activity_pages_say_why,
     setup_link_stops_once_an_operator_exists,
     first_run_setup_creates_owner_and_signs_in,
@@ -745,7 +778,7 @@ mod keys_pages {
         );
         assert!(page.contains("<svg class=\"chart\""), "{page}");
         assert!(
-            page.contains("3 requests, 1 errors, 0 rate-limited"),
+            page.contains("3 requests, 1 error, 0 rate-limited"),
             "{page}"
         );
         assert!(page.contains("from 127.0.0.1"));
@@ -1377,12 +1410,21 @@ mod keys_pages {
                 .plan
         };
         assert_eq!(plan_of().await, keyflow_core::Plan::Team);
-        let csrf = csrf_of(&text(&get_page(&app, "/plan", Some(&cookie)).await));
+        let page = text(&get_page(&app, "/plan", Some(&cookie)).await);
+        let csrf = csrf_of(&page);
+        // The select shows the current plan, then the previewed one (issue 16: it showed "free").
+        assert!(page.contains("<option selected>team</option>"), "{page}");
+        assert_eq!(page.matches(" selected>").count(), 1);
         let preview = text(&get_page(&app, "/plan?preview=free", Some(&cookie)).await);
         assert!(
             preview.contains("0 active API keys will be suspended"),
             "{preview}"
         );
+        assert!(
+            preview.contains("<option selected>free</option>"),
+            "{preview}"
+        );
+        assert_eq!(preview.matches(" selected>").count(), 1);
         let changed = post_form(
             &app,
             "/plan",

@@ -9,7 +9,7 @@ mod extract;
 mod key_detail;
 pub mod keys;
 mod metrics;
-mod page;
+pub(crate) mod page;
 pub mod session;
 mod setup;
 pub mod signin;

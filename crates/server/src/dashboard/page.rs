@@ -171,6 +171,29 @@ impl From<keyflow_store::StoreError> for PageError {
 
 pub type PageResult = Result<Response, PageError>;
 
+/// What an unknown path answers: the API's JSON 404 under `/v1`, `/admin`
+/// and for clients that do not ask for HTML; a page for a browser.
+pub async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> Response {
+    let path = uri.path();
+    let api = path.starts_with("/v1/") || path == "/v1" || path.starts_with("/admin");
+    let browser = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if api || !browser {
+        return ApiError::from_status(StatusCode::NOT_FOUND).into_response();
+    }
+    render(
+        StatusCode::NOT_FOUND,
+        &MessagePage {
+            chrome: Chrome::public("Not found"),
+            heading: "Page not found",
+            text: "There is no page at this address. The dashboard starts at /keys.",
+            alert: false,
+        },
+    )
+}
+
 /// "3 minutes ago" for a past time, relative to `now` (both Unix ms).
 pub fn relative_time(at: i64, now: i64) -> String {
     let seconds = (now - at).max(0) / 1000;

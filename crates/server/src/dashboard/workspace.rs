@@ -134,6 +134,8 @@ struct PlanPage<'a> {
     workspace: &'a Workspace,
     control: PlanControl,
     plans: Vec<&'static str>,
+    /// The plan the select shows: the one previewed, else the current one.
+    selected: &'static str,
     csrf: &'a str,
 }
 
@@ -169,11 +171,18 @@ pub async fn plan(
         };
         PlanControl::Change { preview }
     };
+    let selected = match &control {
+        PlanControl::Change {
+            preview: Some(preview),
+        } => preview.target,
+        _ => workspace.plan.as_str(),
+    };
     let page = PlanPage {
         chrome: viewer.chrome("/plan", "Plan"),
         workspace: &workspace,
         control,
         plans: Plan::ALL.map(Plan::as_str).to_vec(),
+        selected,
         csrf: viewer.csrf(),
     };
     Ok(render(StatusCode::OK, &page))
