@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::{Actor, AuditAction, AuditEntry, Page, Project};
 
 use super::extract::Viewer;
@@ -35,7 +34,7 @@ struct ActivityPage<'a> {
 
 impl ActivityPage<'_> {
     fn time(&self, at: i64) -> String {
-        format_rfc3339(at)
+        super::page::shown_time(at)
     }
 }
 

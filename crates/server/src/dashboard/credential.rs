@@ -6,7 +6,6 @@ use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::MetricsCredential;
 
 use super::extract::{Manager, ManagerForm, Viewer};
@@ -51,12 +50,12 @@ async fn show(
         project_name: &viewer.project.name,
         created: credential
             .as_ref()
-            .map(|c| format_rfc3339(c.created_at))
+            .map(|c| super::page::shown_time(c.created_at))
             .unwrap_or_default(),
         last_used: credential
             .as_ref()
             .and_then(|c| c.last_used_at)
-            .map(|t| (format_rfc3339(t), relative_time(t, now))),
+            .map(|t| (super::page::shown_time(t), relative_time(t, now))),
         rows: credential
             .as_ref()
             .map(|c| IpRow::with_empty_row(&c.ip_allowlist))

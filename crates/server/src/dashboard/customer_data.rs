@@ -6,7 +6,6 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use keyflow_core::contacts::ContactLookup;
-use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::{Contact, Event, EventFilter, Page, Project};
 
 use super::extract::Viewer;
@@ -38,7 +37,7 @@ impl From<&Contact> for ContactRow {
             external_id: f.external_id.clone().unwrap_or_default(),
             name,
             subscribed: yes_no(f.subscribed),
-            updated: format_rfc3339(c.updated_at),
+            updated: super::page::shown_time(c.updated_at),
         }
     }
 }
@@ -55,7 +54,7 @@ impl From<&Event> for EventRow {
     fn from(e: &Event) -> Self {
         Self {
             name: e.name.clone(),
-            time: format_rfc3339(e.timestamp),
+            time: super::page::shown_time(e.timestamp),
             who: e
                 .contact_id
                 .clone()
@@ -154,7 +153,7 @@ pub async fn contact(
             .unwrap_or_else(|| "Contact".into()),
         external_id: f.external_id.clone().unwrap_or_else(|| "—".into()),
         subscribed: yes_no(f.subscribed),
-        created: format_rfc3339(contact.created_at),
+        created: super::page::shown_time(contact.created_at),
         properties: serde_json::to_string_pretty(&f.properties).unwrap_or_default(),
         events: events.iter().map(EventRow::from).collect(),
     };

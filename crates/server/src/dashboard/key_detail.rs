@@ -130,7 +130,7 @@ fn detail_page(
         key_type: key.key_type.as_str(),
         prefix: &key.prefix,
         access: access_summary(key.key_type, key.scopes),
-        created: format_rfc3339(key.created_at),
+        created: super::page::shown_time(key.created_at),
         last_used: last_at.map_or_else(|| "never".into(), |t| relative_time(t, now)),
         last_ip: last_ip.unwrap_or_else(|| "—".into()),
         chart: Chart::of(usage, now.div_euclid(DAY_MS)),

@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_core::IpRule;
 use keyflow_core::key_settings::{CreateKeyRequest, IpRuleInput, validate_create};
-use keyflow_core::timefmt::format_rfc3339;
 use keyflow_core::{KeyType, Scope, ScopeSet};
 use keyflow_store::{ApiKey, Page, Project};
 
@@ -169,12 +168,12 @@ pub async fn list(Manager(viewer): Manager, State(state): State<SharedState>) ->
             last_used: k
                 .last_used_at
                 .max(state.usage.pending(&k.id).map(|p| p.0))
-                .map(|at| (format_rfc3339(at), relative_time(at, now))),
-            created: format_rfc3339(k.created_at),
+                .map(|at| (super::page::shown_time(at), relative_time(at, now))),
+            created: super::page::shown_time(k.created_at),
             expires: k
                 .settings
                 .expires_at
-                .map(format_rfc3339)
+                .map(super::page::shown_time)
                 .unwrap_or_else(|| "Never".into()),
         })
         .collect();

@@ -227,7 +227,7 @@ impl Console {
                 let origin = if cached {
                     format!(
                         "From the cache: computed at {} ({} s ago).",
-                        format_rfc3339(entry.computed_at()),
+                        super::page::shown_time(entry.computed_at()),
                         (state.now_ms() - entry.computed_at()).max(0) / 1000
                     )
                 } else {

@@ -194,6 +194,15 @@ pub async fn not_found(uri: axum::http::Uri, headers: axum::http::HeaderMap) -> 
     )
 }
 
+/// A time as pages show it: to the second, in UTC, always the same width
+/// ("2026-11-30 18:23:45 UTC"), however many milliseconds it carries.
+pub fn shown_time(at: i64) -> String {
+    let iso = keyflow_core::timefmt::format_rfc3339(at.div_euclid(1000) * 1000);
+    let (date, rest) = iso.split_once('T').unwrap_or((&iso, ""));
+    let clock = rest.get(..8).unwrap_or(rest);
+    format!("{date} {clock} UTC")
+}
+
 /// "3 minutes ago" for a past time, relative to `now` (both Unix ms).
 pub fn relative_time(at: i64, now: i64) -> String {
     let seconds = (now - at).max(0) / 1000;
@@ -223,6 +232,13 @@ pub fn field_errors(fields: &[keyflow_core::FieldError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_times_have_one_width() {
+        assert_eq!(shown_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(shown_time(1_999), "1970-01-01 00:00:01 UTC");
+        assert_eq!(shown_time(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+    }
 
     #[test]
     fn relative_time_in_words() {
