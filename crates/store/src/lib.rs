@@ -25,7 +25,7 @@ pub use areas::keys::KeyStore;
 pub use areas::members::MemberStore;
 pub use areas::metrics::{Buckets, MetricsStore, NamedPoint, Point};
 pub use areas::schema::SchemaStore;
-pub use areas::sessions::SessionStore;
+pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
 
 pub use error::StoreError;

@@ -56,7 +56,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0012_generations",
             "0013_metrics_rollups",
             "0014_metrics_tokens",
-            "0015_tenant_sql"
+            "0015_tenant_sql",
+            "0016_form_nonces"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

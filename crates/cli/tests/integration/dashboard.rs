@@ -62,6 +62,11 @@ pub(crate) fn csrf_of(page: &str) -> String {
         .to_string()
 }
 
+/// A one-time form nonce, as the key forms carry (any unique value will do).
+pub(crate) fn fresh_nonce() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
 pub(crate) fn text(reply: &Reply) -> String {
     reply
         .body
@@ -504,6 +509,7 @@ mod keys_pages {
             &[
                 ("csrf", &csrf),
                 ("project", &project),
+                ("form_nonce", &fresh_nonce()),
                 ("type", "secret"),
                 ("name", "backend"),
                 ("scope", "keys:read"),
@@ -566,6 +572,7 @@ mod keys_pages {
             &[
                 ("csrf", &csrf),
                 ("project", &project),
+                ("form_nonce", &fresh_nonce()),
                 ("type", "read_only"),
                 ("name", "bi"),
                 ("scope", "audit:read"),
@@ -577,20 +584,164 @@ mod keys_pages {
             .as_str()
             .unwrap()
             .to_string();
-        let rolled = post_form(
-            &app,
-            &format!("/keys/{id}/roll"),
-            Some(&cookie),
-            &[("csrf", &csrf), ("project", &project), ("grace", "0")],
-        )
-        .await;
+        let roll_nonce = fresh_nonce();
+        let roll = || async {
+            post_form(
+                &app,
+                &format!("/keys/{id}/roll"),
+                Some(&cookie),
+                &[
+                    ("csrf", &csrf),
+                    ("project", &project),
+                    ("form_nonce", &roll_nonce),
+                    ("grace", "3600"),
+                ],
+            )
+            .await
+        };
+        let rolled = roll().await;
         assert_eq!(rolled.status, 200);
         let new = revealed_key(&rolled);
         assert!(new.starts_with("ro_live_"));
-        app.get("/v1/keys/self", &old)
-            .await
-            .assert_error(401, "key_expired");
         assert_eq!(app.get("/v1/keys/self", &new).await.status, 200);
+        // The same form posted again (a refresh on the reveal): no third key,
+        // and a link to the successor.
+        let again = roll().await;
+        assert_eq!(again.status, 409, "{}", text(&again));
+        let new_id = app.get("/v1/keys/self", &new).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(text(&again).contains(&format!("/keys/{new_id}?project={project}")));
+        assert!(!text(&again).contains(&new));
+        let keys = app
+            .store
+            .list_api_keys(
+                &project,
+                true,
+                &keyflow_store::Page {
+                    limit: 100,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            keys.len(),
+            3,
+            "the root key, the rolled one and one successor"
+        );
+    }
+
+    /// A refresh or back/forward on the one-time reveal re-posts the create
+    /// form: the second post creates nothing and links to the first's key.
+    async fn a_reposted_create_form_makes_one_key(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, csrf) = signed_in_admin(&app).await;
+        let form_page =
+            text(&get_page(&app, &format!("/keys/new?project={project}"), Some(&cookie)).await);
+        let nonce = form_page
+            .split("name=\"form_nonce\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(nonce.len() >= 16);
+        let post = || async {
+            post_form(
+                &app,
+                "/keys/new",
+                Some(&cookie),
+                &[
+                    ("csrf", &csrf),
+                    ("project", &project),
+                    ("form_nonce", &nonce),
+                    ("type", "secret"),
+                    ("name", "once"),
+                    ("scope", "keys:read"),
+                ],
+            )
+            .await
+        };
+        let first = post().await;
+        assert_eq!(first.status, 200, "{}", text(&first));
+        let key = revealed_key(&first);
+        let id = app.get("/v1/keys/self", &key).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for _ in 0..2 {
+            let again = post().await;
+            assert_eq!(again.status, 409, "{}", text(&again));
+            let page = text(&again);
+            assert!(page.contains("Key already created"), "{page}");
+            assert!(page.contains(&format!("/keys/{id}?project={project}")));
+            assert!(!page.contains(&key), "the key is never shown again");
+        }
+        let named_once = app
+            .store
+            .list_api_keys(
+                &project,
+                true,
+                &keyflow_store::Page {
+                    limit: 100,
+                    cursor: None,
+                },
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.settings.name == "once")
+            .count();
+        assert_eq!(named_once, 1);
+        // A form without its nonce (an old page) is refused and changes nothing.
+        let stale = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("type", "secret"),
+                ("name", "stale"),
+                ("scope", "keys:read"),
+            ],
+        )
+        .await;
+        assert_eq!(stale.status, 422);
+        // A refused post frees its nonce: fixed and sent again, it creates the key.
+        let fresh = fresh_nonce();
+        let bad = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("form_nonce", &fresh),
+                ("type", "secret"),
+                ("name", ""),
+            ],
+        )
+        .await;
+        assert_eq!(bad.status, 422);
+        let good = post_form(
+            &app,
+            "/keys/new",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("project", &project),
+                ("form_nonce", &fresh),
+                ("type", "secret"),
+                ("name", "fixed"),
+                ("scope", "keys:read"),
+            ],
+        )
+        .await;
+        assert_eq!(good.status, 200, "{}", text(&good));
     }
 
     async fn bad_input_shows_a_message_and_changes_nothing(backend: Backend) {
@@ -750,6 +901,7 @@ mod keys_pages {
             &[
                 ("csrf", &csrf),
                 ("project", &project),
+                ("form_nonce", &fresh_nonce()),
                 ("type", "client"),
                 ("name", "web"),
                 ("scope", "events:write"),
@@ -1092,6 +1244,7 @@ mod keys_pages {
             &[
                 ("csrf", &csrf),
                 ("project", &project),
+                ("form_nonce", &fresh_nonce()),
                 ("type", "secret"),
                 ("name", "k"),
                 ("scope", "keys:read"),
@@ -1445,6 +1598,7 @@ mod keys_pages {
         key_detail_shows_usage_and_edits_settings,
         create_reveal_use_revoke,
         roll_reveals_a_successor,
+        a_reposted_create_form_makes_one_key,
         bad_input_shows_a_message_and_changes_nothing,
         members_cannot_open_the_keys_pages,
     );

@@ -105,7 +105,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0012_generations",
             "0013_metrics_rollups",
             "0014_metrics_tokens",
-            "0015_tenant_sql"
+            "0015_tenant_sql",
+            "0016_form_nonces"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

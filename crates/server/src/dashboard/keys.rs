@@ -204,6 +204,8 @@ struct NewKeyPage<'a> {
     rows: Vec<IpRow>,
     values: &'a HashMap<String, String>,
     message: Option<&'a str>,
+    /// This rendering's one-time nonce (see [`one_time`]).
+    nonce: String,
 }
 
 impl NewKeyPage<'_> {
@@ -249,8 +251,50 @@ fn new_key_page(
         rows: IpRow::from_form(values, rows),
         values,
         message,
+        nonce: form_nonce(),
     };
     render(status, &page)
+}
+
+/// A fresh one-time nonce for a form that creates a key (creating or
+/// rolling): posted twice (a refresh or back/forward on the reveal), the
+/// form creates nothing the second time. Empty if the random source failed
+/// (the post is then refused and the form shown again).
+pub(crate) fn form_nonce() -> String {
+    keyflow_core::keys::random_base62(32).unwrap_or_default()
+}
+
+#[derive(Template)]
+#[template(path = "key_already.html")]
+struct AlreadyPage<'a> {
+    chrome: Chrome,
+    project_id: &'a str,
+    key_id: Option<&'a str>,
+}
+
+/// Claims the nonce of a posted one-time form. `Err` is the page to answer
+/// when the form was posted before: it links to the key the first post made.
+async fn one_time(
+    state: &SharedState,
+    viewer: &Viewer,
+    nonce: &str,
+) -> Result<Result<(), Response>, PageError> {
+    if nonce.len() < 16 {
+        return Err(
+            ApiError::field("form", "is out of date: reload the page and send it again").into(),
+        );
+    }
+    match state.store.claim_form(nonce, state.now_ms()).await? {
+        keyflow_store::FormClaim::Fresh => Ok(Ok(())),
+        keyflow_store::FormClaim::Used { result_id } => Ok(Err(render(
+            StatusCode::CONFLICT,
+            &AlreadyPage {
+                chrome: viewer.chrome("/keys", "Key already created"),
+                project_id: &viewer.project.id,
+                key_id: result_id.as_deref(),
+            },
+        ))),
+    }
 }
 
 pub async fn new_form(
@@ -304,11 +348,30 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
         Ok(spec) => spec,
         Err(fields) => return Ok(again(unprocessable, rows, Some(&field_errors(&fields)))),
     };
-    let authority = operator_authority(&state, viewer).await?;
-    let created = key_ops::create_key(&form.ctx(&state), &viewer.project, spec, authority).await;
+    let nonce = form.field("form_nonce");
+    if let Err(already) = one_time(&state, viewer, nonce).await? {
+        return Ok(already);
+    }
+    let authority = operator_authority(&state, viewer).await;
+    let created = match authority {
+        Ok(authority) => {
+            key_ops::create_key(&form.ctx(&state), &viewer.project, spec, authority).await
+        }
+        Err(e) => {
+            state.store.finish_form(nonce, None).await?;
+            return Err(e);
+        }
+    };
     Ok(match created {
-        Ok(issued) => reveal(viewer, &issued.key, &issued.secret),
-        Err(e) => again(unprocessable, rows, Some(&refusal(e))),
+        Ok(issued) => {
+            state.store.finish_form(nonce, Some(&issued.key.id)).await?;
+            reveal(viewer, &issued.key, &issued.secret)
+        }
+        Err(e) => {
+            // Nothing was made: the same form may be sent again.
+            state.store.finish_form(nonce, None).await?;
+            again(unprocessable, rows, Some(&refusal(e)))
+        }
     })
 }
 
@@ -360,6 +423,7 @@ struct ConfirmPage<'a> {
     action: &'a str,
     detail: &'static str,
     roll: bool,
+    nonce: String,
 }
 
 pub async fn confirm(
@@ -391,6 +455,7 @@ pub async fn confirm(
         action: &action,
         detail,
         roll,
+        nonce: form_nonce(),
     };
     Ok(render(StatusCode::OK, &page))
 }
@@ -416,8 +481,20 @@ pub async fn act(
                 .parse::<i64>()
                 .unwrap_or(0)
                 .clamp(0, key_ops::MAX_ROLL_GRACE_SECONDS);
-            let issued = key_ops::roll_key(&ctx, &viewer.project, &key, grace, authority).await?;
-            Ok(reveal(viewer, &issued.key, &issued.secret))
+            let nonce = form.field("form_nonce");
+            if let Err(already) = one_time(&state, viewer, nonce).await? {
+                return Ok(already);
+            }
+            match key_ops::roll_key(&ctx, &viewer.project, &key, grace, authority).await {
+                Ok(issued) => {
+                    state.store.finish_form(nonce, Some(&issued.key.id)).await?;
+                    Ok(reveal(viewer, &issued.key, &issued.secret))
+                }
+                Err(e) => {
+                    state.store.finish_form(nonce, None).await?;
+                    Err(e.into())
+                }
+            }
         }
         _ => Err(ApiError::not_found("page").into()),
     }

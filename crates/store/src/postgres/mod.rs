@@ -105,6 +105,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0015_tenant_sql",
         sql: include_str!("../../migrations/postgres/0015_tenant_sql.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_form_nonces",
+        sql: include_str!("../../migrations/postgres/0016_form_nonces.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -111,6 +111,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0015_tenant_sql",
         sql: include_str!("../../migrations/sqlite/0015_tenant_sql.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_form_nonces",
+        sql: include_str!("../../migrations/sqlite/0016_form_nonces.sql"),
+    },
 ];
 
 impl SqliteStore {
