@@ -1,10 +1,50 @@
-/* Keyflow dashboard: the few lines of script it needs (copy to clipboard). */
-document.addEventListener("click", function (event) {
-  var button = event.target.closest("[data-copy]");
-  if (!button) { return; }
-  var source = document.getElementById(button.getAttribute("data-copy"));
-  if (!source || !navigator.clipboard) { return; }
-  navigator.clipboard.writeText(source.textContent.trim()).then(function () {
-    button.textContent = "Copied";
+/* Keyflow dashboard: the few lines of script it needs (copy to clipboard).
+   navigator.clipboard exists only in secure contexts (https, localhost): on a
+   plain-http LAN address the legacy copy command is used, and if that fails
+   too the text is left selected with a word on how to copy it. */
+(function () {
+  "use strict";
+
+  function select(element) {
+    var range = document.createRange();
+    range.selectNodeContents(element);
+    var selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+  }
+
+  function say(button, text) {
+    var status = button.parentNode.querySelector(".copy-status[data-for='" + button.getAttribute("data-copy") + "']");
+    if (status) { status.textContent = text; }
+  }
+
+  function legacyCopy(source, button) {
+    select(source);
+    var copied = false;
+    try { copied = document.execCommand("copy"); } catch (e) { copied = false; }
+    if (copied) {
+      button.textContent = "Copied";
+      say(button, "Copied to the clipboard.");
+    } else {
+      say(button, "Press Ctrl+C (⌘C on a Mac) to copy the selected text.");
+    }
+  }
+
+  document.addEventListener("click", function (event) {
+    var secret = event.target.closest(".secret");
+    if (secret) { select(secret); return; }
+    var button = event.target.closest("[data-copy]");
+    if (!button) { return; }
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    if (!source) { return; }
+    var text = source.textContent.trim();
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(function () {
+        button.textContent = "Copied";
+        say(button, "Copied to the clipboard.");
+      }, function () { legacyCopy(source, button); });
+    } else {
+      legacyCopy(source, button);
+    }
   });
-});
+})();

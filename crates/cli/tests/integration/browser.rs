@@ -342,7 +342,64 @@ async fn dashboard_flow_in_a_real_browser(backend: Backend) {
     assert!(keys.iter().all(|k| k.settings.name != "evil"));
 }
 
+/// Copy on a plain-http address that is not localhost (the usual LAN set-up,
+/// where `navigator.clipboard` does not exist): the key is selected and the
+/// page says it was copied or how to copy it; a click on the key selects it.
+async fn copy_works_on_a_plain_http_lan_address(backend: Backend) {
+    let Some(browser) =
+        crate::webdriver::Browser::start_with(&["--host-resolver-rules=MAP lan.test 127.0.0.1"])
+            .await
+    else {
+        return;
+    };
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    let base = format!("http://lan.test:{}", app.addr.port());
+    browser.goto(&format!("{base}/setup?token={token}")).await;
+    browser.type_into("#email", "owner@acme.io").await;
+    browser
+        .type_into("#password", "correct horse battery")
+        .await;
+    browser.type_into("#workspace", "Acme").await;
+    browser.type_into("#project", "Production").await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/activity").await;
+    assert_eq!(
+        browser
+            .execute("return window.isSecureContext && !!navigator.clipboard;")
+            .await,
+        json!(false),
+        "this origin must not be a secure context"
+    );
+    browser.goto(&format!("{base}/keys/new?type=client")).await;
+    browser.type_into("#name", "website").await;
+    browser.click("#create-key").await;
+    let key = browser.text("#new-key").await;
+    assert!(key.starts_with("ck_live_"), "{key}");
+    browser.click("[data-copy=new-key]").await;
+    let selected = browser
+        .execute("return window.getSelection().toString().trim();")
+        .await;
+    assert_eq!(selected, json!(key), "the key is selected for copying");
+    let said = browser.text(".copy-status[data-for=new-key]").await;
+    assert!(
+        said == "Copied to the clipboard." || said.starts_with("Press Ctrl+C"),
+        "{said}"
+    );
+    browser.screenshot("copy-on-plain-http").await;
+    // A click on the key itself selects all of it.
+    browser
+        .execute("window.getSelection().removeAllRanges(); return null;")
+        .await;
+    browser.click("#new-key").await;
+    let selected = browser
+        .execute("return window.getSelection().toString().trim();")
+        .await;
+    assert_eq!(selected, json!(key));
+}
+
 backend_tests!(
     embed_js_tracks_from_a_real_browser,
-    dashboard_flow_in_a_real_browser
+    dashboard_flow_in_a_real_browser,
+    copy_works_on_a_plain_http_lan_address,
 );

@@ -33,6 +33,11 @@ fn chromedriver() -> Option<String> {
 
 impl Browser {
     pub async fn start() -> Option<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// With more Chromium flags (say, `--host-resolver-rules=…`).
+    pub async fn start_with(extra_args: &[&str]) -> Option<Self> {
         let driver_path = chromedriver()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -64,14 +69,24 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let chromium =
             std::env::var("KEYFLOW_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,900",
+        ]
+        .iter()
+        .chain(extra_args)
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,900",
-                         format!("--user-data-dir={}", profile.path().display())]
-            }
+            "goog:chromeOptions": {"binary": chromium, "args": args}
         }}});
         let created: Value = http
             .post(format!("{base}/session"))
@@ -154,6 +169,16 @@ impl Browser {
         let id = self.find(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{id}/click"), None)
             .await;
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    pub async fn execute(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
     }
 
     pub async fn source(&self) -> String {
