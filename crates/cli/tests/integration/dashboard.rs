@@ -1054,7 +1054,12 @@ mod keys_pages {
             &app,
             "/members",
             Some(&cookie),
-            &[("csrf", &csrf), ("do", "remove"), ("operator", &owner.id)],
+            &[
+                ("csrf", &csrf),
+                ("do", "remove"),
+                ("operator", &owner.id),
+                ("confirm", "yes"),
+            ],
         )
         .await;
         assert_eq!(last_owner.status, 422);
@@ -1072,15 +1077,49 @@ mod keys_pages {
         )
         .await;
         assert_eq!(promoted.status, 303);
-        let removed = post_form(
+        assert_eq!(promoted.header("location"), Some("/members?done=role"));
+        // An admin is offered neither the owner role nor Remove on owners' rows.
+        let admin_cookie = sign_in(&app, "new@acme.io").await;
+        let as_admin = text(&get_page(&app, "/members", Some(&admin_cookie)).await);
+        assert!(!as_admin.contains("<option>owner</option>"), "{as_admin}");
+        assert!(!as_admin.contains("<option selected>owner</option>"));
+        assert_eq!(
+            as_admin.matches("value=\"remove\"").count(),
+            1,
+            "only their own row"
+        );
+        // Removing asks first; nothing is removed until confirmed.
+        let asked = post_form(
             &app,
             "/members",
             Some(&cookie),
             &[("csrf", &csrf), ("do", "remove"), ("operator", &new.id)],
         )
         .await;
+        assert_eq!(asked.status, 200);
+        assert!(
+            text(&asked).contains("Remove new@acme.io"),
+            "{}",
+            text(&asked)
+        );
+        assert!(text(&get_page(&app, "/members", Some(&cookie)).await).contains("new@acme.io"));
+        let removed = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("do", "remove"),
+                ("operator", &new.id),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
         assert_eq!(removed.status, 303);
-        assert!(!text(&get_page(&app, "/members", Some(&cookie)).await).contains("new@acme.io"));
+        assert_eq!(removed.header("location"), Some("/members?done=removed"));
+        let after = text(&get_page(&app, "/members?done=removed", Some(&cookie)).await);
+        assert!(!after.contains("new@acme.io"));
+        assert!(after.contains("role=\"status\">Member removed"), "{after}");
         // Plan: preview shows what a downgrade suspends; the change is audited.
         let workspace = app.store.list_memberships(&owner.id).await.unwrap()[0]
             .workspace_id

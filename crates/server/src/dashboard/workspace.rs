@@ -7,7 +7,6 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use keyflow_core::timefmt::format_rfc3339;
 use keyflow_core::{Plan, RateLimit, Role};
 use keyflow_store::{Membership, Operator, ProjectSettings, Workspace};
 
@@ -21,7 +20,12 @@ use crate::state::SharedState;
 struct MemberRow {
     id: String,
     email: String,
+    /// The role, as text when the viewer may not change it.
+    role: &'static str,
+    /// The roles the viewer may give this member (empty: no role form).
     roles: Vec<Choice>,
+    /// Whether the viewer may remove this member.
+    removable: bool,
     since: String,
 }
 
@@ -32,6 +36,24 @@ struct MembersPage<'a> {
     csrf: &'a str,
     members: Vec<MemberRow>,
     message: Option<&'a str>,
+    /// What the last change did, in words.
+    notice: Option<&'static str>,
+    /// The roles the viewer may give a new member.
+    new_roles: Vec<&'static str>,
+}
+
+/// What the viewer may do to a member with `role`: admins neither touch
+/// owners nor make anyone an owner (the operations refuse it anyway; the
+/// page does not offer it).
+fn may_manage(viewer: Role, member: Role) -> bool {
+    viewer == Role::Owner || member != Role::Owner
+}
+
+fn assignable(viewer: Role) -> Vec<Role> {
+    Role::ALL
+        .into_iter()
+        .filter(|r| viewer == Role::Owner || *r != Role::Owner)
+        .collect()
 }
 
 fn members_page(
@@ -39,20 +61,31 @@ fn members_page(
     status: StatusCode,
     members: &[(Operator, Membership)],
     message: Option<&str>,
+    notice: Option<&'static str>,
 ) -> Response {
+    let me = viewer.membership.role;
     let rows = members
         .iter()
-        .map(|(op, m)| MemberRow {
-            id: op.id.clone(),
-            email: op.email.clone(),
-            roles: Role::ALL
-                .into_iter()
-                .map(|r| Choice {
-                    value: r.as_str(),
-                    selected: r == m.role,
-                })
-                .collect(),
-            since: format_rfc3339(m.created_at),
+        .map(|(op, m)| {
+            let manageable = may_manage(me, m.role);
+            MemberRow {
+                id: op.id.clone(),
+                email: op.email.clone(),
+                role: m.role.as_str(),
+                roles: if manageable {
+                    assignable(me)
+                        .into_iter()
+                        .map(|r| Choice {
+                            value: r.as_str(),
+                            selected: r == m.role,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                removable: manageable,
+                since: super::page::shown_time(m.created_at),
+            }
         })
         .collect();
     let page = MembersPage {
@@ -60,13 +93,34 @@ fn members_page(
         csrf: viewer.csrf(),
         members: rows,
         message,
+        notice,
+        new_roles: assignable(me).into_iter().map(Role::as_str).collect(),
     };
     render(status, &page)
 }
 
-pub async fn members(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
+#[derive(Template)]
+#[template(path = "member_remove.html")]
+struct RemovePage<'a> {
+    chrome: Chrome,
+    csrf: &'a str,
+    id: &'a str,
+    email: &'a str,
+}
+
+pub async fn members(
+    Manager(viewer): Manager,
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
     let list = state.store.list_members(viewer.workspace_id()).await?;
-    Ok(members_page(&viewer, StatusCode::OK, &list, None))
+    let notice = match query.get("done").map(String::as_str) {
+        Some("added") => Some("Member added."),
+        Some("role") => Some("Role changed."),
+        Some("removed") => Some("Member removed: they can no longer sign in to this workspace."),
+        _ => None,
+    };
+    Ok(members_page(&viewer, StatusCode::OK, &list, None, notice))
 }
 
 /// Add, change the role of, or remove a member. The rules (only owners touch
@@ -92,6 +146,18 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
             let changed = tenancy::change_member_role(&ctx, workspace, op, m.role, role, authority);
             changed.await
         }
+        ("remove", _, Some((op, _))) if form.field("confirm") != "yes" => {
+            // First a confirmation page; its own form removes.
+            return Ok(render(
+                StatusCode::OK,
+                &RemovePage {
+                    chrome: viewer.chrome("/members", "Remove member"),
+                    csrf: viewer.csrf(),
+                    id: &op.id,
+                    email: &op.email,
+                },
+            ));
+        }
         ("remove", _, Some((op, m))) => {
             let removed = tenancy::remove_member(&ctx, workspace, op, m.role, authority);
             removed.await
@@ -102,12 +168,19 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
         )),
     };
     match outcome {
-        Ok(()) => Ok(Redirect::to("/members").into_response()),
+        Ok(()) => {
+            let done = match form.field("do") {
+                "add" => "added",
+                "role" => "role",
+                _ => "removed",
+            };
+            Ok(Redirect::to(&format!("/members?done={done}")).into_response())
+        }
         Err(e) => {
             let list = state.store.list_members(workspace).await.unwrap_or(members);
             let message = refusal(e);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(members_page(viewer, status, &list, Some(&message)))
+            Ok(members_page(viewer, status, &list, Some(&message), None))
         }
     }
 }
