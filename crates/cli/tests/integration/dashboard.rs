@@ -633,6 +633,108 @@ mod keys_pages {
         );
     }
 
+    /// The list says where each key stands (tabs for active, expired and
+    /// revoked; a state badge; Roll and Revoke only where they make sense),
+    /// and a revoked key's page opens read-only.
+    async fn keys_show_their_state(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, _) = signed_in_admin(&app).await;
+        let t_key = {
+            // A root key through the admin API, to create the others with.
+            let created = app
+                .admin(
+                    reqwest::Method::POST,
+                    &format!("/admin/v1/projects/{project}/keys"),
+                    json!({"name": "root", "type": "secret", "scopes": ["keys:write", "keys:read"]}),
+                )
+                .await;
+            assert_eq!(created.status, 201, "{}", created.body);
+            created.body["key"].as_str().unwrap().to_string()
+        };
+        let now = app.now_ms();
+        let iso = |ms: i64| keyflow_core::timefmt::format_rfc3339(ms);
+        let (soon, _) = app
+            .create_key(
+                &t_key,
+                json!({"name": "soon", "type": "secret", "expires_at": iso(now + 2 * 86_400_000)}),
+            )
+            .await;
+        let (brief, _) = app
+            .create_key(
+                &t_key,
+                json!({"name": "brief", "type": "secret", "expires_at": iso(now + 3_600_000)}),
+            )
+            .await;
+        let (gone, _) = app
+            .create_key(&t_key, json!({"name": "gone", "type": "secret"}))
+            .await;
+        let (rolled, _) = app
+            .create_key(&t_key, json!({"name": "rolled", "type": "secret"}))
+            .await;
+        assert!(app.delete(&format!("/v1/keys/{gone}"), &t_key).await.status < 300);
+        let roll = app
+            .post(
+                &format!("/v1/keys/{rolled}/roll"),
+                &t_key,
+                json!({"expires_in_seconds": 86_400}),
+            )
+            .await;
+        assert!(roll.status < 300, "{}", roll.body);
+        app.clock.advance_ms(2 * 3_600_000);
+        // Two hours on, the dashboard session has ended: sign in again.
+        let cookie = sign_in(&app, "admin@acme.io").await;
+        let list = |show: &'static str| {
+            let (app, cookie, project) = (&app, cookie.clone(), project.clone());
+            async move {
+                text(
+                    &get_page(
+                        app,
+                        &format!("/keys?project={project}&show={show}"),
+                        Some(&cookie),
+                    )
+                    .await,
+                )
+            }
+        };
+        let active = list("active").await;
+        assert!(active.contains("Expires in 2 d"), "{active}");
+        assert!(active.contains(">Rolling<"), "{active}");
+        assert!(!active.contains(">brief<") && !active.contains(">gone<"));
+        assert!(
+            active.contains("Active (5)")
+                && active.contains("Expired (1)")
+                && active.contains("Revoked (1)"),
+            "{active}"
+        );
+        // A rolling key may be revoked, not rolled again.
+        assert!(!active.contains(&format!("/keys/{rolled}/roll")));
+        assert!(active.contains(&format!("/keys/{rolled}/revoke")));
+        assert!(active.contains(&format!("/keys/{soon}/roll")));
+        let expired = list("expired").await;
+        assert!(
+            expired.contains(">brief<") && expired.contains(">Expired<"),
+            "{expired}"
+        );
+        assert!(!expired.contains(&format!("/keys/{brief}/roll")));
+        let revoked = list("revoked").await;
+        assert!(
+            revoked.contains(">gone<") && revoked.contains(">Revoked<"),
+            "{revoked}"
+        );
+        assert!(!revoked.contains(&format!("/keys/{gone}/revoke")));
+        // A revoked key's page: read-only, not "Something went wrong".
+        let page = get_page(
+            &app,
+            &format!("/keys/{gone}?project={project}"),
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        let page = text(&page);
+        assert!(page.contains("This key is revoked"), "{page}");
+        assert!(!page.contains("action=\"/keys/"), "no settings form");
+    }
+
     /// A refresh or back/forward on the one-time reveal re-posts the create
     /// form: the second post creates nothing and links to the first's key.
     async fn a_reposted_create_form_makes_one_key(backend: Backend) {
@@ -1638,6 +1740,7 @@ mod keys_pages {
         create_reveal_use_revoke,
         roll_reveals_a_successor,
         a_reposted_create_form_makes_one_key,
+        keys_show_their_state,
         bad_input_shows_a_message_and_changes_nothing,
         members_cannot_open_the_keys_pages,
     );

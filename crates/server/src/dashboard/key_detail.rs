@@ -103,6 +103,7 @@ struct DetailPage<'a> {
     /// Client keys only.
     allowed_origins: Option<String>,
     message: Option<&'a str>,
+    state: super::keys::KeyState,
 }
 
 fn detail_page(
@@ -153,6 +154,7 @@ fn detail_page(
                 .unwrap_or_default()
         }),
         message,
+        state: super::keys::key_state(key, now),
     };
     render(status, &page)
 }
@@ -162,7 +164,12 @@ pub async fn detail(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> PageResult {
-    let key = key_of(&state, &viewer, &id).await?;
+    // Revoked keys too: read-only, so their history stays visible.
+    let key = state
+        .store
+        .get_api_key(&viewer.project.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
     let usage = usage_of(&state, &key).await?;
     Ok(detail_page(
         &state,

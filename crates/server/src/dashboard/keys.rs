@@ -136,6 +136,65 @@ struct KeyRow {
     last_used: Option<(String, String)>,
     created: String,
     expires: String,
+    state: KeyState,
+}
+
+/// Where a key stands, as the list and the key page say it.
+pub(crate) struct KeyState {
+    /// "Active", "Expires in 3 d", "Rolling", "Expired", "Revoked".
+    pub label: String,
+    /// More words (when it stops, when it was revoked), or empty.
+    pub detail: String,
+    /// `active`, `expired` or `revoked`: the list's tab.
+    pub tab: &'static str,
+    pub can_roll: bool,
+    pub can_revoke: bool,
+}
+
+const EXPIRING_SOON_MS: i64 = 7 * 86_400_000;
+
+pub(crate) fn key_state(key: &ApiKey, now: i64) -> KeyState {
+    let state = |label: String, detail: String, tab, can_roll, can_revoke| KeyState {
+        label,
+        detail,
+        tab,
+        can_roll,
+        can_revoke,
+    };
+    let expires = key.settings.expires_at;
+    if let Some(at) = key.revoked_at {
+        return state(
+            "Revoked".into(),
+            format!("revoked {}", super::page::shown_time(at)),
+            "revoked",
+            false,
+            false,
+        );
+    }
+    match (expires, key.rolled_at) {
+        (Some(at), _) if at <= now => state(
+            "Expired".into(),
+            format!("since {}", super::page::shown_time(at)),
+            "expired",
+            false,
+            true,
+        ),
+        (Some(at), Some(_)) => state(
+            "Rolling".into(),
+            format!("replaced; stops at {}", super::page::shown_time(at)),
+            "active",
+            false,
+            true,
+        ),
+        (Some(at), None) if at - now <= EXPIRING_SOON_MS => state(
+            format!("Expires in {} d", (at - now + 86_399_999) / 86_400_000),
+            format!("at {}", super::page::shown_time(at)),
+            "active",
+            true,
+            true,
+        ),
+        _ => state("Active".into(), String::new(), "active", true, true),
+    }
 }
 
 #[derive(Template)]
@@ -145,21 +204,41 @@ struct ListPage<'a> {
     project: &'a Project,
     projects: &'a [Project],
     keys: Vec<KeyRow>,
+    /// The tab shown: `active`, `expired` or `revoked`.
+    shown: &'static str,
+    tabs: Vec<Tab>,
 }
 
-pub async fn list(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
+pub async fn list(
+    Manager(viewer): Manager,
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> PageResult {
     let all = Page {
         limit: 1000,
         cursor: None,
     };
     let keys = state
         .store
-        .list_api_keys(&viewer.project.id, false, &all)
+        .list_api_keys(&viewer.project.id, true, &all)
         .await?;
     let now = state.now_ms();
-    let rows = keys
-        .iter()
-        .map(|k| KeyRow {
+    let shown = match query.get("show").map(String::as_str) {
+        Some("expired") => "expired",
+        Some("revoked") => "revoked",
+        _ => "active",
+    };
+    let mut counts = [("active", 0usize), ("expired", 0), ("revoked", 0)];
+    let mut rows = Vec::new();
+    for k in &keys {
+        let state_now = key_state(k, now);
+        if let Some(count) = counts.iter_mut().find(|(tab, _)| *tab == state_now.tab) {
+            count.1 += 1;
+        }
+        if state_now.tab != shown {
+            continue;
+        }
+        rows.push(KeyRow {
             id: k.id.clone(),
             name: k.settings.name.clone(),
             key_type: k.key_type.as_str(),
@@ -175,15 +254,38 @@ pub async fn list(Manager(viewer): Manager, State(state): State<SharedState>) ->
                 .expires_at
                 .map(super::page::shown_time)
                 .unwrap_or_else(|| "Never".into()),
-        })
-        .collect();
+            state: state_now,
+        });
+    }
     let page = ListPage {
         chrome: viewer.chrome("/keys", "API keys"),
         project: &viewer.project,
         projects: &viewer.projects,
         keys: rows,
+        shown,
+        tabs: counts
+            .iter()
+            .map(|(tab, n)| Tab {
+                value: tab,
+                label: match *tab {
+                    "active" => "Active",
+                    "expired" => "Expired",
+                    _ => "Revoked",
+                },
+                count: *n,
+                current: *tab == shown,
+            })
+            .collect(),
     };
     Ok(render(StatusCode::OK, &page))
+}
+
+/// A tab of the keys list.
+struct Tab {
+    value: &'static str,
+    label: &'static str,
+    count: usize,
+    current: bool,
 }
 
 struct ScopeChoice {
