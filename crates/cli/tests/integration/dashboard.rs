@@ -638,7 +638,7 @@ mod keys_pages {
     /// and a revoked key's page opens read-only.
     async fn keys_show_their_state(backend: Backend) {
         let app = TestApp::start(backend).await;
-        let (cookie, project, _) = signed_in_admin(&app).await;
+        let (_, project, _) = signed_in_admin(&app).await;
         let t_key = {
             // A root key through the admin API, to create the others with.
             let created = app
