@@ -751,6 +751,14 @@ mod keys_pages {
             .unwrap()
             .to_string();
         assert!(nonce.len() >= 16);
+        // The form says which project and environment the key is for, and the
+        // navigation keeps the project (issue 16: it reset on every page).
+        assert!(
+            form_page.contains("will start with <code>sk_live_</code>"),
+            "{form_page}"
+        );
+        assert!(form_page.contains(&format!("href=\"/activity?project={project}\"")));
+        assert!(form_page.contains(&format!("href=\"/analytics?project={project}\"")));
         let post = || async {
             post_form(
                 &app,

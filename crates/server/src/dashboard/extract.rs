@@ -63,7 +63,11 @@ impl Viewer {
 
     /// The layout of a signed-in page titled `title`, with `current` marked.
     pub fn chrome(&self, current: &'static str, title: &str) -> Chrome {
-        chrome_of(&self.signed_in, current, title)
+        let mut chrome = chrome_of(&self.signed_in, current, title);
+        if let Some(operator) = chrome.operator.as_mut() {
+            operator.project = Some(self.project.id.clone());
+        }
+        chrome
     }
 
     pub fn csrf(&self) -> &str {
@@ -100,6 +104,7 @@ fn chrome_of(signed_in: &SignedIn, current: &'static str, title: &str) -> Chrome
         operator: Some(OperatorChrome {
             email: signed_in.operator.email.clone(),
             csrf: signed_in.session.csrf_token.clone(),
+            project: None,
         }),
     }
 }

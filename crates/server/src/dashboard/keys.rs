@@ -308,6 +308,10 @@ struct NewKeyPage<'a> {
     message: Option<&'a str>,
     /// This rendering's one-time nonce (see [`one_time`]).
     nonce: String,
+    project_name: &'a str,
+    environment: &'static str,
+    /// What the new key will start with (`sk_live_`).
+    key_prefix: String,
 }
 
 impl NewKeyPage<'_> {
@@ -354,6 +358,13 @@ fn new_key_page(
         values,
         message,
         nonce: form_nonce(),
+        project_name: &viewer.project.name,
+        environment: viewer.project.environment.as_str(),
+        key_prefix: format!(
+            "{}_{}_",
+            key_type.wire_prefix(),
+            viewer.project.environment.as_str()
+        ),
     };
     render(status, &page)
 }

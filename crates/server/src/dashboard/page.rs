@@ -36,6 +36,8 @@ pub struct Chrome {
 pub struct OperatorChrome {
     pub email: String,
     pub csrf: String,
+    /// The project being looked at, kept by the navigation's links.
+    pub project: Option<String>,
 }
 
 impl Chrome {
@@ -257,6 +259,7 @@ mod tests {
                 operator: Some(OperatorChrome {
                     email: "<i>@x.io".into(),
                     csrf: "tok".into(),
+                    project: Some("\"><p>".into()),
                 }),
             },
             heading: "<h>",
@@ -265,8 +268,12 @@ mod tests {
         };
         let html = page.render().unwrap();
         assert!(!html.contains("<b>") && !html.contains("<i>@") && !html.contains("<h>"));
+        assert!(
+            !html.contains("\"><p>"),
+            "the project in the nav's links is escaped"
+        );
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("&#60;script&#62;alert("));
-        assert!(html.contains("<a href=\"/activity\" aria-current=\"page\">Activity</a>"));
+        assert!(html.contains("<a href=\"/activity?project=&#34;&#62;&#60;p&#62;\" aria-current=\"page\">Activity</a>"), "{html}");
     }
 }
