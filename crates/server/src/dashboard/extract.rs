@@ -42,7 +42,7 @@ impl Viewer {
         let Some(membership) = memberships.into_iter().next() else {
             // Signed in, but removed from every workspace since.
             return Err(PageError::Forbidden {
-                chrome: chrome_of(&signed_in, "", "No workspace"),
+                chrome: Box::new(chrome_of(&signed_in, "", "No workspace")),
                 heading: "No workspace",
                 text: "You are not a member of any workspace yet.",
             });
@@ -90,7 +90,7 @@ impl Viewer {
             return Ok(self);
         }
         Err(PageError::Forbidden {
-            chrome: self.chrome("", "Forbidden"),
+            chrome: Box::new(self.chrome("", "Forbidden")),
             heading: "Owners and admins only",
             text: "Ask an owner or admin of this workspace for access to this page.",
         })

@@ -101,7 +101,7 @@ pub enum PageError {
     CrossSite,
     /// Signed in, but the role does not allow the page.
     Forbidden {
-        chrome: Chrome,
+        chrome: Box<Chrome>,
         heading: &'static str,
         text: &'static str,
     },
@@ -130,7 +130,7 @@ impl IntoResponse for PageError {
             } => render(
                 StatusCode::FORBIDDEN,
                 &MessagePage {
-                    chrome,
+                    chrome: *chrome,
                     heading,
                     text,
                     alert: false,

@@ -279,14 +279,14 @@ pub async fn change_plan(State(state): State<SharedState>, form: ManagerForm) ->
     let viewer = &form.viewer;
     if viewer.membership.role != Role::Owner {
         return Err(PageError::Forbidden {
-            chrome: viewer.chrome("/plan", "Forbidden"),
+            chrome: Box::new(viewer.chrome("/plan", "Forbidden")),
             heading: "Owners only",
             text: "Only an owner can change the plan.",
         });
     }
     if state.config.admin_token.is_some() {
         return Err(PageError::Forbidden {
-            chrome: viewer.chrome("/plan", "Forbidden"),
+            chrome: Box::new(viewer.chrome("/plan", "Forbidden")),
             heading: "Plan managed by the instance",
             text: "The plan of this workspace is managed by the operator of this Keyflow \
                    instance. Nothing was changed.",
