@@ -215,7 +215,13 @@ pub async fn answer(
     sql: &str,
 ) -> ApiResult<(Arc<CachedAnswer>, bool)> {
     let now = state.now_ms();
-    let checked = tenant_sql::check(sql, state.store.tenant_dialect()).map_err(refusal)?;
+    // Parsing is CPU work (up to a few hundred ms for 100 KB): off the
+    // runtime's threads.
+    let (text, dialect) = (sql.to_string(), state.store.tenant_dialect());
+    let checked = tokio::task::spawn_blocking(move || tenant_sql::check(&text, dialect))
+        .await
+        .map_err(|e| ApiError::internal("tenant query check", &e))?
+        .map_err(refusal)?;
     let cache_key = format!("{project_id}|{}", checked.normalized());
     if let Some(entry) = state.query_cache.get(&cache_key)
         && entry.valid_until > now

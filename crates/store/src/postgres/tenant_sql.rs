@@ -237,13 +237,12 @@ impl TenantSql {
                 // Stopped mid-answer: this connection is not reused. Some
                 // work cannot be cancelled until it ends (a long substring
                 // search checks nowhere), so the connection, one of the
-                // reader pool's few, is held until its backend is idle:
-                // leftovers never pile up past the pool's size.
+                // reader pool's few, is held until its backend is idle,
+                // however long: leftovers never pile up past the pool's size.
                 conn.close_on_drop();
                 let main = self.main.clone();
                 tokio::spawn(async move {
-                    let started = Instant::now();
-                    while started.elapsed() < Duration::from_secs(900) {
+                    loop {
                         let active: Option<bool> = sqlx::query_scalar(
                             "SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1",
                         )
