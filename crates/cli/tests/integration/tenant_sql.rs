@@ -890,12 +890,15 @@ async fn costly_values_stay_bounded(backend: Backend) {
                 &token,
                 json!({"sql": "SELECT instr('héllo', 'llo'), instr(X'0102', X'02'), instr('a', NULL), \
                               replace('aXbX', 'X', 'yy'), replace('ab', '', 'z'), trim('  a  '), \
-                              ltrim('xxaxx', 'x'), rtrim('xxaxx', 'x'), trim('xyax', 'xy'), instr(12345, 34)"}),
+                              ltrim('xxaxx', 'x'), rtrim('xxaxx', 'x'), trim('xyax', 'xy'), instr(12345, 34), \
+                              instr(2e20, 'e'), replace(1e100, 'e', 'E')"}),
             )
             .await;
         assert_eq!(
             same.body["rows"],
-            json!([[3, 2, null, "ayybyy", "ab", "a", "axx", "xxa", "a", 3]]),
+            json!([[
+                3, 2, null, "ayybyy", "ab", "a", "axx", "xxa", "a", 3, 4, "1.0E+100"
+            ]]),
             "{}",
             same.body
         );

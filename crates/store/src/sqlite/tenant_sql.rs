@@ -189,19 +189,46 @@ fn linear_functions(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A REAL as SQLite writes it as text (`printf("%!.15g")`): 15 significant
+/// digits, always a decimal point, an exponent from 1e15 or below 1e-4
+/// (`2.0e+20`, `1.0e-05`, `0.1`, `100.0`).
+fn real_text(f: f64) -> String {
+    if f.is_infinite() {
+        return if f > 0.0 { "Inf".into() } else { "-Inf".into() };
+    }
+    if f == 0.0 {
+        return "0.0".into();
+    }
+    let scientific = format!("{f:.14e}");
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |digits: &str| -> String {
+        let digits = if digits.contains('.') {
+            digits.trim_end_matches('0')
+        } else {
+            digits
+        };
+        match digits.strip_suffix('.') {
+            Some(whole) => format!("{whole}.0"),
+            None if digits.contains('.') => digits.to_string(),
+            None => format!("{digits}.0"),
+        }
+    };
+    if !(-4..15).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exponent.abs())
+    } else {
+        let decimals = usize::try_from(14 - exponent).unwrap_or(0);
+        trim(&format!("{f:.decimals$}"))
+    }
+}
+
 /// A value as SQLite's string functions read it.
 fn text_of(value: ValueRef<'_>) -> String {
     match value {
         ValueRef::Null => String::new(),
         ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => {
-            let text = f.to_string();
-            if text.contains(['.', 'e', 'E', 'N', 'i']) {
-                text
-            } else {
-                format!("{text}.0")
-            }
-        }
+        ValueRef::Real(f) => real_text(f),
         ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
             String::from_utf8_lossy(bytes).into_owned()
         }
@@ -447,6 +474,37 @@ fn json_of(value: ValueRef<'_>) -> serde_json::Value {
                 hex.push_str(&format!("{b:02x}"));
             }
             hex.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::real_text;
+
+    /// The same text SQLite gives `CAST(x AS TEXT)` for each REAL.
+    #[test]
+    fn reals_read_as_sqlite_writes_them() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        for x in [
+            2e20,
+            1e100,
+            1.5,
+            0.1,
+            100.0,
+            -3.25,
+            1e-5,
+            0.0001,
+            123456789012345.0,
+            1234567890123456.0,
+            1.0 / 3.0,
+            -1e-300,
+            6.02214076e23,
+        ] {
+            let sqlite: String = conn
+                .query_row("SELECT CAST(?1 AS TEXT)", [x], |row| row.get(0))
+                .unwrap();
+            assert_eq!(real_text(x), sqlite, "{x}");
         }
     }
 }
