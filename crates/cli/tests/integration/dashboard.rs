@@ -1558,6 +1558,36 @@ mod keys_pages {
                 .metrics_cache_ttl_minutes,
             30
         );
+        // An error keeps what was typed (issue 16: it showed the stored rows,
+        // so the next Save could write them back over the new ones), and
+        // changes nothing.
+        for (ttl, cidr) in [("abc", "198.51.100.0/24"), ("30", "198.51.100.0/33")] {
+            let refused = post_form(
+                &app,
+                "/metrics-credential",
+                Some(&cookie),
+                &[
+                    ("csrf", &csrf),
+                    ("project", &project),
+                    ("cidr_0", cidr),
+                    ("description_0", "new office"),
+                    ("cache_ttl_minutes", ttl),
+                ],
+            )
+            .await;
+            assert_eq!(refused.status, 422);
+            let page = text(&refused);
+            assert!(page.contains(&format!("value=\"{cidr}\"")), "{page}");
+            assert!(page.contains("value=\"new office\""));
+            assert!(page.contains(&format!("value=\"{ttl}\"")));
+            let unchanged = app
+                .store
+                .metrics_credential(&project)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(unchanged.ip_allowlist[0].cidr, "203.0.113.0/24");
+        }
         let shown = text(
             &get_page(
                 &app,

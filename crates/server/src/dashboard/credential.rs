@@ -26,15 +26,19 @@ struct CredentialPage<'a> {
     /// (RFC 3339, "3 minutes ago").
     last_used: Option<(String, String)>,
     rows: Vec<IpRow>,
-    ttl: i64,
+    /// As stored, or as typed when the form came back with an error.
+    ttl: String,
     message: Option<&'a str>,
 }
 
+/// The page, from what is stored, or (`typed`) from a form that came back
+/// with an error, so nothing typed is lost and nothing stale is re-saved.
 async fn show(
     state: &SharedState,
     viewer: &Viewer,
     status: StatusCode,
     message: Option<&str>,
+    typed: Option<&std::collections::HashMap<String, String>>,
 ) -> PageResult {
     let credential = state.store.metrics_credential(&viewer.project.id).await?;
     let ttl = state
@@ -56,12 +60,17 @@ async fn show(
             .as_ref()
             .and_then(|c| c.last_used_at)
             .map(|t| (super::page::shown_time(t), relative_time(t, now))),
-        rows: credential
-            .as_ref()
-            .map(|c| IpRow::with_empty_row(&c.ip_allowlist))
-            .unwrap_or_default(),
+        rows: match typed {
+            Some(values) => IpRow::from_form(values, super::keys::row_count(values).max(1)),
+            None => credential
+                .as_ref()
+                .map(|c| IpRow::with_empty_row(&c.ip_allowlist))
+                .unwrap_or_default(),
+        },
         credential,
-        ttl,
+        ttl: typed
+            .and_then(|values| values.get("cache_ttl_minutes").cloned())
+            .unwrap_or_else(|| ttl.to_string()),
         message,
     };
     Ok(render(status, &page))
@@ -69,7 +78,7 @@ async fn show(
 
 /// `GET /metrics-credential`.
 pub async fn credential(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
-    show(&state, &viewer, StatusCode::OK, None).await
+    show(&state, &viewer, StatusCode::OK, None, None).await
 }
 
 #[derive(Template)]
@@ -124,13 +133,20 @@ pub async fn update(State(state): State<SharedState>, form: ManagerForm) -> Page
     let ip_rows = ip_rows_from_form(&form.values);
     let Ok(ttl) = form.field("cache_ttl_minutes").trim().parse::<i64>() else {
         let message = Some("The cache TTL must be a whole number of minutes.");
-        return show(&state, viewer, unprocessable, message).await;
+        return show(&state, viewer, unprocessable, message, Some(&form.values)).await;
     };
     let change = match credential_ops::validate_change(Some(&ip_rows), Some(ttl)) {
         Ok(c) => c,
         Err(fields) => {
             let message = field_errors(&fields);
-            return show(&state, viewer, unprocessable, Some(&message)).await;
+            return show(
+                &state,
+                viewer,
+                unprocessable,
+                Some(&message),
+                Some(&form.values),
+            )
+            .await;
         }
     };
     credential_ops::update(&form.ctx(&state), &viewer.project, &change, &[]).await?;

@@ -69,7 +69,7 @@ impl IpRow {
     }
 
     /// `count` rows as the form sent them (`cidr_N`, `description_N`).
-    fn from_form(values: &HashMap<String, String>, count: usize) -> Vec<IpRow> {
+    pub(crate) fn from_form(values: &HashMap<String, String>, count: usize) -> Vec<IpRow> {
         let text = |name: String| values.get(&name).cloned().unwrap_or_default();
         (0..count)
             .map(|i| IpRow {
@@ -81,7 +81,7 @@ impl IpRow {
 }
 
 /// How many allow-list rows a form sent.
-fn row_count(values: &HashMap<String, String>) -> usize {
+pub(crate) fn row_count(values: &HashMap<String, String>) -> usize {
     values.keys().filter(|k| k.starts_with("cidr_")).count()
 }
 
