@@ -152,6 +152,29 @@ async fn embed_js_tracks_from_a_real_browser(backend: Backend) {
     }
 }
 
+/// First-run setup through its form (owner@acme.io, workspace Acme, project
+/// Production), ending signed in on the activity page; `shot` names a
+/// screenshot of the empty form.
+async fn set_up_first_owner(
+    browser: &crate::webdriver::Browser,
+    base: &str,
+    token: &str,
+    shot: Option<&str>,
+) {
+    browser.goto(&format!("{base}/setup?token={token}")).await;
+    if let Some(shot) = shot {
+        browser.screenshot(shot).await;
+    }
+    browser.type_into("#email", "owner@acme.io").await;
+    browser
+        .type_into("#password", "correct horse battery")
+        .await;
+    browser.type_into("#workspace", "Acme").await;
+    browser.type_into("#project", "Production").await;
+    browser.click("button[type=submit]").await;
+    browser.wait_for_url("/activity").await;
+}
+
 /// The dashboard in a real browser (chromedriver + headless Chromium): setup →
 /// sign in → create a key with two permissions and an IP row → use it → see
 /// "last used" → revoke with confirmation → 401 → the activity log; a member
@@ -169,16 +192,7 @@ async fn dashboard_flow_in_a_real_browser(backend: Backend) {
     let token = app.state.issue_setup_token().unwrap();
     let base = app.base_url.clone();
 
-    browser.goto(&format!("{base}/setup?token={token}")).await;
-    browser.screenshot(&format!("{name}-setup")).await;
-    browser.type_into("#email", "owner@acme.io").await;
-    browser
-        .type_into("#password", "correct horse battery")
-        .await;
-    browser.type_into("#workspace", "Acme").await;
-    browser.type_into("#project", "Production").await;
-    browser.click("button[type=submit]").await;
-    browser.wait_for_url("/activity").await;
+    set_up_first_owner(&browser, &base, &token, Some(&format!("{name}-setup"))).await;
     assert!(
         browser.url().await.ends_with("/activity"),
         "{}",
@@ -355,15 +369,7 @@ async fn copy_works_on_a_plain_http_lan_address(backend: Backend) {
     let app = TestApp::start(backend).await;
     let token = app.state.issue_setup_token().unwrap();
     let base = format!("http://lan.test:{}", app.addr.port());
-    browser.goto(&format!("{base}/setup?token={token}")).await;
-    browser.type_into("#email", "owner@acme.io").await;
-    browser
-        .type_into("#password", "correct horse battery")
-        .await;
-    browser.type_into("#workspace", "Acme").await;
-    browser.type_into("#project", "Production").await;
-    browser.click("button[type=submit]").await;
-    browser.wait_for_url("/activity").await;
+    set_up_first_owner(&browser, &base, &token, None).await;
     assert_eq!(
         browser
             .execute("return window.isSecureContext && !!navigator.clipboard;")

@@ -967,7 +967,60 @@ async fn the_cache_keeps_different_literals_apart(backend: Backend) {
     assert_eq!(spaced.body["cached"], true, "{}", spaced.body);
 }
 
+/// The instance-wide cap: past it, any project is told to retry (503 with
+/// `Retry-After`); and a browser's request (with `Origin`) is refused on the
+/// query and schema routes like on every metrics route.
+async fn the_instance_cap_and_browsers_are_refused(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.query_timeout_ms = 1_500;
+        c.max_concurrent_queries = 1;
+    })
+    .await;
+    let (mine, other) = two_tenants(&app).await;
+    let (_, _, token) = credential_and_token(&app, &mine.key).await;
+    let (_, _, other_token) = credential_and_token(&app, &other.key).await;
+    let endless =
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n";
+    let running = in_background(&app, &token, endless.to_string());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let full = app
+        .post(
+            QUERY,
+            &other_token,
+            json!({"sql": "SELECT count(*) FROM events"}),
+        )
+        .await;
+    full.assert_error(503, "unavailable");
+    assert_eq!(full.header("retry-after"), Some("1"));
+    assert_eq!(
+        running.await.unwrap().body["error"]["details"]["reason"],
+        "timeout"
+    );
+    let after = app
+        .post(
+            QUERY,
+            &other_token,
+            json!({"sql": "SELECT count(*) FROM events"}),
+        )
+        .await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    for (method, path) in [
+        (reqwest::Method::POST, QUERY),
+        (reqwest::Method::GET, "/v1/metrics/schema"),
+    ] {
+        let request = reqwest::Client::new()
+            .request(method, format!("{}{path}", app.base_url))
+            .bearer_auth(&token)
+            .header("origin", "https://evil.example")
+            .json(&json!({"sql": "SELECT 1"}));
+        TestApp::reply(request)
+            .await
+            .assert_error(403, "insecure_key_usage");
+    }
+}
+
 backend_tests!(
+    the_instance_cap_and_browsers_are_refused,
     deep_queries_are_answered_or_refused,
     costly_values_stay_bounded,
     the_cache_keeps_different_literals_apart,

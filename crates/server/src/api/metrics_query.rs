@@ -254,7 +254,7 @@ pub async fn answer(
             .rows
             .iter()
             .flatten()
-            .map(|v| 16 + v.to_string().len())
+            .map(|v| 16 + tenant_sql::json_size(v))
             .sum::<usize>(),
     )
     .unwrap_or(u32::MAX);

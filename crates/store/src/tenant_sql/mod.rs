@@ -333,7 +333,7 @@ pub trait TenantSqlStore: Send + Sync {
 }
 
 /// A value's share of [`Limits::max_bytes`].
-pub(crate) fn json_size(value: &serde_json::Value) -> usize {
+pub fn json_size(value: &serde_json::Value) -> usize {
     match value {
         serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
         serde_json::Value::Number(_) => 20,
