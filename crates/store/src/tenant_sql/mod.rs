@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 mod allow_list;
 
-pub use allow_list::{CheckedQuery, check};
+pub use allow_list::{CheckedQuery, RECORD_FUNCTIONS, check};
 
 /// The SQL dialect a store speaks to tenants (its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
