@@ -911,6 +911,48 @@ async fn ingest_paths_agree_on_lookups() {
             (expired[2].id.as_str(), expired[2].duplicate),
             (accepted[0].id.as_str(), true)
         );
+        // In one job, an email goes to the first event that brings it: a
+        // later event by that email names the same contact, and a later
+        // external id that brings it too gets a contact without it.
+        let owned = store
+            .ingest_events(
+                p,
+                vec![
+                    event(json!({"name": "own", "external_id": "x1", "email": "own@x.io"})),
+                    event(json!({"name": "own", "email": "own@x.io"})),
+                    event(json!({"name": "own", "external_id": "y1", "email": "own@x.io"})),
+                    event(json!({"name": "own", "external_id": "x1", "idempotency_key": "k5"})),
+                ],
+                later,
+            )
+            .await
+            .unwrap();
+        let stored = store
+            .list_events(p, &keyflow_store::EventFilter::default(), &page)
+            .await
+            .unwrap();
+        let contact_of_event = |id: &str| {
+            stored
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.contact_id.clone())
+                .unwrap()
+        };
+        let x1 = contact_of_event(&owned[0].id);
+        assert_eq!(contact_of_event(&owned[1].id), x1, "{url}");
+        assert_eq!(contact_of_event(&owned[3].id), x1, "{url}");
+        let y1 = contact_of_event(&owned[2].id);
+        assert_ne!(y1, x1, "{url}");
+        let y1 = store
+            .get_contact(p, &ContactLookup::Id(y1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (y1.fields.external_id.as_deref(), y1.fields.email.as_deref()),
+            (Some("y1"), None),
+            "{url}"
+        );
         // Who a contact is follows contact writes (the SQLite writer caches it).
         let contact_of = |external_id: &str| {
             let lookup = ContactLookup::ExternalId(external_id.into());

@@ -8,9 +8,10 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::ingest_queue::{IngestJob, fail_all, submit};
 
+mod lookups;
 mod tenant_sql;
 
-use crate::areas::events::{event_chunks, insert_events_sql, prepare_events};
+use crate::areas::events::{event_chunks, insert_events_sql};
 use crate::areas::metrics::{RollUps, postgres_rollups_prefix};
 use crate::backend::{Backend, Migration};
 use crate::columns::EventRow;
@@ -19,7 +20,7 @@ pub struct PostgresStore {
     pool: sqlx::PgPool,
     /// Tenant SQL's reader role and its own connections.
     tenant_sql: tenant_sql::TenantSql,
-    /// Lookup-free events waiting for a group commit (see `run_committer`).
+    /// Events waiting for a group commit (see `run_committer`).
     ingest_queue: mpsc::Sender<IngestJob>,
 }
 
@@ -238,39 +239,29 @@ impl Backend for PostgresStore {
         Ok(())
     }
 
-    /// Concurrent requests each run their own transaction; PostgreSQL's row
-    /// locks and `ON CONFLICT` keep idempotency keys and contacts exact.
-    /// Events that need no lookups and fit one INSERT skip the transaction:
-    /// a single statement is atomic on its own, and BEGIN/COMMIT would be two
-    /// more round trips per request.
+    /// Every request's events go to the group commit (`run_committer`),
+    /// which stores many requests' events per transaction and answers each
+    /// after the commit. PostgreSQL's row locks and `ON CONFLICT` keep
+    /// idempotency keys and contacts exact across committers and instances.
     async fn ingest(
         &self,
         project_id: &str,
         events: Vec<keyflow_core::events::NewEvent>,
         now: i64,
     ) -> crate::StoreResult<Vec<crate::EventOutcome>> {
-        let lookups = events.iter().any(EventRow::needs_lookups);
-        if !lookups {
-            let stopped =
-                || crate::StoreError::Unavailable("the event committer has stopped".into());
-            return submit(&self.ingest_queue, project_id, events, now, stopped).await;
-        }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        let (outcomes, rows) =
-            prepare_events::<sqlx::Postgres>(&mut tx, project_id, &events, now).await?;
-        insert_event_rows(&mut tx, &rows).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        let stopped = || crate::StoreError::Unavailable("the event committer has stopped".into());
+        submit(&self.ingest_queue, project_id, events, now, stopped).await
     }
 }
 
-/// One of the `COMMITTERS` group-commit tasks: takes every lookup-free job
-/// waiting (concurrent single-event requests, above all), writes all their
-/// rows in one transaction, and answers each job after the commit. Without
-/// it every single event paid a commit (a WAL flush) of its own. Should the
-/// shared commit fail, each job is retried alone so only a job that cannot
-/// be stored fails. Ends when the store is dropped.
+/// One of the `COMMITTERS` group-commit tasks: takes every job waiting
+/// (concurrent single-event requests, above all), writes all their rows in
+/// one transaction, and answers each job after the commit. Without it every
+/// single event paid a commit (a WAL flush) of its own, and every identified
+/// event a round trip per lookup. Should the shared commit fail, each job is
+/// retried alone so only a job that cannot be stored fails (a refused
+/// contact id, a deadlock with another committer). Ends when the store is
+/// dropped.
 async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<IngestJob>>>) {
     loop {
         let batch = {
@@ -296,15 +287,9 @@ async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<Ingest
 }
 
 async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>) {
-    let prepared: Vec<_> = batch
-        .iter()
-        .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
-        .collect();
-    let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
-    let shared = write_rows(pool, &rows).await;
-    let error = match shared {
-        Ok(()) => {
-            for (job, (outcomes, _)) in batch.into_iter().zip(prepared) {
+    let error = match write_jobs(pool, &batch).await {
+        Ok(outcomes) => {
+            for (job, outcomes) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcomes));
             }
             return;
@@ -317,11 +302,40 @@ async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>) {
     if batch.len() == 1 || error.is_unavailable() {
         return fail_all(batch, error);
     }
-    for (job, (outcomes, rows)) in batch.into_iter().zip(prepared) {
-        let rows: Vec<&EventRow> = rows.iter().collect();
-        let answer = write_rows(pool, &rows).await.map(|()| outcomes);
+    for job in batch {
+        let answer = write_jobs(pool, std::slice::from_ref(&job))
+            .await
+            .map(|mut outcomes| outcomes.pop().unwrap_or_default());
         let _ = job.reply.send(answer);
     }
+}
+
+/// Stores `jobs`' events; each job's outcomes, in order. Events that need
+/// no lookups and fit one INSERT skip the transaction: a single statement is
+/// atomic on its own, and BEGIN/COMMIT would be two more round trips.
+async fn write_jobs(
+    pool: &sqlx::PgPool,
+    jobs: &[IngestJob],
+) -> crate::StoreResult<Vec<Vec<crate::EventOutcome>>> {
+    let lookups = jobs
+        .iter()
+        .any(|job| job.events.iter().any(EventRow::needs_lookups));
+    if !lookups {
+        let prepared: Vec<_> = jobs
+            .iter()
+            .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
+            .collect();
+        let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
+        write_rows(pool, &rows).await?;
+        return Ok(prepared.into_iter().map(|(outcomes, _)| outcomes).collect());
+    }
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let prepared = lookups::prepare_jobs(&mut tx, jobs).await?;
+    let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
+    insert_event_rows(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(prepared.into_iter().map(|(outcomes, _)| outcomes).collect())
 }
 
 /// `rows` in one statement when they fit one, else in one transaction.
