@@ -57,7 +57,8 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
             "0013_metrics_rollups",
             "0014_metrics_tokens",
             "0015_tenant_sql",
-            "0016_form_nonces"
+            "0016_form_nonces",
+            "0017_tenant_sql_value_caps"
         ])
     );
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);

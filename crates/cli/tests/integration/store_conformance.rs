@@ -106,7 +106,8 @@ async fn migrations_are_idempotent(backend: Backend) {
             "0013_metrics_rollups",
             "0014_metrics_tokens",
             "0015_tenant_sql",
-            "0016_form_nonces"
+            "0016_form_nonces",
+            "0017_tenant_sql_value_caps"
         ]
     );
     assert!(store.migrate().await.unwrap().is_empty());

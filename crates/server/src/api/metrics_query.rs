@@ -324,6 +324,10 @@ pub struct SchemaLimits {
     pub max_result_bytes: usize,
     pub max_sql_bytes: usize,
     pub max_columns: usize,
+    /// The largest text or JSON value a query may build (SQLite 100 000,
+    /// PostgreSQL 1 048 576 bytes); numbers on PostgreSQL: operands of at
+    /// most 4 KiB.
+    pub max_value_bytes: usize,
     pub concurrent_queries_per_project: usize,
 }
 
@@ -389,6 +393,7 @@ pub fn schema(state: &SharedState) -> SchemaView {
             max_result_bytes: limits.max_bytes,
             max_sql_bytes: tenant_sql::MAX_SQL_BYTES,
             max_columns: tenant_sql::MAX_COLUMNS,
+            max_value_bytes: dialect.max_value_bytes(),
             concurrent_queries_per_project: QUERIES_PER_PROJECT,
         },
     }

@@ -111,6 +111,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0016_form_nonces",
         sql: include_str!("../../migrations/postgres/0016_form_nonces.sql"),
     },
+    Migration {
+        version: 17,
+        name: "0017_tenant_sql_value_caps",
+        sql: include_str!("../../migrations/postgres/0017_tenant_sql_value_caps.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -135,7 +135,7 @@ impl TenantSql {
                     .await
                     .map_err(cannot)?;
                 for setting in [
-                    "SET search_path = keyflow_tenant",
+                    "SET search_path = keyflow_tenant, pg_catalog",
                     "SET default_transaction_read_only = on",
                     "SET statement_timeout = '30s'",
                 ] {
@@ -173,7 +173,9 @@ impl TenantSql {
             .password(&password)
             .application_name("keyflow-tenant-sql")
             .options([
-                ("search_path", "keyflow_tenant"),
+                // Keyflow's size-checked operators (migration 0017) are found
+                // before PostgreSQL's own of the same signature.
+                ("search_path", "keyflow_tenant, pg_catalog"),
                 ("default_transaction_read_only", "on"),
             ])
             // Tenant statements are prepared once and never kept.
@@ -303,7 +305,9 @@ async fn run_scoped(
     }
     // Each value as its JSON text (PostgreSQL turns every type into JSON),
     // positional names keeping repeated column names apart; a row larger
-    // than the answer may be comes back as NULL, so it is never sent.
+    // than the answer may be comes back as NULL, so it is never sent. The
+    // values' stored sizes are checked first, so a huge value is never
+    // copied into JSON text to learn that it is too big.
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
     let values: Vec<String> = names
         .iter()
@@ -314,12 +318,23 @@ async fn run_scoped(
     } else {
         format!("q({})", names.join(", "))
     };
+    let stored_size = if names.is_empty() {
+        String::from("0")
+    } else {
+        names
+            .iter()
+            .map(|n| format!("coalesce(pg_column_size(q.{n})::bigint, 0)"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
     let wrapper = format!(
-        "SELECT CASE WHEN coalesce(octet_length(array_to_string(r.a, '')), 0) <= {} THEN r.a END \
-         FROM (SELECT ARRAY[{}]::text[] AS a FROM (\n{sql}\n) AS {alias} LIMIT {}) AS r",
-        limits.max_bytes,
+        "SELECT CASE WHEN r.a IS NOT NULL AND coalesce(octet_length(array_to_string(r.a, '')), 0) <= {max} \
+         THEN r.a END \
+         FROM (SELECT CASE WHEN {stored_size} <= {max} THEN ARRAY[{}]::text[] END AS a \
+         FROM (\n{sql}\n) AS {alias} LIMIT {}) AS r",
         values.join(", "),
-        limits.max_rows + 1
+        limits.max_rows + 1,
+        max = limits.max_bytes,
     );
     let (mut rows, mut bytes, mut truncated) = (Vec::new(), 0usize, false);
     {

@@ -116,6 +116,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0016_form_nonces",
         sql: include_str!("../../migrations/sqlite/0016_form_nonces.sql"),
     },
+    Migration {
+        version: 17,
+        name: "0017_tenant_sql_value_caps",
+        sql: include_str!("../../migrations/sqlite/0017_tenant_sql_value_caps.sql"),
+    },
 ];
 
 impl SqliteStore {

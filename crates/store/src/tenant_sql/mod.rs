@@ -34,6 +34,16 @@ impl Dialect {
         }
     }
 
+    /// The largest text, blob or JSON value a query may build, in bytes
+    /// (SQLite: `SQLITE_LIMIT_LENGTH` on its tenant connections; PostgreSQL:
+    /// Keyflow's size-checked operators, migration 0017).
+    pub const fn max_value_bytes(self) -> usize {
+        match self {
+            Dialect::Sqlite => 100_000,
+            Dialect::Postgres => 1_048_576,
+        }
+    }
+
     /// The functions a tenant's query may call, sorted.
     pub fn functions(self) -> Vec<&'static str> {
         let own = match self {
@@ -116,7 +126,6 @@ const SQLITE_FUNCTIONS: &[&str] = &[
 const POSTGRES_FUNCTIONS: &[&str] = &[
     "bool_and",
     "bool_or",
-    "concat",
     "date_part",
     "date_trunc",
     "greatest",
