@@ -254,12 +254,12 @@ fn init_logging(format: LogFormat) {
 
 async fn serve(config: Config) -> Result<(), Failure> {
     init_logging(config.log_format);
-    if config.redis_url.is_some() {
-        return Err(Failure::from(
-            "Redis support (shared rate limits and revocation broadcast) is not built yet; \
-             run without --redis-url / KEYFLOW_REDIS_URL"
-                .to_string(),
-        ));
+    if let Some(url) = &config.redis_url {
+        keyflow_server::redis_link::RedisLink::new(url.expose())?;
+        tracing::info!(
+            "Redis configured: changes are shared with other instances; rate limits are still \
+             kept per instance in this version"
+        );
     }
     let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)

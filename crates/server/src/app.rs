@@ -184,8 +184,17 @@ async fn livez() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<SharedState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => {
-            Json(serde_json::json!({ "status": "ready", "database": state.store.backend_name() }))
-                .into_response()
+            let mut body =
+                serde_json::json!({ "status": "ready", "database": state.store.backend_name() });
+            // Redis down fails no request (SPEC §11): ready, and said so.
+            if let Some(link) = &state.redis {
+                body["redis"] = serde_json::json!(if link.is_connected() {
+                    "connected"
+                } else {
+                    "unreachable"
+                });
+            }
+            Json(body).into_response()
         }
         _ => ApiError::new(
             keyflow_core::ErrorCode::Unavailable,
@@ -198,9 +207,22 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 async fn metrics(State(state): State<SharedState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render(),
+        state.prometheus.render() + &redis_metrics(&state),
     )
         .into_response()
+}
+
+/// Redis' state for `/metrics`, when Redis is configured.
+fn redis_metrics(state: &AppState) -> String {
+    let Some(link) = &state.redis else {
+        return String::new();
+    };
+    format!(
+        "# TYPE keyflow_redis_connected gauge\nkeyflow_redis_connected {}\n\
+         # TYPE keyflow_redis_changes_received_total counter\nkeyflow_redis_changes_received_total {}\n",
+        u8::from(link.is_connected()),
+        link.received.load(std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 /// Flushes last-used data every `last_used_flush_secs` and prunes idle
@@ -246,6 +268,10 @@ pub async fn launch_with_listener(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let redis = state
+        .redis
+        .clone()
+        .map(|link| tokio::spawn(link.run(state.cache.clone(), stop_rx.clone())));
     let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
     let app = router(state.clone());
     let limits = crate::serve::ConnectionLimits {
@@ -259,6 +285,9 @@ pub async fn launch_with_listener(
     let result = crate::serve::serve(listener, app, limits, trusted, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = flusher.await;
+    if let Some(redis) = redis {
+        let _ = redis.await;
+    }
     flush_usage(&state).await;
     result
 }

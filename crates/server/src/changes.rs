@@ -11,17 +11,34 @@ use std::sync::{Arc, RwLock};
 
 use keyflow_core::KeyDigest;
 
-/// A committed change other parts of the system may need to see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A committed change other parts of the system may need to see. Its JSON
+/// form crosses instances through Redis (`crate::redis_link`); a key appears
+/// there only as its digest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
     /// A key was created (its digest may be cached as "unknown").
-    KeyCreated { digest: KeyDigest },
+    KeyCreated {
+        #[serde(with = "digest_hex")]
+        digest: KeyDigest,
+    },
     /// A key's settings changed.
-    KeyUpdated { digest: KeyDigest },
+    KeyUpdated {
+        #[serde(with = "digest_hex")]
+        digest: KeyDigest,
+    },
     /// A key was revoked.
-    KeyRevoked { digest: KeyDigest },
+    KeyRevoked {
+        #[serde(with = "digest_hex")]
+        digest: KeyDigest,
+    },
     /// A key was rolled: `old` now expires, `new` was created.
-    KeyRolled { old: KeyDigest, new: KeyDigest },
+    KeyRolled {
+        #[serde(with = "digest_hex")]
+        old: KeyDigest,
+        #[serde(with = "digest_hex")]
+        new: KeyDigest,
+    },
     /// A workspace's plan changed.
     PlanChanged { workspace_id: String },
     /// A project's settings (rate limit, cache TTL) changed.
@@ -56,6 +73,34 @@ pub enum Change {
         workspace_id: String,
         operator_id: String,
     },
+}
+
+/// A key digest as 64 hex digits in a change's JSON form.
+mod digest_hex {
+    use keyflow_core::KeyDigest;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(digest: &KeyDigest, s: S) -> Result<S::Ok, S::Error> {
+        let mut hex = String::with_capacity(64);
+        for byte in digest.0 {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        s.serialize_str(&hex)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyDigest, D::Error> {
+        let hex = <&str>::deserialize(d)?;
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return Err(D::Error::custom("a key digest is 64 hex digits"));
+        }
+        let mut digest = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(D::Error::custom)?;
+            digest[i] = u8::from_str_radix(text, 16).map_err(D::Error::custom)?;
+        }
+        Ok(KeyDigest(digest))
+    }
 }
 
 type Listener = Box<dyn Fn(&Change) + Send + Sync>;
@@ -105,7 +150,13 @@ impl ChangeBus for NoListeners {
 
 /// The listener that keeps this instance's caches true.
 pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change) + Send + Sync {
-    move |change| match change {
+    move |change| drop_cached(&cache, change)
+}
+
+/// Drops what `change` makes stale from `cache` (changes of this instance,
+/// and of others through `crate::redis_link`).
+pub fn drop_cached(cache: &crate::state::KeyCache, change: &Change) {
+    match change {
         Change::KeyCreated { digest }
         | Change::KeyUpdated { digest }
         | Change::KeyRevoked { digest } => cache.invalidate(digest),
@@ -128,6 +179,38 @@ pub fn invalidate_caches(cache: Arc<crate::state::KeyCache>) -> impl Fn(&Change)
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn changes_cross_instances_as_json_and_back() {
+        let changes = [
+            Change::KeyRevoked {
+                digest: KeyDigest([7; 32]),
+            },
+            Change::KeyRolled {
+                old: KeyDigest([0; 32]),
+                new: KeyDigest([255; 32]),
+            },
+            Change::PlanChanged {
+                workspace_id: "w".into(),
+            },
+        ];
+        for change in changes {
+            let text = serde_json::to_string(&change).unwrap();
+            assert_eq!(serde_json::from_str::<Change>(&text).unwrap(), change);
+        }
+        let text = serde_json::to_string(&Change::KeyRevoked {
+            digest: KeyDigest([0xab; 32]),
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{{\"type\":\"key_revoked\",\"digest\":\"{}\"}}",
+                "ab".repeat(32)
+            )
+        );
+        assert!(serde_json::from_str::<Change>(r#"{"type":"key_revoked","digest":"zz"}"#).is_err());
+    }
 
     #[test]
     fn every_subscriber_sees_each_change_once_in_order() {

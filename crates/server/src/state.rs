@@ -88,6 +88,15 @@ impl KeyCache {
     pub fn insert_unknown(&self, digest: KeyDigest) {
         self.unknown.insert(digest, ());
     }
+    /// Forget everything (another instance's changes may have been missed).
+    pub fn clear_all(&self) {
+        self.keys.invalidate_all();
+        self.unknown.invalidate_all();
+        self.plans.invalidate_all();
+        self.project_limits.invalidate_all();
+        self.credentials.invalidate_all();
+    }
+
     /// Forget everything about one key (it changed or was just created).
     pub fn invalidate(&self, digest: &KeyDigest) {
         self.keys.invalidate(digest);
@@ -166,6 +175,8 @@ pub struct AppState {
     pub query_cache: Cache<String, Arc<crate::api::metrics_query::CachedAnswer>>,
     /// Tenant queries running now (see `api::metrics_query::QuerySlots`).
     pub query_slots: crate::api::metrics_query::QuerySlots,
+    /// Redis, when configured: changes shared with other instances.
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -187,6 +198,8 @@ impl AppState {
         }
     }
 
+    /// An unreadable Redis URL is logged and Redis left unused: `keyflow
+    /// serve` checks it first with [`crate::redis_link::RedisLink::new`].
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
         let cache = Arc::new(KeyCache::new(
             config.key_cache_capacity,
@@ -194,6 +207,20 @@ impl AppState {
         ));
         let changes = Arc::new(crate::changes::LocalChangeBus::default());
         changes.subscribe(crate::changes::invalidate_caches(cache.clone()));
+        let redis =
+            config.redis_url.as_ref().and_then(|url| {
+                match crate::redis_link::RedisLink::new(url.expose()) {
+                    Ok(link) => Some(Arc::new(link)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Redis is not used");
+                        None
+                    }
+                }
+            });
+        if let Some(link) = &redis {
+            let link = link.clone();
+            changes.subscribe(move |change| link.forward(change));
+        }
         let local_limiter = Arc::new(LocalRateLimiter::default());
         let config_queries = config.max_concurrent_queries;
         Self {
@@ -212,6 +239,7 @@ impl AppState {
             series_cache: crate::api::metrics::answer_cache(),
             query_cache: crate::api::metrics::answer_cache(),
             query_slots: crate::api::metrics_query::QuerySlots::new(config_queries),
+            redis,
         }
     }
 

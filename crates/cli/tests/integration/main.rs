@@ -21,6 +21,7 @@ mod openapi;
 mod operation;
 mod rate_limits;
 mod segment_compat;
+mod several_instances;
 mod signin;
 mod store_conformance;
 mod subscribers_api;

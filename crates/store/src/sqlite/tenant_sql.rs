@@ -117,7 +117,8 @@ fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
 
 /// The longest string or blob a query may read or build.
 const MAX_VALUE_BYTES: i32 = 100_000;
-const _: () = assert!(MAX_VALUE_BYTES as usize == crate::tenant_sql::Dialect::Sqlite.max_value_bytes());
+const _: () =
+    assert!(MAX_VALUE_BYTES as usize == crate::tenant_sql::Dialect::Sqlite.max_value_bytes());
 
 /// `instr`, `replace`, `trim`, `ltrim` and `rtrim` with SQLite's meaning,
 /// in time linear in their arguments' sizes (the connection's own

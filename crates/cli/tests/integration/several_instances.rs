@@ -1,0 +1,213 @@
+//! Several instances on one PostgreSQL database and one Redis (SPEC §11):
+//! a change made on one instance reaches the others' caches through Redis
+//! at once; with Redis down nothing fails and cached keys live at most 5 s;
+//! when Redis is back, instant invalidation returns by itself.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{Backend, TestApp, TestDb};
+
+/// A throwaway `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.run();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Two instances on one PostgreSQL database, both with `redis_url`, caching
+/// keys for a minute (so only Redis can make them see a change sooner).
+async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
+    let db = TestDb::create(Backend::Postgres).await;
+    let url = db.url.clone();
+    let config = || keyflow_server::config::Config {
+        admin_token: Some(keyflow_server::config::Secret::new(
+            crate::harness::ADMIN_TOKEN,
+        )),
+        redis_url: Some(keyflow_server::config::Secret::new(redis.url())),
+        key_cache_ttl_secs: 60,
+        // The tests poll a key until it is refused.
+        default_rate_limit: keyflow_core::RateLimit::per_minute(1_000_000),
+        ..Default::default()
+    };
+    let a = TestApp::launch("127.0.0.1:0", db, config()).await;
+    let b = TestApp::launch("127.0.0.1:0", TestDb::existing(&url), config()).await;
+    for app in [&a, &b] {
+        wait_for_redis(app, "connected").await;
+    }
+    (a, b)
+}
+
+async fn wait_for_redis(app: &TestApp, state: &str) {
+    let started = Instant::now();
+    loop {
+        let ready = app.get("/readyz", "").await;
+        if ready.body["redis"] == state {
+            assert_eq!(ready.status, 200, "{}", ready.body);
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis never became {state}: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Revokes `key` (id `id`) on `a` and returns how long until `b` refuses it.
+async fn revocation_delay(
+    a: &TestApp,
+    b: &TestApp,
+    admin_key: &str,
+    id: &str,
+    key: &str,
+) -> Duration {
+    assert_eq!(b.get("/v1/keys/self", key).await.status, 200);
+    assert_eq!(b.get("/v1/keys/self", key).await.status, 200, "cached on b");
+    let revoked = Instant::now();
+    assert_eq!(
+        a.delete(&format!("/v1/keys/{id}"), admin_key).await.status,
+        204
+    );
+    loop {
+        let reply = b.get("/v1/keys/self", key).await;
+        if reply.status == 401 {
+            reply.assert_error(401, "key_revoked");
+            return revoked.elapsed();
+        }
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(20),
+            "b kept accepting the revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    reqwest::get(format!("{}/metrics", app.base_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_instance_through_redis() {
+    let mut redis = RedisServer::start();
+    let (mut a, mut b) = two_instances(&redis).await;
+    let t = a.tenant().await;
+    let new_key = |name: &'static str| {
+        let a = &a;
+        let admin = t.key.clone();
+        async move {
+            a.create_key(
+                &admin,
+                json!({"name": name, "type": "secret", "scopes": ["keys:read"]}),
+            )
+            .await
+        }
+    };
+
+    // Redis up: b stops accepting a key revoked on a at once.
+    let mut delays = Vec::new();
+    for name in ["r1", "r2", "r3", "r4", "r5"] {
+        let (id, key) = new_key(name).await;
+        delays.push(revocation_delay(&a, &b, &t.key, &id, &key).await);
+    }
+    delays.sort();
+    eprintln!("revocation delay through Redis: {delays:?}");
+    assert!(
+        delays[2] < Duration::from_millis(100),
+        "median revocation delay {:?} (SPEC §11: within 100 ms)",
+        delays[2]
+    );
+    assert!(delays[4] < Duration::from_secs(1), "{delays:?}");
+    let text = metrics_text(&b).await;
+    assert!(text.contains("keyflow_redis_connected 1"), "{text}");
+
+    // Redis down: nothing fails, and a cached key lives at most 5 s.
+    redis.stop();
+    wait_for_redis(&b, "unreachable").await;
+    wait_for_redis(&a, "unreachable").await;
+    let (id, key) = new_key("down").await;
+    let delay = revocation_delay(&a, &b, &t.key, &id, &key).await;
+    eprintln!("revocation delay with Redis down: {delay:?}");
+    assert!(
+        delay < Duration::from_millis(5_500),
+        "with Redis down a cached key lived {delay:?} (SPEC §11: at most 5 s)"
+    );
+    let text = metrics_text(&b).await;
+    assert!(text.contains("keyflow_redis_connected 0"), "{text}");
+
+    // Redis back: both instances reconnect by themselves; instant again.
+    redis.run();
+    wait_for_redis(&a, "connected").await;
+    wait_for_redis(&b, "connected").await;
+    let (id, key) = new_key("back").await;
+    let delay = revocation_delay(&a, &b, &t.key, &id, &key).await;
+    eprintln!("revocation delay after Redis returned: {delay:?}");
+    assert!(delay < Duration::from_secs(1), "{delay:?}");
+
+    b.stop().await;
+    a.stop().await;
+}
