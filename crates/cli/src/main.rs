@@ -257,8 +257,7 @@ async fn serve(config: Config) -> Result<(), Failure> {
     if let Some(url) = &config.redis_url {
         keyflow_server::redis_link::RedisLink::new(url.expose())?;
         tracing::info!(
-            "Redis configured: changes are shared with other instances; rate limits are still \
-             kept per instance in this version"
+            "Redis configured: rate limits and changes are shared with the other instances"
         );
     }
     let store = open_store(&config).await?;

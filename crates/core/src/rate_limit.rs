@@ -35,12 +35,12 @@ impl RateLimit {
         self.limit <= ceiling.limit && sustained
     }
 
-    fn period_us(&self) -> i64 {
+    pub fn period_us(&self) -> i64 {
         i64::from(self.period_seconds.max(1)) * 1_000_000
     }
 
     /// Time between two requests at the steady rate.
-    fn emission_interval_us(&self) -> i64 {
+    pub fn emission_interval_us(&self) -> i64 {
         (self.period_us() / i64::from(self.limit.max(1))).max(1)
     }
 

@@ -194,6 +194,13 @@ async fn readyz(State(state): State<SharedState>) -> Response {
                     "unreachable"
                 });
             }
+            if let Some(limiter) = &state.redis_limiter {
+                body["rate_limits"] = serde_json::json!(if limiter.is_reachable() {
+                    "shared"
+                } else {
+                    "per_instance"
+                });
+            }
             Json(body).into_response()
         }
         _ => ApiError::new(
@@ -214,15 +221,28 @@ async fn metrics(State(state): State<SharedState>) -> Response {
 
 /// Redis' state for `/metrics`, when Redis is configured.
 fn redis_metrics(state: &AppState) -> String {
-    let Some(link) = &state.redis else {
-        return String::new();
-    };
-    format!(
-        "# TYPE keyflow_redis_connected gauge\nkeyflow_redis_connected {}\n\
-         # TYPE keyflow_redis_changes_received_total counter\nkeyflow_redis_changes_received_total {}\n",
-        u8::from(link.is_connected()),
-        link.received.load(std::sync::atomic::Ordering::Relaxed)
-    )
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    if let Some(link) = &state.redis {
+        out += &format!(
+            "# TYPE keyflow_redis_connected gauge\nkeyflow_redis_connected {}\n\
+             # TYPE keyflow_redis_changes_received_total counter\nkeyflow_redis_changes_received_total {}\n",
+            u8::from(link.is_connected()),
+            link.received.load(Relaxed)
+        );
+    }
+    if let Some(limiter) = &state.redis_limiter {
+        out += &format!(
+            "# TYPE keyflow_redis_limits_shared gauge\nkeyflow_redis_limits_shared {}\n\
+             # TYPE keyflow_rate_limit_decisions_total counter\n\
+             keyflow_rate_limit_decisions_total{{by=\"redis\"}} {}\n\
+             keyflow_rate_limit_decisions_total{{by=\"instance\"}} {}\n",
+            u8::from(limiter.is_reachable()),
+            limiter.redis_calls.load(Relaxed),
+            limiter.local_decisions.load(Relaxed)
+        );
+    }
+    out
 }
 
 /// Flushes last-used data every `last_used_flush_secs` and prunes idle
@@ -272,6 +292,10 @@ pub async fn launch_with_listener(
         .redis
         .clone()
         .map(|link| tokio::spawn(link.run(state.cache.clone(), stop_rx.clone())));
+    let redis_limits = state
+        .redis_limiter
+        .clone()
+        .map(|limiter| tokio::spawn(limiter.maintain(stop_rx.clone())));
     let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
     let app = router(state.clone());
     let limits = crate::serve::ConnectionLimits {
@@ -285,8 +309,8 @@ pub async fn launch_with_listener(
     let result = crate::serve::serve(listener, app, limits, trusted, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = flusher.await;
-    if let Some(redis) = redis {
-        let _ = redis.await;
+    for task in [redis, redis_limits].into_iter().flatten() {
+        let _ = task.await;
     }
     flush_usage(&state).await;
     result

@@ -16,6 +16,7 @@ pub mod metrics_token;
 pub mod operations;
 pub mod prometheus;
 pub mod redact;
+pub mod redis_limiter;
 pub mod redis_link;
 pub mod serve;
 pub mod state;

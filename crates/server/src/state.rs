@@ -177,6 +177,8 @@ pub struct AppState {
     pub query_slots: crate::api::metrics_query::QuerySlots,
     /// Redis, when configured: changes shared with other instances.
     pub redis: Option<Arc<crate::redis_link::RedisLink>>,
+    /// Redis, when configured: rate limits shared with other instances.
+    pub redis_limiter: Option<Arc<crate::redis_limiter::RedisRateLimiter>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -222,6 +224,15 @@ impl AppState {
             changes.subscribe(move |change| link.forward(change));
         }
         let local_limiter = Arc::new(LocalRateLimiter::default());
+        let redis_limiter = config.redis_url.as_ref().and_then(|url| {
+            crate::redis_limiter::RedisRateLimiter::new(url.expose(), local_limiter.clone())
+                .ok()
+                .map(Arc::new)
+        });
+        let limiter: Arc<dyn RateLimiter> = match &redis_limiter {
+            Some(shared) => shared.clone(),
+            None => local_limiter.clone(),
+        };
         let config_queries = config.max_concurrent_queries;
         Self {
             config,
@@ -229,7 +240,7 @@ impl AppState {
             clock,
             cache,
             changes,
-            limiter: local_limiter.clone(),
+            limiter,
             failed_auth: LocalRateLimiter::default(),
             local_limiter,
             usage: UsageTracker::default(),
@@ -240,6 +251,7 @@ impl AppState {
             query_cache: crate::api::metrics::answer_cache(),
             query_slots: crate::api::metrics_query::QuerySlots::new(config_queries),
             redis,
+            redis_limiter,
         }
     }
 

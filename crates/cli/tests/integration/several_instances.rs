@@ -6,6 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyflow_server::limits::RateLimiter;
 use serde_json::json;
 
 use crate::harness::{Backend, TestApp, TestDb};
@@ -75,6 +76,13 @@ impl Drop for RedisServer {
 /// Two instances on one PostgreSQL database, both with `redis_url`, caching
 /// keys for a minute (so only Redis can make them see a change sooner).
 async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
+    two_instances_limited(redis, keyflow_core::RateLimit::per_minute(1_000_000)).await
+}
+
+async fn two_instances_limited(
+    redis: &RedisServer,
+    limit: keyflow_core::RateLimit,
+) -> (TestApp, TestApp) {
     let db = TestDb::create(Backend::Postgres).await;
     let url = db.url.clone();
     let config = || keyflow_server::config::Config {
@@ -83,8 +91,7 @@ async fn two_instances(redis: &RedisServer) -> (TestApp, TestApp) {
         )),
         redis_url: Some(keyflow_server::config::Secret::new(redis.url())),
         key_cache_ttl_secs: 60,
-        // The tests poll a key until it is refused.
-        default_rate_limit: keyflow_core::RateLimit::per_minute(1_000_000),
+        default_rate_limit: limit,
         ..Default::default()
     };
     let a = TestApp::launch("127.0.0.1:0", db, config()).await;
@@ -210,4 +217,109 @@ async fn changes_reach_every_instance_through_redis() {
 
     b.stop().await;
     a.stop().await;
+}
+
+/// The number after `name` in Prometheus text (0 when absent).
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One key's limit is shared: requests spread over two instances admit
+/// exactly the limit, and a refusal once known costs no Redis call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_shared_and_exact() {
+    let redis = RedisServer::start();
+    let limit = keyflow_core::RateLimit {
+        limit: 20,
+        period_seconds: 3_600,
+    };
+    let (mut a, mut b) = two_instances_limited(&redis, limit).await;
+    for app in [&a, &b] {
+        let ready = app.get("/readyz", "").await;
+        assert_eq!(ready.body["rate_limits"], "shared", "{}", ready.body);
+    }
+    let t = a.tenant().await;
+    let (_, key) = a
+        .create_key(
+            &t.key,
+            json!({"name": "shared", "type": "secret", "scopes": ["keys:read"]}),
+        )
+        .await;
+    let mut admitted = 0;
+    for i in 0..60 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let reply = app.get("/v1/keys/self", &key).await;
+        match reply.status {
+            200 => admitted += 1,
+            429 => {
+                reply.assert_error(429, "rate_limited");
+                assert!(reply.header("retry-after").is_some());
+            }
+            other => panic!("{other}: {}", reply.body),
+        }
+    }
+    assert_eq!(
+        admitted, 20,
+        "two instances admit one key's limit, together"
+    );
+    let by_redis = counter(
+        &metrics_text(&a).await,
+        "keyflow_rate_limit_decisions_total{by=\"redis\"}",
+    ) + counter(
+        &metrics_text(&b).await,
+        "keyflow_rate_limit_decisions_total{by=\"redis\"}",
+    );
+    // The creating key's requests, the 20 admitted, and one refusal per
+    // instance; the other 38 refusals were known locally.
+    assert!(
+        by_redis <= 3 + 20 + 2,
+        "{by_redis} Redis decisions for 60 requests"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A raised limit takes effect at once: the state stored under the old one
+/// is rescaled, not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_limit_takes_effect_at_once() {
+    let redis = RedisServer::start();
+    let local = std::sync::Arc::new(keyflow_server::limits::LocalRateLimiter::default());
+    let limiter = std::sync::Arc::new(
+        keyflow_server::redis_limiter::RedisRateLimiter::new(&redis.url(), local).unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let maintained = tokio::spawn(limiter.clone().maintain(stopped));
+    let started = Instant::now();
+    while !limiter.is_reachable() {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bucket = format!("k{}:read", uuid::Uuid::new_v4().simple());
+    let two = keyflow_core::RateLimit {
+        limit: 2,
+        period_seconds: 3_600,
+    };
+    let ten = keyflow_core::RateLimit {
+        limit: 10,
+        period_seconds: 3_600,
+    };
+    let now = 0;
+    assert!(limiter.check(&bucket, two, now, true).await.allowed);
+    let second = limiter.check(&bucket, two, now, true).await;
+    assert!(second.allowed);
+    assert_eq!(second.remaining, 0);
+    let refused = limiter.check(&bucket, two, now, true).await;
+    assert!(!refused.allowed);
+    assert!(refused.retry_after_us > 1_700_000_000, "{refused:?}");
+    // Raised to 10: two of ten are used, eight more pass, then refused.
+    for i in 0..8 {
+        let d = limiter.check(&bucket, ten, now, true).await;
+        assert!(d.allowed, "request {i} under the raised limit: {d:?}");
+    }
+    assert!(!limiter.check(&bucket, ten, now, true).await.allowed);
+    let _ = stop.send(true);
+    maintained.await.unwrap();
 }
