@@ -32,6 +32,10 @@ pub const QUERIES_PER_PROJECT: usize = 2;
 /// Who is running queries now: a global cap (so tenant SQL never takes every
 /// core from ingest) and [`QUERIES_PER_PROJECT`] per project (so one tenant
 /// never takes every global slot).
+/// How long past its limit a query's client waits for the answer; the
+/// store cancels at the limit, then once more a second later.
+const ANSWER_GRACE: Duration = Duration::from_millis(2_000);
+
 pub struct QuerySlots {
     global: Arc<tokio::sync::Semaphore>,
     per_project: Arc<Mutex<HashMap<String, usize>>>,
@@ -237,13 +241,25 @@ pub async fn answer(
         checked,
         limits(state),
     );
-    let output = tokio::spawn(async move {
+    // The slot is held until the store's work is over, which may be past
+    // the answer: work PostgreSQL cannot cancel keeps its reader connection
+    // until it ends, and counts against the project's two queries meanwhile.
+    let timeout = limits.timeout;
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
         let _slot = slot;
-        store.run_tenant_query(&project, &query, limits).await
-    })
-    .await
-    .map_err(|e| ApiError::internal("tenant query task", &e))?
-    .map_err(refusal)?;
+        let _ = answer.send(store.run_tenant_query(&project, &query, limits).await);
+    });
+    let output = match tokio::time::timeout(timeout + ANSWER_GRACE, answered).await {
+        Ok(Ok(result)) => result.map_err(refusal)?,
+        Ok(Err(_)) => {
+            return Err(ApiError::internal(
+                "tenant query task",
+                &"ended without an answer",
+            ));
+        }
+        Err(_) => return Err(refusal(tenant_sql::QueryFailure::TimedOut(timeout))),
+    };
     let ttl_minutes = state
         .store
         .project_settings(project_id)
@@ -325,7 +341,7 @@ pub struct SchemaLimits {
     pub max_sql_bytes: usize,
     pub max_columns: usize,
     /// The largest text or JSON value a query may build (SQLite 100 000,
-    /// PostgreSQL 1 048 576 bytes); numbers on PostgreSQL: operands of at
+    /// PostgreSQL 262 144 bytes); numbers on PostgreSQL: operands of at
     /// most 4 KiB.
     pub max_value_bytes: usize,
     pub concurrent_queries_per_project: usize,

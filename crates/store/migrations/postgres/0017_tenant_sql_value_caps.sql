@@ -4,17 +4,18 @@
 -- one row's expression, and values may reach 1 GB. So one row of a tenant's
 -- query could chain hundreds of steps on huge values (a 131 000-digit `%`,
 -- a 500 MB `||`) and run or hold gigabytes long past its time limit. The
--- operators and the aggregate below take the place of PostgreSQL's own for
--- tenant queries (their reader connections search `keyflow_tenant` before
--- `pg_catalog`, and same-signature names found first win): they do the same
--- work, but refuse to build text or JSON over 1 MiB or to compute on numbers
--- over 4 KiB (about 8 000 digits). Cheap size checks only: no value is read
--- to check it.
+-- operators below take the place of PostgreSQL's own for tenant queries
+-- (their reader connections search `keyflow_tenant` before `pg_catalog`,
+-- and same-signature names found first win): they do the same work, but
+-- refuse to build text or JSON over 256 KiB or to compute on numbers over
+-- 4 KiB (about 8 000 digits). Cheap size checks only: no value is read to
+-- check it. (string_agg, which grows a value row by row, is not offered on
+-- PostgreSQL: a capped version written in SQL copied its text at each row.)
 
 CREATE FUNCTION keyflow_tenant.value_too_big(size BIGINT, sample ANYELEMENT)
     RETURNS ANYELEMENT LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 BEGIN
-    RAISE EXCEPTION 'a value of % bytes is over what a tenant query may build (text and JSON: 1 MiB; numbers: 4 KiB)', size
+    RAISE EXCEPTION 'a value of % bytes is over what a tenant query may build (text and JSON: 256 KiB; numbers: 4 KiB)', size
         USING ERRCODE = 'program_limit_exceeded';
 END $$;
 
@@ -22,7 +23,7 @@ CREATE FUNCTION keyflow_tenant.textcat(a TEXT, b TEXT) RETURNS TEXT
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN a IS NULL OR b IS NULL THEN NULL
-        WHEN pg_catalog.octet_length(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.octet_length(b) OPERATOR(pg_catalog.<=) 1048576
+        WHEN pg_catalog.octet_length(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.octet_length(b) OPERATOR(pg_catalog.<=) 262144
             THEN pg_catalog.textcat(a, b)
         ELSE keyflow_tenant.value_too_big(pg_catalog.octet_length(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.octet_length(b), a)
     END
@@ -38,7 +39,7 @@ CREATE FUNCTION keyflow_tenant.jsonbcat(a JSONB, b JSONB) RETURNS JSONB
     LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN a IS NULL OR b IS NULL THEN NULL
-        WHEN pg_catalog.pg_column_size(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.pg_column_size(b) OPERATOR(pg_catalog.<=) 1048576
+        WHEN pg_catalog.pg_column_size(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.pg_column_size(b) OPERATOR(pg_catalog.<=) 262144
             THEN pg_catalog.jsonb_concat(a, b)
         ELSE keyflow_tenant.value_too_big(pg_catalog.pg_column_size(a)::BIGINT OPERATOR(pg_catalog.+) pg_catalog.pg_column_size(b), a)
     END
@@ -72,21 +73,3 @@ BEGIN
                        op.symbol, op.fn);
     END LOOP;
 END $$;
-
--- string_agg(text, text), built step by step so it too stops at 1 MiB.
-CREATE FUNCTION keyflow_tenant.string_agg_step(state TEXT, value TEXT, delimiter TEXT) RETURNS TEXT
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-BEGIN
-    IF value IS NULL THEN
-        RETURN state;
-    END IF;
-    IF state IS NULL THEN
-        RETURN value;
-    END IF;
-    RETURN keyflow_tenant.textcat(keyflow_tenant.textcat(state, COALESCE(delimiter, '')), value);
-END $$;
-
-CREATE AGGREGATE keyflow_tenant.string_agg(TEXT, TEXT) (
-    SFUNC = keyflow_tenant.string_agg_step,
-    STYPE = TEXT
-);

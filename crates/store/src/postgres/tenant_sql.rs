@@ -241,25 +241,24 @@ impl TenantSql {
                 // search checks nowhere), so the connection, one of the
                 // reader pool's few, is held until its backend is idle,
                 // however long: leftovers never pile up past the pool's size.
+                // Waited for here, so the caller's query slot stays taken
+                // too (the API answers the client at the limit meanwhile).
                 conn.close_on_drop();
-                let main = self.main.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let active: Option<bool> = sqlx::query_scalar(
-                            "SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1",
-                        )
-                        .bind(pid)
-                        .fetch_optional(&main)
-                        .await
-                        .ok()
-                        .flatten();
-                        if active != Some(true) {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                loop {
+                    let active: Option<bool> = sqlx::query_scalar(
+                        "SELECT state = 'active' FROM pg_stat_activity WHERE pid = $1",
+                    )
+                    .bind(pid)
+                    .fetch_optional(&self.main)
+                    .await
+                    .ok()
+                    .flatten();
+                    if active != Some(true) {
+                        break;
                     }
-                    drop(conn);
-                });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                drop(conn);
                 Err(QueryFailure::TimedOut(limits.timeout))
             }
         };
@@ -307,7 +306,9 @@ async fn run_scoped(
     // positional names keeping repeated column names apart; a row larger
     // than the answer may be comes back as NULL, so it is never sent. The
     // values' stored sizes are checked first, so a huge value is never
-    // copied into JSON text to learn that it is too big.
+    // copied into JSON text to learn that it is too big. `OFFSET 0` keeps
+    // PostgreSQL from folding the query into the wrapper, which would
+    // compute each of its expressions twice (once per use below).
     let names: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
     let values: Vec<String> = names
         .iter()
@@ -331,7 +332,7 @@ async fn run_scoped(
         "SELECT CASE WHEN r.a IS NOT NULL AND coalesce(octet_length(array_to_string(r.a, '')), 0) <= {max} \
          THEN r.a END \
          FROM (SELECT CASE WHEN {stored_size} <= {max} THEN ARRAY[{}]::text[] END AS a \
-         FROM (\n{sql}\n) AS {alias} LIMIT {}) AS r",
+         FROM (SELECT * FROM (\n{sql}\n) AS q0 OFFSET 0) AS {alias} LIMIT {}) AS r",
         values.join(", "),
         limits.max_rows + 1,
         max = limits.max_bytes,

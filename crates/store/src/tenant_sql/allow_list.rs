@@ -11,9 +11,9 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AccessExpr, BinaryOperator, DataType, Expr, FunctionArguments, Ident, InTarget, ObjectName,
-    ObjectNamePart, Query, Select, SetExpr, Spanned, Statement, TableFactor, UnaryOperator, Value,
-    Visit, Visitor,
+    AccessExpr, BinaryOperator, DataType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Ident, InTarget, ObjectName, ObjectNamePart, Query, Select, SetExpr, Spanned, Statement,
+    TableFactor, UnaryOperator, Value, Visit, Visitor,
 };
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::keywords::Keyword;
@@ -151,6 +151,7 @@ fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, Q
     let mut walker = Walker {
         dialect,
         frames: Vec::new(),
+        pattern_matches: 0,
     };
     if let ControlFlow::Break(refusal) = statement.visit(&mut walker) {
         return Err(refusal);
@@ -311,6 +312,35 @@ impl Frame {
 struct Walker {
     dialect: Dialect,
     frames: Vec<Frame>,
+    /// Pattern matches seen so far (PostgreSQL allows [`MAX_PATTERN_MATCHES`]).
+    pattern_matches: usize,
+}
+
+/// PostgreSQL matches `LIKE` in time |text| × |pattern| and checks for
+/// cancellation only between rows, so a query's patterns are literals of at
+/// most this many bytes (as SQLite's `SQLITE_LIMIT_LIKE_PATTERN_LENGTH`)...
+pub const MAX_PATTERN_BYTES: usize = 100;
+/// ...and one query holds at most this many: each costs at most ~0.16 s on
+/// a 1 MiB value (measured), so one row's matches stay under ~1.6 s.
+pub const MAX_PATTERN_MATCHES: usize = 10;
+/// The longest `to_char` format and `char(n)`/`varchar(n)` a query may
+/// write on PostgreSQL (a 1 MiB format of `J`s prints 7 MiB; `char(n)`
+/// pads to n).
+const MAX_FORMAT_BYTES: usize = 200;
+const MAX_TYPE_LENGTH: u64 = 10_000;
+
+/// The text of a string literal, if `expr` is one.
+fn string_literal(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(s)
+            | Value::EscapedStringLiteral(s)
+            | Value::NationalStringLiteral(s) => Some(s),
+            _ => None,
+        },
+        Expr::Nested(inner) => string_literal(inner),
+        _ => None,
+    }
 }
 
 /// How an identifier compares: PostgreSQL keeps the case of quoted names;
@@ -324,6 +354,34 @@ fn folded(ident: &Ident, dialect: Dialect) -> String {
 }
 
 impl Walker {
+    /// On PostgreSQL: a literal pattern of at most [`MAX_PATTERN_BYTES`],
+    /// and at most [`MAX_PATTERN_MATCHES`] in one query.
+    fn check_pattern(&mut self, pattern: &Expr, span: Span) -> ControlFlow<QueryFailure> {
+        if self.dialect != Dialect::Postgres {
+            return ControlFlow::Continue(());
+        }
+        self.pattern_matches += 1;
+        if self.pattern_matches > MAX_PATTERN_MATCHES {
+            return refuse(
+                format!(
+                    "at most {MAX_PATTERN_MATCHES} LIKE/ILIKE matches in one query on this store"
+                ),
+                span,
+            );
+        }
+        match string_literal(pattern) {
+            Some(text) if text.len() <= MAX_PATTERN_BYTES => ControlFlow::Continue(()),
+            Some(_) => refuse(
+                format!("a LIKE pattern may be at most {MAX_PATTERN_BYTES} bytes on this store"),
+                span,
+            ),
+            None => refuse(
+                "a LIKE pattern must be a string literal on this store ('%text%')".into(),
+                span,
+            ),
+        }
+    }
+
     fn in_scope(&self, name: &str) -> bool {
         let top = self.frames.len().saturating_sub(1);
         self.frames
@@ -356,6 +414,20 @@ impl Walker {
         // No arrays: PostgreSQL's text-to-array casts take 27 to 42 times
         // their input's size in memory, and nothing here needs them.
         let base = text.split('(').next().unwrap_or(&text).trim();
+        if self.dialect == Dialect::Postgres
+            && let Some(args) = text.split('(').nth(1)
+            && args.trim_end_matches(')').split(',').any(|n| {
+                n.trim()
+                    .parse::<u64>()
+                    .map_or(true, |n| n > MAX_TYPE_LENGTH)
+            })
+            && matches!(base, "char" | "character" | "varchar" | "character varying")
+        {
+            return refuse(
+                format!("a length in {text} may be at most {MAX_TYPE_LENGTH} on this store"),
+                span,
+            );
+        }
         if ALLOWED_TYPES.contains(&base) {
             ControlFlow::Continue(())
         } else {
@@ -709,7 +781,93 @@ impl Visitor for Walker {
                         expr.span(),
                     );
                 }
+                if self.dialect == Dialect::Postgres && name == "to_char" {
+                    let format = match &function.args {
+                        FunctionArguments::List(list) => match list.args.get(1) {
+                            Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => {
+                                string_literal(e)
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if format.is_none_or(|f| f.len() > MAX_FORMAT_BYTES) {
+                        return refuse(
+                            format!(
+                                "to_char's format must be a string literal of at most {MAX_FORMAT_BYTES} bytes on this store"
+                            ),
+                            expr.span(),
+                        );
+                    }
+                }
                 ControlFlow::Continue(())
+            }
+            Expr::Like {
+                pattern,
+                escape_char,
+                ..
+            }
+            | Expr::ILike {
+                pattern,
+                escape_char,
+                ..
+            } => {
+                self.check_pattern(pattern, expr.span())?;
+                match escape_char {
+                    Some(escape)
+                        if self.dialect == Dialect::Postgres
+                            && string_literal(escape).is_none_or(|e| e.chars().count() > 1) =>
+                    {
+                        refuse(
+                            "ESCAPE must be a one-character string literal".into(),
+                            expr.span(),
+                        )
+                    }
+                    _ => ControlFlow::Continue(()),
+                }
+            }
+            Expr::BinaryOp {
+                op:
+                    BinaryOperator::PGLikeMatch
+                    | BinaryOperator::PGILikeMatch
+                    | BinaryOperator::PGNotLikeMatch
+                    | BinaryOperator::PGNotILikeMatch,
+                right,
+                ..
+            } => self.check_pattern(right, expr.span()),
+            Expr::AnyOp {
+                compare_op:
+                    BinaryOperator::PGLikeMatch
+                    | BinaryOperator::PGILikeMatch
+                    | BinaryOperator::PGNotLikeMatch
+                    | BinaryOperator::PGNotILikeMatch,
+                ..
+            }
+            | Expr::AllOp {
+                compare_op:
+                    BinaryOperator::PGLikeMatch
+                    | BinaryOperator::PGILikeMatch
+                    | BinaryOperator::PGNotLikeMatch
+                    | BinaryOperator::PGNotILikeMatch,
+                ..
+            } => {
+                refuse(
+                    "LIKE against a list of patterns is not allowed: write each LIKE with its pattern".into(),
+                    expr.span(),
+                )
+            }
+            Expr::Cast {
+                expr: inner,
+                data_type,
+                ..
+            } if self.dialect == Dialect::Postgres
+                && matches!(data_type, DataType::JSON | DataType::JSONB)
+                && string_literal(inner).is_none() =>
+            {
+                refuse(
+                    "a cast to json or jsonb must be of a string literal on this store (properties already is jsonb; a cast of a computed text takes ~70 times its size in memory)".into(),
+                    expr.span(),
+                )
             }
             Expr::Trim {
                 trim_what,
@@ -809,8 +967,6 @@ impl Visitor for Walker {
             | Expr::IsNotDistinctFrom(..)
             | Expr::In { .. }
             | Expr::Between { .. }
-            | Expr::Like { .. }
-            | Expr::ILike { .. }
             | Expr::AnyOp { .. }
             | Expr::AllOp { .. }
             | Expr::UnaryOp { .. }
@@ -1042,9 +1198,26 @@ mod tests {
             "SELECT current_role",
             "SELECT current_schema, name FROM events",
             "SELECT concat(name, name) FROM events",
+            "SELECT name LIKE name FROM events",
+            "SELECT name LIKE '%' || name FROM events",
+            "SELECT name ILIKE 'a' || 'b' FROM events",
+            "SELECT name ~~ name FROM events",
+            "SELECT name NOT LIKE 'a' ESCAPE name FROM events",
+            "SELECT CAST(name AS jsonb) FROM events",
+            "SELECT CAST('[' || name || ']' AS json) FROM events",
+            "SELECT to_char(timestamp, name) FROM events",
+            "SELECT CAST(id AS char(10485760)) FROM events",
+            "SELECT CAST(id AS varchar(20000)) FROM events",
+            "SELECT variance(timestamp), stddev(timestamp) FROM events",
+            "SELECT string_agg(name, ',') FROM events",
         ] {
             let reason = refusal(sql, Dialect::Postgres);
-            assert!(reason.contains("not allowed"), "{sql}: {reason}");
+            assert!(
+                ["not allowed", "must be", "at most"]
+                    .iter()
+                    .any(|words| reason.contains(words)),
+                "{sql}: {reason}"
+            );
         }
         // What stays: one value out of a document, compared in linear time.
         for sql in [
@@ -1059,6 +1232,38 @@ mod tests {
             );
         }
         assert!(check("SELECT name GLOB 'a*' FROM events", Dialect::Sqlite).is_err());
+        // Patterns: literals of at most 100 bytes, at most 10 per query.
+        let long = format!("SELECT name LIKE '{}' FROM events", "a".repeat(101));
+        assert!(refusal(&long, Dialect::Postgres).contains("100 bytes"));
+        let ten = ["name LIKE 'a%'"; 10].join(" OR ");
+        assert!(
+            check(
+                &format!("SELECT 1 FROM events WHERE {ten}"),
+                Dialect::Postgres
+            )
+            .is_ok()
+        );
+        let eleven = ["name ILIKE 'a%'"; 11].join(" OR ");
+        assert!(
+            refusal(
+                &format!("SELECT 1 FROM events WHERE {eleven}"),
+                Dialect::Postgres
+            )
+            .contains("at most 10")
+        );
+        // SQLite bounds these itself (values of 100 KB, patterns of 100 B).
+        assert!(check("SELECT name LIKE name FROM events", Dialect::Sqlite).is_ok());
+        for sql in [
+            "SELECT CAST('{\"a\": 1}' AS jsonb), '[1]'::json, jsonb '{}' FROM events",
+            "SELECT to_char(timestamp, 'YYYY-MM-DD'), CAST(id AS varchar(100)) FROM events",
+            "SELECT name NOT LIKE 'a!%' ESCAPE '!' FROM events",
+        ] {
+            assert!(
+                check(sql, Dialect::Postgres).is_ok(),
+                "{sql}: {:?}",
+                check(sql, Dialect::Postgres).err()
+            );
+        }
     }
 
     #[test]

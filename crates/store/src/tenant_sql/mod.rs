@@ -40,7 +40,7 @@ impl Dialect {
     pub const fn max_value_bytes(self) -> usize {
         match self {
             Dialect::Sqlite => 100_000,
-            Dialect::Postgres => 1_048_576,
+            Dialect::Postgres => 262_144,
         }
     }
 
@@ -136,11 +136,8 @@ const POSTGRES_FUNCTIONS: &[&str] = &[
     "left",
     "now",
     "right",
-    "stddev",
-    "string_agg",
     "to_char",
     "to_timestamp",
-    "variance",
 ];
 
 /// A column of a tenant-facing relation: its name, its type in each dialect
