@@ -211,6 +211,11 @@ struct ServerProcess {
 
 /// Starts `keyflow serve` on an ephemeral port.
 fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
+    spawn_server_with(db, token, &[])
+}
+
+/// [`spawn_server`] with more environment variables.
+fn spawn_server_with(db: &TestDb, token: &str, env: &[(&str, &str)]) -> ServerProcess {
     // A short drain, so the shutdown test with a stuck client stays quick.
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "shutdown_timeout_secs = 2\n").unwrap();
@@ -227,6 +232,7 @@ fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
             config.path().to_str().unwrap(),
         ])
         .env("KEYFLOW_ADMIN_TOKEN", token)
+        .envs(env.iter().copied())
         .env_remove("KEYFLOW_DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -755,7 +761,197 @@ async fn sqlite_files_are_private_and_backups_work_while_serving() {
     assert_eq!(keys[0].settings.name, "k");
 }
 
+/// `kill -9` during sustained ingest, ten times (SPEC §11, issue 14): every
+/// acknowledged event is stored exactly once, and sending it again with its
+/// idempotency key stores nothing new and answers with the first event.
+async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let db = TestDb::create(backend).await;
+    let pw = password_file();
+    let (ok, init, err) = keyflow(
+        &db,
+        &[
+            "init",
+            "--email",
+            "o@example.com",
+            "--password-file",
+            pw.path().to_str().unwrap(),
+            "--workspace",
+            "Crash",
+            "--project",
+            "Crash",
+            "--plan",
+            "pro",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let project = init["project"]["id"].as_str().unwrap().to_string();
+    let (ok, key, err) = keyflow(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "ingest",
+            "--type",
+            "secret",
+            "--scope",
+            "events:write",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let env = [("KEYFLOW_RATE_LIMIT", "1000000/60")];
+    for round in 0..10 {
+        let mut server = spawn_server_with(&db, "crash-admin-token-0123456789", &env);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for sender in 0..6 {
+            let (client, base, key, acked, stop) = (
+                client.clone(),
+                server.base.clone(),
+                key.clone(),
+                acked.clone(),
+                stop.clone(),
+            );
+            senders.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let events: Vec<Value> = (0..if sender % 2 == 0 { 1 } else { 20 })
+                        .map(|j| {
+                            json!({
+                                "name": "crash",
+                                "external_id": format!("user{}", (i + j) % 40),
+                                "idempotency_key": format!("r{round}-s{sender}-{i}-{j}"),
+                            })
+                        })
+                        .collect();
+                    let Ok(reply) = client
+                        .post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"events": events}))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    if reply.status() != 202 {
+                        continue;
+                    }
+                    let Ok(body) = reply.json::<Value>().await else {
+                        continue;
+                    };
+                    let ids = body["ids"].as_array().cloned().unwrap_or_default();
+                    assert_eq!(ids.len(), events.len(), "{body}");
+                    let mut acked = acked.lock().unwrap();
+                    for (event, id) in events.iter().zip(ids) {
+                        let key = event["idempotency_key"].as_str().unwrap().to_string();
+                        acked.insert(key, id.as_str().unwrap().to_string());
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        server.child.kill().unwrap(); // SIGKILL
+        let _ = server.child.wait();
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            sender.await.unwrap();
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 200,
+        "only {} events acknowledged",
+        acked.len()
+    );
+
+    // Every acknowledged event is there, once.
+    let store = db.store().await;
+    let stored_events = || async {
+        let mut stored: HashMap<String, usize> = HashMap::new();
+        let mut cursor = None;
+        loop {
+            let page = keyflow_store::Page {
+                limit: 1000,
+                cursor: cursor.clone(),
+            };
+            let batch = store
+                .list_events(&project, &keyflow_store::EventFilter::default(), &page)
+                .await
+                .unwrap();
+            cursor = batch.last().map(|e| e.id.clone());
+            let done = batch.len() < 1000;
+            for event in batch {
+                *stored.entry(event.id).or_default() += 1;
+            }
+            if done {
+                return stored;
+            }
+        }
+    };
+    let stored = stored_events().await;
+    assert!(stored.values().all(|n| *n == 1), "an event stored twice");
+    let missing: Vec<&String> = acked
+        .values()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost",
+        missing.len()
+    );
+
+    // Sent again after the crashes: the first event answers, nothing new.
+    let server = spawn_server_with(&db, "crash-admin-token-0123456789", &env);
+    let sample: Vec<(&String, &String)> = acked.iter().take(50).collect();
+    let events: Vec<Value> = sample
+        .iter()
+        .map(|(k, _)| json!({"name": "crash", "external_id": "again", "idempotency_key": k}))
+        .collect();
+    let reply: Value = client
+        .post(format!("{}/v1/events/batch", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"events": events}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = reply["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let first: Vec<&str> = sample.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids, first, "retries answer with the first events");
+    let mut server = server;
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    assert_eq!(
+        stored_events().await.len(),
+        stored.len(),
+        "nothing new stored by the retries"
+    );
+    eprintln!(
+        "kill -9 x10 ({backend:?}): {} events acknowledged, all stored once",
+        acked.len()
+    );
+}
+
 backend_tests!(
+    kill_9_during_ingest_loses_nothing_acknowledged,
     serve_prints_a_one_time_setup_link_on_an_empty_database,
     init_keys_plan_and_migrate_commands,
     serve_process_never_logs_or_stores_a_key,
