@@ -159,6 +159,13 @@ impl IntoResponse for ApiError {
             response_headers.insert(name, value);
         }
         response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // Every 503 says when to come back (SPEC §11: the database or a
+        // capacity cap is briefly unavailable), unless it already did.
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && !response_headers.contains_key(header::RETRY_AFTER)
+        {
+            response_headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         response.extensions_mut().insert(RenderedError);
         response
     }

@@ -22,6 +22,10 @@ pub struct CachedKey {
 
 /// `digest → key` and `workspace → plan`, bounded, invalidated on this
 /// instance at once by revoke/update/roll/plan change.
+/// How long a plan or quota read from the store serves while the database
+/// is unavailable.
+const KNOWN_WHILE_DATABASE_DOWN: Duration = Duration::from_secs(60);
+
 pub struct KeyCache {
     keys: Cache<KeyDigest, Arc<CachedKey>>,
     /// Digests that matched no key, so a flood of one bad key stays off the database.
@@ -30,6 +34,11 @@ pub struct KeyCache {
     plans: Cache<String, Plan>,
     /// Per-project quota overrides, 1-second TTL like plans.
     project_limits: Cache<String, Option<keyflow_core::RateLimit>>,
+    /// The last plan and quota override read from the store, kept a minute:
+    /// used only while the database is unavailable, so keys already cached
+    /// keep authenticating meanwhile (SPEC §11).
+    plans_known: Cache<String, Plan>,
+    project_limits_known: Cache<String, Option<keyflow_core::RateLimit>>,
     /// Metrics credentials by id, 5-second TTL: a rotation elsewhere (the
     /// CLI, another instance) stops the old id's tokens within 5 s.
     credentials: Cache<String, Arc<crate::api::metrics::CachedCredential>>,
@@ -64,6 +73,14 @@ impl KeyCache {
             credentials: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(5))
+                .build(),
+            plans_known: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(KNOWN_WHILE_DATABASE_DOWN)
+                .build(),
+            project_limits_known: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(KNOWN_WHILE_DATABASE_DOWN)
                 .build(),
             credential_uses: Cache::builder()
                 .max_capacity(capacity)
@@ -104,15 +121,18 @@ impl KeyCache {
     }
     pub fn invalidate_plan(&self, workspace_id: &str) {
         self.plans.invalidate(workspace_id);
+        self.plans_known.invalidate(workspace_id);
     }
     pub fn cached_plan(&self, workspace_id: &str) -> Option<Plan> {
         self.plans.get(workspace_id)
     }
     pub fn insert_plan(&self, workspace_id: String, plan: Plan) {
+        self.plans_known.insert(workspace_id.clone(), plan);
         self.plans.insert(workspace_id, plan);
     }
     pub fn invalidate_project(&self, project_id: &str) {
         self.project_limits.invalidate(project_id);
+        self.project_limits_known.invalidate(project_id);
     }
     pub fn credential(&self, id: &str) -> Option<Arc<crate::api::metrics::CachedCredential>> {
         self.credentials.get(id)
@@ -305,7 +325,19 @@ impl AppState {
         if let Some(limit) = self.cache.project_limits.get(project_id) {
             return Ok(limit);
         }
-        let limit = self.store.project_settings(project_id).await?.rate_limit;
+        let limit = match self.store.project_settings(project_id).await {
+            Ok(settings) => settings.rate_limit,
+            Err(e) if e.is_unavailable() => {
+                return match self.cache.project_limits_known.get(project_id) {
+                    Some(limit) => Ok(limit),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        self.cache
+            .project_limits_known
+            .insert(project_id.to_string(), limit);
         self.cache
             .project_limits
             .insert(project_id.to_string(), limit);
@@ -317,11 +349,16 @@ impl AppState {
         if let Some(plan) = self.cache.cached_plan(workspace_id) {
             return Ok(Some(plan));
         }
-        let plan = self
-            .store
-            .get_workspace(workspace_id)
-            .await?
-            .map(|w| w.plan);
+        let plan = match self.store.get_workspace(workspace_id).await {
+            Ok(workspace) => workspace.map(|w| w.plan),
+            Err(e) if e.is_unavailable() => {
+                return match self.cache.plans_known.get(workspace_id) {
+                    Some(plan) => Ok(Some(plan)),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(plan) = plan {
             self.cache.insert_plan(workspace_id.to_string(), plan);
         }

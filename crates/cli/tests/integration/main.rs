@@ -15,6 +15,7 @@ mod connections;
 mod contacts_api;
 mod dashboard;
 mod events_api;
+mod faults;
 mod keys_api;
 mod metrics_api;
 mod openapi;
