@@ -136,6 +136,7 @@ impl TenantSql {
                     .map_err(cannot)?;
                 for setting in [
                     "SET search_path = keyflow_tenant, pg_catalog",
+                    "SET jit = off",
                     "SET default_transaction_read_only = on",
                     "SET statement_timeout = '30s'",
                 ] {
@@ -176,6 +177,9 @@ impl TenantSql {
                 // Keyflow's size-checked operators (migration 0017) are found
                 // before PostgreSQL's own of the same signature.
                 ("search_path", "keyflow_tenant, pg_catalog"),
+                // LLVM compiles a whole expression at once and cannot be
+                // cancelled: one query compiled for 60 s past its limit.
+                ("jit", "off"),
                 ("default_transaction_read_only", "on"),
             ])
             // Tenant statements are prepared once and never kept.
