@@ -801,7 +801,9 @@ impl Visitor for Walker {
                         expr.span(),
                     );
                 }
-                if self.dialect == Dialect::Postgres && name == "to_char" {
+                if self.dialect == Dialect::Postgres
+                    && (name == "to_char" || (name == "to_timestamp" && args == 2))
+                {
                     let format = match &function.args {
                         FunctionArguments::List(list) => match list.args.get(1) {
                             Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(e))) => {
@@ -814,7 +816,7 @@ impl Visitor for Walker {
                     if format.is_none_or(|f| f.len() > MAX_FORMAT_BYTES) {
                         return refuse(
                             format!(
-                                "to_char's format must be a string literal of at most {MAX_FORMAT_BYTES} bytes on this store"
+                                "{name}'s format must be a string literal of at most {MAX_FORMAT_BYTES} bytes on this store"
                             ),
                             expr.span(),
                         );
@@ -1265,6 +1267,7 @@ mod tests {
             "SELECT CAST(name AS jsonb) FROM events",
             "SELECT CAST('[' || name || ']' AS json) FROM events",
             "SELECT to_char(timestamp, name) FROM events",
+            "SELECT to_timestamp(name, name) FROM events",
             "SELECT CAST(id AS char(10485760)) FROM events",
             "SELECT CAST(id AS varchar(20000)) FROM events",
             "SELECT variance(timestamp), stddev(timestamp) FROM events",
