@@ -761,9 +761,11 @@ async fn sqlite_files_are_private_and_backups_work_while_serving() {
     assert_eq!(keys[0].settings.name, "k");
 }
 
-/// `kill -9` during sustained ingest, ten times (SPEC §11, issue 14): every
-/// acknowledged event is stored exactly once, and sending it again with its
-/// idempotency key stores nothing new and answers with the first event.
+/// `kill -9` during sustained ingest, ten times, then SIGTERM under the same
+/// load (SPEC §11, issue 14): every acknowledged event is stored exactly
+/// once, sending it again with its idempotency key stores nothing new and
+/// answers with the first event, and SIGTERM exits 0 after flushing
+/// last-used data.
 async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -806,11 +808,13 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
         ],
     );
     assert!(ok, "{err}");
+    let key_id = key["id"].as_str().unwrap().to_string();
     let key = key["key"].as_str().unwrap().to_string();
     let client = reqwest::Client::new();
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let env = [("KEYFLOW_RATE_LIMIT", "1000000/60")];
-    for round in 0..10 {
+    // Ten SIGKILLs, then one SIGTERM under the same load.
+    for round in 0..11 {
         let mut server = spawn_server_with(&db, "crash-admin-token-0123456789", &env);
         let stop = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::new();
@@ -861,8 +865,30 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
             }));
         }
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        server.child.kill().unwrap(); // SIGKILL
-        let _ = server.child.wait();
+        if round < 10 {
+            server.child.kill().unwrap(); // SIGKILL
+            let _ = server.child.wait();
+        } else {
+            // SIGTERM under load: in-flight requests finish, last-used data
+            // is flushed, exit 0, within the drain bound.
+            let signalled = Command::new("kill")
+                .args(["-TERM", &server.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(signalled.success());
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = server.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(15),
+                    "keyflow serve did not stop within 15 s of SIGTERM under load"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            };
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+        }
         stop.store(true, Ordering::Relaxed);
         for sender in senders {
             sender.await.unwrap();
@@ -901,6 +927,11 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
     };
     let stored = stored_events().await;
     assert!(stored.values().all(|n| *n == 1), "an event stored twice");
+    let used = store.get_api_key(&project, &key_id).await.unwrap().unwrap();
+    assert!(
+        used.last_used_at.is_some(),
+        "last-used data flushed on SIGTERM"
+    );
     let missing: Vec<&String> = acked
         .values()
         .filter(|id| !stored.contains_key(*id))
@@ -945,7 +976,7 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
         "nothing new stored by the retries"
     );
     eprintln!(
-        "kill -9 x10 ({backend:?}): {} events acknowledged, all stored once",
+        "kill -9 x10 then SIGTERM ({backend:?}): {} events acknowledged, all stored once",
         acked.len()
     );
 }
