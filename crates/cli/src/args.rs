@@ -49,8 +49,9 @@ pub enum Command {
     /// Manage workspaces
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
-    /// Apply database migrations
-    Migrate,
+    /// Apply database migrations; with --to, copy this (SQLite) database
+    /// into an empty PostgreSQL database
+    Migrate(MigrateArgs),
     /// Write a consistent copy of the embedded SQLite database to FILE, safe
     /// while the server runs (PostgreSQL: use pg_dump)
     Backup {
@@ -186,4 +187,13 @@ pub fn overrides(cli: &Cli) -> ConfigOverrides {
         database_url_file: cli.database_url_file.clone(),
         ..Default::default()
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Copy the whole embedded SQLite database into this empty PostgreSQL
+    /// database (postgres://…), verify the row counts and print the config
+    /// change
+    #[arg(long, value_name = "POSTGRES_URL")]
+    pub to: Option<String>,
 }

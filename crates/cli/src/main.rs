@@ -19,8 +19,12 @@ use keyflow_server::usage::UsageTracker;
 use keyflow_store::{Actor, Store};
 use serde_json::{Value, json};
 
-use crate::args::{Cli, Command, FlagSources, KeysCommand, WorkspaceCommand, overrides};
-use crate::database::{open_existing_store, open_store, open_store_without_migrating, sqlite_file};
+use crate::args::{
+    Cli, Command, FlagSources, KeysCommand, MigrateArgs, WorkspaceCommand, overrides,
+};
+use crate::database::{
+    create_data_dir, open_existing_store, open_store, open_store_without_migrating, sqlite_file,
+};
 use crate::failure::Failure;
 
 /// mimalloc: the request path allocates small short-lived buffers all the
@@ -121,7 +125,39 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             )?;
             Ok(())
         }
-        Command::Migrate => {
+        Command::Migrate(MigrateArgs { to: Some(to) }) => {
+            let config = Config::load(&o)?;
+            create_data_dir(&config)?;
+            let from = config.effective_database_url();
+            let copied = keyflow_store::copy::sqlite_to_postgres(from.expose(), to)
+                .await
+                .map_err(|e| format!("migrate --to {}: {e}", keyflow_store::redact_url(to)))?;
+            let total: i64 = copied.tables.iter().map(|(_, n)| n).sum();
+            let mut text = format!(
+                "Copied {total} rows in {} tables into {}; every table's row count matches.\n",
+                copied.tables.len(),
+                keyflow_store::redact_url(to)
+            );
+            for (table, rows) in &copied.tables {
+                text.push_str(&format!("  {table}: {rows}\n"));
+            }
+            text.push_str(
+                "Now stop the SQLite instance and start Keyflow on PostgreSQL: set \
+                 KEYFLOW_DATABASE_URL (or database_url in the config file, or \
+                 --database-url-file for a URL with a password) to that URL.",
+            );
+            print_result(
+                cli.json,
+                &json!({
+                    "copied": copied.tables.iter().map(|(t, n)| json!({"table": t, "rows": n})).collect::<Vec<_>>(),
+                    "rows": total,
+                    "database_url": keyflow_store::redact_url(to),
+                }),
+                &text,
+            )?;
+            Ok(())
+        }
+        Command::Migrate(MigrateArgs { to: None }) => {
             let config = Config::load(&o)?;
             let store = open_store_without_migrating(&config).await?;
             let applied = store.migrate().await?;

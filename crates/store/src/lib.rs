@@ -10,6 +10,7 @@
 pub mod areas;
 mod backend;
 mod columns;
+pub mod copy;
 mod error;
 mod ingest_queue;
 mod models;

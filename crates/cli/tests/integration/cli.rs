@@ -981,6 +981,165 @@ async fn kill_9_during_ingest_loses_nothing_acknowledged(backend: Backend) {
     );
 }
 
+/// `keyflow migrate --to postgres://…` (SPEC §9): an embedded instance with
+/// keys, contacts, events, audit entries, a session and settings is copied
+/// whole into an empty PostgreSQL database, row counts verified; served from
+/// PostgreSQL, the same keys work and the same data answers. A second copy
+/// into the now non-empty database is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_to_postgres_copies_everything() {
+    let sqlite = TestDb::create(Backend::Sqlite).await;
+    let sqlite_url = sqlite.url.clone();
+    let mut app = crate::harness::TestApp::launch(
+        "127.0.0.1:0",
+        sqlite,
+        keyflow_server::config::Config {
+            admin_token: Some(keyflow_server::config::Secret::new(
+                crate::harness::ADMIN_TOKEN,
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let workspace = crate::dashboard::operator(&app, "owner@example.com").await;
+    let session = crate::dashboard::sign_in(&app, "owner@example.com").await;
+    let t = app.tenant().await;
+    let (_, reader) = app
+        .create_key(
+            &t.key,
+            json!({"name": "reader", "type": "read_only", "scopes": ["contacts:read", "events:read"]}),
+        )
+        .await;
+    for i in 0..30 {
+        let reply = app
+            .post(
+                "/v1/contacts",
+                &t.key,
+                json!({"email": format!("c{i}@example.com"), "subscribed": i % 2 == 0, "properties": {"n": i}}),
+            )
+            .await;
+        assert!(reply.status < 300, "{}", reply.body);
+    }
+    let events: Vec<Value> = (0..120)
+        .map(|i| json!({"name": "copied", "external_id": format!("u{}", i % 7), "idempotency_key": format!("k{i}"), "properties": {"i": i}}))
+        .collect();
+    let stored = app
+        .post("/v1/events/batch", &t.key, json!({"events": events}))
+        .await;
+    assert_eq!(stored.status, 202, "{}", stored.body);
+    let first_event = stored.body["ids"][0].as_str().unwrap().to_string();
+    // Project settings, saved through the dashboard.
+    let project = app.store.list_projects(&workspace).await.unwrap()[0]
+        .id
+        .clone();
+    let page = crate::dashboard::get_page(
+        &app,
+        &format!("/settings?project={project}"),
+        Some(&session),
+    )
+    .await;
+    let csrf = crate::dashboard::csrf_of(&crate::dashboard::text(&page));
+    let saved = crate::dashboard::post_form(
+        &app,
+        "/settings",
+        Some(&session),
+        &[
+            ("csrf", &csrf),
+            ("project", &project),
+            ("limit", "7"),
+            ("period_seconds", "60"),
+            ("metrics_cache_ttl_minutes", "15"),
+        ],
+    )
+    .await;
+    assert_eq!(saved.status, 303);
+    app.stop().await;
+
+    let postgres = TestDb::create(Backend::Postgres).await;
+    let out = Command::new(BIN)
+        .args([
+            "--database-url",
+            &sqlite_url,
+            "--json",
+            "migrate",
+            "--to",
+            &postgres.url,
+        ])
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows_of = |table: &str| {
+        report["copied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .map(|t| t["rows"].as_i64().unwrap())
+            .unwrap_or_else(|| panic!("{table} not copied: {report}"))
+    };
+    assert_eq!(rows_of("contacts"), 30 + 7, "30 by the API, 7 by events");
+    assert_eq!(rows_of("events"), 120);
+    assert_eq!(rows_of("event_idempotency"), 120);
+    assert!(rows_of("api_keys") >= 2);
+    assert!(rows_of("audit_log") > 0);
+    assert!(rows_of("sessions") >= 1);
+    assert_eq!(rows_of("project_settings"), 1);
+    assert!(!report.to_string().contains("password"), "{report}");
+
+    // Served from PostgreSQL: the same keys, the same answers.
+    let pg_url = postgres.url.clone();
+    let mut served = crate::harness::TestApp::launch(
+        "127.0.0.1:0",
+        postgres,
+        keyflow_server::config::Config::default(),
+    )
+    .await;
+    assert_eq!(served.get("/v1/keys/self", &t.key).await.status, 200);
+    let contacts = served.get("/v1/contacts?limit=100", &reader).await;
+    assert_eq!(contacts.status, 200, "{}", contacts.body);
+    assert_eq!(contacts.body["data"].as_array().unwrap().len(), 37);
+    let again = served
+        .post(
+            "/v1/events",
+            &t.key,
+            json!({"name": "copied", "external_id": "u0", "idempotency_key": "k0"}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "a repeat after the move: {}", again.body);
+    assert_eq!(again.body["id"], first_event.as_str());
+    let fresh = served
+        .post(
+            "/v1/contacts",
+            &t.key,
+            json!({"email": "after@example.com"}),
+        )
+        .await;
+    assert!(
+        fresh.status < 300,
+        "new rows after the copy: {}",
+        fresh.body
+    );
+    let moved = served.store.project_settings(&project).await.unwrap();
+    assert_eq!(moved.metrics_cache_ttl_minutes, 15);
+    served.stop().await;
+
+    // Not into a database that holds data.
+    let refused = Command::new(BIN)
+        .args(["--database-url", &sqlite_url, "migrate", "--to", &pg_url])
+        .env_remove("KEYFLOW_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already holds data"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
 backend_tests!(
     kill_9_during_ingest_loses_nothing_acknowledged,
     serve_prints_a_one_time_setup_link_on_an_empty_database,
