@@ -375,6 +375,39 @@ async fn three_instances_act_as_one() {
         "{delays:?}"
     );
 
+    // The same idempotency key sent to all three at once: one event.
+    for round in 0..5 {
+        let mut sends = Vec::new();
+        for app in &apps {
+            let (base, key) = (app.base_url.clone(), t.key.clone());
+            sends.push(tokio::spawn(async move {
+                let reply = reqwest::Client::new()
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(&key)
+                    .json(&json!({"name": "once", "external_id": "same", "idempotency_key": format!("shared-{round}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = reply.status().as_u16();
+                let body: serde_json::Value = reply.json().await.unwrap();
+                (status, body["id"].as_str().unwrap().to_string())
+            }));
+        }
+        let mut ids = Vec::new();
+        for send in sends {
+            let (status, id) = send.await.unwrap();
+            assert!(status == 200 || status == 202, "{status}");
+            ids.push(id);
+        }
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "one event per key: {ids:?}"
+        );
+    }
+    let stored = apps[1].get("/v1/events?limit=100&name=once", &t.key).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.body["data"].as_array().unwrap().len(), 5);
+
     // Ten times the limit, 24 clients over three instances at once.
     let (_, key) = apps[0]
         .create_key(
