@@ -1070,9 +1070,22 @@ async fn big_values_stop_at_the_time_limit(backend: Backend) {
     let nested = (0..30).fold("SELECT 1.0 AS x".to_string(), |inner, _| {
         format!("SELECT x + x AS x FROM ({inner}) AS s")
     });
+    // The same through LATERAL, each level ending in an inner subquery
+    // (whose parenthesis once caught the fence instead of the level's own).
+    let lateral = (1..=20).fold(
+        "SELECT count(x20) FROM (SELECT timestamp * 0 AS x0 FROM events WHERE (SELECT true)) a0"
+            .to_string(),
+        |chain, i| {
+            format!(
+                "{chain}, LATERAL (SELECT x{p} + x{p} AS x{i} WHERE (SELECT true)) a{i}",
+                p = i - 1
+            )
+        },
+    );
     let queries = [
         doubling_ctes,
         nested,
+        lateral,
         format!("{nines}SELECT length(CAST({remainders} AS text)) FROM n"),
         format!("{doubled}SELECT {copies} FROM d WHERE i = 24"),
         format!("{doubled}SELECT string_agg(a.s, '') FROM d a, d b WHERE a.i > 15"),

@@ -16,7 +16,9 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     CteAsMaterialized, LimitClause, Query, Spanned, Statement, TableFactor, Visit, Visitor,
 };
+use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::keywords::Keyword;
+use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use super::{Dialect, QueryFailure};
@@ -32,7 +34,7 @@ pub(super) fn fenced(
         dialect,
         cte_closes: Vec::new(),
         cte_offsets: Vec::new(),
-        derived_ends: Vec::new(),
+        derived_starts: Vec::new(),
     };
     if let ControlFlow::Break(refusal) = statement.visit(&mut finder) {
         return Err(refusal);
@@ -67,17 +69,17 @@ pub(super) fn fenced(
         }
         inserts.push((close, fence_text(dialect, fence)));
     }
-    for (end, fence) in finder.derived_ends {
-        let fence = fence_text(dialect, fence);
-        let last = tokens
+    for (start, fence) in finder.derived_starts {
+        let first = tokens
             .iter()
-            .position(|t| t.span.end == end && !matches!(t.token, Token::Whitespace(_)))
+            .position(|t| t.span.start == start && !matches!(t.token, Token::Whitespace(_)))
             .ok_or_else(cannot)?;
-        let next = next_token(tokens, last).ok_or_else(cannot)?;
-        if tokens[next].token != Token::RParen {
+        let open = previous_token(tokens, first).ok_or_else(cannot)?;
+        if tokens[open].token != Token::LParen {
             return Err(cannot());
         }
-        inserts.push((tokens[next].span.start, fence));
+        let close = matching_close(tokens, open).ok_or_else(cannot)?;
+        inserts.push((tokens[close].span.start, fence_text(dialect, fence)));
     }
     inserts.sort_by_key(|(at, _)| (at.line, at.column));
     let mut out = String::with_capacity(sql.len() + inserts.len() * 20);
@@ -90,7 +92,47 @@ pub(super) fn fenced(
         copied = byte;
     }
     out.push_str(&sql[copied..]);
+    // Fail closed: the text to run must parse, and every level must now be
+    // fenced; a misplaced fence is a refusal, never an unfenced run.
+    let reparsed = match dialect {
+        Dialect::Sqlite => Parser::parse_sql(&SQLiteDialect {}, &out),
+        Dialect::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, &out),
+    }
+    .map_err(|_| cannot())?;
+    let [statement] = reparsed.as_slice() else {
+        return Err(cannot());
+    };
+    let mut verifier = Finder {
+        dialect,
+        cte_closes: Vec::new(),
+        cte_offsets: Vec::new(),
+        derived_starts: Vec::new(),
+    };
+    if statement.visit(&mut verifier).is_break()
+        || !verifier.cte_closes.is_empty()
+        || !verifier.cte_offsets.is_empty()
+        || !verifier.derived_starts.is_empty()
+    {
+        return Err(cannot());
+    }
     Ok(out)
+}
+
+fn matching_close(tokens: &[TokenWithSpan], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, token) in tokens.iter().enumerate().skip(open) {
+        match token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn fence_text(dialect: Dialect, fence: Fence) -> &'static str {
@@ -123,10 +165,6 @@ fn previous_token(tokens: &[TokenWithSpan], at: usize) -> Option<usize> {
         .find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
 }
 
-fn next_token(tokens: &[TokenWithSpan], at: usize) -> Option<usize> {
-    (at + 1..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
-}
-
 /// Where fences go: each unfenced `WITH` query's closing parenthesis, and
 /// the end of each derived table's query that has no LIMIT/OFFSET.
 struct Finder {
@@ -134,7 +172,10 @@ struct Finder {
     cte_closes: Vec<Location>,
     /// SQLite: WITH queries' closing parentheses, where an OFFSET goes.
     cte_offsets: Vec<(Location, Fence)>,
-    derived_ends: Vec<(Location, Fence)>,
+    /// Where each unfenced derived table's query starts (its closing
+    /// parenthesis is found from the tokens: sqlparser's spans end before
+    /// an inner subquery's parenthesis).
+    derived_starts: Vec<(Location, Fence)>,
 }
 
 /// What a query needs so that SQLite does not flatten it: an OFFSET.
@@ -202,7 +243,7 @@ impl Visitor for Finder {
                 Dialect::Postgres => None,
             };
             if let Some(fence) = fence {
-                self.derived_ends.push((subquery.span().end, fence));
+                self.derived_starts.push((subquery.span().start, fence));
             }
         }
         ControlFlow::Continue(())
@@ -254,6 +295,24 @@ mod tests {
                 Dialect::Postgres
             )
             .is_err()
+        );
+        // A derived table whose query ends in an inner subquery: the fence
+        // goes after the derived table's own parenthesis.
+        let inner = "SELECT * FROM (SELECT name FROM events WHERE (SELECT true)) a, \
+                     LATERAL (SELECT 1 AS y WHERE name IN (SELECT name FROM events)) b, \
+                     (SELECT 2 AS z WHERE EXISTS (SELECT 1)) c";
+        assert_eq!(
+            run(inner, Dialect::Postgres),
+            "SELECT * FROM (SELECT name FROM events WHERE (SELECT true) OFFSET 0) a, \
+                     LATERAL (SELECT 1 AS y WHERE name IN (SELECT name FROM events) OFFSET 0) b, \
+                     (SELECT 2 AS z WHERE EXISTS (SELECT 1) OFFSET 0) c"
+        );
+        assert_eq!(
+            run(
+                "SELECT * FROM (SELECT 1 AS x WHERE (SELECT 1)) t",
+                Dialect::Sqlite
+            ),
+            "SELECT * FROM (SELECT 1 AS x WHERE (SELECT 1) LIMIT -1 OFFSET 0) t"
         );
     }
 }
