@@ -236,10 +236,13 @@ fn redis_metrics(state: &AppState) -> String {
             "# TYPE keyflow_redis_limits_shared gauge\nkeyflow_redis_limits_shared {}\n\
              # TYPE keyflow_rate_limit_decisions_total counter\n\
              keyflow_rate_limit_decisions_total{{by=\"redis\"}} {}\n\
-             keyflow_rate_limit_decisions_total{{by=\"instance\"}} {}\n",
+             keyflow_rate_limit_decisions_total{{by=\"instance\"}} {}\n\
+             # TYPE keyflow_redis_limiter_calls_total counter\n\
+             keyflow_redis_limiter_calls_total {}\n",
             u8::from(limiter.is_reachable()),
             limiter.redis_calls.load(Relaxed),
-            limiter.local_decisions.load(Relaxed)
+            limiter.local_decisions.load(Relaxed),
+            limiter.script_calls.load(Relaxed)
         );
     }
     out

@@ -245,9 +245,13 @@ impl AppState {
         }
         let local_limiter = Arc::new(LocalRateLimiter::default());
         let redis_limiter = config.redis_url.as_ref().and_then(|url| {
-            crate::redis_limiter::RedisRateLimiter::new(url.expose(), local_limiter.clone())
-                .ok()
-                .map(Arc::new)
+            crate::redis_limiter::RedisRateLimiter::new(
+                url.expose(),
+                local_limiter.clone(),
+                crate::redis_limiter::MAX_BATCH,
+            )
+            .ok()
+            .map(Arc::new)
         });
         let limiter: Arc<dyn RateLimiter> = match &redis_limiter {
             Some(shared) => shared.clone(),

@@ -273,7 +273,7 @@ async fn bad_contact_input_changes_nothing(backend: Backend) {
     }
     let text = TestApp::reply(
         app.client
-            .post(format!("{}/v1/contacts", app.base_url))
+            .post(format!("{}/v1/contacts", app.next_base()))
             .bearer_auth(&t.key)
             .header("content-type", "text/csv")
             .body("a,b"),
@@ -378,7 +378,7 @@ async fn contact_writes_wait_for_busy_ingest(backend: Backend) {
     for client in 0..6 {
         let (http, base, key, stop) = (
             app.client.clone(),
-            app.base_url.clone(),
+            app.next_base(),
             t.key.clone(),
             stop.clone(),
         );
@@ -480,6 +480,16 @@ async fn emails_compare_in_nfc_and_names_refuse_bidi(backend: Backend) {
 }
 
 backend_tests!(
+    emails_compare_in_nfc_and_names_refuse_bidi,
+    contact_writes_wait_for_busy_ingest,
+    create_or_update_with_merge,
+    list_is_paginated_and_project_scoped,
+    batch_applies_valid_items,
+    bad_contact_input_changes_nothing,
+    contact_scopes_and_categories,
+);
+
+crate::three_instance_tests!(
     emails_compare_in_nfc_and_names_refuse_bidi,
     contact_writes_wait_for_busy_ingest,
     create_or_update_with_merge,

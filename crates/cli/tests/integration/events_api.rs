@@ -288,7 +288,7 @@ async fn batches_are_all_or_nothing(backend: Backend) {
     // connection, so it must not go back to the client's pool.
     TestApp::reply(
         app.client
-            .post(format!("{}/v1/events/batch", app.base_url))
+            .post(format!("{}/v1/events/batch", app.next_base()))
             .bearer_auth(&t.key)
             .header("connection", "close")
             .json(&json!({"events": huge})),
@@ -409,7 +409,7 @@ async fn concurrent_clients_store_every_acknowledged_event_once(backend: Backend
     let mut tasks = Vec::new();
     for client in 0..16 {
         let http = app.client.clone();
-        let base = app.base_url.clone();
+        let base = app.next_base();
         let key = t.key.clone();
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -480,7 +480,7 @@ async fn refusals_inside_a_shared_commit_leave_the_rest(backend: Backend) {
     let mut tasks = Vec::new();
     for client in 0..24 {
         let http = app.client.clone();
-        let base = app.base_url.clone();
+        let base = app.next_base();
         let key = t.key.clone();
         tasks.push(tokio::spawn(async move {
             let body = if client % 3 == 0 {
@@ -547,7 +547,7 @@ async fn concurrent_anonymous_events_share_commits_exactly_once(backend: Backend
     let mut tasks = Vec::new();
     for client in 0..32 {
         let http = app.client.clone();
-        let base = app.base_url.clone();
+        let base = app.next_base();
         let key = t.key.clone();
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -597,6 +597,18 @@ async fn concurrent_anonymous_events_share_commits_exactly_once(backend: Backend
 }
 
 backend_tests!(
+    refusals_inside_a_shared_commit_leave_the_rest,
+    concurrent_anonymous_events_share_commits_exactly_once,
+    track_is_durable_and_listed,
+    identities_and_detached_events,
+    time_filters_and_nfc_names,
+    idempotency_keys_store_once_for_24_hours,
+    batches_are_all_or_nothing,
+    allowed_events_reject_the_whole_batch,
+    concurrent_clients_store_every_acknowledged_event_once,
+);
+
+crate::three_instance_tests!(
     refusals_inside_a_shared_commit_leave_the_rest,
     concurrent_anonymous_events_share_commits_exactly_once,
     track_is_durable_and_listed,

@@ -17,6 +17,9 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Three instances on one PostgreSQL database and one throwaway Redis
+    /// (SPEC §11), sharing one clock; requests go round-robin over them.
+    ThreeInstances,
 }
 
 /// Runs each listed `async fn name(backend: Backend)` once per backend.
@@ -40,6 +43,86 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// Runs each listed `async fn name(backend: Backend)` on three instances
+/// sharing one PostgreSQL database and one Redis, with requests spread
+/// round-robin: the results must be those of one instance (issue 14).
+#[macro_export]
+macro_rules! three_instance_tests {
+    ($($name:ident),* $(,)?) => {
+        mod three_instances {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::ThreeInstances).await
+                }
+            )*
+        }
+    };
+}
+
+/// A throwaway `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.run();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port.
+    pub fn run(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A fresh database: a temp SQLite file, or a new PostgreSQL database dropped
@@ -98,7 +181,7 @@ impl TestDb {
                     pg: None,
                 }
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::ThreeInstances => {
                 let base = postgres_base_url();
                 let name = format!("kf_test_{}", uuid::Uuid::new_v4().simple());
                 let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
@@ -184,6 +267,11 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Kept so the database lives as long as the server.
     pub db: TestDb,
+    /// [`Backend::ThreeInstances`]: the other two instances, which take
+    /// turns with this one in answering [`Self::request`].
+    pub peers: Vec<TestApp>,
+    turn: std::sync::atomic::AtomicUsize,
+    redis: Option<RedisServer>,
 }
 
 /// A seeded tenant: a pro workspace, a live project and a secret key with every scope.
@@ -248,8 +336,74 @@ impl TestApp {
             admin_token: Some(keyflow_server::config::Secret::new(ADMIN_TOKEN)),
             ..Config::default()
         };
+        if backend == Backend::ThreeInstances {
+            return Self::three_instances(bind, db, config, configure).await;
+        }
         configure(&mut config);
         Self::launch(bind, db, config).await
+    }
+
+    /// This instance on `bind` and two peers, one database, one Redis, one
+    /// clock. Keys stay cached a minute, so only Redis can make a peer see
+    /// a change sooner.
+    async fn three_instances(
+        bind: &str,
+        db: TestDb,
+        mut config: Config,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let redis = RedisServer::start();
+        config.redis_url = Some(keyflow_server::config::Secret::new(redis.url()));
+        config.key_cache_ttl_secs = 60;
+        configure(&mut config);
+        let url = db.url.clone();
+        let clock = ManualClock::starting_now();
+        let mut app = Self::launch_with_clock(bind, db, config.clone(), clock.clone()).await;
+        for _ in 0..2 {
+            let peer = Self::launch_with_clock(
+                "127.0.0.1:0",
+                TestDb::existing(&url),
+                config.clone(),
+                clock.clone(),
+            )
+            .await;
+            app.peers.push(peer);
+        }
+        for instance in std::iter::once(&app).chain(&app.peers) {
+            let started = std::time::Instant::now();
+            while !instance
+                .state
+                .redis_limiter
+                .as_ref()
+                .is_some_and(|l| l.is_reachable())
+                || !instance
+                    .state
+                    .redis
+                    .as_ref()
+                    .is_some_and(|l| l.is_connected())
+            {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "Redis unreachable"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        app.redis = Some(redis);
+        app
+    }
+
+    /// The base URL whose turn it is: this instance's, or in turn each
+    /// peer's ([`Backend::ThreeInstances`]).
+    pub fn next_base(&self) -> String {
+        if self.peers.is_empty() {
+            return self.base_url.clone();
+        }
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match turn % (self.peers.len() + 1) {
+            0 => self.base_url.clone(),
+            i => self.peers[i - 1].base_url.clone(),
+        }
     }
 
     /// A second instance on this one's database: its own caches, limiter
@@ -261,8 +415,11 @@ impl TestApp {
     }
 
     pub async fn launch(bind: &str, db: TestDb, config: Config) -> Self {
+        Self::launch_with_clock(bind, db, config, ManualClock::starting_now()).await
+    }
+
+    async fn launch_with_clock(bind: &str, db: TestDb, config: Config, clock: ManualClock) -> Self {
         let store = db.store().await;
-        let clock = ManualClock::starting_now();
         let state = keyflow_server::build_state(config, store.clone(), Arc::new(clock.clone()));
         let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -289,6 +446,9 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
             db,
+            peers: Vec::new(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
+            redis: None,
         }
     }
 
@@ -301,6 +461,9 @@ impl TestApp {
 
     /// Stops the server the way SIGTERM does (drain, flush) and waits for it.
     pub async fn stop(&mut self) {
+        for peer in &mut self.peers {
+            Box::pin(peer.stop()).await;
+        }
         self.begin_shutdown();
         if let Some(handle) = self.server.take() {
             handle.await.expect("server task").expect("server result");
@@ -316,7 +479,7 @@ impl TestApp {
     ) -> Reply {
         let mut req = self
             .client
-            .request(method, format!("{}{path}", self.base_url));
+            .request(method, format!("{}{path}", self.next_base()));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }

@@ -265,7 +265,7 @@ async fn invalid_settings_are_422_and_change_nothing(backend: Backend) {
 async fn malformed_bodies_get_the_error_shape(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
-    let url = format!("{}/v1/keys", app.base_url);
+    let url = format!("{}/v1/keys", app.next_base());
     let not_json = TestApp::reply(
         app.client
             .post(&url)
@@ -461,7 +461,7 @@ async fn roll_with_grace_period(backend: Backend) {
         app.client
             .post(format!(
                 "{}/v1/keys/{}/roll",
-                app.base_url,
+                app.next_base(),
                 again.body["id"].as_str().unwrap()
             ))
             .bearer_auth(&t.key),
@@ -580,6 +580,28 @@ async fn every_key_change_is_audited_with_its_actor(backend: Backend) {
 }
 
 backend_tests!(
+    create_each_type_with_defaults_and_shape,
+    test_environment_keys_carry_test_prefix,
+    disallowed_scopes_are_422,
+    a_key_cannot_grant_what_it_lacks,
+    invalid_settings_are_422_and_change_nothing,
+    malformed_bodies_get_the_error_shape,
+    unknown_and_foreign_ids_are_404,
+    patch_changes_settings_but_never_scopes_or_type,
+    roll_with_grace_period,
+    list_is_paginated_newest_first,
+    every_key_change_is_audited_with_its_actor,
+    restrictions_cannot_be_escalated,
+    project_limits_bind_keys_without_an_override,
+    not_found_and_invalid_answers_cost_quota,
+    metrics_credential_stays_within_the_callers_allowlist,
+    host_bits_and_bidi_names_are_refused,
+    expired_and_rolled_keys_stay_dead,
+    key_rate_limits_stay_under_the_plan,
+    metrics_credential_needs_the_read_scopes,
+);
+
+crate::three_instance_tests!(
     create_each_type_with_defaults_and_shape,
     test_environment_keys_carry_test_prefix,
     disallowed_scopes_are_422,

@@ -90,7 +90,7 @@ async fn browser_rules_for_keys(backend: Backend) {
     let origin = "https://shop.example.com";
     let from_browser = |key: &str, path: &str, body: serde_json::Value| {
         app.client
-            .post(format!("{}{path}", app.base_url))
+            .post(format!("{}{path}", app.next_base()))
             .bearer_auth(key)
             .header("origin", origin)
             .json(&body)
@@ -105,7 +105,7 @@ async fn browser_rules_for_keys(backend: Backend) {
         .await;
     let ro_reply = TestApp::reply(
         app.client
-            .get(format!("{}/v1/contacts", app.base_url))
+            .get(format!("{}/v1/contacts", app.next_base()))
             .bearer_auth(&ro)
             .header("origin", origin),
     )
@@ -123,7 +123,7 @@ async fn browser_rules_for_keys(backend: Backend) {
     assert_eq!(ok.header("access-control-allow-origin"), Some(origin));
     let elsewhere = TestApp::reply(
         app.client
-            .post(format!("{}/v1/events", app.base_url))
+            .post(format!("{}/v1/events", app.next_base()))
             .bearer_auth(&ck)
             .header("origin", "https://evil.example")
             .json(&event),
@@ -136,7 +136,10 @@ async fn browser_rules_for_keys(backend: Backend) {
     // Preflight.
     let preflight = app
         .client
-        .request(Method::OPTIONS, format!("{}/v1/events/batch", app.base_url))
+        .request(
+            Method::OPTIONS,
+            format!("{}/v1/events/batch", app.next_base()),
+        )
         .header("origin", origin)
         .header("access-control-request-method", "POST")
         .header(
@@ -157,7 +160,7 @@ async fn browser_rules_for_keys(backend: Backend) {
     // The script.
     let js = app
         .client
-        .get(format!("{}/embed.js", app.base_url))
+        .get(format!("{}/embed.js", app.next_base()))
         .send()
         .await
         .unwrap();
@@ -173,3 +176,5 @@ async fn browser_rules_for_keys(backend: Backend) {
 }
 
 backend_tests!(signup_list_unsubscribe, browser_rules_for_keys);
+
+crate::three_instance_tests!(signup_list_unsubscribe, browser_rules_for_keys);

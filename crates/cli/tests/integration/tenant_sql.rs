@@ -51,7 +51,7 @@ async fn two_tenants(app: &TestApp) -> (Tenant, Tenant) {
 fn dialect_of(backend: Backend) -> Dialect {
     match backend {
         Backend::Sqlite => Dialect::Sqlite,
-        Backend::Postgres => Dialect::Postgres,
+        Backend::Postgres | Backend::ThreeInstances => Dialect::Postgres,
     }
 }
 
@@ -108,7 +108,7 @@ async fn queries_answer_over_the_callers_rows(backend: Backend) {
         Backend::Sqlite => {
             "SELECT json_extract(properties, '$.plan') AS plan FROM events WHERE name = 'aa_signup'"
         }
-        Backend::Postgres => {
+        Backend::Postgres | Backend::ThreeInstances => {
             "SELECT properties->>'plan' AS plan FROM events WHERE name = 'aa_signup'"
         }
     };
@@ -174,7 +174,7 @@ async fn queries_answer_over_the_callers_rows(backend: Backend) {
     assert_eq!(schema.status, 200, "{}", schema.body);
     let dialect = match backend {
         Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgresql",
+        Backend::Postgres | Backend::ThreeInstances => "postgresql",
     };
     assert_eq!(schema.body["dialect"], dialect);
     assert_eq!(schema.body["relations"][0]["name"], "events");
@@ -413,7 +413,7 @@ async fn attacks_are_refused_by_each_layer(backend: Backend) {
     let dialect = dialect_of(backend);
     let own: &[&str] = match backend {
         Backend::Sqlite => REFUSED_ON_SQLITE,
-        Backend::Postgres => REFUSED_ON_POSTGRES,
+        Backend::Postgres | Backend::ThreeInstances => REFUSED_ON_POSTGRES,
     };
     let limits = Limits {
         timeout: Duration::from_secs(2),
@@ -486,7 +486,9 @@ async fn attacks_are_refused_by_each_layer(backend: Backend) {
         .await;
     assert_nothing_leaked(shadow, "both layers", &result);
     match backend {
-        Backend::Postgres => assert_eq!(result.unwrap().rows, vec![vec![json!(3)]]),
+        Backend::Postgres | Backend::ThreeInstances => {
+            assert_eq!(result.unwrap().rows, vec![vec![json!(3)]])
+        }
         Backend::Sqlite => assert!(
             matches!(&result, Err(QueryFailure::Refused { reason, .. }) if reason.contains("api_keys")),
             "{result:?}"
@@ -969,7 +971,9 @@ async fn the_cache_keeps_different_literals_apart(backend: Backend) {
     let (_, _, token) = credential_and_token(&app, &mine.key).await;
     let (a, b) = match backend {
         Backend::Sqlite => ("SELECT 0x41 AS v", "SELECT X'41' AS v"),
-        Backend::Postgres => ("SELECT '1.0'::text AS v", "SELECT '1.00'::text AS v"),
+        Backend::Postgres | Backend::ThreeInstances => {
+            ("SELECT '1.0'::text AS v", "SELECT '1.00'::text AS v")
+        }
     };
     let first = app.post(QUERY, &token, json!({"sql": a})).await;
     let second = app.post(QUERY, &token, json!({"sql": b})).await;
