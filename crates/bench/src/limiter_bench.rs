@@ -67,6 +67,23 @@ fn start_redis() -> Result<(Throwaway, String)> {
     Ok((server, format!("redis://127.0.0.1:{port}")))
 }
 
+/// Redis' own CPU time so far (user + system), from `INFO cpu`.
+fn redis_cpu_seconds(url: &str) -> Result<f64> {
+    let port = url.rsplit(':').next().context("Redis URL without a port")?;
+    let out = Command::new("redis-cli")
+        .args(["-p", port.trim_end_matches('/'), "info", "cpu"])
+        .output()
+        .context("redis-cli must be installed")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(field("used_cpu_user:") + field("used_cpu_sys:"))
+}
+
 type Instance = (Arc<RedisRateLimiter>, tokio::sync::watch::Sender<bool>);
 
 async fn instances(url: &str, n: usize, batch: usize) -> Result<Vec<Instance>> {
@@ -92,6 +109,8 @@ async fn instances(url: &str, n: usize, batch: usize) -> Result<Vec<Instance>> {
 
 struct Figure {
     decisions: u64,
+    /// Redis CPU seconds spent during the figure.
+    redis_cpu: f64,
     calls: u64,
     local: u64,
     p50: Duration,
@@ -104,6 +123,7 @@ async fn admitted(args: &Args, url: &str, n: usize, batch: usize, run: &str) -> 
     let quota = RateLimit::per_minute(1_000_000_000);
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
+    let cpu_before = redis_cpu_seconds(url)?;
     let mut tasks = Vec::new();
     for (i, (limiter, _)) in instances.iter().enumerate() {
         for t in 0..args.tasks {
@@ -132,6 +152,7 @@ async fn admitted(args: &Args, url: &str, n: usize, batch: usize, run: &str) -> 
     for task in tasks {
         latencies.extend(task.await?);
     }
+    let redis_cpu = redis_cpu_seconds(url)? - cpu_before;
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let sum = |f: fn(&RedisRateLimiter) -> &AtomicU64| {
@@ -142,6 +163,7 @@ async fn admitted(args: &Args, url: &str, n: usize, batch: usize, run: &str) -> 
     };
     let figure = Figure {
         decisions: counter.load(Ordering::Relaxed),
+        redis_cpu,
         calls: sum(|l| &l.script_calls),
         local: sum(|l| &l.local_decisions),
         p50: at(0.5),
@@ -207,15 +229,16 @@ async fn main() -> Result<()> {
         args.tasks, args.keys, args.seconds
     );
     println!(
-        "| instances | decisions per call | decisions/s | script calls per decision | p50 | p99 | decided locally |"
+        "| instances | decisions per call | decisions/s | script calls per decision | Redis CPU per decision | one Redis core's ceiling | p50 | p99 | decided locally |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for n in [1, 2, 3] {
         for batch in [1, MAX_BATCH] {
             let run = format!("{}-{n}-{batch}", std::process::id());
             let f = admitted(&args, &url, n, batch, &run).await?;
+            let cpu_per_decision = f.redis_cpu / f.decisions.max(1) as f64;
             println!(
-                "| {n} | {} | {:.0} | {:.3} | {:.2} ms | {:.2} ms | {} |",
+                "| {n} | {} | {:.0} | {:.3} | {:.2} µs | {:.0} k/s | {:.2} ms | {:.2} ms | {} |",
                 if batch == 1 {
                     "1".to_string()
                 } else {
@@ -223,6 +246,8 @@ async fn main() -> Result<()> {
                 },
                 f.decisions as f64 / args.seconds as f64,
                 f.calls as f64 / f.decisions.max(1) as f64,
+                cpu_per_decision * 1e6,
+                1.0 / cpu_per_decision.max(1e-12) / 1e3,
                 f.p50.as_secs_f64() * 1e3,
                 f.p99.as_secs_f64() * 1e3,
                 f.local

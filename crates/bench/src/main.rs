@@ -4,6 +4,7 @@
 //! loopback and prints tables of figures measured in the same run, so the
 //! ratios hold on whatever machine runs it. See docs/benchmarks.md.
 
+mod instances;
 mod raw;
 mod server;
 mod wrk;
@@ -50,6 +51,11 @@ struct Args {
     /// Fresh starts timed for the start-to-ready figure (the median is shown).
     #[arg(long, default_value_t = 5)]
     starts: usize,
+    /// Instead of the tables above: 1, 2 and 3 instances on one PostgreSQL
+    /// database and one Redis (a throwaway `redis-server`), authenticated
+    /// reads and identified batches spread over them (SPEC §11).
+    #[arg(long)]
+    instances: bool,
 }
 
 /// The single event sent by every `POST /v1/events`, and 100 of them per batch.
@@ -391,6 +397,9 @@ async fn main() -> Result<()> {
         args.keyflow
     );
 
+    if args.instances {
+        return instances::run(&args, &wrk).await;
+    }
     let sqlite = measure(&args, &wrk, &Backend::Sqlite).await?;
     let raw_sqlite = raw::sqlite_events_per_second(args.seconds, ANONYMOUS_ID, PROPERTIES).await?;
     let ready = start_to_ready(&args).await?;

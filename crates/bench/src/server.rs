@@ -39,6 +39,15 @@ fn free_port() -> Result<u16> {
 
 impl Server {
     pub async fn start(binary: &str, backend: &Backend) -> Result<Server> {
+        Self::start_with(binary, backend, None).await
+    }
+
+    /// With `redis_url`: one of several instances sharing limits and changes.
+    pub async fn start_with(
+        binary: &str,
+        backend: &Backend,
+        redis_url: Option<&str>,
+    ) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut command = Command::new(binary);
@@ -46,8 +55,11 @@ impl Server {
         if let Backend::Postgres(url) = backend {
             command.args(["--database-url", url]);
         }
+        command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        if let Some(url) = redis_url {
+            command.args(["--redis-url", url]);
+        }
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             // The plan's limit is the ceiling of a key's override (SPEC §2):
             // the bench key's 1 000 000/s needs a plan that allows it.
             .args(["--rate-limit", "1000000/1"])
