@@ -511,19 +511,25 @@ pub async fn authenticate(
     };
     // A revoked or expired key is not a guess (SPEC §2): one service still
     // using a stale key must not lock every other key out of its address.
-    if key.key.revoked_at.is_some() {
+    still_valid(&key.key, now)?;
+    Ok(key)
+}
+
+/// `401 key_revoked` / `key_expired` for a key that is no longer usable.
+pub(crate) fn still_valid(key: &keyflow_store::ApiKey, now: i64) -> Result<(), ApiError> {
+    if key.revoked_at.is_some() {
         return Err(ApiError::new(
             ErrorCode::KeyRevoked,
             "This API key has been revoked.",
         ));
     }
-    if key.key.settings.expires_at.is_some_and(|t| t <= now) {
+    if key.settings.expires_at.is_some_and(|t| t <= now) {
         return Err(ApiError::new(
             ErrorCode::KeyExpired,
             "This API key has expired.",
         ));
     }
-    Ok(key)
+    Ok(())
 }
 
 fn failure_quota(state: &SharedState) -> RateLimit {

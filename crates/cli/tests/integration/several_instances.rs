@@ -564,3 +564,81 @@ async fn round_robin_reaches_every_instance_and_last_use_agrees() {
     assert_eq!(requests, 9, "{usage:?}");
     app.stop().await;
 }
+
+/// Key management checks the calling key as stored, not as cached: a key
+/// that narrowed its own rate limit and allow-list on one instance cannot,
+/// on another instance still caching its old settings (no Redis here, keys
+/// cached a minute), create a child with the old ones or widen the metrics
+/// credential's allow-list past the new one; revoked there, it can manage
+/// nothing anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_management_checks_the_caller_as_stored() {
+    let a = TestApp::start_with(Backend::Postgres, |c| c.key_cache_ttl_secs = 60).await;
+    let b = a.another_instance().await;
+    let t = a.tenant().await;
+    let (id, key) = a
+        .create_key(
+            &t.key,
+            json!({"name": "manager", "type": "secret",
+                   "scopes": ["keys:read", "keys:write", "contacts:read", "events:read"],
+                   "rate_limit": {"limit": 50, "period_seconds": 60},
+                   "ip_allowlist": [{"cidr": "127.0.0.0/8"}]}),
+        )
+        .await;
+    // b caches the key with its first settings.
+    assert_eq!(b.get("/v1/keys/self", &key).await.status, 200);
+    let narrowed = a
+        .patch(
+            &format!("/v1/keys/{id}"),
+            &key,
+            json!({"rate_limit": {"limit": 10, "period_seconds": 60},
+                   "ip_allowlist": [{"cidr": "127.0.0.1/32"}]}),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.body);
+    let stale = b.get("/v1/keys/self", &key).await;
+    assert_eq!(
+        stale.body["rate_limit"]["limit"], 50,
+        "b still caches the old settings: {}",
+        stale.body
+    );
+
+    let (child_id, _) = b
+        .create_key(&key, json!({"name": "child", "type": "secret"}))
+        .await;
+    let child = a.get(&format!("/v1/keys/{child_id}"), &t.key).await;
+    assert_eq!(
+        child.body["rate_limit"],
+        json!({"limit": 10, "period_seconds": 60})
+    );
+    assert_eq!(child.body["ip_allowlist"][0]["cidr"], "127.0.0.1/32");
+    b.post(
+        "/v1/keys",
+        &key,
+        json!({"name": "wide", "type": "secret", "rate_limit": {"limit": 50, "period_seconds": 60}}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+    let created = b.post("/v1/metrics/credential", &key, json!({})).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["ip_allowlist"][0]["cidr"], "127.0.0.1/32");
+    b.patch(
+        "/v1/metrics/credential",
+        &key,
+        json!({"ip_allowlist": [{"cidr": "127.0.0.0/8"}]}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+
+    // Revoked on a: b, still caching it, refuses it every management write.
+    assert_eq!(
+        a.delete(&format!("/v1/keys/{id}"), &t.key).await.status,
+        204
+    );
+    b.post("/v1/keys", &key, json!({"name": "late", "type": "secret"}))
+        .await
+        .assert_error(401, "key_revoked");
+    b.delete(&format!("/v1/keys/{child_id}"), &key)
+        .await
+        .assert_error(401, "key_revoked");
+}

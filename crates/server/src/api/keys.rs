@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keyflow_core::RateLimit;
 use keyflow_core::key_settings::{CreateKeyRequest, PatchKeyRequest, apply_patch, validate_create};
+use keyflow_core::{ErrorCode, RateLimit};
 use keyflow_store::{ApiKey, Project};
 use serde::Deserialize;
 
@@ -31,14 +31,37 @@ pub(crate) async fn caller_project(state: &SharedState, caller: &Caller) -> ApiR
         .ok_or_else(|| ApiError::not_found("project"))
 }
 
+/// The calling key as stored now, for the checks of key and credential
+/// management. Read again, not taken from the cache: a restriction narrowed
+/// (or a revocation) on another instance a moment ago, whose change message
+/// may still be on its way, binds at once. Management is rare; one read per
+/// write is cheap for that guarantee.
+pub(crate) async fn caller_as_stored(state: &SharedState, caller: &Caller) -> ApiResult<ApiKey> {
+    let key = state
+        .store
+        .get_api_key(caller.project_id(), &caller.key.key.id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::KeyRevoked, "This API key has been revoked."))?;
+    crate::auth::still_valid(&key, state.now_ms())?;
+    Ok(key)
+}
+
 /// What binds the calling key when it manages keys: the key as it is
-/// enforced — its rate limit the effective one the pipeline resolved (its
-/// own, else its project's, else the plan's), so a key without an override
-/// cannot lift the limit its project gives it — and the plan's limit.
-fn caller_bound(caller: &Caller) -> (ApiKey, RateLimit, RateLimit) {
-    let mut bound = caller.key.key.clone();
-    bound.settings.rate_limit = Some(caller.limits.effective);
-    (bound, caller.limits.plan, caller.limits.default)
+/// enforced — its rate limit the effective one (its own, else its
+/// project's, else the plan's), so a key without an override cannot lift the
+/// limit its project gives it — and the plan's limit.
+async fn caller_bound(
+    state: &SharedState,
+    caller: &Caller,
+) -> ApiResult<(ApiKey, RateLimit, RateLimit)> {
+    let mut bound = caller_as_stored(state, caller).await?;
+    let limits = caller.limits;
+    bound.settings.rate_limit = Some(crate::auth::effective_quota(
+        bound.settings.rate_limit,
+        Some(limits.default),
+        limits.plan,
+    ));
+    Ok((bound, limits.plan, limits.default))
 }
 
 fn authority<'a>(
@@ -92,7 +115,7 @@ pub async fn create_key(
         validate_create(&body, now).map_err(ApiError::validation),
     )
     .await?;
-    let bound = caller_bound(&caller);
+    let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // An escalation is a 403 and must not spend quota: check it first.
     let spec = key_ops::narrow_spec(spec, authority)?;
@@ -220,7 +243,7 @@ pub async fn update_key(
         apply_patch(&key.settings, key.key_type, &patch, now).map_err(ApiError::validation),
     )
     .await?;
-    let bound = caller_bound(&caller);
+    let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
     key_ops::check_update(&key, &settings, authority, now)?;
@@ -256,7 +279,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = charged(&ticket, load_key(&state, &caller, &id).await).await?;
-    let bound = caller_bound(&caller);
+    let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     // A refusal is a 403 and must not spend quota: check it first.
     authority.may_manage(&key)?;
@@ -306,7 +329,7 @@ pub async fn roll_key(
     }
     let now = state.now_ms();
     let old = charged(&ticket, load_key(&state, &caller, &id).await).await?;
-    let bound = caller_bound(&caller);
+    let bound = caller_bound(&state, &caller).await?;
     let authority = authority(&bound);
     key_ops::successor_settings(&old, authority, now)?;
     ticket.consume().await?;

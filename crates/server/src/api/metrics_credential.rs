@@ -37,11 +37,12 @@ pub async fn create_or_rotate(
     Extension(ticket): Extension<RateLimitTicket>,
 ) -> ApiResult<(StatusCode, Response)> {
     let project = caller_project(&state, &caller).await?;
+    let stored = super::keys::caller_as_stored(&state, &caller).await?;
     // A refusal (403) costs nothing: checked before the quota is spent.
     let rotation = credential_ops::prepare_rotation(
         state.store.as_ref(),
         &project,
-        &caller.key.key.settings.ip_allowlist,
+        &stored.settings.ip_allowlist,
     )
     .await?;
     ticket.consume().await?;
@@ -115,9 +116,10 @@ pub async fn update_credential(
             .map_err(ApiError::validation),
     )
     .await?;
+    let stored = super::keys::caller_as_stored(&state, &caller).await?;
     // A refusal (403) costs nothing: checked before the quota is spent.
     if let Some(rules) = &change.ip_allowlist {
-        credential_ops::refuse_wider_allowlist(&caller.key.key.settings.ip_allowlist, rules)?;
+        credential_ops::refuse_wider_allowlist(&stored.settings.ip_allowlist, rules)?;
     }
     ticket.consume().await?;
     let project = caller_project(&state, &caller).await?;
@@ -125,7 +127,7 @@ pub async fn update_credential(
         &caller.ctx(&state),
         &project,
         &change,
-        &caller.key.key.settings.ip_allowlist,
+        &stored.settings.ip_allowlist,
     )
     .await?;
     let ttl = cache_ttl(&state, &project.id).await?;
