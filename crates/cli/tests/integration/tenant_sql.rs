@@ -666,6 +666,47 @@ async fn two_queries_at_once_per_project(backend: Backend) {
     let third = app.post(QUERY, &token, json!({"sql": slow(7)})).await;
     third.assert_error(429, "rate_limited");
     assert_eq!(third.header("retry-after"), Some("1"));
+    // Another project of the same workspace shares the workspace's share
+    // (half of the instance's four): it waits too.
+    let sibling = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/v1/workspaces/{}/projects", mine.workspace_id),
+            json!({"name": "Staging", "environment": "test"}),
+        )
+        .await;
+    assert_eq!(sibling.status, 201, "{}", sibling.body);
+    let sibling_key = app
+        .admin(
+            reqwest::Method::POST,
+            &format!(
+                "/admin/v1/projects/{}/keys",
+                sibling.body["id"].as_str().unwrap()
+            ),
+            json!({"name": "root", "type": "secret"}),
+        )
+        .await;
+    assert_eq!(sibling_key.status, 201, "{}", sibling_key.body);
+    let (_, _, sibling_token) =
+        credential_and_token(&app, sibling_key.body["key"].as_str().unwrap()).await;
+    let schema = app.get("/v1/metrics/schema", &sibling_token).await;
+    assert_eq!(schema.body["limits"]["concurrent_queries_per_workspace"], 2);
+    let refused = app
+        .post(
+            QUERY,
+            &sibling_token,
+            json!({"sql": "SELECT count(*) FROM events"}),
+        )
+        .await;
+    refused.assert_error(429, "rate_limited");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace"),
+        "{}",
+        refused.body
+    );
     // Another project is not held up by this one's queries.
     let theirs = app
         .post(
@@ -986,7 +1027,23 @@ async fn the_cache_keeps_different_literals_apart(backend: Backend) {
             json!({"sql": format!("  {}  -- again", a.replace(' ', "\n  "))}),
         )
         .await;
+    let again = app.post(QUERY, &token, json!({"sql": a})).await;
+    assert_eq!(again.body["cached"], true, "{}", again.body);
+    // Reformatting a query whose columns are aliased finds its answer...
     assert_eq!(spaced.body["cached"], true, "{}", spaced.body);
+    if backend == Backend::Sqlite {
+        // ...but SQLite names a column that is neither aliased nor a column
+        // by its text as written, so such a query is compared as written.
+        let tight = app
+            .post(QUERY, &token, json!({"sql": "SELECT 1 + 1"}))
+            .await;
+        let loose = app
+            .post(QUERY, &token, json!({"sql": "SELECT 1  +  1"}))
+            .await;
+        assert_eq!(loose.body["cached"], false, "{}", loose.body);
+        assert_eq!(tight.body["columns"][0], "1 + 1", "{}", tight.body);
+        assert_eq!(loose.body["columns"][0], "1  +  1", "{}", loose.body);
+    }
 }
 
 /// The instance-wide cap: past it, any project is told to retry (503 with
@@ -1186,6 +1243,19 @@ async fn postgres_values_stay_small() {
         )
         .await;
     assert_eq!(under.body["rows"], json!([[262_144]]), "{}", under.body);
+    // The reader role's own settings (read through layer two alone, since
+    // layer one refuses current_setting): no JIT, and temporary files
+    // bounded (the test's database user is a superuser, so it may set it).
+    let settings = CheckedQuery::skipping_layer_one_for_tests(
+        "SELECT current_setting('jit'), current_setting('temp_file_limit')",
+        Dialect::Postgres,
+    );
+    let output = app
+        .store
+        .run_tenant_query(&mine.project_id, &settings, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(output.rows, vec![vec![json!("off"), json!("1GB")]]);
 }
 
 /// Every PostgreSQL function that `alias.name` could call on a whole row is
@@ -1217,7 +1287,89 @@ async fn postgres_row_functions_are_all_known() {
     assert!(unseen.is_empty(), "add to RECORD_FUNCTIONS: {unseen:?}");
 }
 
+/// Queries that engines would copy into exponentially many expressions
+/// while preparing them (before any time limit applies) are refused by
+/// layer one at once: nested BETWEEN and IN (PostgreSQL), result aliases
+/// used in nested subqueries (SQLite); so are recursive UNIONs without ALL
+/// (PostgreSQL) and sort operators. The instance answers meanwhile.
+async fn copies_are_refused_before_they_are_made(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let (mine, _) = two_tenants(&app).await;
+    let (_, _, token) = credential_and_token(&app, &mine.key).await;
+    let between = (0..30).fold("e.name".to_string(), |inner, _| {
+        format!("({inner} BETWEEN e.name AND 'z')")
+    });
+    let listed = (0..12).fold("e.name".to_string(), |inner, _| {
+        format!("({inner} IN (e.name, e.id, 'x'))")
+    });
+    let mut aliases = "a12 > ''".to_string();
+    for k in (0..12).rev() {
+        aliases = format!(
+            "(SELECT a{k} || a{k} AS a{} WHERE {aliases}) IS NOT NULL",
+            k + 1
+        );
+    }
+    let between = format!("SELECT count(*) FROM events e WHERE {between}");
+    let listed = format!("SELECT count(*) FROM events e WHERE {listed}");
+    let aliases = format!("SELECT name || name AS a0 FROM events WHERE {aliases}");
+    let using = "SELECT name FROM events ORDER BY name USING <".to_string();
+    let recursive =
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r) SELECT count(*) FROM r"
+            .to_string();
+    // Each store refuses what it would copy; SQLite answers nested BETWEEN
+    // and IN (it evaluates a left operand once).
+    let (refused, answered) = match backend {
+        Backend::Sqlite => (vec![aliases, using], vec![between, listed]),
+        Backend::Postgres | Backend::ThreeInstances => {
+            (vec![between, listed, using, recursive], vec![])
+        }
+    };
+    for sql in &refused {
+        let started = Instant::now();
+        let reply = app.post(QUERY, &token, json!({"sql": sql})).await;
+        reply.assert_error(422, "validation_failed");
+        assert_eq!(
+            reply.body["error"]["details"]["reason"], "refused",
+            "{}",
+            reply.body
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?} for {}…",
+            started.elapsed(),
+            &sql[..60]
+        );
+    }
+    for sql in &answered {
+        let started = Instant::now();
+        let reply = app.post(QUERY, &token, json!({"sql": sql})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // The same shapes, a few levels deep, are ordinary queries.
+    let shallow = [
+        "SELECT count(*) FROM events e WHERE (e.name BETWEEN 'a' AND 'z') BETWEEN false AND true",
+        "SELECT name || name AS a0 FROM events WHERE (SELECT a0 || a0 AS a1 WHERE a1 > '') IS NOT NULL",
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT count(*) FROM r",
+    ];
+    for sql in shallow {
+        if backend != Backend::Sqlite && sql.contains("AS a1") {
+            // PostgreSQL has no aliases in WHERE at all.
+            continue;
+        }
+        let reply = app.post(QUERY, &token, json!({"sql": sql})).await;
+        assert_eq!(reply.status, 200, "{sql}: {}", reply.body);
+    }
+    let live = app.get("/livez", "").await;
+    assert_eq!(live.status, 200);
+}
+
 backend_tests!(
+    copies_are_refused_before_they_are_made,
     big_values_stop_at_the_time_limit,
     the_instance_cap_and_browsers_are_refused,
     deep_queries_are_answered_or_refused,

@@ -29,57 +29,89 @@ use crate::state::SharedState;
 /// Queries one project may run at once.
 pub const QUERIES_PER_PROJECT: usize = 2;
 
-/// Who is running queries now: a global cap (so tenant SQL never takes every
-/// core from ingest) and [`QUERIES_PER_PROJECT`] per project (so one tenant
-/// never takes every global slot).
 /// How long past its limit a query's client waits for the answer; the
 /// store cancels at the limit, then once more a second later.
 const ANSWER_GRACE: Duration = Duration::from_millis(2_000);
 
+/// Who is running queries now: a global cap (so tenant SQL never takes every
+/// core from ingest), [`QUERIES_PER_PROJECT`] per project, and half the
+/// global cap (at least [`QUERIES_PER_PROJECT`]) per workspace, so neither
+/// one project nor a workspace of many projects takes every global slot.
 pub struct QuerySlots {
     global: Arc<tokio::sync::Semaphore>,
-    per_project: Arc<Mutex<HashMap<String, usize>>>,
+    per_workspace: usize,
+    running: Arc<Mutex<Running>>,
+}
+
+/// Queries running now, by project and by workspace.
+#[derive(Default)]
+struct Running {
+    projects: HashMap<String, usize>,
+    workspaces: HashMap<String, usize>,
+}
+
+fn release(counts: &mut HashMap<String, usize>, id: &str) {
+    if let Some(n) = counts.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(id);
+        }
+    }
 }
 
 /// A slot held for one running query, until the query's work is over (not
 /// merely until its client went away).
 struct Slot {
-    per_project: Arc<Mutex<HashMap<String, usize>>>,
+    running: Arc<Mutex<Running>>,
+    workspace_id: String,
     project_id: String,
     _global: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut running = self.per_project.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = running.get_mut(&self.project_id) {
-            *n -= 1;
-            if *n == 0 {
-                running.remove(&self.project_id);
-            }
-        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        release(&mut running.projects, &self.project_id);
+        release(&mut running.workspaces, &self.workspace_id);
     }
 }
 
 impl QuerySlots {
     pub fn new(global: usize) -> Self {
+        let global = global.max(1);
         Self {
-            global: Arc::new(tokio::sync::Semaphore::new(global.max(1))),
-            per_project: Arc::default(),
+            global: Arc::new(tokio::sync::Semaphore::new(global)),
+            per_workspace: (global / 2).max(QUERIES_PER_PROJECT),
+            running: Arc::default(),
         }
     }
 
-    /// A slot now, or the refusal: 429 when the project already runs its
-    /// share, 503 when the instance runs all it may.
-    fn take(&self, project_id: &str) -> ApiResult<Slot> {
+    /// Queries one workspace's projects may run at once, together.
+    pub fn per_workspace(&self) -> usize {
+        self.per_workspace
+    }
+
+    /// A slot now, or the refusal: 429 when the project or its workspace
+    /// already runs its share, 503 when the instance runs all it may.
+    fn take(&self, workspace_id: &str, project_id: &str) -> ApiResult<Slot> {
         let retry = |e: ApiError| e.with_header(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        let mut running = self.per_project.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = running.get(project_id).copied().unwrap_or(0);
-        if mine >= QUERIES_PER_PROJECT {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let project = running.projects.get(project_id).copied().unwrap_or(0);
+        if project >= QUERIES_PER_PROJECT {
             return Err(retry(ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
                     "This project already runs {QUERIES_PER_PROJECT} queries; send the next when one has finished."
+                ),
+            )));
+        }
+        let workspace = running.workspaces.get(workspace_id).copied().unwrap_or(0);
+        if workspace >= self.per_workspace {
+            return Err(retry(ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "The projects of this workspace already run {} queries; send the next when one has finished.",
+                    self.per_workspace
                 ),
             )));
         }
@@ -89,9 +121,13 @@ impl QuerySlots {
                 "This instance runs as many queries as it may; retry shortly.",
             )));
         };
-        running.insert(project_id.to_string(), mine + 1);
+        running.projects.insert(project_id.to_string(), project + 1);
+        running
+            .workspaces
+            .insert(workspace_id.to_string(), workspace + 1);
         Ok(Slot {
-            per_project: self.per_project.clone(),
+            running: self.running.clone(),
+            workspace_id: workspace_id.to_string(),
             project_id: project_id.to_string(),
             _global: global,
         })
@@ -173,14 +209,14 @@ pub fn limits(state: &SharedState) -> Limits {
                    5 s); at most 10 000 rows (`truncated`). A refused query is a 422 that says \
                    what was refused and where (`details.position`). Answers are cached per \
                    project and normalised query for the project's cache TTL (`Age` on a cached \
-                   answer). At most two queries run at once per project (429 past it).",
+                   answer). At most two queries run at once per project, and half the instance's cap (at least two) per workspace (429 past either).",
     request_body = QueryRequest,
     responses(
         (status = 200, description = "The rows", body = QueryView),
         (status = 401, description = "Missing, invalid, rotated-away or expired access token", body = crate::error::ErrorBody),
         (status = 403, description = "Plan or IP allow-list refused", body = crate::error::ErrorBody),
         super::openapi::Invalid,
-        (status = 429, description = "Rate limited, or two queries of the project already running (see Retry-After)", body = crate::error::ErrorBody),
+        (status = 429, description = "Rate limited, or the project (two) or its workspace already running all the queries it may (see Retry-After)", body = crate::error::ErrorBody),
         (status = 503, description = "Queries cannot run on this store as configured (the message says why), or the instance runs all the queries it may", body = crate::error::ErrorBody),
     ),
     security(("metrics_token" = []))
@@ -192,7 +228,13 @@ pub async fn run_query(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let now = state.now_ms();
-    let (entry, cached) = answer(&state, caller.project_id(), &request.sql).await?;
+    let (entry, cached) = answer(
+        &state,
+        &caller.credential.workspace_id,
+        caller.project_id(),
+        &request.sql,
+    )
+    .await?;
     let view = QueryView {
         columns: entry.output.columns.clone(),
         rows: entry.output.rows.clone(),
@@ -215,6 +257,7 @@ pub async fn run_query(
 /// dashboard's console.
 pub async fn answer(
     state: &SharedState,
+    workspace_id: &str,
     project_id: &str,
     sql: &str,
 ) -> ApiResult<(Arc<CachedAnswer>, bool)> {
@@ -232,7 +275,7 @@ pub async fn answer(
     {
         return Ok((entry, true));
     }
-    let slot = state.query_slots.take(project_id)?;
+    let slot = state.query_slots.take(workspace_id, project_id)?;
     // On its own task: a client that hangs up does not stop the query's
     // clean-up, nor free its slot before the work is over.
     let (store, project, query, limits) = (
@@ -345,6 +388,8 @@ pub struct SchemaLimits {
     /// most 4 KiB.
     pub max_value_bytes: usize,
     pub concurrent_queries_per_project: usize,
+    /// Queries the projects of one workspace may run at once, together.
+    pub concurrent_queries_per_workspace: usize,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -411,6 +456,7 @@ pub fn schema(state: &SharedState) -> SchemaView {
             max_columns: tenant_sql::MAX_COLUMNS,
             max_value_bytes: dialect.max_value_bytes(),
             concurrent_queries_per_project: QUERIES_PER_PROJECT,
+            concurrent_queries_per_workspace: state.query_slots.per_workspace(),
         },
     }
 }

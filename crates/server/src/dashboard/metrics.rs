@@ -215,13 +215,15 @@ pub struct ConsoleResult {
 const SHOWN_ROWS: usize = 500;
 
 impl Console {
-    async fn run(state: &SharedState, project_id: &str, sql: &str) -> Self {
+    async fn run(state: &SharedState, project: &Project, sql: &str) -> Self {
         let started = std::time::Instant::now();
         let mut console = Console {
             sql: sql.to_string(),
             ..Default::default()
         };
-        match crate::api::metrics_query::answer(state, project_id, sql).await {
+        match crate::api::metrics_query::answer(state, &project.workspace_id, &project.id, sql)
+            .await
+        {
             Ok((entry, cached)) => {
                 let output = entry.output();
                 let origin = if cached {
@@ -304,7 +306,7 @@ pub async fn run_sql(
             ..Default::default()
         }
     } else {
-        Console::run(&state, &form.viewer.project.id, &sql).await
+        Console::run(&state, &form.viewer.project, &sql).await
     };
     show(form.viewer, &state, &query, console).await
 }

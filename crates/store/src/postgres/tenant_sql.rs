@@ -23,13 +23,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Column, Executor, Row, Statement};
+use sqlx::{Column, ConnectOptions, Executor, Row, Statement};
 use tokio::sync::Mutex;
 
 use crate::tenant_sql::{CheckedQuery, Limits, MAX_COLUMNS, QueryFailure, QueryOutput, json_size};
 
 /// Reader connections at most (tenant SQL never takes the main pool's).
 const READER_CONNECTIONS: u32 = 4;
+/// Temporary file space one tenant query may use (sorts and hashes that do
+/// not fit in `work_mem`).
+pub(crate) const TEMP_FILE_LIMIT: &str = "1GB";
 /// After a failed set-up, queries answer 503 for this long before it is tried again.
 const RETRY_SETUP_AFTER: Duration = Duration::from_secs(30);
 
@@ -167,6 +170,7 @@ impl TenantSql {
         .await
         .map_err(cannot)?;
         tx.commit().await.map_err(fail)?;
+        self.limit_temporary_files(&role).await;
 
         let options = PgConnectOptions::from_str(&self.url)
             .map_err(fail)?
@@ -183,7 +187,10 @@ impl TenantSql {
                 ("default_transaction_read_only", "on"),
             ])
             // Tenant statements are prepared once and never kept.
-            .statement_cache_capacity(0);
+            .statement_cache_capacity(0)
+            // sqlx would log a slow statement's whole text: a tenant's SQL
+            // belongs in no log.
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(5))
@@ -196,6 +203,24 @@ impl TenantSql {
                 )
             })?;
         Ok(pool)
+    }
+
+    /// Sorts and hashes past `work_mem` spill to temporary files, which
+    /// PostgreSQL bounds only by `temp_file_limit`; only a superuser (or a
+    /// role granted `SET` on it) may set that for the reader role, so a
+    /// refusal is logged, not fatal: the disk is then the bound.
+    async fn limit_temporary_files(&self, role: &str) {
+        let statement = format!("ALTER ROLE \"{role}\" SET temp_file_limit = '{TEMP_FILE_LIMIT}'");
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&self.main)
+            .await
+        {
+            tracing::warn!(
+                error = %e,
+                "tenant SQL: the reader role's temp_file_limit could not be set; a query's \
+                 temporary files are bounded only by the disk (docs/metrics-api.md)"
+            );
+        }
     }
 
     pub(crate) async fn run(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 mod allow_list;
+mod expansion;
 mod fences;
 
 pub use allow_list::{CheckedQuery, RECORD_FUNCTIONS, check};
