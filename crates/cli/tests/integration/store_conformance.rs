@@ -88,28 +88,30 @@ fn entry(ws: &Workspace, project: Option<&Project>, action: &str) -> AuditEntry 
 async fn migrations_are_idempotent(backend: Backend) {
     let db = TestDb::create(backend).await;
     let store = keyflow_store::connect(&db.url).await.unwrap();
-    assert_eq!(
-        store.migrate().await.unwrap(),
-        vec![
-            "0001_foundation",
-            "0002_customer_data",
-            "0003_sessions",
-            "0004_key_usage",
-            "0005_project_settings",
-            "0006_metrics_credentials",
-            "0007_events_by_project",
-            "0008_events_contact_partial",
-            "0009_key_rolled_at",
-            "0010_contact_emails_nfc",
-            "0011_idempotency_without_rowid",
-            "0012_generations",
-            "0013_metrics_rollups",
-            "0014_metrics_tokens",
-            "0015_tenant_sql",
-            "0016_form_nonces",
-            "0017_tenant_sql_value_caps"
-        ]
-    );
+    let mut expected = vec![
+        "0001_foundation",
+        "0002_customer_data",
+        "0003_sessions",
+        "0004_key_usage",
+        "0005_project_settings",
+        "0006_metrics_credentials",
+        "0007_events_by_project",
+        "0008_events_contact_partial",
+        "0009_key_rolled_at",
+        "0010_contact_emails_nfc",
+        "0011_idempotency_without_rowid",
+        "0012_generations",
+        "0013_metrics_rollups",
+        "0014_metrics_tokens",
+        "0015_tenant_sql",
+        "0016_form_nonces",
+        "0017_tenant_sql_value_caps",
+    ];
+    // SQLite only: its contact index off the ingest path.
+    if backend == Backend::Sqlite {
+        expected.push("0018_event_contacts");
+    }
+    assert_eq!(store.migrate().await.unwrap(), expected);
     assert!(store.migrate().await.unwrap().is_empty());
     store.ping().await.unwrap();
 }
@@ -686,7 +688,112 @@ async fn contact_emails_are_rekeyed_in_nfc(backend: Backend) {
     assert!(store.migrate().await.unwrap().is_empty());
 }
 
+/// A contact's events listed page by page, newest first, whether SQLite
+/// holds their notes in the sorted table, the recent one, or both (migration
+/// 0018: the writer moves them in bulk); a deleted contact's events are
+/// unlinked from both.
+async fn contact_listings_page_across_both_contact_tables(backend: Backend) {
+    use keyflow_core::contacts::ContactLookup;
+    use keyflow_core::events::{EventInput, validate_event};
+    let db = TestDb::create(backend).await;
+    let store = db.store().await;
+    let (_, project) = seeded(store.as_ref()).await;
+    let p = &project.id;
+    let mut ids = std::collections::HashMap::<&str, Vec<String>>::new();
+    async fn ingest(
+        store: &dyn Store,
+        p: &str,
+        ids: &mut std::collections::HashMap<&'static str, Vec<String>>,
+        round: i64,
+    ) {
+        for i in 0..12 {
+            let who = if i % 3 == 0 { "y" } else { "x" };
+            let name = if i % 2 == 0 { "even" } else { "odd" };
+            let input: EventInput = serde_json::from_value(
+                json!({"name": name, "external_id": who, "idempotency_key": format!("{round}-{i}")}),
+            )
+            .unwrap();
+            let event = validate_event(input, 1_000, "").unwrap();
+            let out = store
+                .ingest_events(p, vec![event], 1_000 + round)
+                .await
+                .unwrap();
+            ids.entry(who).or_default().push(out[0].id.clone());
+        }
+    }
+    ingest(store.as_ref(), p, &mut ids, 0).await;
+    if backend == Backend::Sqlite {
+        keyflow_store::sqlite::move_contact_notes_for_tests(&db.url).unwrap();
+    }
+    ingest(store.as_ref(), p, &mut ids, 1).await;
+    let contact = |external_id: &str| {
+        let store = store.clone();
+        let lookup = ContactLookup::ExternalId(external_id.into());
+        async move { store.get_contact(p, &lookup).await.unwrap().unwrap().id }
+    };
+    let (x, y) = (contact("x").await, contact("y").await);
+    let listed = |contact_id: String, name: Option<&'static str>| {
+        let store = store.clone();
+        async move {
+            let filter = keyflow_store::EventFilter {
+                contact_id: Some(contact_id),
+                name: name.map(str::to_string),
+                ..Default::default()
+            };
+            let mut all = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = Page { limit: 5, cursor };
+                let events = store.list_events(p, &filter, &page).await.unwrap();
+                all.extend(events.iter().map(|e| (e.id.clone(), e.name.clone())));
+                if events.len() < 5 {
+                    return all;
+                }
+                cursor = events.last().map(|e| e.id.clone());
+            }
+        }
+    };
+    for (who, id) in [("x", &x), ("y", &y)] {
+        let mut expected = ids[who].clone();
+        expected.sort();
+        expected.reverse();
+        let got: Vec<String> = listed(id.clone(), None)
+            .await
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(got, expected, "{who}");
+        let odd = listed(id.clone(), Some("odd")).await;
+        assert!(
+            !odd.is_empty() && odd.iter().all(|(_, name)| name == "odd"),
+            "{odd:?}"
+        );
+        assert!(odd.windows(2).all(|w| w[0].0 > w[1].0), "{odd:?}");
+    }
+    assert!(store.delete_contact(p, &x, None, 5_000).await.unwrap());
+    assert!(listed(x.clone(), None).await.is_empty());
+    assert_eq!(listed(y.clone(), None).await.len(), ids["y"].len());
+    let page = Page {
+        limit: 100,
+        cursor: None,
+    };
+    let all = store
+        .list_events(p, &keyflow_store::EventFilter::default(), &page)
+        .await
+        .unwrap();
+    for event in &all {
+        let expected = ids["y"].contains(&event.id).then(|| y.clone());
+        assert_eq!(event.contact_id, expected, "{}", event.id);
+    }
+    // Events after the deletion name a new contact, listed like any other.
+    ingest(store.as_ref(), p, &mut ids, 2).await;
+    let x2 = contact("x").await;
+    assert_ne!(x2, x);
+    assert_eq!(listed(x2, None).await.len(), 8);
+}
+
 backend_tests!(
+    contact_listings_page_across_both_contact_tables,
     contact_emails_are_rekeyed_in_nfc,
     migrations_are_idempotent,
     workspaces_projects_and_plans,

@@ -344,13 +344,20 @@ impl<B: Backend> ContactStore for B {
         let Some(contact) = find_contact::<B::Db>(&mut tx, project_id, &lookup).await? else {
             return Ok(false);
         };
-        sqlx::query::<B::Db>(
-            "UPDATE events SET contact_id = NULL WHERE project_id = $1 AND contact_id = $2",
-        )
-        .arg(project_id)
-        .arg(id)
-        .run(&mut tx)
-        .await?;
+        // SQLite finds a contact's events through its two contact tables
+        // (migration 0018; its triggers update them as the events change).
+        let unlink = if B::Db::NAME == "sqlite" {
+            "UPDATE events SET contact_id = NULL WHERE project_id = $1 AND contact_id = $2 \
+             AND id IN (SELECT id FROM event_contacts WHERE project_id = $1 AND contact_id = $2 \
+             UNION ALL SELECT id FROM event_contacts_recent WHERE project_id = $1 AND contact_id = $2)"
+        } else {
+            "UPDATE events SET contact_id = NULL WHERE project_id = $1 AND contact_id = $2"
+        };
+        sqlx::query::<B::Db>(unlink)
+            .arg(project_id)
+            .arg(id)
+            .run(&mut tx)
+            .await?;
         sqlx::query::<B::Db>("DELETE FROM contacts WHERE project_id = $1 AND id = $2")
             .arg(project_id)
             .arg(id)

@@ -238,14 +238,12 @@ pub(crate) fn insert_events_sql(rows: usize) -> String {
 /// Placeholders are numbered in this order: project, contact, name, since,
 /// until, cursor, limit — skipping absent filters.
 pub(crate) fn list_events_sql(filter: &EventFilter, after_cursor: bool, sqlite: bool) -> String {
+    if sqlite && filter.contact_id.is_some() {
+        return sqlite_contact_events_sql(filter, after_cursor);
+    }
     let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events");
-    if sqlite {
-        // A contact's events are the narrower set when both filters are given.
-        if filter.contact_id.is_some() {
-            sql.push_str(" INDEXED BY events_contact");
-        } else if filter.name.is_some() {
-            sql.push_str(" INDEXED BY events_name");
-        }
+    if sqlite && filter.name.is_some() {
+        sql.push_str(" INDEXED BY events_name");
     }
     sql.push_str(" WHERE project_id = $1");
     let mut placeholder = 1;
@@ -264,6 +262,47 @@ pub(crate) fn list_events_sql(filter: &EventFilter, after_cursor: bool, sqlite: 
     }
     sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", placeholder + 1));
     sql
+}
+
+/// A contact's events on SQLite, which indexes them in two tables
+/// (migration 0018): `event_contacts`, sorted, and `event_contacts_recent`,
+/// the latest in event order, not yet moved. Each table gives its newest
+/// matching events, at most a page, walked newest first from the cursor;
+/// the page is the newest of both. One statement, so one snapshot: a move
+/// between the tables is seen whole or not at all.
+fn sqlite_contact_events_sql(filter: &EventFilter, after_cursor: bool) -> String {
+    let columns = EVENT_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut conditions = String::from(" AND e.contact_id = $2");
+    let mut placeholder = 2;
+    for (present, condition) in [
+        (filter.name.is_some(), "e.name ="),
+        (filter.since.is_some(), "e.timestamp >="),
+        (filter.until.is_some(), "e.timestamp <"),
+        (after_cursor, "k.id <"),
+    ] {
+        if present {
+            placeholder += 1;
+            conditions.push_str(&format!(" AND {condition} ${placeholder}"));
+        }
+    }
+    let limit = format!("${}", placeholder + 1);
+    let newest = |table: &str| {
+        format!(
+            "SELECT * FROM (SELECT {columns} FROM {table} k \
+             JOIN events e ON e.project_id = k.project_id AND e.id = k.id \
+             WHERE k.project_id = $1 AND k.contact_id = $2{conditions} \
+             ORDER BY k.id DESC LIMIT {limit})"
+        )
+    };
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM ({} UNION ALL {}) ORDER BY id DESC LIMIT {limit}",
+        newest("event_contacts"),
+        newest("event_contacts_recent")
+    )
 }
 
 #[cfg(test)]

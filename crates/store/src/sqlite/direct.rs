@@ -97,6 +97,28 @@ impl DirectWriter {
         last_error
     }
 
+    /// Moves the notes of events with a contact into the sorted table once
+    /// there are [`MOVE_NOTES_AT`] of them (see migration 0018): each
+    /// contact's page is then written once per move, not once per commit.
+    /// A failed move keeps the notes where they are, still read by listings.
+    pub(crate) fn move_contact_notes_if_due(&mut self) {
+        let moved = self.connection().and_then(|conn| {
+            let notes: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce((SELECT max(seq) FROM event_contacts_recent) \
+                     - (SELECT min(seq) FROM event_contacts_recent) + 1, 0)",
+                )?
+                .query_row([], |r| r.get(0))?;
+            if notes < MOVE_NOTES_AT {
+                return Ok(());
+            }
+            move_contact_notes(conn)
+        });
+        if let Err(e) = moved {
+            tracing::warn!(error = %e, "moving contact notes failed; they stay where they are");
+        }
+    }
+
     fn connection(&mut self) -> rusqlite::Result<&mut Connection> {
         match &mut self.conn {
             Some(conn) => Ok(conn),
@@ -165,6 +187,28 @@ impl DirectWriter {
             }
         }
     }
+}
+
+/// Notes of events with a contact (`event_contacts_recent`) moved at once:
+/// large enough that most contacts have several events in a move, small
+/// enough that a listing reads the unmoved ones quickly.
+const MOVE_NOTES_AT: i64 = 10_000;
+
+/// Moves every note into `event_contacts` in its sort order, in one
+/// transaction (a listing sees the notes in one table or the other).
+pub(crate) fn move_contact_notes(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = conn.execute_batch(
+        "INSERT INTO event_contacts (project_id, contact_id, id) \
+             SELECT project_id, contact_id, id FROM event_contacts_recent WHERE true \
+             ORDER BY project_id, contact_id, id ON CONFLICT DO NOTHING; \
+             DELETE FROM event_contacts_recent; \
+             COMMIT",
+    );
+    if moved.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    moved
 }
 
 /// One transaction: each job prepared in a savepoint, every accepted job's

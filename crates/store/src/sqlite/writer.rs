@@ -85,6 +85,8 @@ pub(super) fn run_writer(
             if let Err(e) = committed {
                 tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
                 direct.reset();
+            } else {
+                direct.move_contact_notes_if_due();
             }
             drop(turn);
             continue;
