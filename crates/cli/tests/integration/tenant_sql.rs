@@ -1256,6 +1256,21 @@ async fn postgres_values_stay_small() {
         .await
         .unwrap();
     assert_eq!(output.rows, vec![vec![json!("off"), json!("1GB")]]);
+    // Each query gets a backend of its own: what one grew (PostgreSQL's
+    // per-backend caches) is gone for the next.
+    let pid =
+        CheckedQuery::skipping_layer_one_for_tests("SELECT pg_backend_pid()", Dialect::Postgres);
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let output = app
+            .store
+            .run_tenant_query(&mine.project_id, &pid, Limits::default())
+            .await
+            .unwrap();
+        pids.push(output.rows[0][0].clone());
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "{pids:?}");
 }
 
 /// Every PostgreSQL function that `alias.name` could call on a whole row is

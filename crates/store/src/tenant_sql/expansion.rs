@@ -13,7 +13,12 @@
 //! [`MAX_COPIED_NODES`] nodes. It over-counts on purpose (an alias name may
 //! really be a column), never under-counts.
 
-use sqlparser::ast::{Expr, InTarget, Select, SelectItem, UnaryOperator, Value};
+use std::collections::HashMap;
+
+use sqlparser::ast::{
+    BinaryOperator, Expr, GroupByExpr, InTarget, OrderBy, OrderByKind, Query, Select, SelectItem,
+    UnaryOperator, Value,
+};
 
 use super::Dialect;
 
@@ -35,15 +40,24 @@ impl Size {
     }
 }
 
-/// The result-column aliases of one query level.
+/// The result columns of one query level, as later names and ordinals
+/// refer to them.
 #[derive(Default)]
 struct Scope {
-    /// Projection items of this level's `SELECT`s whose size is not known
-    /// yet: the expression's address and the alias's name.
-    pending: Vec<(*const Expr, String)>,
+    /// Result columns of this level's latest `SELECT`: the expression's
+    /// address, its alias if any, and its size once copied when known.
+    columns: Vec<(Option<*const Expr>, Option<String>, u64)>,
     /// Aliases whose size is known, with that size once copied.
-    known: Vec<(String, u64)>,
+    known: HashMap<String, u64>,
+    /// `GROUP BY` and `ORDER BY` terms, which SQLite reads as result
+    /// column numbers when they are integers (`GROUP BY 1`).
+    ordinal_terms: Vec<*const Expr>,
 }
+
+/// What a pattern match weighs in nodes: each costs up to |text| ×
+/// |pattern| (~20 ms on 90 KB), far more than an ordinary node, so copies of
+/// one are counted as copies of that many nodes.
+const PATTERN_MATCH_NODES: u64 = 500;
 
 pub struct Expansion {
     dialect: Dialect,
@@ -65,28 +79,47 @@ impl Expansion {
         }
     }
 
-    pub fn enter_query(&mut self) {
-        self.scopes.push(Scope::default());
+    pub fn enter_query(&mut self, query: &Query) {
+        let mut scope = Scope::default();
+        if let Some(OrderBy {
+            kind: OrderByKind::Expressions(terms),
+            ..
+        }) = &query.order_by
+        {
+            scope.ordinal_terms = terms.iter().map(|t| &t.expr as *const Expr).collect();
+        }
+        self.scopes.push(scope);
     }
 
     pub fn leave_query(&mut self) {
         self.scopes.pop();
     }
 
-    /// Remembers which of `select`'s result columns carry an alias, so a
-    /// later name that refers to one counts its expression's size (SQLite
+    /// Remembers `select`'s result columns, so that a later alias or
+    /// column number that refers to one counts its expression's size (SQLite
     /// compares names without regard to ASCII case).
     pub fn enter_select(&mut self, select: &Select) {
         if self.dialect != Dialect::Sqlite {
             return;
         }
         if let Some(scope) = self.scopes.last_mut() {
-            for item in &select.projection {
-                if let SelectItem::ExprWithAlias { expr, alias } = item {
-                    scope
-                        .pending
-                        .push((expr as *const Expr, alias.value.to_ascii_lowercase()));
-                }
+            scope.columns = select
+                .projection
+                .iter()
+                .map(|item| match item {
+                    SelectItem::ExprWithAlias { expr, alias } => (
+                        Some(expr as *const Expr),
+                        Some(alias.value.to_ascii_lowercase()),
+                        0,
+                    ),
+                    SelectItem::UnnamedExpr(expr) => (Some(expr as *const Expr), None, 0),
+                    _ => (None, None, 0),
+                })
+                .collect();
+            if let GroupByExpr::Expressions(terms, _) = &select.group_by {
+                scope
+                    .ordinal_terms
+                    .extend(terms.iter().map(|t| t as *const Expr));
             }
         }
     }
@@ -104,13 +137,15 @@ impl Expansion {
             return Err(size.extra());
         }
         if let Some(scope) = self.scopes.last_mut()
-            && let Some(at) = scope
-                .pending
-                .iter()
-                .position(|(ptr, _)| std::ptr::eq(*ptr, expr))
+            && let Some(column) = scope
+                .columns
+                .iter_mut()
+                .find(|(ptr, _, _)| ptr.is_some_and(|p| std::ptr::eq(p, expr)))
         {
-            let (_, name) = scope.pending.swap_remove(at);
-            scope.known.push((name, size.copied));
+            column.2 = size.copied;
+            if let Some(name) = column.1.clone() {
+                scope.known.insert(name, size.copied);
+            }
         }
         match self.open.last_mut() {
             Some(parent) => parent.push(size),
@@ -163,8 +198,18 @@ impl Expansion {
                     .saturating_add(self.alias_size(&ident.value.to_ascii_lowercase()));
                 0
             }
+            (Dialect::Sqlite, Expr::Value(value)) => {
+                size.copied = size
+                    .copied
+                    .saturating_add(self.ordinal_size(expr, &value.value));
+                0
+            }
             _ => 0,
         };
+        if is_pattern_match(expr) {
+            size.written = size.written.saturating_add(PATTERN_MATCH_NODES);
+            size.copied = size.copied.saturating_add(PATTERN_MATCH_NODES);
+        }
         size.copied = size
             .copied
             .saturating_add(left.saturating_mul(more_copies_of_left));
@@ -177,16 +222,46 @@ impl Expansion {
         self.scopes
             .iter()
             .rev()
-            .find_map(|scope| {
-                scope
-                    .known
-                    .iter()
-                    .rev()
-                    .find(|(alias, _)| alias == name)
-                    .map(|(_, size)| *size)
-            })
+            .find_map(|scope| scope.known.get(name).copied())
             .unwrap_or(0)
     }
+
+    /// The size once copied of the result column that `expr`, an integer in
+    /// this level's `GROUP BY` or `ORDER BY`, names (0 otherwise): SQLite
+    /// copies that column's expression in its place.
+    fn ordinal_size(&self, expr: &Expr, value: &Value) -> u64 {
+        let Some(scope) = self.scopes.last() else {
+            return 0;
+        };
+        if !scope.ordinal_terms.iter().any(|t| std::ptr::eq(*t, expr)) {
+            return 0;
+        }
+        match value {
+            Value::Number(n, _) => n
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|i| scope.columns.get(i))
+                .map_or(0, |(_, _, size)| *size),
+            _ => 0,
+        }
+    }
+}
+
+/// A `LIKE`/`ILIKE` (or PostgreSQL's `~~` family).
+fn is_pattern_match(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::Like { .. }
+            | Expr::ILike { .. }
+            | Expr::BinaryOp {
+                op: BinaryOperator::PGLikeMatch
+                    | BinaryOperator::PGILikeMatch
+                    | BinaryOperator::PGNotLikeMatch
+                    | BinaryOperator::PGNotILikeMatch,
+                ..
+            }
+    )
 }
 
 /// A literal written in the text (a number, a string, `NULL`, `-1`,
