@@ -666,6 +666,9 @@ async fn two_queries_at_once_per_project(backend: Backend) {
     let third = app.post(QUERY, &token, json!({"sql": slow(7)})).await;
     third.assert_error(429, "rate_limited");
     assert_eq!(third.header("retry-after"), Some("1"));
+    // Checking a text is work too: not done past the project's share.
+    let unchecked = app.post(QUERY, &token, json!({"sql": "SELEC 1"})).await;
+    unchecked.assert_error(429, "rate_limited");
     // Another project of the same workspace shares the workspace's share
     // (half of the instance's four): it waits too.
     let sibling = app

@@ -262,8 +262,11 @@ pub async fn answer(
     sql: &str,
 ) -> ApiResult<(Arc<CachedAnswer>, bool)> {
     let now = state.now_ms();
-    // Parsing is CPU work (up to a few hundred ms for 100 KB): off the
-    // runtime's threads.
+    // The check counts as the query's work: a project floods no more checks
+    // than it may run queries (a 100 KB check can take a good part of a
+    // second of CPU).
+    let slot = state.query_slots.take(workspace_id, project_id)?;
+    // Parsing is CPU work: off the runtime's threads.
     let (text, dialect) = (sql.to_string(), state.store.tenant_dialect());
     let checked = tokio::task::spawn_blocking(move || tenant_sql::check(&text, dialect))
         .await
@@ -275,7 +278,6 @@ pub async fn answer(
     {
         return Ok((entry, true));
     }
-    let slot = state.query_slots.take(workspace_id, project_id)?;
     // On its own task: a client that hangs up does not stop the query's
     // clean-up, nor free its slot before the work is over.
     let (store, project, query, limits) = (
