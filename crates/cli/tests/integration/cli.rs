@@ -39,29 +39,7 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     let db = TestDb::create(backend).await;
     let (ok, migrated, err) = keyflow(&db, &["migrate", "--json"]);
     assert!(ok, "{err}");
-    let mut expected = vec![
-        "0001_foundation",
-        "0002_customer_data",
-        "0003_sessions",
-        "0004_key_usage",
-        "0005_project_settings",
-        "0006_metrics_credentials",
-        "0007_events_by_project",
-        "0008_events_contact_partial",
-        "0009_key_rolled_at",
-        "0010_contact_emails_nfc",
-        "0011_idempotency_without_rowid",
-        "0012_generations",
-        "0013_metrics_rollups",
-        "0014_metrics_tokens",
-        "0015_tenant_sql",
-        "0016_form_nonces",
-        "0017_tenant_sql_value_caps",
-    ];
-    // SQLite only: its contact index off the ingest path.
-    if backend == Backend::Sqlite {
-        expected.push("0018_event_contacts");
-    }
+    let expected = crate::harness::migration_names(backend);
     assert_eq!(migrated["applied"], json!(expected));
     let (_, again, _) = keyflow(&db, &["migrate", "--json"]);
     assert_eq!(again["applied"], json!([]));

@@ -597,3 +597,31 @@ pub fn test_python() -> Option<String> {
         }
     }
 }
+
+/// The migrations a fresh database of `backend` applies, in order (SQLite
+/// has one more: its contact index off the ingest path, 0018).
+pub fn migration_names(backend: Backend) -> Vec<&'static str> {
+    let mut names = vec![
+        "0001_foundation",
+        "0002_customer_data",
+        "0003_sessions",
+        "0004_key_usage",
+        "0005_project_settings",
+        "0006_metrics_credentials",
+        "0007_events_by_project",
+        "0008_events_contact_partial",
+        "0009_key_rolled_at",
+        "0010_contact_emails_nfc",
+        "0011_idempotency_without_rowid",
+        "0012_generations",
+        "0013_metrics_rollups",
+        "0014_metrics_tokens",
+        "0015_tenant_sql",
+        "0016_form_nonces",
+        "0017_tenant_sql_value_caps",
+    ];
+    if backend == Backend::Sqlite {
+        names.push("0018_event_contacts");
+    }
+    names
+}
