@@ -8,45 +8,11 @@
 //! what coordination costs (Redis decisions, change messages, shared
 //! database), not how far it scales on separate machines.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::server::{Backend, Server};
 use crate::wrk::{Figure, Load, Wrk};
 use crate::{Args, identified_batch, raw};
-
-struct Throwaway(Child);
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> Result<(Throwaway, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("redis-server must be installed (apt-get install redis-server)")?;
-    let server = Throwaway(child);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!("redis-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((server, format!("redis://127.0.0.1:{port}")))
-}
 
 /// Runs `load(i)` against every instance at once, `connections` split
 /// between them; sums the rates and keeps the worst p50/p99.
@@ -96,7 +62,7 @@ fn spread<'k>(
 }
 
 pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
-    let (_redis, redis_url) = redis_server()?;
+    let (_redis, redis_url) = crate::redis_server::start()?;
     println!(
         "\n| instances | `GET /v1/keys/self` ({} connections) | p99 | `/v1/events/batch`, 100 identified events ({} connections) | p99 |",
         args.connections, 16

@@ -9,7 +9,9 @@
 //! back to back for `--seconds`; then one key under 10× its limit, to count
 //! Redis decisions per refused request.
 
-use std::process::{Child, Command, Stdio};
+mod redis_server;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,37 +36,6 @@ struct Args {
     /// Distinct keys the requests are spread over.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
-}
-
-struct Throwaway(Child);
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Result<(Throwaway, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("redis-server must be installed")?;
-    let server = Throwaway(child);
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!("redis-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((server, format!("redis://127.0.0.1:{port}")))
 }
 
 /// Redis' own CPU time so far (user + system), from `INFO cpu`.
@@ -220,7 +191,7 @@ async fn main() -> Result<()> {
     let (_server, url) = match &args.redis_url {
         Some(url) => (None, url.clone()),
         None => {
-            let (server, url) = start_redis()?;
+            let (server, url) = redis_server::start()?;
             (Some(server), url)
         }
     };

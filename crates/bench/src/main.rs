@@ -6,6 +6,7 @@
 
 mod instances;
 mod raw;
+mod redis_server;
 mod server;
 mod wrk;
 
