@@ -2,7 +2,6 @@
 
 use serde_json::{Value, json};
 
-use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 
 fn actions(audit: &Value) -> Vec<String> {
@@ -479,17 +478,7 @@ async fn emails_compare_in_nfc_and_names_refuse_bidi(backend: Backend) {
     );
 }
 
-backend_tests!(
-    emails_compare_in_nfc_and_names_refuse_bidi,
-    contact_writes_wait_for_busy_ingest,
-    create_or_update_with_merge,
-    list_is_paginated_and_project_scoped,
-    batch_applies_valid_items,
-    bad_contact_input_changes_nothing,
-    contact_scopes_and_categories,
-);
-
-crate::three_instance_tests!(
+crate::every_deployment_tests!(
     emails_compare_in_nfc_and_names_refuse_bidi,
     contact_writes_wait_for_busy_ingest,
     create_or_update_with_merge,

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use keyflow_store::{EventFilter, Page};
 use serde_json::{Value, json};
 
-use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 
 async fn all_events(app: &TestApp, project_id: &str) -> Vec<keyflow_store::Event> {
@@ -596,19 +595,7 @@ async fn concurrent_anonymous_events_share_commits_exactly_once(backend: Backend
     assert_eq!(named.body["data"].as_array().unwrap().len(), 10);
 }
 
-backend_tests!(
-    refusals_inside_a_shared_commit_leave_the_rest,
-    concurrent_anonymous_events_share_commits_exactly_once,
-    track_is_durable_and_listed,
-    identities_and_detached_events,
-    time_filters_and_nfc_names,
-    idempotency_keys_store_once_for_24_hours,
-    batches_are_all_or_nothing,
-    allowed_events_reject_the_whole_batch,
-    concurrent_clients_store_every_acknowledged_event_once,
-);
-
-crate::three_instance_tests!(
+crate::every_deployment_tests!(
     refusals_inside_a_shared_commit_leave_the_rest,
     concurrent_anonymous_events_share_commits_exactly_once,
     track_is_durable_and_listed,

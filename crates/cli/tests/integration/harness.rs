@@ -62,6 +62,15 @@ macro_rules! three_instance_tests {
     };
 }
 
+/// Runs each listed test on SQLite, on PostgreSQL and on three instances.
+#[macro_export]
+macro_rules! every_deployment_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!($($name),*);
+        $crate::three_instance_tests!($($name),*);
+    };
+}
+
 /// A throwaway `redis-server` on a free loopback port, killed on drop.
 pub struct RedisServer {
     pub port: u16,

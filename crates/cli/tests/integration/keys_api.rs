@@ -4,7 +4,6 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 
 fn scopes(v: &Value) -> Vec<&str> {
@@ -579,29 +578,7 @@ async fn every_key_change_is_audited_with_its_actor(backend: Backend) {
     assert_eq!(theirs.body["data"].as_array().unwrap().len(), 1);
 }
 
-backend_tests!(
-    create_each_type_with_defaults_and_shape,
-    test_environment_keys_carry_test_prefix,
-    disallowed_scopes_are_422,
-    a_key_cannot_grant_what_it_lacks,
-    invalid_settings_are_422_and_change_nothing,
-    malformed_bodies_get_the_error_shape,
-    unknown_and_foreign_ids_are_404,
-    patch_changes_settings_but_never_scopes_or_type,
-    roll_with_grace_period,
-    list_is_paginated_newest_first,
-    every_key_change_is_audited_with_its_actor,
-    restrictions_cannot_be_escalated,
-    project_limits_bind_keys_without_an_override,
-    not_found_and_invalid_answers_cost_quota,
-    metrics_credential_stays_within_the_callers_allowlist,
-    host_bits_and_bidi_names_are_refused,
-    expired_and_rolled_keys_stay_dead,
-    key_rate_limits_stay_under_the_plan,
-    metrics_credential_needs_the_read_scopes,
-);
-
-crate::three_instance_tests!(
+crate::every_deployment_tests!(
     create_each_type_with_defaults_and_shape,
     test_environment_keys_carry_test_prefix,
     disallowed_scopes_are_422,
