@@ -254,7 +254,13 @@ impl TenantSql {
             Ok(result) => {
                 // Whatever the query left on its session goes: an open
                 // transaction after a failure, advisory locks, settings.
-                let reset = "ROLLBACK; SELECT pg_advisory_unlock_all(); RESET ALL;";
+                // (A successful run has ended its transaction already: a
+                // second ROLLBACK would log a warning on every query.)
+                let reset = if result.is_ok() {
+                    "SELECT pg_advisory_unlock_all(); RESET ALL;"
+                } else {
+                    "ROLLBACK; SELECT pg_advisory_unlock_all(); RESET ALL;"
+                };
                 let _ = sqlx::raw_sql(reset).execute(&mut *conn).await;
                 // And the backend itself goes: PostgreSQL keeps some caches
                 // for a backend's life, whatever RESET does, and a query can
