@@ -185,7 +185,192 @@ async fn admin_bad_input(backend: Backend) {
     assert_eq!(audit.body["data"].as_array().unwrap().len(), 1);
 }
 
+/// Listing for operators who lost an id (SPEC §8): workspaces page by page,
+/// one workspace with its projects and operators, a project's keys, and
+/// revoking one — which stops it at once and is audited as the instance
+/// admin. Unknown ids are 404, bad paging 422, and nothing works without the
+/// admin token.
+async fn listing_and_revoking_for_operators(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let tenants = [app.tenant().await, app.tenant().await, app.tenant().await];
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/v1/workspaces?limit=2&cursor={c}"),
+            None => "/admin/v1/workspaces?limit=2".to_string(),
+        };
+        let page = app
+            .request(Method::GET, &path, Some(crate::harness::ADMIN_TOKEN), None)
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        for w in page.body["data"].as_array().unwrap() {
+            assert_eq!(w["object"], "workspace");
+            seen.push(w["id"].as_str().unwrap().to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = tenants.iter().map(|t| t.workspace_id.clone()).collect();
+    expected.sort();
+    expected.reverse();
+    assert_eq!(seen, expected, "newest first, each once");
+
+    let t = &tenants[0];
+    let owner = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/workspaces/{}/operators", t.workspace_id),
+            json!({"email": "owner@acme.io", "password": "a long password here", "role": "owner"}),
+        )
+        .await;
+    assert_eq!(owner.status, 201, "{}", owner.body);
+    let detail = app
+        .request(
+            Method::GET,
+            &format!("/admin/v1/workspaces/{}", t.workspace_id),
+            Some(crate::harness::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    assert_eq!(detail.body["id"], t.workspace_id.as_str());
+    assert_eq!(detail.body["plan"], "pro");
+    assert_eq!(detail.body["projects"][0]["id"], t.project_id.as_str());
+    assert_eq!(detail.body["operators"][0]["email"], "owner@acme.io");
+    assert_eq!(detail.body["operators"][0]["role"], "owner");
+    assert!(!detail.body.to_string().contains("a long password"));
+    assert!(!detail.body.to_string().contains("argon2"));
+
+    let keys = app
+        .request(
+            Method::GET,
+            &format!("/admin/v1/projects/{}/keys", t.project_id),
+            Some(crate::harness::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(keys.status, 200, "{}", keys.body);
+    assert_eq!(keys.body["data"][0]["id"], t.key_id.as_str());
+    assert!(keys.body["data"][0].get("key").is_none());
+    assert!(!keys.body.to_string().contains(&t.key));
+
+    assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
+    let path = format!("/admin/v1/projects/{}/keys/{}", t.project_id, t.key_id);
+    for _ in 0..2 {
+        let revoked = app
+            .request(
+                Method::DELETE,
+                &path,
+                Some(crate::harness::ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.status, 204, "{}", revoked.body);
+    }
+    app.get("/v1/keys/self", &t.key)
+        .await
+        .assert_error(401, "key_revoked");
+    let listed = app
+        .request(
+            Method::GET,
+            &format!(
+                "/admin/v1/projects/{}/keys?include_revoked=true",
+                t.project_id
+            ),
+            Some(crate::harness::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert!(
+        listed.body["data"][0]["revoked_at"].is_string(),
+        "{}",
+        listed.body
+    );
+    let active = app
+        .request(
+            Method::GET,
+            &format!("/admin/v1/projects/{}/keys", t.project_id),
+            Some(crate::harness::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(active.body["data"], json!([]));
+    // Audited once, by the instance admin, in the workspace's log.
+    let auditor = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/projects/{}/keys", t.project_id),
+            json!({"name": "auditor", "type": "secret", "scopes": ["audit:read"]}),
+        )
+        .await;
+    let log = app
+        .get(
+            "/v1/audit?action=api_key.revoked",
+            auditor.body["key"].as_str().unwrap(),
+        )
+        .await;
+    let entries = log.body["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{}", log.body);
+    assert_eq!(entries[0]["actor"]["type"], "instance_admin");
+    assert_eq!(entries[0]["target"]["id"], t.key_id.as_str());
+    let other = &tenants[1];
+    let (_, reader) = app
+        .create_key(
+            &other.key,
+            json!({"name": "r", "type": "secret", "scopes": ["audit:read"]}),
+        )
+        .await;
+    let theirs = app.get("/v1/audit", &reader).await;
+    assert!(
+        !theirs.body.to_string().contains(&t.key_id),
+        "another workspace's log shows nothing of it"
+    );
+
+    // Another project's key through this project's path is not found.
+    let foreign = format!("/admin/v1/projects/{}/keys/{}", t.project_id, other.key_id);
+    app.request(
+        Method::DELETE,
+        &foreign,
+        Some(crate::harness::ADMIN_TOKEN),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found");
+    assert_eq!(app.get("/v1/keys/self", &other.key).await.status, 200);
+    for path in [
+        "/admin/v1/workspaces/nope".to_string(),
+        "/admin/v1/projects/nope/keys".to_string(),
+        "/admin/v1/projects/nope/keys/nope".to_string(),
+    ] {
+        let method = if path.matches('/').count() == 6 {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        app.request(method, &path, Some(crate::harness::ADMIN_TOKEN), None)
+            .await
+            .assert_error(404, "not_found");
+    }
+    app.request(
+        Method::GET,
+        "/admin/v1/workspaces?limit=0",
+        Some(crate::harness::ADMIN_TOKEN),
+        None,
+    )
+    .await
+    .assert_error(422, "validation_failed");
+    for token in [None, Some("wrong-token-wrong-token-1234")] {
+        app.request(Method::GET, "/admin/v1/workspaces", token, None)
+            .await
+            .assert_error(401, "unauthorized");
+    }
+}
+
 backend_tests!(
+    listing_and_revoking_for_operators,
     admin_api_is_404_without_a_token,
     wrong_or_missing_admin_token_is_401,
     workspace_project_operator_and_key,

@@ -83,6 +83,7 @@ async fn every_documented_operation_exists_behind_auth() {
     for (path, item) in paths {
         let concrete = path
             .replace("{id}", "some-id")
+            .replace("{key_id}", "some-key-id")
             .replace("{metric}", "events.count")
             .replace("{email_or_id}", "a@b.co");
         let admin = path.starts_with("/admin/v1/");
@@ -139,7 +140,7 @@ async fn every_documented_operation_exists_behind_auth() {
         }
     }
     assert_eq!(
-        operations, 35,
+        operations, 39,
         "every /v1 and /admin/v1 operation is documented"
     );
 }

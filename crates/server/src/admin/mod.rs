@@ -2,24 +2,27 @@
 //! the instance's admin token and mounted only when one is configured.
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
 use keyflow_core::{Environment, ErrorCode, Plan, Role};
 use keyflow_store::Actor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::api::requests;
 use crate::api::routes::ApiRoutes;
 use crate::api::views::{
     KeyView, OperatorView, ProjectView, WorkspaceView, issued_key_json, operator_json,
     project_json, workspace_json,
 };
+use crate::api::views::{ListPage, key_json};
+use crate::api::{bool_query, page_from_query, page_response, requests};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::operations::{keys as key_ops, tenancy};
@@ -32,7 +35,11 @@ pub fn routes(state: &SharedState) -> ApiRoutes {
         .admin(__path_set_plan, set_plan)
         .admin(__path_create_project, create_project)
         .admin(__path_create_operator, create_operator)
-        .admin(__path_create_key, create_key);
+        .admin(__path_create_key, create_key)
+        .admin(__path_list_workspaces, list_workspaces)
+        .admin(__path_get_workspace, get_workspace)
+        .admin(__path_list_keys, list_keys)
+        .admin(__path_revoke_key, revoke_key);
     admin.router = admin
         .router
         .route_layer(axum::middleware::from_fn_with_state(
@@ -299,4 +306,149 @@ async fn create_key(
             Json(issued_key_json(&issued.key, &issued.secret, &state.usage)).into_response(),
         ),
     ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/workspaces",
+    summary = "List workspaces",
+    description = "Every workspace of the instance, newest first.",
+    params(crate::api::openapi::PageParams),
+    responses(
+        (status = 200, description = "A page of workspaces", body = ListPage<WorkspaceView>),
+        crate::api::openapi::Invalid,
+    ),
+)]
+async fn list_workspaces(
+    State(state): State<SharedState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let page = page_from_query(&query)?;
+    let workspaces = state.store.list_workspaces(&page).await?;
+    Ok(page_response(&workspaces, &page, |w| &w.id, workspace_json))
+}
+
+/// A workspace with its projects and operators.
+#[derive(Serialize, ToSchema)]
+struct WorkspaceDetail<'a> {
+    #[serde(flatten)]
+    workspace: WorkspaceView<'a>,
+    projects: Vec<ProjectView<'a>>,
+    operators: Vec<OperatorView<'a>>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/workspaces/{id}",
+    summary = "Get a workspace",
+    description = "The workspace with its projects and its operators (and their roles).",
+    params(("id" = String, Path, description = "The workspace id")),
+    responses(
+        (status = 200, description = "The workspace", body = WorkspaceDetail),
+        (status = 404, description = "No such workspace", body = crate::error::ErrorBody),
+    ),
+)]
+async fn get_workspace(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let workspace = state
+        .store
+        .get_workspace(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("workspace"))?;
+    let projects = state.store.list_projects(&id).await?;
+    let members = state.store.list_members(&id).await?;
+    Ok(Json(WorkspaceDetail {
+        workspace: workspace_json(&workspace),
+        projects: projects.iter().map(project_json).collect(),
+        operators: members
+            .iter()
+            .map(|(operator, membership)| operator_json(operator, &id, membership.role))
+            .collect(),
+    })
+    .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/projects/{id}/keys",
+    summary = "List a project's API keys",
+    description = "Newest first; never the secret, which is shown only when a key is created.",
+    params(
+        ("id" = String, Path, description = "The project id"),
+        crate::api::openapi::PageParams,
+        ("include_revoked" = Option<bool>, Query, description = "Also list revoked keys"),
+    ),
+    responses(
+        (status = 200, description = "A page of API keys", body = ListPage<KeyView>),
+        (status = 404, description = "No such project", body = crate::error::ErrorBody),
+        crate::api::openapi::Invalid,
+    ),
+)]
+async fn list_keys(
+    State(state): State<SharedState>,
+    Path(project_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let page = page_from_query(&query)?;
+    let include_revoked = bool_query(&query, "include_revoked")?;
+    state
+        .store
+        .get_project(&project_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    let keys = state
+        .store
+        .list_api_keys(&project_id, include_revoked, &page)
+        .await?;
+    Ok(page_response(
+        &keys,
+        &page,
+        |key| &key.id,
+        |key| key_json(key, &state.usage),
+    ))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/projects/{id}/keys/{key_id}",
+    summary = "Revoke an API key",
+    description = "Takes effect on every instance at once; audited as `api_key.revoked` with \
+                   the actor `{\"type\": \"instance_admin\"}`. Revoking a revoked key \
+                   changes nothing.",
+    params(
+        ("id" = String, Path, description = "The project id"),
+        ("key_id" = String, Path, description = "The key id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such project or key", body = crate::error::ErrorBody),
+    ),
+)]
+async fn revoke_key(
+    State(state): State<SharedState>,
+    Path((project_id, key_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let now = state.now_ms();
+    let project = state
+        .store
+        .get_project(&project_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))?;
+    let key = state
+        .store
+        .get_api_key(&project_id, &key_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
+    if key.revoked_at.is_none() {
+        key_ops::revoke_key(
+            &state.ctx(Actor::InstanceAdmin, None, now),
+            &project.workspace_id,
+            &key,
+            crate::operations::keys::KeyAuthority::Instance,
+        )
+        .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -6,14 +6,16 @@ use keyflow_core::Plan;
 use super::audit::{commit_if, write_audit};
 use crate::backend::{Backend, Run, WriteTx};
 use crate::columns::{
-    PROJECT_COLUMNS, ProjectRow, ProjectSettingsRow, WorkspaceRow, parse_plan, to_json,
+    PROJECT_COLUMNS, ProjectRow, ProjectSettingsRow, WorkspaceRow, page_limit, parse_plan, to_json,
 };
-use crate::{AuditEntry, Project, ProjectSettings, StoreResult, Workspace};
+use crate::{AuditEntry, Page, Project, ProjectSettings, StoreResult, Workspace};
 
 #[async_trait]
 pub trait TenancyStore: Send + Sync {
     async fn create_workspace(&self, workspace: &Workspace) -> StoreResult<()>;
     async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
+    /// Workspaces newest first, a page at a time (instance administration).
+    async fn list_workspaces(&self, page: &Page) -> StoreResult<Vec<Workspace>>;
     /// Changes the plan and records `audit` in the same transaction.
     /// Returns the previous plan, or `None` if the workspace does not exist.
     async fn set_workspace_plan(
@@ -62,6 +64,19 @@ impl<B: Backend> TenancyStore for B {
                 .optional(&mut conn)
                 .await?;
         row.map(WorkspaceRow::into_model).transpose()
+    }
+
+    async fn list_workspaces(&self, page: &Page) -> StoreResult<Vec<Workspace>> {
+        let mut conn = self.pool().acquire().await?;
+        let rows: Vec<WorkspaceRow> = sqlx::query::<B::Db>(
+            "SELECT id, name, plan, created_at FROM workspaces \
+             WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+        )
+        .arg(&page.cursor)
+        .arg(page_limit(page.limit))
+        .all(&mut conn)
+        .await?;
+        rows.into_iter().map(WorkspaceRow::into_model).collect()
     }
 
     async fn set_workspace_plan(
