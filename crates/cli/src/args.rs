@@ -47,8 +47,11 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Manage workspaces
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "workspaces")]
     Workspace(WorkspaceCommand),
+    /// List projects
+    #[command(subcommand, visible_alias = "project")]
+    Projects(ProjectsCommand),
     /// Apply database migrations; with --to, copy this (SQLite) database
     /// into an empty PostgreSQL database
     Migrate(MigrateArgs),
@@ -140,6 +143,35 @@ pub enum KeysCommand {
         #[arg(long)]
         expires_at: Option<String>,
     },
+    /// List a project's API keys, newest first (never a secret)
+    List {
+        #[arg(long)]
+        project: String,
+        /// Also list revoked keys
+        #[arg(long)]
+        include_revoked: bool,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+/// One page of a list: as many as `--limit`, after `--cursor` (the
+/// `next_cursor` the previous page printed).
+#[derive(Args)]
+pub struct PageArgs {
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ProjectsCommand {
+    /// List a workspace's projects
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +181,11 @@ pub enum WorkspaceCommand {
         #[arg(long)]
         workspace: String,
         plan: String,
+    },
+    /// List the instance's workspaces, newest first
+    List {
+        #[command(flatten)]
+        page: PageArgs,
     },
 }
 

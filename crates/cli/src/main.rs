@@ -1,5 +1,5 @@
-//! The `keyflow` binary: `serve`, `init`, `keys create`, `workspace plan`,
-//! `migrate`, `backup`.
+//! The `keyflow` binary: `serve`, `init`, `keys create|list`,
+//! `workspace plan|list`, `projects list`, `migrate`, `backup`.
 
 mod args;
 mod database;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use keyflow_core::key_settings::{CreateKeyRequest, validate_create};
 use keyflow_core::{Clock, Environment, Plan, SystemClock};
 use keyflow_server::Config;
-use keyflow_server::api::views::{issued_key_json, project_json, workspace_json};
+use keyflow_server::api::views::{issued_key_json, key_json, project_json, workspace_json};
 use keyflow_server::config::{LogFormat, Secret, read_secret_file};
 use keyflow_server::error::ApiError;
 use keyflow_server::operations::{keys as key_ops, tenancy};
@@ -20,7 +20,8 @@ use keyflow_store::{Actor, Store};
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, FlagSources, KeysCommand, MigrateArgs, WorkspaceCommand, overrides,
+    Cli, Command, FlagSources, KeysCommand, MigrateArgs, PageArgs, ProjectsCommand,
+    WorkspaceCommand, overrides,
 };
 use crate::database::{
     create_data_dir, open_existing_store, open_store, open_store_without_migrating, sqlite_file,
@@ -248,6 +249,83 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             print_result(cli.json, &value, &text)?;
             Ok(())
         }
+        Command::Keys(KeysCommand::List {
+            project,
+            include_revoked,
+            page,
+        }) => {
+            let config = Config::load(&o)?;
+            let store = open_existing_store(&config).await?;
+            store
+                .get_project(project)
+                .await?
+                .ok_or_else(|| format!("no project with id {project}"))?;
+            let page = store_page(page);
+            let keys = store
+                .list_api_keys(project, *include_revoked, &page)
+                .await?;
+            let usage = UsageTracker::default();
+            let text = keys
+                .iter()
+                .map(|k| {
+                    let state = if k.revoked_at.is_some() {
+                        " (revoked)"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{}  {}…  {}  {:?}{state}",
+                        k.id,
+                        k.prefix,
+                        k.key_type.as_str(),
+                        k.settings.name
+                    )
+                })
+                .collect::<Vec<_>>();
+            print_page(
+                cli.json,
+                &keys,
+                &page,
+                |k| &k.id,
+                |k| key_json(k, &usage),
+                text,
+            )
+        }
+        Command::Workspace(WorkspaceCommand::List { page }) => {
+            let config = Config::load(&o)?;
+            let store = open_existing_store(&config).await?;
+            let page = store_page(page);
+            let workspaces = store.list_workspaces(&page).await?;
+            let text = workspaces
+                .iter()
+                .map(|w| format!("{}  {}  {:?}", w.id, w.plan.as_str(), w.name))
+                .collect();
+            print_page(
+                cli.json,
+                &workspaces,
+                &page,
+                |w| &w.id,
+                workspace_json,
+                text,
+            )
+        }
+        Command::Projects(ProjectsCommand::List { workspace }) => {
+            let config = Config::load(&o)?;
+            let store = open_existing_store(&config).await?;
+            store
+                .get_workspace(workspace)
+                .await?
+                .ok_or_else(|| format!("no workspace with id {workspace}"))?;
+            let projects = store.list_projects(workspace).await?;
+            let value = json!({ "data": projects.iter().map(project_json).collect::<Vec<_>>() });
+            let text = projects
+                .iter()
+                .map(|p| format!("{}  {}  {:?}", p.id, p.environment.as_str(), p.name))
+                .collect::<Vec<_>>()
+                .join("\n");
+            print_result(cli.json, &value, &text)?;
+            Ok(())
+        }
         Command::Workspace(WorkspaceCommand::Plan { workspace, plan }) => {
             let config = Config::load(&o)?;
             let store = open_existing_store(&config).await?;
@@ -352,6 +430,31 @@ async fn shutdown_signal() {
 
 /// The context of a change the CLI makes: the instance admin, no address,
 /// and no running server to tell (its caches expire on their own).
+fn store_page(args: &PageArgs) -> keyflow_store::Page {
+    keyflow_store::Page {
+        limit: args.limit,
+        cursor: args.cursor.clone(),
+    }
+}
+
+/// A page of a list: as the API answers it with `--json`, else one line per
+/// item and, when there may be more, the `--cursor` for the next page.
+fn print_page<'r, T, V: serde::Serialize>(
+    json_output: bool,
+    rows: &'r [T],
+    page: &keyflow_store::Page,
+    id: impl Fn(&T) -> &str,
+    render: impl Fn(&'r T) -> V,
+    lines: Vec<String>,
+) -> Result<(), Failure> {
+    let value = keyflow_server::api::list_page(rows, page, id, render);
+    let mut text = lines.join("\n");
+    if let Some(next) = &value.next_cursor {
+        text.push_str(&format!("\n(more: --cursor {next})"));
+    }
+    print_result(json_output, &value, &text)
+}
+
 fn instance_ctx(store: &dyn Store, now: i64) -> keyflow_server::operations::Ctx<'_> {
     keyflow_server::operations::Ctx {
         store,

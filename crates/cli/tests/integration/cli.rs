@@ -13,6 +13,13 @@ use crate::harness::{Backend, TestDb};
 const BIN: &str = env!("CARGO_BIN_EXE_keyflow");
 
 fn keyflow(db: &TestDb, args: &[&str]) -> (bool, Value, String) {
+    let (ok, stdout, stderr) = keyflow_text(db, args);
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (ok, json, stderr)
+}
+
+/// The command's success, stdout and stderr.
+fn keyflow_text(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .arg("--database-url")
         .arg(&db.url)
@@ -20,11 +27,9 @@ fn keyflow(db: &TestDb, args: &[&str]) -> (bool, Value, String) {
         .env_remove("KEYFLOW_DATABASE_URL")
         .output()
         .expect("run keyflow");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     (
         out.status.success(),
-        json,
+        String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
@@ -91,6 +96,34 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
     assert!(ok, "{err}");
     assert!(key["key"].as_str().unwrap().starts_with("ro_test_"));
     assert_eq!(key["scopes"], json!(["contacts:read", "audit:read"]));
+    // Listing, for an operator who lost an id: as the admin API answers.
+    let (ok, workspaces, err) = keyflow(&db, &["workspaces", "list", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(workspaces["data"][0]["id"], workspace);
+    assert_eq!(workspaces["next_cursor"], Value::Null);
+    let (ok, projects, err) = keyflow(
+        &db,
+        &["projects", "list", "--workspace", workspace, "--json"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(projects["data"][0]["id"], project);
+    let (ok, keys, err) = keyflow(&db, &["keys", "list", "--project", project, "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(keys["data"][0]["id"], key["id"]);
+    assert!(keys["data"][0].get("key").is_none());
+    let (ok, text, err) =
+        keyflow_text(&db, &["keys", "list", "--project", project, "--limit", "1"]);
+    assert!(ok, "{err}");
+    assert!(text.contains(key["id"].as_str().unwrap()), "{text}");
+    assert!(
+        text.contains("--cursor"),
+        "a full page says how to get the next: {text}"
+    );
+    assert!(!text.contains(key["key"].as_str().unwrap()), "{text}");
+    let (ok, _, err) = keyflow(&db, &["projects", "list", "--workspace", "nope"]);
+    assert!(!ok && err.contains("no workspace"), "{err}");
+    let (ok, _, _) = keyflow(&db, &["workspaces", "list", "--limit", "0"]);
+    assert!(!ok);
     // Bad input: a scope the type may not hold, an unknown project, a bad plan.
     let (ok, refused, _) = keyflow(
         &db,

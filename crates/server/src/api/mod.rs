@@ -64,12 +64,25 @@ pub fn page_response<'r, T, V: serde::Serialize>(
     render: impl Fn(&'r T) -> V,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    axum::Json(list_page(rows, page, id, render)).into_response()
+}
+
+/// One page of a list: each row rendered, and the last row's id as
+/// `next_cursor` when the page is full (there may be more).
+pub fn list_page<'r, T, V>(
+    rows: &'r [T],
+    page: &Page,
+    id: impl Fn(&T) -> &str,
+    render: impl Fn(&'r T) -> V,
+) -> views::ListPage<V> {
     let next_cursor = rows
         .last()
         .filter(|_| rows.len() as u32 == page.limit)
         .map(|last| id(last).to_string());
-    let data = rows.iter().map(render).collect();
-    axum::Json(views::ListPage { data, next_cursor }).into_response()
+    views::ListPage {
+        data: rows.iter().map(render).collect(),
+        next_cursor,
+    }
 }
 
 /// `?name=` as an RFC 3339 time, if given.
