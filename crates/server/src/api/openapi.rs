@@ -34,7 +34,7 @@ use crate::error::ErrorBody;
         (name = "events", description = "Events"),
         (name = "subscribers", description = "Subscribers"),
         (name = "segment", description = "Segment HTTP Tracking API compatibility (HTTP Basic, key as user name)"),
-        (name = "admin", description = "Instance administration (SPEC §8): the instance admin token; mounted only when one is configured"),
+        (name = "admin", description = "Instance administration: the instance admin token; mounted only when one is configured"),
     )
 )]
 struct Base;

@@ -44,7 +44,7 @@ pub struct PatchKey {
     restrictions: KeyRestrictions,
 }
 
-/// What limits a key (SPEC §2): each may only narrow the creating key's.
+/// What limits a key: each may only narrow the creating key's.
 #[derive(Serialize, ToSchema)]
 pub struct KeyRestrictions {
     /// RFC 3339, in the future.

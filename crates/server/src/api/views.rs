@@ -44,7 +44,7 @@ fn creator(actor: &Actor) -> CreatorView<'_> {
     }
 }
 
-/// The key object (SPEC §2), serialised straight from the stored key:
+/// The key object, serialised straight from the stored key:
 /// `GET /v1/keys/self` is on the hot path, and building a `serde_json::Value`
 /// map first cost more than the rest of the handler.
 #[derive(Serialize, ToSchema)]
@@ -323,7 +323,7 @@ pub fn event_json(e: &Event) -> EventView<'_> {
     }
 }
 
-/// The project's metrics credential (SPEC §4); `client_secret` only in the
+/// The project's metrics credential; `client_secret` only in the
 /// create/rotate answer, once.
 #[derive(Serialize, ToSchema)]
 #[schema(as = MetricsCredential)]
