@@ -157,12 +157,18 @@ fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, Q
             position: position(statement.span()),
         });
     };
+    let mut relations = RelationNames {
+        dialect,
+        names: std::collections::HashSet::new(),
+    };
+    let _ = statement.visit(&mut relations);
     let mut walker = Walker {
         dialect,
         frames: Vec::new(),
         pattern_matches: 0,
         computed_items: 0,
         expansion: Expansion::new(dialect),
+        relations: relations.names,
     };
     if let ControlFlow::Break(refusal) = statement.visit(&mut walker) {
         return Err(refusal);
@@ -199,6 +205,15 @@ fn using_an_operator(tokens: &[TokenWithSpan]) -> Option<Span> {
         }
     }
     None
+}
+
+fn too_complex_once_prepared(nodes: u64) -> String {
+    format!(
+        "the query is too complex once prepared: its names and comparisons copy expressions \
+         into {nodes} more nodes; at most {MAX_COPIED_NODES} (nested BETWEEN or IN, a result \
+         alias or column number used inside another's expression, or a WITH query read by \
+         several names that are themselves read several times)"
+    )
 }
 
 /// Whether a token can add a level to the syntax tree: anything but
@@ -380,6 +395,46 @@ struct Walker {
     /// [`MAX_COMPUTED_ITEMS`]).
     computed_items: usize,
     expansion: Expansion,
+    /// Every name a relation goes by anywhere in the query (see
+    /// [`RelationNames`]).
+    relations: std::collections::HashSet<String>,
+}
+
+/// Collects every name a relation goes by in a query: tables, `WITH`
+/// names, aliases. On PostgreSQL such a name used as a value is the whole
+/// row, whose text (`t::text`, `'' || t`) has no size limit: 1 000 columns
+/// of 256 KiB made 1 GB in one backend.
+struct RelationNames {
+    dialect: Dialect,
+    names: std::collections::HashSet<String>,
+}
+
+impl Visitor for RelationNames {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        for cte in query.with.iter().flat_map(|with| &with.cte_tables) {
+            self.names.insert(folded(&cte.alias.name, self.dialect));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let (name, alias) = match factor {
+            TableFactor::Table { name, alias, .. } => (name.0.last(), alias.as_ref()),
+            TableFactor::Derived { alias, .. } | TableFactor::NestedJoin { alias, .. } => {
+                (None, alias.as_ref())
+            }
+            _ => (None, None),
+        };
+        if let Some(ObjectNamePart::Identifier(ident)) = name {
+            self.names.insert(folded(ident, self.dialect));
+        }
+        if let Some(alias) = alias {
+            self.names.insert(folded(&alias.name, self.dialect));
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// PostgreSQL matches `LIKE` in time |text| × |pattern| and checks for
@@ -763,6 +818,11 @@ impl Visitor for Walker {
                 parent.in_cte = None;
             }
         }
+        // The WITH query this level is, if it is one.
+        let defines = self
+            .frames
+            .last()
+            .and_then(|parent| parent.in_cte.and_then(|i| parent.names.get(i)).cloned());
         let (names, recursive) = match &query.with {
             Some(with) => (
                 with.cte_tables
@@ -782,7 +842,7 @@ impl Visitor for Walker {
             entered: 0,
             in_cte: None,
         });
-        self.expansion.enter_query(query);
+        self.expansion.enter_query(query, defines);
         ControlFlow::Continue(())
     }
 
@@ -827,7 +887,10 @@ impl Visitor for Walker {
             }
         };
         if name == "events" || name == "contacts" || self.in_scope(&name) {
-            return ControlFlow::Continue(());
+            return match self.expansion.read_with_query(&name) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(nodes) => refuse(too_complex_once_prepared(nodes), relation.span()),
+            };
         }
         refuse(
             format!(
@@ -886,14 +949,7 @@ impl Visitor for Walker {
     fn post_visit_expr(&mut self, expr: &Expr) -> ControlFlow<QueryFailure> {
         match self.expansion.leave_expr(expr) {
             Ok(()) => ControlFlow::Continue(()),
-            Err(nodes) => refuse(
-                format!(
-                    "the query is too complex once prepared: its names and comparisons copy \
-                     expressions into {nodes} more nodes; at most {MAX_COPIED_NODES} (nested \
-                     BETWEEN or IN, or a result alias used inside another's expression)"
-                ),
-                expr.span(),
-            ),
+            Err(nodes) => refuse(too_complex_once_prepared(nodes), expr.span()),
         }
     }
 }
@@ -1151,6 +1207,28 @@ impl Walker {
             }
             Expr::Identifier(ident)
                 if self.dialect == Dialect::Postgres
+                    && self.relations.contains(&folded(ident, self.dialect)) =>
+            {
+                refuse(
+                    format!(
+                        "{ident} names a relation of this query: a whole row may not be used as a \
+                         value on this store (name its columns, {ident}.column; or give the \
+                         relation an alias that is not also a column name)"
+                    ),
+                    expr.span(),
+                )
+            }
+            Expr::Wildcard(_) | Expr::QualifiedWildcard(..)
+                if self.dialect == Dialect::Postgres =>
+            {
+                refuse(
+                    "a whole row (t.*) may not be used as a value on this store: name its columns"
+                        .into(),
+                    expr.span(),
+                )
+            }
+            Expr::Identifier(ident)
+                if self.dialect == Dialect::Postgres
                     && ident.quote_style.is_none()
                     && SESSION_KEYWORDS.contains(&folded(ident, self.dialect).as_str()) =>
             {
@@ -1396,6 +1474,83 @@ mod tests {
             };
             assert!(refused.to_string().contains("LIKE"), "{refused}");
         }
+    }
+
+    /// `levels` WITH queries, each reading the one before twice.
+    fn doubling_with_queries(levels: usize) -> String {
+        let mut parts = vec!["a0 AS (SELECT 1 AS x)".to_string()];
+        for i in 1..=levels {
+            parts.push(format!(
+                "a{i} AS (SELECT p.x FROM a{} p, a{} q)",
+                i - 1,
+                i - 1
+            ));
+        }
+        format!("WITH {} SELECT count(*) FROM a{levels}", parts.join(", "))
+    }
+
+    #[test]
+    fn sqlite_copies_of_with_queries_and_hidden_aliases_are_counted() {
+        // SQLite copies a WITH query for every name that reads it, before
+        // anything is materialised: 20 doubling levels took 3.1 GB.
+        let refused = refusal(&doubling_with_queries(20), Dialect::Sqlite);
+        assert!(refused.contains("too complex once prepared"), "{refused}");
+        check(&doubling_with_queries(4), Dialect::Sqlite).unwrap();
+        check(&doubling_with_queries(20), Dialect::Postgres).unwrap();
+        check(
+            "WITH d AS (SELECT name, count(*) AS n FROM events GROUP BY name) \
+             SELECT a.name, b.n FROM d a JOIN d b ON a.name = b.name",
+            Dialect::Sqlite,
+        )
+        .unwrap();
+        // A second column of the same name does not hide the first's size.
+        let mut condition = "a10 > ''".to_string();
+        for k in (0..10).rev() {
+            condition = format!(
+                "EXISTS (SELECT {} AS a{}, 0 AS a{} WHERE {condition})",
+                vec![format!("a{k}"); 4].join(" || "),
+                k + 1,
+                k + 1
+            );
+        }
+        let sql = format!("SELECT name || name AS a0, 0 AS a0 FROM events WHERE {condition}");
+        let refused = refusal(&sql, Dialect::Sqlite);
+        assert!(refused.contains("too complex once prepared"), "{refused}");
+        // Column numbers count through parentheses, `+` and COLLATE.
+        for term in ["(1)", "+1", "1 COLLATE BINARY"] {
+            let mut nested = "(SELECT name FROM events LIMIT 1)".to_string();
+            for _ in 0..4 {
+                nested = format!("(SELECT {nested} GROUP BY {})", [term; 10].join(","));
+            }
+            let refused = refusal(&format!("SELECT length({nested}) AS l"), Dialect::Sqlite);
+            assert!(
+                refused.contains("too complex once prepared"),
+                "{term}: {refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_rows_are_not_values_on_postgres() {
+        for sql in [
+            "SELECT t::text FROM events t",
+            "SELECT length('' || t) FROM (SELECT name, name AS n2 FROM events) t",
+            "SELECT count(e) FROM events e",
+            "WITH w AS (SELECT name FROM events) SELECT w FROM w",
+            "SELECT CAST(e.* AS text) FROM events e",
+        ] {
+            let refused = refusal(sql, Dialect::Postgres);
+            assert!(refused.contains("whole row"), "{sql}: {refused}");
+        }
+        for sql in [
+            "SELECT e.name, count(*) FROM events e GROUP BY e.name",
+            "SELECT t.* FROM (SELECT name FROM events) t",
+            "SELECT name FROM events",
+        ] {
+            check(sql, Dialect::Postgres).unwrap();
+        }
+        // SQLite has no whole-row values: a name there is a column or nothing.
+        check("SELECT e.name FROM events e", Dialect::Sqlite).unwrap();
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! [`MAX_COPIED_NODES`] nodes. It over-counts on purpose (an alias name may
 //! really be a column), never under-counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlparser::ast::{
     BinaryOperator, Expr, GroupByExpr, InTarget, OrderBy, OrderByKind, Query, Select, SelectItem,
@@ -47,11 +47,21 @@ struct Scope {
     /// Result columns of this level's latest `SELECT`: the expression's
     /// address, its alias if any, and its size once copied when known.
     columns: Vec<(Option<*const Expr>, Option<String>, u64)>,
+    /// Where each result column's expression is in `columns`.
+    column_at: HashMap<*const Expr, usize>,
     /// Aliases whose size is known, with that size once copied.
     known: HashMap<String, u64>,
     /// `GROUP BY` and `ORDER BY` terms, which SQLite reads as result
     /// column numbers when they are integers (`GROUP BY 1`).
-    ordinal_terms: Vec<*const Expr>,
+    ordinal_terms: HashSet<*const Expr>,
+    /// The `WITH` query this level defines, if it is one (its name).
+    defines: Option<String>,
+    /// The sizes once copied of the `WITH` queries this level defines, and
+    /// how many names have read each so far.
+    with_sizes: HashMap<String, (u64, u32)>,
+    /// This level's size once copied so far: its top-level expressions,
+    /// the levels in its `FROM`, and the `WITH` queries it reads.
+    size: u64,
 }
 
 /// What a pattern match weighs in nodes: each costs up to |text| ×
@@ -79,8 +89,14 @@ impl Expansion {
         }
     }
 
-    pub fn enter_query(&mut self, query: &Query) {
-        let mut scope = Scope::default();
+    /// Enters a query level; `defines` names the `WITH` query it is, if
+    /// it is one.
+    pub fn enter_query(&mut self, query: &Query, defines: Option<String>) {
+        let mut scope = Scope {
+            defines,
+            size: 1,
+            ..Scope::default()
+        };
         if let Some(OrderBy {
             kind: OrderByKind::Expressions(terms),
             ..
@@ -91,8 +107,58 @@ impl Expansion {
         self.scopes.push(scope);
     }
 
+    /// Leaves a query level: a `WITH` query's size is kept for the names
+    /// that read it; a level in a `FROM` or a set operation adds its size to
+    /// the level around it (one inside an expression is counted there).
     pub fn leave_query(&mut self) {
-        self.scopes.pop();
+        let Some(done) = self.scopes.pop() else {
+            return;
+        };
+        let inside_expression = !self.open.is_empty();
+        if let Some(parent) = self.scopes.last_mut() {
+            match done.defines {
+                Some(name) => {
+                    let known = parent.with_sizes.entry(name).or_insert((0, 0));
+                    known.0 = known.0.max(done.size);
+                }
+                None if !inside_expression => {
+                    parent.size = parent.size.saturating_add(done.size);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// A `FROM` names `name`, a `WITH` query in scope: SQLite copies that
+    /// query, whole, for every name that reads it (before any
+    /// materialisation), so every read after the first adds its size.
+    /// `Err` as `leave_expr`.
+    pub fn read_with_query(&mut self, name: &str) -> Result<(), u64> {
+        if self.dialect != Dialect::Sqlite {
+            return Ok(());
+        }
+        let Some((copied, reads)) = self
+            .scopes
+            .iter_mut()
+            .rev()
+            .find_map(|scope| scope.with_sizes.get_mut(name))
+            .map(|(size, reads)| {
+                *reads += 1;
+                (*size, *reads)
+            })
+        else {
+            return Ok(());
+        };
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.size = scope.size.saturating_add(copied);
+        }
+        if reads > 1 {
+            self.total_extra = self.total_extra.saturating_add(copied);
+        }
+        if self.total_extra > MAX_COPIED_NODES {
+            return Err(self.total_extra);
+        }
+        Ok(())
     }
 
     /// Remembers `select`'s result columns, so that a later alias or
@@ -103,6 +169,8 @@ impl Expansion {
             return;
         }
         if let Some(scope) = self.scopes.last_mut() {
+            // Each SELECT of a set operation names its own columns.
+            scope.known.clear();
             scope.columns = select
                 .projection
                 .iter()
@@ -115,6 +183,12 @@ impl Expansion {
                     SelectItem::UnnamedExpr(expr) => (Some(expr as *const Expr), None, 0),
                     _ => (None, None, 0),
                 })
+                .collect();
+            scope.column_at = scope
+                .columns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (ptr, _, _))| ptr.map(|p| (p, i)))
                 .collect();
             if let GroupByExpr::Expressions(terms, _) = &select.group_by {
                 scope
@@ -137,19 +211,23 @@ impl Expansion {
             return Err(size.extra());
         }
         if let Some(scope) = self.scopes.last_mut()
-            && let Some(column) = scope
-                .columns
-                .iter_mut()
-                .find(|(ptr, _, _)| ptr.is_some_and(|p| std::ptr::eq(p, expr)))
+            && let Some(&at) = scope.column_at.get(&(expr as *const Expr))
+            && let Some(column) = scope.columns.get_mut(at)
         {
             column.2 = size.copied;
             if let Some(name) = column.1.clone() {
-                scope.known.insert(name, size.copied);
+                // Two columns of one name: whichever SQLite resolves to, the
+                // larger is counted.
+                let known = scope.known.entry(name).or_insert(0);
+                *known = (*known).max(size.copied);
             }
         }
         match self.open.last_mut() {
             Some(parent) => parent.push(size),
             None => {
+                if let Some(scope) = self.scopes.last_mut() {
+                    scope.size = scope.size.saturating_add(size.copied);
+                }
                 self.total_extra = self.total_extra.saturating_add(size.extra());
                 if self.total_extra > MAX_COPIED_NODES {
                     return Err(self.total_extra);
@@ -198,14 +276,11 @@ impl Expansion {
                     .saturating_add(self.alias_size(&ident.value.to_ascii_lowercase()));
                 0
             }
-            (Dialect::Sqlite, Expr::Value(value)) => {
-                size.copied = size
-                    .copied
-                    .saturating_add(self.ordinal_size(expr, &value.value));
-                0
-            }
             _ => 0,
         };
+        if self.dialect == Dialect::Sqlite {
+            size.copied = size.copied.saturating_add(self.ordinal_size(expr));
+        }
         if is_pattern_match(expr) {
             size.written = size.written.saturating_add(PATTERN_MATCH_NODES);
             size.copied = size.copied.saturating_add(PATTERN_MATCH_NODES);
@@ -226,25 +301,38 @@ impl Expansion {
             .unwrap_or(0)
     }
 
-    /// The size once copied of the result column that `expr`, an integer in
-    /// this level's `GROUP BY` or `ORDER BY`, names (0 otherwise): SQLite
-    /// copies that column's expression in its place.
-    fn ordinal_size(&self, expr: &Expr, value: &Value) -> u64 {
+    /// The size once copied of the result column that `expr`, a term of
+    /// this level's `GROUP BY` or `ORDER BY` that is an integer, names (0
+    /// otherwise): SQLite copies that column's expression in its place.
+    fn ordinal_size(&self, expr: &Expr) -> u64 {
         let Some(scope) = self.scopes.last() else {
             return 0;
         };
-        if !scope.ordinal_terms.iter().any(|t| std::ptr::eq(*t, expr)) {
+        if !scope.ordinal_terms.contains(&(expr as *const Expr)) {
             return 0;
         }
-        match value {
-            Value::Number(n, _) => n
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|i| scope.columns.get(i))
-                .map_or(0, |(_, _, size)| *size),
-            _ => 0,
+        ordinal(expr)
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| scope.columns.get(i))
+            .map_or(0, |(_, _, size)| *size)
+    }
+}
+
+/// The integer a term is, as SQLite reads a column number: through
+/// parentheses, a unary plus and `COLLATE` (`(1)`, `+1`, `1 COLLATE nocase`).
+fn ordinal(expr: &Expr) -> Option<usize> {
+    match expr {
+        Expr::Value(value) => match &value.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        Expr::Nested(inner)
+        | Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr: inner,
         }
+        | Expr::Collate { expr: inner, .. } => ordinal(inner),
+        _ => None,
     }
 }
 
