@@ -200,9 +200,7 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
             Some(c) => format!("/admin/v1/workspaces?limit=2&cursor={c}"),
             None => "/admin/v1/workspaces?limit=2".to_string(),
         };
-        let page = app
-            .request(Method::GET, &path, Some(crate::harness::ADMIN_TOKEN), None)
-            .await;
+        let page = app.admin_call(Method::GET, &path).await;
         assert_eq!(page.status, 200, "{}", page.body);
         for w in page.body["data"].as_array().unwrap() {
             assert_eq!(w["object"], "workspace");
@@ -228,11 +226,9 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
         .await;
     assert_eq!(owner.status, 201, "{}", owner.body);
     let detail = app
-        .request(
+        .admin_call(
             Method::GET,
             &format!("/admin/v1/workspaces/{}", t.workspace_id),
-            Some(crate::harness::ADMIN_TOKEN),
-            None,
         )
         .await;
     assert_eq!(detail.status, 200, "{}", detail.body);
@@ -245,11 +241,9 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
     assert!(!detail.body.to_string().contains("argon2"));
 
     let keys = app
-        .request(
+        .admin_call(
             Method::GET,
             &format!("/admin/v1/projects/{}/keys", t.project_id),
-            Some(crate::harness::ADMIN_TOKEN),
-            None,
         )
         .await;
     assert_eq!(keys.status, 200, "{}", keys.body);
@@ -260,28 +254,19 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
     assert_eq!(app.get("/v1/keys/self", &t.key).await.status, 200);
     let path = format!("/admin/v1/projects/{}/keys/{}", t.project_id, t.key_id);
     for _ in 0..2 {
-        let revoked = app
-            .request(
-                Method::DELETE,
-                &path,
-                Some(crate::harness::ADMIN_TOKEN),
-                None,
-            )
-            .await;
+        let revoked = app.admin_call(Method::DELETE, &path).await;
         assert_eq!(revoked.status, 204, "{}", revoked.body);
     }
     app.get("/v1/keys/self", &t.key)
         .await
         .assert_error(401, "key_revoked");
     let listed = app
-        .request(
+        .admin_call(
             Method::GET,
             &format!(
                 "/admin/v1/projects/{}/keys?include_revoked=true",
                 t.project_id
             ),
-            Some(crate::harness::ADMIN_TOKEN),
-            None,
         )
         .await;
     assert!(
@@ -290,11 +275,9 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
         listed.body
     );
     let active = app
-        .request(
+        .admin_call(
             Method::GET,
             &format!("/admin/v1/projects/{}/keys", t.project_id),
-            Some(crate::harness::ADMIN_TOKEN),
-            None,
         )
         .await;
     assert_eq!(active.body["data"], json!([]));
@@ -331,14 +314,9 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
 
     // Another project's key through this project's path is not found.
     let foreign = format!("/admin/v1/projects/{}/keys/{}", t.project_id, other.key_id);
-    app.request(
-        Method::DELETE,
-        &foreign,
-        Some(crate::harness::ADMIN_TOKEN),
-        None,
-    )
-    .await
-    .assert_error(404, "not_found");
+    app.admin_call(Method::DELETE, &foreign)
+        .await
+        .assert_error(404, "not_found");
     assert_eq!(app.get("/v1/keys/self", &other.key).await.status, 200);
     for path in [
         "/admin/v1/workspaces/nope".to_string(),
@@ -350,18 +328,13 @@ async fn listing_and_revoking_for_operators(backend: Backend) {
         } else {
             Method::GET
         };
-        app.request(method, &path, Some(crate::harness::ADMIN_TOKEN), None)
+        app.admin_call(method, &path)
             .await
             .assert_error(404, "not_found");
     }
-    app.request(
-        Method::GET,
-        "/admin/v1/workspaces?limit=0",
-        Some(crate::harness::ADMIN_TOKEN),
-        None,
-    )
-    .await
-    .assert_error(422, "validation_failed");
+    app.admin_call(Method::GET, "/admin/v1/workspaces?limit=0")
+        .await
+        .assert_error(422, "validation_failed");
     for token in [None, Some("wrong-token-wrong-token-1234")] {
         app.request(Method::GET, "/admin/v1/workspaces", token, None)
             .await

@@ -529,6 +529,11 @@ impl TestApp {
     pub async fn delete(&self, path: &str, key: &str) -> Reply {
         self.request(Method::DELETE, path, Some(key), None).await
     }
+    /// A bodiless admin request (GET, DELETE) with the admin token.
+    pub async fn admin_call(&self, method: Method, path: &str) -> Reply {
+        self.request(method, path, Some(ADMIN_TOKEN), None).await
+    }
+
     pub async fn admin(&self, method: Method, path: &str, body: Value) -> Reply {
         self.request(method, path, Some(ADMIN_TOKEN), Some(body))
             .await

@@ -84,6 +84,15 @@ async fn require_admin(State(state): State<SharedState>, req: Request, next: Nex
     next.run(req).await
 }
 
+/// The project `id`, or a 404.
+async fn project(state: &SharedState, id: &str) -> ApiResult<keyflow_store::Project> {
+    state
+        .store
+        .get_project(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project"))
+}
+
 /// `value`, or a 422 that says `field` is required.
 fn required<T>(value: Option<T>, field: &str) -> ApiResult<T> {
     value.ok_or_else(|| ApiError::field(field, "is required"))
@@ -287,11 +296,7 @@ async fn create_key(
     JsonBody(body): JsonBody<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Response)> {
     let now = state.now_ms();
-    let project = state
-        .store
-        .get_project(&project_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    let project = project(&state, &project_id).await?;
     let spec = validate_create(&body, now).map_err(ApiError::validation)?;
     let issued = key_ops::create_key(
         &state.ctx(Actor::InstanceAdmin, None, now),
@@ -393,11 +398,7 @@ async fn list_keys(
 ) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let include_revoked = bool_query(&query, "include_revoked")?;
-    state
-        .store
-        .get_project(&project_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    project(&state, &project_id).await?;
     let keys = state
         .store
         .list_api_keys(&project_id, include_revoked, &page)
@@ -431,11 +432,7 @@ async fn revoke_key(
     Path((project_id, key_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let now = state.now_ms();
-    let project = state
-        .store
-        .get_project(&project_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project"))?;
+    let project = project(&state, &project_id).await?;
     let key = state
         .store
         .get_api_key(&project_id, &key_id)
