@@ -666,6 +666,67 @@ async fn contact_emails_are_rekeyed_in_nfc(backend: Backend) {
     assert!(store.migrate().await.unwrap().is_empty());
 }
 
+/// SQLite's writer moves contact notes into the sorted table by itself once
+/// there are 10 000 (migration 0018), and listings see every event either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_moves_contact_notes_by_itself() {
+    use keyflow_core::contacts::ContactLookup;
+    use keyflow_core::events::{EventInput, validate_event};
+    let db = TestDb::create(Backend::Sqlite).await;
+    let store = db.store().await;
+    let (_, project) = seeded(store.as_ref()).await;
+    let p = &project.id;
+    for batch in 0..21 {
+        let events = (0..500)
+            .map(|i| {
+                let input: EventInput = serde_json::from_value(
+                    json!({"name": "e", "external_id": format!("u{}", i % 50)}),
+                )
+                .unwrap();
+                validate_event(input, 1_000, "").unwrap()
+            })
+            .collect();
+        store.ingest_events(p, events, 1_000 + batch).await.unwrap();
+    }
+    let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (sorted, recent) = (
+        count("event_contacts").await,
+        count("event_contacts_recent").await,
+    );
+    assert_eq!(sorted + recent, 10_500);
+    assert!(
+        sorted >= 10_000 && recent < 10_000,
+        "sorted {sorted}, recent {recent}"
+    );
+    let u7 = store
+        .get_contact(p, &ContactLookup::ExternalId("u7".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    let filter = keyflow_store::EventFilter {
+        contact_id: Some(u7.id),
+        ..Default::default()
+    };
+    let page = Page {
+        limit: 1_000,
+        cursor: None,
+    };
+    let listed = store.list_events(p, &filter, &page).await.unwrap();
+    assert_eq!(listed.len(), 210);
+    assert!(listed.windows(2).all(|w| w[0].id > w[1].id));
+}
+
 /// A contact's events listed page by page, newest first, whether SQLite
 /// holds their notes in the sorted table, the recent one, or both (migration
 /// 0018: the writer moves them in bulk); a deleted contact's events are
