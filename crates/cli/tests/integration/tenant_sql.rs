@@ -1363,12 +1363,44 @@ async fn copies_are_refused_before_they_are_made(backend: Backend) {
         );
     }
     let named_window = format!("SELECT {windowed} AS r FROM events WHERE 0");
+    // SQLite propagates `column = constant` into every other use of the
+    // column, term after term (21 terms: 2.2 GB in prepare)...
+    let mut chained = vec!["e.id = 'ab'".to_string()];
+    let columns = ["id", "name", "contact_id", "anonymous_id", "properties"];
+    for step in 1..columns.len() {
+        let before = columns[step - 1];
+        chained.push(format!("e.{} = e.{before} || e.{before}", columns[step]));
+    }
+    let chained = format!(
+        "SELECT count(*) FROM events e WHERE {}",
+        chained.join(" AND ")
+    );
+    // ...and copies a WITH query read through scalar subqueries too.
+    let mut levels = vec![format!(
+        "w0 AS (SELECT count(*) AS x FROM events WHERE anonymous_id IN ({}))",
+        vec!["anonymous_id"; 900].join(",")
+    )];
+    for i in 1..=12 {
+        levels.push(format!(
+            "w{i} AS (SELECT (SELECT x FROM w{p}) + (SELECT x FROM w{p}) AS x)",
+            p = i - 1
+        ));
+    }
+    let through_subqueries = format!("WITH {} SELECT x FROM w12", levels.join(", "));
     // PostgreSQL: a whole row as text has no size limit (1 GB measured).
     let whole_row =
         "SELECT length(t::text) FROM (SELECT name, properties FROM events) t".to_string();
     let (refused, answered) = match backend {
         Backend::Sqlite => (
-            vec![aliases, using, withs, numbered, named_window],
+            vec![
+                aliases,
+                using,
+                withs,
+                numbered,
+                named_window,
+                chained,
+                through_subqueries,
+            ],
             vec![between, listed],
         ),
         Backend::Postgres | Backend::ThreeInstances => {

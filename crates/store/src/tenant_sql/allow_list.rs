@@ -469,6 +469,18 @@ fn is_time_type(data_type: &DataType) -> bool {
     text.starts_with("time") || text.starts_with("date")
 }
 
+/// How many column references `expr` holds, subqueries included.
+fn column_references(expr: &Expr) -> usize {
+    let mut count = 0;
+    let _ = sqlparser::ast::visit_expressions(expr, |e| {
+        if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+            count += 1;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    count
+}
+
 /// The text of a string literal, if `expr` is one.
 fn string_literal(expr: &Expr) -> Option<&str> {
     match expr {
@@ -1217,6 +1229,28 @@ impl Walker {
             {
                 refuse_record_function(expr.span())
             }
+            // SQLite replaces every other use of a column that a WHERE or ON
+            // term equates with a constant expression by a copy of it, until
+            // nothing changes: `a = 'x' AND b = a || a AND c = b || b …`
+            // doubles per term (21 terms: 2.2 GB in prepare).
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } if self.dialect == Dialect::Sqlite
+                && [(left, right), (right, left)].iter().any(|(column, other)| {
+                    matches!(***column, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                        && column_references(other) > 1
+                }) =>
+            {
+                refuse(
+                    "a column may be compared with = to an expression naming at most one column on \
+                     this store (SQLite copies such an expression into every other use of the \
+                     column); compare with IS, or split the expression"
+                        .into(),
+                    expr.span(),
+                )
+            }
             Expr::Identifier(ident)
                 if self.dialect == Dialect::Postgres
                     && self.relations.contains(&folded(ident, self.dialect)) =>
@@ -1540,6 +1574,56 @@ mod tests {
                 "{term}: {refused}"
             );
         }
+    }
+
+    #[test]
+    fn sqlite_constant_chains_and_with_reads_in_subqueries_are_bounded() {
+        // Constant propagation: each term copies the one before twice.
+        let refused = refusal(
+            "SELECT count(*) FROM events e0 WHERE e0.id = 'ab' AND e0.name = e0.id || e0.id",
+            Dialect::Sqlite,
+        );
+        assert!(refused.contains("at most one column"), "{refused}");
+        for sql in [
+            "SELECT count(*) FROM events e JOIN contacts c ON c.id = e.contact_id WHERE e.name = 'x'",
+            "SELECT count(*) FROM events WHERE name = upper(anonymous_id)",
+            "SELECT count(*) FROM events WHERE name IS id || id",
+        ] {
+            check(sql, Dialect::Sqlite).unwrap();
+        }
+        check(
+            "SELECT count(*) FROM events e0 WHERE e0.id = 'ab' AND e0.name = e0.id || e0.id",
+            Dialect::Postgres,
+        )
+        .unwrap();
+        // A WITH query read through scalar subqueries, doubling per level.
+        let mut parts = vec![format!(
+            "w0 AS (SELECT count(*) AS x FROM events WHERE anonymous_id IN ({}))",
+            vec!["anonymous_id"; 900].join(",")
+        )];
+        for i in 1..=12 {
+            parts.push(format!(
+                "w{i} AS (SELECT (SELECT x FROM w{p}) + (SELECT x FROM w{p}) AS x)",
+                p = i - 1
+            ));
+        }
+        let sql = format!("WITH {} SELECT x FROM w12", parts.join(", "));
+        let refused = refusal(&sql, Dialect::Sqlite);
+        assert!(refused.contains("too complex once prepared"), "{refused}");
+        // ...or copied through an alias.
+        let sql = format!(
+            "WITH c AS (SELECT count(*) AS v FROM events WHERE anonymous_id IN ({})) \
+             SELECT (SELECT v FROM c) AS t FROM events WHERE t IN ({}) LIMIT 1",
+            vec!["anonymous_id"; 900].join(","),
+            vec!["t"; 200].join(",")
+        );
+        let refused = refusal(&sql, Dialect::Sqlite);
+        assert!(refused.contains("too complex once prepared"), "{refused}");
+        check(
+            "WITH c AS (SELECT count(*) AS v FROM events) SELECT (SELECT v FROM c) AS t, name FROM events WHERE t > 1",
+            Dialect::Sqlite,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -152,8 +152,19 @@ impl Expansion {
         if let Some(scope) = self.scopes.last_mut() {
             scope.size = scope.size.saturating_add(copied);
         }
-        if reads > 1 {
-            self.total_extra = self.total_extra.saturating_add(copied);
+        match self.open.last_mut() {
+            // Read inside an expression (a scalar subquery, EXISTS, IN …):
+            // the expression carries the copy, so copies of the expression
+            // (an alias, a column number, another WITH query) copy it too;
+            // its extra counts when the expression is done.
+            Some(frame) => frame.push(Size {
+                written: if reads > 1 { 0 } else { copied },
+                copied,
+            }),
+            None if reads > 1 => {
+                self.total_extra = self.total_extra.saturating_add(copied);
+            }
+            None => {}
         }
         if self.total_extra > MAX_COPIED_NODES {
             return Err(self.total_extra);
