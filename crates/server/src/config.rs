@@ -408,10 +408,10 @@ mod tests {
 
     #[test]
     fn flags_beat_file_and_secrets_stay_hidden() {
-        let dir = std::env::temp_dir().join(format!("kf-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("keyflow.toml");
-        let token = dir.join("token");
+        // Removed when the test ends.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keyflow.toml");
+        let token = dir.path().join("token");
         std::fs::write(&token, "a-very-long-admin-token\n").unwrap();
         std::fs::write(
             &file,
@@ -468,9 +468,9 @@ mod tests {
         ] {
             assert!(Config::load(&bad).is_err());
         }
-        let dir = std::env::temp_dir().join(format!("kf-config-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("k.toml");
+        // Removed when the test ends.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         assert!(matches!(
             Config::load(&ConfigOverrides {
