@@ -1,9 +1,9 @@
 //! The instance administration API (SPEC §8): `/admin/v1`, authenticated by
 //! the instance's admin token and mounted only when one is configured.
 
-use axum::Json;
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -18,10 +18,9 @@ use utoipa::ToSchema;
 
 use crate::api::routes::ApiRoutes;
 use crate::api::views::{
-    KeyView, OperatorView, ProjectView, WorkspaceView, issued_key_json, operator_json,
-    project_json, workspace_json,
+    KeyView, ListPage, OperatorView, ProjectView, WorkspaceView, issued_key_json, key_json,
+    operator_json, project_json, workspace_json,
 };
-use crate::api::views::{ListPage, key_json};
 use crate::api::{bool_query, page_from_query, page_response, requests};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;

@@ -252,21 +252,22 @@ impl TenantSql {
         .await;
         let result = match outcome {
             Ok(result) => {
-                // Whatever the query left on its session goes: an open
-                // transaction after a failure, advisory locks, settings.
-                // (A successful run has ended its transaction already: a
-                // second ROLLBACK would log a warning on every query.)
-                let reset = if result.is_ok() {
-                    "SELECT pg_advisory_unlock_all(); RESET ALL;"
+                // The backend goes after each query: PostgreSQL keeps some
+                // caches for a backend's life, whatever RESET does, and a
+                // query can grow them (every time zone a query parses: 1 GB
+                // from one query, still held 12 minutes later; row types:
+                // 27 MB per query). A new connection per query costs a few
+                // ms; the settings a query changed go with it. Its advisory
+                // locks are released now rather than when the backend has
+                // exited, which is after the answer (a successful run has
+                // ended its transaction already; a failed one is rolled back
+                // first, or the unlock would fail).
+                let unlock = if result.is_ok() {
+                    "SELECT pg_advisory_unlock_all()"
                 } else {
-                    "ROLLBACK; SELECT pg_advisory_unlock_all(); RESET ALL;"
+                    "ROLLBACK; SELECT pg_advisory_unlock_all()"
                 };
-                let _ = sqlx::raw_sql(reset).execute(&mut *conn).await;
-                // And the backend itself goes: PostgreSQL keeps some caches
-                // for a backend's life, whatever RESET does, and a query can
-                // grow them (every time zone a query parses: 1 GB from one
-                // query, still held 12 minutes later; row types: 27 MB per
-                // query). A new connection per query costs a few ms.
+                let _ = sqlx::raw_sql(unlock).execute(&mut *conn).await;
                 conn.close_on_drop();
                 result
             }

@@ -85,7 +85,9 @@ pub(super) fn run_writer(
             if let Err(e) = committed {
                 tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
                 direct.reset();
-            } else {
+            } else if lookups {
+                // Only events naming a contact add notes, and only they
+                // need lookups: anonymous batches skip the check.
                 direct.move_contact_notes_if_due();
             }
             drop(turn);
