@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use keyflow_store::Store;
 use keyflow_store::tenant_sql::{
-    CheckedQuery, Dialect, Limits, QueryFailure, QueryOutput, RECORD_FUNCTIONS, check,
+    CheckedQuery, Dialect, Limits, QueryFailure, QueryOutput, RECORD_FUNCTIONS, check, shapes,
 };
 use serde_json::json;
 
@@ -1314,22 +1314,9 @@ async fn copies_are_refused_before_they_are_made(backend: Backend) {
     let app = TestApp::start(backend).await;
     let (mine, _) = two_tenants(&app).await;
     let (_, _, token) = credential_and_token(&app, &mine.key).await;
-    let between = (0..30).fold("e.name".to_string(), |inner, _| {
-        format!("({inner} BETWEEN e.name AND 'z')")
-    });
-    let listed = (0..12).fold("e.name".to_string(), |inner, _| {
-        format!("({inner} IN (e.name, e.id, 'x'))")
-    });
-    let mut aliases = "a12 > ''".to_string();
-    for k in (0..12).rev() {
-        aliases = format!(
-            "(SELECT a{k} || a{k} AS a{} WHERE {aliases}) IS NOT NULL",
-            k + 1
-        );
-    }
-    let between = format!("SELECT count(*) FROM events e WHERE {between}");
-    let listed = format!("SELECT count(*) FROM events e WHERE {listed}");
-    let aliases = format!("SELECT name || name AS a0 FROM events WHERE {aliases}");
+    let between = shapes::nested_between(30);
+    let listed = shapes::nested_in(12);
+    let aliases = shapes::nested_aliases(12);
     let using = "SELECT name FROM events ORDER BY name USING <".to_string();
     let recursive =
         "WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n + 1 FROM r) SELECT count(*) FROM r"
@@ -1339,54 +1326,15 @@ async fn copies_are_refused_before_they_are_made(backend: Backend) {
     // SQLite copies a WITH query per name that reads it (20 doubling
     // levels: 3.1 GB in prepare); a column number wrapped in parentheses is
     // still a column number.
-    let mut withs = vec!["a0 AS (SELECT 1 AS x)".to_string()];
-    for i in 1..=20 {
-        withs.push(format!(
-            "a{i} AS (SELECT p.x FROM a{} p, a{} q)",
-            i - 1,
-            i - 1
-        ));
-    }
-    let withs = format!("WITH {} SELECT count(*) FROM a20", withs.join(", "));
-    let mut numbered = "(SELECT name FROM events LIMIT 1)".to_string();
-    for _ in 0..5 {
-        numbered = format!("(SELECT {numbered} GROUP BY {})", ["(1)"; 10].join(","));
-    }
-    let numbered = format!("SELECT length({numbered}) + 0 AS l");
+    let withs = shapes::doubling_with_queries(20);
+    let numbered = shapes::numbered_columns(5, "(1)", 10);
     // SQLite copies a named window into every function naming it.
-    let mut windowed = "'q'".to_string();
-    for n in 0..8 {
-        windowed = format!(
-            "(SELECT {windowed} AS a{n} FROM (SELECT 1 AS x) AS s{n} WINDOW w{n} AS (PARTITION BY a{n}) \
-             ORDER BY {} LIMIT 1)",
-            vec![format!("count(*) OVER w{n}"); 5].join(" + ")
-        );
-    }
-    let named_window = format!("SELECT {windowed} AS r FROM events WHERE 0");
+    let named_window = shapes::named_windows(8, 5);
     // SQLite propagates `column = constant` into every other use of the
     // column, term after term (21 terms: 2.2 GB in prepare)...
-    let mut chained = vec!["e.id = 'ab'".to_string()];
-    let columns = ["id", "name", "contact_id", "anonymous_id", "properties"];
-    for step in 1..columns.len() {
-        let before = columns[step - 1];
-        chained.push(format!("e.{} = e.{before} || e.{before}", columns[step]));
-    }
-    let chained = format!(
-        "SELECT count(*) FROM events e WHERE {}",
-        chained.join(" AND ")
-    );
+    let chained = shapes::constant_chain();
     // ...and copies a WITH query read through scalar subqueries too.
-    let mut levels = vec![format!(
-        "w0 AS (SELECT count(*) AS x FROM events WHERE anonymous_id IN ({}))",
-        vec!["anonymous_id"; 900].join(",")
-    )];
-    for i in 1..=12 {
-        levels.push(format!(
-            "w{i} AS (SELECT (SELECT x FROM w{p}) + (SELECT x FROM w{p}) AS x)",
-            p = i - 1
-        ));
-    }
-    let through_subqueries = format!("WITH {} SELECT x FROM w12", levels.join(", "));
+    let through_subqueries = shapes::with_reads_through_subqueries(12);
     // PostgreSQL: a whole row as text has no size limit (1 GB measured).
     let whole_row =
         "SELECT length(t::text) FROM (SELECT name, properties FROM events) t".to_string();

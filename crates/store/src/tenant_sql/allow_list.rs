@@ -1386,6 +1386,10 @@ impl Walker {
 
 #[cfg(test)]
 mod tests {
+    use super::super::shapes::{
+        constant_chain, doubling_with_queries, nested_aliases, nested_between, nested_in,
+        numbered_columns, with_reads_through_subqueries,
+    };
     use super::*;
 
     fn refusal(sql: &str, dialect: Dialect) -> String {
@@ -1397,28 +1401,6 @@ mod tests {
 
     fn both(sql: &str) -> [Result<CheckedQuery, QueryFailure>; 2] {
         [check(sql, Dialect::Sqlite), check(sql, Dialect::Postgres)]
-    }
-
-    /// `depth` levels of `a BETWEEN …` with the previous level as `a`.
-    fn nested_between(depth: usize) -> String {
-        let nested = (0..depth).fold("e.name".to_string(), |inner, _| {
-            format!("({inner} BETWEEN e.name AND 'z')")
-        });
-        format!("SELECT count(*) FROM events e WHERE {nested}")
-    }
-
-    /// `depth` subqueries in `WHERE`, each doubling the alias of the level
-    /// around it and naming its own (SQLite copies an alias's expression
-    /// wherever its name is used).
-    fn nested_aliases(depth: usize) -> String {
-        let mut condition = format!("a{depth} > ''");
-        for k in (0..depth).rev() {
-            condition = format!(
-                "(SELECT a{k} || a{k} AS a{} WHERE {condition}) IS NOT NULL",
-                k + 1
-            );
-        }
-        format!("SELECT name || name AS a0 FROM events WHERE {condition}")
     }
 
     #[test]
@@ -1435,11 +1417,7 @@ mod tests {
         assert!(reason.contains("too complex once prepared"), "{reason}");
         check(&nested_between(5), Dialect::Postgres).unwrap();
         // ...and `IN` with computed items copies it once per item.
-        let nested_in = (0..12).fold("e.name".to_string(), |inner, _| {
-            format!("({inner} IN (e.name, e.id, 'x', 'y'))")
-        });
-        let sql = format!("SELECT count(*) FROM events e WHERE {nested_in}");
-        let refused = refusal(&sql, Dialect::Postgres);
+        let refused = refusal(&nested_in(12), Dialect::Postgres);
         assert!(refused.contains("too complex once prepared"), "{refused}");
         // Literal items share one comparison: a thousand of them copy nothing.
         let literals = vec!["'x'"; 1_000].join(", ");
@@ -1479,11 +1457,7 @@ mod tests {
     fn sqlite_copies_of_numbered_columns_and_pattern_matches_are_counted() {
         // `GROUP BY 1` stands for a copy of the first result column; nested,
         // (k+1)^n copies (5 levels of 10 took 1 GB in SQLite's prepare).
-        let mut nested = "(SELECT name FROM events LIMIT 1)".to_string();
-        for _ in 0..5 {
-            nested = format!("(SELECT {nested} GROUP BY {})", ["1"; 10].join(","));
-        }
-        let refused = refusal(&format!("SELECT length({nested}) AS l"), Dialect::Sqlite);
+        let refused = refusal(&numbered_columns(5, "1", 10), Dialect::Sqlite);
         assert!(refused.contains("too complex once prepared"), "{refused}");
         check(
             "SELECT name, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC, 1",
@@ -1522,19 +1496,6 @@ mod tests {
         }
     }
 
-    /// `levels` WITH queries, each reading the one before twice.
-    fn doubling_with_queries(levels: usize) -> String {
-        let mut parts = vec!["a0 AS (SELECT 1 AS x)".to_string()];
-        for i in 1..=levels {
-            parts.push(format!(
-                "a{i} AS (SELECT p.x FROM a{} p, a{} q)",
-                i - 1,
-                i - 1
-            ));
-        }
-        format!("WITH {} SELECT count(*) FROM a{levels}", parts.join(", "))
-    }
-
     #[test]
     fn sqlite_copies_of_with_queries_and_hidden_aliases_are_counted() {
         // SQLite copies a WITH query for every name that reads it, before
@@ -1564,11 +1525,7 @@ mod tests {
         assert!(refused.contains("too complex once prepared"), "{refused}");
         // Column numbers count through parentheses, `+` and COLLATE.
         for term in ["(1)", "+1", "1 COLLATE BINARY"] {
-            let mut nested = "(SELECT name FROM events LIMIT 1)".to_string();
-            for _ in 0..4 {
-                nested = format!("(SELECT {nested} GROUP BY {})", [term; 10].join(","));
-            }
-            let refused = refusal(&format!("SELECT length({nested}) AS l"), Dialect::Sqlite);
+            let refused = refusal(&numbered_columns(4, term, 10), Dialect::Sqlite);
             assert!(
                 refused.contains("too complex once prepared"),
                 "{term}: {refused}"
@@ -1579,10 +1536,7 @@ mod tests {
     #[test]
     fn sqlite_constant_chains_and_with_reads_in_subqueries_are_bounded() {
         // Constant propagation: each term copies the one before twice.
-        let refused = refusal(
-            "SELECT count(*) FROM events e0 WHERE e0.id = 'ab' AND e0.name = e0.id || e0.id",
-            Dialect::Sqlite,
-        );
+        let refused = refusal(&constant_chain(), Dialect::Sqlite);
         assert!(refused.contains("at most one column"), "{refused}");
         for sql in [
             "SELECT count(*) FROM events e JOIN contacts c ON c.id = e.contact_id WHERE e.name = 'x'",
@@ -1591,24 +1545,9 @@ mod tests {
         ] {
             check(sql, Dialect::Sqlite).unwrap();
         }
-        check(
-            "SELECT count(*) FROM events e0 WHERE e0.id = 'ab' AND e0.name = e0.id || e0.id",
-            Dialect::Postgres,
-        )
-        .unwrap();
+        check(&constant_chain(), Dialect::Postgres).unwrap();
         // A WITH query read through scalar subqueries, doubling per level.
-        let mut parts = vec![format!(
-            "w0 AS (SELECT count(*) AS x FROM events WHERE anonymous_id IN ({}))",
-            vec!["anonymous_id"; 900].join(",")
-        )];
-        for i in 1..=12 {
-            parts.push(format!(
-                "w{i} AS (SELECT (SELECT x FROM w{p}) + (SELECT x FROM w{p}) AS x)",
-                p = i - 1
-            ));
-        }
-        let sql = format!("WITH {} SELECT x FROM w12", parts.join(", "));
-        let refused = refusal(&sql, Dialect::Sqlite);
+        let refused = refusal(&with_reads_through_subqueries(12), Dialect::Sqlite);
         assert!(refused.contains("too complex once prepared"), "{refused}");
         // ...or copied through an alias.
         let sql = format!(

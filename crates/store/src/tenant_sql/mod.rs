@@ -18,6 +18,8 @@ use async_trait::async_trait;
 mod allow_list;
 mod expansion;
 mod fences;
+#[doc(hidden)]
+pub mod shapes;
 
 pub use allow_list::{CheckedQuery, RECORD_FUNCTIONS, check};
 
