@@ -658,6 +658,9 @@ async fn two_queries_at_once_per_project(backend: Backend) {
             "WITH RECURSIVE n(x) AS (SELECT {n} UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
         )
     };
+    let polled = json!({"sql": "SELECT count(*) AS n FROM events"});
+    let first = app.post(QUERY, &token, polled.clone()).await;
+    assert_eq!(first.body["cached"], false, "{}", first.body);
     let mut running = Vec::new();
     for n in 0..2 {
         running.push(in_background(&app, &token, slow(n)));
@@ -669,6 +672,11 @@ async fn two_queries_at_once_per_project(backend: Backend) {
     // Checking a text is work too: not done past the project's share.
     let unchecked = app.post(QUERY, &token, json!({"sql": "SELEC 1"})).await;
     unchecked.assert_error(429, "rate_limited");
+    // An answer the cache holds for this very text needs no slot.
+    let again = app.post(QUERY, &token, polled).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["cached"], true);
+    assert_eq!(again.body["rows"], first.body["rows"]);
     // Another project of the same workspace shares the workspace's share
     // (half of the instance's four): it waits too.
     let sibling = app
