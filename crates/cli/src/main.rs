@@ -216,8 +216,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             scopes,
             expires_at,
         }) => {
-            let config = Config::load(&o)?;
-            let store = open_existing_store(&config).await?;
+            let store = existing_store(&o).await?;
             let project = store
                 .get_project(project)
                 .await?
@@ -254,8 +253,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             include_revoked,
             page,
         }) => {
-            let config = Config::load(&o)?;
-            let store = open_existing_store(&config).await?;
+            let store = existing_store(&o).await?;
             store
                 .get_project(project)
                 .await?
@@ -292,8 +290,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             )
         }
         Command::Workspace(WorkspaceCommand::List { page }) => {
-            let config = Config::load(&o)?;
-            let store = open_existing_store(&config).await?;
+            let store = existing_store(&o).await?;
             let page = store_page(page);
             let workspaces = store.list_workspaces(&page).await?;
             let text = workspaces
@@ -310,8 +307,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             )
         }
         Command::Projects(ProjectsCommand::List { workspace }) => {
-            let config = Config::load(&o)?;
-            let store = open_existing_store(&config).await?;
+            let store = existing_store(&o).await?;
             store
                 .get_workspace(workspace)
                 .await?
@@ -327,8 +323,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             Ok(())
         }
         Command::Workspace(WorkspaceCommand::Plan { workspace, plan }) => {
-            let config = Config::load(&o)?;
-            let store = open_existing_store(&config).await?;
+            let store = existing_store(&o).await?;
             let plan =
                 Plan::parse(plan).ok_or_else(|| "PLAN must be free, pro or team".to_string())?;
             let (updated, previous) =
@@ -430,6 +425,14 @@ async fn shutdown_signal() {
 
 /// The context of a change the CLI makes: the instance admin, no address,
 /// and no running server to tell (its caches expire on their own).
+/// The store of an instance that must already exist (the commands that
+/// work on one refuse to create a SQLite file).
+async fn existing_store(
+    o: &keyflow_server::config::ConfigOverrides,
+) -> Result<Arc<dyn Store>, Failure> {
+    open_existing_store(&Config::load(o)?).await
+}
+
 fn store_page(args: &PageArgs) -> keyflow_store::Page {
     keyflow_store::Page {
         limit: args.limit,
