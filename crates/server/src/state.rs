@@ -41,7 +41,7 @@ pub struct KeyCache {
     project_limits_known: Cache<String, Option<keyflow_core::RateLimit>>,
     /// Metrics credentials by id, 5-second TTL: a rotation elsewhere (the
     /// CLI, another instance) stops the old id's tokens within 5 s.
-    credentials: Cache<String, Arc<crate::api::metrics::CachedCredential>>,
+    credentials: Cache<String, Arc<crate::api::metrics_access::CachedCredential>>,
     /// When each credential's last use was last written (see
     /// [`KeyCache::note_credential_use`]).
     credential_uses: Cache<String, i64>,
@@ -134,13 +134,16 @@ impl KeyCache {
         self.project_limits.invalidate(project_id);
         self.project_limits_known.invalidate(project_id);
     }
-    pub fn credential(&self, id: &str) -> Option<Arc<crate::api::metrics::CachedCredential>> {
+    pub fn credential(
+        &self,
+        id: &str,
+    ) -> Option<Arc<crate::api::metrics_access::CachedCredential>> {
         self.credentials.get(id)
     }
     pub fn insert_credential(
         &self,
         id: String,
-        credential: Arc<crate::api::metrics::CachedCredential>,
+        credential: Arc<crate::api::metrics_access::CachedCredential>,
     ) {
         self.credentials.insert(id, credential);
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::metrics::MetricsCaller;
+use super::metrics_access::MetricsCaller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::SharedState;
 

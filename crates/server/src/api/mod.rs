@@ -6,6 +6,7 @@ pub mod contacts;
 pub mod events;
 pub mod keys;
 pub mod metrics;
+pub mod metrics_access;
 pub mod metrics_credential;
 pub mod metrics_query;
 pub mod openapi;

@@ -15,7 +15,8 @@ use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::security::SecurityRequirement;
 
 use super::{
-    audit, contacts, events, keys, metrics, metrics_credential, metrics_query, segment, subscribers,
+    audit, contacts, events, keys, metrics, metrics_access, metrics_credential, metrics_query,
+    segment, subscribers,
 };
 use crate::auth::Guard;
 use crate::limits::Category;
@@ -305,7 +306,7 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
             handler_spends(Scope::KeysWrite, Management),
             metrics_credential::update_credential,
         )
-        .add(metrics::__path_exchange, metrics::exchange)
+        .add(metrics_access::__path_exchange, metrics_access::exchange)
         .merge(metric_routes(state))
         .guarded(
             audit::__path_list_audit,
@@ -314,10 +315,11 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
         )
 }
 
-/// The routes behind a Metrics API access token ([`metrics::require_token`]),
+/// The routes behind a Metrics API access token ([`metrics_access::require_token`]),
 /// layered on each handler so a wrong method is still 405 before any token check.
 fn metric_routes(state: &SharedState) -> ApiRoutes {
-    let token = || axum::middleware::from_fn_with_state(state.clone(), metrics::require_token);
+    let token =
+        || axum::middleware::from_fn_with_state(state.clone(), metrics_access::require_token);
     ApiRoutes::new(utoipa::openapi::OpenApi::default())
         .add(
             metrics_query::__path_get_schema,
