@@ -84,6 +84,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// A Metrics API SQL query is stopped after this long (SPEC §4: 5 s).
     pub query_timeout_ms: u64,
+    /// Memory one Metrics API SQL query may use on SQLite.
+    pub query_max_memory_bytes: usize,
     /// Metrics API SQL queries running at once on this instance, all
     /// projects together (each project may run two of them).
     pub max_concurrent_queries: usize,
@@ -111,6 +113,7 @@ impl Default for Config {
             max_connections_per_ip: 256,
             shutdown_timeout_secs: 30,
             query_timeout_ms: 5_000,
+            query_max_memory_bytes: keyflow_store::tenant_sql::DEFAULT_MAX_MEMORY_BYTES,
             max_concurrent_queries: 4,
         }
     }

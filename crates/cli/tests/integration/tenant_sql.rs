@@ -1205,6 +1205,55 @@ async fn big_values_stop_at_the_time_limit(backend: Backend) {
     }
 }
 
+/// SQLite: a query that needs more memory than its ceiling stops with
+/// `details.reason: "memory"`, and the instance and its next queries are
+/// fine; the same query runs under the default ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_queries_stop_at_the_memory_ceiling() {
+    const CEILING: usize = 1024 * 1024;
+    let app = TestApp::start_with(Backend::Sqlite, |c| c.query_max_memory_bytes = CEILING).await;
+    let (mine, _) = two_tenants(&app).await;
+    let (_, _, token) = credential_and_token(&app, &mine.key).await;
+    let schema = app.get("/v1/metrics/schema", &token).await;
+    assert_eq!(
+        schema.body["limits"]["max_memory_bytes"], CEILING,
+        "{}",
+        schema.body
+    );
+    // 200 000 distinct values: a few MiB of temporary b-tree.
+    let hungry = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                  WHERE i < 200000) SELECT count(DISTINCT i) FROM n";
+    for _ in 0..3 {
+        let reply = app.post(QUERY, &token, json!({"sql": hungry})).await;
+        reply.assert_error(422, "validation_failed");
+        assert_eq!(
+            reply.body["error"]["details"]["reason"], "memory",
+            "{}",
+            reply.body
+        );
+        assert!(
+            reply.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1 MiB"),
+            "{}",
+            reply.body
+        );
+        let fine = app
+            .post(QUERY, &token, json!({"sql": "SELECT count(*) FROM events"}))
+            .await;
+        assert_eq!(fine.status, 200, "{}", fine.body);
+        assert_eq!(fine.body["rows"][0][0], 3, "{}", fine.body);
+    }
+    let checked = check(hungry, Dialect::Sqlite).unwrap();
+    let unbounded = app
+        .store
+        .run_tenant_query(&mine.project_id, &checked, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(unbounded.rows[0][0], 200_000);
+}
+
 /// PostgreSQL: what a query builds stays small (migration 0017): text and
 /// JSON at most 256 KiB, arithmetic on numbers of at most 4 KiB; the same
 /// operators work as before on ordinary values.

@@ -193,6 +193,7 @@ pub struct QueryView {
 pub fn limits(state: &SharedState) -> Limits {
     Limits {
         timeout: Duration::from_millis(state.config.query_timeout_ms),
+        max_memory_bytes: state.config.query_max_memory_bytes,
         ..Limits::default()
     }
 }
@@ -367,6 +368,14 @@ pub fn refusal(failure: QueryFailure) -> ApiError {
             ),
             None,
         ),
+        QueryFailure::OutOfMemory(limit) => invalid(
+            "memory",
+            format!(
+                "it needed more than the {} MiB of memory a query may use and was stopped",
+                limit / (1024 * 1024)
+            ),
+            None,
+        ),
         QueryFailure::Failed(message) => invalid("error", message, None),
         QueryFailure::Unavailable(message) => ApiError::new(ErrorCode::Unavailable, message)
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("30")),
@@ -399,6 +408,9 @@ pub struct SchemaLimits {
     /// PostgreSQL 262 144 bytes); numbers on PostgreSQL: operands of at
     /// most 4 KiB.
     pub max_value_bytes: usize,
+    /// Memory one query may use (SQLite); `null` on PostgreSQL, whose
+    /// sorts and hashes spill to temporary files of at most 1 GB.
+    pub max_memory_bytes: Option<usize>,
     pub concurrent_queries_per_project: usize,
     /// Queries the projects of one workspace may run at once, together.
     pub concurrent_queries_per_workspace: usize,
@@ -467,6 +479,8 @@ pub fn schema(state: &SharedState) -> SchemaView {
             max_sql_bytes: tenant_sql::MAX_SQL_BYTES,
             max_columns: tenant_sql::MAX_COLUMNS,
             max_value_bytes: dialect.max_value_bytes(),
+            max_memory_bytes: (dialect == tenant_sql::Dialect::Sqlite)
+                .then_some(limits.max_memory_bytes),
             concurrent_queries_per_project: QUERIES_PER_PROJECT,
             concurrent_queries_per_workspace: state.query_slots.per_workspace(),
         },

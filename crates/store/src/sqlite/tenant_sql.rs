@@ -16,6 +16,9 @@
 //!   sessions, roll-ups), every function outside the allow-list (so
 //!   `load_extension`, `readfile`, pragma functions), pragmas, `ATTACH`, and
 //!   any write or schema change.
+//! - A **memory ceiling** ([`memory_ceiling`]): past
+//!   [`Limits::max_memory_bytes`] of allocations, preparing or running the
+//!   query fails, and the connection is not kept.
 //! - A **progress handler** stops the query at its deadline. It runs
 //!   between the engine's steps, so no single step may take long: strings
 //!   are capped at 100 KB, `LIKE` patterns at 100 bytes, and `instr`,
@@ -33,6 +36,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use super::memory_ceiling;
 use crate::tenant_sql::{
     CheckedQuery, Dialect, Limits, MAX_COLUMNS, QueryFailure, QueryOutput, column_names, json_size,
 };
@@ -68,12 +72,19 @@ impl TenantSql {
             Some(conn) => conn,
             None => open(&self.path).map_err(crate::StoreError::from)?,
         };
-        let result = run_on(&conn, project_id, query.text(), limits);
-        // Hooks off again before the connection waits for its next query.
+        let result = match memory_ceiling::Ceiling::enter(limits.max_memory_bytes) {
+            Ok(_ceiling) => run_on(&conn, project_id, query.text(), limits),
+            Err(why) => Err(QueryFailure::Unavailable(format!(
+                "SQL queries cannot be bounded in memory right now ({why:?}); try again later"
+            ))),
+        };
+        // Hooks off again before the connection waits for its next query;
+        // a connection that ran out of memory is not kept.
         let reset = conn
             .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
             .and_then(|()| conn.progress_handler(0, None::<fn() -> bool>));
         if reset.is_ok()
+            && !matches!(result, Err(QueryFailure::OutOfMemory(_)))
             && let Ok(mut idle) = self.idle.lock()
             && idle.len() < IDLE_CONNECTIONS
         {
@@ -447,6 +458,7 @@ fn classify(e: rusqlite::Error, denied: Option<String>, limits: Limits) -> Query
     use rusqlite::ffi::ErrorCode;
     match e.sqlite_error_code() {
         Some(ErrorCode::OperationInterrupted) => QueryFailure::TimedOut(limits.timeout),
+        Some(ErrorCode::OutOfMemory) => QueryFailure::OutOfMemory(limits.max_memory_bytes),
         Some(ErrorCode::AuthorizationForStatementDenied) => QueryFailure::refused(
             denied.unwrap_or_else(|| "the query does something not allowed".into()),
         ),

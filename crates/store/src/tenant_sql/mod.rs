@@ -261,6 +261,10 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Running time at most; past it the query is stopped.
     pub timeout: Duration,
+    /// Memory the engine may use for the query (SQLite: everything it
+    /// allocates while preparing and running it; PostgreSQL bounds its
+    /// backends with `work_mem` and `temp_file_limit` instead).
+    pub max_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -269,9 +273,14 @@ impl Default for Limits {
             max_rows: 10_000,
             max_bytes: 4 * 1024 * 1024,
             timeout: Duration::from_secs(5),
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
         }
     }
 }
+
+/// Memory one query may use on SQLite by default: legitimate queries use a
+/// few MiB (sorts past the page cache's 2 MiB go to a temporary file).
+pub const DEFAULT_MAX_MEMORY_BYTES: usize = 128 * 1024 * 1024;
 
 /// SQL text longer than this is refused before it is parsed.
 pub const MAX_SQL_BYTES: usize = 100 * 1024;
@@ -306,6 +315,9 @@ pub enum QueryFailure {
     /// Stopped at the time limit (422).
     #[error("the query ran for longer than {} s and was stopped", .0.as_secs_f64())]
     TimedOut(Duration),
+    /// Stopped at the memory ceiling (422), with the ceiling in bytes.
+    #[error("the query needed more than {} MiB of memory and was stopped", .0 / (1024 * 1024))]
+    OutOfMemory(usize),
     /// The engine refused or failed it (no such column, a type error…) (422).
     #[error("{0}")]
     Failed(String),
