@@ -1209,7 +1209,7 @@ async fn big_values_stop_at_the_time_limit(backend: Backend) {
 /// `details.reason: "memory"`, and the instance and its next queries are
 /// fine; the same query runs under the default ceiling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_queries_stop_at_the_memory_ceiling() {
+async fn sqlite_queries_stop_at_their_memory_and_disk_ceilings() {
     const CEILING: usize = 1024 * 1024;
     let app = TestApp::start_with(Backend::Sqlite, |c| c.query_max_memory_bytes = CEILING).await;
     let (mine, _) = two_tenants(&app).await;
@@ -1245,6 +1245,34 @@ async fn sqlite_queries_stop_at_the_memory_ceiling() {
         assert_eq!(fine.status, 200, "{}", fine.body);
         assert_eq!(fine.body["rows"][0][0], 3, "{}", fine.body);
     }
+    // Temporary files: a sort of 200 000 rows writes runs to a file.
+    let sort = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+                WHERE i < 200000) SELECT count(*) FROM (SELECT i || 'abcdefghijklmnopqrstuvwxyz' \
+                AS v FROM n ORDER BY v DESC)";
+    let sort = check(sort, Dialect::Sqlite).unwrap();
+    let small_disk = Limits {
+        max_temporary_file_bytes: 1024 * 1024,
+        ..Limits::default()
+    };
+    let refused = app
+        .store
+        .run_tenant_query(&mine.project_id, &sort, small_disk)
+        .await;
+    match refused {
+        Err(QueryFailure::Failed(message)) => {
+            assert!(
+                message.contains("more than 1 MiB of temporary files"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let sorted = app
+        .store
+        .run_tenant_query(&mine.project_id, &sort, Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(sorted.rows[0][0], 200_000);
     let checked = check(hungry, Dialect::Sqlite).unwrap();
     let unbounded = app
         .store

@@ -18,7 +18,7 @@ use crate::ingest_queue::{self, IngestJob};
 mod direct;
 pub mod files;
 mod lookups;
-mod memory_ceiling;
+mod query_ceiling;
 mod reader;
 mod rollups;
 mod tenant_sql;
@@ -146,7 +146,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file named by a `sqlite://` URL.
     pub async fn connect(url: &str) -> Result<Self, crate::StoreError> {
         // Before SQLite first starts in this process.
-        memory_ceiling::install();
+        query_ceiling::install();
         // Owner-only files (SPEC §7): made before SQLite creates them.
         if let Some(path) = files::path_of_url(url) {
             files::secure(&path)?;

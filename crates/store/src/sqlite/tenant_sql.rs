@@ -16,9 +16,11 @@
 //!   sessions, roll-ups), every function outside the allow-list (so
 //!   `load_extension`, `readfile`, pragma functions), pragmas, `ATTACH`, and
 //!   any write or schema change.
-//! - A **memory ceiling** ([`memory_ceiling`]): past
-//!   [`Limits::max_memory_bytes`] of allocations, preparing or running the
-//!   query fails, and the connection is not kept.
+//! - **Ceilings** ([`query_ceiling`]): past [`Limits::max_memory_bytes`]
+//!   of allocations, or [`Limits::max_temporary_file_bytes`] of temporary files
+//!   (the connection opens its files through a VFS that counts them),
+//!   preparing or running the query fails; after a memory failure the
+//!   connection is not kept.
 //! - A **progress handler** stops the query at its deadline. It runs
 //!   between the engine's steps, so no single step may take long: strings
 //!   are capped at 100 KB, `LIKE` patterns at 100 bytes, and `instr`,
@@ -36,7 +38,7 @@ use rusqlite::limits::Limit;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::memory_ceiling;
+use super::query_ceiling;
 use crate::tenant_sql::{
     CheckedQuery, Dialect, Limits, MAX_COLUMNS, QueryFailure, QueryOutput, column_names, json_size,
 };
@@ -72,7 +74,9 @@ impl TenantSql {
             Some(conn) => conn,
             None => open(&self.path).map_err(crate::StoreError::from)?,
         };
-        let result = match memory_ceiling::Ceiling::enter(limits.max_memory_bytes) {
+        let ceiling =
+            query_ceiling::Ceiling::enter(limits.max_memory_bytes, limits.max_temporary_file_bytes);
+        let result = match ceiling {
             Ok(_ceiling) => run_on(&conn, project_id, query.text(), limits),
             Err(why) => Err(QueryFailure::Unavailable(format!(
                 "SQL queries cannot be bounded in memory right now ({why:?}); try again later"
@@ -95,9 +99,10 @@ impl TenantSql {
 }
 
 fn open(path: &PathBuf) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
+    let conn = Connection::open_with_flags_and_vfs(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        query_ceiling::VFS_NAME,
     )?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DQS_DML, false)?;
@@ -459,6 +464,11 @@ fn classify(e: rusqlite::Error, denied: Option<String>, limits: Limits) -> Query
     match e.sqlite_error_code() {
         Some(ErrorCode::OperationInterrupted) => QueryFailure::TimedOut(limits.timeout),
         Some(ErrorCode::OutOfMemory) => QueryFailure::OutOfMemory(limits.max_memory_bytes),
+        Some(ErrorCode::DiskFull) => QueryFailure::Failed(format!(
+            "the query wrote more than {} MiB of temporary files (sorts, DISTINCT, GROUP BY), \
+             the most one query may",
+            limits.max_temporary_file_bytes / (1024 * 1024)
+        )),
         Some(ErrorCode::AuthorizationForStatementDenied) => QueryFailure::refused(
             denied.unwrap_or_else(|| "the query does something not allowed".into()),
         ),

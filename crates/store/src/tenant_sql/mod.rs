@@ -265,6 +265,10 @@ pub struct Limits {
     /// allocates while preparing and running it; PostgreSQL bounds its
     /// backends with `work_mem` and `temp_file_limit` instead).
     pub max_memory_bytes: usize,
+    /// Temporary files the engine may write for the query (sorts and
+    /// hashes past memory): SQLite counts them itself; PostgreSQL's reader
+    /// role has `temp_file_limit` = 1 GB.
+    pub max_temporary_file_bytes: usize,
 }
 
 impl Default for Limits {
@@ -274,6 +278,7 @@ impl Default for Limits {
             max_bytes: 4 * 1024 * 1024,
             timeout: Duration::from_secs(5),
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+            max_temporary_file_bytes: 1024 * 1024 * 1024,
         }
     }
 }
