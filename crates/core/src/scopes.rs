@@ -15,10 +15,12 @@ pub enum Scope {
     KeysRead,
     KeysWrite,
     AuditRead,
+    WorkflowsRead,
+    WorkflowsWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 11] = [
         Scope::ContactsRead,
         Scope::ContactsWrite,
         Scope::EventsRead,
@@ -28,6 +30,8 @@ impl Scope {
         Scope::KeysRead,
         Scope::KeysWrite,
         Scope::AuditRead,
+        Scope::WorkflowsRead,
+        Scope::WorkflowsWrite,
     ];
 
     /// The wire name, e.g. `contacts:read`.
@@ -42,6 +46,8 @@ impl Scope {
             Scope::KeysRead => "keys:read",
             Scope::KeysWrite => "keys:write",
             Scope::AuditRead => "audit:read",
+            Scope::WorkflowsRead => "workflows:read",
+            Scope::WorkflowsWrite => "workflows:write",
         }
     }
 
@@ -57,6 +63,8 @@ impl Scope {
             Scope::KeysRead => "list API keys",
             Scope::KeysWrite => "create, change, roll and revoke API keys",
             Scope::AuditRead => "read the activity log",
+            Scope::WorkflowsRead => "list workflows and their runs",
+            Scope::WorkflowsWrite => "create, change and trigger workflows, cancel and retry runs",
         }
     }
 
@@ -140,6 +148,7 @@ impl ScopeSet {
                 Scope::EventsRead,
                 Scope::SubscribersRead,
                 Scope::AuditRead,
+                Scope::WorkflowsRead,
             ]),
             KeyType::Metrics => Self::EMPTY,
         }
@@ -179,7 +188,11 @@ mod tests {
             ScopeSet::default_for(KeyType::Client),
             ScopeSet::of(&[Scope::EventsWrite])
         );
-        assert_eq!(ScopeSet::default_for(KeyType::Secret).iter().count(), 9);
+        assert_eq!(ScopeSet::default_for(KeyType::Secret).iter().count(), 11);
+        // workflows:write only on secret keys (a workflow can call any URL).
+        assert!(!ro.contains(Scope::WorkflowsWrite));
+        assert!(ro.contains(Scope::WorkflowsRead));
+        assert!(!client.contains(Scope::WorkflowsRead));
         // Only secret keys may hold keys:*.
         for t in [KeyType::Client, KeyType::ReadOnly] {
             assert!(!ScopeSet::allowed_for(t).contains(Scope::KeysRead));
@@ -194,6 +207,6 @@ mod tests {
         assert_eq!(ScopeSet::parse_all(["contacts:read", "nope"]), Err("nope"));
         assert!(set.is_subset_of(ScopeSet::of(&Scope::ALL)));
         assert!(!ScopeSet::of(&Scope::ALL).is_subset_of(set));
-        assert_eq!(ScopeSet::of(&Scope::ALL).minus(set).iter().count(), 7);
+        assert_eq!(ScopeSet::of(&Scope::ALL).minus(set).iter().count(), 9);
     }
 }

@@ -73,6 +73,12 @@ pub enum Change {
         workspace_id: String,
         operator_id: String,
     },
+    /// A workflow was created, changed (definition, status, secret) or
+    /// archived.
+    WorkflowChanged {
+        project_id: String,
+        workflow_id: String,
+    },
 }
 
 /// A key digest as 64 hex digits in a change's JSON form.
@@ -171,7 +177,8 @@ pub fn drop_cached(cache: &crate::state::KeyCache, change: &Change) {
         | Change::ContactUpdated { .. }
         | Change::ContactDeleted { .. }
         | Change::SubscriptionChanged { .. }
-        | Change::MembershipChanged { .. } => {}
+        | Change::MembershipChanged { .. }
+        | Change::WorkflowChanged { .. } => {}
     }
 }
 

@@ -28,6 +28,7 @@ pub use areas::metrics::{Buckets, MetricsStore, NamedPoint, Point};
 pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
+pub use areas::workflows::{Workflow, WorkflowStore};
 
 pub use error::StoreError;
 pub use models::*;
@@ -55,6 +56,7 @@ pub trait Store:
     + ContactStore
     + EventStore
     + MetricsStore
+    + WorkflowStore
     + tenant_sql::TenantSqlStore
     + 'static
 {

@@ -138,10 +138,14 @@ pub enum AuditAction {
     MetricsCredentialCreated,
     MetricsCredentialRotated,
     MetricsCredentialUpdated,
+    WorkflowCreated,
+    WorkflowUpdated,
+    WorkflowArchived,
+    WorkflowSecretRotated,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 23] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRolled,
@@ -161,6 +165,10 @@ impl AuditAction {
         AuditAction::MetricsCredentialCreated,
         AuditAction::MetricsCredentialRotated,
         AuditAction::MetricsCredentialUpdated,
+        AuditAction::WorkflowCreated,
+        AuditAction::WorkflowUpdated,
+        AuditAction::WorkflowArchived,
+        AuditAction::WorkflowSecretRotated,
     ];
 
     /// The wire name (`api_key.created`, …), as stored and filtered on.
@@ -185,6 +193,10 @@ impl AuditAction {
             AuditAction::MetricsCredentialCreated => "metrics_credential.created",
             AuditAction::MetricsCredentialRotated => "metrics_credential.rotated",
             AuditAction::MetricsCredentialUpdated => "metrics_credential.updated",
+            AuditAction::WorkflowCreated => "workflow.created",
+            AuditAction::WorkflowUpdated => "workflow.updated",
+            AuditAction::WorkflowArchived => "workflow.archived",
+            AuditAction::WorkflowSecretRotated => "workflow.secret_rotated",
         }
     }
 }

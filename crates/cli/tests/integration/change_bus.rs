@@ -34,6 +34,7 @@ fn kinds(seen: &Arc<Mutex<Vec<Change>>>) -> Vec<&'static str> {
             Change::ContactUpdated { .. } => "contact_updated",
             Change::ContactDeleted { .. } => "contact_deleted",
             Change::MembershipChanged { .. } => "membership_changed",
+            Change::WorkflowChanged { .. } => "workflow_changed",
             Change::SubscriptionChanged {
                 subscribed: true, ..
             } => "subscribed",

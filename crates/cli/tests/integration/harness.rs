@@ -637,5 +637,6 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
     if backend == Backend::Sqlite {
         names.push("0018_event_contacts");
     }
+    names.push("0019_workflows");
     names
 }

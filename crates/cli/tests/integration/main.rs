@@ -28,3 +28,4 @@ mod store_conformance;
 mod subscribers_api;
 mod tenant_sql;
 mod webdriver;
+mod workflows;

@@ -140,7 +140,7 @@ async fn every_documented_operation_exists_behind_auth() {
         }
     }
     assert_eq!(
-        operations, 39,
+        operations, 45,
         "every /v1 and /admin/v1 operation is documented"
     );
 }
@@ -152,7 +152,7 @@ async fn every_documented_operation_exists_behind_auth() {
 /// carries one of the document's declared tags.
 #[tokio::test]
 async fn documented_scopes_are_the_enforced_ones() {
-    const ALL: [&str; 9] = [
+    const ALL: [&str; 11] = [
         "contacts:read",
         "contacts:write",
         "events:read",
@@ -162,6 +162,8 @@ async fn documented_scopes_are_the_enforced_ones() {
         "keys:read",
         "keys:write",
         "audit:read",
+        "workflows:read",
+        "workflows:write",
     ];
     let app = TestApp::start(Backend::Sqlite).await;
     let tenant = app.tenant_on("team").await;
@@ -236,5 +238,5 @@ async fn documented_scopes_are_the_enforced_ones() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 25, "every /v1 operation but keys/self");
+    assert_eq!(checked, 31, "every /v1 operation but keys/self");
 }

@@ -220,6 +220,9 @@ pub fn parse_steps(value: &Value) -> Result<Vec<Step>, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut count = 0;
     let steps = step_list(value, "steps", 0, &mut count, &mut errors);
+    if value.as_array().is_some_and(Vec::is_empty) {
+        errors.push(FieldError::new("steps", "must hold at least one step"));
+    }
     if count > MAX_STEPS {
         errors.push(FieldError::new(
             "steps",

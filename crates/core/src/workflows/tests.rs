@@ -112,6 +112,7 @@ fn problems_are_reported_at_their_path() {
         ["trigger.event"]
     );
     assert_eq!(error_fields(json!({"type": "exit"})), ["steps"]);
+    assert_eq!(error_fields(json!([])), ["steps"]);
 }
 
 #[test]

@@ -33,6 +33,7 @@ use crate::error::ErrorBody;
         (name = "contacts", description = "Contacts"),
         (name = "events", description = "Events"),
         (name = "subscribers", description = "Subscribers"),
+        (name = "workflows", description = "Workflows: triggers, steps and signed webhooks (workflows:*)"),
         (name = "segment", description = "Segment HTTP Tracking API compatibility (HTTP Basic, key as user name)"),
         (name = "admin", description = "Instance administration: the instance admin token; mounted only when one is configured"),
     )

@@ -16,7 +16,7 @@ use utoipa::openapi::security::SecurityRequirement;
 
 use super::{
     audit, contacts, events, keys, metrics, metrics_access, metrics_credential, metrics_query,
-    segment, subscribers,
+    segment, subscribers, workflows,
 };
 use crate::auth::Guard;
 use crate::limits::Category;
@@ -312,6 +312,46 @@ pub fn v1(state: &SharedState) -> ApiRoutes {
             audit::__path_list_audit,
             guard(Some(Scope::AuditRead), Management),
             audit::list_audit,
+        )
+        .merge(workflow_routes(state))
+}
+
+/// `/v1/workflows` (SPEC §10): management-category calls.
+fn workflow_routes(state: &SharedState) -> ApiRoutes {
+    let (read, write) = (
+        || Guard::new(state, Some(Scope::WorkflowsRead), Category::Management),
+        || Guard::new(state, Some(Scope::WorkflowsWrite), Category::Management),
+    );
+    ApiRoutes::new(utoipa::openapi::OpenApi::default())
+        .guarded(
+            workflows::__path_create_workflow,
+            write(),
+            workflows::create_workflow,
+        )
+        .guarded(
+            workflows::__path_list_workflows,
+            read(),
+            workflows::list_workflows,
+        )
+        .guarded(
+            workflows::__path_get_workflow,
+            read(),
+            workflows::get_workflow,
+        )
+        .guarded(
+            workflows::__path_update_workflow,
+            write(),
+            workflows::update_workflow,
+        )
+        .guarded(
+            workflows::__path_archive_workflow,
+            write(),
+            workflows::archive_workflow,
+        )
+        .guarded(
+            workflows::__path_rotate_signing_secret,
+            write(),
+            workflows::rotate_signing_secret,
         )
 }
 

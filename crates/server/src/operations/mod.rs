@@ -8,6 +8,7 @@ pub mod keys;
 pub mod metrics_credential;
 pub mod sessions;
 pub mod tenancy;
+pub mod workflows;
 
 pub use error::{OpError, OpResult};
 

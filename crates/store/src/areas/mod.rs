@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod schema;
 pub mod sessions;
 pub mod tenancy;
+pub mod workflows;

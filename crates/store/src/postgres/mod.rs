@@ -116,6 +116,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0017_tenant_sql_value_caps",
         sql: include_str!("../../migrations/postgres/0017_tenant_sql_value_caps.sql"),
     },
+    Migration {
+        version: 19,
+        name: "0019_workflows",
+        sql: include_str!("../../migrations/postgres/0019_workflows.sql"),
+    },
 ];
 
 impl PostgresStore {

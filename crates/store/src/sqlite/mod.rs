@@ -127,6 +127,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0018_event_contacts",
         sql: include_str!("../../migrations/sqlite/0018_event_contacts.sql"),
     },
+    Migration {
+        version: 19,
+        name: "0019_workflows",
+        sql: include_str!("../../migrations/sqlite/0019_workflows.sql"),
+    },
 ];
 
 /// Moves every note of `event_contacts_recent` into `event_contacts` now, as
