@@ -30,7 +30,7 @@ async fn create_each_type_with_defaults_and_shape(backend: Backend) {
     let key = secret.body["key"].as_str().unwrap();
     assert!(key.starts_with("sk_live_") && key.len() == 46);
     assert_eq!(secret.body["prefix"], &key[..12]);
-    assert_eq!(scopes(&secret.body).len(), 9);
+    assert_eq!(scopes(&secret.body).len(), 11);
     assert_eq!(
         secret.body["created_by"],
         json!({"type": "api_key", "id": t.key_id, "name": "root"})
@@ -72,7 +72,8 @@ async fn create_each_type_with_defaults_and_shape(backend: Backend) {
             "contacts:read",
             "events:read",
             "subscribers:read",
-            "audit:read"
+            "audit:read",
+            "workflows:read"
         ]
     );
     // The full key is never returned again.
