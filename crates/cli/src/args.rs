@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for in-flight requests (default 30)
     #[arg(long, env = "KEYFLOW_SHUTDOWN_TIMEOUT_SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Private networks workflow webhooks may call: true, false (default)
+    /// or comma-separated CIDR ranges (e.g. 10.0.0.0/8)
+    #[arg(long, env = "KEYFLOW_WEBHOOK_ALLOW_PRIVATE_NETWORKS")]
+    pub webhook_allow_private_networks: Option<String>,
+    /// Days finished workflow runs are kept (default 30)
+    #[arg(long, env = "KEYFLOW_WORKFLOW_RUN_RETENTION_DAYS")]
+    pub workflow_run_retention_days: Option<u64>,
 }
 
 #[derive(Args)]

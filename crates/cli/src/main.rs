@@ -100,6 +100,8 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             o.header_read_timeout_secs = args.header_read_timeout_secs;
             o.max_connections = args.max_connections;
             o.max_connections_per_ip = args.max_connections_per_ip;
+            o.webhook_allow_private_networks = args.webhook_allow_private_networks.clone();
+            o.workflow_run_retention_days = args.workflow_run_retention_days;
             o.shutdown_timeout_secs = args.shutdown_timeout_secs;
             let config = Config::load(&o)?;
             serve(config).await

@@ -299,6 +299,7 @@ pub async fn launch_with_listener(
         .redis_limiter
         .clone()
         .map(|limiter| tokio::spawn(limiter.maintain(stop_rx.clone())));
+    let worker = tokio::spawn(crate::workflows::run_worker(state.clone(), stop_rx.clone()));
     let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
     let app = router(state.clone());
     let limits = crate::serve::ConnectionLimits {
@@ -312,6 +313,7 @@ pub async fn launch_with_listener(
     let result = crate::serve::serve(listener, app, limits, trusted, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = flusher.await;
+    let _ = worker.await;
     for task in [redis, redis_limits].into_iter().flatten() {
         let _ = task.await;
     }

@@ -86,6 +86,10 @@ pub struct Config {
     pub query_timeout_ms: u64,
     /// Memory one Metrics API SQL query may use on SQLite.
     pub query_max_memory_bytes: usize,
+    /// Private destinations webhooks may call (SPEC §10): none by default.
+    pub webhook_allow_private_networks: crate::workflows::delivery::PrivateNetworks,
+    /// Finished workflow runs and their attempts are kept this many days.
+    pub workflow_run_retention_days: u64,
     /// Metrics API SQL queries running at once on this instance, all
     /// projects together (each project may run two of them).
     pub max_concurrent_queries: usize,
@@ -115,6 +119,8 @@ impl Default for Config {
             query_timeout_ms: 5_000,
             query_max_memory_bytes: keyflow_store::tenant_sql::DEFAULT_MAX_MEMORY_BYTES,
             max_concurrent_queries: 4,
+            webhook_allow_private_networks: Default::default(),
+            workflow_run_retention_days: 30,
         }
     }
 }
@@ -142,6 +148,8 @@ struct ConfigFile {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
+    webhook_allow_private_networks: Option<toml::Value>,
+    workflow_run_retention_days: Option<u64>,
 }
 
 /// Values from the environment and flags (already merged by the CLI).
@@ -165,6 +173,8 @@ pub struct ConfigOverrides {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub webhook_allow_private_networks: Option<String>,
+    pub workflow_run_retention_days: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +198,17 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
         field,
         message: message.into(),
     }
+}
+
+fn private_networks(
+    text: &str,
+) -> Result<crate::workflows::delivery::PrivateNetworks, ConfigError> {
+    crate::workflows::delivery::PrivateNetworks::parse(text).map_err(|e| {
+        invalid(
+            "webhook_allow_private_networks",
+            format!("use true, false or a comma-separated list of CIDR ranges: {e}"),
+        )
+    })
 }
 
 /// Reads a secret from a file, trimming the trailing newline editors add.
@@ -309,6 +330,23 @@ impl Config {
         if let Some(v) = f.shutdown_timeout_secs {
             self.shutdown_timeout_secs = v;
         }
+        if let Some(v) = f.webhook_allow_private_networks {
+            // `true`/`false`, or a list of ranges (an array or one string).
+            let text = match v {
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::String(s) => s,
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => "?".into(),
+            };
+            self.webhook_allow_private_networks = private_networks(&text)?;
+        }
+        if let Some(v) = f.workflow_run_retention_days {
+            self.workflow_run_retention_days = v;
+        }
         Ok(())
     }
 
@@ -364,6 +402,15 @@ impl Config {
         }
         if let Some(v) = o.shutdown_timeout_secs {
             self.shutdown_timeout_secs = v;
+        }
+        if let Some(v) = &o.webhook_allow_private_networks {
+            self.webhook_allow_private_networks = private_networks(v)?;
+        }
+        if let Some(v) = o.workflow_run_retention_days {
+            self.workflow_run_retention_days = v;
+        }
+        if !(1..=3650).contains(&self.workflow_run_retention_days) {
+            return Err(invalid("workflow_run_retention_days", "must be 1..=3650"));
         }
         if !(1..=300).contains(&self.header_read_timeout_secs) {
             return Err(invalid("header_read_timeout_secs", "must be 1..=300"));

@@ -21,6 +21,7 @@ pub mod redis_link;
 pub mod serve;
 pub mod state;
 pub mod usage;
+pub mod workflows;
 
 pub use app::{build_state, launch_with_listener, router};
 pub use config::{Config, ConfigOverrides};

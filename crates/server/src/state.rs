@@ -202,6 +202,10 @@ pub struct AppState {
     pub redis: Option<Arc<crate::redis_link::RedisLink>>,
     /// Redis, when configured: rate limits shared with other instances.
     pub redis_limiter: Option<Arc<crate::redis_limiter::RedisRateLimiter>>,
+    /// Wakes this instance's workflow worker (a run was started here).
+    pub workflow_wake: tokio::sync::Notify,
+    /// TLS for webhook calls (rustls with ring, the Mozilla roots).
+    pub webhook_tls: Option<rustls::ClientConfig>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -279,6 +283,10 @@ impl AppState {
             query_slots: crate::api::metrics_query::QuerySlots::new(config_queries),
             redis,
             redis_limiter,
+            workflow_wake: tokio::sync::Notify::new(),
+            webhook_tls: crate::workflows::delivery::tls_config()
+                .inspect_err(|e| tracing::error!(error = %e, "webhooks cannot use TLS"))
+                .ok(),
         }
     }
 

@@ -180,6 +180,18 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// Serialises concurrent migrators (several instances starting at once).
     fn lock_migrations(conn: &mut Conn<Self>) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// What a job claim's inner `SELECT` ends with so that concurrent
+    /// claimers pass over each other's rows (PostgreSQL: `FOR UPDATE SKIP
+    /// LOCKED`; SQLite's one writer needs nothing).
+    const SKIP_LOCKED: &'static str;
+
+    /// Serialises the run starts of one workflow (reentry and the hourly cap
+    /// are checked against the runs already started).
+    fn lock_workflow(
+        conn: &mut Conn<Self>,
+        workflow_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
     /// Serialises membership changes of one workspace (the last-owner rule).
     fn lock_workspace(
         conn: &mut Conn<Self>,

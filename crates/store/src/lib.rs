@@ -28,6 +28,10 @@ pub use areas::metrics::{Buckets, MetricsStore, NamedPoint, Point};
 pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
+pub use areas::workflow_runs::{
+    Job, JobNext, Progress, RunAttempt, RunFilter, RunStep, StartOutcome, StartRefusal,
+    WorkflowRun, WorkflowRunStore,
+};
 pub use areas::workflows::{Workflow, WorkflowStore};
 
 pub use error::StoreError;
@@ -57,6 +61,7 @@ pub trait Store:
     + EventStore
     + MetricsStore
     + WorkflowStore
+    + WorkflowRunStore
     + tenant_sql::TenantSqlStore
     + 'static
 {

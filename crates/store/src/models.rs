@@ -61,6 +61,12 @@ pub enum Actor {
         prefix: String,
     },
     InstanceAdmin,
+    /// A workflow's step (SPEC §10: its changes are audited with the
+    /// workflow as actor).
+    Workflow {
+        id: String,
+        name: String,
+    },
 }
 
 impl Actor {
@@ -69,6 +75,7 @@ impl Actor {
             Actor::Operator { .. } => "operator",
             Actor::ApiKey { .. } => "api_key",
             Actor::InstanceAdmin => "instance_admin",
+            Actor::Workflow { .. } => "workflow",
         }
     }
 }

@@ -638,5 +638,6 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
         names.push("0018_event_contacts");
     }
     names.push("0019_workflows");
+    names.push("0020_workflow_runs");
     names
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::FieldError;
 
 pub mod conditions;
+pub mod runs;
 pub mod templates;
 
 pub use conditions::{Condition, Facts, Op, all_hold};

@@ -17,7 +17,7 @@ use crate::usage::UsageTracker;
 #[derive(Serialize, ToSchema)]
 #[schema(as = Creator)]
 pub struct CreatorView<'a> {
-    /// `operator`, `api_key` or `instance_admin`.
+    /// `operator`, `api_key`, `instance_admin` or `workflow`.
     #[serde(rename = "type")]
     kind: &'static str,
     id: Option<&'a str>,
@@ -40,6 +40,11 @@ fn creator(actor: &Actor) -> CreatorView<'_> {
             kind: "instance_admin",
             id: None,
             name: "instance admin",
+        },
+        Actor::Workflow { id, name } => CreatorView {
+            kind: "workflow",
+            id: Some(id),
+            name,
         },
     }
 }
@@ -138,6 +143,10 @@ pub enum ActorView<'a> {
         prefix: &'a str,
     },
     InstanceAdmin,
+    Workflow {
+        id: &'a str,
+        name: &'a str,
+    },
 }
 
 #[derive(Serialize, ToSchema)]
@@ -171,6 +180,7 @@ pub fn audit_json(e: &AuditEntry) -> AuditView<'_> {
         Actor::Operator { id, email } => ActorView::Operator { id, email },
         Actor::ApiKey { id, name, prefix } => ActorView::ApiKey { id, name, prefix },
         Actor::InstanceAdmin => ActorView::InstanceAdmin,
+        Actor::Workflow { id, name } => ActorView::Workflow { id, name },
     };
     AuditView {
         id: &e.id,

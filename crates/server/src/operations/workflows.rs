@@ -323,7 +323,7 @@ pub async fn update(
 /// Archives a workflow (no new runs; SPEC §10: running ones are
 /// cancelled). Archiving an archived workflow changes nothing.
 pub async fn archive(ctx: &Ctx<'_>, project: &Project, id: &str) -> OpResult<Workflow> {
-    apply(ctx, project, id, |workflow| {
+    let archived = apply(ctx, project, id, |workflow| {
         if workflow.status == WorkflowStatus::Archived {
             return Ok(None);
         }
@@ -334,7 +334,13 @@ pub async fn archive(ctx: &Ctx<'_>, project: &Project, id: &str) -> OpResult<Wor
             json!({ "previous_status": before.as_str() }),
         )))
     })
-    .await
+    .await?;
+    // Its running runs end (a worker that has one in hand cancels it when
+    // it next looks at the workflow).
+    ctx.store
+        .cancel_workflow_runs(&archived.id, ctx.now)
+        .await?;
+    Ok(archived)
 }
 
 /// Replaces the signing secret; the previous one keeps signing for 24 h.

@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod schema;
 pub mod sessions;
 pub mod tenancy;
+pub mod workflow_runs;
 pub mod workflows;

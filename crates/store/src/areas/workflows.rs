@@ -58,6 +58,13 @@ pub trait WorkflowStore: Send + Sync {
     /// a version row is written when `workflow.version` is new. `false`:
     /// someone changed it first (nothing written).
     async fn update_workflow(&self, workflow: &Workflow, audit: &AuditEntry) -> StoreResult<bool>;
+    /// The definition of one version of a workflow (a run follows the
+    /// version it started on).
+    async fn workflow_version(
+        &self,
+        workflow_id: &str,
+        version: i64,
+    ) -> StoreResult<Option<(Trigger, Vec<Step>)>>;
 }
 
 const WORKFLOW_COLUMNS: &str = "id, project_id, name, status, reentry, version, revision, \
@@ -180,6 +187,29 @@ impl<B: Backend> WorkflowStore for B {
             .all(&mut conn)
             .await?;
         rows.into_iter().map(WorkflowRow::into_model).collect()
+    }
+
+    async fn workflow_version(
+        &self,
+        workflow_id: &str,
+        version: i64,
+    ) -> StoreResult<Option<(Trigger, Vec<Step>)>> {
+        let mut conn = self.pool().acquire().await?;
+        let row: Option<(String, String)> = sqlx::query::<B::Db>(
+            "SELECT trigger_json, steps_json FROM workflow_versions \
+             WHERE workflow_id = $1 AND version = $2",
+        )
+        .arg(workflow_id)
+        .arg(version)
+        .optional(&mut conn)
+        .await?;
+        row.map(|(trigger, steps)| {
+            Ok((
+                from_json("trigger_json", &trigger)?,
+                from_json("steps_json", &steps)?,
+            ))
+        })
+        .transpose()
     }
 
     async fn update_workflow(&self, workflow: &Workflow, audit: &AuditEntry) -> StoreResult<bool> {

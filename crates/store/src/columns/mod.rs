@@ -32,6 +32,7 @@ pub(crate) fn actor_columns(
         Actor::Operator { id, email } => ("operator", Some(id), Some(email), None),
         Actor::ApiKey { id, name, prefix } => ("api_key", Some(id), Some(name), Some(prefix)),
         Actor::InstanceAdmin => ("instance_admin", None, None, None),
+        Actor::Workflow { id, name } => ("workflow", Some(id), Some(name), None),
     }
 }
 
@@ -52,6 +53,10 @@ pub(crate) fn actor_from_columns(
             prefix: prefix.unwrap_or_default(),
         },
         "instance_admin" => Actor::InstanceAdmin,
+        "workflow" => Actor::Workflow {
+            id: id.unwrap_or_default(),
+            name: name.unwrap_or_default(),
+        },
         other => return Err(StoreError::Corrupt(format!("unknown actor type {other:?}"))),
     })
 }

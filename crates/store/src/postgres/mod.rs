@@ -121,6 +121,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0019_workflows",
         sql: include_str!("../../migrations/postgres/0019_workflows.sql"),
     },
+    Migration {
+        version: 20,
+        name: "0020_workflow_runs",
+        sql: include_str!("../../migrations/postgres/0020_workflow_runs.sql"),
+    },
 ];
 
 impl PostgresStore {
@@ -242,6 +247,19 @@ impl Backend for PostgresStore {
     /// two concurrent demotions of its last two owners would each still
     /// count two owners and both succeed. With the workspace row locked, the
     /// second waits and then sees the first one's result.
+    const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+
+    async fn lock_workflow(
+        conn: &mut sqlx::PgConnection,
+        workflow_id: &str,
+    ) -> crate::StoreResult<()> {
+        sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+            .bind(workflow_id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     async fn lock_workspace(
         conn: &mut sqlx::PgConnection,
         workspace_id: &str,

@@ -132,6 +132,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0019_workflows",
         sql: include_str!("../../migrations/sqlite/0019_workflows.sql"),
     },
+    Migration {
+        version: 20,
+        name: "0020_workflow_runs",
+        sql: include_str!("../../migrations/sqlite/0020_workflow_runs.sql"),
+    },
 ];
 
 /// Moves every note of `event_contacts_recent` into `event_contacts` now, as
@@ -229,6 +234,15 @@ impl Backend for SqliteStore {
 
     /// SQLite runs one writer at a time, and a write transaction always works
     /// on the latest data: nothing to lock (see the PostgreSQL store).
+    const SKIP_LOCKED: &'static str = "";
+
+    async fn lock_workflow(
+        _conn: &mut SqliteConnection,
+        _workflow_id: &str,
+    ) -> crate::StoreResult<()> {
+        Ok(())
+    }
+
     async fn lock_workspace(
         _conn: &mut SqliteConnection,
         _workspace_id: &str,

@@ -1,0 +1,128 @@
+//! Workflow runs (SPEC §10): starting them, and the worker that advances
+//! them from the durable job queue in the store.
+//!
+//! Every instance runs one worker. It claims due jobs with a lease, so a
+//! run is advanced by one instance at a time and taken over if that
+//! instance dies; it wakes at once when this instance starts a run, when
+//! the next job falls due, and otherwise every second (runs started on
+//! other instances are picked up within that second).
+
+pub mod delivery;
+pub mod executor;
+
+use std::time::Duration;
+
+use keyflow_core::workflows::Reentry;
+use keyflow_core::workflows::runs::{self, RunStatus};
+use keyflow_store::{StartOutcome, Workflow, WorkflowRun, new_id};
+use serde_json::Value;
+
+use crate::state::SharedState;
+
+/// Jobs one claim takes at most (advanced concurrently).
+const CLAIM_BATCH: i64 = 16;
+/// The slowest the worker looks for due jobs.
+const POLL: Duration = Duration::from_secs(1);
+/// Runs one contact may start of one workflow in an hour (loop guard).
+pub const HOURLY_CAP: i64 = 50;
+/// How often finished runs past their retention are deleted.
+const PURGE_EVERY_MS: i64 = 3_600_000;
+
+/// What a new run starts from.
+pub struct NewRun {
+    pub contact_id: String,
+    /// As the API shows it: `{"type", "event_id"?, "variables"?}`.
+    pub trigger: Value,
+    /// For conditions and templates: `{"event"?, "variables"?}`.
+    pub facts: Value,
+    pub depth: i64,
+}
+
+/// Starts a run of `workflow` (its current version) and wakes the worker.
+pub async fn start(
+    state: &SharedState,
+    workflow: &Workflow,
+    new: NewRun,
+    idempotency_key: Option<&str>,
+) -> keyflow_store::StoreResult<(WorkflowRun, StartOutcome)> {
+    let now = state.now_ms();
+    let run = WorkflowRun {
+        id: new_id(),
+        project_id: workflow.project_id.clone(),
+        workflow_id: workflow.id.clone(),
+        version: workflow.version,
+        contact_id: new.contact_id,
+        trigger: new.trigger,
+        facts: new.facts,
+        status: RunStatus::Running,
+        position: runs::first(&workflow.steps),
+        depth: new.depth,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    };
+    let reentry: Reentry = workflow.reentry;
+    let outcome = state
+        .store
+        .start_run(&run, reentry, idempotency_key, HOURLY_CAP)
+        .await?;
+    if outcome == StartOutcome::Started {
+        state.workflow_wake.notify_one();
+    }
+    Ok((run, outcome))
+}
+
+/// The worker: claims due jobs and advances their runs until `stop`.
+pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let worker = format!("worker_{}", uuid::Uuid::new_v4().simple());
+    let mut last_purge = 0;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let now = state.now_ms();
+        // A read first: claiming is a write, and most looks find nothing due.
+        let next = state.store.next_job_at().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read the workflow job queue");
+            None
+        });
+        if next.is_some_and(|at| at <= now) {
+            match state
+                .store
+                .claim_jobs(&worker, now, executor::LEASE_MS, CLAIM_BATCH)
+                .await
+            {
+                Ok(jobs) if !jobs.is_empty() => {
+                    let mut running = tokio::task::JoinSet::new();
+                    for job in jobs {
+                        running.spawn(executor::advance(state.clone(), worker.clone(), job));
+                    }
+                    while running.join_next().await.is_some() {}
+                    // More may be due already.
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not claim workflow jobs"),
+            }
+        }
+        if now - last_purge > PURGE_EVERY_MS {
+            last_purge = now;
+            let days = i64::try_from(state.config.workflow_run_retention_days).unwrap_or(30);
+            if let Err(e) = state.store.purge_runs(now - days * 86_400_000).await {
+                tracing::warn!(error = %e, "could not delete old workflow runs");
+            }
+        }
+        let until_due = match next {
+            Some(at) if at > now => {
+                Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(POLL)
+            }
+            _ => POLL,
+        };
+        tokio::select! {
+            () = state.workflow_wake.notified() => {}
+            () = tokio::time::sleep(until_due.max(Duration::from_millis(20))) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

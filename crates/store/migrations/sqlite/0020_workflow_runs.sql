@@ -1,0 +1,71 @@
+-- Workflow runs (SPEC §10) and the job queue that advances them.
+--
+-- A run follows one version of its workflow; `position` is the path of the
+-- step it runs next (JSON, e.g. [2, "then", 0]), `depth` how many workflow
+-- steps led to it (the loop guard stops at 5). `facts_json` keeps what the
+-- trigger knew (the event's name and properties, the variables) for
+-- conditions and templates. `idempotency_key` replays an API trigger.
+CREATE TABLE workflow_runs (
+    id              TEXT PRIMARY KEY,
+    project_id      TEXT NOT NULL REFERENCES projects (id),
+    workflow_id     TEXT NOT NULL REFERENCES workflows (id),
+    version         BIGINT NOT NULL,
+    contact_id      TEXT NOT NULL,
+    trigger_json    TEXT NOT NULL,
+    facts_json      TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    position        TEXT,
+    depth           BIGINT NOT NULL,
+    idempotency_key TEXT,
+    error           TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL,
+    finished_at     BIGINT
+);
+CREATE INDEX workflow_runs_by_workflow ON workflow_runs (workflow_id, id);
+CREATE INDEX workflow_runs_by_contact ON workflow_runs (workflow_id, contact_id, created_at);
+CREATE UNIQUE INDEX workflow_runs_idempotency ON workflow_runs (workflow_id, idempotency_key);
+CREATE INDEX workflow_runs_finished ON workflow_runs (finished_at);
+
+-- Each step a run reached, by its path, and every attempt at it.
+CREATE TABLE workflow_run_steps (
+    run_id          TEXT NOT NULL REFERENCES workflow_runs (id),
+    path            TEXT NOT NULL,
+    step_type       TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        BIGINT NOT NULL,
+    next_attempt_at BIGINT,
+    started_at      BIGINT NOT NULL,
+    finished_at     BIGINT,
+    PRIMARY KEY (run_id, path)
+);
+CREATE TABLE workflow_run_attempts (
+    run_id      TEXT NOT NULL REFERENCES workflow_runs (id),
+    path        TEXT NOT NULL,
+    attempt     BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    status_code BIGINT,
+    duration_ms BIGINT NOT NULL,
+    response    TEXT,
+    error       TEXT,
+    PRIMARY KEY (run_id, path, attempt)
+);
+
+-- The durable job queue: a job is due at `run_at`; a worker claims it by
+-- setting a lease (`locked_until`) instead of holding a transaction open
+-- during a webhook call. An expired lease is claimed again; `claims`
+-- counts claims that never finished (a job that keeps crashing its worker
+-- is parked).
+CREATE TABLE jobs (
+    id           TEXT PRIMARY KEY,
+    kind         TEXT NOT NULL,
+    project_id   TEXT NOT NULL,
+    subject_id   TEXT NOT NULL,
+    run_at       BIGINT NOT NULL,
+    locked_until BIGINT,
+    locked_by    TEXT,
+    claims       BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (run_at);
+CREATE UNIQUE INDEX jobs_subject ON jobs (kind, subject_id);

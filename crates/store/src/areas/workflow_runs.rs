@@ -1,0 +1,735 @@
+//! Workflow runs (SPEC §10) and the job queue that advances them.
+//!
+//! A run is started with its job in one transaction; a worker claims due
+//! jobs with a lease (`locked_until`) rather than a transaction held open
+//! during a webhook call, and saves each step's outcome together with the
+//! job's next time, only while the lease is still its own.
+
+use async_trait::async_trait;
+use keyflow_core::clock::UnixMillis;
+use keyflow_core::workflows::Reentry;
+use keyflow_core::workflows::runs::{RunStatus, StepPath};
+use serde_json::Value;
+
+use super::audit::{commit_if, write_audit};
+use crate::backend::{Backend, Run, WriteTx};
+use crate::columns::{from_json, page_limit, to_json};
+use crate::{AuditEntry, Page, StoreError, StoreResult};
+
+/// The job kind that advances a run.
+pub const RUN_JOB: &str = "workflow_run";
+/// How long an API trigger's `Idempotency-Key` replays its first answer.
+pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowRun {
+    pub id: String,
+    pub project_id: String,
+    pub workflow_id: String,
+    pub version: i64,
+    pub contact_id: String,
+    /// What started it, as the API shows it: `{"type", "event_id"?, "variables"?}`.
+    pub trigger: Value,
+    /// What the trigger knew, for conditions and templates: `{"event":
+    /// {"name", "properties"}?, "variables"?}`.
+    pub facts: Value,
+    pub status: RunStatus,
+    /// The step it runs next (`None` once finished).
+    pub position: Option<StepPath>,
+    /// How many workflow steps led to this run (loop guard).
+    pub depth: i64,
+    pub error: Option<String>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+}
+
+/// A step a run reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunStep {
+    pub path: String,
+    pub step_type: String,
+    /// `running`, `waiting`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<UnixMillis>,
+    pub started_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+}
+
+/// One try of a webhook step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunAttempt {
+    pub path: String,
+    pub attempt: i64,
+    pub at: UnixMillis,
+    pub status_code: Option<i64>,
+    pub duration_ms: i64,
+    /// The first 1 KiB of the answer.
+    pub response: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A claimed job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub kind: String,
+    pub project_id: String,
+    pub subject_id: String,
+    /// Claims so far, this one included, that never finished.
+    pub claims: i64,
+}
+
+/// Why a run was not started.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartRefusal {
+    /// `one_active_run`: this run of the contact is still going.
+    ActiveRun(String),
+    /// `once`: the contact has had a run.
+    AlreadyRan,
+    /// The contact started the cap's number of runs in the last hour.
+    HourlyCap,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StartOutcome {
+    Started,
+    /// The same idempotency key started this run in the last 24 h.
+    Replayed(Box<WorkflowRun>),
+    Refused(StartRefusal),
+}
+
+/// What a worker saves after advancing a run: the run as it is now, the
+/// step it worked on, the attempt it made, and what becomes of the job.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    pub run: &'a WorkflowRun,
+    pub steps: &'a [RunStep],
+    pub attempt: Option<&'a RunAttempt>,
+    pub job: JobNext,
+}
+
+/// What becomes of a job after a save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobNext {
+    /// The worker goes on with the run: its lease is extended to this time.
+    Continue { lease_until: UnixMillis },
+    /// Due again at this time (a wait, a retry); the lease ends.
+    At(UnixMillis),
+    /// The run is over: the job is removed.
+    Done,
+}
+
+/// Which runs of a workflow to list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub contact_id: Option<String>,
+}
+
+#[async_trait]
+pub trait WorkflowRunStore: Send + Sync {
+    /// Starts `run` (with its job, due now) unless `reentry`, the hourly cap
+    /// or a replayed `idempotency_key` says otherwise. Checked and written in
+    /// one transaction, serialised per workflow.
+    async fn start_run(
+        &self,
+        run: &WorkflowRun,
+        reentry: Reentry,
+        idempotency_key: Option<&str>,
+        hourly_cap: i64,
+    ) -> StoreResult<StartOutcome>;
+    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`.
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: UnixMillis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Job>>;
+    /// When the next job is due (to sleep until then), if any.
+    async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>>;
+    /// Saves a run's progress and its job's next time in one transaction,
+    /// if `worker` still holds the job's lease (`false`: it does not; nothing
+    /// written).
+    async fn save_progress(
+        &self,
+        job: &Job,
+        worker: &str,
+        progress: Progress<'_>,
+    ) -> StoreResult<bool>;
+    /// Gives a job back without progress (its workflow is paused): due
+    /// again at `at`, its claims reset.
+    async fn release_job(&self, job: &Job, worker: &str, at: UnixMillis) -> StoreResult<()>;
+    /// Removes a job whose run is gone or over.
+    async fn drop_job(&self, job: &Job, worker: &str) -> StoreResult<()>;
+    async fn workflow_run(&self, project_id: &str, id: &str) -> StoreResult<Option<WorkflowRun>>;
+    /// The steps a run reached and every attempt, in order.
+    async fn run_steps(&self, run_id: &str) -> StoreResult<(Vec<RunStep>, Vec<RunAttempt>)>;
+    /// A workflow's runs, newest first.
+    async fn workflow_runs(
+        &self,
+        workflow_id: &str,
+        filter: &RunFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<WorkflowRun>>;
+    /// Ends an active run as `cancelled` (its job removed), with its audit
+    /// entry (none when `audit` is `None`: an archive cancels its runs
+    /// under its own entry). `false`: it was not active.
+    async fn cancel_run(
+        &self,
+        run: &WorkflowRun,
+        now: UnixMillis,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<bool>;
+    /// Cancels every active run of a workflow; how many.
+    async fn cancel_workflow_runs(&self, workflow_id: &str, now: UnixMillis) -> StoreResult<u64>;
+    /// Resumes a failed run at its failed step now. `false`: it was not failed.
+    async fn retry_run(
+        &self,
+        run: &WorkflowRun,
+        now: UnixMillis,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool>;
+    /// Deletes runs that finished before `before`, with their steps and
+    /// attempts; how many runs.
+    async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64>;
+}
+
+const RUN_COLUMNS: &str = "id, project_id, workflow_id, version, contact_id, trigger_json, \
+     facts_json, status, position, depth, error, created_at, updated_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: String,
+    project_id: String,
+    workflow_id: String,
+    version: i64,
+    contact_id: String,
+    trigger_json: String,
+    facts_json: String,
+    status: String,
+    position: Option<String>,
+    depth: i64,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl RunRow {
+    fn into_model(self) -> StoreResult<WorkflowRun> {
+        Ok(WorkflowRun {
+            status: RunStatus::parse(&self.status).ok_or_else(|| {
+                StoreError::Corrupt(format!("run {}: status {:?}", self.id, self.status))
+            })?,
+            trigger: from_json("trigger_json", &self.trigger_json)?,
+            facts: from_json("facts_json", &self.facts_json)?,
+            position: self
+                .position
+                .as_deref()
+                .map(|p| from_json("position", p))
+                .transpose()?,
+            id: self.id,
+            project_id: self.project_id,
+            workflow_id: self.workflow_id,
+            version: self.version,
+            contact_id: self.contact_id,
+            depth: self.depth,
+            error: self.error,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    path: String,
+    step_type: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: Option<i64>,
+    started_at: i64,
+    finished_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    path: String,
+    attempt: i64,
+    at: i64,
+    status_code: Option<i64>,
+    duration_ms: i64,
+    response: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    kind: String,
+    project_id: String,
+    subject_id: String,
+    claims: i64,
+}
+
+fn position_json(run: &WorkflowRun) -> StoreResult<Option<String>> {
+    run.position.as_ref().map(to_json).transpose()
+}
+
+/// The run's changing columns, written as they are in `run`.
+async fn write_run<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    run: &WorkflowRun,
+) -> StoreResult<()> {
+    sqlx::query::<DB>(
+        "UPDATE workflow_runs SET status = $2, position = $3, error = $4, updated_at = $5, \
+         finished_at = $6 WHERE id = $1",
+    )
+    .arg(&run.id)
+    .arg(run.status.as_str())
+    .arg(position_json(run)?)
+    .arg(&run.error)
+    .arg(run.updated_at)
+    .arg(run.finished_at)
+    .run(conn)
+    .await?;
+    Ok(())
+}
+
+async fn schedule<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    run: &WorkflowRun,
+    at: UnixMillis,
+) -> StoreResult<()> {
+    sqlx::query::<DB>(
+        "INSERT INTO jobs (id, kind, project_id, subject_id, run_at, locked_until, locked_by, \
+         claims, created_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL, 0, $5) \
+         ON CONFLICT (kind, subject_id) DO UPDATE SET run_at = $5, locked_until = NULL, \
+         locked_by = NULL, claims = 0",
+    )
+    .arg(crate::new_id())
+    .arg(RUN_JOB)
+    .arg(&run.project_id)
+    .arg(&run.id)
+    .arg(at)
+    .run(conn)
+    .await?;
+    Ok(())
+}
+
+async fn unschedule<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    run_id: &str,
+) -> StoreResult<()> {
+    sqlx::query::<DB>("DELETE FROM jobs WHERE kind = $1 AND subject_id = $2")
+        .arg(RUN_JOB)
+        .arg(run_id)
+        .run(conn)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl<B: Backend> WorkflowRunStore for B {
+    async fn start_run(
+        &self,
+        run: &WorkflowRun,
+        reentry: Reentry,
+        idempotency_key: Option<&str>,
+        hourly_cap: i64,
+    ) -> StoreResult<StartOutcome> {
+        let mut tx = self.begin_write().await?;
+        B::lock_workflow(&mut tx, &run.workflow_id).await?;
+        if let Some(key) = idempotency_key {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2"
+            );
+            let earlier: Option<RunRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+                .arg(&run.workflow_id)
+                .arg(key)
+                .optional(&mut tx)
+                .await?;
+            if let Some(earlier) = earlier {
+                if earlier.created_at > run.created_at - IDEMPOTENCY_MS {
+                    return Ok(StartOutcome::Replayed(Box::new(earlier.into_model()?)));
+                }
+                // Older than a day: the key is free again.
+                sqlx::query::<B::Db>(
+                    "UPDATE workflow_runs SET idempotency_key = NULL WHERE id = $1",
+                )
+                .arg(&earlier.id)
+                .run(&mut tx)
+                .await?;
+            }
+        }
+        let refusal = match reentry {
+            Reentry::EveryTime => None,
+            Reentry::OneActiveRun => sqlx::query::<B::Db>(
+                "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND contact_id = $2 \
+                 AND status IN ('running', 'waiting') LIMIT 1",
+            )
+            .arg(&run.workflow_id)
+            .arg(&run.contact_id)
+            .optional::<(String,)>(&mut tx)
+            .await?
+            .map(|(id,)| StartRefusal::ActiveRun(id)),
+            Reentry::Once => sqlx::query::<B::Db>(
+                "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND contact_id = $2 LIMIT 1",
+            )
+            .arg(&run.workflow_id)
+            .arg(&run.contact_id)
+            .optional::<(String,)>(&mut tx)
+            .await?
+            .map(|_| StartRefusal::AlreadyRan),
+        };
+        if let Some(refusal) = refusal {
+            return Ok(StartOutcome::Refused(refusal));
+        }
+        let (recent,): (i64,) = sqlx::query::<B::Db>(
+            "SELECT COUNT(*) FROM workflow_runs WHERE workflow_id = $1 AND contact_id = $2 \
+             AND created_at > $3",
+        )
+        .arg(&run.workflow_id)
+        .arg(&run.contact_id)
+        .arg(run.created_at - 3_600_000)
+        .one(&mut tx)
+        .await?;
+        if recent >= hourly_cap {
+            return Ok(StartOutcome::Refused(StartRefusal::HourlyCap));
+        }
+        sqlx::query::<B::Db>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO workflow_runs ({RUN_COLUMNS}, idempotency_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        )))
+        .arg(&run.id)
+        .arg(&run.project_id)
+        .arg(&run.workflow_id)
+        .arg(run.version)
+        .arg(&run.contact_id)
+        .arg(to_json(&run.trigger)?)
+        .arg(to_json(&run.facts)?)
+        .arg(run.status.as_str())
+        .arg(position_json(run)?)
+        .arg(run.depth)
+        .arg(&run.error)
+        .arg(run.created_at)
+        .arg(run.updated_at)
+        .arg(run.finished_at)
+        .arg(idempotency_key)
+        .run(&mut tx)
+        .await?;
+        schedule::<B::Db>(&mut tx, run, run.created_at).await?;
+        tx.commit().await?;
+        Ok(StartOutcome::Started)
+    }
+
+    async fn claim_jobs(
+        &self,
+        worker: &str,
+        now: UnixMillis,
+        lease_ms: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Job>> {
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "UPDATE jobs SET locked_until = $1, locked_by = $2, claims = claims + 1 \
+             WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 \
+             AND (locked_until IS NULL OR locked_until <= $3) ORDER BY run_at LIMIT $4 {}) \
+             RETURNING id, kind, project_id, subject_id, claims",
+            B::SKIP_LOCKED
+        );
+        let rows: Vec<JobRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(now + lease_ms)
+            .arg(worker)
+            .arg(now)
+            .arg(limit)
+            .all(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Job {
+                id: r.id,
+                kind: r.kind,
+                project_id: r.project_id,
+                subject_id: r.subject_id,
+                claims: r.claims,
+            })
+            .collect())
+    }
+
+    async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>> {
+        let mut conn = self.pool().acquire().await?;
+        let (at,): (Option<i64>,) = sqlx::query::<B::Db>(
+            "SELECT MIN(CASE WHEN locked_until IS NULL OR locked_until < run_at THEN run_at \
+             ELSE locked_until END) FROM jobs",
+        )
+        .one(&mut conn)
+        .await?;
+        Ok(at)
+    }
+
+    async fn save_progress(
+        &self,
+        job: &Job,
+        worker: &str,
+        progress: Progress<'_>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        // Still ours? (A lease that ran out may have been claimed again.)
+        let held = sqlx::query::<B::Db>(
+            "UPDATE jobs SET locked_until = CASE WHEN $3 > 0 THEN $3 ELSE locked_until END \
+             WHERE id = $1 AND locked_by = $2",
+        )
+        .arg(&job.id)
+        .arg(worker)
+        .arg(match progress.job {
+            JobNext::Continue { lease_until } => lease_until,
+            JobNext::At(_) | JobNext::Done => 0,
+        })
+        .run(&mut tx)
+        .await?;
+        if held != 1 {
+            return Ok(false);
+        }
+        write_run::<B::Db>(&mut tx, progress.run).await?;
+        for step in progress.steps {
+            sqlx::query::<B::Db>(
+                "INSERT INTO workflow_run_steps (run_id, path, step_type, status, attempts, \
+                 next_attempt_at, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (run_id, path) DO UPDATE SET status = $4, attempts = $5, \
+                 next_attempt_at = $6, finished_at = $8",
+            )
+            .arg(&progress.run.id)
+            .arg(&step.path)
+            .arg(&step.step_type)
+            .arg(&step.status)
+            .arg(step.attempts)
+            .arg(step.next_attempt_at)
+            .arg(step.started_at)
+            .arg(step.finished_at)
+            .run(&mut tx)
+            .await?;
+        }
+        if let Some(attempt) = progress.attempt {
+            sqlx::query::<B::Db>(
+                "INSERT INTO workflow_run_attempts (run_id, path, attempt, at, status_code, \
+                 duration_ms, response, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .arg(&progress.run.id)
+            .arg(&attempt.path)
+            .arg(attempt.attempt)
+            .arg(attempt.at)
+            .arg(attempt.status_code)
+            .arg(attempt.duration_ms)
+            .arg(&attempt.response)
+            .arg(&attempt.error)
+            .run(&mut tx)
+            .await?;
+        }
+        match progress.job {
+            JobNext::Continue { .. } => {}
+            JobNext::At(at) => schedule::<B::Db>(&mut tx, progress.run, at).await?,
+            JobNext::Done => unschedule::<B::Db>(&mut tx, &progress.run.id).await?,
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn release_job(&self, job: &Job, worker: &str, at: UnixMillis) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query::<B::Db>(
+            "UPDATE jobs SET run_at = $3, locked_until = NULL, locked_by = NULL, claims = 0 \
+             WHERE id = $1 AND locked_by = $2",
+        )
+        .arg(&job.id)
+        .arg(worker)
+        .arg(at)
+        .run(&mut tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn drop_job(&self, job: &Job, worker: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query::<B::Db>("DELETE FROM jobs WHERE id = $1 AND locked_by = $2")
+            .arg(&job.id)
+            .arg(worker)
+            .run(&mut tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn workflow_run(&self, project_id: &str, id: &str) -> StoreResult<Option<WorkflowRun>> {
+        let mut conn = self.pool().acquire().await?;
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE project_id = $1 AND id = $2");
+        let row: Option<RunRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(project_id)
+            .arg(id)
+            .optional(&mut conn)
+            .await?;
+        row.map(RunRow::into_model).transpose()
+    }
+
+    async fn run_steps(&self, run_id: &str) -> StoreResult<(Vec<RunStep>, Vec<RunAttempt>)> {
+        let mut conn = self.pool().acquire().await?;
+        let steps: Vec<StepRow> = sqlx::query::<B::Db>(
+            "SELECT path, step_type, status, attempts, next_attempt_at, started_at, finished_at \
+             FROM workflow_run_steps WHERE run_id = $1 ORDER BY started_at, path",
+        )
+        .arg(run_id)
+        .all(&mut conn)
+        .await?;
+        let attempts: Vec<AttemptRow> = sqlx::query::<B::Db>(
+            "SELECT path, attempt, at, status_code, duration_ms, response, error \
+             FROM workflow_run_attempts WHERE run_id = $1 ORDER BY at, attempt",
+        )
+        .arg(run_id)
+        .all(&mut conn)
+        .await?;
+        Ok((
+            steps
+                .into_iter()
+                .map(|s| RunStep {
+                    path: s.path,
+                    step_type: s.step_type,
+                    status: s.status,
+                    attempts: s.attempts,
+                    next_attempt_at: s.next_attempt_at,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                })
+                .collect(),
+            attempts
+                .into_iter()
+                .map(|a| RunAttempt {
+                    path: a.path,
+                    attempt: a.attempt,
+                    at: a.at,
+                    status_code: a.status_code,
+                    duration_ms: a.duration_ms,
+                    response: a.response,
+                    error: a.error,
+                })
+                .collect(),
+        ))
+    }
+
+    async fn workflow_runs(
+        &self,
+        workflow_id: &str,
+        filter: &RunFilter,
+        page: &Page,
+    ) -> StoreResult<Vec<WorkflowRun>> {
+        let mut conn = self.pool().acquire().await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 \
+             AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR contact_id = $3) \
+             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        );
+        let rows: Vec<RunRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(workflow_id)
+            .arg(filter.status.map(RunStatus::as_str))
+            .arg(&filter.contact_id)
+            .arg(&page.cursor)
+            .arg(page_limit(page.limit))
+            .all(&mut conn)
+            .await?;
+        rows.into_iter().map(RunRow::into_model).collect()
+    }
+
+    async fn cancel_run(
+        &self,
+        run: &WorkflowRun,
+        now: UnixMillis,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let cancelled = sqlx::query::<B::Db>(
+            "UPDATE workflow_runs SET status = 'cancelled', position = NULL, updated_at = $2, \
+             finished_at = $2 WHERE id = $1 AND status IN ('running', 'waiting')",
+        )
+        .arg(&run.id)
+        .arg(now)
+        .run(&mut tx)
+        .await?
+            == 1;
+        if cancelled {
+            unschedule::<B::Db>(&mut tx, &run.id).await?;
+        }
+        match audit {
+            Some(audit) => commit_if::<B::Db>(tx, cancelled, audit).await,
+            None => tx.commit().await.map(|()| cancelled),
+        }
+    }
+
+    async fn cancel_workflow_runs(&self, workflow_id: &str, now: UnixMillis) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query::<B::Db>(
+            "DELETE FROM jobs WHERE kind = $1 AND subject_id IN (SELECT id FROM workflow_runs \
+             WHERE workflow_id = $2 AND status IN ('running', 'waiting'))",
+        )
+        .arg(RUN_JOB)
+        .arg(workflow_id)
+        .run(&mut tx)
+        .await?;
+        let cancelled = sqlx::query::<B::Db>(
+            "UPDATE workflow_runs SET status = 'cancelled', position = NULL, updated_at = $2, \
+             finished_at = $2 WHERE workflow_id = $1 AND status IN ('running', 'waiting')",
+        )
+        .arg(workflow_id)
+        .arg(now)
+        .run(&mut tx)
+        .await?;
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
+    async fn retry_run(
+        &self,
+        run: &WorkflowRun,
+        now: UnixMillis,
+        audit: &AuditEntry,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let resumed = sqlx::query::<B::Db>(
+            "UPDATE workflow_runs SET status = 'running', error = NULL, updated_at = $2, \
+             finished_at = NULL WHERE id = $1 AND status = 'failed' AND position IS NOT NULL",
+        )
+        .arg(&run.id)
+        .arg(now)
+        .run(&mut tx)
+        .await?
+            == 1;
+        if resumed {
+            schedule::<B::Db>(&mut tx, run, now).await?;
+            write_audit::<B::Db>(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(resumed)
+    }
+
+    async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let old = "SELECT id FROM workflow_runs WHERE finished_at < $1";
+        for table in ["workflow_run_attempts", "workflow_run_steps"] {
+            sqlx::query::<B::Db>(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE run_id IN ({old})"
+            )))
+            .arg(before)
+            .run(&mut tx)
+            .await?;
+        }
+        let purged = sqlx::query::<B::Db>("DELETE FROM workflow_runs WHERE finished_at < $1")
+            .arg(before)
+            .run(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+}
