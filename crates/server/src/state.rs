@@ -205,7 +205,7 @@ pub struct AppState {
     /// Wakes this instance's workflow worker (a run was started here).
     pub workflow_wake: tokio::sync::Notify,
     /// TLS for webhook calls (rustls with ring, the Mozilla roots).
-    pub webhook_tls: Option<rustls::ClientConfig>,
+    pub webhook_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -286,7 +286,8 @@ impl AppState {
             workflow_wake: tokio::sync::Notify::new(),
             webhook_tls: crate::workflows::delivery::tls_config()
                 .inspect_err(|e| tracing::error!(error = %e, "webhooks cannot use TLS"))
-                .ok(),
+                .ok()
+                .map(Arc::new),
         }
     }
 

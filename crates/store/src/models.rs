@@ -149,10 +149,12 @@ pub enum AuditAction {
     WorkflowUpdated,
     WorkflowArchived,
     WorkflowSecretRotated,
+    WorkflowRunCancelled,
+    WorkflowRunRetried,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 23] = [
+    pub const ALL: [AuditAction; 25] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRolled,
@@ -176,6 +178,8 @@ impl AuditAction {
         AuditAction::WorkflowUpdated,
         AuditAction::WorkflowArchived,
         AuditAction::WorkflowSecretRotated,
+        AuditAction::WorkflowRunCancelled,
+        AuditAction::WorkflowRunRetried,
     ];
 
     /// The wire name (`api_key.created`, …), as stored and filtered on.
@@ -204,6 +208,8 @@ impl AuditAction {
             AuditAction::WorkflowUpdated => "workflow.updated",
             AuditAction::WorkflowArchived => "workflow.archived",
             AuditAction::WorkflowSecretRotated => "workflow.secret_rotated",
+            AuditAction::WorkflowRunCancelled => "workflow_run.cancelled",
+            AuditAction::WorkflowRunRetried => "workflow_run.retried",
         }
     }
 }

@@ -28,4 +28,5 @@ mod store_conformance;
 mod subscribers_api;
 mod tenant_sql;
 mod webdriver;
+mod workflow_runs;
 mod workflows;

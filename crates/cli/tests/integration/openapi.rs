@@ -140,7 +140,7 @@ async fn every_documented_operation_exists_behind_auth() {
         }
     }
     assert_eq!(
-        operations, 45,
+        operations, 50,
         "every /v1 and /admin/v1 operation is documented"
     );
 }
@@ -238,5 +238,5 @@ async fn documented_scopes_are_the_enforced_ones() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 31, "every /v1 operation but keys/self");
+    assert_eq!(checked, 36, "every /v1 operation but keys/self");
 }

@@ -15,6 +15,7 @@ pub mod routes;
 pub mod segment;
 pub mod subscribers;
 pub mod views;
+pub mod workflow_runs;
 pub mod workflows;
 
 use std::collections::HashMap;

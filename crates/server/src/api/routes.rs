@@ -16,7 +16,7 @@ use utoipa::openapi::security::SecurityRequirement;
 
 use super::{
     audit, contacts, events, keys, metrics, metrics_access, metrics_credential, metrics_query,
-    segment, subscribers, workflows,
+    segment, subscribers, workflow_runs, workflows,
 };
 use crate::auth::Guard;
 use crate::limits::Category;
@@ -352,6 +352,31 @@ fn workflow_routes(state: &SharedState) -> ApiRoutes {
             workflows::__path_rotate_signing_secret,
             write(),
             workflows::rotate_signing_secret,
+        )
+        .guarded(
+            workflow_runs::__path_trigger_workflow,
+            Guard::new(state, Some(Scope::WorkflowsWrite), Category::Write),
+            workflow_runs::trigger_workflow,
+        )
+        .guarded(
+            workflow_runs::__path_list_runs,
+            read(),
+            workflow_runs::list_runs,
+        )
+        .guarded(
+            workflow_runs::__path_get_run,
+            read(),
+            workflow_runs::get_run,
+        )
+        .guarded(
+            workflow_runs::__path_cancel_run,
+            write(),
+            workflow_runs::cancel_run,
+        )
+        .guarded(
+            workflow_runs::__path_retry_run,
+            write(),
+            workflow_runs::retry_run,
         )
 }
 

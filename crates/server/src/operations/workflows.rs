@@ -362,6 +362,102 @@ pub async fn rotate_secret(ctx: &Ctx<'_>, project: &Project, id: &str) -> OpResu
     Ok(WithSecret { workflow, secret })
 }
 
+/// Why a trigger call started no run (`409`, with `details.reason`).
+fn not_started(reason: &str, message: &str) -> OpError {
+    OpError::new(ErrorCode::Conflict, message).with_details(json!({ "reason": reason }))
+}
+
+/// Checks that `workflow` may be started through the API now.
+pub fn check_api_trigger(workflow: &Workflow) -> OpResult<()> {
+    if workflow.trigger != Trigger::Api {
+        return Err(not_started(
+            "not_api_trigger",
+            "This workflow starts on its own trigger, not through the API.",
+        ));
+    }
+    if workflow.status != WorkflowStatus::Active {
+        return Err(not_started(
+            "not_active",
+            "Only active workflows start runs; activate it first.",
+        ));
+    }
+    Ok(())
+}
+
+/// The `409` for a run the store did not start.
+pub fn refused_start(refusal: &keyflow_store::StartRefusal) -> OpError {
+    match refusal {
+        keyflow_store::StartRefusal::ActiveRun(run_id) => OpError::new(
+            ErrorCode::Conflict,
+            "The contact already has a running run of this workflow (reentry one_active_run).",
+        )
+        .with_details(json!({"reason": "active_run", "run_id": run_id})),
+        keyflow_store::StartRefusal::AlreadyRan => not_started(
+            "already_ran",
+            "The contact has already had a run of this workflow (reentry once).",
+        ),
+        keyflow_store::StartRefusal::HourlyCap => not_started(
+            "hourly_cap",
+            "The contact has started 50 runs of this workflow in the last hour (loop guard).",
+        ),
+    }
+}
+
+fn run_target(run: &keyflow_store::WorkflowRun) -> AuditTarget {
+    AuditTarget {
+        kind: "workflow_run".into(),
+        id: Some(run.id.clone()),
+        name: None,
+    }
+}
+
+/// Cancels an active run, audited as `workflow_run.cancelled`.
+pub async fn cancel_run(
+    ctx: &Ctx<'_>,
+    project: &Project,
+    run: &keyflow_store::WorkflowRun,
+) -> OpResult<()> {
+    let entry = ctx.audit(
+        &project.workspace_id,
+        Some(&project.id),
+        AuditAction::WorkflowRunCancelled,
+        run_target(run),
+        json!({"workflow_id": run.workflow_id, "previous_status": run.status.as_str()}),
+    );
+    if ctx.store.cancel_run(run, ctx.now, Some(&entry)).await? {
+        Ok(())
+    } else {
+        Err(OpError::new(
+            ErrorCode::Conflict,
+            "Only a running or waiting run can be cancelled.",
+        ))
+    }
+}
+
+/// Resumes a failed run at its failed step now, audited as
+/// `workflow_run.retried`.
+pub async fn retry_run(
+    ctx: &Ctx<'_>,
+    project: &Project,
+    run: &keyflow_store::WorkflowRun,
+) -> OpResult<()> {
+    let entry = ctx.audit(
+        &project.workspace_id,
+        Some(&project.id),
+        AuditAction::WorkflowRunRetried,
+        run_target(run),
+        json!({"workflow_id": run.workflow_id}),
+    );
+    if ctx.store.retry_run(run, ctx.now, &entry).await? {
+        Ok(())
+    } else {
+        Err(OpError::new(
+            ErrorCode::Conflict,
+            "Only a failed run can be retried.",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! rebinding) cannot redirect the call. Redirects are not followed.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -203,96 +204,145 @@ fn elapsed_ms(started: Instant) -> i64 {
 /// A request to send.
 pub struct Request<'a> {
     pub url: &'a str,
-    pub method: reqwest::Method,
+    pub method: hyper::Method,
     pub headers: &'a [(String, String)],
     pub body: Vec<u8>,
 }
 
-/// Sends one attempt: checks the destination, pins the client to the
-/// checked addresses, no redirects, [`TIMEOUT`] in all.
+/// Sends one attempt: checks the destination, connects to exactly the
+/// addresses checked, no redirects, [`TIMEOUT`] in all.
 pub async fn send(
     request: Request<'_>,
     allowed: &PrivateNetworks,
-    tls: &rustls::ClientConfig,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> Attempt {
     let started = Instant::now();
-    let url = match url::Url::parse(request.url) {
-        Ok(url) => url,
-        Err(e) => return Attempt::failed(started, format!("bad URL: {e}")),
-    };
-    let addresses = match resolve_checked(&url, allowed).await {
-        Ok(addresses) => addresses,
-        Err(refusal) => return Attempt::failed(started, refusal),
-    };
-    let mut client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .no_proxy()
-        .user_agent(concat!("Keyflow-Webhooks/", env!("CARGO_PKG_VERSION")));
-    if let Some(host) = url.host_str() {
-        client = client.resolve_to_addrs(host, &addresses);
+    match tokio::time::timeout(TIMEOUT, attempt(request, allowed, tls)).await {
+        Ok(Ok(answer)) => Attempt {
+            status: Some(answer.status),
+            duration_ms: elapsed_ms(started),
+            excerpt: answer.excerpt,
+            error: None,
+            retry_after_secs: answer.retry_after_secs,
+        },
+        Ok(Err(error)) => Attempt::failed(started, error),
+        Err(_) => Attempt::failed(started, format!("no answer within {} s", TIMEOUT.as_secs())),
     }
-    let client = match client.build() {
-        Ok(client) => client,
-        Err(e) => return Attempt::failed(started, format!("client: {e}")),
+}
+
+/// What came back.
+struct Answer {
+    status: u16,
+    excerpt: Option<String>,
+    retry_after_secs: Option<u64>,
+}
+
+async fn attempt(
+    request: Request<'_>,
+    allowed: &PrivateNetworks,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Answer, String> {
+    let url = url::Url::parse(request.url).map_err(|e| format!("bad URL: {e}"))?;
+    let addresses = resolve_checked(&url, allowed).await?;
+    let mut tcp = None;
+    let mut refused = String::new();
+    for address in &addresses {
+        match tokio::net::TcpStream::connect(address).await {
+            Ok(stream) => {
+                tcp = Some(stream);
+                break;
+            }
+            Err(e) => refused = format!("could not connect to {address}: {e}"),
+        }
+    }
+    let tcp = tcp.ok_or(refused)?;
+    let host = url.host_str().unwrap_or_default();
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
     };
-    let mut builder = client
-        .request(request.method, url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(request.body);
+    let mut builder = hyper::Request::builder()
+        .method(request.method)
+        .uri(&url[url::Position::BeforePath..url::Position::AfterQuery])
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("Keyflow-Webhooks/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in request.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    let response = match builder.send().await {
-        Ok(response) => response,
-        Err(e) => {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else {
-                "could not be sent"
-            };
-            return Attempt::failed(started, format!("the request {what}: {}", redact_url(&e)));
-        }
-    };
-    let status = response.status().as_u16();
-    let retry_after_secs = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let excerpt = read_excerpt(response).await;
-    Attempt {
-        status: Some(status),
-        duration_ms: elapsed_ms(started),
-        excerpt,
-        error: None,
-        retry_after_secs,
+    let http_request = builder
+        .body(http_body_util::Full::new(bytes::Bytes::from(request.body)))
+        .map_err(|e| format!("the request could not be built: {e}"))?;
+    if url.scheme() == "https" {
+        let name = match url.host() {
+            Some(url::Host::Domain(domain)) => {
+                rustls::pki_types::ServerName::try_from(domain.to_string())
+                    .map_err(|e| format!("{domain} is not a TLS server name: {e}"))?
+            }
+            Some(url::Host::Ipv4(ip)) => rustls::pki_types::ServerName::from(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => rustls::pki_types::ServerName::from(IpAddr::V6(ip)),
+            None => return Err("the URL has no host".into()),
+        };
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS failed: {e}"))?;
+        exchange(hyper_util::rt::TokioIo::new(stream), http_request).await
+    } else {
+        exchange(hyper_util::rt::TokioIo::new(tcp), http_request).await
     }
 }
 
-/// The first [`RESPONSE_EXCERPT_BYTES`] of the body, without reading more.
-async fn read_excerpt(mut response: reqwest::Response) -> Option<String> {
-    let mut kept = Vec::new();
-    while kept.len() < RESPONSE_EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-            _ => break,
+/// One request and its answer over `io`: the status, `Retry-After`, and at
+/// most [`RESPONSE_EXCERPT_BYTES`] of the body (the rest is not read).
+async fn exchange<T>(
+    io: T,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Result<Answer, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP failed: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("the request could not be sent: {e}"))?;
+        let status = response.status().as_u16();
+        let retry_after_secs = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        while kept.len() < RESPONSE_EXCERPT_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        kept.extend_from_slice(&data);
+                    }
+                }
+                _ => break,
+            }
         }
+        kept.truncate(RESPONSE_EXCERPT_BYTES);
+        Ok(Answer {
+            status,
+            excerpt: (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned()),
+            retry_after_secs,
+        })
     }
-    kept.truncate(RESPONSE_EXCERPT_BYTES);
-    (!kept.is_empty()).then(|| String::from_utf8_lossy(&kept).into_owned())
-}
-
-/// reqwest's error text without the URL (its query may carry a token).
-fn redact_url(e: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    let mut deepest = None;
-    while let Some(s) = source {
-        deepest = Some(s.to_string());
-        source = s.source();
-    }
-    deepest.unwrap_or_else(|| "network error".into())
+    .await;
+    driver.abort();
+    result
 }
 
 /// TLS for webhooks: rustls with ring and the Mozilla roots (webpki-roots).

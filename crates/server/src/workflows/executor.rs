@@ -426,9 +426,9 @@ async fn call(
     let request = delivery::Request {
         url,
         method: match method {
-            WebhookMethod::Post => reqwest::Method::POST,
-            WebhookMethod::Put => reqwest::Method::PUT,
-            WebhookMethod::Patch => reqwest::Method::PATCH,
+            WebhookMethod::Post => hyper::Method::POST,
+            WebhookMethod::Put => hyper::Method::PUT,
+            WebhookMethod::Patch => hyper::Method::PATCH,
         },
         headers: &all_headers,
         body,

@@ -1,0 +1,529 @@
+//! Workflow runs end to end (SPEC §10): api triggers, signed webhooks to a
+//! real receiver, contact changes audited with the workflow as actor,
+//! retries, waits that outlive their instance, reentry, cancel and retry —
+//! on every deployment (three instances compete for the same jobs).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use keyflow_server::workflows::delivery::PrivateNetworks;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::every_deployment_tests;
+use crate::harness::{Backend, TestApp};
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: String,
+}
+
+/// A planned answer: status and `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
+/// A webhook receiver on loopback: records every request and answers with
+/// the next planned status (200 once the plan is used up).
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+    plan: Arc<Mutex<Vec<Answer>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let receiver = Receiver::default();
+        let shared = receiver.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
+                let shared = shared.clone();
+                async move {
+                    shared.got.lock().unwrap().push(Received {
+                        path: uri.path().to_string(),
+                        headers,
+                        body,
+                    });
+                    let next = {
+                        let mut plan = shared.plan.lock().unwrap();
+                        (!plan.is_empty()).then(|| plan.remove(0))
+                    };
+                    let (status, retry_after) = next.unwrap_or((200, None));
+                    let mut response = axum::response::Response::new(axum::body::Body::from("ok"));
+                    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                    if let Some(after) = retry_after {
+                        response
+                            .headers_mut()
+                            .insert("retry-after", after.parse().unwrap());
+                    }
+                    response
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn plan(&self, answers: &[Answer]) {
+        self.plan.lock().unwrap().extend_from_slice(answers);
+    }
+}
+
+async fn start(backend: Backend, allow_loopback: bool) -> TestApp {
+    TestApp::start_with(backend, |c| {
+        if allow_loopback {
+            c.webhook_allow_private_networks = PrivateNetworks::parse("127.0.0.0/8").unwrap();
+        }
+    })
+    .await
+}
+
+/// Creates and activates a workflow; returns its id and signing secret.
+async fn active_workflow(
+    app: &TestApp,
+    key: &str,
+    steps: Value,
+    reentry: &str,
+) -> (String, String) {
+    let made = app
+        .post(
+            "/v1/workflows",
+            key,
+            json!({"name": "wf", "trigger": {"type": "api"}, "steps": steps,
+                   "status": "active", "reentry": reentry}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    (
+        made.body["id"].as_str().unwrap().to_string(),
+        made.body["signing_secret"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn trigger(app: &TestApp, key: &str, workflow: &str, body: Value) -> crate::harness::Reply {
+    app.post(&format!("/v1/workflows/{workflow}/trigger"), key, body)
+        .await
+}
+
+/// Polls the run until `done` holds (10 s at most).
+async fn run_until(app: &TestApp, key: &str, run_id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let run = app.get(&format!("/v1/workflow-runs/{run_id}"), key).await;
+        assert_eq!(run.status, 200, "{}", run.body);
+        if done(&run.body) {
+            return run.body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run did not get there: {}",
+            run.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_is(status: &'static str) -> impl Fn(&Value) -> bool {
+    move |run| run["status"] == status
+}
+
+/// Checks a request's Standard Webhooks signature against `secret`.
+fn signed_with(request: &Received, secret: &str) -> bool {
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{}", request.body).as_bytes());
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
+}
+
+/// An api trigger creates the contact, runs every kind of step in order,
+/// calls the receiver twice with signed requests (templated, then the
+/// default body), changes the contact as the workflow (audited so), and an
+/// idempotent retry of the trigger starts nothing new.
+async fn runs_call_signed_webhooks_and_change_the_contact(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps = json!([
+        {"type": "webhook", "url": format!("{base}/first"), "headers": {"X-Plan": "{{variables.plan}}"},
+         "body": {"email": "{{contact.email}}", "plan": "{{variables.plan}}", "run": "{{run.id}}"}},
+        {"type": "update_contact", "properties": {"stage": "{{variables.plan}}", "gone": null}},
+        {"type": "subscribe"},
+        {"type": "branch", "if": [{"field": "contact.properties.stage", "op": "eq", "value": "trial"}],
+         "then": [{"type": "webhook", "url": format!("{base}/second"), "method": "PUT"}],
+         "else": [{"type": "exit"}]},
+        {"type": "webhook", "url": format!("{base}/never-after-exit-path-not-taken")}
+    ]);
+    let (workflow, secret) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let request = json!({"contact": {"email": "Ada@Example.com"}, "variables": {"plan": "trial"}});
+    let client = reqwest::Client::new();
+    let send = || {
+        client
+            .post(format!(
+                "{}/v1/workflows/{workflow}/trigger",
+                app.next_base()
+            ))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", "order-42")
+            .json(&request)
+    };
+    let first = TestApp::reply(send()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let run_id = first.body["run_id"].as_str().unwrap().to_string();
+    let again = TestApp::reply(send()).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.body["run_id"], run_id.as_str());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+
+    let run = run_until(&app, &t.key, &run_id, status_is("completed")).await;
+    let paths: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["0", "1", "2", "3", "3.then.0", "4"], "{run}");
+    assert!(run["finished_at"].is_string());
+    let got = receiver.requests();
+    let paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/first", "/second", "/never-after-exit-path-not-taken"],
+        "the branch's then, then on after it"
+    );
+    for request in &got {
+        assert!(signed_with(request, &secret), "{request:?}");
+        assert!(
+            request.headers["webhook-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("msg_")
+        );
+    }
+    let first_body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(
+        first_body,
+        json!({"email": "Ada@Example.com", "plan": "trial", "run": run_id})
+    );
+    assert_eq!(got[0].headers["x-plan"], "trial");
+    let default_body: Value = serde_json::from_str(&got[1].body).unwrap();
+    assert_eq!(default_body["run_id"], run_id.as_str());
+    assert_eq!(default_body["workflow"]["id"], workflow.as_str());
+    assert_eq!(default_body["contact"]["email"], "Ada@Example.com");
+    assert_eq!(default_body["contact"]["properties"]["stage"], "trial");
+    assert_eq!(default_body["trigger"]["type"], "api");
+
+    let contact_id = run["contact_id"].as_str().unwrap();
+    let contact = app.get(&format!("/v1/contacts/{contact_id}"), &t.key).await;
+    assert_eq!(
+        contact.body["properties"]["stage"], "trial",
+        "{}",
+        contact.body
+    );
+    assert_eq!(contact.body["subscribed"], true);
+    let audit = app.get("/v1/audit?action=contact.updated", &t.key).await;
+    let by_workflow = audit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"]["type"] == "workflow" && e["actor"]["id"] == workflow.as_str())
+        .count();
+    assert_eq!(
+        by_workflow, 2,
+        "update_contact and subscribe: {}",
+        audit.body
+    );
+    let runs = app
+        .get(
+            &format!("/v1/workflows/{workflow}/runs?status=completed"),
+            &t.key,
+        )
+        .await;
+    assert_eq!(
+        runs.body["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        runs.body
+    );
+}
+
+/// A failing receiver is tried again when it asks (`Retry-After`), and the
+/// webhook id stays the same; `410 Gone` fails the run at once; a retried
+/// run resumes at its failed step; private destinations are refused
+/// unless allowed.
+async fn failures_are_retried_and_runs_can_be_resumed(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    receiver.plan(&[(503, Some("2")), (410, None)]);
+    let steps = json!([{"type": "webhook", "url": format!("{base}/hook")}]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let body = json!({"contact": {"external_id": "u-1"}});
+    let first = trigger(&app, &t.key, &workflow, body.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let run_id = first.body["run_id"].as_str().unwrap().to_string();
+    let run = run_until(&app, &t.key, &run_id, |r| {
+        r["steps"][0]["status"] == "retrying"
+    })
+    .await;
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["steps"][0]["attempt_log"][0]["status_code"], 503);
+    assert_eq!(run["steps"][0]["attempt_log"][0]["response"], "ok");
+    // Retry-After: 2 is honoured: not before, then at once.
+    app.clock.advance_ms(1_000);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(receiver.requests().len(), 1);
+    app.clock.advance_ms(1_500);
+    let run = run_until(&app, &t.key, &run_id, status_is("failed")).await;
+    assert!(run["error"].as_str().unwrap().contains("410"), "{run}");
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
+
+    let retried = app
+        .post(
+            &format!("/v1/workflow-runs/{run_id}/retry"),
+            &t.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let run = run_until(&app, &t.key, &run_id, status_is("completed")).await;
+    assert_eq!(run["steps"][0]["attempts"], 3);
+    app.post(
+        &format!("/v1/workflow-runs/{run_id}/retry"),
+        &t.key,
+        json!({}),
+    )
+    .await
+    .assert_error(409, "conflict");
+
+    // Without the allowance, loopback is refused before anything is sent.
+    let strict = start(backend, false).await;
+    let s = strict.tenant().await;
+    let steps = json!([{"type": "webhook", "url": format!("{base}/private")}]);
+    let (workflow, _) = active_workflow(&strict, &s.key, steps, "every_time").await;
+    let run_id = trigger(&strict, &s.key, &workflow, body).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = run_until(&strict, &s.key, &run_id, |r| {
+        r["steps"][0]["status"] == "retrying"
+    })
+    .await;
+    let error = run["steps"][0]["attempt_log"][0]["error"].as_str().unwrap();
+    assert!(error.contains("private or reserved"), "{error}");
+    assert!(receiver.requests().iter().all(|r| r.path != "/private"));
+}
+
+/// A wait holds the run (reentry `one_active_run` refuses a second one);
+/// it outlives the instance that started it: another instance on the same
+/// database finishes it once due. Cancel and archive end waiting runs.
+async fn waits_outlive_their_instance_and_runs_can_be_cancelled(backend: Backend) {
+    let mut app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps = json!([{"type": "wait", "seconds": 3600}, {"type": "webhook", "url": format!("{base}/after")}]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps, "one_active_run").await;
+    let ada = json!({"contact": {"email": "ada@example.com"}});
+    let run_id = trigger(&app, &t.key, &workflow, ada.clone()).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_until(&app, &t.key, &run_id, status_is("waiting")).await;
+    let second = trigger(&app, &t.key, &workflow, ada.clone()).await;
+    second.assert_error(409, "conflict");
+    assert_eq!(second.body["error"]["details"]["reason"], "active_run");
+    assert_eq!(second.body["error"]["details"]["run_id"], run_id.as_str());
+
+    let other = app.another_instance().await;
+    app.stop().await;
+    other.clock.advance_ms(3_601_000);
+    run_until(&other, &t.key, &run_id, status_is("completed")).await;
+    assert_eq!(receiver.requests().len(), 1);
+
+    // Cancel a waiting run; then archive cancels the next one.
+    let run_id = trigger(&other, &t.key, &workflow, ada.clone()).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_until(&other, &t.key, &run_id, status_is("waiting")).await;
+    let cancelled = other
+        .post(
+            &format!("/v1/workflow-runs/{run_id}/cancel"),
+            &t.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    other
+        .post(
+            &format!("/v1/workflow-runs/{run_id}/cancel"),
+            &t.key,
+            json!({}),
+        )
+        .await
+        .assert_error(409, "conflict");
+    let run_id = trigger(&other, &t.key, &workflow, ada).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_until(&other, &t.key, &run_id, status_is("waiting")).await;
+    assert_eq!(
+        other
+            .delete(&format!("/v1/workflows/{workflow}"), &t.key)
+            .await
+            .status,
+        204
+    );
+    run_until(&other, &t.key, &run_id, status_is("cancelled")).await;
+    other.clock.advance_ms(3_601_000);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(receiver.requests().len(), 1, "cancelled runs call nothing");
+    let audit = other
+        .get("/v1/audit?action=workflow_run.cancelled", &t.key)
+        .await;
+    assert_eq!(
+        audit.body["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        audit.body
+    );
+}
+
+/// Triggers other than `api`, inactive workflows, bad bodies and other
+/// projects' ids are refused; `once` starts one run per contact.
+async fn triggers_are_refused_where_they_must_be(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let other = app.tenant().await;
+    let steps = json!([{"type": "exit"}]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps.clone(), "once").await;
+    let ada = json!({"contact": {"email": "ada@example.com"}});
+    let first = trigger(&app, &t.key, &workflow, ada.clone()).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    let run_id = first.body["run_id"].as_str().unwrap().to_string();
+    run_until(&app, &t.key, &run_id, status_is("completed")).await;
+    let again = trigger(&app, &t.key, &workflow, ada.clone()).await;
+    assert_eq!(
+        again.body["error"]["details"]["reason"], "already_ran",
+        "{}",
+        again.body
+    );
+    for bad in [
+        json!({"contact": {"email": "a@b.co", "id": "x"}}),
+        json!({"contact": {}}),
+        json!({"contact": "ada@example.com"}),
+        json!({"contact": {"email": "not an email"}}),
+        json!({"contact": {"email": "a@b.co"}, "variables": [1]}),
+    ] {
+        trigger(&app, &t.key, &workflow, bad)
+            .await
+            .assert_error(422, "validation_failed");
+    }
+    trigger(
+        &app,
+        &t.key,
+        &workflow,
+        json!({"contact": {"id": "no-such-contact"}}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    let drafted = app
+        .post(
+            "/v1/workflows",
+            &t.key,
+            json!({"name": "d", "trigger": {"type": "api"}, "steps": steps}),
+        )
+        .await;
+    let drafted = drafted.body["id"].as_str().unwrap();
+    let reply = trigger(&app, &t.key, drafted, ada.clone()).await;
+    assert_eq!(reply.body["error"]["details"]["reason"], "not_active");
+    let evented = app
+        .post(
+            "/v1/workflows",
+            &t.key,
+            json!({"name": "e", "status": "active", "trigger": {"type": "event", "event": "x"},
+                   "steps": [{"type": "exit"}]}),
+        )
+        .await;
+    let reply = trigger(
+        &app,
+        &t.key,
+        evented.body["id"].as_str().unwrap(),
+        ada.clone(),
+    )
+    .await;
+    assert_eq!(reply.body["error"]["details"]["reason"], "not_api_trigger");
+
+    trigger(&app, &other.key, &workflow, ada)
+        .await
+        .assert_error(404, "not_found");
+    for path in [
+        format!("/v1/workflow-runs/{run_id}"),
+        format!("/v1/workflows/{workflow}/runs"),
+    ] {
+        app.get(&path, &other.key)
+            .await
+            .assert_error(404, "not_found");
+    }
+    app.post(
+        &format!("/v1/workflow-runs/{run_id}/cancel"),
+        &other.key,
+        json!({}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    let (_, ro) = app
+        .create_key(&t.key, json!({"name": "ro", "type": "read_only"}))
+        .await;
+    assert_eq!(
+        app.get(&format!("/v1/workflow-runs/{run_id}"), &ro)
+            .await
+            .status,
+        200
+    );
+    trigger(
+        &app,
+        &ro,
+        &workflow,
+        json!({"contact": {"email": "b@b.co"}}),
+    )
+    .await
+    .assert_error(403, "insufficient_scope");
+}
+
+every_deployment_tests!(
+    runs_call_signed_webhooks_and_change_the_contact,
+    failures_are_retried_and_runs_can_be_resumed,
+    waits_outlive_their_instance_and_runs_can_be_cancelled,
+    triggers_are_refused_where_they_must_be,
+);
