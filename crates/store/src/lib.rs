@@ -29,8 +29,8 @@ pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
 pub use areas::workflow_runs::{
-    Job, JobNext, Progress, RunAttempt, RunFilter, RunStep, StartOutcome, StartRefusal,
-    WorkflowRun, WorkflowRunStore,
+    EVENT_JOB, Job, JobNext, Progress, RUN_JOB, RunAttempt, RunFilter, RunStep, StartOutcome,
+    StartRefusal, WorkflowRun, WorkflowRunStore,
 };
 pub use areas::workflows::{Workflow, WorkflowStore};
 

@@ -151,10 +151,11 @@ pub enum AuditAction {
     WorkflowSecretRotated,
     WorkflowRunCancelled,
     WorkflowRunRetried,
+    WorkflowRunSkipped,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 25] = [
+    pub const ALL: [AuditAction; 26] = [
         AuditAction::ApiKeyCreated,
         AuditAction::ApiKeyUpdated,
         AuditAction::ApiKeyRolled,
@@ -180,6 +181,7 @@ impl AuditAction {
         AuditAction::WorkflowSecretRotated,
         AuditAction::WorkflowRunCancelled,
         AuditAction::WorkflowRunRetried,
+        AuditAction::WorkflowRunSkipped,
     ];
 
     /// The wire name (`api_key.created`, …), as stored and filtered on.
@@ -210,6 +212,7 @@ impl AuditAction {
             AuditAction::WorkflowSecretRotated => "workflow.secret_rotated",
             AuditAction::WorkflowRunCancelled => "workflow_run.cancelled",
             AuditAction::WorkflowRunRetried => "workflow_run.retried",
+            AuditAction::WorkflowRunSkipped => "workflow_run.skipped",
         }
     }
 }

@@ -521,7 +521,154 @@ async fn triggers_are_refused_where_they_must_be(backend: Backend) {
     .assert_error(403, "insufficient_scope");
 }
 
+/// The runs of a workflow, once there are `n` (10 s at most).
+async fn runs_of(app: &TestApp, key: &str, workflow: &str, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let runs = app
+            .get(&format!("/v1/workflows/{workflow}/runs?limit=100"), key)
+            .await;
+        let list = runs.body["data"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} of {n} runs",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Event triggers: a matching event stored for a known contact starts a
+/// run on every ingest path (single, batch, Segment), with its conditions
+/// checked; anonymous events, other names, unmet conditions and idempotent
+/// repeats start nothing; a paused workflow starts nothing; the loop guard
+/// stops at 50 runs per contact and hour and says so in the activity log.
+async fn events_start_runs_on_every_ingest_path(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let made = app
+        .post(
+            "/v1/workflows",
+            &t.key,
+            json!({"name": "trial", "status": "active", "reentry": "every_time",
+                   "trigger": {"type": "event", "event": "trial_ended",
+                               "where": [{"field": "event.properties.plan", "op": "eq", "value": "pro"}]},
+                   "steps": [{"type": "branch", "if": [{"field": "event.name", "op": "eq", "value": "trial_ended"}],
+                              "then": [{"type": "update_contact", "properties": {"seen": "{{event.properties.plan}}"}}]}]}),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let workflow = made.body["id"].as_str().unwrap().to_string();
+    let pro = |user: &str, key: &str| json!({"name": "trial_ended", "external_id": user, "properties": {"plan": "pro"}, "idempotency_key": key});
+    for body in [pro("u1", "k1"), pro("u1", "k1")] {
+        let stored = app.post("/v1/events", &t.key, body).await;
+        assert!(stored.status < 300, "{}", stored.body);
+    }
+    for ignored in [
+        json!({"name": "trial_ended", "anonymous_id": "a1", "properties": {"plan": "pro"}}),
+        json!({"name": "trial_ended", "external_id": "u2", "properties": {"plan": "free"}}),
+        json!({"name": "signed_up", "external_id": "u2", "properties": {"plan": "pro"}}),
+    ] {
+        let stored = app.post("/v1/events", &t.key, ignored).await;
+        assert!(stored.status < 300, "{}", stored.body);
+    }
+    let batch = app
+        .post(
+            "/v1/events/batch",
+            &t.key,
+            json!({"events": [pro("u3", "k3"), pro("u4", "k4")]}),
+        )
+        .await;
+    assert!(batch.status < 300, "{}", batch.body);
+    let segment = TestApp::reply(
+        app.client
+            .post(format!("{}/v1/track", app.next_base()))
+            .basic_auth(&t.key, Some(""))
+            .json(
+                &json!({"userId": "u5", "event": "trial_ended", "messageId": "m-5",
+                          "properties": {"plan": "pro"}}),
+            ),
+    )
+    .await;
+    assert_eq!(segment.status, 200, "{}", segment.body);
+    let runs = runs_of(&app, &t.key, &workflow, 4).await;
+    for run in &runs {
+        let id = run["id"].as_str().unwrap();
+        let done = run_until(&app, &t.key, id, status_is("completed")).await;
+        assert_eq!(done["trigger"]["type"], "event");
+        assert!(done["trigger"]["event_id"].is_string());
+        let contact = app
+            .get(
+                &format!("/v1/contacts/{}", done["contact_id"].as_str().unwrap()),
+                &t.key,
+            )
+            .await;
+        assert_eq!(
+            contact.body["properties"]["seen"], "pro",
+            "{}",
+            contact.body
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        runs_of(&app, &t.key, &workflow, 4).await.len(),
+        4,
+        "u1 once, u3, u4, u5"
+    );
+
+    // Paused: stored events start nothing.
+    let paused = app
+        .patch(
+            &format!("/v1/workflows/{workflow}"),
+            &t.key,
+            json!({"status": "paused"}),
+        )
+        .await;
+    assert_eq!(paused.status, 200);
+    app.post("/v1/events", &t.key, pro("u6", "k6")).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(runs_of(&app, &t.key, &workflow, 4).await.len(), 4);
+
+    // The loop guard: 51 events of one contact in an hour start 50 runs.
+    app.patch(
+        &format!("/v1/workflows/{workflow}"),
+        &t.key,
+        json!({"status": "active"}),
+    )
+    .await;
+    let events: Vec<Value> = (0..51).map(|i| pro("u7", &format!("g{i}"))).collect();
+    let stored = app
+        .post("/v1/events/batch", &t.key, json!({"events": events}))
+        .await;
+    assert!(stored.status < 300, "{}", stored.body);
+    let started = Instant::now();
+    loop {
+        let audit = app
+            .get("/v1/audit?action=workflow_run.skipped", &t.key)
+            .await;
+        if let Some(entry) = audit.body["data"].as_array().unwrap().first() {
+            assert_eq!(entry["details"]["reason"], "hourly_cap");
+            assert_eq!(entry["actor"]["type"], "workflow");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no skipped entry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        runs_of(&app, &t.key, &workflow, 54).await.len(),
+        54,
+        "4 + 50"
+    );
+}
+
 every_deployment_tests!(
+    events_start_runs_on_every_ingest_path,
     runs_call_signed_webhooks_and_change_the_contact,
     failures_are_retried_and_runs_can_be_resumed,
     waits_outlive_their_instance_and_runs_can_be_cancelled,

@@ -28,7 +28,11 @@ const PAUSED_RECHECK_MS: i64 = 30_000;
 /// Advances the run of `job`; errors are logged, and the lease makes the
 /// job come back later.
 pub async fn advance(state: SharedState, worker: String, job: Job) {
-    if let Err(e) = advance_run(&state, &worker, &job).await {
+    let done = match job.kind.as_str() {
+        keyflow_store::EVENT_JOB => super::triggers::start_from_event(&state, &worker, &job).await,
+        _ => advance_run(&state, &worker, &job).await,
+    };
+    if let Err(e) = done {
         tracing::warn!(error = %e, run_id = %job.subject_id, "workflow run could not advance; it will be tried again");
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod delivery;
 pub mod executor;
+mod triggers;
 
 use std::time::Duration;
 

@@ -69,3 +69,38 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_due ON jobs (run_at);
 CREATE UNIQUE INDEX jobs_subject ON jobs (kind, subject_id);
+
+-- The event names that start an active workflow's runs, kept by the
+-- workflow's writes. An event stored for a known contact whose name is here
+-- gets a `workflow_event` job (`subject_id` = event id / workflow id) in the
+-- transaction that stores it, whatever path stored it (single events,
+-- batches, Segment, the embed script); an idempotent repeat stores no event,
+-- so it starts nothing. The worker checks the trigger's conditions and the
+-- reentry rule, then starts the run.
+CREATE TABLE workflow_event_triggers (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    project_id  TEXT NOT NULL,
+    event_name  TEXT NOT NULL,
+    PRIMARY KEY (workflow_id)
+);
+CREATE INDEX workflow_event_triggers_by_name ON workflow_event_triggers (project_id, event_name);
+
+-- One statement-level trigger per insert statement (the group commit writes
+-- many events in one), joining the new rows with the trigger table once.
+CREATE FUNCTION keyflow_events_start_workflows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO jobs (id, kind, project_id, subject_id, run_at, locked_until, locked_by,
+                      claims, created_at)
+        SELECT md5(e.id || '/' || t.workflow_id), 'workflow_event', e.project_id,
+               e.id || '/' || t.workflow_id, e.received_at, NULL, NULL, 0, e.received_at
+        FROM new_events e
+        JOIN workflow_event_triggers t
+          ON t.project_id = e.project_id AND t.event_name = e.name
+        WHERE e.contact_id IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER events_start_workflows AFTER INSERT ON events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION keyflow_events_start_workflows();

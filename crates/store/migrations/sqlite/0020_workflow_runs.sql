@@ -69,3 +69,29 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_due ON jobs (run_at);
 CREATE UNIQUE INDEX jobs_subject ON jobs (kind, subject_id);
+
+-- The event names that start an active workflow's runs, kept by the
+-- workflow's writes. An event stored for a known contact whose name is here
+-- gets a `workflow_event` job (`subject_id` = event id / workflow id) in the
+-- transaction that stores it, whatever path stored it (single events,
+-- batches, Segment, the embed script); an idempotent repeat stores no event,
+-- so it starts nothing. The worker checks the trigger's conditions and the
+-- reentry rule, then starts the run.
+CREATE TABLE workflow_event_triggers (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    project_id  TEXT NOT NULL,
+    event_name  TEXT NOT NULL,
+    PRIMARY KEY (workflow_id)
+);
+CREATE INDEX workflow_event_triggers_by_name ON workflow_event_triggers (project_id, event_name);
+
+CREATE TRIGGER events_start_workflows AFTER INSERT ON events
+WHEN NEW.contact_id IS NOT NULL
+BEGIN
+    INSERT OR IGNORE INTO jobs (id, kind, project_id, subject_id, run_at, locked_until,
+                                locked_by, claims, created_at)
+        SELECT lower(hex(randomblob(16))), 'workflow_event', NEW.project_id,
+               NEW.id || '/' || t.workflow_id, NEW.received_at, NULL, NULL, 0, NEW.received_at
+        FROM workflow_event_triggers t
+        WHERE t.project_id = NEW.project_id AND t.event_name = NEW.name;
+END;

@@ -18,6 +18,9 @@ use crate::{AuditEntry, Page, StoreError, StoreResult};
 
 /// The job kind that advances a run.
 pub const RUN_JOB: &str = "workflow_run";
+/// The job kind an event trigger writes with the event (migration 0020):
+/// `subject_id` is `event id/workflow id`.
+pub const EVENT_JOB: &str = "workflow_event";
 /// How long an API trigger's `Idempotency-Key` replays its first answer.
 pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
 
@@ -195,6 +198,13 @@ pub trait WorkflowRunStore: Send + Sync {
     /// Deletes runs that finished before `before`, with their steps and
     /// attempts; how many runs.
     async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64>;
+    /// What an event trigger needs of a stored event: its name, contact and
+    /// properties (JSON text).
+    async fn trigger_event(
+        &self,
+        project_id: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<(String, Option<String>, String)>>;
 }
 
 const RUN_COLUMNS: &str = "id, project_id, workflow_id, version, contact_id, trigger_json, \
@@ -712,6 +722,21 @@ impl<B: Backend> WorkflowRunStore for B {
         }
         tx.commit().await?;
         Ok(resumed)
+    }
+
+    async fn trigger_event(
+        &self,
+        project_id: &str,
+        event_id: &str,
+    ) -> StoreResult<Option<(String, Option<String>, String)>> {
+        let mut conn = self.pool().acquire().await?;
+        sqlx::query::<B::Db>(
+            "SELECT name, contact_id, properties FROM events WHERE project_id = $1 AND id = $2",
+        )
+        .arg(project_id)
+        .arg(event_id)
+        .optional(&mut conn)
+        .await
     }
 
     async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64> {

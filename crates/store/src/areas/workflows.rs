@@ -133,6 +133,32 @@ async fn insert_version<DB: crate::backend::Db>(
     Ok(())
 }
 
+/// Keeps `workflow_event_triggers` true for `workflow`: its event name
+/// while it is active with an event trigger, nothing otherwise.
+async fn sync_event_trigger<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    workflow: &Workflow,
+) -> StoreResult<()> {
+    sqlx::query::<DB>("DELETE FROM workflow_event_triggers WHERE workflow_id = $1")
+        .arg(&workflow.id)
+        .run(&mut *conn)
+        .await?;
+    if let (WorkflowStatus::Active, Trigger::Event { event, .. }) =
+        (workflow.status, &workflow.trigger)
+    {
+        sqlx::query::<DB>(
+            "INSERT INTO workflow_event_triggers (workflow_id, project_id, event_name) \
+             VALUES ($1, $2, $3)",
+        )
+        .arg(&workflow.id)
+        .arg(&workflow.project_id)
+        .arg(event)
+        .run(conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl<B: Backend> WorkflowStore for B {
     async fn create_workflow(&self, workflow: &Workflow, audit: &AuditEntry) -> StoreResult<()> {
@@ -159,6 +185,7 @@ impl<B: Backend> WorkflowStore for B {
         .run(&mut tx)
         .await?;
         insert_version::<B::Db>(&mut tx, workflow).await?;
+        sync_event_trigger::<B::Db>(&mut tx, workflow).await?;
         commit_if::<B::Db>(tx, true, audit).await.map(|_| ())
     }
 
@@ -249,6 +276,7 @@ impl<B: Backend> WorkflowStore for B {
             if stored == 0 {
                 insert_version::<B::Db>(&mut tx, workflow).await?;
             }
+            sync_event_trigger::<B::Db>(&mut tx, workflow).await?;
         }
         commit_if::<B::Db>(tx, changed, audit).await
     }
