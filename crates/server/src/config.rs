@@ -86,6 +86,9 @@ pub struct Config {
     pub query_timeout_ms: u64,
     /// Memory one Metrics API SQL query may use on SQLite.
     pub query_max_memory_bytes: usize,
+    /// SQLite: the write-ahead log size past which new SQL queries wait
+    /// until it has been truncated.
+    pub query_wal_limit_bytes: u64,
     /// Private destinations webhooks may call (SPEC §10): none by default.
     pub webhook_allow_private_networks: crate::workflows::delivery::PrivateNetworks,
     /// Finished workflow runs and their attempts are kept this many days.
@@ -118,6 +121,7 @@ impl Default for Config {
             shutdown_timeout_secs: 30,
             query_timeout_ms: 5_000,
             query_max_memory_bytes: keyflow_store::tenant_sql::DEFAULT_MAX_MEMORY_BYTES,
+            query_wal_limit_bytes: 64 * 1024 * 1024,
             max_concurrent_queries: 4,
             webhook_allow_private_networks: Default::default(),
             workflow_run_retention_days: 30,

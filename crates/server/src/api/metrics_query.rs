@@ -138,6 +138,11 @@ impl QuerySlots {
 #[derive(Debug)]
 pub struct CachedAnswer {
     output: QueryOutput,
+    /// `columns` and `rows` as JSON, written once and shared by every
+    /// answer sent from this entry (a client that reads slowly holds a
+    /// reference, not a copy).
+    columns_json: bytes::Bytes,
+    rows_json: bytes::Bytes,
     computed_at: i64,
     valid_until: i64,
     weight: u32,
@@ -172,7 +177,10 @@ pub struct QueryRequest {
     sql: String,
 }
 
+/// The answer's shape, for the document (the body is written by
+/// [`answer_body`] around the cached entry's shared JSON, in this order).
 #[derive(Serialize, ToSchema)]
+#[cfg_attr(not(test), allow(dead_code))]
 pub struct QueryView {
     /// The column names, in order (repeats kept).
     columns: Vec<String>,
@@ -194,6 +202,7 @@ pub fn limits(state: &SharedState) -> Limits {
     Limits {
         timeout: Duration::from_millis(state.config.query_timeout_ms),
         max_memory_bytes: state.config.query_max_memory_bytes,
+        max_wal_bytes: state.config.query_wal_limit_bytes,
         ..Limits::default()
     }
 }
@@ -236,21 +245,38 @@ pub async fn run_query(
         &request.sql,
     )
     .await?;
-    let view = QueryView {
-        columns: entry.output.columns.clone(),
-        rows: entry.output.rows.clone(),
-        row_count: entry.output.rows.len(),
-        truncated: entry.output.truncated,
-        cached,
-        computed_at: format_rfc3339(entry.computed_at),
-        elapsed_ms: super::metrics::elapsed_ms(started),
-    };
+    let body = answer_body(&entry, cached, super::metrics::elapsed_ms(started));
     Ok(super::metrics::with_age(
-        Json(view).into_response(),
+        body,
         cached,
         now,
         entry.computed_at,
     ))
+}
+
+/// `QueryView` as JSON: its own fields around the entry's shared
+/// `columns` and `rows`.
+fn answer_body(entry: &CachedAnswer, cached: bool, elapsed_ms: u64) -> Response {
+    let tail = format!(
+        ",\"row_count\":{},\"truncated\":{},\"cached\":{cached},\"computed_at\":\"{}\",\"elapsed_ms\":{elapsed_ms}}}",
+        entry.output.rows.len(),
+        entry.output.truncated,
+        format_rfc3339(entry.computed_at),
+    );
+    let chunks: [Result<bytes::Bytes, std::convert::Infallible>; 5] = [
+        Ok(bytes::Bytes::from_static(b"{\"columns\":")),
+        Ok(entry.columns_json.clone()),
+        Ok(bytes::Bytes::from_static(b",\"rows\":")),
+        Ok(entry.rows_json.clone()),
+        Ok(bytes::Bytes::from(tail)),
+    ];
+    let mut response =
+        axum::body::Body::from_stream(futures_util::stream::iter(chunks)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// The answer to `sql` over `project_id`'s rows, from the cache or
@@ -320,17 +346,28 @@ pub async fn answer(
         .project_settings(project_id)
         .await?
         .metrics_cache_ttl_minutes;
+    let columns_json = serde_json::to_vec(&output.columns)
+        .map_err(|e| ApiError::internal("answer columns", &e))?;
+    let rows_json =
+        serde_json::to_vec(&output.rows).map_err(|e| ApiError::internal("answer rows", &e))?;
+    let (columns_json, rows_json) = (
+        bytes::Bytes::from(columns_json),
+        bytes::Bytes::from(rows_json),
+    );
     let weight = u32::try_from(
         output
             .rows
             .iter()
             .flatten()
-            .map(|v| 16 + tenant_sql::json_size(v))
-            .sum::<usize>(),
+            .map(tenant_sql::json_size)
+            .sum::<usize>()
+            + rows_json.len(),
     )
     .unwrap_or(u32::MAX);
     let entry = Arc::new(CachedAnswer {
         output,
+        columns_json,
+        rows_json,
         computed_at: now,
         valid_until: now + ttl_minutes * 60_000,
         weight,
@@ -484,5 +521,51 @@ pub fn schema(state: &SharedState) -> SchemaView {
             concurrent_queries_per_project: QUERIES_PER_PROJECT,
             concurrent_queries_per_workspace: state.query_slots.per_workspace(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_answer_body_is_the_documented_shape() {
+        let output = QueryOutput {
+            columns: vec!["name".into(), "n".into()],
+            rows: vec![
+                vec![json!("a\u{1}\"b"), json!(2)],
+                vec![Value::Null, json!(1.5)],
+            ],
+            truncated: true,
+        };
+        let entry = CachedAnswer {
+            columns_json: serde_json::to_vec(&output.columns).unwrap().into(),
+            rows_json: serde_json::to_vec(&output.rows).unwrap().into(),
+            output,
+            computed_at: 1_700_000_000_000,
+            valid_until: 0,
+            weight: 0,
+        };
+        let response = answer_body(&entry, true, 7);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let view = QueryView {
+            columns: entry.output.columns.clone(),
+            rows: entry.output.rows.clone(),
+            row_count: 2,
+            truncated: true,
+            cached: true,
+            computed_at: format_rfc3339(entry.computed_at),
+            elapsed_ms: 7,
+        };
+        assert_eq!(body, serde_json::to_vec(&view).unwrap());
+        // The size that is charged is the size that is sent.
+        for value in entry.output.rows.iter().flatten() {
+            assert_eq!(
+                tenant_sql::json_size(value) - tenant_sql::VALUE_OVERHEAD,
+                serde_json::to_string(value).unwrap().len()
+            );
+        }
     }
 }

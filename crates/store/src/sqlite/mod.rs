@@ -22,6 +22,7 @@ mod query_ceiling;
 mod reader;
 mod rollups;
 mod tenant_sql;
+mod wal_gate;
 mod writer;
 
 pub struct SqliteStore {

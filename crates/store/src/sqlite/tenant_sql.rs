@@ -21,6 +21,9 @@
 //!   (the connection opens its files through a VFS that counts them),
 //!   preparing or running the query fails; after a memory failure the
 //!   connection is not kept.
+//! - A **log gate** ([`super::wal_gate`]): queries that overlap without a
+//!   gap would keep SQLite's write-ahead log from ever starting over; past
+//!   [`Limits::max_wal_bytes`] new queries wait for it to be truncated.
 //! - A **progress handler** stops the query at its deadline. It runs
 //!   between the engine's steps, so no single step may take long: strings
 //!   are capped at 100 KB, `LIKE` patterns at 100 bytes, and `instr`,
@@ -49,6 +52,7 @@ const IDLE_CONNECTIONS: usize = 4;
 pub(crate) struct TenantSql {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    wal: super::wal_gate::WalGate,
 }
 
 /// Functions SQLite reports for operators: `LIKE`, `GLOB`, `->`, `->>`.
@@ -57,6 +61,7 @@ const OPERATOR_FUNCTIONS: &[&str] = &["like", "glob", "->", "->>"];
 impl TenantSql {
     pub(crate) fn new(path: PathBuf) -> Self {
         Self {
+            wal: super::wal_gate::WalGate::new(path.clone()),
             path,
             idle: Mutex::new(Vec::new()),
         }
@@ -70,6 +75,9 @@ impl TenantSql {
         query: &CheckedQuery,
         limits: Limits,
     ) -> Result<QueryOutput, QueryFailure> {
+        // Running queries end within their time limit: that is how long a
+        // closed gate may take to open again.
+        let _running = self.wal.enter(limits.max_wal_bytes, limits.timeout * 2)?;
         let conn = match self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
             Some(conn) => conn,
             None => open(&self.path).map_err(crate::StoreError::from)?,

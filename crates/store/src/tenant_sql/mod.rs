@@ -269,6 +269,10 @@ pub struct Limits {
     /// hashes past memory): SQLite counts them itself; PostgreSQL's reader
     /// role has `temp_file_limit` = 1 GB.
     pub max_temporary_file_bytes: usize,
+    /// SQLite: the write-ahead log's size past which new queries wait until
+    /// it has been truncated (long readers that overlap keep it from
+    /// starting over).
+    pub max_wal_bytes: u64,
 }
 
 impl Default for Limits {
@@ -279,6 +283,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(5),
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_temporary_file_bytes: 1024 * 1024 * 1024,
+            max_wal_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -359,12 +364,32 @@ pub trait TenantSqlStore: Send + Sync {
     ) -> Result<QueryOutput, QueryFailure>;
 }
 
-/// A value's share of [`Limits::max_bytes`].
+/// What one value of an answer costs against [`Limits::max_bytes`]: its
+/// JSON text exactly (escapes included: a control character is written
+/// `\u0001`, six bytes), and [`VALUE_OVERHEAD`] for the value itself in
+/// memory, so an answer of many small values is bounded too.
 pub fn json_size(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Null | serde_json::Value::Bool(_) => 5,
-        serde_json::Value::Number(_) => 20,
-        serde_json::Value::String(s) => s.len() + 2,
-        other => other.to_string().len(),
-    }
+    VALUE_OVERHEAD
+        + match value {
+            serde_json::Value::Null => 4,
+            serde_json::Value::Bool(_) => 5,
+            serde_json::Value::String(s) => escaped_len(s),
+            other => serde_json::to_string(other).map_or(0, |t| t.len()),
+        }
+}
+
+/// Bytes a value takes in memory besides its text (a `serde_json::Value`
+/// is 32 bytes; 10 000 rows of 100 `NULL`s once took 77 MiB).
+pub const VALUE_OVERHEAD: usize = 24;
+
+/// The length of `s` written as a JSON string, quotes included.
+fn escaped_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }

@@ -10,7 +10,7 @@
 
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{Expr, SelectItem, SetExpr, Spanned, Statement, Visit};
+use sqlparser::ast::{Spanned, Statement, Visit};
 use sqlparser::dialect::{PostgreSqlDialect, SQLiteDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
@@ -150,7 +150,7 @@ fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, Q
             )));
         }
     };
-    let Statement::Query(query) = statement else {
+    let Statement::Query(_) = statement else {
         let kind = statement
             .to_string()
             .split_whitespace()
@@ -166,10 +166,13 @@ fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, Q
     if let ControlFlow::Break(refusal) = statement.visit(&mut walker) {
         return Err(refusal);
     }
-    let normalized = if dialect == Dialect::Sqlite && names_columns_by_text(&query.body) {
-        sql.clone()
-    } else {
-        normal_form(&sql, &tokens)
+    // SQLite names columns without an alias by their text as written,
+    // spacing and comments included, at every level (a derived table's
+    // column named `1  +  1` is read by that name outside it), so on SQLite
+    // two texts share an answer only when they are the same text.
+    let normalized = match dialect {
+        Dialect::Sqlite => sql.clone(),
+        Dialect::Postgres => normal_form(&sql, &tokens),
     };
     let text = super::fences::fenced(&sql, statement, &tokens, dialect)?;
     Ok(CheckedQuery {
@@ -227,28 +230,6 @@ fn adds_structure(token: &Token) -> bool {
         | Token::HexStringLiteral(_) => false,
         Token::Word(word) => word.keyword != Keyword::NoKeyword,
         _ => true,
-    }
-}
-
-/// Whether SQLite would name one of the answer's columns by its text as
-/// written: a result column that is neither aliased, a column reference nor
-/// `*` (`1  +  1` is named `1  +  1`, spacing and comments included).
-fn names_columns_by_text(body: &SetExpr) -> bool {
-    match body {
-        SetExpr::Select(select) => select.projection.iter().any(|item| match item {
-            SelectItem::UnnamedExpr(expr) => {
-                !matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
-            }
-            SelectItem::ExprWithAlias { .. }
-            | SelectItem::Wildcard(_)
-            | SelectItem::QualifiedWildcard(..) => false,
-            _ => true,
-        }),
-        SetExpr::SetOperation { left, right, .. } => {
-            names_columns_by_text(left) || names_columns_by_text(right)
-        }
-        SetExpr::Query(inner) => names_columns_by_text(&inner.body),
-        _ => false,
     }
 }
 
