@@ -467,5 +467,6 @@ fn instance_ctx(store: &dyn Store, now: i64) -> keyflow_server::operations::Ctx<
         actor: Actor::InstanceAdmin,
         ip: None,
         now,
+        workflow_depth: 0,
     }
 }

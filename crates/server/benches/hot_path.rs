@@ -86,6 +86,7 @@ async fn fixture(dir: &std::path::Path) -> (Arc<AppState>, String) {
         actor: Actor::InstanceAdmin,
         ip: None,
         now,
+        workflow_depth: 0,
     };
     let authority = keyflow_server::operations::keys::KeyAuthority::Instance;
     let issued = keyflow_server::operations::keys::create_key(&ctx, &project, spec, authority)

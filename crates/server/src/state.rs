@@ -224,6 +224,7 @@ impl AppState {
             actor,
             ip,
             now,
+            workflow_depth: 0,
         }
     }
 

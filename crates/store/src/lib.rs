@@ -29,8 +29,8 @@ pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
 pub use areas::workflow_runs::{
-    EVENT_JOB, Job, JobNext, Progress, RUN_JOB, RunAttempt, RunFilter, RunStep, StartOutcome,
-    StartRefusal, WorkflowRun, WorkflowRunStore,
+    CONTACT_JOB, EVENT_JOB, Job, JobNext, Progress, RUN_JOB, RunAttempt, RunFilter, RunStep,
+    StartOutcome, StartRefusal, WorkflowRun, WorkflowRunStore,
 };
 pub use areas::workflows::{Workflow, WorkflowStore};
 

@@ -274,6 +274,9 @@ pub struct AuditContext {
     pub ip: Option<String>,
     /// Extra facts for the entry's `details` (e.g. a signup's `source`).
     pub details: serde_json::Value,
+    /// How many workflow steps led to this write (0: none): the runs it
+    /// starts are one level deeper (SPEC §10's loop guard).
+    pub workflow_depth: i64,
 }
 
 /// Result of a create-or-update.

@@ -241,6 +241,7 @@ async fn membership_changes_are_published(backend: Backend) {
         actor: Actor::InstanceAdmin,
         ip: None,
         now,
+        workflow_depth: 0,
     };
     let authority = MemberAuthority::Instance;
     tenancy::change_member_role(&ctx, ws, member, Role::Owner, Role::Admin, authority)

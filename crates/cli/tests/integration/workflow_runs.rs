@@ -667,7 +667,95 @@ async fn events_start_runs_on_every_ingest_path(backend: Backend) {
     );
 }
 
+/// Contact triggers: a watched property changing (to the given value) and
+/// a subscription turning on start runs, recorded with the write; writes
+/// that change nothing watched start nothing; a workflow whose own step
+/// sets off its trigger stops after 5 levels and says so in the activity log.
+async fn contact_changes_start_runs_and_loops_stop(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let create = |name: &str, trigger: Value, steps: Value| {
+        let body = json!({"name": name, "status": "active", "reentry": "every_time",
+                          "trigger": trigger, "steps": steps});
+        async {
+            app.post("/v1/workflows", &t.key, body).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let exit = json!([{"type": "exit"}]);
+    let plan = create(
+        "plan",
+        json!({"type": "contact_updated", "property": "plan", "to": "pro"}),
+        exit.clone(),
+    )
+    .await;
+    let subscribed = create(
+        "sub",
+        json!({"type": "subscription_changed", "subscribed": true}),
+        exit,
+    )
+    .await;
+    let looping = create(
+        "loop",
+        json!({"type": "contact_updated", "property": "counter"}),
+        json!([{"type": "update_contact", "properties": {"counter": "{{run.id}}"}}]),
+    )
+    .await;
+    let made = app
+        .post(
+            "/v1/contacts",
+            &t.key,
+            json!({"email": "c@x.co", "properties": {"plan": "free"}}),
+        )
+        .await;
+    assert!(made.status < 300, "{}", made.body);
+    let contact = format!("/v1/contacts/{}", made.body["id"].as_str().unwrap());
+    for change in [
+        json!({"properties": {"plan": "pro"}}),
+        json!({"properties": {"plan": "pro"}}),
+        json!({"subscribed": true}),
+        json!({"properties": {"counter": "start"}}),
+    ] {
+        let reply = app.patch(&contact, &t.key, change).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert_eq!(runs_of(&app, &t.key, &plan, 1).await.len(), 1);
+    assert_eq!(runs_of(&app, &t.key, &subscribed, 1).await.len(), 1);
+    let started = Instant::now();
+    loop {
+        let audit = app
+            .get("/v1/audit?action=workflow_run.skipped", &t.key)
+            .await;
+        if let Some(entry) = audit.body["data"].as_array().unwrap().first() {
+            assert_eq!(entry["details"]["reason"], "depth", "{entry}");
+            assert_eq!(entry["actor"]["id"], looping.as_str());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the loop did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = runs_of(&app, &t.key, &looping, 6).await;
+    assert_eq!(runs.len(), 6, "depths 0 to 5");
+    let triggers: Vec<&str> = runs
+        .iter()
+        .map(|r| r["trigger"]["type"].as_str().unwrap())
+        .collect();
+    assert!(triggers.iter().all(|t| *t == "contact_updated"));
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        runs_of(&app, &t.key, &plan, 1).await.len(),
+        1,
+        "plan changed to pro once"
+    );
+}
+
 every_deployment_tests!(
+    contact_changes_start_runs_and_loops_stop,
     events_start_runs_on_every_ingest_path,
     runs_call_signed_webhooks_and_change_the_contact,
     failures_are_retried_and_runs_can_be_resumed,

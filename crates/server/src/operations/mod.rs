@@ -28,6 +28,9 @@ pub struct Ctx<'a> {
     /// The client's address, when the change came over HTTP.
     pub ip: Option<String>,
     pub now: UnixMillis,
+    /// How many workflow steps led to this change (0 unless a workflow
+    /// makes it): contact writes pass it on to the runs they start.
+    pub workflow_depth: i64,
 }
 
 impl Ctx<'_> {
@@ -60,6 +63,7 @@ impl Ctx<'_> {
             actor: self.actor.clone(),
             ip: self.ip.clone(),
             details,
+            workflow_depth: self.workflow_depth,
         }
     }
 }

@@ -30,6 +30,9 @@ const PAUSED_RECHECK_MS: i64 = 30_000;
 pub async fn advance(state: SharedState, worker: String, job: Job) {
     let done = match job.kind.as_str() {
         keyflow_store::EVENT_JOB => super::triggers::start_from_event(&state, &worker, &job).await,
+        keyflow_store::CONTACT_JOB => {
+            super::triggers::start_from_contact(&state, &worker, &job).await
+        }
         _ => advance_run(&state, &worker, &job).await,
     };
     if let Err(e) = done {
@@ -362,7 +365,9 @@ async fn change_contact(
         id: workflow.id.clone(),
         name: workflow.name.clone(),
     };
-    let ctx = state.ctx(actor, None, state.now_ms());
+    let mut ctx = state.ctx(actor, None, state.now_ms());
+    // The runs this change starts are one level deeper (loop guard).
+    ctx.workflow_depth = run.depth + 1;
     crate::operations::contacts::update_contact(
         &ctx,
         &project.workspace_id,

@@ -55,7 +55,7 @@ CREATE TABLE workflow_run_attempts (
 -- setting a lease (`locked_until`) instead of holding a transaction open
 -- during a webhook call. An expired lease is claimed again; `claims`
 -- counts claims that never finished (a job that keeps crashing its worker
--- is parked).
+-- is parked). `payload`: what a contact trigger saw (JSON).
 CREATE TABLE jobs (
     id           TEXT PRIMARY KEY,
     kind         TEXT NOT NULL,
@@ -65,7 +65,8 @@ CREATE TABLE jobs (
     locked_until BIGINT,
     locked_by    TEXT,
     claims       BIGINT NOT NULL,
-    created_at   BIGINT NOT NULL
+    created_at   BIGINT NOT NULL,
+    payload      TEXT
 );
 CREATE INDEX jobs_due ON jobs (run_at);
 CREATE UNIQUE INDEX jobs_subject ON jobs (kind, subject_id);
@@ -104,3 +105,17 @@ END $$;
 CREATE TRIGGER events_start_workflows AFTER INSERT ON events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION keyflow_events_start_workflows();
+
+-- The contact triggers of active workflows (`contact_updated` with its
+-- property, `subscription_changed` with its value), kept by the workflow's
+-- writes. A contact write that changes what one names writes a
+-- `workflow_contact` job in its own transaction (the store compares the
+-- fields before and after).
+CREATE TABLE workflow_contact_triggers (
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    project_id  TEXT NOT NULL,
+    property    TEXT,
+    subscribed  BOOLEAN,
+    PRIMARY KEY (workflow_id)
+);
+CREATE INDEX workflow_contact_triggers_by_project ON workflow_contact_triggers (project_id);

@@ -191,6 +191,7 @@ async fn upsert_contact_in<DB: Db>(
     }
     let fields = apply_changes(existing.as_ref().map(|c| &c.fields), changes)
         .map_err(StoreError::Invalid)?;
+    let before = existing.as_ref().map(|c| c.fields.clone());
     let created = existing.is_none();
     let was_subscribed = existing.as_ref().is_some_and(|c| c.fields.subscribed);
     let contact = match existing {
@@ -208,6 +209,9 @@ async fn upsert_contact_in<DB: Db>(
         },
     };
     write_contact::<DB>(tx, &contact, !created).await?;
+    let depth = audit.map_or(0, |a| a.workflow_depth);
+    super::workflow_runs::record_contact_triggers::<DB>(tx, &contact, before.as_ref(), depth)
+        .await?;
     // Subscribing an existing contact through the subscribers API is
     // recorded as a subscriber creation.
     let newly_subscribed = !was_subscribed
@@ -322,6 +326,14 @@ impl<B: Backend> ContactStore for B {
             ..current
         };
         write_contact::<B::Db>(&mut tx, &contact, true).await?;
+        let depth = audit.map_or(0, |a| a.workflow_depth);
+        super::workflow_runs::record_contact_triggers::<B::Db>(
+            &mut tx,
+            &contact,
+            Some(&current.fields),
+            depth,
+        )
+        .await?;
         audit_contact::<B::Db>(&mut tx, &contact, action, audit, now).await?;
         B::contacts_changing(&mut tx).await?;
         tx.commit().await?;

@@ -21,6 +21,9 @@ pub const RUN_JOB: &str = "workflow_run";
 /// The job kind an event trigger writes with the event (migration 0020):
 /// `subject_id` is `event id/workflow id`.
 pub const EVENT_JOB: &str = "workflow_event";
+/// The job kind a contact write makes for a contact trigger: `subject_id`
+/// is `contact id/workflow id/unique`, `payload` what changed.
+pub const CONTACT_JOB: &str = "workflow_contact";
 /// How long an API trigger's `Idempotency-Key` replays its first answer.
 pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
 
@@ -82,6 +85,8 @@ pub struct Job {
     pub subject_id: String,
     /// Claims so far, this one included, that never finished.
     pub claims: i64,
+    /// What a contact trigger saw (JSON), for `workflow_contact` jobs.
+    pub payload: Option<String>,
 }
 
 /// Why a run was not started.
@@ -284,6 +289,58 @@ struct JobRow {
     project_id: String,
     subject_id: String,
     claims: i64,
+    payload: Option<String>,
+}
+
+/// Called in a contact write's transaction: a job for each active
+/// workflow whose contact trigger the write sets off (`before`: the fields
+/// before the write, `None` for a new contact).
+pub(crate) async fn record_contact_triggers<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    contact: &crate::Contact,
+    before: Option<&keyflow_core::contacts::ContactFields>,
+    depth: i64,
+) -> StoreResult<()> {
+    let triggers: Vec<(String, Option<String>, Option<bool>)> = sqlx::query::<DB>(
+        "SELECT workflow_id, property, subscribed FROM workflow_contact_triggers \
+         WHERE project_id = $1",
+    )
+    .arg(&contact.project_id)
+    .all(&mut *conn)
+    .await?;
+    for (workflow_id, property, subscribed) in triggers {
+        let payload = match (property, subscribed) {
+            (Some(property), _) => {
+                let old = before.and_then(|b| b.properties.get(&property));
+                let new = contact.fields.properties.get(&property);
+                if old == new {
+                    continue;
+                }
+                serde_json::json!({"depth": depth, "property": property, "value": new})
+            }
+            (None, Some(wanted)) => {
+                let was = before.is_some_and(|b| b.subscribed);
+                if was == contact.fields.subscribed || contact.fields.subscribed != wanted {
+                    continue;
+                }
+                serde_json::json!({"depth": depth, "subscribed": wanted})
+            }
+            (None, None) => continue,
+        };
+        sqlx::query::<DB>(
+            "INSERT INTO jobs (id, kind, project_id, subject_id, run_at, locked_until, \
+             locked_by, claims, created_at, payload) VALUES ($1, $2, $3, $4, $5, NULL, NULL, 0, $5, $6)",
+        )
+        .arg(crate::new_id())
+        .arg(CONTACT_JOB)
+        .arg(&contact.project_id)
+        .arg(format!("{}/{workflow_id}/{}", contact.id, crate::new_id()))
+        .arg(contact.updated_at)
+        .arg(payload.to_string())
+        .run(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 fn position_json(run: &WorkflowRun) -> StoreResult<Option<String>> {
@@ -449,7 +506,7 @@ impl<B: Backend> WorkflowRunStore for B {
             "UPDATE jobs SET locked_until = $1, locked_by = $2, claims = claims + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 \
              AND (locked_until IS NULL OR locked_until <= $3) ORDER BY run_at LIMIT $4 {}) \
-             RETURNING id, kind, project_id, subject_id, claims",
+             RETURNING id, kind, project_id, subject_id, claims, payload",
             B::SKIP_LOCKED
         );
         let rows: Vec<JobRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
@@ -468,6 +525,7 @@ impl<B: Backend> WorkflowRunStore for B {
                 project_id: r.project_id,
                 subject_id: r.subject_id,
                 claims: r.claims,
+                payload: r.payload,
             })
             .collect())
     }

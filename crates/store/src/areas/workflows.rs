@@ -133,8 +133,8 @@ async fn insert_version<DB: crate::backend::Db>(
     Ok(())
 }
 
-/// Keeps `workflow_event_triggers` true for `workflow`: its event name
-/// while it is active with an event trigger, nothing otherwise.
+/// Keeps `workflow_event_triggers` and `workflow_contact_triggers` true
+/// for `workflow`: its trigger while it is active, nothing otherwise.
 async fn sync_event_trigger<DB: crate::backend::Db>(
     conn: &mut DB::Connection,
     workflow: &Workflow,
@@ -143,6 +143,30 @@ async fn sync_event_trigger<DB: crate::backend::Db>(
         .arg(&workflow.id)
         .run(&mut *conn)
         .await?;
+    sqlx::query::<DB>("DELETE FROM workflow_contact_triggers WHERE workflow_id = $1")
+        .arg(&workflow.id)
+        .run(&mut *conn)
+        .await?;
+    if workflow.status != WorkflowStatus::Active {
+        return Ok(());
+    }
+    let (property, subscribed) = match &workflow.trigger {
+        Trigger::ContactUpdated { property, .. } => (Some(property.as_str()), None),
+        Trigger::SubscriptionChanged { subscribed } => (None, Some(*subscribed)),
+        _ => (None, None),
+    };
+    if property.is_some() || subscribed.is_some() {
+        sqlx::query::<DB>(
+            "INSERT INTO workflow_contact_triggers (workflow_id, project_id, property, subscribed) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .arg(&workflow.id)
+        .arg(&workflow.project_id)
+        .arg(property)
+        .arg(subscribed)
+        .run(&mut *conn)
+        .await?;
+    }
     if let (WorkflowStatus::Active, Trigger::Event { event, .. }) =
         (workflow.status, &workflow.trigger)
     {
