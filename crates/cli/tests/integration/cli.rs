@@ -1153,7 +1153,123 @@ async fn migrate_to_postgres_copies_everything() {
     );
 }
 
+/// A workflow run waiting when its `keyflow serve` process is killed with
+/// SIGKILL finishes after a restart: its wait and then its webhook.
+async fn a_waiting_run_survives_kill_9(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    let pw = password_file();
+    let (ok, init, err) = keyflow(
+        &db,
+        &[
+            "init",
+            "--email",
+            "o@example.com",
+            "--password-file",
+            pw.path().to_str().unwrap(),
+            "--workspace",
+            "W",
+            "--project",
+            "P",
+            "--plan",
+            "pro",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let project = init["project"]["id"].as_str().unwrap().to_string();
+    let (ok, key, err) = keyflow(
+        &db,
+        &[
+            "keys",
+            "create",
+            "--project",
+            &project,
+            "--name",
+            "wf",
+            "--type",
+            "secret",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let (receiver, hook) = crate::workflow_runs::Receiver::start().await;
+    let env = [("KEYFLOW_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "127.0.0.1/32")];
+    let mut server = spawn_server_with(&db, "admin-token-for-tests-0123", &env);
+    let client = reqwest::Client::new();
+    let post = |base: &str, path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let made: Value = post(
+        &server.base,
+        "/v1/workflows",
+        json!({"name": "w", "status": "active", "trigger": {"type": "api"},
+               "steps": [{"type": "wait", "seconds": 2}, {"type": "webhook", "url": format!("{hook}/after")}]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let workflow = made["id"].as_str().unwrap();
+    let started: Value = post(
+        &server.base,
+        &format!("/v1/workflows/{workflow}/trigger"),
+        json!({"contact": {"email": "ada@example.com"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let run = started["run_id"].as_str().unwrap().to_string();
+    let status = |base: String| {
+        let (client, key, run) = (client.clone(), key.clone(), run.clone());
+        async move {
+            let got: Value = client
+                .get(format!("{base}/v1/workflow-runs/{run}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            got["status"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(server.base.clone()).await != "waiting" {
+        assert!(std::time::Instant::now() < deadline, "the run never waited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    let _ = server.child.wait();
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing ran while it was down"
+    );
+    let mut restarted = spawn_server_with(&db, "admin-token-for-tests-0123", &env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while status(restarted.base.clone()).await != "completed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not complete after the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(receiver.requests().len(), 1);
+    restarted.child.kill().unwrap();
+    let _ = restarted.child.wait();
+}
+
 backend_tests!(
+    a_waiting_run_survives_kill_9,
     kill_9_during_ingest_loses_nothing_acknowledged,
     serve_prints_a_one_time_setup_link_on_an_empty_database,
     init_keys_plan_and_migrate_commands,

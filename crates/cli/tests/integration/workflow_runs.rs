@@ -18,8 +18,8 @@ use crate::harness::{Backend, TestApp};
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
-struct Received {
-    path: String,
+pub struct Received {
+    pub path: String,
     headers: HeaderMap,
     body: String,
 }
@@ -30,13 +30,13 @@ type Answer = (u16, Option<&'static str>);
 /// A webhook receiver on loopback: records every request and answers with
 /// the next planned status (200 once the plan is used up).
 #[derive(Clone, Default)]
-struct Receiver {
+pub struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     plan: Arc<Mutex<Vec<Answer>>>,
 }
 
 impl Receiver {
-    async fn start() -> (Receiver, String) {
+    pub async fn start() -> (Receiver, String) {
         let receiver = Receiver::default();
         let shared = receiver.clone();
         let app = axum::Router::new().fallback(
@@ -70,7 +70,7 @@ impl Receiver {
         (receiver, url)
     }
 
-    fn requests(&self) -> Vec<Received> {
+    pub fn requests(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
 
@@ -752,6 +752,56 @@ async fn contact_changes_start_runs_and_loops_stop(backend: Backend) {
         1,
         "plan changed to pro once"
     );
+}
+
+/// PostgreSQL, two instances working one queue: 50 runs of 20 webhook
+/// steps, 1 000 steps in all, each sent exactly once (no step of a run
+/// runs on two instances at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_run_each_of_1000_steps_once() {
+    let app = TestApp::start_with(Backend::Postgres, |c| {
+        c.webhook_allow_private_networks = PrivateNetworks::parse("127.0.0.0/8").unwrap();
+    })
+    .await;
+    let other = app.another_instance().await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps: Vec<Value> = (0..20)
+        .map(|i| json!({"type": "webhook", "url": format!("{base}/step/{i}")}))
+        .collect();
+    let (workflow, _) = active_workflow(&app, &t.key, Value::Array(steps), "every_time").await;
+    let mut runs = Vec::new();
+    for i in 0..50 {
+        let on = if i % 2 == 0 { &app } else { &other };
+        let reply = trigger(
+            on,
+            &t.key,
+            &workflow,
+            json!({"contact": {"external_id": format!("c{i}")}}),
+        )
+        .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        runs.push(reply.body["run_id"].as_str().unwrap().to_string());
+    }
+    let started = Instant::now();
+    while receiver.requests().len() < 1_000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of 1000 steps sent",
+            receiver.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for run in &runs {
+        run_until(&app, &t.key, run, status_is("completed")).await;
+    }
+    let got = receiver.requests();
+    let ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got.len(), 1_000, "every step sent once");
+    assert_eq!(ids.len(), 1_000, "no step sent twice");
 }
 
 every_deployment_tests!(
