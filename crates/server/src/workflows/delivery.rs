@@ -216,8 +216,18 @@ pub async fn send(
     allowed: &PrivateNetworks,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Attempt {
+    send_within(request, allowed, tls, TIMEOUT).await
+}
+
+/// [`send`] with another time limit (the tests' receivers that never answer).
+async fn send_within(
+    request: Request<'_>,
+    allowed: &PrivateNetworks,
+    tls: &Arc<rustls::ClientConfig>,
+    limit: Duration,
+) -> Attempt {
     let started = Instant::now();
-    match tokio::time::timeout(TIMEOUT, attempt(request, allowed, tls)).await {
+    match tokio::time::timeout(limit, attempt(request, allowed, tls)).await {
         Ok(Ok(answer)) => Attempt {
             status: Some(answer.status),
             duration_ms: elapsed_ms(started),
@@ -226,7 +236,10 @@ pub async fn send(
             retry_after_secs: answer.retry_after_secs,
         },
         Ok(Err(error)) => Attempt::failed(started, error),
-        Err(_) => Attempt::failed(started, format!("no answer within {} s", TIMEOUT.as_secs())),
+        Err(_) => Attempt::failed(
+            started,
+            format!("no answer within {} s", limit.as_secs_f64()),
+        ),
     }
 }
 
@@ -432,6 +445,59 @@ mod tests {
             resolve_checked(&url, &allowed).await.unwrap(),
             vec!["127.0.0.1:9".parse().unwrap()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_silent_receiver_times_out_and_a_redirect_is_not_followed() {
+        let tls = Arc::new(tls_config().unwrap());
+        let allowed = PrivateNetworks::parse("127.0.0.0/8").unwrap();
+        // Accepts and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let hold = tokio::spawn(async move {
+            let (_conn, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let request = Request {
+            url: &url,
+            method: hyper::Method::POST,
+            headers: &[],
+            body: b"{}".to_vec(),
+        };
+        let attempt = send_within(request, &allowed, &tls, Duration::from_millis(300)).await;
+        assert!(!attempt.succeeded());
+        assert!(
+            attempt
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("no answer within 0.3 s"),
+            "{attempt:?}"
+        );
+        hold.abort();
+        // A 302 is a failure: the Location is never fetched.
+        let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", redirecting.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut conn, _) = redirecting.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n",
+                )
+                .await;
+        });
+        let request = Request {
+            url: &url,
+            method: hyper::Method::POST,
+            headers: &[],
+            body: b"{}".to_vec(),
+        };
+        let attempt = send(request, &allowed, &tls).await;
+        assert_eq!(attempt.status, Some(302));
+        assert!(!attempt.succeeded());
     }
 
     #[test]
