@@ -8,6 +8,7 @@ mod instances;
 mod raw;
 mod redis_server;
 mod server;
+mod workflows_bench;
 mod wrk;
 
 use std::time::Duration;
@@ -57,6 +58,11 @@ struct Args {
     /// reads and identified batches spread over them (SPEC §11).
     #[arg(long)]
     instances: bool,
+    /// Instead of the tables above: batch ingest with no workflow, 10 that
+    /// do not match and one that matches; trigger-to-webhook latency; webhook
+    /// steps per second (issue 15).
+    #[arg(long)]
+    workflows: bool,
 }
 
 /// The single event sent by every `POST /v1/events`, and 100 of them per batch.
@@ -400,6 +406,9 @@ async fn main() -> Result<()> {
 
     if args.instances {
         return instances::run(&args, &wrk).await;
+    }
+    if args.workflows {
+        return workflows_bench::run(&args, &wrk).await;
     }
     let sqlite = measure(&args, &wrk, &Backend::Sqlite).await?;
     let raw_sqlite = raw::sqlite_events_per_second(args.seconds, ANONYMOUS_ID, PROPERTIES).await?;

@@ -48,6 +48,16 @@ impl Server {
         backend: &Backend,
         redis_url: Option<&str>,
     ) -> Result<Server> {
+        Self::start_with_args(binary, backend, redis_url, &[]).await
+    }
+
+    /// With more `serve` arguments.
+    pub async fn start_with_args(
+        binary: &str,
+        backend: &Backend,
+        redis_url: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Server> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut command = Command::new(binary);
@@ -56,6 +66,7 @@ impl Server {
             command.args(["--database-url", url]);
         }
         command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+        command.args(extra);
         if let Some(url) = redis_url {
             command.args(["--redis-url", url]);
         }
