@@ -14,6 +14,7 @@ mod cli;
 mod connections;
 mod contacts_api;
 mod dashboard;
+mod dashboard_workflows;
 mod events_api;
 mod faults;
 mod keys_api;

@@ -13,6 +13,7 @@ pub(crate) mod page;
 pub mod session;
 mod setup;
 pub mod signin;
+mod workflows;
 mod workspace;
 
 use std::collections::HashMap;
@@ -59,6 +60,19 @@ pub fn router() -> Router<SharedState> {
         .route(
             "/metrics-credential/rotate",
             get(credential::confirm_rotate).post(credential::rotate),
+        )
+        .route("/workflows", get(workflows::list))
+        .route(
+            "/workflows/new",
+            get(workflows::new_form).post(workflows::create),
+        )
+        .route(
+            "/workflows/{id}",
+            get(workflows::detail).post(workflows::change),
+        )
+        .route(
+            "/workflow-runs/{id}",
+            get(workflows::run).post(workflows::act_on_run),
         )
         .route("/keys", get(keys::list))
         .route("/keys/new", get(keys::new_form).post(keys::create))

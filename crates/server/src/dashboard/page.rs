@@ -13,10 +13,11 @@ use crate::error::ApiError;
 use crate::operations::OpError;
 
 /// Navigation entries: (path, label).
-const NAV: [(&str, &str); 9] = [
+const NAV: [(&str, &str); 10] = [
     ("/contacts", "Contacts"),
     ("/events", "Events"),
     ("/analytics", "Metrics"),
+    ("/workflows", "Workflows"),
     ("/keys", "API keys"),
     ("/activity", "Activity"),
     ("/members", "Members"),

@@ -26,6 +26,7 @@ CREATE INDEX workflow_runs_by_workflow ON workflow_runs (workflow_id, id);
 CREATE INDEX workflow_runs_by_contact ON workflow_runs (workflow_id, contact_id, created_at);
 CREATE UNIQUE INDEX workflow_runs_idempotency ON workflow_runs (workflow_id, idempotency_key);
 CREATE INDEX workflow_runs_finished ON workflow_runs (finished_at);
+CREATE INDEX workflow_runs_by_project ON workflow_runs (project_id, created_at);
 
 -- Each step a run reached, by its path, and every attempt at it.
 CREATE TABLE workflow_run_steps (

@@ -203,6 +203,13 @@ pub trait WorkflowRunStore: Send + Sync {
     /// Deletes runs that finished before `before`, with their steps and
     /// attempts; how many runs.
     async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64>;
+    /// Runs of the project's workflows created since `since`, counted by
+    /// workflow and status (the dashboard's last-24-hours figures).
+    async fn run_counts_since(
+        &self,
+        project_id: &str,
+        since: UnixMillis,
+    ) -> StoreResult<Vec<(String, String, i64)>>;
     /// What an event trigger needs of a stored event: its name, contact and
     /// properties (JSON text).
     async fn trigger_event(
@@ -780,6 +787,22 @@ impl<B: Backend> WorkflowRunStore for B {
         }
         tx.commit().await?;
         Ok(resumed)
+    }
+
+    async fn run_counts_since(
+        &self,
+        project_id: &str,
+        since: UnixMillis,
+    ) -> StoreResult<Vec<(String, String, i64)>> {
+        let mut conn = self.pool().acquire().await?;
+        sqlx::query::<B::Db>(
+            "SELECT workflow_id, status, COUNT(*) FROM workflow_runs \
+             WHERE project_id = $1 AND created_at >= $2 GROUP BY workflow_id, status",
+        )
+        .arg(project_id)
+        .arg(since)
+        .all(&mut conn)
+        .await
     }
 
     async fn trigger_event(
