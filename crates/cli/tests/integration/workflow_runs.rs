@@ -282,7 +282,7 @@ async fn failures_are_retried_and_runs_can_be_resumed(backend: Backend) {
     let app = start(backend, true).await;
     let t = app.tenant().await;
     let (receiver, base) = Receiver::start().await;
-    receiver.plan(&[(503, Some("2")), (410, None)]);
+    receiver.plan(&[(503, Some("7")), (410, None)]);
     let steps = json!([{"type": "webhook", "url": format!("{base}/hook")}]);
     let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
     let body = json!({"contact": {"external_id": "u-1"}});
@@ -296,8 +296,8 @@ async fn failures_are_retried_and_runs_can_be_resumed(backend: Backend) {
     assert_eq!(run["status"], "running");
     assert_eq!(run["steps"][0]["attempt_log"][0]["status_code"], 503);
     assert_eq!(run["steps"][0]["attempt_log"][0]["response"], "ok");
-    // Retry-After: 2 is honoured: not before, then at once.
-    app.clock.advance_ms(1_000);
+    // Retry-After: 7 is honoured: not before, then at once.
+    app.clock.advance_ms(6_000);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(receiver.requests().len(), 1);
     app.clock.advance_ms(1_500);

@@ -152,12 +152,15 @@ pub const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 /// How long to wait after failed attempt number `attempt` (1 for the
 /// first) before the next, in milliseconds; `None` when the attempts are
 /// used up. `jitter` in [-1, 1] moves the wait by up to ±10 %; a receiver's
-/// `Retry-After` (seconds, at most 24 h) replaces the schedule's wait.
+/// `Retry-After` (seconds, at most 24 h) replaces the schedule's wait, but
+/// is never shorter than its first (5 s).
 pub fn retry_delay_ms(attempt: u32, jitter: f64, retry_after_secs: Option<u64>) -> Option<u64> {
     let index = usize::try_from(attempt.checked_sub(1)?).ok()?;
     let scheduled = *RETRY_SCHEDULE_SECS.get(index)?;
+    // Never sooner than the first wait: `Retry-After: 0` would otherwise
+    // spend every attempt within a second.
     if let Some(asked) = retry_after_secs.filter(|s| *s <= MAX_RETRY_AFTER_SECS) {
-        return Some(asked * 1000);
+        return Some(asked.max(RETRY_SCHEDULE_SECS[0]) * 1000);
     }
     let factor = 1.0 + 0.1 * jitter.clamp(-1.0, 1.0);
     Some(((scheduled * 1000) as f64 * factor).round() as u64)
@@ -231,5 +234,10 @@ mod tests {
             "over 24 h: ignored"
         );
         assert_eq!(retry_delay_ms(8, 0.0, Some(1)), None);
+        assert_eq!(
+            retry_delay_ms(4, 0.0, Some(0)),
+            Some(5_000),
+            "not sooner than 5 s"
+        );
     }
 }

@@ -88,35 +88,54 @@ fn as_text(value: Option<Value>) -> String {
 }
 
 /// `template` with its placeholders replaced from `facts` and `run_id`
-/// (a template that does not check is returned as written).
-pub fn render_text(template: &str, facts: &Facts, run_id: &str) -> String {
+/// (a template that does not check is returned as written), or `None` once
+/// the text rendered so far passes `budget` bytes: each placeholder can
+/// stand for a 32 KiB value, so a short definition could otherwise render
+/// gigabytes.
+pub fn render_text(
+    template: &str,
+    facts: &Facts,
+    run_id: &str,
+    budget: &mut usize,
+) -> Option<String> {
     let Ok(pieces) = pieces(template) else {
-        return template.to_string();
+        *budget = budget.checked_sub(template.len())?;
+        return Some(template.to_string());
     };
-    pieces
-        .into_iter()
-        .map(|piece| match piece {
-            Ok(text) => text.to_string(),
-            Err(Placeholder::RunId) => run_id.to_string(),
-            Err(Placeholder::Field(field)) => as_text(facts.get(&field)),
-        })
-        .collect()
+    let mut out = String::new();
+    for piece in pieces {
+        let text = match piece {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(Placeholder::RunId) => std::borrow::Cow::Borrowed(run_id),
+            Err(Placeholder::Field(field)) => std::borrow::Cow::Owned(as_text(facts.get(&field))),
+        };
+        *budget = budget.checked_sub(text.len())?;
+        out.push_str(&text);
+    }
+    Some(out)
 }
 
-/// Every string of `value` rendered (keys included).
-pub fn render(value: &Value, facts: &Facts, run_id: &str) -> Value {
-    match value {
-        Value::String(text) => Value::String(render_text(text, facts, run_id)),
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|v| render(v, facts, run_id)).collect())
-        }
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (render_text(k, facts, run_id), render(v, facts, run_id)))
-                .collect(),
+/// Every string of `value` rendered (keys included), within `budget`
+/// bytes of rendered text in all (`None` past it).
+pub fn render(value: &Value, facts: &Facts, run_id: &str, budget: &mut usize) -> Option<Value> {
+    Some(match value {
+        Value::String(text) => Value::String(render_text(text, facts, run_id, budget)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render(v, facts, run_id, budget))
+                .collect::<Option<_>>()?,
         ),
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                let key = render_text(k, facts, run_id, budget)?;
+                out.insert(key, render(v, facts, run_id, budget)?);
+            }
+            Value::Object(out)
+        }
         other => other.clone(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -143,7 +162,7 @@ mod tests {
         });
         check(&body).unwrap();
         assert_eq!(
-            render(&body, &facts, "run_1"),
+            render(&body, &facts, "run_1", &mut 10_000).unwrap(),
             json!({
                 "to": "ada@example.com",
                 "text": "Plan pro x3 X1 run run_1",
@@ -162,6 +181,25 @@ mod tests {
         }
         assert!(check(&json!({"{{evil}}": 1})).is_err());
         // Text that only looks like a template is kept.
-        assert_eq!(render_text("a } b { c", &facts, "r"), "a } b { c");
+        assert_eq!(
+            render_text("a } b { c", &facts, "r", &mut 100).unwrap(),
+            "a } b { c"
+        );
+        // Thousands of copies of a large value stop at the budget.
+        let big = Facts {
+            variables: json!({"b": "A".repeat(30_000)})
+                .as_object()
+                .unwrap()
+                .clone(),
+            ..Facts::default()
+        };
+        let many = Value::Array(vec![json!("{{variables.b}}"); 8_000]);
+        assert!(render(&many, &big, "r", &mut 256_000).is_none());
+        let long = "{{variables.b}}".repeat(8_000);
+        assert!(render_text(&long, &big, "r", &mut 256_000).is_none());
+        let mut budget = 100_000;
+        let three = Value::Array(vec![json!("{{variables.b}}"); 3]);
+        assert!(render(&three, &big, "r", &mut budget).is_some());
+        assert_eq!(budget, 10_000);
     }
 }

@@ -39,7 +39,8 @@ pub struct WorkflowView<'a> {
     /// What starts a run (SPEC §10 "Triggers").
     #[schema(value_type = Object)]
     trigger: Value,
-    /// The steps a run takes, in order (SPEC §10 "Steps").
+    /// The steps a run takes, in order (SPEC §10 "Steps"). Webhook header
+    /// values read `[redacted]` for keys without `workflows:write`.
     #[schema(value_type = Vec<Object>)]
     steps: Value,
     /// 1, then +1 on each change of trigger or steps.
@@ -56,7 +57,49 @@ pub struct WorkflowView<'a> {
     updated_at: String,
 }
 
-fn view<'a>(workflow: &'a Workflow, secret: Option<&'a str>) -> WorkflowView<'a> {
+/// What replaces a webhook header's value for callers that may not change
+/// workflows: receivers' credentials travel in headers (SPEC §10's advice),
+/// and a read-only key must not learn them.
+pub const REDACTED: &str = "[redacted]";
+
+/// Replaces every webhook step's header values in `steps` (JSON) with
+/// [`REDACTED`], in branches too.
+pub fn redact_headers(steps: &mut Value) {
+    match steps {
+        Value::Array(items) => items.iter_mut().for_each(redact_headers),
+        Value::Object(step) => {
+            if let Some(Value::Object(headers)) = step.get_mut("headers") {
+                for value in headers.values_mut() {
+                    *value = Value::String(REDACTED.into());
+                }
+            }
+            for side in ["then", "else"] {
+                if let Some(list) = step.get_mut(side) {
+                    redact_headers(list);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn can_write(caller: &Caller) -> bool {
+    caller
+        .key
+        .key
+        .scopes
+        .contains(keyflow_core::Scope::WorkflowsWrite)
+}
+
+fn view<'a>(
+    workflow: &'a Workflow,
+    secret: Option<&'a str>,
+    headers_shown: bool,
+) -> WorkflowView<'a> {
+    let mut steps = serde_json::to_value(&workflow.steps).unwrap_or(Value::Null);
+    if !headers_shown {
+        redact_headers(&mut steps);
+    }
     WorkflowView {
         id: &workflow.id,
         object: "workflow",
@@ -64,7 +107,7 @@ fn view<'a>(workflow: &'a Workflow, secret: Option<&'a str>) -> WorkflowView<'a>
         status: workflow.status.as_str(),
         reentry: workflow.reentry.as_str(),
         trigger: serde_json::to_value(&workflow.trigger).unwrap_or(Value::Null),
-        steps: serde_json::to_value(&workflow.steps).unwrap_or(Value::Null),
+        steps,
         version: workflow.version,
         signing_secret_prefix: secret_prefix(&workflow.signing_secret),
         signing_secret: secret,
@@ -113,7 +156,7 @@ impl WorkflowRequest {
 fn created(workflow: &Workflow, secret: &str, status: StatusCode) -> Response {
     (
         status,
-        super::no_store(Json(view(workflow, Some(secret))).into_response()),
+        super::no_store(Json(view(workflow, Some(secret), true)).into_response()),
     )
         .into_response()
 }
@@ -161,11 +204,12 @@ pub async fn list_workflows(
 ) -> ApiResult<Response> {
     let page = page_from_query(&query)?;
     let workflows = state.store.workflows(caller.project_id(), &page).await?;
+    let shown = can_write(&caller);
     Ok(page_response(
         &workflows,
         &page,
         |w| &w.id,
-        |w| view(w, None),
+        |w| view(w, None, shown),
     ))
 }
 
@@ -186,7 +230,7 @@ pub async fn get_workflow(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let workflow = workflow_ops::find(state.store.as_ref(), caller.project_id(), &id).await?;
-    Ok(Json(view(&workflow, None)).into_response())
+    Ok(Json(view(&workflow, None, can_write(&caller))).into_response())
 }
 
 #[utoipa::path(
@@ -215,7 +259,7 @@ pub async fn update_workflow(
     let change = workflow_ops::validate(&body.input(), false).map_err(ApiError::validation)?;
     let project = caller_project(&state, &caller).await?;
     let workflow = workflow_ops::update(&caller.ctx(&state), &project, &id, change).await?;
-    Ok(Json(view(&workflow, None)).into_response())
+    Ok(Json(view(&workflow, None, true)).into_response())
 }
 
 #[utoipa::path(

@@ -21,6 +21,8 @@ use sha2::Sha256;
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// How much of an answer is kept with the attempt.
 pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+/// How long the excerpt is waited for once the status has arrived.
+const EXCERPT_WAIT: Duration = Duration::from_secs(2);
 
 /// Which private destinations an instance allows (`webhook_allow_private_networks`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -88,12 +90,31 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public(IpAddr::V4(v4));
             }
             let s = v6.segments();
+            // IPv4 embedded in IPv6 by translation schemes: judged by the
+            // IPv4 address (::/96 compatible, ::ffff:0:0/96 SIIT,
+            // 2002::/16 6to4).
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            if s[..6] == [0; 6] || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0) {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 && !is_public(embedded(s[1], s[2])) {
+                return false;
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                // fc00::/7 unique local, fe80::/10 link local.
+                // fc00::/7 unique local, fe80::/10 link local, fec0::/10
+                // site local (deprecated, still routed by some stacks).
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
                 // 64:ff9b::/96 NAT64 and ::ffff:0:0/96-style embeddings of v4
                 // are judged by the embedded address where it is private.
                 || (s[0] == 0x64 && s[1] == 0xff9b && {
@@ -133,14 +154,15 @@ pub async fn resolve_checked(
     if addresses.is_empty() {
         return Err(format!("{host} resolves to no address"));
     }
-    if let Some(bad) = addresses
+    // Which address is not said: it would show the tenant the instance's
+    // internal names.
+    if addresses
         .iter()
-        .find(|a| !is_public(a.ip()) && !allowed.allows(a.ip()))
+        .any(|a| !is_public(a.ip()) && !allowed.allows(a.ip()))
     {
         return Err(format!(
-            "{host} resolves to {}, a private or reserved address; webhooks may call only \
-             public addresses (see webhook_allow_private_networks)",
-            bad.ip()
+            "{host} resolves to a private or reserved address; webhooks may call only public \
+             addresses (see webhook_allow_private_networks)"
         ));
     }
     Ok(addresses)
@@ -336,9 +358,12 @@ where
             .and_then(|v| v.trim().parse::<u64>().ok());
         let mut body = response.into_body();
         let mut kept = Vec::new();
+        // The status decides the attempt; the excerpt is what arrives
+        // within a moment (a 2xx whose body stalls is still a success).
+        let excerpt_until = tokio::time::Instant::now() + EXCERPT_WAIT;
         while kept.len() < RESPONSE_EXCERPT_BYTES {
-            match body.frame().await {
-                Some(Ok(frame)) => {
+            match tokio::time::timeout_at(excerpt_until, body.frame()).await {
+                Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
                         kept.extend_from_slice(&data);
                     }
@@ -399,6 +424,11 @@ mod tests {
             "240.0.0.1",
             "198.18.0.1",
             "192.0.0.8",
+            "::127.0.0.1",
+            "::ffff:0:7f00:1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }

@@ -5,7 +5,7 @@
 
 use keyflow_core::contacts::{ContactChanges, ContactLookup};
 use keyflow_core::workflows::runs::{self, RunStatus, Side, StepPath, path_text};
-use keyflow_core::workflows::{Facts, Step, WebhookMethod, all_hold, templates};
+use keyflow_core::workflows::{Facts, Step, WebhookMethod, WorkflowStatus, all_hold, templates};
 use keyflow_store::{
     Actor, AuditAction, Contact, Job, JobNext, Progress, RunAttempt, RunStep, Workflow, WorkflowRun,
 };
@@ -22,6 +22,15 @@ pub const LEASE_MS: i64 = 60_000;
 pub const MAX_CLAIMS: i64 = 5;
 /// Steps one claim takes at most before the job goes back to the queue.
 const STEPS_PER_CLAIM: usize = 60;
+/// A webhook call slower than this ends the claim (see the worker's
+/// fairness): the run continues at its next claim.
+const SLOW_CALL_MS: i64 = 1_000;
+/// The most a webhook body, and each header value, may render to.
+const MAX_RENDERED_BODY: usize = 256 * 1024;
+const MAX_RENDERED_HEADER: usize = 1024;
+/// The most `update_contact`'s properties may render to (the contact's own
+/// limit is 32 KiB of JSON).
+const MAX_RENDERED_PROPERTIES: usize = 32 * 1024;
 /// How long a paused workflow's runs wait before looking again.
 const PAUSED_RECHECK_MS: i64 = 30_000;
 
@@ -41,6 +50,7 @@ pub async fn advance(state: SharedState, worker: String, job: Job) {
 }
 
 async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Result<()> {
+    let claim = Claim { state, worker, job };
     let store = state.store.as_ref();
     let Some(mut run) = store.workflow_run(&job.project_id, &job.subject_id).await? else {
         store.drop_job(job, worker).await?;
@@ -55,21 +65,15 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
         .workflow_version(&run.workflow_id, run.version)
         .await?;
     let (Some(workflow), Some((_, steps))) = (workflow, definition) else {
-        return finish(
-            state,
-            worker,
-            job,
-            &mut run,
-            RunStatus::Failed,
-            Some("the workflow is gone"),
-        )
-        .await;
+        return claim
+            .finish(&mut run, RunStatus::Failed, Some("the workflow is gone"))
+            .await;
     };
     match workflow.status {
-        keyflow_core::workflows::WorkflowStatus::Archived => {
-            return finish(state, worker, job, &mut run, RunStatus::Cancelled, None).await;
+        WorkflowStatus::Archived => {
+            return claim.finish(&mut run, RunStatus::Cancelled, None).await;
         }
-        keyflow_core::workflows::WorkflowStatus::Paused => {
+        WorkflowStatus::Paused => {
             store
                 .release_job(job, worker, state.now_ms() + PAUSED_RECHECK_MS)
                 .await?;
@@ -79,7 +83,7 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
     }
     if job.claims > MAX_CLAIMS {
         let why = format!("its worker stopped {MAX_CLAIMS} times while running it");
-        return finish(state, worker, job, &mut run, RunStatus::Failed, Some(&why)).await;
+        return claim.finish(&mut run, RunStatus::Failed, Some(&why)).await;
     }
     let (recorded, _) = store.run_steps(&run.id).await?;
     let mut steps_done = 0;
@@ -87,36 +91,51 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
         steps_done += 1;
         if steps_done > STEPS_PER_CLAIM {
             let now = state.now_ms();
-            save(state, worker, job, &run, &[], None, JobNext::At(now)).await?;
+            claim.save(&run, &[], None, JobNext::At(now)).await?;
             return Ok(());
         }
         let Some(path) = run.position.clone() else {
-            return finish(state, worker, job, &mut run, RunStatus::Completed, None).await;
+            return claim.finish(&mut run, RunStatus::Completed, None).await;
         };
+        // Paused or archived since the claim: hold (or end) the run at this
+        // step (SPEC §10), not after its last one.
+        if steps_done > 1 {
+            match store
+                .workflow(&run.project_id, &run.workflow_id)
+                .await?
+                .map(|w| w.status)
+            {
+                Some(WorkflowStatus::Paused) => {
+                    let at = state.now_ms() + PAUSED_RECHECK_MS;
+                    claim.save(&run, &[], None, JobNext::At(at)).await?;
+                    return Ok(());
+                }
+                Some(WorkflowStatus::Archived) | None => {
+                    return claim.finish(&mut run, RunStatus::Cancelled, None).await;
+                }
+                _ => {}
+            }
+        }
         let Some(step) = runs::step_at(&steps, &path) else {
-            return finish(
-                state,
-                worker,
-                job,
-                &mut run,
-                RunStatus::Failed,
-                Some("the step is missing from its version"),
-            )
-            .await;
+            return claim
+                .finish(
+                    &mut run,
+                    RunStatus::Failed,
+                    Some("the step is missing from its version"),
+                )
+                .await;
         };
         let Some(contact) = store
             .get_contact(&run.project_id, &ContactLookup::Id(run.contact_id.clone()))
             .await?
         else {
-            return finish(
-                state,
-                worker,
-                job,
-                &mut run,
-                RunStatus::Cancelled,
-                Some("the contact was deleted"),
-            )
-            .await;
+            return claim
+                .finish(
+                    &mut run,
+                    RunStatus::Cancelled,
+                    Some("the contact was deleted"),
+                )
+                .await;
         };
         let facts = facts(&contact, &run.facts);
         let now = state.now_ms();
@@ -140,16 +159,9 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
                     record.status = "waiting".into();
                     record.next_attempt_at = Some(until);
                     record.finished_at = None;
-                    save(
-                        state,
-                        worker,
-                        job,
-                        &run,
-                        &[record],
-                        None,
-                        JobNext::At(until),
-                    )
-                    .await?;
+                    claim
+                        .save(&run, &[record], None, JobNext::At(until))
+                        .await?;
                     return Ok(());
                 }
                 // The wait is over (the job came back at its time).
@@ -166,12 +178,33 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
             }
             Step::Exit => move_on(&mut run, None, now),
             Step::Subscribe | Step::Unsubscribe | Step::UpdateContact { .. } => {
-                change_contact(state, &workflow, &run, step, &facts).await?;
+                if let Err(why) = change_contact(state, &workflow, &run, step, &facts).await? {
+                    record.status = "failed".into();
+                    run.error = Some(why);
+                    run.status = RunStatus::Failed;
+                    run.finished_at = Some(now);
+                    run.updated_at = now;
+                    claim.save(&run, &[record], None, JobNext::Done).await?;
+                    return Ok(());
+                }
                 move_on(&mut run, runs::after(&steps, &path), now);
             }
             Step::Webhook { .. } => {
                 record.attempts += 1;
-                let attempt = call(state, &workflow, &run, &path, step, &contact, &facts).await;
+                let attempt =
+                    match call(state, &workflow, &run, &path, step, &contact, &facts).await {
+                        Ok(attempt) => attempt,
+                        Err(why) => {
+                            // Nothing was sent, and trying again would not help.
+                            record.status = "failed".into();
+                            run.error = Some(why);
+                            run.status = RunStatus::Failed;
+                            run.finished_at = Some(now);
+                            run.updated_at = now;
+                            claim.save(&run, &[record], None, JobNext::Done).await?;
+                            return Ok(());
+                        }
+                    };
                 let log = RunAttempt {
                     path: key.clone(),
                     attempt: record.attempts,
@@ -198,16 +231,9 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
                             record.next_attempt_at = Some(at);
                             record.finished_at = None;
                             run.updated_at = now;
-                            save(
-                                state,
-                                worker,
-                                job,
-                                &run,
-                                &[record],
-                                Some(&log),
-                                JobNext::At(at),
-                            )
-                            .await?;
+                            claim
+                                .save(&run, &[record], Some(&log), JobNext::At(at))
+                                .await?;
                         }
                         None => {
                             let why = match attempt.status {
@@ -219,34 +245,28 @@ async fn advance_run(state: &SharedState, worker: &str, job: &Job) -> anyhow::Re
                             run.updated_at = now;
                             run.finished_at = Some(now);
                             // The position stays: a retry resumes here.
-                            save(
-                                state,
-                                worker,
-                                job,
-                                &run,
-                                &[record],
-                                Some(&log),
-                                JobNext::Done,
-                            )
-                            .await?;
+                            claim
+                                .save(&run, &[record], Some(&log), JobNext::Done)
+                                .await?;
                         }
                     }
                     return Ok(());
                 }
-                save(
-                    state,
-                    worker,
-                    job,
-                    &run,
-                    &[record],
-                    Some(&log),
-                    continuing(state),
-                )
-                .await?;
+                // A slow receiver gives the worker back: other runs (other
+                // projects') go first, and this one is claimed again.
+                let next = if attempt.duration_ms > SLOW_CALL_MS {
+                    JobNext::At(now)
+                } else {
+                    continuing(state)
+                };
+                claim.save(&run, &[record], Some(&log), next).await?;
+                if matches!(next, JobNext::At(_)) {
+                    return Ok(());
+                }
                 continue;
             }
         }
-        save(state, worker, job, &run, &[record], None, continuing(state)).await?;
+        claim.save(&run, &[record], None, continuing(state)).await?;
     }
 }
 
@@ -261,47 +281,59 @@ fn move_on(run: &mut WorkflowRun, next: Option<StepPath>, now: i64) {
     run.updated_at = now;
 }
 
-/// Saves progress; an error when the lease was lost (another worker has
-/// the job now, and this one must stop).
-async fn save(
-    state: &SharedState,
-    worker: &str,
-    job: &Job,
-    run: &WorkflowRun,
-    steps: &[RunStep],
-    attempt: Option<&RunAttempt>,
-    next: JobNext,
-) -> anyhow::Result<()> {
-    let progress = Progress {
-        run,
-        steps,
-        attempt,
-        job: next,
-    };
-    if state.store.save_progress(job, worker, progress).await? {
-        Ok(())
-    } else {
-        anyhow::bail!("the job's lease was lost")
-    }
+/// A claimed job, and what saving its progress needs.
+struct Claim<'a> {
+    state: &'a SharedState,
+    worker: &'a str,
+    job: &'a Job,
 }
 
-async fn finish(
-    state: &SharedState,
-    worker: &str,
-    job: &Job,
-    run: &mut WorkflowRun,
-    status: RunStatus,
-    error: Option<&str>,
-) -> anyhow::Result<()> {
-    let now = state.now_ms();
-    run.status = status;
-    run.error = error.map(str::to_string);
-    if status != RunStatus::Failed {
-        run.position = None;
+impl Claim<'_> {
+    /// Saves progress; an error when the lease was lost (another worker
+    /// has the job now, and this one must stop).
+    async fn save(
+        &self,
+        run: &WorkflowRun,
+        steps: &[RunStep],
+        attempt: Option<&RunAttempt>,
+        next: JobNext,
+    ) -> anyhow::Result<()> {
+        let progress = Progress {
+            run,
+            steps,
+            attempt,
+            job: next,
+        };
+        if self
+            .state
+            .store
+            .save_progress(self.job, self.worker, progress)
+            .await?
+        {
+            Ok(())
+        } else {
+            anyhow::bail!("the job's lease was lost")
+        }
     }
-    run.updated_at = now;
-    run.finished_at = Some(now);
-    save(state, worker, job, run, &[], None, JobNext::Done).await
+
+    /// Ends the run as `status` (a failed run keeps its position, for a
+    /// retry) and removes its job.
+    async fn finish(
+        &self,
+        run: &mut WorkflowRun,
+        status: RunStatus,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let now = self.state.now_ms();
+        run.status = status;
+        run.error = error.map(str::to_string);
+        if status != RunStatus::Failed {
+            run.position = None;
+        }
+        run.updated_at = now;
+        run.finished_at = Some(now);
+        self.save(run, &[], None, JobNext::Done).await
+    }
 }
 
 fn step_type(step: &Step) -> &'static str {
@@ -336,27 +368,40 @@ pub fn facts(contact: &Contact, known: &Value) -> Facts {
 
 /// `subscribe`, `unsubscribe`, `update_contact`: through the same
 /// operation as the API, audited with the workflow as actor.
+/// `Ok(Err(why))`: the step cannot be done (its properties would be too
+/// large or invalid); trying again would not help.
 async fn change_contact(
     state: &SharedState,
     workflow: &Workflow,
     run: &WorkflowRun,
     step: &Step,
     facts: &Facts,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Result<(), String>> {
     let mut changes = ContactChanges::default();
     match step {
         Step::Subscribe => changes.subscribed = Some(true),
         Step::Unsubscribe => changes.subscribed = Some(false),
         Step::UpdateContact { properties } => {
-            let rendered = templates::render(&Value::Object(properties.clone()), facts, &run.id);
+            let mut budget = MAX_RENDERED_PROPERTIES;
+            let Some(rendered) = templates::render(
+                &Value::Object(properties.clone()),
+                facts,
+                &run.id,
+                &mut budget,
+            ) else {
+                return Ok(Err(format!(
+                    "update_contact: the properties would render to more than {} KiB",
+                    MAX_RENDERED_PROPERTIES / 1024
+                )));
+            };
             changes.properties = rendered.as_object().cloned().unwrap_or_default();
             if let Err(e) =
                 keyflow_core::json_limits::check_properties("properties", &changes.properties)
             {
-                anyhow::bail!("update_contact: {}", e.message);
+                return Ok(Err(format!("update_contact: {}", e.message)));
             }
         }
-        _ => return Ok(()),
+        _ => return Ok(Ok(())),
     }
     let Some(project) = state.store.get_project(&run.project_id).await? else {
         anyhow::bail!("the project is gone");
@@ -377,11 +422,12 @@ async fn change_contact(
         AuditAction::ContactUpdated,
     )
     .await?;
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// One attempt at a webhook step: the body (as written, templated, or the
-/// default), the headers, the signature.
+/// default), the headers, the signature. `Err`: the request cannot be
+/// built (a template renders too large); nothing was sent.
 async fn call(
     state: &SharedState,
     workflow: &Workflow,
@@ -390,7 +436,7 @@ async fn call(
     step: &Step,
     contact: &Contact,
     facts: &Facts,
-) -> Attempt {
+) -> Result<Attempt, String> {
     let Step::Webhook {
         url,
         method,
@@ -398,10 +444,20 @@ async fn call(
         body,
     } = step
     else {
-        return not_sent("not a webhook step");
+        return Ok(not_sent("not a webhook step"));
+    };
+    let too_large = |what: &str, limit: usize| {
+        format!(
+            "the webhook's {what} would render to more than {} KiB",
+            limit / 1024
+        )
     };
     let body = match body {
-        Some(body) => templates::render(body, facts, &run.id),
+        Some(body) => {
+            let mut budget = MAX_RENDERED_BODY;
+            templates::render(body, facts, &run.id, &mut budget)
+                .ok_or_else(|| too_large("body", MAX_RENDERED_BODY))?
+        }
         None => json!({
             "workflow": {"id": workflow.id, "name": workflow.name, "version": run.version},
             "run_id": run.id,
@@ -419,10 +475,13 @@ async fn call(
     {
         secrets.push(previous);
     }
-    let mut all_headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.clone(), templates::render_text(v, facts, &run.id)))
-        .collect();
+    let mut all_headers = Vec::new();
+    for (name, value) in headers {
+        let mut budget = MAX_RENDERED_HEADER;
+        let value = templates::render_text(value, facts, &run.id, &mut budget)
+            .ok_or_else(|| too_large(&format!("header {name}"), MAX_RENDERED_HEADER))?;
+        all_headers.push((name.clone(), value));
+    }
     all_headers.push(("webhook-id".into(), id.clone()));
     all_headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     all_headers.push((
@@ -430,7 +489,9 @@ async fn call(
         delivery::signature(&secrets, &id, timestamp, &body),
     ));
     let Some(tls) = state.webhook_tls.as_ref() else {
-        return not_sent("webhooks cannot be sent: TLS could not be set up on this instance");
+        return Ok(not_sent(
+            "webhooks cannot be sent: TLS could not be set up on this instance",
+        ));
     };
     let request = delivery::Request {
         url,
@@ -442,7 +503,7 @@ async fn call(
         headers: &all_headers,
         body,
     };
-    delivery::send(request, &state.config.webhook_allow_private_networks, tls).await
+    Ok(delivery::send(request, &state.config.webhook_allow_private_networks, tls).await)
 }
 
 fn not_sent(why: &str) -> Attempt {

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use crate::state::SharedState;
 
-/// Jobs one claim takes at most (advanced concurrently).
-const CLAIM_BATCH: i64 = 16;
+/// Jobs one instance advances at once, and of one project.
+const CAPACITY: usize = 16;
+const PER_PROJECT: usize = 4;
 /// The slowest the worker looks for due jobs.
 const POLL: Duration = Duration::from_secs(1);
 /// Runs one contact may start of one workflow in an hour (loop guard).
@@ -74,12 +75,18 @@ pub async fn start(
     Ok((run, outcome))
 }
 
-/// The worker: claims due jobs and advances their runs until `stop`.
+/// The worker: claims due jobs and advances their runs until `stop`. Up
+/// to [`CAPACITY`] jobs run at once, at most [`PER_PROJECT`] of one
+/// project's, and a free place is filled as soon as it frees up, so one
+/// project's slow receivers cannot hold every other project's runs.
 pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let worker = format!("worker_{}", uuid::Uuid::new_v4().simple());
     let mut last_purge = 0;
+    let mut running = tokio::task::JoinSet::new();
+    let mut per_project: std::collections::HashMap<String, usize> = Default::default();
     loop {
         if *stop.borrow() {
+            while running.join_next().await.is_some() {}
             return;
         }
         let now = state.now_ms();
@@ -88,22 +95,39 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
             tracing::warn!(error = %e, "could not read the workflow job queue");
             None
         });
-        if next.is_some_and(|at| at <= now) {
+        let free = CAPACITY.saturating_sub(running.len());
+        if free > 0 && next.is_some_and(|at| at <= now) {
+            let limit = i64::try_from(free).unwrap_or(1);
+            let saturated: Vec<String> = per_project
+                .iter()
+                .filter(|(_, n)| **n >= PER_PROJECT)
+                .map(|(p, _)| p.clone())
+                .collect();
             match state
                 .store
-                .claim_jobs(&worker, now, executor::LEASE_MS, CLAIM_BATCH)
+                .claim_jobs(&worker, now, executor::LEASE_MS, limit, &saturated)
                 .await
             {
-                Ok(jobs) if !jobs.is_empty() => {
-                    let mut running = tokio::task::JoinSet::new();
+                Ok(jobs) => {
                     for job in jobs {
-                        running.spawn(executor::advance(state.clone(), worker.clone(), job));
+                        let count = per_project.entry(job.project_id.clone()).or_default();
+                        if *count >= PER_PROJECT {
+                            // Its project has its share running: later (the
+                            // next claims skip the project meanwhile).
+                            if let Err(e) = state.store.release_job(&job, &worker, now).await {
+                                tracing::warn!(error = %e, "could not give a workflow job back");
+                            }
+                            continue;
+                        }
+                        *count += 1;
+                        let (state, worker, project) =
+                            (state.clone(), worker.clone(), job.project_id.clone());
+                        running.spawn(async move {
+                            executor::advance(state, worker, job).await;
+                            project
+                        });
                     }
-                    while running.join_next().await.is_some() {}
-                    // More may be due already.
-                    continue;
                 }
-                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "could not claim workflow jobs"),
             }
         }
@@ -121,6 +145,13 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
             _ => POLL,
         };
         tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(project) = done
+                    && let Some(count) = per_project.get_mut(&project)
+                {
+                    *count = count.saturating_sub(1);
+                }
+            }
             () = state.workflow_wake.notified() => {}
             () = tokio::time::sleep(until_due.max(Duration::from_millis(20))) => {}
             _ = stop.changed() => {}

@@ -148,13 +148,15 @@ pub trait WorkflowRunStore: Send + Sync {
         idempotency_key: Option<&str>,
         hourly_cap: i64,
     ) -> StoreResult<StartOutcome>;
-    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`.
+    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`,
+    /// none of the projects in `skip` (those with their share running).
     async fn claim_jobs(
         &self,
         worker: &str,
         now: UnixMillis,
         lease_ms: i64,
         limit: i64,
+        skip: &[String],
     ) -> StoreResult<Vec<Job>>;
     /// When the next job is due (to sleep until then), if any.
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>>;
@@ -507,22 +509,34 @@ impl<B: Backend> WorkflowRunStore for B {
         now: UnixMillis,
         lease_ms: i64,
         limit: i64,
+        skip: &[String],
     ) -> StoreResult<Vec<Job>> {
         let mut tx = self.begin_write().await?;
+        let skipped = (0..skip.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "UPDATE jobs SET locked_until = $1, locked_by = $2, claims = claims + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 \
-             AND (locked_until IS NULL OR locked_until <= $3) ORDER BY run_at LIMIT $4 {}) \
+             AND (locked_until IS NULL OR locked_until <= $3) {} ORDER BY run_at LIMIT $4 {}) \
              RETURNING id, kind, project_id, subject_id, claims, payload",
+            if skip.is_empty() {
+                String::new()
+            } else {
+                format!("AND project_id NOT IN ({skipped})")
+            },
             B::SKIP_LOCKED
         );
-        let rows: Vec<JobRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
             .arg(now + lease_ms)
             .arg(worker)
             .arg(now)
-            .arg(limit)
-            .all(&mut tx)
-            .await?;
+            .arg(limit);
+        for project in skip {
+            query = query.arg(project);
+        }
+        let rows: Vec<JobRow> = query.all(&mut tx).await?;
         tx.commit().await?;
         Ok(rows
             .into_iter()
@@ -725,6 +739,9 @@ impl<B: Backend> WorkflowRunStore for B {
         audit: Option<&AuditEntry>,
     ) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
+        // The job first, then the run: the order a worker's save takes them
+        // in, so the two cannot deadlock on PostgreSQL.
+        unschedule::<B::Db>(&mut tx, &run.id).await?;
         let cancelled = sqlx::query::<B::Db>(
             "UPDATE workflow_runs SET status = 'cancelled', position = NULL, updated_at = $2, \
              finished_at = $2 WHERE id = $1 AND status IN ('running', 'waiting')",
@@ -734,8 +751,10 @@ impl<B: Backend> WorkflowRunStore for B {
         .run(&mut tx)
         .await?
             == 1;
-        if cancelled {
-            unschedule::<B::Db>(&mut tx, &run.id).await?;
+        if !cancelled {
+            // Not active (its job, if any, was stale): nothing else changes.
+            tx.commit().await?;
+            return Ok(false);
         }
         match audit {
             Some(audit) => commit_if::<B::Db>(tx, cancelled, audit).await,
