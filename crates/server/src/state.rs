@@ -204,6 +204,10 @@ pub struct AppState {
     pub redis_limiter: Option<Arc<crate::redis_limiter::RedisRateLimiter>>,
     /// Wakes this instance's workflow worker (a run was started here).
     pub workflow_wake: tokio::sync::Notify,
+    /// Skipped runs already noted in the activity log this hour, per
+    /// workflow, contact and reason: the loop guard says why once, not for
+    /// every refused start.
+    pub workflow_skips: Cache<String, ()>,
     /// TLS for webhook calls (rustls with ring, the Mozilla roots).
     pub webhook_tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -285,6 +289,10 @@ impl AppState {
             redis,
             redis_limiter,
             workflow_wake: tokio::sync::Notify::new(),
+            workflow_skips: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
             webhook_tls: crate::workflows::delivery::tls_config()
                 .inspect_err(|e| tracing::error!(error = %e, "webhooks cannot use TLS"))
                 .ok()

@@ -804,7 +804,99 @@ async fn two_instances_run_each_of_1000_steps_once() {
     assert_eq!(ids.len(), 1_000, "no step sent twice");
 }
 
+/// What the workflows attack found stays fixed: receivers' credentials in
+/// headers are not shown to read-only keys; templates cannot render a body
+/// or properties past their budgets (the run fails at once, saying why,
+/// and nothing is sent); definitions are bounded; a repeated
+/// `Idempotency-Key` writes nothing, not even a contact.
+async fn attack_findings_stay_fixed(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps = json!([{"type": "webhook", "url": format!("{base}/h"),
+                        "headers": {"Authorization": "Bearer receiver-secret-123"},
+                        "body": {"a": vec!["{{variables.b}}"; 20]}}]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let (_, ro) = app
+        .create_key(&t.key, json!({"name": "ro", "type": "read_only"}))
+        .await;
+    let seen = app.get(&format!("/v1/workflows/{workflow}"), &ro).await;
+    assert_eq!(
+        seen.body["steps"][0]["headers"]["authorization"], "[redacted]",
+        "{}",
+        seen.body
+    );
+    assert!(!seen.body.to_string().contains("receiver-secret-123"));
+    let owner = app.get(&format!("/v1/workflows/{workflow}"), &t.key).await;
+    assert_eq!(
+        owner.body["steps"][0]["headers"]["authorization"],
+        "Bearer receiver-secret-123"
+    );
+
+    let big = "A".repeat(30_000);
+    let reply = trigger(
+        &app,
+        &t.key,
+        &workflow,
+        json!({"contact": {"email": "a@example.com"}, "variables": {"b": big}}),
+    )
+    .await;
+    let run_id = reply.body["run_id"].as_str().unwrap().to_string();
+    let run = run_until(&app, &t.key, &run_id, status_is("failed")).await;
+    assert!(run["error"].as_str().unwrap().contains("256 KiB"), "{run}");
+    assert!(receiver.requests().is_empty(), "nothing is sent");
+
+    let steps = json!([{"type": "update_contact", "properties": {"p": "{{variables.b}}", "q": "{{variables.b}}"}}]);
+    let (updating, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let twenty = "B".repeat(20_000);
+    let reply = trigger(
+        &app,
+        &t.key,
+        &updating,
+        json!({"contact": {"email": "a@example.com"}, "variables": {"b": twenty}}),
+    )
+    .await;
+    let run_id = reply.body["run_id"].as_str().unwrap().to_string();
+    let run = run_until(&app, &t.key, &run_id, status_is("failed")).await;
+    assert!(
+        run["error"].as_str().unwrap().contains("update_contact"),
+        "{run}"
+    );
+
+    let huge: Vec<Value> = (0..40)
+        .map(|i| json!({"type": "webhook", "url": format!("{base}/{i}/{}", "x".repeat(1_800))}))
+        .collect();
+    app.patch(
+        &format!("/v1/workflows/{updating}"),
+        &t.key,
+        json!({"steps": huge}),
+    )
+    .await
+    .assert_error(422, "validation_failed");
+
+    let (api, _) = active_workflow(&app, &t.key, json!([{"type": "exit"}]), "every_time").await;
+    let client = reqwest::Client::new();
+    let send = |email: &str| {
+        client
+            .post(format!("{}/v1/workflows/{api}/trigger", app.next_base()))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", "same")
+            .json(&json!({"contact": {"email": email}}))
+    };
+    let first = TestApp::reply(send("first@example.com")).await;
+    let again = TestApp::reply(send("second@example.com")).await;
+    assert_eq!(again.body["run_id"], first.body["run_id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let contacts = app.get("/v1/contacts?limit=100", &t.key).await;
+    assert!(
+        !contacts.body.to_string().contains("second@example.com"),
+        "a replay creates no contact: {}",
+        contacts.body
+    );
+}
+
 every_deployment_tests!(
+    attack_findings_stay_fixed,
     contact_changes_start_runs_and_loops_stop,
     events_start_runs_on_every_ingest_path,
     runs_call_signed_webhooks_and_change_the_contact,

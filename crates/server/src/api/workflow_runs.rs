@@ -181,6 +181,16 @@ pub async fn trigger_workflow(
     };
     let workflow = workflow_ops::find(state.store.as_ref(), caller.project_id(), &id).await?;
     workflow_ops::check_api_trigger(&workflow)?;
+    // A repeat is answered before anything is written (no contact created).
+    if let Some(key) = &key
+        && let Some(earlier) = state
+            .store
+            .run_by_idempotency_key(&workflow.id, key)
+            .await?
+        && earlier.created_at > state.now_ms() - keyflow_store::areas::workflow_runs::IDEMPOTENCY_MS
+    {
+        return Ok(triggered(earlier.id, true));
+    }
     let project = caller_project(&state, &caller).await?;
     let contact = match (&lookup, input) {
         (ContactLookup::Id(_), _) => state
@@ -216,13 +226,18 @@ pub async fn trigger_workflow(
         StartOutcome::Replayed(earlier) => (earlier.id, true),
         StartOutcome::Refused(refusal) => return Err(workflow_ops::refused_start(&refusal).into()),
     };
+    Ok(triggered(run_id, replayed))
+}
+
+/// `202 {"run_id"}`, saying when it replays an earlier answer.
+fn triggered(run_id: String, replayed: bool) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(TriggeredView { run_id })).into_response();
     if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

@@ -20,6 +20,17 @@ use crate::changes::Change;
 pub const PREVIOUS_SECRET_HOURS: i64 = 24;
 /// Random bytes of a signing secret (Standard Webhooks: 24 to 64).
 const SECRET_BYTES: usize = 32;
+/// The most the steps of one version may take as JSON: every version is
+/// kept (runs finish on theirs), so versions are kept small.
+pub const MAX_DEFINITION_BYTES: usize = 64 * 1024;
+/// Workflows a project may have that are not archived (each can start
+/// runs for every event or contact change).
+pub const MAX_WORKFLOWS: usize = 100;
+
+fn json_size(value: &impl serde::Serialize) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
 /// Attempts at a change that keeps meeting concurrent ones: each round
 /// one of the racing changes lands, so N racing changes need at most N.
 const ATTEMPTS: usize = 32;
@@ -107,6 +118,15 @@ pub fn validate(input: &WorkflowInput, creating: bool) -> Result<WorkflowChange,
         None => {}
     }
     match input.steps.as_ref().map(parse_steps) {
+        Some(Ok(steps)) if json_size(&steps) > MAX_DEFINITION_BYTES => {
+            errors.push(FieldError::new(
+                "steps",
+                format!(
+                    "the steps take {} bytes as JSON; at most {MAX_DEFINITION_BYTES}",
+                    json_size(&steps)
+                ),
+            ))
+        }
         Some(Ok(steps)) => change.steps = Some(steps),
         Some(Err(mut e)) => errors.append(&mut e),
         None if creating => missing("steps", &mut errors),
@@ -161,6 +181,23 @@ pub async fn create(
             "A workflow needs a name, a trigger and steps.",
         ));
     };
+    let page = keyflow_store::Page {
+        limit: 1000,
+        cursor: None,
+    };
+    let live = ctx
+        .store
+        .workflows(&project.id, &page)
+        .await?
+        .iter()
+        .filter(|w| w.status != WorkflowStatus::Archived)
+        .count();
+    if live >= MAX_WORKFLOWS {
+        return Err(OpError::new(
+            ErrorCode::Conflict,
+            format!("A project may have at most {MAX_WORKFLOWS} workflows that are not archived."),
+        ));
+    }
     let secret = new_signing_secret()?;
     let workflow = Workflow {
         id: new_id(),

@@ -164,13 +164,20 @@ fn hourly_cap() -> Value {
            "message": "The contact started 50 runs of this workflow in the last hour (loop guard)."})
 }
 
-/// Says in the activity log why a run was not started (the loop guard).
+/// Says in the activity log why a run was not started (the loop guard),
+/// once an hour per workflow, contact and reason on this instance.
 async fn skipped(
     state: &SharedState,
     workflow: &keyflow_store::Workflow,
     contact_id: &str,
     details: Value,
 ) -> anyhow::Result<()> {
+    let reason = details["reason"].as_str().unwrap_or_default();
+    let noted = format!("{}/{contact_id}/{reason}", workflow.id);
+    if state.workflow_skips.contains_key(&noted) {
+        return Ok(());
+    }
+    state.workflow_skips.insert(noted, ());
     let Some(project) = state.store.get_project(&workflow.project_id).await? else {
         return Ok(());
     };

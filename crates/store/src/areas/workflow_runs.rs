@@ -205,6 +205,12 @@ pub trait WorkflowRunStore: Send + Sync {
     /// Deletes runs that finished before `before`, with their steps and
     /// attempts; how many runs.
     async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64>;
+    /// The run an API trigger's `Idempotency-Key` started, if any.
+    async fn run_by_idempotency_key(
+        &self,
+        workflow_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<WorkflowRun>>;
     /// Runs of the project's workflows created since `since`, counted by
     /// workflow and status (the dashboard's last-24-hours figures).
     async fn run_counts_since(
@@ -806,6 +812,23 @@ impl<B: Backend> WorkflowRunStore for B {
         }
         tx.commit().await?;
         Ok(resumed)
+    }
+
+    async fn run_by_idempotency_key(
+        &self,
+        workflow_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<WorkflowRun>> {
+        let mut conn = self.pool().acquire().await?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2"
+        );
+        let row: Option<RunRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(workflow_id)
+            .arg(key)
+            .optional(&mut conn)
+            .await?;
+        row.map(RunRow::into_model).transpose()
     }
 
     async fn run_counts_since(
