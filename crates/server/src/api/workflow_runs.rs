@@ -387,10 +387,32 @@ pub async fn cancel_run(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let run = load_run(&state, &caller, &id).await?;
-    let project = caller_project(&state, &caller).await?;
-    workflow_ops::cancel_run(&caller.ctx(&state), &project, &run).await?;
-    full_view(&state, &load_run(&state, &caller, &id).await?).await
+    act_on_run(&state, &caller, &id, RunAction::Cancel).await
+}
+
+enum RunAction {
+    Cancel,
+    Retry,
+}
+
+/// Cancels or retries the caller's run `id`, and answers with it as it is now.
+async fn act_on_run(
+    state: &SharedState,
+    caller: &Caller,
+    id: &str,
+    action: RunAction,
+) -> ApiResult<Response> {
+    let run = load_run(state, caller, id).await?;
+    let project = caller_project(state, caller).await?;
+    let ctx = caller.ctx(state);
+    match action {
+        RunAction::Cancel => workflow_ops::cancel_run(&ctx, &project, &run).await?,
+        RunAction::Retry => {
+            workflow_ops::retry_run(&ctx, &project, &run).await?;
+            state.workflow_wake.notify_one();
+        }
+    }
+    full_view(state, &load_run(state, caller, id).await?).await
 }
 
 #[utoipa::path(
@@ -410,9 +432,5 @@ pub async fn retry_run(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let run = load_run(&state, &caller, &id).await?;
-    let project = caller_project(&state, &caller).await?;
-    workflow_ops::retry_run(&caller.ctx(&state), &project, &run).await?;
-    state.workflow_wake.notify_one();
-    full_view(&state, &load_run(&state, &caller, &id).await?).await
+    act_on_run(&state, &caller, &id, RunAction::Retry).await
 }
