@@ -459,7 +459,7 @@ backend_tests!(
     pages_escape_user_text_and_send_security_headers,
 );
 
-mod keys_pages {
+pub(crate) mod keys_pages {
     use super::*;
 
     fn revealed_key(reply: &Reply) -> String {
@@ -1459,7 +1459,7 @@ mod keys_pages {
         );
     }
 
-    fn between<'a>(page: &'a str, start: &str) -> &'a str {
+    pub(crate) fn between<'a>(page: &'a str, start: &str) -> &'a str {
         page.split(start)
             .nth(1)
             .and_then(|rest| rest.split('<').next())

@@ -8,15 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::backend_tests;
+use crate::dashboard::keys_pages::between;
 use crate::dashboard::{PASSWORD, csrf_of, get_page, operator, post_form, sign_in, text};
 use crate::harness::{Backend, TestApp};
-
-fn between<'a>(page: &'a str, start: &str) -> &'a str {
-    page.split(start)
-        .nth(1)
-        .and_then(|rest| rest.split('<').next())
-        .expect("marker on the page")
-}
 
 async fn workflows_pages(backend: Backend) {
     let app = TestApp::start(backend).await;

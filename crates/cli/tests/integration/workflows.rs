@@ -273,7 +273,38 @@ async fn racing_changes_are_all_applied(backend: Backend) {
     assert_eq!(app.get(&path, &t.key).await.body["version"], 7);
 }
 
+/// A project has at most 100 workflows that are not archived: the 101st is
+/// `409 conflict`, and archiving one makes room again.
+async fn workflows_per_project_are_capped(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.default_rate_limit = keyflow_core::RateLimit::per_minute(10_000);
+    })
+    .await;
+    let t = app.tenant().await;
+    let mut first = String::new();
+    for i in 0..100 {
+        let mut body = definition();
+        body["name"] = json!(format!("w{i}"));
+        let made = app.post("/v1/workflows", &t.key, body).await;
+        assert_eq!(made.status, 201, "{i}: {}", made.body);
+        if i == 0 {
+            first = made.body["id"].as_str().unwrap().to_string();
+        }
+    }
+    let refused = app.post("/v1/workflows", &t.key, definition()).await;
+    refused.assert_error(409, "conflict");
+    assert_eq!(
+        app.delete(&format!("/v1/workflows/{first}"), &t.key)
+            .await
+            .status,
+        204
+    );
+    let made = app.post("/v1/workflows", &t.key, definition()).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+}
+
 every_deployment_tests!(
+    workflows_per_project_are_capped,
     workflows_are_created_changed_and_archived,
     bad_definitions_say_where,
     scopes_and_projects_fence_workflows,

@@ -70,6 +70,7 @@ CREATE TABLE jobs (
     payload      TEXT
 );
 CREATE INDEX jobs_due ON jobs (run_at);
+CREATE INDEX jobs_leases ON jobs (locked_until);
 CREATE UNIQUE INDEX jobs_subject ON jobs (kind, subject_id);
 
 -- The event names that start an active workflow's runs, kept by the

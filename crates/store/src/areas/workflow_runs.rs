@@ -559,13 +559,22 @@ impl<B: Backend> WorkflowRunStore for B {
 
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>> {
         let mut conn = self.pool().acquire().await?;
-        let (at,): (Option<i64>,) = sqlx::query::<B::Db>(
-            "SELECT MIN(CASE WHEN locked_until IS NULL OR locked_until < run_at THEN run_at \
-             ELSE locked_until END) FROM jobs",
+        // Two reads an index answers (`jobs_due`, `jobs_leases`): the first
+        // free job, and the first lease to run out. (One MIN over an
+        // expression read the whole queue at every look of every worker.)
+        let (free,): (Option<i64>,) =
+            sqlx::query::<B::Db>("SELECT MIN(run_at) FROM jobs WHERE locked_until IS NULL")
+                .one(&mut conn)
+                .await?;
+        let (leased,): (Option<i64>,) = sqlx::query::<B::Db>(
+            "SELECT MIN(locked_until) FROM jobs WHERE locked_until IS NOT NULL",
         )
         .one(&mut conn)
         .await?;
-        Ok(at)
+        Ok(match (free, leased) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     async fn save_progress(
