@@ -93,6 +93,10 @@ pub struct Config {
     pub webhook_allow_private_networks: crate::workflows::delivery::PrivateNetworks,
     /// Finished workflow runs and their attempts are kept this many days.
     pub workflow_run_retention_days: u64,
+    /// How often the workflow worker looks for due jobs when nothing wakes
+    /// it (commits that queue jobs do). Not a setting: tests lengthen it to
+    /// show that runs start without waiting for the poll.
+    pub workflow_poll_ms: u64,
     /// Metrics API SQL queries running at once on this instance, all
     /// projects together (each project may run two of them).
     pub max_concurrent_queries: usize,
@@ -125,6 +129,7 @@ impl Default for Config {
             max_concurrent_queries: 4,
             webhook_allow_private_networks: Default::default(),
             workflow_run_retention_days: 30,
+            workflow_poll_ms: 1_000,
         }
     }
 }

@@ -198,6 +198,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
         workspace_id: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// Wake-ups for the workflow worker when writes queue jobs (see
+    /// `crate::job_signals`).
+    fn job_signals(&self) -> crate::JobSignals;
+
     /// Stores events durably, returning after their commit.
     fn ingest(
         &self,

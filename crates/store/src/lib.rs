@@ -13,6 +13,7 @@ mod columns;
 pub mod copy;
 mod error;
 mod ingest_queue;
+mod job_signals;
 mod models;
 pub mod postgres;
 pub mod sqlite;
@@ -35,6 +36,7 @@ pub use areas::workflow_runs::{
 pub use areas::workflows::{Workflow, WorkflowStore};
 
 pub use error::StoreError;
+pub use job_signals::JobSignals;
 pub use models::*;
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -613,7 +613,8 @@ pub fn test_python() -> Option<String> {
 }
 
 /// The migrations a fresh database of `backend` applies, in order (SQLite
-/// has one more: its contact index off the ingest path, 0018).
+/// has its contact index off the ingest path, 0018; PostgreSQL its job
+/// notifications, 0021).
 pub fn migration_names(backend: Backend) -> Vec<&'static str> {
     let mut names = vec![
         "0001_foundation",
@@ -639,5 +640,8 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
     }
     names.push("0019_workflows");
     names.push("0020_workflow_runs");
+    if backend != Backend::Sqlite {
+        names.push("0021_job_wakeups");
+    }
     names
 }

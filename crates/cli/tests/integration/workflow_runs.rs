@@ -895,8 +895,79 @@ async fn attack_findings_stay_fixed(backend: Backend) {
     );
 }
 
+/// Runs start when their trigger commits, not at the worker's next look:
+/// with the fallback poll set to ten minutes, an event, a contact change
+/// and an api trigger each reach the receiver within seconds (on three
+/// instances, whichever instance took the write; on PostgreSQL every
+/// instance hears of the jobs through `NOTIFY`).
+async fn runs_start_when_their_trigger_commits(backend: Backend) {
+    let app = TestApp::start_with(backend, |c| {
+        c.webhook_allow_private_networks = PrivateNetworks::parse("127.0.0.0/8").unwrap();
+        c.workflow_poll_ms = 600_000;
+    })
+    .await;
+    let t = app.tenant().await;
+    let (receiver, url) = Receiver::start().await;
+    for (name, starts_on) in [
+        ("event", json!({"type": "event", "event": "paid"})),
+        (
+            "contact",
+            json!({"type": "contact_updated", "property": "plan"}),
+        ),
+        ("api", json!({"type": "api"})),
+    ] {
+        let made = app
+            .post(
+                "/v1/workflows",
+                &t.key,
+                json!({"name": name, "status": "active", "trigger": starts_on,
+                       "steps": [{"type": "webhook", "url": format!("{url}/{name}"), "method": "POST"}]}),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{}", made.body);
+        let id = made.body["id"].as_str().unwrap().to_string();
+        let started = Instant::now();
+        match name {
+            "event" => {
+                let stored = app
+                    .post(
+                        "/v1/events",
+                        &t.key,
+                        json!({"name": "paid", "external_id": "u1", "idempotency_key": "e1"}),
+                    )
+                    .await;
+                assert!(stored.status < 300, "{}", stored.body);
+            }
+            "contact" => {
+                let changed = app
+                    .post(
+                        "/v1/contacts",
+                        &t.key,
+                        json!({"email": "c@x.co", "properties": {"plan": "pro"}}),
+                    )
+                    .await;
+                assert!(changed.status < 300, "{}", changed.body);
+            }
+            _ => {
+                let reply =
+                    trigger(&app, &t.key, &id, json!({"contact": {"external_id": "u1"}})).await;
+                assert_eq!(reply.status, 202, "{}", reply.body);
+            }
+        }
+        let path = format!("/{name}");
+        while !receiver.requests().iter().any(|r| r.path == path) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the {name} trigger's run waited for the poll"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 every_deployment_tests!(
     attack_findings_stay_fixed,
+    runs_start_when_their_trigger_commits,
     contact_changes_start_runs_and_loops_stop,
     events_start_runs_on_every_ingest_path,
     runs_call_signed_webhooks_and_change_the_contact,

@@ -3,9 +3,11 @@
 //!
 //! Every instance runs one worker. It claims due jobs with a lease, so a
 //! run is advanced by one instance at a time and taken over if that
-//! instance dies; it wakes at once when this instance starts a run, when
-//! the next job falls due, and otherwise every second (runs started on
-//! other instances are picked up within that second).
+//! instance dies. It wakes at once when a commit queues jobs (an event or
+//! contact write that triggers a workflow, an API trigger: the store's
+//! [`keyflow_store::JobSignals`], on PostgreSQL from every instance), when
+//! this instance retries a run, and when the next job falls due; otherwise
+//! it looks every `Config::workflow_poll_ms`, in case a wake-up was lost.
 
 pub mod delivery;
 pub mod executor;
@@ -23,8 +25,6 @@ use crate::state::SharedState;
 /// Jobs one instance advances at once, and of one project.
 const CAPACITY: usize = 16;
 const PER_PROJECT: usize = 4;
-/// The slowest the worker looks for due jobs.
-const POLL: Duration = Duration::from_secs(1);
 /// Runs one contact may start of one workflow in an hour (loop guard).
 pub const HOURLY_CAP: i64 = 50;
 /// How often finished runs past their retention are deleted.
@@ -84,6 +84,8 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
     let mut last_purge = 0;
     let mut running = tokio::task::JoinSet::new();
     let mut per_project: std::collections::HashMap<String, usize> = Default::default();
+    let signals = state.store.job_signals();
+    let poll = Duration::from_millis(state.config.workflow_poll_ms.max(20));
     loop {
         if *stop.borrow() {
             while running.join_next().await.is_some() {}
@@ -140,9 +142,9 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
         }
         let until_due = match next {
             Some(at) if at > now => {
-                Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(POLL)
+                Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(poll)
             }
-            _ => POLL,
+            _ => poll,
         };
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
@@ -153,6 +155,7 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
                 }
             }
             () = state.workflow_wake.notified() => {}
+            () = signals.next() => {}
             () = tokio::time::sleep(until_due.max(Duration::from_millis(20))) => {}
             _ = stop.changed() => {}
         }

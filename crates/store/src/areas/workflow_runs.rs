@@ -160,6 +160,9 @@ pub trait WorkflowRunStore: Send + Sync {
     ) -> StoreResult<Vec<Job>>;
     /// When the next job is due (to sleep until then), if any.
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>>;
+    /// Wakes the worker when a commit queued jobs (this process's on
+    /// SQLite; any instance's on PostgreSQL).
+    fn job_signals(&self) -> crate::JobSignals;
     /// Saves a run's progress and its job's next time in one transaction,
     /// if `worker` still holds the job's lease (`false`: it does not; nothing
     /// written).
@@ -555,6 +558,10 @@ impl<B: Backend> WorkflowRunStore for B {
                 payload: r.payload,
             })
             .collect())
+    }
+
+    fn job_signals(&self) -> crate::JobSignals {
+        B::job_signals(self)
     }
 
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>> {

@@ -126,6 +126,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0020_workflow_runs",
         sql: include_str!("../../migrations/postgres/0020_workflow_runs.sql"),
     },
+    Migration {
+        version: 21,
+        name: "0021_job_wakeups",
+        sql: include_str!("../../migrations/postgres/0021_job_wakeups.sql"),
+    },
 ];
 
 impl PostgresStore {
@@ -269,6 +274,12 @@ impl Backend for PostgresStore {
             .execute(&mut *conn)
             .await?;
         Ok(())
+    }
+
+    /// `NOTIFY keyflow_jobs` from any instance's commits (migration 0021),
+    /// on a connection of its own.
+    fn job_signals(&self) -> crate::JobSignals {
+        crate::JobSignals::listen(self.pool.clone())
     }
 
     /// Every request's events go to the group commit (`run_committer`),

@@ -9,6 +9,7 @@
 //! ([`super::lookups`]), the `INSERT`s, `COMMIT`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -18,6 +19,7 @@ use super::{lookups, rollups};
 use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
 use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
+use crate::job_signals::QueuedJobs;
 use crate::{EventOutcome, StoreError, StoreResult};
 
 pub(crate) struct DirectWriter {
@@ -29,10 +31,12 @@ pub(crate) struct DirectWriter {
     identities: lookups::Identities,
     /// Presences known to be stored (see [`rollups::Presences`]).
     presences: rollups::Presences,
+    /// Notes rows entering `jobs` (the event trigger's), for the worker.
+    queued_jobs: Arc<QueuedJobs>,
 }
 
 impl DirectWriter {
-    pub(crate) fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf, queued_jobs: Arc<QueuedJobs>) -> Self {
         let inserts = EVENT_CHUNKS
             .iter()
             .map(|&rows| (rows, insert_events_sql(rows).replace('$', "?")))
@@ -43,6 +47,7 @@ impl DirectWriter {
             inserts,
             identities: lookups::Identities::default(),
             presences: rollups::Presences::default(),
+            queued_jobs,
         }
     }
 
@@ -122,14 +127,14 @@ impl DirectWriter {
     fn connection(&mut self) -> rusqlite::Result<&mut Connection> {
         match &mut self.conn {
             Some(conn) => Ok(conn),
-            empty @ None => Ok(empty.insert(open(&self.path)?)),
+            empty @ None => Ok(empty.insert(open(&self.path, &self.queued_jobs)?)),
         }
     }
 
     fn write(&mut self, rows: &[&EventRow]) -> rusqlite::Result<()> {
         let conn = match &mut self.conn {
             Some(conn) => conn,
-            empty @ None => empty.insert(open(&self.path)?),
+            empty @ None => empty.insert(open(&self.path, &self.queued_jobs)?),
         };
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let written = insert(conn, &self.inserts, &mut self.presences, rows)
@@ -289,8 +294,16 @@ fn insert(
     rollups::write(conn, presences, rows)
 }
 
-fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+fn open(path: &std::path::Path, queued_jobs: &Arc<QueuedJobs>) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    let noted = queued_jobs.clone();
+    conn.update_hook(Some(
+        move |action: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+            if action == rusqlite::hooks::Action::SQLITE_INSERT {
+                noted.note_insert(table);
+            }
+        },
+    ))?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // The same durability as the sqlx connections: acknowledged only once
     // the WAL is on disk.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use keyflow_core::events::NewEvent;
 use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteOperation, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio::sync::mpsc;
 
@@ -35,6 +36,8 @@ pub struct SqliteStore {
     reader: Option<reader::Reader>,
     /// Tenant SQL's read-only connections; `None` for in-memory databases.
     tenant_sql: Option<Arc<tenant_sql::TenantSql>>,
+    /// Whether the write that commits next queued workflow jobs.
+    queued_jobs: Arc<crate::job_signals::QueuedJobs>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -170,8 +173,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let queued_jobs = Arc::new(crate::job_signals::QueuedJobs::default());
+        let noted = queued_jobs.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // Every connection notes rows entering `jobs` (see job_signals).
+            .after_connect(move |conn, _| {
+                let noted = noted.clone();
+                Box::pin(async move {
+                    conn.lock_handle().await?.set_update_hook(move |change| {
+                        if change.operation == SqliteOperation::Insert {
+                            noted.note_insert(change.table);
+                        }
+                    });
+                    Ok(())
+                })
+            })
             // A ping before every acquire is a round trip to the connection's
             // worker thread; a local file has no network to go stale.
             .test_before_acquire(false)
@@ -186,15 +203,16 @@ impl SqliteStore {
         let on_disk = !url.contains('?') && !url.contains(":memory:") && path.is_file();
         let reader = on_disk.then(|| reader::Reader::new(path.clone()));
         let tenant_sql = on_disk.then(|| Arc::new(tenant_sql::TenantSql::new(path.clone())));
-        let direct = on_disk.then(|| direct::DirectWriter::new(path));
-        let (runtime, writer_pool, turn) = (
+        let direct = on_disk.then(|| direct::DirectWriter::new(path, queued_jobs.clone()));
+        let (runtime, writer_pool, turn, queued) = (
             tokio::runtime::Handle::current(),
             pool.clone(),
             write_turn.clone(),
+            queued_jobs.clone(),
         );
         std::thread::Builder::new()
             .name("keyflow-sqlite-writer".into())
-            .spawn(move || writer::run_writer(runtime, writer_pool, turn, direct, jobs))
+            .spawn(move || writer::run_writer(runtime, writer_pool, turn, direct, jobs, queued))
             .map_err(|e| {
                 crate::StoreError::Config(format!("cannot start the SQLite writer thread: {e}"))
             })?;
@@ -204,6 +222,7 @@ impl SqliteStore {
             ingest_queue,
             reader,
             tenant_sql,
+            queued_jobs,
         })
     }
 }
@@ -230,7 +249,11 @@ impl Backend for SqliteStore {
     async fn begin_write(&self) -> crate::StoreResult<WriteTx> {
         let turn = self.write_turn.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { tx, _turn: turn })
+        Ok(WriteTx {
+            tx,
+            queued_jobs: self.queued_jobs.clone(),
+            _turn: turn,
+        })
     }
 
     /// SQLite runs one writer at a time, and a write transaction always works
@@ -254,6 +277,12 @@ impl Backend for SqliteStore {
     /// SQLite runs one writer at a time; the migration transaction is enough.
     async fn lock_migrations(_conn: &mut SqliteConnection) -> crate::StoreResult<()> {
         Ok(())
+    }
+
+    /// This process's commits that queued jobs (one process writes a
+    /// SQLite database).
+    fn job_signals(&self) -> crate::JobSignals {
+        crate::JobSignals::local(&self.queued_jobs)
     }
 
     /// Hands the events to the writer task and waits for their commit.
@@ -328,12 +357,16 @@ impl crate::tenant_sql::TenantSqlStore for SqliteStore {
 /// commits or is dropped (see `SqliteStore::begin_write`).
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, Sqlite>,
+    queued_jobs: Arc<crate::job_signals::QueuedJobs>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl crate::backend::WriteTx<Sqlite> for WriteTx {
     async fn commit(self) -> crate::StoreResult<()> {
-        Ok(self.tx.commit().await?)
+        self.tx.commit().await?;
+        // Still holding the write turn: the flag is this transaction's.
+        self.queued_jobs.committed();
+        Ok(())
     }
 }
 

@@ -39,6 +39,7 @@ pub(super) fn run_writer(
     write_turn: Arc<tokio::sync::Mutex<()>>,
     mut direct: Option<direct::DirectWriter>,
     mut jobs: mpsc::Receiver<IngestJob>,
+    queued_jobs: Arc<crate::job_signals::QueuedJobs>,
 ) {
     let mut conn: Option<PoolConnection<Sqlite>> = None;
     // Jobs in the previous commit: more than one means clients are writing
@@ -90,6 +91,8 @@ pub(super) fn run_writer(
                 // need lookups: anonymous batches skip the check.
                 direct.move_contact_notes_if_due();
             }
+            // Still holding the write turn: the flag is this batch's.
+            queued_jobs.committed();
             drop(turn);
             continue;
         }
@@ -106,6 +109,7 @@ pub(super) fn run_writer(
             };
             commit_batch(connection, batch, lookups).await
         });
+        queued_jobs.committed();
         drop(turn);
     }
     // The queue closed (shutdown). A pooled connection goes back to its pool
