@@ -28,26 +28,36 @@ pub struct Received {
 type Answer = (u16, Option<&'static str>);
 
 /// A webhook receiver on loopback: records every request and answers with
-/// the next planned status (200 once the plan is used up).
-#[derive(Clone, Default)]
+/// the next planned status (200 once the plan is used up). A request to
+/// `/held` is recorded at once and answered once the test lets it go.
+#[derive(Clone)]
 pub struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
     plan: Arc<Mutex<Vec<Answer>>>,
+    held: Arc<tokio::sync::Semaphore>,
 }
 
 impl Receiver {
     pub async fn start() -> (Receiver, String) {
-        let receiver = Receiver::default();
+        let receiver = Receiver {
+            got: Default::default(),
+            plan: Default::default(),
+            held: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
         let shared = receiver.clone();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: String| {
                 let shared = shared.clone();
                 async move {
+                    let path = uri.path().to_string();
                     shared.got.lock().unwrap().push(Received {
-                        path: uri.path().to_string(),
+                        path: path.clone(),
                         headers,
                         body,
                     });
+                    if path == "/held" {
+                        shared.held.acquire().await.unwrap().forget();
+                    }
                     let next = {
                         let mut plan = shared.plan.lock().unwrap();
                         (!plan.is_empty()).then(|| plan.remove(0))
@@ -72,6 +82,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Answers the request waiting at `/held`.
+    fn let_go(&self) {
+        self.held.add_permits(1);
     }
 
     fn plan(&self, answers: &[Answer]) {
@@ -341,6 +356,127 @@ async fn failures_are_retried_and_runs_can_be_resumed(backend: Backend) {
     let error = run["steps"][0]["attempt_log"][0]["error"].as_str().unwrap();
     assert!(error.contains("private or reserved"), "{error}");
     assert!(receiver.requests().iter().all(|r| r.path != "/private"));
+}
+
+/// With the setting off, every private kind of destination is refused
+/// before anything is sent: private IPv4, the cloud metadata address, an
+/// IPv6 unique-local address, loopback written as an IPv4-mapped IPv6
+/// address, and a name that resolves to loopback (the receiver's own port,
+/// so a request would have arrived had the guard let it through).
+async fn private_destinations_are_refused_after_resolution(backend: Backend) {
+    let app = start(backend, false).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let port = base.rsplit(':').next().unwrap();
+    for url in [
+        "http://10.1.2.3/hook".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00::1]/hook".to_string(),
+        format!("http://[::ffff:127.0.0.1]:{port}/mapped"),
+        format!("http://localhost:{port}/named"),
+    ] {
+        let steps = json!([{"type": "webhook", "url": url}]);
+        let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+        let started = trigger(
+            &app,
+            &t.key,
+            &workflow,
+            json!({"contact": {"external_id": "u"}}),
+        )
+        .await;
+        assert_eq!(started.status, 202, "{}", started.body);
+        let run_id = started.body["run_id"].as_str().unwrap();
+        let run = run_until(&app, &t.key, run_id, |r| {
+            r["steps"][0]["status"] == "retrying"
+        })
+        .await;
+        let attempt = &run["steps"][0]["attempt_log"][0];
+        let error = attempt["error"].as_str().unwrap();
+        assert!(error.contains("private or reserved"), "{url}: {error}");
+        assert!(attempt["status_code"].is_null(), "{url}: {attempt}");
+    }
+    assert!(
+        receiver.requests().is_empty(),
+        "a refused destination was called"
+    );
+}
+
+/// Pausing holds a running run before its next step, even when the pause
+/// comes while a step is under way (SPEC §10), and resuming lets it go on;
+/// api triggers of a paused workflow are refused meanwhile, and a contact
+/// that triggered 50 runs within the hour is refused the 51st (409).
+async fn pause_holds_runs_between_steps_and_triggers_are_capped(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps = json!([
+        {"type": "webhook", "url": format!("{base}/held")},
+        {"type": "webhook", "url": format!("{base}/after")},
+    ]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let contact = json!({"contact": {"external_id": "paused"}});
+    let started = trigger(&app, &t.key, &workflow, contact.clone()).await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let run_id = started.body["run_id"].as_str().unwrap().to_string();
+    let waited = Instant::now();
+    while receiver.requests().is_empty() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "no first call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = format!("/v1/workflows/{workflow}");
+    let paused = app.patch(&path, &t.key, json!({"status": "paused"})).await;
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    receiver.let_go();
+    run_until(&app, &t.key, &run_id, |r| {
+        r["steps"][0]["status"] == "succeeded"
+    })
+    .await;
+    trigger(&app, &t.key, &workflow, contact.clone())
+        .await
+        .assert_error(409, "conflict");
+    // Held: the second step is not sent, however long the run waits.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    app.clock.advance_ms(3_600_000);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let sent: Vec<String> = receiver.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(sent, ["/held"], "a paused workflow's run went on");
+    let run = app
+        .get(&format!("/v1/workflow-runs/{run_id}"), &t.key)
+        .await;
+    assert_eq!(run.body["status"], "running", "{}", run.body);
+
+    let resumed = app.patch(&path, &t.key, json!({"status": "active"})).await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    app.clock.advance_ms(31_000);
+    run_until(&app, &t.key, &run_id, status_is("completed")).await;
+    assert_eq!(receiver.requests().last().unwrap().path, "/after");
+
+    // The loop guard's hourly cap on the api trigger, for one contact.
+    let (capped, _) = active_workflow(&app, &t.key, json!([{"type": "exit"}]), "every_time").await;
+    let one = json!({"contact": {"external_id": "busy"}});
+    for _ in 0..50 {
+        let reply = trigger(&app, &t.key, &capped, one.clone()).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    let refused = trigger(&app, &t.key, &capped, one).await;
+    refused.assert_error(409, "conflict");
+    assert_eq!(
+        refused.body["error"]["details"]["reason"], "hourly_cap",
+        "{}",
+        refused.body
+    );
+    let other = trigger(
+        &app,
+        &t.key,
+        &capped,
+        json!({"contact": {"external_id": "calm"}}),
+    )
+    .await;
+    assert_eq!(
+        other.status, 202,
+        "another contact is not capped: {}",
+        other.body
+    );
 }
 
 /// A wait holds the run (reentry `one_active_run` refuses a second one);
@@ -967,6 +1103,8 @@ async fn runs_start_when_their_trigger_commits(backend: Backend) {
 
 every_deployment_tests!(
     attack_findings_stay_fixed,
+    pause_holds_runs_between_steps_and_triggers_are_capped,
+    private_destinations_are_refused_after_resolution,
     runs_start_when_their_trigger_commits,
     contact_changes_start_runs_and_loops_stop,
     events_start_runs_on_every_ingest_path,
