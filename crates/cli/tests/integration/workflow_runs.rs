@@ -1020,9 +1020,32 @@ async fn attack_findings_stay_fixed(backend: Backend) {
             .json(&json!({"contact": {"email": email}}))
     };
     let first = TestApp::reply(send("first@example.com")).await;
-    let again = TestApp::reply(send("second@example.com")).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    // The key with another request: refused, not answered with a run that
+    // is not its own; the same request again is replayed.
+    let other = TestApp::reply(send("second@example.com")).await;
+    other.assert_error(409, "conflict");
+    assert_eq!(
+        other.body["error"]["details"]["reason"],
+        "idempotency_key_reused"
+    );
+    assert_eq!(
+        other.body["error"]["details"]["run_id"],
+        first.body["run_id"]
+    );
+    let again = TestApp::reply(send("first@example.com")).await;
+    assert_eq!(again.status, 202, "{}", again.body);
     assert_eq!(again.body["run_id"], first.body["run_id"]);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let with_variables = TestApp::reply(
+        client
+            .post(format!("{}/v1/workflows/{api}/trigger", app.next_base()))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", "same")
+            .json(&json!({"contact": {"email": "first@example.com"}, "variables": {"a": 1}})),
+    )
+    .await;
+    with_variables.assert_error(409, "conflict");
     let contacts = app.get("/v1/contacts?limit=100", &t.key).await;
     assert!(
         !contacts.body.to_string().contains("second@example.com"),

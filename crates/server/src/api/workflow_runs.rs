@@ -150,14 +150,15 @@ pub struct TriggeredView {
     description = "For an active workflow whose trigger is `{\"type\": \"api\"}` (else 409 with \
                    `details.reason`). An unknown email or external id creates the contact. An \
                    `Idempotency-Key` header replays the first answer for 24 hours \
-                   (`Idempotent-Replayed: true`). The reentry rule and the loop guard (50 runs \
+                   (`Idempotent-Replayed: true`); the same key with another contact or other \
+                   variables is refused (409, `idempotency_key_reused`). The reentry rule and the loop guard (50 runs \
                    per contact and workflow an hour) refuse with 409.",
     params(super::openapi::IdPath, ("Idempotency-Key" = Option<String>, Header, description = "At most 255 characters")),
     request_body = TriggerRequest,
     responses(
         (status = 202, description = "The run was started (or replayed)", body = TriggeredView),
         super::openapi::NotFound,
-        (status = 409, description = "Not an active api-trigger workflow, or the reentry rule or loop guard refused (details.reason)", body = crate::error::ErrorBody),
+        (status = 409, description = "Not an active api-trigger workflow, the reentry rule or loop guard refused, or the Idempotency-Key was used for another request (details.reason)", body = crate::error::ErrorBody),
         super::openapi::Invalid,
     ),
 )]
@@ -189,6 +190,16 @@ pub async fn trigger_workflow(
             .await?
         && earlier.created_at > state.now_ms() - keyflow_store::areas::workflow_runs::IDEMPOTENCY_MS
     {
+        // Who the trigger names, without creating anyone.
+        let named = match &lookup {
+            ContactLookup::Id(id) => Some(id.clone()),
+            _ => state
+                .store
+                .get_contact(caller.project_id(), &lookup)
+                .await?
+                .map(|c| c.id),
+        };
+        workflow_ops::same_trigger(&earlier, named.as_deref(), &variables)?;
         return Ok(triggered(earlier.id, true));
     }
     let project = caller_project(&state, &caller).await?;
@@ -223,7 +234,10 @@ pub async fn trigger_workflow(
     let (run, outcome) = crate::workflows::start(&state, &workflow, new, key.as_deref()).await?;
     let (run_id, replayed) = match outcome {
         StartOutcome::Started => (run.id, false),
-        StartOutcome::Replayed(earlier) => (earlier.id, true),
+        StartOutcome::Replayed(earlier) => {
+            workflow_ops::same_trigger(&earlier, Some(&contact.id), &variables)?;
+            (earlier.id, true)
+        }
         StartOutcome::Refused(refusal) => return Err(workflow_ops::refused_start(&refusal).into()),
     };
     Ok(triggered(run_id, replayed))

@@ -421,6 +421,31 @@ pub fn check_api_trigger(workflow: &Workflow) -> OpResult<()> {
     Ok(())
 }
 
+/// Whether a trigger repeating an earlier run's `Idempotency-Key` asks for
+/// the same thing: the same contact and variables. A different request with
+/// a used key is refused, as Stripe does, rather than answered with a run
+/// that is not its own.
+pub fn same_trigger(
+    earlier: &keyflow_store::WorkflowRun,
+    contact_id: Option<&str>,
+    variables: &serde_json::Map<String, serde_json::Value>,
+) -> OpResult<()> {
+    let same_variables = match earlier.trigger.get("variables") {
+        Some(serde_json::Value::Object(before)) => before == variables,
+        None | Some(serde_json::Value::Null) => variables.is_empty(),
+        Some(_) => false,
+    };
+    if contact_id == Some(earlier.contact_id.as_str()) && same_variables {
+        return Ok(());
+    }
+    Err(OpError::new(
+        ErrorCode::Conflict,
+        "This Idempotency-Key started a run for a different contact or variables in the last \
+         24 hours; use a new key for a new request.",
+    )
+    .with_details(json!({"reason": "idempotency_key_reused", "run_id": earlier.id})))
+}
+
 /// The `409` for a run the store did not start.
 pub fn refused_start(refusal: &keyflow_store::StartRefusal) -> OpError {
     match refusal {
