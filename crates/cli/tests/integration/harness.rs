@@ -643,5 +643,6 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
     if backend != Backend::Sqlite {
         names.push("0021_job_wakeups");
     }
+    names.push("0022_workflow_entries");
     names
 }

@@ -479,6 +479,121 @@ async fn pause_holds_runs_between_steps_and_triggers_are_capped(backend: Backend
     );
 }
 
+/// A run cancelled while its webhook call is under way keeps the record of
+/// that call (it was made), and goes no further.
+async fn a_cancel_during_a_call_keeps_its_attempt(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let (receiver, base) = Receiver::start().await;
+    let steps = json!([
+        {"type": "webhook", "url": format!("{base}/held")},
+        {"type": "webhook", "url": format!("{base}/after")},
+    ]);
+    let (workflow, _) = active_workflow(&app, &t.key, steps, "every_time").await;
+    let started = trigger(
+        &app,
+        &t.key,
+        &workflow,
+        json!({"contact": {"external_id": "c"}}),
+    )
+    .await;
+    let run_id = started.body["run_id"].as_str().unwrap().to_string();
+    let waited = Instant::now();
+    while receiver.requests().is_empty() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "no call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = app
+        .post(
+            &format!("/v1/workflow-runs/{run_id}/cancel"),
+            &t.key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    receiver.let_go();
+    let run = run_until(&app, &t.key, &run_id, |r| {
+        r["steps"][0]["attempt_log"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(
+        run["steps"][0]["attempt_log"][0]["status_code"], 200,
+        "{run}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent: Vec<String> = receiver.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(sent, ["/held"]);
+}
+
+/// Retention deletes finished runs and the versions no run needs, but not
+/// who ran a `once` workflow: a month later the contact is still refused.
+async fn retention_forgets_runs_but_not_who_ran_once(backend: Backend) {
+    let app = start(backend, true).await;
+    let t = app.tenant().await;
+    let waiting = json!([{"type": "wait", "seconds": 40 * 86_400}]);
+    let (workflow, _) = active_workflow(&app, &t.key, waiting, "once").await;
+    let bob = trigger(
+        &app,
+        &t.key,
+        &workflow,
+        json!({"contact": {"external_id": "bob"}}),
+    )
+    .await;
+    let bob_run = bob.body["run_id"].as_str().unwrap().to_string();
+    run_until(&app, &t.key, &bob_run, status_is("waiting")).await;
+    let path = format!("/v1/workflows/{workflow}");
+    for steps in [
+        json!([{"type": "exit"}, {"type": "exit"}]),
+        json!([{"type": "exit"}]),
+    ] {
+        let changed = app.patch(&path, &t.key, json!({"steps": steps})).await;
+        assert_eq!(changed.status, 200, "{}", changed.body);
+    }
+    let ada = json!({"contact": {"external_id": "ada"}});
+    let first = trigger(&app, &t.key, &workflow, ada.clone()).await;
+    let ada_run = first.body["run_id"].as_str().unwrap().to_string();
+    run_until(&app, &t.key, &ada_run, status_is("completed")).await;
+
+    app.clock.advance_ms(31 * 86_400_000);
+    let started = Instant::now();
+    while app
+        .get(&format!("/v1/workflow-runs/{ada_run}"), &t.key)
+        .await
+        .status
+        != 404
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    trigger(&app, &t.key, &workflow, ada)
+        .await
+        .assert_error(409, "conflict");
+    let bob_now = app
+        .get(&format!("/v1/workflow-runs/{bob_run}"), &t.key)
+        .await;
+    assert_eq!(bob_now.body["status"], "waiting", "{}", bob_now.body);
+    let mut kept = Vec::new();
+    for version in 1..=3 {
+        let found = app
+            .store
+            .workflow_version(&workflow, version)
+            .await
+            .unwrap();
+        kept.push(found.is_some());
+    }
+    assert_eq!(
+        kept,
+        [true, false, true],
+        "bob's version and the current one stay"
+    );
+}
+
 /// A wait holds the run (reentry `one_active_run` refuses a second one);
 /// it outlives the instance that started it: another instance on the same
 /// database finishes it once due. Cancel and archive end waiting runs.
@@ -1126,6 +1241,8 @@ async fn runs_start_when_their_trigger_commits(backend: Backend) {
 
 every_deployment_tests!(
     attack_findings_stay_fixed,
+    retention_forgets_runs_but_not_who_ran_once,
+    a_cancel_during_a_call_keeps_its_attempt,
     pause_holds_runs_between_steps_and_triggers_are_capped,
     private_destinations_are_refused_after_resolution,
     runs_start_when_their_trigger_commits,

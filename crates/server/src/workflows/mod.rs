@@ -136,7 +136,7 @@ pub async fn run_worker(state: SharedState, mut stop: tokio::sync::watch::Receiv
         if now - last_purge > PURGE_EVERY_MS {
             last_purge = now;
             let days = i64::try_from(state.config.workflow_run_retention_days).unwrap_or(30);
-            if let Err(e) = state.store.purge_runs(now - days * 86_400_000).await {
+            if let Err(e) = state.store.purge_runs(now - days * 86_400_000, now).await {
                 tracing::warn!(error = %e, "could not delete old workflow runs");
             }
         }

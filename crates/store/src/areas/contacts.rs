@@ -370,6 +370,10 @@ impl<B: Backend> ContactStore for B {
             .arg(id)
             .run(&mut tx)
             .await?;
+        sqlx::query::<B::Db>("DELETE FROM workflow_entries WHERE contact_id = $1")
+            .arg(id)
+            .run(&mut tx)
+            .await?;
         sqlx::query::<B::Db>("DELETE FROM contacts WHERE project_id = $1 AND id = $2")
             .arg(project_id)
             .arg(id)

@@ -206,8 +206,8 @@ pub trait WorkflowRunStore: Send + Sync {
         audit: &AuditEntry,
     ) -> StoreResult<bool>;
     /// Deletes runs that finished before `before`, with their steps and
-    /// attempts; how many runs.
-    async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64>;
+    /// attempts, and the versions no run needs any more; how many runs.
+    async fn purge_runs(&self, before: UnixMillis, now: UnixMillis) -> StoreResult<u64>;
     /// The run an API trigger's `Idempotency-Key` started, if any.
     async fn run_by_idempotency_key(
         &self,
@@ -308,6 +308,71 @@ struct JobRow {
     subject_id: String,
     claims: i64,
     payload: Option<String>,
+}
+
+/// Records where a run's step is; `overwrite: false` keeps a record
+/// already there (another worker's).
+async fn write_step<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    run_id: &str,
+    step: &RunStep,
+    overwrite: bool,
+) -> StoreResult<()> {
+    macro_rules! insert_step {
+        () => {
+            "INSERT INTO workflow_run_steps (run_id, path, step_type, status, attempts, \
+             next_attempt_at, started_at, finished_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+             WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE id = $1) "
+        };
+    }
+    let sql = if overwrite {
+        concat!(
+            insert_step!(),
+            "ON CONFLICT (run_id, path) DO UPDATE SET status = $4, attempts = $5, \
+             next_attempt_at = $6, finished_at = $8"
+        )
+    } else {
+        concat!(insert_step!(), "ON CONFLICT DO NOTHING")
+    };
+    sqlx::query::<DB>(sql)
+        .arg(run_id)
+        .arg(&step.path)
+        .arg(&step.step_type)
+        .arg(&step.status)
+        .arg(step.attempts)
+        .arg(step.next_attempt_at)
+        .arg(step.started_at)
+        .arg(step.finished_at)
+        .run(conn)
+        .await?;
+    Ok(())
+}
+
+/// Keeps one webhook attempt with its run (if the run is still there; an
+/// attempt already kept under its number stays as it is).
+async fn insert_attempt<DB: crate::backend::Db>(
+    conn: &mut DB::Connection,
+    run_id: &str,
+    attempt: &RunAttempt,
+) -> StoreResult<()> {
+    sqlx::query::<DB>(
+        "INSERT INTO workflow_run_attempts (run_id, path, attempt, at, status_code, \
+         duration_ms, response, error) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE id = $1) \
+         ON CONFLICT DO NOTHING",
+    )
+    .arg(run_id)
+    .arg(&attempt.path)
+    .arg(attempt.attempt)
+    .arg(attempt.at)
+    .arg(attempt.status_code)
+    .arg(attempt.duration_ms)
+    .arg(&attempt.response)
+    .arg(&attempt.error)
+    .run(conn)
+    .await?;
+    Ok(())
 }
 
 /// Called in a contact write's transaction: a job for each active
@@ -462,8 +527,9 @@ impl<B: Backend> WorkflowRunStore for B {
             .optional::<(String,)>(&mut tx)
             .await?
             .map(|(id,)| StartRefusal::ActiveRun(id)),
+            // Every run start is noted there, and outlives the runs' retention.
             Reentry::Once => sqlx::query::<B::Db>(
-                "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND contact_id = $2 LIMIT 1",
+                "SELECT contact_id FROM workflow_entries WHERE workflow_id = $1 AND contact_id = $2",
             )
             .arg(&run.workflow_id)
             .arg(&run.contact_id)
@@ -486,6 +552,15 @@ impl<B: Backend> WorkflowRunStore for B {
         if recent >= hourly_cap {
             return Ok(StartOutcome::Refused(StartRefusal::HourlyCap));
         }
+        sqlx::query::<B::Db>(
+            "INSERT INTO workflow_entries (workflow_id, contact_id, first_run_at) \
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .arg(&run.workflow_id)
+        .arg(&run.contact_id)
+        .arg(run.created_at)
+        .run(&mut tx)
+        .await?;
         sqlx::query::<B::Db>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO workflow_runs ({RUN_COLUMNS}, idempotency_key) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
@@ -605,42 +680,24 @@ impl<B: Backend> WorkflowRunStore for B {
         .run(&mut tx)
         .await?;
         if held != 1 {
+            // The call was made all the same (a cancel or another worker
+            // took the job meanwhile): keep its record with the run, and
+            // its step where no worker recorded it yet.
+            if let Some(attempt) = progress.attempt {
+                for step in progress.steps {
+                    write_step::<B::Db>(&mut tx, &progress.run.id, step, false).await?;
+                }
+                insert_attempt::<B::Db>(&mut tx, &progress.run.id, attempt).await?;
+                tx.commit().await?;
+            }
             return Ok(false);
         }
         write_run::<B::Db>(&mut tx, progress.run).await?;
         for step in progress.steps {
-            sqlx::query::<B::Db>(
-                "INSERT INTO workflow_run_steps (run_id, path, step_type, status, attempts, \
-                 next_attempt_at, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (run_id, path) DO UPDATE SET status = $4, attempts = $5, \
-                 next_attempt_at = $6, finished_at = $8",
-            )
-            .arg(&progress.run.id)
-            .arg(&step.path)
-            .arg(&step.step_type)
-            .arg(&step.status)
-            .arg(step.attempts)
-            .arg(step.next_attempt_at)
-            .arg(step.started_at)
-            .arg(step.finished_at)
-            .run(&mut tx)
-            .await?;
+            write_step::<B::Db>(&mut tx, &progress.run.id, step, true).await?;
         }
         if let Some(attempt) = progress.attempt {
-            sqlx::query::<B::Db>(
-                "INSERT INTO workflow_run_attempts (run_id, path, attempt, at, status_code, \
-                 duration_ms, response, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .arg(&progress.run.id)
-            .arg(&attempt.path)
-            .arg(attempt.attempt)
-            .arg(attempt.at)
-            .arg(attempt.status_code)
-            .arg(attempt.duration_ms)
-            .arg(&attempt.response)
-            .arg(&attempt.error)
-            .run(&mut tx)
-            .await?;
+            insert_attempt::<B::Db>(&mut tx, &progress.run.id, attempt).await?;
         }
         match progress.job {
             JobNext::Continue { .. } => {}
@@ -878,7 +935,7 @@ impl<B: Backend> WorkflowRunStore for B {
         .await
     }
 
-    async fn purge_runs(&self, before: UnixMillis) -> StoreResult<u64> {
+    async fn purge_runs(&self, before: UnixMillis, now: UnixMillis) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
         let old = "SELECT id FROM workflow_runs WHERE finished_at < $1";
         for table in ["workflow_run_attempts", "workflow_run_steps"] {
@@ -893,6 +950,22 @@ impl<B: Backend> WorkflowRunStore for B {
             .arg(before)
             .run(&mut tx)
             .await?;
+        // Versions no run needs any more: not the current one, none of the
+        // remaining runs on it, replaced over an hour ago (a run that began
+        // on it just before its replacement has committed by then).
+        sqlx::query::<B::Db>(
+            "DELETE FROM workflow_versions WHERE \
+             version < (SELECT w.version FROM workflows w WHERE w.id = workflow_versions.workflow_id) \
+             AND NOT EXISTS (SELECT 1 FROM workflow_runs r \
+                 WHERE r.workflow_id = workflow_versions.workflow_id \
+                 AND r.version = workflow_versions.version) \
+             AND EXISTS (SELECT 1 FROM workflow_versions n \
+                 WHERE n.workflow_id = workflow_versions.workflow_id \
+                 AND n.version > workflow_versions.version AND n.created_at < $1)",
+        )
+        .arg(now - 3_600_000)
+        .run(&mut tx)
+        .await?;
         tx.commit().await?;
         Ok(purged)
     }

@@ -131,6 +131,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0021_job_wakeups",
         sql: include_str!("../../migrations/postgres/0021_job_wakeups.sql"),
     },
+    Migration {
+        version: 22,
+        name: "0022_workflow_entries",
+        sql: include_str!("../../migrations/postgres/0022_workflow_entries.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -141,6 +141,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0020_workflow_runs",
         sql: include_str!("../../migrations/sqlite/0020_workflow_runs.sql"),
     },
+    Migration {
+        version: 22,
+        name: "0022_workflow_entries",
+        sql: include_str!("../../migrations/sqlite/0022_workflow_entries.sql"),
+    },
 ];
 
 /// Moves every note of `event_contacts_recent` into `event_contacts` now, as
