@@ -1,4 +1,7 @@
-/* Keyflow dashboard: the few lines of script it needs (copy to clipboard).
+/* Keyflow dashboard: the few lines of script it needs (copy to clipboard,
+   and showing only the chosen trigger kind's fields on a workflow's form;
+   without script every kind's fields show and the server reads the chosen
+   one's).
    navigator.clipboard exists only in secure contexts (https, localhost): on a
    plain-http LAN address the legacy copy command is used, and if that fails
    too the text is left selected with a word on how to copy it. */
@@ -47,4 +50,17 @@
       legacyCopy(source, button);
     }
   });
+
+  function showTriggerKind() {
+    var kind = document.getElementById("trigger_type");
+    if (!kind) { return; }
+    var sets = document.querySelectorAll("fieldset.trigger-kind");
+    for (var i = 0; i < sets.length; i++) {
+      sets[i].hidden = sets[i].getAttribute("data-kind") !== kind.value;
+    }
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target.id === "trigger_type") { showTriggerKind(); }
+  });
+  document.addEventListener("DOMContentLoaded", showTriggerKind);
 })();

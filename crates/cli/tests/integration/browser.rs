@@ -404,7 +404,68 @@ async fn copy_works_on_a_plain_http_lan_address(backend: Backend) {
     assert_eq!(selected, json!(key));
 }
 
+/// The workflow form in a real browser: only the chosen trigger kind's
+/// fields show; choosing "An event arrives" shows the event's name and
+/// conditions, and the workflow is created with that trigger.
+async fn workflow_trigger_form_in_a_real_browser(backend: Backend) {
+    let Some(browser) = crate::webdriver::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    let base = app.base_url.clone();
+    set_up_first_owner(&browser, &base, &token, None).await;
+    browser.goto(&format!("{base}/workflows/new")).await;
+    let shown = || async {
+        browser
+            .execute(
+                "return Array.from(document.querySelectorAll('fieldset.trigger-kind'))\
+                 .filter(function (f) { return !f.hidden; })\
+                 .map(function (f) { return f.getAttribute('data-kind'); });",
+            )
+            .await
+    };
+    assert_eq!(shown().await, json!([]), "an api trigger has no fields");
+    browser.click("#trigger_type option[value=event]").await;
+    assert_eq!(shown().await, json!(["event"]));
+    browser.type_into("#name", "Trial ended").await;
+    browser.type_into("#trigger_event", "trial_ended").await;
+    browser
+        .type_into("input[name=where_field_0]", "event.properties.plan")
+        .await;
+    browser.type_into("input[name=where_value_0]", "pro").await;
+    browser.screenshot("workflow-trigger-form").await;
+    browser
+        .click("form[action='/workflows/new'] button[type=submit]")
+        .await;
+    let revealed = browser.text("#signing-secret").await;
+    assert!(revealed.starts_with("whsec_"), "{revealed}");
+    let operator = app
+        .store
+        .find_operator_by_email("owner@acme.io")
+        .await
+        .unwrap()
+        .unwrap();
+    let workspace = app.store.list_memberships(&operator.id).await.unwrap()[0]
+        .workspace_id
+        .clone();
+    let project = app.store.list_projects(&workspace).await.unwrap()[0]
+        .id
+        .clone();
+    let page = keyflow_store::Page {
+        limit: 10,
+        cursor: None,
+    };
+    let made = &app.store.workflows(&project, &page).await.unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(&made.trigger).unwrap(),
+        json!({"type": "event", "event": "trial_ended",
+               "where": [{"field": "event.properties.plan", "op": "eq", "value": "pro"}]})
+    );
+}
+
 backend_tests!(
+    workflow_trigger_form_in_a_real_browser,
     embed_js_tracks_from_a_real_browser,
     dashboard_flow_in_a_real_browser,
     copy_works_on_a_plain_http_lan_address,

@@ -36,12 +36,25 @@ async fn workflows_pages(backend: Backend) {
     assert_eq!(form.status, 200);
     let csrf = csrf_of(&text(&form));
 
-    // Bad JSON, then a bad definition: the message names the problem and
-    // what was typed comes back; nothing is stored.
-    let steps = "[{\"type\": \"wait\", \"seconds\": 0}]";
-    for (trigger, steps, says) in [
-        ("{\"type\": ", steps, "not valid JSON"),
-        ("{\"type\": \"api\"}", steps, "steps[0].seconds"),
+    // The trigger is a form; a new workflow's starts on an API call.
+    let page = text(&form);
+    assert!(page.contains("<option value=\"api\" selected>"), "{page}");
+    assert!(page.contains("name=\"where_field_0\""), "{page}");
+
+    // Bad JSON, a bad trigger, a bad step: the message names the problem
+    // in the form's words and what was typed comes back; nothing is stored.
+    let wait = "[{\"type\": \"wait\", \"seconds\": 60}]";
+    for (kind, event, op, steps, says) in [
+        ("api", "", "eq", "[{\"type\": ", "not valid JSON"),
+        ("event", "", "eq", wait, "Event name"),
+        ("event", "paid", "exists", wait, "Condition 1, value"),
+        (
+            "api",
+            "",
+            "eq",
+            "[{\"type\": \"wait\", \"seconds\": 0}]",
+            "steps[0].seconds",
+        ),
     ] {
         let refused = post_form(
             &app,
@@ -52,18 +65,24 @@ async fn workflows_pages(backend: Backend) {
                 ("project", &project),
                 ("name", "Onboarding"),
                 ("reentry", "every_time"),
-                ("trigger", trigger),
+                ("trigger_type", kind),
+                ("trigger_event", event),
+                ("where_field_0", "event.properties.plan"),
+                ("where_op_0", op),
+                ("where_value_0", "pro"),
                 ("steps", steps),
             ],
         )
         .await;
         assert_eq!(refused.status, 422);
         let page = text(&refused);
-        assert!(page.contains(says), "{page}");
+        assert!(page.contains(says), "{says}: {page}");
         assert!(
             page.contains("value=\"Onboarding\""),
             "what was typed is kept"
         );
+        assert!(page.contains(&format!("<option value=\"{kind}\" selected>")));
+        assert!(page.contains("value=\"event.properties.plan\""));
     }
     let first_page = keyflow_store::Page {
         limit: 10,
@@ -87,7 +106,8 @@ async fn workflows_pages(backend: Backend) {
             ("project", &project),
             ("name", "Onboarding <b>"),
             ("reentry", "every_time"),
-            ("trigger", "{\"type\": \"api\"}"),
+            ("trigger_type", "api"),
+            ("trigger_event", "ignored for an api trigger"),
             ("steps", steps),
         ],
     )
@@ -201,6 +221,81 @@ async fn workflows_pages(backend: Backend) {
     assert_eq!(rotated.status, 200);
     let new_secret = between(&text(&rotated), "id=\"signing-secret\">").to_string();
     assert_ne!(new_secret, secret);
+
+    // The trigger form edits the trigger: an event with two conditions (a
+    // number and text, read as such; a blank row dropped), then a property
+    // change; the page shows it back in the form and in words.
+    let edited = post_form(
+        &app,
+        &path,
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("project", &project),
+            ("name", "Onboarding"),
+            ("reentry", "every_time"),
+            ("trigger_type", "event"),
+            ("trigger_event", "trial_ended"),
+            ("where_field_0", "event.properties.seats"),
+            ("where_op_0", "gte"),
+            ("where_value_0", "5"),
+            ("where_field_1", ""),
+            ("where_op_1", "eq"),
+            ("where_value_1", ""),
+            ("where_field_2", "contact.properties.plan"),
+            ("where_op_2", "neq"),
+            ("where_value_2", "enterprise"),
+            ("steps", steps),
+        ],
+    )
+    .await;
+    assert_eq!(edited.status, 303, "{}", text(&edited));
+    let stored = &app.store.workflows(&project, &first_page).await.unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(&stored.trigger).unwrap(),
+        json!({"type": "event", "event": "trial_ended", "where": [
+            {"field": "event.properties.seats", "op": "gte", "value": 5},
+            {"field": "contact.properties.plan", "op": "neq", "value": "enterprise"}]})
+    );
+    let detail = text(&get_page(&app, &format!("{path}?project={project}"), Some(&cookie)).await);
+    assert!(
+        detail.contains("event trial_ended when 2 condition(s) hold"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("<option value=\"event\" selected>"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("value=\"contact.properties.plan\""),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("<option value=\"gte\" selected>"),
+        "{detail}"
+    );
+    let edited = post_form(
+        &app,
+        &path,
+        Some(&cookie),
+        &[
+            ("csrf", &csrf),
+            ("project", &project),
+            ("name", "Onboarding"),
+            ("reentry", "every_time"),
+            ("trigger_type", "contact_updated"),
+            ("trigger_property", "plan"),
+            ("trigger_to", "pro"),
+            ("steps", steps),
+        ],
+    )
+    .await;
+    assert_eq!(edited.status, 303, "{}", text(&edited));
+    let stored = &app.store.workflows(&project, &first_page).await.unwrap()[0];
+    assert_eq!(
+        serde_json::to_value(&stored.trigger).unwrap(),
+        json!({"type": "contact_updated", "property": "plan", "to": "pro"})
+    );
 
     // Members look, and cannot change.
     app.admin(

@@ -35,6 +35,14 @@ impl Op {
         ("not_exists", Op::NotExists),
     ];
 
+    /// The operator's name in a definition (`"gte"`).
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map_or("eq", |(name, _)| *name)
+    }
+
     fn parse(name: &str) -> Option<Op> {
         Self::ALL
             .iter()

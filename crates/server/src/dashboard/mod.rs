@@ -13,6 +13,7 @@ pub(crate) mod page;
 pub mod session;
 mod setup;
 pub mod signin;
+mod trigger_form;
 mod workflows;
 mod workspace;
 

@@ -1,5 +1,6 @@
 //! Workflows pages (SPEC §10): the list with the last 24 hours' runs, a
-//! workflow (its trigger and steps in words, the JSON editor, activate /
+//! workflow (its trigger and steps in words, the trigger form and the
+//! steps' JSON editor (`super::trigger_form`), activate /
 //! pause / archive, rotating the signing secret with a one-time reveal,
 //! its runs), and a run (each step, each attempt, Retry and Cancel).
 //! Everyone in the workspace may look; owners and admins change.
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use super::extract::{Manager, ManagerForm, Viewer};
 use super::page::{Chrome, PageError, PageResult, field_errors, render, shown_time};
+use super::trigger_form::{self, TriggerForm};
 use crate::error::ApiError;
 use crate::operations::workflows::{self as workflow_ops, WorkflowInput, secret_prefix};
 use crate::state::SharedState;
@@ -156,7 +158,7 @@ struct DetailPage<'a> {
     secret_prefix: &'a str,
     /// The editor's fields, as stored or as typed.
     name: String,
-    trigger_json: String,
+    trigger_form: TriggerForm,
     steps_json: String,
     message: Option<String>,
     runs: Vec<RunRow>,
@@ -164,6 +166,8 @@ struct DetailPage<'a> {
     /// (value, label, selected) of the run filter and the reentry choice.
     status_options: Vec<(&'static str, &'static str, bool)>,
     reentry_options: Vec<(&'static str, bool)>,
+    kinds: &'static [(&'static str, &'static str)],
+    ops: &'static [(&'static str, &'static str)],
 }
 
 struct RunRow {
@@ -233,10 +237,12 @@ async fn show(
         lines,
         secret_prefix: workflow.map_or("", |w| secret_prefix(&w.signing_secret)),
         name: typed_or("name", workflow.map(|w| w.name.clone()).unwrap_or_default()),
-        trigger_json: typed_or(
-            "trigger",
-            workflow.map_or_else(|| "{\"type\": \"api\"}".into(), |w| pretty(&w.trigger)),
-        ),
+        trigger_form: match typed {
+            Some(values) => TriggerForm::typed(values),
+            None => TriggerForm::of(workflow.map(|w| &w.trigger)),
+        },
+        kinds: &trigger_form::KINDS,
+        ops: &trigger_form::OPS,
         steps_json: typed_or(
             "steps",
             workflow.map_or_else(
@@ -286,9 +292,14 @@ fn input(values: &HashMap<String, String>) -> Result<WorkflowInput, String> {
         name: values.get("name").map(|n| Value::String(n.clone())),
         status: None,
         reentry: values.get("reentry").map(|r| Value::String(r.clone())),
-        trigger: json("trigger")?,
+        trigger: trigger_form::trigger_json(values),
         steps: json("steps")?,
     })
+}
+
+/// The editor's problems, the trigger's named by the form's labels.
+fn editor_errors(fields: &[keyflow_core::FieldError]) -> String {
+    field_errors(&fields.iter().map(trigger_form::label).collect::<Vec<_>>())
 }
 
 #[derive(Template)]
@@ -316,7 +327,7 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
     let viewer = &form.viewer;
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let checked = input(&form.values)
-        .and_then(|input| workflow_ops::validate(&input, true).map_err(|f| field_errors(&f)));
+        .and_then(|input| workflow_ops::validate(&input, true).map_err(|f| editor_errors(&f)));
     let change = match checked {
         Ok(change) => change,
         Err(message) => {
@@ -410,7 +421,7 @@ pub async fn change(
         _ => {
             let workflow = load(&state, viewer, &id).await?;
             let checked = input(&form.values).and_then(|input| {
-                workflow_ops::validate(&input, false).map_err(|f| field_errors(&f))
+                workflow_ops::validate(&input, false).map_err(|f| editor_errors(&f))
             });
             let change = match checked {
                 Ok(change) => change,
