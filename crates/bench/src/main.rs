@@ -4,6 +4,7 @@
 //! loopback and prints tables of figures measured in the same run, so the
 //! ratios hold on whatever machine runs it. See docs/benchmarks.md.
 
+mod import_bench;
 mod instances;
 mod raw;
 mod redis_server;
@@ -63,6 +64,11 @@ struct Args {
     /// steps per second (issue 15).
     #[arg(long)]
     workflows: bool,
+    /// Instead of the tables above: `keyflow contacts import` of generated
+    /// files of these sizes (comma-separated row counts), again, and
+    /// `export`: rows per second and peak memory (issue 17).
+    #[arg(long, value_delimiter = ',')]
+    import: Vec<usize>,
 }
 
 /// The single event sent by every `POST /v1/events`, and 100 of them per batch.
@@ -87,6 +93,19 @@ fn identified_batch(run: &str) -> String {
     let one = identified_event(run, "n * 100 + i");
     format!(
         "(function() local e = {{}}; for i = 1, 100 do e[i] = {one} end; \
+         return '{{\"events\":[' .. table.concat(e, ',') .. ']}}' end)()"
+    )
+}
+
+/// 100 identified events per request, each for a user never seen before
+/// (a new contact per event), with fresh idempotency keys: what a matching
+/// workflow costs when no loop guard stops its runs.
+fn fresh_users_batch(run: &str) -> String {
+    format!(
+        "(function() local e = {{}}; for i = 1, 100 do e[i] = string.format(\
+         '{{\"name\":\"purchase\",\"external_id\":\"{run}-%d-%d-%d\",\
+         \"idempotency_key\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
+         t, n, i, t, n, i, n) end; \
          return '{{\"events\":[' .. table.concat(e, ',') .. ']}}' end)()"
     )
 }
@@ -409,6 +428,9 @@ async fn main() -> Result<()> {
     }
     if args.workflows {
         return workflows_bench::run(&args, &wrk).await;
+    }
+    if !args.import.is_empty() {
+        return import_bench::run(&args, &args.import).await;
     }
     let sqlite = measure(&args, &wrk, &Backend::Sqlite).await?;
     let raw_sqlite = raw::sqlite_events_per_second(args.seconds, ANONYMOUS_ID, PROPERTIES).await?;

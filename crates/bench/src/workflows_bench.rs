@@ -4,8 +4,12 @@
 //!   events per request, 1 000 users, fresh idempotency keys, 16
 //!   connections) with no workflow, with 10 active workflows whose event
 //!   does not match, and with one that matches every event;
-//! - trigger-to-webhook latency on an idle instance: an api trigger until
-//!   a loopback receiver has the signed request (sequential);
+//! - the same batches with a new user in every event (a contact created
+//!   per event, so no loop guard stops the matching workflow's runs),
+//!   without and with a workflow that matches every event;
+//! - trigger-to-webhook latency on an idle instance, until a loopback
+//!   receiver has the signed request (sequential): from an api trigger,
+//!   and from a single identified event (`POST /v1/events`);
 //! - steps per second: 50 runs of 20 webhook steps each to the receiver.
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::server::{Backend, Server};
 use crate::wrk::{Load, Wrk, generated};
-use crate::{Args, identified_batch, raw};
+use crate::{Args, fresh_users_batch, identified_batch, raw};
 
 /// A loopback webhook receiver: answers `200` to everything and notes when
 /// each request arrived.
@@ -100,6 +104,38 @@ async fn create(client: &reqwest::Client, base: &str, key: &str, body: Value) ->
     Ok(made["id"].as_str().context("workflow id")?.to_string())
 }
 
+/// Sends `body` and waits until the receiver has one more request; the
+/// time that took, in milliseconds.
+async fn until_webhook(
+    receiver: &Receiver,
+    send: impl std::future::Future<Output = Result<()>>,
+) -> Result<f64> {
+    let before = receiver.count();
+    let sent = Instant::now();
+    send.await?;
+    while receiver.count() == before {
+        if sent.elapsed() > Duration::from_secs(10) {
+            bail!("no webhook within 10 s");
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let arrived = receiver.last().context("arrival")?;
+    Ok(arrived.duration_since(sent).as_secs_f64() * 1000.0)
+}
+
+async fn track(client: &reqwest::Client, base: &str, key: &str, user: &str) -> Result<()> {
+    let r = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&json!({"name": "latency_event", "external_id": user, "idempotency_key": user}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("event: {}", r.text().await?);
+    }
+    Ok(())
+}
+
 async fn trigger(
     client: &reqwest::Client,
     base: &str,
@@ -138,6 +174,7 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
         "\n| store | identified batches, no workflow | 10 workflows, none matching | 1 workflow matching every event | trigger → webhook p50 / p99 | webhook steps per second |"
     );
     println!("|---|---|---|---|---|---|");
+    let mut second_table = Vec::new();
     for (name, url) in backends {
         let backend = match url {
             Some(url) => Backend::Postgres(url),
@@ -191,19 +228,27 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
         .await?;
         let mut latencies = Vec::new();
         for i in 0..200 {
-            let before = receiver.count();
-            let sent = Instant::now();
-            trigger(&client, &server.base, key, &one_hook, &format!("lat-{i}")).await?;
-            while receiver.count() == before {
-                if sent.elapsed() > Duration::from_secs(10) {
-                    bail!("no webhook within 10 s");
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-            let arrived = receiver.last().context("arrival")?;
-            latencies.push(arrived.duration_since(sent).as_secs_f64() * 1000.0);
+            let contact = format!("lat-{i}");
+            let sent = trigger(&client, &server.base, key, &one_hook, &contact);
+            latencies.push(until_webhook(&receiver, sent).await?);
         }
         latencies.sort_by(f64::total_cmp);
+        create(
+            &client,
+            &server.base,
+            key,
+            json!({"name": "event latency", "status": "active", "reentry": "every_time",
+                   "trigger": {"type": "event", "event": "latency_event"},
+                   "steps": [{"type": "webhook", "url": format!("{hook}/event")}]}),
+        )
+        .await?;
+        let mut event_latencies = Vec::new();
+        for i in 0..200 {
+            let user = format!("lat-event-{i}");
+            let sent = track(&client, &server.base, key, &user);
+            event_latencies.push(until_webhook(&receiver, sent).await?);
+        }
+        event_latencies.sort_by(f64::total_cmp);
 
         // Steps per second: 50 runs of 20 webhook steps.
         let steps: Vec<Value> = (0..20)
@@ -230,6 +275,14 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
         }
         let steps_per_second = 1_000.0 / started.elapsed().as_secs_f64();
 
+        let fresh_load = |run: &str| Load {
+            url: format!("{}/v1/events/batch", server.base),
+            key: Some(key),
+            body: None,
+            script: Some(generated(&fresh_users_batch(run))),
+        };
+        let fresh_none = batches.run(&fresh_load("wf-fresh-none"))?;
+
         // Last: a workflow started by every event (the loop guard caps each
         // of the 1 000 users at 50 runs an hour; the rest are noted skipped).
         create(
@@ -242,6 +295,17 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
         )
         .await?;
         let matching = batches.run(&load("wf-one"))?;
+        let fresh_one = batches.run(&fresh_load("wf-fresh-one"))?;
+        second_table.push(format!(
+            "| {name} | {:.0} ev/s (p99 {:.0} ms) | {:.0} ev/s (p99 {:.0} ms), {:.2}× | {:.1} / {:.1} ms |",
+            per_event(&fresh_none),
+            fresh_none.p99_us / 1000.0,
+            per_event(&fresh_one),
+            fresh_one.p99_us / 1000.0,
+            fresh_one.requests_per_second / fresh_none.requests_per_second,
+            percentile(&event_latencies, 0.5),
+            percentile(&event_latencies, 0.99),
+        ));
         println!(
             "| {name} | {:.0} ev/s (p99 {:.0} ms) | {:.0} ev/s (p99 {:.0} ms), {:.2}× | {:.0} ev/s (p99 {:.0} ms), {:.2}× | {:.1} / {:.1} ms | {:.0} |",
             per_event(&none),
@@ -257,6 +321,13 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
             steps_per_second,
         );
         drop(server);
+    }
+    println!(
+        "\n| store | new user per event, no matching workflow | new user per event, 1 workflow matching every event | event → webhook p50 / p99 |"
+    );
+    println!("|---|---|---|---|");
+    for row in second_table {
+        println!("{row}");
     }
     drop(scratch);
     Ok(())

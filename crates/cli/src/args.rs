@@ -52,6 +52,9 @@ pub enum Command {
     /// List projects
     #[command(subcommand, visible_alias = "project")]
     Projects(ProjectsCommand),
+    /// Import and export a project's contacts as CSV
+    #[command(subcommand, visible_alias = "contact")]
+    Contacts(ContactsCommand),
     /// Apply database migrations; with --to, copy this (SQLite) database
     /// into an empty PostgreSQL database
     Migrate(MigrateArgs),
@@ -150,6 +153,14 @@ pub enum KeysCommand {
         #[arg(long)]
         expires_at: Option<String>,
     },
+    /// Revoke an API key at once (answers 401 key_revoked from then on)
+    Revoke {
+        /// The project the key belongs to (its id)
+        #[arg(long)]
+        project: String,
+        /// The key's id (as `keys list` prints it)
+        key_id: String,
+    },
     /// List a project's API keys, newest first (never a secret)
     List {
         #[arg(long)]
@@ -159,6 +170,33 @@ pub enum KeysCommand {
         include_revoked: bool,
         #[command(flatten)]
         page: PageArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ContactsCommand {
+    /// Create or update contacts from a CSV file whose header row names the
+    /// fields (email, external_id, first_name, last_name, subscribed,
+    /// properties.NAME; any other column is a property); re-running it
+    /// updates the same contacts
+    Import {
+        /// The CSV file (UTF-8, comma-separated, header row first)
+        file: PathBuf,
+        /// The project whose contacts these are (its id)
+        #[arg(long)]
+        project: String,
+        /// Check every row and say what would be created or updated; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write every contact of a project as CSV, in the columns import reads
+    Export {
+        /// The project whose contacts to write (its id)
+        #[arg(long)]
+        project: String,
+        /// Where to write (owner-only; replaced when complete); default: standard output
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 

@@ -2,6 +2,7 @@
 //! `workspace plan|list`, `projects list`, `migrate`, `backup`.
 
 mod args;
+mod contacts_csv;
 mod database;
 mod failure;
 
@@ -20,8 +21,8 @@ use keyflow_store::{Actor, Store};
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, FlagSources, KeysCommand, MigrateArgs, PageArgs, ProjectsCommand,
-    WorkspaceCommand, overrides,
+    Cli, Command, ContactsCommand, FlagSources, KeysCommand, MigrateArgs, PageArgs,
+    ProjectsCommand, WorkspaceCommand, overrides,
 };
 use crate::database::{
     create_data_dir, open_existing_store, open_store, open_store_without_migrating, sqlite_file,
@@ -250,6 +251,128 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             print_result(cli.json, &value, &text)?;
             Ok(())
         }
+        Command::Keys(KeysCommand::Revoke { project, key_id }) => {
+            // The servers' Redis, from the environment or the config file:
+            // they are told to drop the key at once.
+            if o.redis_url.is_none() {
+                o.redis_url = std::env::var("KEYFLOW_REDIS_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .map(Secret::new);
+            }
+            let config = Config::load(&o)?;
+            let store = open_existing_store(&config).await?;
+            let found = store
+                .get_project(project)
+                .await?
+                .ok_or_else(|| format!("no project with id {project}"))?;
+            let key = store
+                .get_api_key(project, key_id)
+                .await?
+                .ok_or_else(|| format!("no API key {key_id} in project {project}"))?;
+            let (bus, changes) = recording_bus();
+            let mut ctx = instance_ctx(store.as_ref(), now);
+            ctx.bus = &bus;
+            let revoked = key.revoked_at.is_none()
+                && keyflow_server::operations::keys::revoke_key(
+                    &ctx,
+                    &found.workspace_id,
+                    &key,
+                    keyflow_server::operations::keys::KeyAuthority::Instance,
+                )
+                .await?;
+            let changes = std::mem::take(&mut *changes.lock().unwrap_or_else(|p| p.into_inner()));
+            let told = match &config.redis_url {
+                Some(url) if !changes.is_empty() => Some(
+                    keyflow_server::redis_link::RedisLink::publish_once(url.expose(), &changes)
+                        .await,
+                ),
+                _ => None,
+            };
+            let ttl = config.key_cache_ttl_secs;
+            let text = match (revoked, &told) {
+                (false, _) => format!("{} ({}…) was already revoked.", key.id, key.prefix),
+                (true, Some(Ok(()))) => format!(
+                    "Revoked {} ({}…); every server connected to Redis refuses it from now on.",
+                    key.id, key.prefix
+                ),
+                (true, Some(Err(e))) => format!(
+                    "Revoked {} ({}…), but {e}: running servers refuse it within their key \
+                     cache lifetime ({ttl} s).",
+                    key.id, key.prefix
+                ),
+                (true, None) => format!(
+                    "Revoked {} ({}…). Running servers refuse it within their key cache lifetime \
+                     ({ttl} s); with Redis configured (KEYFLOW_REDIS_URL) they are told at once.",
+                    key.id, key.prefix
+                ),
+            };
+            print_result(
+                cli.json,
+                &json!({
+                    "id": key.id,
+                    "prefix": key.prefix,
+                    "revoked": true,
+                    "already_revoked": !revoked,
+                    "servers_told": matches!(told, Some(Ok(()))),
+                }),
+                &text,
+            )
+        }
+        Command::Contacts(ContactsCommand::Import {
+            file,
+            project,
+            dry_run,
+        }) => {
+            let store = existing_store(&o).await?;
+            let found = store
+                .get_project(project)
+                .await?
+                .ok_or_else(|| format!("no project with id {project}"))?;
+            let ctx = instance_ctx(store.as_ref(), now);
+            let summary =
+                contacts_csv::import::import(&ctx, &found.workspace_id, project, file, *dry_run)
+                    .await?;
+            print_result(cli.json, &summary, &summary.text(file))
+        }
+        Command::Contacts(ContactsCommand::Export { project, output }) => {
+            let store = existing_store(&o).await?;
+            store
+                .get_project(project)
+                .await?
+                .ok_or_else(|| format!("no project with id {project}"))?;
+            let summary =
+                contacts_csv::export::export(store.as_ref(), project, output.as_deref()).await?;
+            let text = format!(
+                "Exported {} contacts with {} property columns{}.",
+                summary.contacts,
+                summary.properties,
+                output
+                    .as_ref()
+                    .map(|p| format!(" to {}", p.display()))
+                    .unwrap_or_default()
+            );
+            let text = if summary.late_properties > 0 {
+                format!(
+                    "{text} {} property values appeared during the export and are not in it; export again to include them.",
+                    summary.late_properties
+                )
+            } else {
+                text
+            };
+            // The CSV itself may be on standard output: the summary goes
+            // to standard error then.
+            if output.is_some() {
+                print_result(cli.json, &summary, &text)
+            } else {
+                if cli.json {
+                    eprintln!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    eprintln!("{text}");
+                }
+                Ok(())
+            }
+        }
         Command::Keys(KeysCommand::List {
             project,
             include_revoked,
@@ -458,6 +581,23 @@ fn print_page<'r, T, V: serde::Serialize>(
         text.push_str(&format!("\n(more: --cursor {next})"));
     }
     print_result(json_output, &value, &text)
+}
+
+/// A change bus that keeps what it is told, for the CLI to send on to
+/// running servers through Redis.
+fn recording_bus() -> (
+    keyflow_server::changes::LocalChangeBus,
+    Arc<std::sync::Mutex<Vec<keyflow_server::changes::Change>>>,
+) {
+    let bus = keyflow_server::changes::LocalChangeBus::default();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    bus.subscribe(move |change| {
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(change.clone());
+    });
+    (bus, seen)
 }
 
 fn instance_ctx(store: &dyn Store, now: i64) -> keyflow_server::operations::Ctx<'_> {

@@ -17,6 +17,7 @@ pub mod restrictions;
 pub mod scopes;
 pub mod text;
 pub mod timefmt;
+pub mod typed_text;
 pub mod workflows;
 
 pub use clock::{Clock, ManualClock, SystemClock};

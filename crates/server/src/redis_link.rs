@@ -188,6 +188,34 @@ impl RedisLink {
         serde_json::to_string(&message).unwrap_or_default()
     }
 
+    /// Sends `changes` to every instance once, from a process that is not
+    /// one (the CLI): they drop what the changes make stale at once.
+    pub async fn publish_once(url: &str, changes: &[Change]) -> Result<(), String> {
+        let link = Self::new(url)?;
+        let unreachable = |e: &dyn std::fmt::Display| format!("Redis did not take the change: {e}");
+        let mut conn = tokio::time::timeout(
+            CONNECT_TIMEOUT * 5,
+            link.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|e| unreachable(&e))?
+        .map_err(|e| unreachable(&e))?;
+        for change in changes {
+            let message = Message {
+                from: format!("cli_{}", link.instance),
+                change: Some(change.clone()),
+            };
+            let text = serde_json::to_string(&message).map_err(|e| unreachable(&e))?;
+            let _listeners: i64 = redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(&text)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unreachable(&e))?;
+        }
+        Ok(())
+    }
+
     /// Subscribes and applies other instances' changes to `cache`; while the
     /// subscription is down, drops the caches every few seconds and retries.
     async fn listen(&self, cache: Arc<KeyCache>, mut stop: watch::Receiver<bool>) {

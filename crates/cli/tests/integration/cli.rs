@@ -10,16 +10,16 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::harness::{Backend, TestDb};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyflow");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_keyflow");
 
-fn keyflow(db: &TestDb, args: &[&str]) -> (bool, Value, String) {
+pub(crate) fn keyflow(db: &TestDb, args: &[&str]) -> (bool, Value, String) {
     let (ok, stdout, stderr) = keyflow_text(db, args);
     let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
     (ok, json, stderr)
 }
 
 /// The command's success, stdout and stderr.
-fn keyflow_text(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn keyflow_text(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .arg("--database-url")
         .arg(&db.url)
@@ -34,7 +34,7 @@ fn keyflow_text(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn password_file() -> tempfile::NamedTempFile {
+pub(crate) fn password_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "a long password\n").unwrap();
     file
@@ -214,9 +214,9 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
 }
 
 /// A `keyflow serve` child process and its captured log lines.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: std::process::Child,
-    base: String,
+    pub(crate) base: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: std::thread::JoinHandle<()>,
     _config: tempfile::NamedTempFile,
@@ -228,7 +228,7 @@ fn spawn_server(db: &TestDb, token: &str) -> ServerProcess {
 }
 
 /// [`spawn_server`] with more environment variables.
-fn spawn_server_with(db: &TestDb, token: &str, env: &[(&str, &str)]) -> ServerProcess {
+pub(crate) fn spawn_server_with(db: &TestDb, token: &str, env: &[(&str, &str)]) -> ServerProcess {
     // A short drain, so the shutdown test with a stuck client stays quick.
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), "shutdown_timeout_secs = 2\n").unwrap();

@@ -644,5 +644,6 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
         names.push("0021_job_wakeups");
     }
     names.push("0022_workflow_entries");
+    names.push("0023_contacts_by_project");
     names
 }

@@ -479,6 +479,56 @@ async fn pause_holds_runs_between_steps_and_triggers_are_capped(backend: Backend
     );
 }
 
+/// One project's slow receiver cannot hold every project's runs: an
+/// instance runs at most 4 jobs of one project at once, so while ten of
+/// one project's calls hang, another project's run still goes through.
+async fn one_projects_slow_receiver_leaves_room_for_others(backend: Backend) {
+    let app = start(backend, true).await;
+    let (slow, busy) = (app.tenant().await, app.tenant().await);
+    let (receiver, base) = Receiver::start().await;
+    let hang = json!([{"type": "webhook", "url": format!("{base}/held")}]);
+    let (stuck, _) = active_workflow(&app, &slow.key, hang, "every_time").await;
+    for i in 0..10 {
+        let contact = json!({"contact": {"external_id": format!("s{i}")}});
+        let started = trigger(&app, &slow.key, &stuck, contact).await;
+        assert_eq!(started.status, 202, "{}", started.body);
+    }
+    let instances = app.peers.len() + 1;
+    let held = || {
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/held")
+            .count()
+    };
+    let waited = Instant::now();
+    while held() < 4 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "{} calls",
+            held()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quick = json!([{"type": "webhook", "url": format!("{base}/other")}]);
+    let (other, _) = active_workflow(&app, &busy.key, quick, "every_time").await;
+    let started = trigger(
+        &app,
+        &busy.key,
+        &other,
+        json!({"contact": {"external_id": "b"}}),
+    )
+    .await;
+    let run_id = started.body["run_id"].as_str().unwrap().to_string();
+    run_until(&app, &busy.key, &run_id, status_is("completed")).await;
+    assert!(
+        held() <= 4 * instances,
+        "{} of one project's calls at once on {instances} instance(s)",
+        held()
+    );
+    receiver.held.add_permits(100);
+}
+
 /// A run cancelled while its webhook call is under way keeps the record of
 /// that call (it was made), and goes no further.
 async fn a_cancel_during_a_call_keeps_its_attempt(backend: Backend) {
@@ -1241,6 +1291,7 @@ async fn runs_start_when_their_trigger_commits(backend: Backend) {
 
 every_deployment_tests!(
     attack_findings_stay_fixed,
+    one_projects_slow_receiver_leaves_room_for_others,
     retention_forgets_runs_but_not_who_ran_once,
     a_cancel_during_a_call_keeps_its_attempt,
     pause_holds_runs_between_steps_and_triggers_are_capped,

@@ -5,12 +5,13 @@
 //! so the core checks it exactly as it checks an API call, and its
 //! problems are named by the form's labels rather than by JSON paths.
 //!
-//! Values (a condition's, `to`) are read as JSON when they are JSON (`42`,
-//! `true`, `null`, `"42"`), and as text otherwise, so `pro` needs no quotes.
+//! Values (a condition's, `to`) are typed text (`keyflow_core::typed_text`):
+//! JSON when they are JSON (`42`, `"42"`), text otherwise (`pro`).
 
 use std::collections::HashMap;
 
 use keyflow_core::FieldError;
+use keyflow_core::typed_text;
 use keyflow_core::workflows::{Condition, Trigger};
 use serde_json::{Value, json};
 
@@ -78,7 +79,7 @@ impl TriggerForm {
             Some(Trigger::ContactUpdated { property, to }) => {
                 form.kind = "contact_updated".into();
                 form.property.clone_from(property);
-                form.to = to.as_ref().map(value_text).unwrap_or_default();
+                form.to = to.as_ref().map(typed_text::write).unwrap_or_default();
             }
             Some(Trigger::SubscriptionChanged { subscribed }) => {
                 form.kind = "subscription_changed".into();
@@ -131,7 +132,7 @@ pub fn trigger_json(values: &HashMap<String, String>) -> Option<Value> {
                 .filter(|r| !r.field.is_empty() || !r.value.is_empty())
                 .map(|r| {
                     let mut condition = json!({"field": r.field, "op": r.op});
-                    if let Some(value) = value_of(&r.value) {
+                    if let Some(value) = typed_text::read(&r.value) {
                         condition["value"] = value;
                     }
                     condition
@@ -145,7 +146,7 @@ pub fn trigger_json(values: &HashMap<String, String>) -> Option<Value> {
         "contact_updated" => {
             let mut trigger =
                 json!({"type": "contact_updated", "property": get("trigger_property")});
-            if let Some(to) = value_of(get("trigger_to")) {
+            if let Some(to) = typed_text::read(get("trigger_to")) {
                 trigger["to"] = to;
             }
             trigger
@@ -210,31 +211,11 @@ fn row_of(condition: &Condition) -> ConditionRow {
     ConditionRow {
         field: condition.field.clone(),
         op: condition.op.as_str().to_string(),
-        value: condition.value.as_ref().map(value_text).unwrap_or_default(),
-    }
-}
-
-/// A typed value: JSON when it is JSON, else the text itself; `None` when
-/// nothing was typed.
-fn value_of(text: &str) -> Option<Value> {
-    if text.is_empty() {
-        return None;
-    }
-    Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())))
-}
-
-/// A value as the form shows it, so that reading it back gives it again:
-/// text plainly unless it would read as something else (`"42"` quoted).
-fn value_text(value: &Value) -> String {
-    match value {
-        Value::String(text) if serde_json::from_str::<Value>(text).is_err() && !text.is_empty() => {
-            if text.trim() == text {
-                text.clone()
-            } else {
-                value.to_string()
-            }
-        }
-        other => other.to_string(),
+        value: condition
+            .value
+            .as_ref()
+            .map(typed_text::write)
+            .unwrap_or_default(),
     }
 }
 
@@ -301,26 +282,6 @@ mod tests {
             json!({"type": "api"})
         );
         assert!(trigger_json(&form(&[("name", "x")])).is_none());
-    }
-
-    #[test]
-    fn shown_values_read_back_as_themselves() {
-        for value in [
-            json!("pro"),
-            json!("42"),
-            json!("true"),
-            json!(" padded "),
-            json!(""),
-            json!(42),
-            json!(1.5),
-            json!(false),
-            json!(null),
-            json!(["a"]),
-        ] {
-            let shown = value_text(&value);
-            let back = value_of(&shown).unwrap_or(json!(""));
-            assert_eq!(back, value, "{value} shown as {shown}");
-        }
     }
 
     #[test]

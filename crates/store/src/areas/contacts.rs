@@ -392,16 +392,28 @@ impl<B: Backend> ContactStore for B {
         page: &Page,
     ) -> StoreResult<Vec<Contact>> {
         let mut conn = self.pool().acquire().await?;
+        // One statement per shape, each a range of one index
+        // (`contacts_by_project`, or `contacts_subscribed`): conditions like
+        // `$4 IS NULL OR id < $4` kept the planners from seeking to the
+        // cursor, so every page read all the contacts before it.
+        let subscribed = if subscribed_only {
+            "AND subscribed = $3"
+        } else {
+            "AND $3"
+        };
+        let after = if page.cursor.is_some() {
+            "AND id < $2"
+        } else {
+            "AND $2 IS NULL"
+        };
         let sql = format!(
-            "SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 \
-             AND (NOT $2 OR subscribed = $3) AND ($4 IS NULL OR id < $4) \
-             ORDER BY id DESC LIMIT $5"
+            "SELECT {CONTACT_COLUMNS} FROM contacts WHERE project_id = $1 {subscribed} {after} \
+             ORDER BY id DESC LIMIT $4"
         );
         let rows: Vec<ContactRow> = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
             .arg(project_id)
-            .arg(subscribed_only)
-            .arg(true)
             .arg(&page.cursor)
+            .arg(true)
             .arg(page_limit(page.limit))
             .all(&mut conn)
             .await?;

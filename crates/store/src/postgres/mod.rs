@@ -136,6 +136,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0022_workflow_entries",
         sql: include_str!("../../migrations/postgres/0022_workflow_entries.sql"),
     },
+    Migration {
+        version: 23,
+        name: "0023_contacts_by_project",
+        sql: include_str!("../../migrations/postgres/0023_contacts_by_project.sql"),
+    },
 ];
 
 impl PostgresStore {

@@ -146,6 +146,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0022_workflow_entries",
         sql: include_str!("../../migrations/sqlite/0022_workflow_entries.sql"),
     },
+    Migration {
+        version: 23,
+        name: "0023_contacts_by_project",
+        sql: include_str!("../../migrations/sqlite/0023_contacts_by_project.sql"),
+    },
 ];
 
 /// Moves every note of `event_contacts_recent` into `event_contacts` now, as
