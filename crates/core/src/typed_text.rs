@@ -6,12 +6,19 @@
 
 use serde_json::Value;
 
-/// A typed text's value; `None` when nothing was typed.
+/// A typed text's value; `None` when nothing was typed. A number is read as
+/// a number only when JSON writes it back the same way: `123456789012345678901234`
+/// (an id too long for a float) and `1.50` stay text, never silently rounded.
 pub fn read(text: &str) -> Option<Value> {
     if text.is_empty() {
         return None;
     }
-    Some(serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string())))
+    let text_value = || Value::String(text.to_string());
+    Some(match serde_json::from_str::<Value>(text) {
+        Ok(Value::Number(n)) if n.to_string() != text => text_value(),
+        Ok(value) => value,
+        Err(_) => text_value(),
+    })
 }
 
 /// The text that [`read`] turns back into `value`: plain text unless it
@@ -42,6 +49,14 @@ mod tests {
         assert_eq!(read("\"42\""), Some(json!("42")));
         assert_eq!(read("02134"), Some(json!("02134")), "not a JSON number");
         assert_eq!(read("+1 555 0100"), Some(json!("+1 555 0100")));
+        let long_id = "123456789012345678901234";
+        assert_eq!(
+            read(long_id),
+            Some(json!(long_id)),
+            "not rounded to a float"
+        );
+        assert_eq!(read("1.50"), Some(json!("1.50")));
+        assert_eq!(read("-7"), Some(json!(-7)));
         assert_eq!(read(""), None);
     }
 

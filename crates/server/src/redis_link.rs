@@ -200,20 +200,27 @@ impl RedisLink {
         .await
         .map_err(|e| unreachable(&e))?
         .map_err(|e| unreachable(&e))?;
-        for change in changes {
-            let message = Message {
-                from: format!("cli_{}", link.instance),
-                change: Some(change.clone()),
-            };
-            let text = serde_json::to_string(&message).map_err(|e| unreachable(&e))?;
-            let _listeners: i64 = redis::cmd("PUBLISH")
-                .arg(CHANNEL)
-                .arg(&text)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unreachable(&e))?;
-        }
-        Ok(())
+        let publish = async {
+            for change in changes {
+                let message = Message {
+                    from: format!("cli_{}", link.instance),
+                    change: Some(change.clone()),
+                };
+                let text = serde_json::to_string(&message).map_err(|e| unreachable(&e))?;
+                let _listeners: i64 = redis::cmd("PUBLISH")
+                    .arg(CHANNEL)
+                    .arg(&text)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+            }
+            Ok(())
+        };
+        // A Redis that takes the connection but never answers must not
+        // hold the command.
+        tokio::time::timeout(CONNECT_TIMEOUT * 5, publish)
+            .await
+            .map_err(|e| unreachable(&e))?
     }
 
     /// Subscribes and applies other instances' changes to `cache`; while the

@@ -18,6 +18,10 @@ use crate::failure::Failure;
 
 /// Contacts read per page.
 const PAGE: u32 = 1_000;
+/// Property columns at most: every row carries a cell for each, so a
+/// project with very many distinct property names (ids used as names, say)
+/// would make a file of mostly empty cells. Past it the export is refused.
+const MAX_PROPERTY_COLUMNS: usize = 10_000;
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -38,6 +42,13 @@ pub async fn export(
     let mut names = BTreeSet::new();
     each_page(store, project_id, |contact| {
         names.extend(contact.fields.properties.keys().cloned());
+        if names.len() > MAX_PROPERTY_COLUMNS {
+            return Err(format!(
+                "the project's contacts have more than {MAX_PROPERTY_COLUMNS} distinct property \
+                 names, one column each: too many for a CSV file (read them through the API)"
+            )
+            .into());
+        }
         Ok(())
     })
     .await?;
@@ -155,10 +166,18 @@ fn partial_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Contacts are personal data: the file is readable by its owner only.
+/// Contacts are personal data: the file is readable by its owner only. It
+/// is always a new file (a leftover or planted one is removed first, and
+/// `create_new` refuses to follow a link), so no earlier permissions carry
+/// over.
 fn owner_only_file(path: &Path) -> Result<std::fs::File, Failure> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot replace {}: {e}", path.display()).into()),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options

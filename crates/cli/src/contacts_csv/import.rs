@@ -19,6 +19,11 @@ use crate::failure::Failure;
 
 /// Rows written per transaction.
 const BATCH: usize = 500;
+/// Bytes one row may take: far above what a valid contact can (properties
+/// are at most 32 KiB), so a longer one is a broken file (an unclosed
+/// quote makes the rest of the file one cell) and the import stops before
+/// holding it in memory.
+const MAX_ROW_BYTES: u64 = 1024 * 1024;
 /// Rejections listed with their line and reason; past it they are counted.
 const LISTED: usize = 1_000;
 
@@ -86,10 +91,15 @@ pub async fn import(
     let opened =
         std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     let size = opened.metadata().map(|m| m.len()).unwrap_or(0);
+    let since_row = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let bounded = RowBound {
+        inner: opened,
+        since_row: since_row.clone(),
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(std::io::BufReader::new(opened));
+        .from_reader(std::io::BufReader::new(bounded));
     let headers = reader
         .headers()
         .map_err(|e| format!("cannot read the header row of {}: {e}", file.display()))?
@@ -103,6 +113,7 @@ pub async fn import(
     let mut batch: Vec<(u64, ContactChanges)> = Vec::with_capacity(BATCH);
     let mut record = csv::StringRecord::new();
     loop {
+        since_row.set(0);
         let line = reader.position().line();
         match reader.read_record(&mut record) {
             Ok(false) => break,
@@ -117,7 +128,15 @@ pub async fn import(
             // A malformed row (a wrong number of cells, invalid UTF-8) is
             // rejected alone; a failure to read the file stops the import.
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                return Err(format!("cannot read {}: {e}", file.display()).into());
+                return Err(format!(
+                    "cannot read {} after line {line}: {e}. {} contacts were created and {} \
+                     updated before that; re-running the import after fixing the file updates \
+                     them rather than duplicating them",
+                    file.display(),
+                    summary.created,
+                    summary.updated
+                )
+                .into());
             }
             Err(e) => {
                 summary.rows += 1;
@@ -149,6 +168,31 @@ pub async fn import(
     .await?;
     progress.done(summary.rows);
     Ok(summary)
+}
+
+/// The file, read with a bound on the bytes one row may take (reset by the
+/// import at each row; the bound also covers the reader's read-ahead).
+struct RowBound<R> {
+    inner: R,
+    since_row: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: std::io::Read> std::io::Read for RowBound<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.since_row.get() + n as u64;
+        self.since_row.set(total);
+        if total > MAX_ROW_BYTES + 64 * 1024 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a row longer than {} KiB (an unclosed quote?)",
+                    MAX_ROW_BYTES / 1024
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// One row as a contact change, or why it cannot be one.

@@ -36,7 +36,8 @@ pub const FIELDS: [&str; 5] = [
 pub fn columns_of(headers: &csv::StringRecord) -> Result<Vec<Column>, String> {
     let mut columns = Vec::with_capacity(headers.len());
     for (i, header) in headers.iter().enumerate() {
-        let name = header.trim().trim_start_matches('\u{feff}');
+        let raw = header.trim_start_matches('\u{feff}');
+        let name = raw.trim();
         let column = match name.to_ascii_lowercase().as_str() {
             "" => return Err(format!("column {} of the header row has no name", i + 1)),
             "email" => Column::Email,
@@ -45,8 +46,9 @@ pub fn columns_of(headers: &csv::StringRecord) -> Result<Vec<Column>, String> {
             "last_name" => Column::LastName,
             "subscribed" => Column::Subscribed,
             "id" | "created_at" | "updated_at" => Column::Ignored,
-            _ => match name.strip_prefix("properties.") {
-                Some("") => return Err(format!("column {} names no property", i + 1)),
+            // `properties.NAME` exactly as written (a name may be empty or
+            // start with a space: export writes every name it finds).
+            _ => match raw.strip_prefix("properties.") {
                 Some(property) => Column::Property(property.to_string()),
                 None => Column::Property(name.to_string()),
             },
@@ -72,6 +74,8 @@ mod tests {
             "seats",
             "id",
             "properties.a.b",
+            "properties.",
+            "properties. padded ",
         ]);
         assert_eq!(
             columns_of(&headers).unwrap(),
@@ -82,13 +86,15 @@ mod tests {
                 Column::Property("seats".into()),
                 Column::Ignored,
                 Column::Property("a.b".into()),
+                Column::Property("".into()),
+                Column::Property(" padded ".into()),
             ]
         );
         for bad in [
             vec!["email", "EMAIL"],
             vec!["plan", "properties.plan"],
             vec!["email", ""],
-            vec!["properties."],
+            vec!["properties.", "properties."],
         ] {
             assert!(
                 columns_of(&csv::StringRecord::from(bad.clone())).is_err(),

@@ -215,7 +215,7 @@ async fn init_keys_plan_and_migrate_commands(backend: Backend) {
 
 /// A `keyflow serve` child process and its captured log lines.
 pub(crate) struct ServerProcess {
-    child: std::process::Child,
+    pub(crate) child: std::process::Child,
     pub(crate) base: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: std::thread::JoinHandle<()>,

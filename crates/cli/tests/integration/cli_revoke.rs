@@ -10,6 +10,16 @@ use crate::cli::{keyflow, spawn_server_with};
 use crate::contacts_csv::initialised;
 use crate::harness::{Backend, RedisServer, TestDb};
 
+/// The server, stopped however the test ends.
+struct Running(crate::cli::ServerProcess);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
 fn create_key(db: &TestDb, project: &str, name: &str) -> (String, String) {
     let (ok, key, err) = keyflow(
         db,
@@ -36,15 +46,15 @@ async fn keys_revoke_reaches_running_servers(backend: Backend) {
     let db = TestDb::create(backend).await;
     let project = initialised(&db);
     let redis = RedisServer::start();
-    let server = spawn_server_with(
+    let server = Running(spawn_server_with(
         &db,
         "admin-token-of-the-instance",
         &[("KEYFLOW_REDIS_URL", &redis.url())],
-    );
+    ));
     let client = reqwest::Client::new();
     let status = |key: String| {
         let request = client
-            .get(format!("{}/v1/keys/self", server.base))
+            .get(format!("{}/v1/keys/self", server.0.base))
             .bearer_auth(key);
         async move { request.send().await.unwrap().status().as_u16() }
     };

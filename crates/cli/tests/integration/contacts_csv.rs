@@ -219,6 +219,28 @@ async fn import_upserts_rows_and_export_round_trips(backend: Backend) {
         let mode = std::fs::metadata(&exported).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "personal data stays owner-only");
     }
+    // An unclosed quote would make the rest of a file one cell: the
+    // import stops at a row past 1 MiB instead of holding it in memory.
+    let mut broken = String::from("email,note\nzed@example.com,\"unclosed\n");
+    for i in 0..40_000 {
+        broken.push_str(&format!(
+            "filler{i}@example.com,some text to make it long\n"
+        ));
+    }
+    let broken = csv_file(&broken);
+    let (ok, _, err) = keyflow_text(
+        &db,
+        &[
+            "contacts",
+            "import",
+            broken.path().to_str().unwrap(),
+            "--project",
+            &project,
+        ],
+    );
+    assert!(!ok, "a broken file stops the import");
+    assert!(err.contains("unclosed quote"), "{err}");
+
     let other = TestDb::create(backend).await;
     let other_project = initialised(&other);
     let copied = import(&other, &other_project, &exported, &[]);

@@ -621,9 +621,13 @@ async fn retention_forgets_runs_but_not_who_ran_once(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    trigger(&app, &t.key, &workflow, ada)
-        .await
-        .assert_error(409, "conflict");
+    let refused = trigger(&app, &t.key, &workflow, ada).await;
+    refused.assert_error(409, "conflict");
+    assert_eq!(
+        refused.body["error"]["details"]["reason"], "already_ran",
+        "{}",
+        refused.body
+    );
     let bob_now = app
         .get(&format!("/v1/workflow-runs/{bob_run}"), &t.key)
         .await;

@@ -39,9 +39,6 @@ pub const OPS: [(&str, &str); 9] = [
     ("not_exists", "is not set"),
 ];
 
-/// Condition rows read from a form at most (a form may add blank ones).
-const MAX_ROWS: usize = 50;
-
 /// One condition row, as shown or typed.
 pub struct ConditionRow {
     pub field: String,
@@ -189,7 +186,10 @@ pub fn label(error: &FieldError) -> FieldError {
 }
 
 fn rows(values: &HashMap<String, String>) -> Vec<ConditionRow> {
-    (0..MAX_ROWS)
+    // Every row the form has (the body limit bounds them): a trigger made
+    // through the API may have any number of conditions, and saving its
+    // form must not drop any.
+    (0..)
         .map_while(|i| {
             let field = values.get(&format!("where_field_{i}"))?;
             Some(ConditionRow {
