@@ -110,6 +110,12 @@ pub async fn import(
         dry_run,
         ..Summary::default()
     };
+    let target = Target {
+        ctx,
+        workspace_id,
+        project_id,
+        dry_run,
+    };
     let mut batch: Vec<(u64, ContactChanges)> = Vec::with_capacity(BATCH);
     let mut record = csv::StringRecord::new();
     loop {
@@ -145,27 +151,11 @@ pub async fn import(
             }
         }
         if batch.len() == BATCH {
-            write(
-                ctx,
-                workspace_id,
-                project_id,
-                &mut batch,
-                dry_run,
-                &mut summary,
-            )
-            .await?;
+            write(&target, &mut batch, &mut summary).await?;
         }
         progress.at(reader.position().byte(), summary.rows);
     }
-    write(
-        ctx,
-        workspace_id,
-        project_id,
-        &mut batch,
-        dry_run,
-        &mut summary,
-    )
-    .await?;
+    write(&target, &mut batch, &mut summary).await?;
     progress.done(summary.rows);
     Ok(summary)
 }
@@ -235,16 +225,27 @@ fn changes_of(columns: &[Column], record: &csv::StringRecord) -> Result<ContactC
     })
 }
 
+/// Where the rows go.
+struct Target<'a> {
+    ctx: &'a Ctx<'a>,
+    workspace_id: &'a str,
+    project_id: &'a str,
+    dry_run: bool,
+}
+
 /// Upserts a batch in one transaction (a dry run only looks the contacts
 /// up) and counts each row's outcome.
 async fn write(
-    ctx: &Ctx<'_>,
-    workspace_id: &str,
-    project_id: &str,
+    target: &Target<'_>,
     batch: &mut Vec<(u64, ContactChanges)>,
-    dry_run: bool,
     summary: &mut Summary,
 ) -> Result<(), Failure> {
+    let Target {
+        ctx,
+        workspace_id,
+        project_id,
+        dry_run,
+    } = *target;
     if batch.is_empty() {
         return Ok(());
     }

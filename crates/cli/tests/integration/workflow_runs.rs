@@ -84,6 +84,20 @@ impl Receiver {
         self.got.lock().unwrap().clone()
     }
 
+    /// Waits (20 s at most) until `path` got `n` requests.
+    async fn until(&self, path: &str, n: usize) {
+        let started = Instant::now();
+        let count = || self.requests().iter().filter(|r| r.path == path).count();
+        while count() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{} of {n} calls to {path}",
+                count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Answers the request waiting at `/held`.
     fn let_go(&self) {
         self.held.add_permits(1);
@@ -418,11 +432,7 @@ async fn pause_holds_runs_between_steps_and_triggers_are_capped(backend: Backend
     let started = trigger(&app, &t.key, &workflow, contact.clone()).await;
     assert_eq!(started.status, 202, "{}", started.body);
     let run_id = started.body["run_id"].as_str().unwrap().to_string();
-    let waited = Instant::now();
-    while receiver.requests().is_empty() {
-        assert!(waited.elapsed() < Duration::from_secs(10), "no first call");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receiver.until("/held", 1).await;
     let path = format!("/v1/workflows/{workflow}");
     let paused = app.patch(&path, &t.key, json!({"status": "paused"})).await;
     assert_eq!(paused.status, 200, "{}", paused.body);
@@ -501,15 +511,7 @@ async fn one_projects_slow_receiver_leaves_room_for_others(backend: Backend) {
             .filter(|r| r.path == "/held")
             .count()
     };
-    let waited = Instant::now();
-    while held() < 4 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "{} calls",
-            held()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receiver.until("/held", 4).await;
     let quick = json!([{"type": "webhook", "url": format!("{base}/other")}]);
     let (other, _) = active_workflow(&app, &busy.key, quick, "every_time").await;
     let started = trigger(
@@ -548,11 +550,7 @@ async fn a_cancel_during_a_call_keeps_its_attempt(backend: Backend) {
     )
     .await;
     let run_id = started.body["run_id"].as_str().unwrap().to_string();
-    let waited = Instant::now();
-    while receiver.requests().is_empty() {
-        assert!(waited.elapsed() < Duration::from_secs(10), "no call");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    receiver.until("/held", 1).await;
     let cancelled = app
         .post(
             &format!("/v1/workflow-runs/{run_id}/cancel"),
