@@ -220,10 +220,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             expires_at,
         }) => {
             let store = existing_store(&o).await?;
-            let project = store
-                .get_project(project)
-                .await?
-                .ok_or_else(|| format!("no project with id {project}"))?;
+            let project = project_of(store.as_ref(), project).await?;
             let request = CreateKeyRequest {
                 name: Some(name.clone()),
                 key_type: Some(key_type.clone()),
@@ -262,10 +259,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             }
             let config = Config::load(&o)?;
             let store = open_existing_store(&config).await?;
-            let found = store
-                .get_project(project)
-                .await?
-                .ok_or_else(|| format!("no project with id {project}"))?;
+            let found = project_of(store.as_ref(), project).await?;
             let key = store
                 .get_api_key(project, key_id)
                 .await?
@@ -325,10 +319,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             dry_run,
         }) => {
             let store = existing_store(&o).await?;
-            let found = store
-                .get_project(project)
-                .await?
-                .ok_or_else(|| format!("no project with id {project}"))?;
+            let found = project_of(store.as_ref(), project).await?;
             let ctx = instance_ctx(store.as_ref(), now);
             let summary =
                 contacts_csv::import::import(&ctx, &found.workspace_id, project, file, *dry_run)
@@ -337,10 +328,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
         }
         Command::Contacts(ContactsCommand::Export { project, output }) => {
             let store = existing_store(&o).await?;
-            store
-                .get_project(project)
-                .await?
-                .ok_or_else(|| format!("no project with id {project}"))?;
+            project_of(store.as_ref(), project).await?;
             let summary =
                 contacts_csv::export::export(store.as_ref(), project, output.as_deref()).await?;
             let text = format!(
@@ -379,10 +367,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             page,
         }) => {
             let store = existing_store(&o).await?;
-            store
-                .get_project(project)
-                .await?
-                .ok_or_else(|| format!("no project with id {project}"))?;
+            project_of(store.as_ref(), project).await?;
             let page = store_page(page);
             let keys = store
                 .list_api_keys(project, *include_revoked, &page)
@@ -581,6 +566,14 @@ fn print_page<'r, T, V: serde::Serialize>(
         text.push_str(&format!("\n(more: --cursor {next})"));
     }
     print_result(json_output, &value, &text)
+}
+
+/// The project a command names, or a failure that names the id.
+async fn project_of(store: &dyn Store, id: &str) -> Result<keyflow_store::Project, Failure> {
+    Ok(store
+        .get_project(id)
+        .await?
+        .ok_or_else(|| format!("no project with id {id}"))?)
 }
 
 /// A change bus that keeps what it is told, for the CLI to send on to
