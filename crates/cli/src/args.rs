@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Address to listen on
     #[arg(long, env = "KEYFLOW_LISTEN")]
     pub listen: Option<String>,
+    /// Serve /metrics on this address only (e.g. 127.0.0.1:9090), not on --listen
+    #[arg(long, env = "KEYFLOW_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Redis URL for multi-instance rate limits and revocation broadcast
     #[arg(long, env = "KEYFLOW_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -85,6 +85,7 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
     match &cli.command {
         Command::Serve(args) => {
             o.listen = args.listen.clone();
+            o.metrics_listen = args.metrics_listen.clone();
             o.redis_url = args.redis_url.clone().map(Secret::new);
             o.admin_token_file = args.admin_token_file.clone();
             // KEYFLOW_ADMIN_TOKEN (environment) yields to --admin-token-file (flag).

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod contacts;
 pub mod error;
 pub mod events;
+pub mod histogram;
 pub mod ip;
 pub mod json_limits;
 pub mod key_settings;

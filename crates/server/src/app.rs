@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
 
 use crate::api::browser;
 use crate::error::{ApiError, REQUEST_ID, RenderedError};
@@ -26,10 +27,14 @@ pub fn router(state: SharedState) -> Router {
     let timeout = Duration::from_secs(state.config.request_timeout_secs.max(1));
     let api = api_routes(&state);
     let openapi = crate::api::openapi::serve(&api.doc);
-    Router::new()
+    let mut router = Router::new()
         .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if state.config.metrics_listen.is_none() {
+        // With its own listener, `/metrics` is served there only.
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route("/embed.js", get(browser::embed_js))
         .route("/openapi.json", get(openapi))
         .merge(api.router)
@@ -73,42 +78,66 @@ async fn request_context(State(state): State<SharedState>, req: Request, next: N
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
     let method = req.method().clone();
     let path = crate::redact::redact_keys(req.uri().path());
+    // The route template, not the path: one series per endpoint.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
+        .map_or(crate::prometheus::UNMATCHED_ROUTE, MatchedPath::as_str);
     let started = Instant::now();
     let id_for_scope = request_id.clone();
+    // Off by default (debug): with KEYFLOW_LOG=debug the store's spans nest
+    // under the request they served.
+    let span = tracing::debug_span!("request", request_id = %request_id);
     let mut response = REQUEST_ID
-        .scope(id_for_scope.clone(), async move {
-            if let Some(refused) = refuse_before_routing(&req) {
-                return refused.into_response();
-            }
-            let response = next.run(req).await;
-            let status = response.status();
-            if (status.is_client_error() || status.is_server_error())
-                && response.extensions().get::<RenderedError>().is_none()
-            {
-                let mut normalised = ApiError::from_status(status).into_response();
-                for name in [header::ALLOW, header::RETRY_AFTER] {
-                    if let Some(v) = response.headers().get(&name) {
-                        normalised.headers_mut().insert(name, v.clone());
-                    }
+        .scope(
+            id_for_scope.clone(),
+            async move {
+                if let Some(refused) = refuse_before_routing(&req) {
+                    return refused.into_response();
                 }
-                normalised
-            } else {
-                response
+                let response = next.run(req).await;
+                let status = response.status();
+                if (status.is_client_error() || status.is_server_error())
+                    && response.extensions().get::<RenderedError>().is_none()
+                {
+                    let mut normalised = ApiError::from_status(status).into_response();
+                    for name in [header::ALLOW, header::RETRY_AFTER] {
+                        if let Some(v) = response.headers().get(&name) {
+                            normalised.headers_mut().insert(name, v.clone());
+                        }
+                    }
+                    normalised
+                } else {
+                    response
+                }
             }
-        })
+            .instrument(span),
+        )
         .await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     let status = response.status().as_u16();
-    state.prometheus.count_status(status);
-    // The path is logged, never headers or bodies: keys travel only in headers.
+    let elapsed = started.elapsed();
+    state
+        .prometheus
+        .count_request(route, &method, status, elapsed);
+    // The path is logged, never headers or bodies: keys travel only in
+    // headers. An authenticated request names its project and its key's
+    // public prefix.
+    let key = response
+        .extensions()
+        .get::<crate::auth::AuthenticatedKey>()
+        .map(|k| k.0.clone());
     tracing::info!(
         request_id = %request_id,
         method = %method,
         path = %path,
+        route = %route,
         status,
-        elapsed_us = started.elapsed().as_micros() as u64,
+        elapsed_us = elapsed.as_micros() as u64,
+        project_id = key.as_ref().map(|k| k.key.project_id.as_str()),
+        key_prefix = key.as_ref().map(|k| k.key.prefix.as_str()),
         "request"
     );
     response
@@ -214,38 +243,9 @@ async fn readyz(State(state): State<SharedState>) -> Response {
 async fn metrics(State(state): State<SharedState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.prometheus.render() + &redis_metrics(&state),
+        crate::prometheus::scrape(&state).await,
     )
         .into_response()
-}
-
-/// Redis' state for `/metrics`, when Redis is configured.
-fn redis_metrics(state: &AppState) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = String::new();
-    if let Some(link) = &state.redis {
-        out += &format!(
-            "# TYPE keyflow_redis_connected gauge\nkeyflow_redis_connected {}\n\
-             # TYPE keyflow_redis_changes_received_total counter\nkeyflow_redis_changes_received_total {}\n",
-            u8::from(link.is_connected()),
-            link.received.load(Relaxed)
-        );
-    }
-    if let Some(limiter) = &state.redis_limiter {
-        out += &format!(
-            "# TYPE keyflow_redis_limits_shared gauge\nkeyflow_redis_limits_shared {}\n\
-             # TYPE keyflow_rate_limit_decisions_total counter\n\
-             keyflow_rate_limit_decisions_total{{by=\"redis\"}} {}\n\
-             keyflow_rate_limit_decisions_total{{by=\"instance\"}} {}\n\
-             # TYPE keyflow_redis_limiter_calls_total counter\n\
-             keyflow_redis_limiter_calls_total {}\n",
-            u8::from(limiter.is_reachable()),
-            limiter.redis_calls.load(Relaxed),
-            limiter.local_decisions.load(Relaxed),
-            limiter.script_calls.load(Relaxed)
-        );
-    }
-    out
 }
 
 /// Flushes last-used data every `last_used_flush_secs` and prunes idle
@@ -299,6 +299,17 @@ pub async fn launch_with_listener(
         .redis_limiter
         .clone()
         .map(|limiter| tokio::spawn(limiter.maintain(stop_rx.clone())));
+    let metrics_listener = match state.config.metrics_listen {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {address} for /metrics: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(serve_metrics(state.clone(), listener, stop_rx.clone())));
     let worker = tokio::spawn(crate::workflows::run_worker(state.clone(), stop_rx.clone()));
     let flusher = tokio::spawn(background_flush(state.clone(), stop_rx));
     let app = router(state.clone());
@@ -314,11 +325,36 @@ pub async fn launch_with_listener(
     let _ = stop_tx.send(true);
     let _ = flusher.await;
     let _ = worker.await;
-    for task in [redis, redis_limits].into_iter().flatten() {
+    for task in [redis, redis_limits, metrics_server].into_iter().flatten() {
         let _ = task.await;
     }
     flush_usage(&state).await;
     result
+}
+
+/// `/metrics` alone on its own listener (`metrics_listen`), so it can stay
+/// off the public address; `/livez` too, for the probe of whoever scrapes.
+async fn serve_metrics(
+    state: SharedState,
+    listener: TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(metrics_address = %address, "metrics listening");
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .with_state(state);
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
 }
 
 /// Builds the shared state around a store (migrated by the caller).

@@ -158,6 +158,7 @@ pub struct RateLimitTicket(Arc<Ticket>);
 struct Ticket {
     state: SharedState,
     bucket: String,
+    category: Category,
     quota: RateLimit,
     now: i64,
     spent: std::sync::Mutex<Option<GcraDecision>>,
@@ -172,14 +173,15 @@ impl RateLimitTicket {
         now: i64,
     ) -> Self {
         // `<key id>:<category>`, the limiter's bucket.
-        let category = category.as_str();
-        let mut bucket = String::with_capacity(key_id.len() + 1 + category.len());
+        let name = category.as_str();
+        let mut bucket = String::with_capacity(key_id.len() + 1 + name.len());
         bucket.push_str(key_id);
         bucket.push(':');
-        bucket.push_str(category);
+        bucket.push_str(name);
         Self(Arc::new(Ticket {
             state: state.clone(),
             bucket,
+            category,
             quota,
             now,
             spent: std::sync::Mutex::new(None),
@@ -194,13 +196,7 @@ impl RateLimitTicket {
         if decision.allowed {
             return Ok(());
         }
-        t.state
-            .prometheus
-            .rate_limited
-            .fetch_add(1, Ordering::Relaxed);
-        t.state
-            .prometheus
-            .count_auth_rejection(ErrorCode::RateLimited);
+        t.state.prometheus.count_rate_limited(t.category);
         Err(rate_limited(&t.quota, decision.retry_after_seconds()))
     }
 
@@ -393,8 +389,14 @@ where
     if let (true, Some(origin)) = (browser_ok, origin.as_deref()) {
         allow_origin(&mut response, origin);
     }
+    response.extensions_mut().insert(AuthenticatedKey(counted));
     response
 }
+
+/// The key a request authenticated with, on its response, for the request
+/// log: its project id and public prefix are logged, never the key.
+#[derive(Clone)]
+pub struct AuthenticatedKey(pub Arc<CachedKey>);
 
 /// SPEC §2's plan and IP steps for `what` (named in the refusal) from `ip`
 /// against `whose` allow-list; `None` when both pass.
@@ -490,7 +492,7 @@ pub async fn authenticate(
             }
             state
                 .prometheus
-                .key_store_lookups
+                .key_cache_misses
                 .fetch_add(1, Ordering::Relaxed);
             match state.store.find_key_for_auth(&digest).await? {
                 Some(found) => {

@@ -52,6 +52,8 @@ impl LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Serve `/metrics` on this address only (not on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// `None`: SQLite at `<data_dir>/keyflow.db`.
     pub database_url: Option<Secret>,
@@ -106,6 +108,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             data_dir: PathBuf::from("./keyflow-data"),
             database_url: None,
             redis_url: None,
@@ -139,6 +142,7 @@ impl Default for Config {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     database_url_file: Option<PathBuf>,
@@ -166,6 +170,7 @@ struct ConfigFile {
 pub struct ConfigOverrides {
     pub config_file: Option<PathBuf>,
     pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<Secret>,
     pub database_url_file: Option<PathBuf>,
@@ -230,9 +235,13 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    parse_address("listen", text)
+}
+
+fn parse_address(field: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse().map_err(|_| {
         invalid(
-            "listen",
+            field,
             format!("{text:?} is not an address like 127.0.0.1:8080"),
         )
     })
@@ -281,6 +290,9 @@ impl Config {
     fn apply_file(&mut self, f: ConfigFile) -> Result<(), ConfigError> {
         if let Some(v) = f.listen {
             self.listen = parse_listen(&v)?;
+        }
+        if let Some(v) = f.metrics_listen {
+            self.metrics_listen = Some(parse_address("metrics_listen", &v)?);
         }
         if let Some(v) = f.data_dir {
             self.data_dir = v;
@@ -362,6 +374,9 @@ impl Config {
     fn apply_overrides(&mut self, o: &ConfigOverrides) -> Result<(), ConfigError> {
         if let Some(v) = &o.listen {
             self.listen = parse_listen(v)?;
+        }
+        if let Some(v) = &o.metrics_listen {
+            self.metrics_listen = Some(parse_address("metrics_listen", v)?);
         }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();

@@ -202,6 +202,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `crate::job_signals`).
     fn job_signals(&self) -> crate::JobSignals;
 
+    /// The sizes and durations of this instance's event group commits.
+    fn group_commit_stats(&self) -> &crate::ingest_queue::GroupCommitStats;
+
     /// Stores events durably, returning after their commit.
     fn ingest(
         &self,

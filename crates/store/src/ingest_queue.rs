@@ -5,6 +5,7 @@
 //! committer tasks).
 
 use keyflow_core::events::NewEvent;
+use keyflow_core::histogram::{COUNTS, Histogram, SECONDS};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{EventOutcome, StoreError, StoreResult};
@@ -47,4 +48,28 @@ pub(crate) fn fail_all(batch: Vec<IngestJob>, error: StoreError) {
         let _ = job.reply.send(Err(error.for_each_job()));
     }
     let _ = first.reply.send(Err(error));
+}
+
+/// What the group commits did, for `/metrics`: how many events each commit
+/// carried and how long it took (from holding the write turn to the commit's
+/// end), on this instance.
+pub struct GroupCommitStats {
+    pub events_per_commit: Histogram,
+    pub commit_seconds: Histogram,
+}
+
+impl Default for GroupCommitStats {
+    fn default() -> Self {
+        Self {
+            events_per_commit: Histogram::new(COUNTS),
+            commit_seconds: Histogram::new(SECONDS),
+        }
+    }
+}
+
+impl GroupCommitStats {
+    pub(crate) fn record(&self, events: usize, started: std::time::Instant) {
+        self.events_per_commit.observe(events as f64);
+        self.commit_seconds.observe_duration(started.elapsed());
+    }
 }

@@ -12,7 +12,7 @@ mod backend;
 mod columns;
 pub mod copy;
 mod error;
-mod ingest_queue;
+pub mod ingest_queue;
 mod job_signals;
 mod models;
 pub mod postgres;
@@ -30,8 +30,8 @@ pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
 pub use areas::workflow_runs::{
-    CONTACT_JOB, EVENT_JOB, Job, JobNext, Progress, RUN_JOB, RunAttempt, RunFilter, RunStep,
-    StartOutcome, StartRefusal, WorkflowRun, WorkflowRunStore,
+    CONTACT_JOB, EVENT_JOB, Job, JobNext, JobQueueStats, Progress, RUN_JOB, RunAttempt, RunFilter,
+    RunStep, StartOutcome, StartRefusal, WorkflowRun, WorkflowRunStore,
 };
 pub use areas::workflows::{Workflow, WorkflowStore};
 

@@ -11,7 +11,7 @@ use crate::harness::{Backend, TestApp};
 fn lookups(app: &TestApp) -> u64 {
     app.state
         .prometheus
-        .key_store_lookups
+        .key_cache_misses
         .load(std::sync::atomic::Ordering::Relaxed)
 }
 

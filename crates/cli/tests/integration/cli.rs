@@ -285,13 +285,19 @@ pub(crate) fn spawn_server_with(db: &TestDb, token: &str, env: &[(&str, &str)]) 
 async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     let db = TestDb::create(backend).await;
     let token = "cli-admin-token-0123456789abcdef";
+    // /metrics on a listener of its own (a port free a moment ago).
+    let metrics_address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let ServerProcess {
         mut child,
         base,
         lines,
         reader,
         _config,
-    } = spawn_server(&db, token);
+    } = spawn_server_with(&db, token, &[("KEYFLOW_METRICS_LISTEN", &metrics_address)]);
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
@@ -404,6 +410,22 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         .await
         .unwrap();
     assert!(audit["data"].as_array().unwrap().len() >= 4);
+    // Only the metrics listener answers /metrics; it counts by route template.
+    let public = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404);
+    let scraped = http
+        .get(format!("http://{metrics_address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    let scraped = scraped.text().await.unwrap();
+    assert!(
+        scraped.contains(
+            "keyflow_http_requests_total{route=\"/v1/keys/{id}/roll\",method=\"POST\",class=\"2xx\"} 1"
+        ),
+        "{scraped}"
+    );
     // Identified events with idempotency keys (the writer's lookup path,
     // whose pooled connection once panicked at shutdown).
     for (path, body) in [
@@ -481,6 +503,25 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
 
     let log = lines.lock().unwrap().join("\n");
     assert!(log.contains("keyflow stopped cleanly"), "{log}");
+    // JSON lines without colour codes (stderr is a pipe); an authenticated
+    // request names its project and key prefix, never the key.
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
+    );
+    let request_line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["path"] == "/v1/audit")
+        .unwrap_or_else(|| panic!("no JSON line for /v1/audit: {log}"));
+    let fields = &request_line["fields"];
+    assert!(fields["request_id"].as_str().unwrap().starts_with("req_"));
+    assert_eq!(fields["route"], "/v1/audit");
+    assert_eq!(fields["project_id"], project["id"]);
+    assert_eq!(fields["key_prefix"], root["prefix"]);
+    assert_eq!(fields["status"], 200);
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("/v1/keys/self"), "requests are logged: {log}");
     let audit_text = audit.to_string();

@@ -51,7 +51,23 @@ async fn metrics_are_prometheus_text(backend: Backend) {
     let app = TestApp::start(backend).await;
     let t = app.tenant().await;
     app.get("/v1/keys/self", &t.key).await;
+    app.get("/v1/keys/self", &t.key).await;
     app.get("/v1/keys/self", "sk_live_bad").await;
+    app.get("/nowhere/at/all", &t.key).await;
+    let (_, limited) = app
+        .create_key(
+            &t.key,
+            json!({"name": "tight", "type": "secret", "rate_limit": {"limit": 1, "period_seconds": 60}}),
+        )
+        .await;
+    for _ in 0..2 {
+        app.post(
+            "/v1/events",
+            &limited,
+            json!({"name": "signup", "external_id": "u1"}),
+        )
+        .await;
+    }
     let resp = app
         .client
         .get(format!("{}/metrics", app.base_url))
@@ -60,11 +76,215 @@ async fn metrics_are_prometheus_text(backend: Backend) {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
-    assert!(
-        text.contains("keyflow_auth_rejections_total{code=\"invalid_api_key\"} 1"),
-        "{text}"
+    let samples = prometheus_text::parse(&text);
+    let value =
+        |name: &str, labels: &[(&str, &str)]| prometheus_text::value(&samples, name, labels);
+
+    // Requests by route template and status class, with a latency histogram.
+    assert_eq!(
+        value(
+            "keyflow_http_requests_total",
+            &[
+                ("route", "/v1/keys/self"),
+                ("method", "GET"),
+                ("class", "2xx")
+            ]
+        ),
+        Some(2.0)
     );
-    assert!(text.contains("keyflow_key_store_lookups_total 1"), "{text}");
+    assert_eq!(
+        value(
+            "keyflow_http_requests_total",
+            &[
+                ("route", "/v1/keys/self"),
+                ("method", "GET"),
+                ("class", "4xx")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "keyflow_http_requests_total",
+            &[("route", "unmatched"), ("method", "GET"), ("class", "4xx")]
+        ),
+        Some(1.0),
+        "an unknown path is counted under one label, not its own"
+    );
+    assert!(!text.contains("/nowhere"), "{text}");
+    assert_eq!(
+        value(
+            "keyflow_http_request_duration_seconds_count",
+            &[("route", "/v1/keys/self"), ("method", "GET")]
+        ),
+        Some(3.0)
+    );
+    // Refusals by code, 429s by category, the key cache.
+    assert_eq!(
+        value(
+            "keyflow_auth_rejections_total",
+            &[("code", "invalid_api_key")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("keyflow_rate_limited_total", &[("category", "ingest")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("keyflow_rate_limited_total", &[("category", "read")]),
+        Some(0.0)
+    );
+    assert_eq!(value("keyflow_key_cache_misses_total", &[]), Some(2.0));
+    assert!(value("keyflow_key_cache_hits_total", &[]).unwrap() >= 2.0);
+    // The accepted event went through one group commit of one event.
+    assert_eq!(value("keyflow_ingest_commit_events_count", &[]), Some(1.0));
+    assert_eq!(
+        value("keyflow_ingest_commit_events_bucket", &[("le", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(value("keyflow_ingest_commit_seconds_count", &[]), Some(1.0));
+    // Health read at scrape time.
+    assert_eq!(value("keyflow_database_up", &[]), Some(1.0));
+    assert_eq!(value("keyflow_jobs_queued", &[]), Some(0.0));
+    assert_eq!(value("keyflow_jobs_oldest_due_age_seconds", &[]), Some(0.0));
+}
+
+/// A strict reader of Prometheus' text format (0.0.4), enough to check what
+/// `/metrics` writes: every sample's metric has a `# TYPE` line before it,
+/// label values are quoted, values are numbers, and each histogram's
+/// buckets are cumulative and end at `+Inf` = `_count`.
+mod prometheus_text {
+    use std::collections::{BTreeMap, HashMap};
+
+    pub struct Sample {
+        pub name: String,
+        pub labels: BTreeMap<String, String>,
+        pub value: f64,
+    }
+
+    pub fn parse(text: &str) -> Vec<Sample> {
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(
+                    types.insert(name.to_string(), kind.to_string()).is_none(),
+                    "TYPE given twice: {line}"
+                );
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unknown comment: {line}");
+            let (series, value) = line.rsplit_once(' ').expect("sample and value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value: {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (
+                    name,
+                    labels(rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"))),
+                ),
+                None => (series, BTreeMap::new()),
+            };
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "no TYPE before {line}");
+            samples.push(Sample {
+                name: name.to_string(),
+                labels,
+                value,
+            });
+        }
+        check_histograms(&samples, &types);
+        samples
+    }
+
+    fn labels(text: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once("=\"").expect("label=\"value\"");
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next().expect("closing quote") {
+                    (i, '"') => break i,
+                    (_, '\\') => match chars.next().expect("escape").1 {
+                        'n' => value.push('\n'),
+                        c => value.push(c),
+                    },
+                    (_, c) => value.push(c),
+                }
+            };
+            assert!(out.insert(name.to_string(), value).is_none(), "{text}");
+            rest = after[end + 1..]
+                .strip_prefix(',')
+                .unwrap_or(&after[end + 1..]);
+        }
+        out
+    }
+
+    type Bucket = (f64, f64);
+
+    fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) {
+        for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
+            let bucket = format!("{family}_bucket");
+            // Labels but `le` → (le, cumulative count) per bucket.
+            let mut series: BTreeMap<Vec<(String, String)>, Vec<Bucket>> = BTreeMap::new();
+            for s in samples.iter().filter(|s| s.name == bucket) {
+                let mut key: Vec<_> = s.labels.clone().into_iter().collect();
+                key.retain(|(k, _)| k != "le");
+                let le = &s.labels["le"];
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                series.entry(key).or_default().push((le, s.value));
+            }
+            for (key, buckets) in series {
+                assert!(
+                    buckets
+                        .windows(2)
+                        .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                    "{family} {key:?}: buckets not cumulative"
+                );
+                let last = buckets.last().unwrap();
+                assert_eq!(last.0, f64::INFINITY, "{family} {key:?}: no +Inf bucket");
+                let labels: Vec<(&str, &str)> =
+                    key.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let count = value(samples, &format!("{family}_count"), &labels);
+                assert_eq!(count, Some(last.1), "{family} {key:?}: +Inf != _count");
+            }
+        }
+    }
+
+    /// The value of the one sample of `name` whose labels are exactly `labels`.
+    pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut found = samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == want);
+        let first = found.next()?;
+        assert!(found.next().is_none(), "{name} {labels:?} twice");
+        Some(first.value)
+    }
 }
 
 async fn last_used_is_aggregated_not_written_per_request(backend: Backend) {

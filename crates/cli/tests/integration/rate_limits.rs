@@ -126,7 +126,7 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
     let lookups = app
         .state
         .prometheus
-        .key_store_lookups
+        .key_cache_misses
         .load(std::sync::atomic::Ordering::Relaxed);
     let another = generate_key(KeyType::Secret, Environment::Live).unwrap();
     app.get("/v1/keys/self", &another.text)
@@ -135,7 +135,7 @@ async fn failed_authentications_are_limited_per_ip(backend: Backend) {
     assert_eq!(
         app.state
             .prometheus
-            .key_store_lookups
+            .key_cache_misses
             .load(std::sync::atomic::Ordering::Relaxed),
         lookups,
         "an address over its failure budget gets no more database lookups"

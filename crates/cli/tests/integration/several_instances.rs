@@ -501,7 +501,7 @@ async fn three_instances_act_as_one() {
 fn served(app: &TestApp) -> u64 {
     let p = &app.state.prometheus;
     p.key_cache_hits.load(std::sync::atomic::Ordering::Relaxed)
-        + p.key_store_lookups
+        + p.key_cache_misses
             .load(std::sync::atomic::Ordering::Relaxed)
 }
 

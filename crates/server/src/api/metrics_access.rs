@@ -129,7 +129,7 @@ async fn admit(
     if !decision.allowed {
         state
             .prometheus
-            .count_auth_rejection(ErrorCode::RateLimited);
+            .count_rate_limited(crate::limits::Category::Metrics);
         let limited = crate::auth::rate_limited(&quota, decision.retry_after_seconds());
         return (Err(limited), quota, decision);
     }

@@ -75,12 +75,14 @@ pub(crate) async fn commit_if<DB: Db>(
 
 #[async_trait]
 impl<B: Backend> AuditStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn insert_audit(&self, entry: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         write_audit::<B::Db>(&mut tx, entry).await?;
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn search_audit(
         &self,
         workspace_id: &str,

@@ -233,6 +233,7 @@ async fn upsert_contact_in<DB: Db>(
 
 #[async_trait]
 impl<B: Backend> ContactStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn upsert_contact(
         &self,
         project_id: &str,
@@ -260,6 +261,7 @@ impl<B: Backend> ContactStore for B {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn upsert_contacts(
         &self,
         project_id: &str,
@@ -291,6 +293,7 @@ impl<B: Backend> ContactStore for B {
         Ok(results)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_contact(
         &self,
         project_id: &str,
@@ -305,6 +308,7 @@ impl<B: Backend> ContactStore for B {
         find_contact::<B::Db>(&mut conn, project_id, lookup).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn update_contact(
         &self,
         project_id: &str,
@@ -344,6 +348,7 @@ impl<B: Backend> ContactStore for B {
         }))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn delete_contact(
         &self,
         project_id: &str,
@@ -385,6 +390,7 @@ impl<B: Backend> ContactStore for B {
         Ok(true)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_contacts(
         &self,
         project_id: &str,

@@ -58,6 +58,7 @@ pub trait CredentialStore: Send + Sync {
 
 #[async_trait]
 impl<B: Backend> CredentialStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn metrics_credential(&self, project_id: &str) -> StoreResult<Option<MetricsCredential>> {
         let mut conn = self.pool().acquire().await?;
         let sql =
@@ -69,6 +70,7 @@ impl<B: Backend> CredentialStore for B {
         row.map(CredentialRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn credential_for_auth(
         &self,
         id: &str,
@@ -88,6 +90,7 @@ impl<B: Backend> CredentialStore for B {
             .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn mark_credential_used(&self, id: &str, at: i64) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query::<B::Db>(
@@ -102,6 +105,7 @@ impl<B: Backend> CredentialStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn put_metrics_token(
         &self,
         digest: &keyflow_core::KeyDigest,
@@ -131,6 +135,7 @@ impl<B: Backend> CredentialStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn metrics_token(
         &self,
         digest: &keyflow_core::KeyDigest,
@@ -144,6 +149,7 @@ impl<B: Backend> CredentialStore for B {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn put_metrics_credential(
         &self,
         c: &MetricsCredential,
@@ -176,6 +182,7 @@ impl<B: Backend> CredentialStore for B {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn update_metrics_credential(
         &self,
         project_id: &str,

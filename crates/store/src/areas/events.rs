@@ -29,10 +29,13 @@ pub trait EventStore: Send + Sync {
         filter: &EventFilter,
         page: &Page,
     ) -> StoreResult<Vec<Event>>;
+    /// The sizes and durations of this instance's event group commits.
+    fn group_commit_stats(&self) -> &crate::ingest_queue::GroupCommitStats;
 }
 
 #[async_trait]
 impl<B: Backend> EventStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ingest_events(
         &self,
         project_id: &str,
@@ -42,6 +45,11 @@ impl<B: Backend> EventStore for B {
         self.ingest(project_id, events, now).await
     }
 
+    fn group_commit_stats(&self) -> &crate::ingest_queue::GroupCommitStats {
+        B::group_commit_stats(self)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_events(
         &self,
         project_id: &str,

@@ -100,6 +100,7 @@ async fn write_key<DB: Db>(tx: &mut DB::Connection, k: &ApiKey) -> StoreResult<(
 
 #[async_trait]
 impl<B: Backend> KeyStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn insert_api_key(&self, key: &ApiKey, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         write_key::<B::Db>(&mut tx, key).await?;
@@ -107,6 +108,7 @@ impl<B: Backend> KeyStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_api_key(&self, project_id: &str, id: &str) -> StoreResult<Option<ApiKey>> {
         let mut conn = self.pool().acquire().await?;
         let sql =
@@ -119,6 +121,7 @@ impl<B: Backend> KeyStore for B {
         row.map(KeyRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn find_key_for_auth(&self, digest: &KeyDigest) -> StoreResult<Option<AuthKey>> {
         if let Some(direct) = self.read_key_for_auth(digest) {
             return direct;
@@ -135,6 +138,7 @@ impl<B: Backend> KeyStore for B {
         row.map(AuthKeyRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_api_keys(
         &self,
         project_id: &str,
@@ -157,6 +161,7 @@ impl<B: Backend> KeyStore for B {
         rows.into_iter().map(KeyRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn count_active_keys(&self, workspace_id: &str, now: UnixMillis) -> StoreResult<i64> {
         let mut conn = self.pool().acquire().await?;
         let (count,): (i64,) = sqlx::query::<B::Db>(
@@ -171,6 +176,7 @@ impl<B: Backend> KeyStore for B {
         Ok(count)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn update_api_key_settings(
         &self,
         project_id: &str,
@@ -202,6 +208,7 @@ impl<B: Backend> KeyStore for B {
         commit_if::<B::Db>(tx, changed == 1, audit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn revoke_api_key(
         &self,
         project_id: &str,
@@ -222,6 +229,7 @@ impl<B: Backend> KeyStore for B {
         commit_if::<B::Db>(tx, changed == 1, audit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn roll_api_key(
         &self,
         project_id: &str,
@@ -249,6 +257,7 @@ impl<B: Backend> KeyStore for B {
         commit_if::<B::Db>(tx, changed == 1, audit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn record_key_usage(&self, usage: &[KeyUsage]) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         for chunk in usage.chunks(USAGE_CHUNK) {
@@ -262,6 +271,7 @@ impl<B: Backend> KeyStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn add_daily_usage(&self, rows: &[(String, DailyUsage)]) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         for (key_id, u) in rows {
@@ -283,6 +293,7 @@ impl<B: Backend> KeyStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn daily_usage(&self, key_id: &str, since_day: i64) -> StoreResult<Vec<DailyUsage>> {
         let mut conn = self.pool().acquire().await?;
         let rows: Vec<DailyUsageRow> = sqlx::query::<B::Db>(

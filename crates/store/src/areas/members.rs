@@ -50,6 +50,7 @@ pub trait MemberStore: Send + Sync {
 
 #[async_trait]
 impl<B: Backend> MemberStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_operator(
         &self,
         op: &Operator,
@@ -84,6 +85,7 @@ impl<B: Backend> MemberStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn find_operator_by_email(&self, email: &str) -> StoreResult<Option<Operator>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!("SELECT {OPERATOR_COLUMNS} FROM operators WHERE email = $1");
@@ -94,6 +96,7 @@ impl<B: Backend> MemberStore for B {
         Ok(row.map(Operator::from))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_operator(&self, id: &str) -> StoreResult<Option<Operator>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!("SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = $1");
@@ -104,6 +107,7 @@ impl<B: Backend> MemberStore for B {
         Ok(row.map(Operator::from))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn count_operators(&self) -> StoreResult<i64> {
         let mut conn = self.pool().acquire().await?;
         let (count,): (i64,) = sqlx::query::<B::Db>("SELECT COUNT(*) FROM operators")
@@ -112,6 +116,7 @@ impl<B: Backend> MemberStore for B {
         Ok(count)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_membership(
         &self,
         workspace_id: &str,
@@ -129,6 +134,7 @@ impl<B: Backend> MemberStore for B {
         row.map(MembershipRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_memberships(&self, operator_id: &str) -> StoreResult<Vec<Membership>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!(
@@ -141,6 +147,7 @@ impl<B: Backend> MemberStore for B {
         rows.into_iter().map(MembershipRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_members(&self, workspace_id: &str) -> StoreResult<Vec<(Operator, Membership)>> {
         let mut conn = self.pool().acquire().await?;
         let rows: Vec<MemberRow> = sqlx::query::<B::Db>(
@@ -155,6 +162,7 @@ impl<B: Backend> MemberStore for B {
         rows.into_iter().map(MemberRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn set_member_role(
         &self,
         workspace_id: &str,
@@ -179,6 +187,7 @@ impl<B: Backend> MemberStore for B {
         commit_if::<B::Db>(tx, changed == 1, audit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn remove_member(
         &self,
         workspace_id: &str,

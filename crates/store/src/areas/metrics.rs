@@ -203,6 +203,7 @@ fn compact_sql(table: &str, bucket: &str) -> String {
 
 #[async_trait]
 impl<B: Backend> MetricsStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn event_counts(
         &self,
         project_id: &str,
@@ -227,6 +228,7 @@ impl<B: Backend> MetricsStore for B {
         Ok(series(buckets, hours))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn unique_contacts(
         &self,
         project_id: &str,
@@ -247,6 +249,7 @@ impl<B: Backend> MetricsStore for B {
         Ok(series(buckets, days))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn contacts_created(
         &self,
         project_id: &str,
@@ -267,6 +270,7 @@ impl<B: Backend> MetricsStore for B {
         Ok(series(buckets, counts))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn top_events(&self, project_id: &str, buckets: Buckets) -> StoreResult<Vec<NamedPoint>> {
         let mut conn = self.pool().acquire().await?;
         let hours: Vec<(i64, String, i64)> = sqlx::query::<B::Db>(
@@ -281,6 +285,7 @@ impl<B: Backend> MetricsStore for B {
         Ok(top(buckets, hours))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn compact_rollups(&self, now: UnixMillis) -> StoreResult<u64> {
         if B::Db::NAME == "sqlite" {
             return Ok(0);
@@ -302,6 +307,7 @@ impl<B: Backend> MetricsStore for B {
         Ok(folded)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn event_totals(
         &self,
         project_id: &str,

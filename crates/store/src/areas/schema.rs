@@ -25,6 +25,7 @@ impl<B: Backend> SchemaStore for B {
         B::Db::NAME
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn migrate(&self) -> StoreResult<Vec<String>> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>(
@@ -68,6 +69,7 @@ impl<B: Backend> SchemaStore for B {
         Ok(names)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ping(&self) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>("SELECT 1").run(&mut conn).await?;

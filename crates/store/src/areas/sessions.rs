@@ -38,6 +38,7 @@ const FORM_NONCE_MS: i64 = 24 * 3_600_000;
 
 #[async_trait]
 impl<B: Backend> SessionStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_session(&self, session: &Session, audit: &[AuditEntry]) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let sql = format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)");
@@ -55,6 +56,7 @@ impl<B: Backend> SessionStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id_hash = $1");
@@ -65,6 +67,7 @@ impl<B: Backend> SessionStore for B {
         Ok(row.map(Session::from))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn touch_session(&self, id_hash: &str, at: UnixMillis) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>("UPDATE sessions SET last_seen_at = $1 WHERE id_hash = $2")
@@ -75,6 +78,7 @@ impl<B: Backend> SessionStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn claim_form(&self, nonce: &str, now: UnixMillis) -> StoreResult<FormClaim> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>("DELETE FROM form_nonces WHERE created_at < $1")
@@ -102,6 +106,7 @@ impl<B: Backend> SessionStore for B {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn finish_form(&self, nonce: &str, result_id: Option<&str>) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         match result_id {
@@ -122,6 +127,7 @@ impl<B: Backend> SessionStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn delete_session(&self, id_hash: &str) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>("DELETE FROM sessions WHERE id_hash = $1")

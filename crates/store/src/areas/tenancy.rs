@@ -41,6 +41,7 @@ pub trait TenancyStore: Send + Sync {
 
 #[async_trait]
 impl<B: Backend> TenancyStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_workspace(&self, w: &Workspace) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>(
@@ -56,6 +57,7 @@ impl<B: Backend> TenancyStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>> {
         let mut conn = self.pool().acquire().await?;
         let row: Option<WorkspaceRow> =
@@ -66,6 +68,7 @@ impl<B: Backend> TenancyStore for B {
         row.map(WorkspaceRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_workspaces(&self, page: &Page) -> StoreResult<Vec<Workspace>> {
         let mut conn = self.pool().acquire().await?;
         let rows: Vec<WorkspaceRow> = sqlx::query::<B::Db>(
@@ -79,6 +82,7 @@ impl<B: Backend> TenancyStore for B {
         rows.into_iter().map(WorkspaceRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn set_workspace_plan(
         &self,
         id: &str,
@@ -104,6 +108,7 @@ impl<B: Backend> TenancyStore for B {
         Ok(Some(parse_plan(&previous)?))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_project(&self, p: &Project) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         sqlx::query::<B::Db>(
@@ -121,6 +126,7 @@ impl<B: Backend> TenancyStore for B {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_project(&self, id: &str) -> StoreResult<Option<Project>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1");
@@ -131,6 +137,7 @@ impl<B: Backend> TenancyStore for B {
         row.map(ProjectRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_projects(&self, workspace_id: &str) -> StoreResult<Vec<Project>> {
         let mut conn = self.pool().acquire().await?;
         let sql =
@@ -142,6 +149,7 @@ impl<B: Backend> TenancyStore for B {
         rows.into_iter().map(ProjectRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn project_settings(&self, project_id: &str) -> StoreResult<ProjectSettings> {
         let mut conn = self.pool().acquire().await?;
         let row: Option<ProjectSettingsRow> = sqlx::query::<B::Db>(
@@ -157,6 +165,7 @@ impl<B: Backend> TenancyStore for B {
         )
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn set_project_settings(
         &self,
         project_id: &str,

@@ -76,6 +76,19 @@ pub struct RunAttempt {
     pub error: Option<String>,
 }
 
+/// The job queue at one moment, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JobQueueStats {
+    /// Every job, due or not (a run's `wait` keeps its job until then).
+    pub queued: i64,
+    /// Jobs due now that no worker holds.
+    pub due: i64,
+    /// Jobs a worker holds under a live lease.
+    pub running: i64,
+    /// When the longest-waiting due job became due.
+    pub oldest_due_at: Option<UnixMillis>,
+}
+
 /// A claimed job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
@@ -160,6 +173,8 @@ pub trait WorkflowRunStore: Send + Sync {
     ) -> StoreResult<Vec<Job>>;
     /// When the next job is due (to sleep until then), if any.
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>>;
+    /// How many jobs wait, are due or are held, and the oldest due one.
+    async fn job_queue_stats(&self, now: UnixMillis) -> StoreResult<JobQueueStats>;
     /// Wakes the worker when a commit queued jobs (this process's on
     /// SQLite; any instance's on PostgreSQL).
     fn job_signals(&self) -> crate::JobSignals;
@@ -485,6 +500,7 @@ async fn unschedule<DB: crate::backend::Db>(
 
 #[async_trait]
 impl<B: Backend> WorkflowRunStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn start_run(
         &self,
         run: &WorkflowRun,
@@ -587,6 +603,7 @@ impl<B: Backend> WorkflowRunStore for B {
         Ok(StartOutcome::Started)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn claim_jobs(
         &self,
         worker: &str,
@@ -639,6 +656,7 @@ impl<B: Backend> WorkflowRunStore for B {
         B::job_signals(self)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>> {
         let mut conn = self.pool().acquire().await?;
         // Two reads an index answers (`jobs_due`, `jobs_leases`): the first
@@ -659,6 +677,32 @@ impl<B: Backend> WorkflowRunStore for B {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn job_queue_stats(&self, now: UnixMillis) -> StoreResult<JobQueueStats> {
+        let mut conn = self.pool().acquire().await?;
+        // One pass over the queue, at scrape time only.
+        let (queued, due, running, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) =
+            sqlx::query::<B::Db>(
+                "SELECT COUNT(*), \
+                 SUM(CASE WHEN run_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
+                     THEN 1 ELSE 0 END), \
+                 SUM(CASE WHEN locked_until > $1 THEN 1 ELSE 0 END), \
+                 MIN(CASE WHEN run_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
+                     THEN run_at END) \
+                 FROM jobs",
+            )
+            .arg(now)
+            .one(&mut conn)
+            .await?;
+        Ok(JobQueueStats {
+            queued,
+            due: due.unwrap_or(0),
+            running: running.unwrap_or(0),
+            oldest_due_at: oldest,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn save_progress(
         &self,
         job: &Job,
@@ -708,6 +752,7 @@ impl<B: Backend> WorkflowRunStore for B {
         Ok(true)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn release_job(&self, job: &Job, worker: &str, at: UnixMillis) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query::<B::Db>(
@@ -722,6 +767,7 @@ impl<B: Backend> WorkflowRunStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn drop_job(&self, job: &Job, worker: &str) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query::<B::Db>("DELETE FROM jobs WHERE id = $1 AND locked_by = $2")
@@ -732,6 +778,7 @@ impl<B: Backend> WorkflowRunStore for B {
         tx.commit().await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn workflow_run(&self, project_id: &str, id: &str) -> StoreResult<Option<WorkflowRun>> {
         let mut conn = self.pool().acquire().await?;
         let sql =
@@ -744,6 +791,7 @@ impl<B: Backend> WorkflowRunStore for B {
         row.map(RunRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run_steps(&self, run_id: &str) -> StoreResult<(Vec<RunStep>, Vec<RunAttempt>)> {
         let mut conn = self.pool().acquire().await?;
         let steps: Vec<StepRow> = sqlx::query::<B::Db>(
@@ -788,6 +836,7 @@ impl<B: Backend> WorkflowRunStore for B {
         ))
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn workflow_runs(
         &self,
         workflow_id: &str,
@@ -811,6 +860,7 @@ impl<B: Backend> WorkflowRunStore for B {
         rows.into_iter().map(RunRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn cancel_run(
         &self,
         run: &WorkflowRun,
@@ -841,6 +891,7 @@ impl<B: Backend> WorkflowRunStore for B {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn cancel_workflow_runs(&self, workflow_id: &str, now: UnixMillis) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
         sqlx::query::<B::Db>(
@@ -863,6 +914,7 @@ impl<B: Backend> WorkflowRunStore for B {
         Ok(cancelled)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn retry_run(
         &self,
         run: &WorkflowRun,
@@ -887,6 +939,7 @@ impl<B: Backend> WorkflowRunStore for B {
         Ok(resumed)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run_by_idempotency_key(
         &self,
         workflow_id: &str,
@@ -904,6 +957,7 @@ impl<B: Backend> WorkflowRunStore for B {
         row.map(RunRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run_counts_since(
         &self,
         project_id: &str,
@@ -920,6 +974,7 @@ impl<B: Backend> WorkflowRunStore for B {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn trigger_event(
         &self,
         project_id: &str,
@@ -935,6 +990,7 @@ impl<B: Backend> WorkflowRunStore for B {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn purge_runs(&self, before: UnixMillis, now: UnixMillis) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
         let old = "SELECT id FROM workflow_runs WHERE finished_at < $1";

@@ -185,6 +185,7 @@ async fn sync_event_trigger<DB: crate::backend::Db>(
 
 #[async_trait]
 impl<B: Backend> WorkflowStore for B {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn create_workflow(&self, workflow: &Workflow, audit: &AuditEntry) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let (previous, until) = workflow.previous_signing_secret.clone().unzip();
@@ -213,6 +214,7 @@ impl<B: Backend> WorkflowStore for B {
         commit_if::<B::Db>(tx, true, audit).await.map(|_| ())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn workflow(&self, project_id: &str, id: &str) -> StoreResult<Option<Workflow>> {
         let mut conn = self.pool().acquire().await?;
         let sql =
@@ -225,6 +227,7 @@ impl<B: Backend> WorkflowStore for B {
         row.map(WorkflowRow::into_model).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn workflows(&self, project_id: &str, page: &Page) -> StoreResult<Vec<Workflow>> {
         let mut conn = self.pool().acquire().await?;
         let sql = format!(
@@ -240,6 +243,7 @@ impl<B: Backend> WorkflowStore for B {
         rows.into_iter().map(WorkflowRow::into_model).collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn workflow_version(
         &self,
         workflow_id: &str,
@@ -263,6 +267,7 @@ impl<B: Backend> WorkflowStore for B {
         .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn update_workflow(&self, workflow: &Workflow, audit: &AuditEntry) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
         let (previous, until) = workflow.previous_signing_secret.clone().unzip();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::ingest_queue::{IngestJob, fail_all, submit};
+use crate::ingest_queue::{GroupCommitStats, IngestJob, fail_all, submit};
 
 mod lookups;
 mod tenant_sql;
@@ -22,6 +22,7 @@ pub struct PostgresStore {
     tenant_sql: tenant_sql::TenantSql,
     /// Events waiting for a group commit (see `run_committer`).
     ingest_queue: mpsc::Sender<IngestJob>,
+    group_commits: Arc<GroupCommitStats>,
 }
 
 /// Group commits running at once: each holds one pooled connection, so the
@@ -178,13 +179,19 @@ impl PostgresStore {
             .await?;
         let (ingest_queue, jobs) = mpsc::channel(4096);
         let jobs = Arc::new(Mutex::new(jobs));
+        let group_commits = Arc::new(GroupCommitStats::default());
         for _ in 0..COMMITTERS {
-            tokio::spawn(run_committer(pool.clone(), jobs.clone()));
+            tokio::spawn(run_committer(
+                pool.clone(),
+                jobs.clone(),
+                group_commits.clone(),
+            ));
         }
         Ok(Self {
             tenant_sql: tenant_sql::TenantSql::new(pool.clone(), url),
             pool,
             ingest_queue,
+            group_commits,
         })
     }
 }
@@ -225,6 +232,7 @@ impl crate::tenant_sql::TenantSqlStore for PostgresStore {
         crate::tenant_sql::Dialect::Postgres
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run_tenant_query(
         &self,
         project_id: &str,
@@ -292,6 +300,10 @@ impl Backend for PostgresStore {
         crate::JobSignals::listen(self.pool.clone())
     }
 
+    fn group_commit_stats(&self) -> &GroupCommitStats {
+        &self.group_commits
+    }
+
     /// Every request's events go to the group commit (`run_committer`),
     /// which stores many requests' events per transaction and answers each
     /// after the commit. PostgreSQL's row locks and `ON CONFLICT` keep
@@ -315,9 +327,13 @@ impl Backend for PostgresStore {
 /// retried alone so only a job that cannot be stored fails (a refused
 /// contact id, a deadlock with another committer). Ends when the store is
 /// dropped.
-async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<IngestJob>>>) {
+async fn run_committer(
+    pool: sqlx::PgPool,
+    jobs: Arc<Mutex<mpsc::Receiver<IngestJob>>>,
+    stats: Arc<GroupCommitStats>,
+) {
     loop {
-        let batch = {
+        let (batch, rows) = {
             let mut jobs = jobs.lock().await;
             let Some(first) = jobs.recv().await else {
                 return;
@@ -333,9 +349,11 @@ async fn run_committer(pool: sqlx::PgPool, jobs: Arc<Mutex<mpsc::Receiver<Ingest
                     Err(_) => break,
                 }
             }
-            batch
+            (batch, rows)
         };
+        let committing = std::time::Instant::now();
         commit_jobs(&pool, batch).await;
+        stats.record(rows, committing);
     }
 }
 

@@ -38,6 +38,7 @@ pub struct SqliteStore {
     tenant_sql: Option<Arc<tenant_sql::TenantSql>>,
     /// Whether the write that commits next queued workflow jobs.
     queued_jobs: Arc<crate::job_signals::QueuedJobs>,
+    group_commits: Arc<ingest_queue::GroupCommitStats>,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -214,15 +215,17 @@ impl SqliteStore {
         let reader = on_disk.then(|| reader::Reader::new(path.clone()));
         let tenant_sql = on_disk.then(|| Arc::new(tenant_sql::TenantSql::new(path.clone())));
         let direct = on_disk.then(|| direct::DirectWriter::new(path, queued_jobs.clone()));
-        let (runtime, writer_pool, turn, queued) = (
-            tokio::runtime::Handle::current(),
-            pool.clone(),
-            write_turn.clone(),
-            queued_jobs.clone(),
-        );
+        let group_commits = Arc::new(ingest_queue::GroupCommitStats::default());
+        let writer = writer::Writer {
+            runtime: tokio::runtime::Handle::current(),
+            pool: pool.clone(),
+            write_turn: write_turn.clone(),
+            queued_jobs: queued_jobs.clone(),
+            stats: group_commits.clone(),
+        };
         std::thread::Builder::new()
             .name("keyflow-sqlite-writer".into())
-            .spawn(move || writer::run_writer(runtime, writer_pool, turn, direct, jobs, queued))
+            .spawn(move || writer.run(direct, jobs))
             .map_err(|e| {
                 crate::StoreError::Config(format!("cannot start the SQLite writer thread: {e}"))
             })?;
@@ -233,6 +236,7 @@ impl SqliteStore {
             reader,
             tenant_sql,
             queued_jobs,
+            group_commits,
         })
     }
 }
@@ -295,6 +299,10 @@ impl Backend for SqliteStore {
         crate::JobSignals::local(&self.queued_jobs)
     }
 
+    fn group_commit_stats(&self) -> &ingest_queue::GroupCommitStats {
+        &self.group_commits
+    }
+
     /// Hands the events to the writer task and waits for their commit.
     async fn ingest(
         &self,
@@ -341,6 +349,7 @@ impl crate::tenant_sql::TenantSqlStore for SqliteStore {
     }
 
     /// On a blocking thread: SQLite works on the caller's thread.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn run_tenant_query(
         &self,
         project_id: &str,

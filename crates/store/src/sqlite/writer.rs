@@ -17,7 +17,7 @@ use crate::ingest_queue::{self, IngestJob};
 const MAX_JOBS_PER_COMMIT: usize = 512;
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
 /// How long the writer may wait for more jobs when clients write
-/// concurrently, in steps of `COMMIT_STEP` (see `run_writer`). Chosen by
+/// concurrently, in steps of `COMMIT_STEP` (see `Writer::run`). Chosen by
 /// measurement (docs/benchmarks.md): one fixed 200 µs wait left the CPU idle
 /// while every client was already waiting; no wait commits ~10 jobs at a time.
 const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(400);
@@ -32,94 +32,111 @@ const COMMIT_STEP: std::time::Duration = std::time::Duration::from_micros(50);
 /// connection ([`direct`]): no round trip to a sqlx worker thread. In-memory
 /// databases (tests) go through sqlx, driven from here with the runtime's
 /// handle. Both hold the store's write turn, so other write transactions
-/// queue fairly.
-pub(super) fn run_writer(
-    runtime: tokio::runtime::Handle,
-    pool: sqlx::SqlitePool,
-    write_turn: Arc<tokio::sync::Mutex<()>>,
-    mut direct: Option<direct::DirectWriter>,
-    mut jobs: mpsc::Receiver<IngestJob>,
-    queued_jobs: Arc<crate::job_signals::QueuedJobs>,
-) {
-    let mut conn: Option<PoolConnection<Sqlite>> = None;
-    // Jobs in the previous commit: more than one means clients are writing
-    // concurrently, and waiting a moment lets more of them share the commit.
-    let mut previous_jobs = 0;
-    while let Some(first) = jobs.blocking_recv() {
-        let mut count = first.events.len();
-        let mut batch = vec![first];
-        take_waiting(&mut jobs, &mut batch, &mut count);
-        if batch.len() > 1 || previous_jobs > 1 {
-            // Group commit (PostgreSQL's commit_delay): every commit costs
-            // the same page writes and fsync whatever its size, so while
-            // clients write concurrently the writer waits in short steps
-            // for as long as jobs keep coming (up to COMMIT_DELAY): fewer,
-            // larger commits leave the CPU to the requests. It commits as
-            // soon as a step brings nothing; a lone client waits at most one
-            // step, just after a busy period.
-            let started = std::time::Instant::now();
-            while batch.len() < MAX_JOBS_PER_COMMIT
-                && count < MAX_EVENTS_PER_COMMIT
-                && started.elapsed() < COMMIT_DELAY
-            {
-                std::thread::sleep(COMMIT_STEP);
-                let before = batch.len();
-                take_waiting(&mut jobs, &mut batch, &mut count);
-                if batch.len() == before {
-                    break;
+/// queue fairly. Each commit's size and duration go to `stats` (`/metrics`).
+pub(super) struct Writer {
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) pool: sqlx::SqlitePool,
+    pub(super) write_turn: Arc<tokio::sync::Mutex<()>>,
+    pub(super) queued_jobs: Arc<crate::job_signals::QueuedJobs>,
+    pub(super) stats: Arc<crate::ingest_queue::GroupCommitStats>,
+}
+
+impl Writer {
+    pub(super) fn run(
+        self,
+        mut direct: Option<direct::DirectWriter>,
+        mut jobs: mpsc::Receiver<IngestJob>,
+    ) {
+        let Writer {
+            runtime,
+            pool,
+            write_turn,
+            queued_jobs,
+            stats,
+        } = self;
+        let mut conn: Option<PoolConnection<Sqlite>> = None;
+        // Jobs in the previous commit: more than one means clients are writing
+        // concurrently, and waiting a moment lets more of them share the commit.
+        let mut previous_jobs = 0;
+        while let Some(first) = jobs.blocking_recv() {
+            let mut count = first.events.len();
+            let mut batch = vec![first];
+            take_waiting(&mut jobs, &mut batch, &mut count);
+            if batch.len() > 1 || previous_jobs > 1 {
+                // Group commit (PostgreSQL's commit_delay): every commit costs
+                // the same page writes and fsync whatever its size, so while
+                // clients write concurrently the writer waits in short steps
+                // for as long as jobs keep coming (up to COMMIT_DELAY): fewer,
+                // larger commits leave the CPU to the requests. It commits as
+                // soon as a step brings nothing; a lone client waits at most one
+                // step, just after a busy period.
+                let started = std::time::Instant::now();
+                while batch.len() < MAX_JOBS_PER_COMMIT
+                    && count < MAX_EVENTS_PER_COMMIT
+                    && started.elapsed() < COMMIT_DELAY
+                {
+                    std::thread::sleep(COMMIT_STEP);
+                    let before = batch.len();
+                    take_waiting(&mut jobs, &mut batch, &mut count);
+                    if batch.len() == before {
+                        break;
+                    }
                 }
             }
-        }
-        previous_jobs = batch.len();
-        let turn = write_turn.blocking_lock();
-        let lookups = batch.iter().any(|job| {
-            job.events
-                .iter()
-                .any(crate::columns::EventRow::needs_lookups)
-        });
-        if let Some(direct) = direct.as_mut() {
-            let committed = if lookups {
-                direct.commit_with_lookups(batch)
-            } else {
-                direct.commit(batch)
-            };
-            if let Err(e) = committed {
-                tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
-                direct.reset();
-            } else if lookups {
-                // Only events naming a contact add notes, and only they
-                // need lookups: anonymous batches skip the check.
-                direct.move_contact_notes_if_due();
+            previous_jobs = batch.len();
+            let turn = write_turn.blocking_lock();
+            let committing = std::time::Instant::now();
+            let lookups = batch.iter().any(|job| {
+                job.events
+                    .iter()
+                    .any(crate::columns::EventRow::needs_lookups)
+            });
+            if let Some(direct) = direct.as_mut() {
+                let committed = if lookups {
+                    direct.commit_with_lookups(batch)
+                } else {
+                    direct.commit(batch)
+                };
+                if let Err(e) = committed {
+                    tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
+                    direct.reset();
+                } else if lookups {
+                    // Only events naming a contact add notes, and only they
+                    // need lookups: anonymous batches skip the check.
+                    direct.move_contact_notes_if_due();
+                }
+                stats.record(count, committing);
+                // Still holding the write turn: the flag is this batch's.
+                queued_jobs.committed();
+                drop(turn);
+                continue;
             }
-            // Still holding the write turn: the flag is this batch's.
+            conn = runtime.block_on(async {
+                let connection = match conn.take() {
+                    Some(c) => c,
+                    None => match pool.acquire().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            fail_all(batch, &e.to_string());
+                            return None;
+                        }
+                    },
+                };
+                commit_batch(connection, batch, lookups).await
+            });
+            stats.record(count, committing);
             queued_jobs.committed();
             drop(turn);
-            continue;
         }
-        conn = runtime.block_on(async {
-            let connection = match conn.take() {
-                Some(c) => c,
-                None => match pool.acquire().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        fail_all(batch, &e.to_string());
-                        return None;
-                    }
-                },
-            };
-            commit_batch(connection, batch, lookups).await
-        });
-        queued_jobs.committed();
-        drop(turn);
+        // The queue closed (shutdown). A pooled connection goes back to its pool
+        // through the runtime when dropped: drop it, and the pool, inside the
+        // runtime's context, never on this bare thread (that panicked with "this
+        // functionality requires a Tokio context" on every SIGTERM after an
+        // identified event).
+        let _context = runtime.enter();
+        drop(conn);
+        drop(pool);
     }
-    // The queue closed (shutdown). A pooled connection goes back to its pool
-    // through the runtime when dropped: drop it, and the pool, inside the
-    // runtime's context, never on this bare thread (that panicked with "this
-    // functionality requires a Tokio context" on every SIGTERM after an
-    // identified event).
-    let _context = runtime.enter();
-    drop(conn);
-    drop(pool);
 }
 
 /// Moves every queued job into `batch`, up to the per-commit bounds.
