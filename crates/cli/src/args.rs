@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use keyflow_server::ConfigOverrides;
 use keyflow_server::config::Secret;
 
+/// The heading of the options every command takes, listed after its own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Parser)]
 #[command(
     name = "keyflow",
@@ -18,20 +21,21 @@ pub struct Cli {
         long,
         global = true,
         env = "KEYFLOW_DATABASE_URL",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = GLOBAL
     )]
     pub database_url: Option<String>,
     /// Read the database URL from a file (for URLs with passwords)
-    #[arg(long, global = true, env = "KEYFLOW_DATABASE_URL_FILE")]
+    #[arg(long, global = true, env = "KEYFLOW_DATABASE_URL_FILE", help_heading = GLOBAL)]
     pub database_url_file: Option<PathBuf>,
     /// Where the embedded SQLite database lives
-    #[arg(long, global = true, env = "KEYFLOW_DATA_DIR")]
+    #[arg(long, global = true, env = "KEYFLOW_DATA_DIR", help_heading = GLOBAL)]
     pub data_dir: Option<PathBuf>,
     /// TOML configuration file (below environment and flags in precedence)
-    #[arg(long, global = true, env = "KEYFLOW_CONFIG")]
+    #[arg(long, global = true, env = "KEYFLOW_CONFIG", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
-    /// Print results as JSON
-    #[arg(long, global = true)]
+    /// Print results, and errors, as JSON (one object on standard output)
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -58,6 +62,9 @@ pub enum Command {
     /// Apply database migrations; with --to, copy this (SQLite) database
     /// into an empty PostgreSQL database
     Migrate(MigrateArgs),
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Write a consistent copy of the embedded SQLite database to FILE, safe
     /// while the server runs (PostgreSQL: use pg_dump)
     Backup {
@@ -121,19 +128,32 @@ pub struct ServeArgs {
     pub workflow_run_retention_days: Option<u64>,
 }
 
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration `serve` would use, each value with
+    /// its source (default, file, env or flag), secrets hidden; exits 1 when
+    /// a value is invalid. Takes the same options as `serve`.
+    Check(ServeArgs),
+}
+
 #[derive(Args)]
 pub struct InitArgs {
+    /// The owner's email address (their dashboard sign-in)
     #[arg(long)]
     pub email: String,
     /// File holding the owner's password
     #[arg(long)]
     pub password_file: PathBuf,
+    /// The workspace's name
     #[arg(long)]
     pub workspace: String,
+    /// The first project's name
     #[arg(long)]
     pub project: String,
+    /// The project's environment: live or test (keys say sk_live_ / sk_test_)
     #[arg(long, default_value = "live")]
     pub environment: String,
+    /// The workspace's plan: free, pro or team (the API needs pro or team)
     #[arg(long, default_value = "free")]
     pub plan: String,
 }
@@ -142,8 +162,10 @@ pub struct InitArgs {
 pub enum KeysCommand {
     /// Create an API key and print it once
     Create {
+        /// The project the key belongs to (its id)
         #[arg(long)]
         project: String,
+        /// A name for people (shown in lists and the activity log)
         #[arg(long)]
         name: String,
         /// secret, client or read_only
@@ -166,6 +188,7 @@ pub enum KeysCommand {
     },
     /// List a project's API keys, newest first (never a secret)
     List {
+        /// The project whose keys to list (its id)
         #[arg(long)]
         project: String,
         /// Also list revoked keys
@@ -207,8 +230,10 @@ pub enum ContactsCommand {
 /// `next_cursor` the previous page printed).
 #[derive(Args)]
 pub struct PageArgs {
+    /// How many to list (1-1000)
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+    /// Continue after this point: the next_cursor the previous page printed
     #[arg(long)]
     pub cursor: Option<String>,
 }
@@ -217,6 +242,7 @@ pub struct PageArgs {
 pub enum ProjectsCommand {
     /// List a workspace's projects
     List {
+        /// The workspace whose projects to list (its id)
         #[arg(long)]
         workspace: String,
     },
@@ -226,8 +252,10 @@ pub enum ProjectsCommand {
 pub enum WorkspaceCommand {
     /// Change a workspace's plan (free, pro, team)
     Plan {
+        /// The workspace to change (its id)
         #[arg(long)]
         workspace: String,
+        /// The new plan: free, pro or team
         plan: String,
     },
     /// List the instance's workspaces, newest first
@@ -264,6 +292,29 @@ impl FlagSources {
     }
 }
 
+/// The option keys whose value came from an environment variable (clap
+/// reads both; `config check` tells them apart).
+pub fn env_sourced(matches: &clap::ArgMatches) -> Vec<&'static str> {
+    use clap::parser::ValueSource;
+    let mut found = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for id in m.ids() {
+            if m.value_source(id.as_str()) == Some(ValueSource::EnvVariable)
+                && let Some(option) = keyflow_server::config::OPTIONS
+                    .iter()
+                    .find(|o| o.key == id.as_str())
+            {
+                found.push(option.key);
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    // Read by hand, not by clap (see `serve_overrides`).
+    found.push("admin_token");
+    found
+}
+
 pub fn overrides(cli: &Cli) -> ConfigOverrides {
     ConfigOverrides {
         config_file: cli.config.clone(),
@@ -281,4 +332,63 @@ pub struct MigrateArgs {
     /// change
     #[arg(long, value_name = "POSTGRES_URL")]
     pub to: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use keyflow_server::config::OPTIONS;
+
+    /// Every flag `serve` (and `config check`) takes is in the options
+    /// table, with the same environment variable; every flag and variable
+    /// the table names exists.
+    #[test]
+    fn serve_flags_and_the_options_table_agree() {
+        let cli = super::Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let mut seen = Vec::new();
+        for arg in cli.get_arguments().chain(serve.get_arguments()) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "json" {
+                continue; // output format, not configuration
+            }
+            let flag = format!("--{long}");
+            let option = OPTIONS
+                .iter()
+                .find(|o| o.flag == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("{flag} is not in config::OPTIONS"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                option.env,
+                "{flag}'s environment variable"
+            );
+            assert!(arg.get_help().is_some(), "{flag} has no help line");
+            seen.push(option.key);
+        }
+        for option in OPTIONS.iter().filter(|o| o.flag.is_some()) {
+            assert!(seen.contains(&option.key), "{} has no flag", option.key);
+        }
+    }
+
+    /// Every argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path}: no about"));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "keyflow", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }

@@ -21,7 +21,7 @@ use keyflow_store::{Actor, Store};
 use serde_json::{Value, json};
 
 use crate::args::{
-    Cli, Command, ContactsCommand, FlagSources, KeysCommand, MigrateArgs, PageArgs,
+    Cli, Command, ConfigCommand, ContactsCommand, FlagSources, KeysCommand, MigrateArgs, PageArgs,
     ProjectsCommand, WorkspaceCommand, overrides,
 };
 use crate::database::{
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let sources = FlagSources::of(&matches);
+    let env_from = args::env_sourced(&matches);
     let json_output = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, sources)) {
+    match runtime.block_on(run(cli, sources, env_from)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             failure.print(json_output);
@@ -75,7 +76,7 @@ fn print_result(
     Ok(())
 }
 
-async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
+async fn run(cli: Cli, sources: FlagSources, env_from: Vec<&'static str>) -> Result<(), Failure> {
     let mut o = overrides(&cli);
     if sources.database_url_file_flag && sources.database_url_from_env {
         // --database-url-file beats KEYFLOW_DATABASE_URL (but not --database-url, its sibling flag).
@@ -84,29 +85,33 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
     let now = SystemClock.now_ms();
     match &cli.command {
         Command::Serve(args) => {
-            o.listen = args.listen.clone();
-            o.metrics_listen = args.metrics_listen.clone();
-            o.redis_url = args.redis_url.clone().map(Secret::new);
-            o.admin_token_file = args.admin_token_file.clone();
-            // KEYFLOW_ADMIN_TOKEN (environment) yields to --admin-token-file (flag).
-            o.admin_token = std::env::var("KEYFLOW_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty() && !sources.admin_token_file_flag)
-                .map(Secret::new);
-            o.trusted_proxies = args.trusted_proxies.clone();
-            o.rate_limit = args.rate_limit.clone();
-            o.failed_auth_per_minute = args.failed_auth_per_minute;
-            o.log_format = args.log_format.clone();
-            o.request_timeout_secs = args.request_timeout_secs;
-            o.last_used_flush_secs = args.last_used_flush_secs;
-            o.header_read_timeout_secs = args.header_read_timeout_secs;
-            o.max_connections = args.max_connections;
-            o.max_connections_per_ip = args.max_connections_per_ip;
-            o.webhook_allow_private_networks = args.webhook_allow_private_networks.clone();
-            o.workflow_run_retention_days = args.workflow_run_retention_days;
-            o.shutdown_timeout_secs = args.shutdown_timeout_secs;
+            serve_overrides(&mut o, args, sources);
             let config = Config::load(&o)?;
             serve(config).await
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            serve_overrides(&mut o, args, sources);
+            o.from_env = env_from;
+            let config = Config::load(&o)?;
+            let log_filter = std::env::var("KEYFLOW_LOG").ok();
+            let lines = config.effective(log_filter.as_deref());
+            let width = lines.iter().map(|l| l.key.len()).max().unwrap_or(0);
+            let mut text = String::from("The configuration is valid. Effective values:\n");
+            for line in &lines {
+                let source = match line.from {
+                    Some(from) => format!("{} ({from})", line.source),
+                    None => line.source.to_string(),
+                };
+                text.push_str(&format!(
+                    "  {:width$}  {}  [{source}]\n",
+                    line.key, line.value
+                ));
+            }
+            text.push_str(
+                "Precedence: default < file < env < flag. Every option: docs/configuration.md.",
+            );
+            print_result(cli.json, &json!({ "valid": true, "options": lines }), &text)?;
+            Ok(())
         }
         Command::Backup { file } => {
             let config = Config::load(&o)?;
@@ -456,6 +461,36 @@ async fn run(cli: Cli, sources: FlagSources) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The values `serve` (and `config check`) take from its own flags and
+/// environment variables.
+fn serve_overrides(
+    o: &mut keyflow_server::config::ConfigOverrides,
+    args: &args::ServeArgs,
+    sources: FlagSources,
+) {
+    o.listen = args.listen.clone();
+    o.metrics_listen = args.metrics_listen.clone();
+    o.redis_url = args.redis_url.clone().map(Secret::new);
+    o.admin_token_file = args.admin_token_file.clone();
+    // KEYFLOW_ADMIN_TOKEN (environment) yields to --admin-token-file (flag).
+    o.admin_token = std::env::var("KEYFLOW_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty() && !sources.admin_token_file_flag)
+        .map(Secret::new);
+    o.trusted_proxies = args.trusted_proxies.clone();
+    o.rate_limit = args.rate_limit.clone();
+    o.failed_auth_per_minute = args.failed_auth_per_minute;
+    o.log_format = args.log_format.clone();
+    o.request_timeout_secs = args.request_timeout_secs;
+    o.last_used_flush_secs = args.last_used_flush_secs;
+    o.header_read_timeout_secs = args.header_read_timeout_secs;
+    o.max_connections = args.max_connections;
+    o.max_connections_per_ip = args.max_connections_per_ip;
+    o.webhook_allow_private_networks = args.webhook_allow_private_networks.clone();
+    o.workflow_run_retention_days = args.workflow_run_retention_days;
+    o.shutdown_timeout_secs = args.shutdown_timeout_secs;
 }
 
 fn init_logging(format: LogFormat) {

@@ -89,16 +89,61 @@ pub async fn connect(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     }
 }
 
-/// A URL with any password replaced, safe to print.
+/// A URL with any password replaced, safe to print: the one in its user
+/// info and a `password=` query parameter (which libpq also reads).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_string(),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redact_url_hides_every_password() {
+        for (url, shown) in [
+            ("postgres://u:hunter2@db/k", "postgres://u:***@db/k"),
+            ("postgres://u:p@ss@db/k", "postgres://u:***@db/k"),
+            ("postgres://u@db/k", "postgres://u@db/k"),
+            (
+                "postgres://db/k?user=u&password=hunter2&sslmode=require",
+                "postgres://db/k?user=u&password=***&sslmode=require",
+            ),
+            (
+                "redis://:hunter2@127.0.0.1:6379",
+                "redis://:***@127.0.0.1:6379",
+            ),
+            (
+                "sqlite:///var/lib/keyflow.db",
+                "sqlite:///var/lib/keyflow.db",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 }

@@ -632,6 +632,110 @@ async fn serve_prints_a_one_time_setup_link_on_an_empty_database(backend: Backen
     );
 }
 
+/// `config check` shows each value with the layer that set it (flag over
+/// env over file), hides secrets, and fails on a bad value like `serve`.
+#[test]
+fn config_check_names_each_source_and_hides_secrets() {
+    // Removed when the test ends.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keyflow.toml");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "admin-token-0123456789abcdef\n").unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:9000\"\nrate_limit = \"10/60\"\nlog_format = \"json\"\n\
+             database_url = \"postgres://u:hunter2@db/k\"\nadmin_token_file = {:?}\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |extra_env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "--config",
+                file.to_str().unwrap(),
+                "--json",
+                "config",
+                "check",
+            ])
+            .args(args)
+            .env_clear()
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = run(
+        &[
+            ("KEYFLOW_LISTEN", "127.0.0.1:9100"),
+            ("KEYFLOW_RATE_LIMIT", "30/60"),
+            ("KEYFLOW_REDIS_URL", "redis://:hunter3@127.0.0.1:6379"),
+        ],
+        &["--listen", "127.0.0.1:9200"],
+    );
+    assert!(ok, "{stderr}");
+    let value: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(value["valid"], true);
+    let line = |key: &str| {
+        value["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == key)
+            .unwrap_or_else(|| panic!("no {key}: {stdout}"))
+            .clone()
+    };
+    let listen = line("listen");
+    assert_eq!(
+        (&listen["value"], &listen["source"], &listen["from"]),
+        (&json!("127.0.0.1:9200"), &json!("flag"), &json!("--listen"))
+    );
+    let rate = line("rate_limit");
+    assert_eq!(
+        (&rate["value"], &rate["source"], &rate["from"]),
+        (&json!("30/60"), &json!("env"), &json!("KEYFLOW_RATE_LIMIT"))
+    );
+    let format = line("log_format");
+    assert_eq!(
+        (&format["value"], &format["source"]),
+        (&json!("json"), &json!("file"))
+    );
+    let admin = line("admin_token");
+    assert_eq!(
+        (&admin["source"], &admin["from"]),
+        (&json!("file"), &json!("admin_token_file"))
+    );
+    assert_eq!(line("shutdown_timeout_secs")["source"], "default");
+    assert_eq!(line("database_url")["value"], "postgres://u:***@db/k");
+    assert_eq!(line("redis_url")["value"], "redis://:***@127.0.0.1:6379");
+    for secret in ["hunter2", "hunter3", "admin-token-0123456789abcdef"] {
+        assert!(!stdout.contains(secret), "{stdout}");
+    }
+    // A bad value: exit 1, the option named, nothing printed on stdout.
+    let (ok, stdout, stderr) = run(&[("KEYFLOW_MAX_CONNECTIONS_PER_IP", "many")], &[]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("max-connections-per-ip") || stderr.contains("max_connections_per_ip"),
+        "{stderr}"
+    );
+    // With --json the refusal is the CLI's JSON error.
+    let (ok, stdout, _) = run(&[], &["--shutdown-timeout-secs", "0"]);
+    assert!(!ok);
+    let error: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutdown_timeout_secs"),
+        "{stdout}"
+    );
+}
+
 /// Commands on an existing instance refuse a database that is not there
 /// (instead of creating an empty one and reporting "no project").
 #[test]

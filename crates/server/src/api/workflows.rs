@@ -36,10 +36,10 @@ pub struct WorkflowView<'a> {
     status: &'static str,
     /// `every_time`, `one_active_run` or `once`.
     reentry: &'static str,
-    /// What starts a run (SPEC §10 "Triggers").
+    /// What starts a run (see docs/workflows.md, "Triggers").
     #[schema(value_type = Object)]
     trigger: Value,
-    /// The steps a run takes, in order (SPEC §10 "Steps"). Webhook header
+    /// The steps a run takes, in order (see docs/workflows.md, "Steps"). Webhook header
     /// values read `[redacted]` for keys without `workflows:write`.
     #[schema(value_type = Vec<Object>)]
     steps: Value,

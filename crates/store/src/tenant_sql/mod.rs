@@ -158,7 +158,7 @@ pub const RELATIONS: &[(&str, &[ColumnDoc])] = &[
     (
         "events",
         &[
-            col("id", "TEXT", "text", "the event id (evt_…)"),
+            col("id", "TEXT", "text", "the event id (a UUID)"),
             col("name", "TEXT", "text", "the event name"),
             col(
                 "contact_id",

@@ -12,6 +12,9 @@ use ipnet::IpNet;
 use keyflow_core::{Plan, RateLimit};
 use serde::Deserialize;
 
+mod options;
+pub use options::{ConfigOption, Effective, OPTIONS, Source, markdown_table};
+
 /// A secret string whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -102,6 +105,11 @@ pub struct Config {
     /// Metrics API SQL queries running at once on this instance, all
     /// projects together (each project may run two of them).
     pub max_concurrent_queries: usize,
+    /// The TOML file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Where each value not left at its default came from (option key →
+    /// source), for `keyflow config check`.
+    pub sources: Vec<(&'static str, Source)>,
 }
 
 impl Default for Config {
@@ -133,6 +141,8 @@ impl Default for Config {
             webhook_allow_private_networks: Default::default(),
             workflow_run_retention_days: 30,
             workflow_poll_ms: 1_000,
+            config_file: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -169,6 +179,9 @@ struct ConfigFile {
 #[derive(Debug, Default, Clone)]
 pub struct ConfigOverrides {
     pub config_file: Option<PathBuf>,
+    /// Which overrides came from the environment rather than a flag, by
+    /// option key (those not named here count as flags).
+    pub from_env: Vec<&'static str>,
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -282,8 +295,16 @@ impl Config {
                 message: e.to_string(),
             })?;
             config.apply_file(file)?;
+            config.config_file = Some(path.clone());
+            // The keys present (already checked by `deny_unknown_fields`).
+            if let Ok(table) = text.parse::<toml::Table>() {
+                for key in table.keys() {
+                    config.note_source(key, |o| Source::File(o.key));
+                }
+            }
         }
         config.apply_overrides(overrides)?;
+        config.note_override_sources(overrides);
         Ok(config)
     }
 
@@ -456,6 +477,69 @@ impl Config {
         Ok(())
     }
 
+    /// Records that `key` (a `_file` option counts for the value it sets)
+    /// came from `source`, replacing what a lower layer set.
+    fn note_source(&mut self, key: &str, source: impl Fn(&ConfigOption) -> Source) {
+        let Some(option) = options::find(key) else {
+            return;
+        };
+        let target = match option.key {
+            "database_url_file" => "database_url",
+            "admin_token_file" => "admin_token",
+            key => key,
+        };
+        let source = source(option);
+        self.sources.retain(|(k, _)| *k != target);
+        self.sources.push((target, source));
+    }
+
+    fn note_override_sources(&mut self, o: &ConfigOverrides) {
+        let set = [
+            ("config", o.config_file.is_some()),
+            ("listen", o.listen.is_some()),
+            ("metrics_listen", o.metrics_listen.is_some()),
+            ("data_dir", o.data_dir.is_some()),
+            ("database_url_file", o.database_url_file.is_some()),
+            ("database_url", o.database_url.is_some()),
+            ("redis_url", o.redis_url.is_some()),
+            ("trusted_proxies", o.trusted_proxies.is_some()),
+            ("admin_token_file", o.admin_token_file.is_some()),
+            ("admin_token", o.admin_token.is_some()),
+            ("rate_limit", o.rate_limit.is_some()),
+            ("failed_auth_per_minute", o.failed_auth_per_minute.is_some()),
+            ("log_format", o.log_format.is_some()),
+            ("request_timeout_secs", o.request_timeout_secs.is_some()),
+            ("last_used_flush_secs", o.last_used_flush_secs.is_some()),
+            (
+                "header_read_timeout_secs",
+                o.header_read_timeout_secs.is_some(),
+            ),
+            ("max_connections", o.max_connections.is_some()),
+            ("max_connections_per_ip", o.max_connections_per_ip.is_some()),
+            ("shutdown_timeout_secs", o.shutdown_timeout_secs.is_some()),
+            (
+                "webhook_allow_private_networks",
+                o.webhook_allow_private_networks.is_some(),
+            ),
+            (
+                "workflow_run_retention_days",
+                o.workflow_run_retention_days.is_some(),
+            ),
+        ];
+        // In `apply_overrides`' order, so the value that won is the one noted.
+        for (key, is_set) in set {
+            if is_set {
+                let env = o.from_env.contains(&key);
+                self.note_source(key, |option| match (env, option.env, option.flag) {
+                    (true, Some(var), _) => Source::Env(var),
+                    (_, _, Some(flag)) => Source::Flag(flag),
+                    (_, Some(var), None) => Source::Env(var),
+                    (_, None, None) => Source::Default,
+                });
+            }
+        }
+    }
+
     /// The database URL in effect (SQLite in the data dir by default).
     pub fn effective_database_url(&self) -> Secret {
         match &self.database_url {
@@ -520,6 +604,86 @@ mod tests {
         assert!(
             !debug.contains("hunter2") && !debug.contains("a-very-long-admin-token"),
             "{debug}"
+        );
+    }
+
+    #[test]
+    fn sources_follow_precedence_and_secrets_stay_hidden() {
+        // Removed when the test ends.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keyflow.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nrate_limit = \"10/60\"\n\
+             database_url = \"postgres://u:hunter2@db/k?password=hunter3\"\n",
+        )
+        .unwrap();
+        let config = Config::load(&ConfigOverrides {
+            config_file: Some(file.clone()),
+            listen: Some("127.0.0.1:9001".into()),
+            rate_limit: Some("20/60".into()),
+            admin_token: Some(Secret::new("a-very-long-admin-token")),
+            from_env: vec!["rate_limit", "admin_token"],
+            ..Default::default()
+        })
+        .unwrap();
+        let lines = config.effective(None);
+        let line = |key: &str| lines.iter().find(|l| l.key == key).unwrap().clone();
+        let seen = |key: &str| {
+            let l = line(key);
+            (l.value, l.source, l.from)
+        };
+        assert_eq!(
+            seen("listen"),
+            ("127.0.0.1:9001".into(), "flag", Some("--listen"))
+        );
+        assert_eq!(
+            seen("rate_limit"),
+            ("20/60".into(), "env", Some("KEYFLOW_RATE_LIMIT"))
+        );
+        assert_eq!(
+            seen("database_url"),
+            (
+                "postgres://u:***@db/k?password=***".into(),
+                "file",
+                Some("database_url")
+            )
+        );
+        assert_eq!(
+            seen("shutdown_timeout_secs"),
+            ("30".into(), "default", None)
+        );
+        assert_eq!(line("admin_token").source, "env");
+        let all = serde_json::to_string(&lines).unwrap();
+        for secret in ["hunter2", "hunter3", "a-very-long-admin-token"] {
+            assert!(!all.contains(secret), "{all}");
+        }
+        // Every option but the `_file` ones (shown as what they set) has a
+        // line, and every value is known (no "?").
+        let expected = OPTIONS.iter().filter(|o| !o.key.ends_with("_file")).count();
+        assert_eq!(lines.len(), expected);
+        assert!(lines.iter().all(|l| l.value != "?"), "{all}");
+    }
+
+    /// `docs/configuration.md`'s table is generated from `OPTIONS`; with
+    /// `KEYFLOW_UPDATE_SNAPSHOTS=1` this writes it.
+    #[test]
+    fn the_docs_table_is_the_options_list() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (start, end) = ("<!-- options:begin -->\n", "<!-- options:end -->");
+        let from = doc.find(start).expect("begin marker") + start.len();
+        let to = doc.find(end).expect("end marker");
+        let table = markdown_table();
+        if std::env::var_os("KEYFLOW_UPDATE_SNAPSHOTS").is_some() {
+            let updated = format!("{}{table}{}", &doc[..from], &doc[to..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert_eq!(
+            doc[from..to],
+            table,
+            "docs/configuration.md is stale: run with KEYFLOW_UPDATE_SNAPSHOTS=1"
         );
     }
 
