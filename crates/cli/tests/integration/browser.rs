@@ -152,6 +152,204 @@ async fn embed_js_tracks_from_a_real_browser(backend: Backend) {
     }
 }
 
+/// What the flaky stand-in for the API answered, in order.
+type ProxyLog = std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+
+/// A stand-in for the API on its own origin: `/flaky/…` answers the first
+/// batch `503` (`Retry-After: 1`), the second `429` (`Retry-After: 2`), and
+/// forwards the rest to the real API; `/down/…` answers every batch `503`
+/// without `Retry-After`. Both answer CORS like the API (the browser must be
+/// able to read `Retry-After`).
+fn serve_flaky_api(listener: tokio::net::TcpListener, api: String, log: ProxyLog) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    let http = reqwest::Client::new();
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (http, api, log) = (http.clone(), api.clone(), log.clone());
+        async move {
+            let origin = headers
+                .get("origin")
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("*"));
+            let cors = |mut r: Response| {
+                let h = r.headers_mut();
+                h.insert("access-control-allow-origin", origin.clone());
+                h.insert(
+                    "access-control-expose-headers",
+                    HeaderValue::from_static("retry-after"),
+                );
+                r
+            };
+            if method == Method::OPTIONS {
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                let h = r.headers_mut();
+                h.insert(
+                    "access-control-allow-methods",
+                    HeaderValue::from_static("POST"),
+                );
+                h.insert(
+                    "access-control-allow-headers",
+                    HeaderValue::from_static("authorization, content-type"),
+                );
+                return cors(r);
+            }
+            let path = uri.path().to_string();
+            let seen = {
+                let log = log.lock().unwrap();
+                log.iter().filter(|(p, _)| p.starts_with("/flaky")).count()
+            };
+            let refuse = |status: StatusCode, retry_after: Option<&'static str>| {
+                let mut r = (status, "{\"error\":{\"code\":\"unavailable\"}}").into_response();
+                if let Some(after) = retry_after {
+                    r.headers_mut()
+                        .insert("retry-after", HeaderValue::from_static(after));
+                }
+                cors(r)
+            };
+            let answer = if path.starts_with("/down") {
+                refuse(StatusCode::SERVICE_UNAVAILABLE, None)
+            } else if seen == 0 {
+                refuse(StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+            } else if seen == 1 {
+                refuse(StatusCode::TOO_MANY_REQUESTS, Some("2"))
+            } else {
+                let mut forward = http.post(format!("{api}{}", path.trim_start_matches("/flaky")));
+                for name in ["authorization", "content-type", "origin"] {
+                    if let Some(v) = headers.get(name) {
+                        forward = forward.header(name, v.as_bytes());
+                    }
+                }
+                let reply = forward.body(body).send().await.unwrap();
+                let status = StatusCode::from_u16(reply.status().as_u16()).unwrap();
+                let text = reply.text().await.unwrap();
+                cors((status, text).into_response())
+            };
+            log.lock().unwrap().push((path, answer.status().as_u16()));
+            answer
+        }
+    };
+    let app = Router::new().fallback(handler);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
+/// `/embed.js` when the API cannot take events: a `503` and a `429` are
+/// retried after their `Retry-After` (measured in the page's own clock) and
+/// the events arrive once; an API that stays down is retried with a growing
+/// backoff, not in a loop, while the queue stays bounded at 1000 events.
+async fn embed_js_retries_and_backs_off_in_a_real_browser(backend: Backend) {
+    let Some(chromium) = chromium() else { return };
+    let app = TestApp::start(backend).await;
+    let t = app.tenant().await;
+    let pages_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pages = format!("http://{}", pages_listener.local_addr().unwrap());
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let (_, key) = app
+        .create_key(
+            &t.key,
+            json!({"name": "website", "type": "client", "scopes": ["events:write"], "allowed_origins": [pages.clone()]}),
+        )
+        .await;
+    let log = ProxyLog::default();
+    serve_flaky_api(proxy_listener, app.base_url.clone(), log.clone());
+    // The page notes when each batch request was answered, in its own
+    // (virtual) milliseconds, and how many events are still queued.
+    let page = |host: &str, events: usize| {
+        format!(
+            r#"<!doctype html><html><body><p id="status">pending</p>
+<script>
+var started = Date.now(), answers = [];
+var realFetch = window.fetch;
+window.fetch = function (url, options) {{
+  return realFetch(url, options).then(function (r) {{
+    answers.push([Date.now() - started, r.status]);
+    return r;
+  }});
+}};
+</script>
+<script src="{api}/embed.js"></script>
+<script>
+keyflow.init("{key}", {{ host: "{host}" }});
+for (var i = 0; i < {events}; i++) {{ keyflow.track("retried", {{ n: i }}); }}
+keyflow.flush();
+setInterval(function () {{
+  document.getElementById("status").textContent =
+    JSON.stringify({{ queued: keyflow.queued(), answers: answers }});
+}}, 200);
+</script></body></html>"#,
+            api = app.base_url
+        )
+    };
+    let flaky_page = page(&format!("{proxy}/flaky"), 2);
+    let down_page = page(&format!("{proxy}/down"), 1500);
+    let pages_app = Router::new()
+        .route("/flaky", get(move || async move { Html(flaky_page) }))
+        .route("/down", get(move || async move { Html(down_page) }));
+    tokio::spawn(async move { axum::serve(pages_listener, pages_app).await });
+    let status = |dom: &str| -> serde_json::Value {
+        let start = dom.find("<p id=\"status\">").expect("status") + "<p id=\"status\">".len();
+        let end = start + dom[start..].find("</p>").unwrap();
+        serde_json::from_str(&dom[start..end].replace("&quot;", "\""))
+            .unwrap_or_else(|_| panic!("page said: {dom}"))
+    };
+
+    let seen = status(&dump_dom(&chromium, &format!("{pages}/flaky"), true).await);
+    let answers = seen["answers"].as_array().unwrap();
+    let statuses: Vec<u64> = answers.iter().map(|a| a[1].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [503, 429, 202], "{seen}");
+    let at: Vec<u64> = answers.iter().map(|a| a[0].as_u64().unwrap()).collect();
+    assert!(
+        at[1] - at[0] >= 1000,
+        "retried before Retry-After: 1 ({seen})"
+    );
+    assert!(
+        at[2] - at[1] >= 2000,
+        "retried before Retry-After: 2 ({seen})"
+    );
+    assert_eq!(seen["queued"], 0);
+    let stored = app.get("/v1/events?name=retried", &t.key).await;
+    assert_eq!(
+        stored.body["data"].as_array().unwrap().len(),
+        2,
+        "each event stored once: {}",
+        stored.body
+    );
+
+    // Down for the page's whole 10 s: a few spaced retries, a bounded queue.
+    let seen = status(&dump_dom(&chromium, &format!("{pages}/down"), true).await);
+    let at: Vec<u64> = seen["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a[0].as_u64().unwrap())
+        .collect();
+    assert!(
+        (3..=6).contains(&at.len()),
+        "expected a backoff of ~1, 2, 4 s: {seen}"
+    );
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= 500), "{seen}");
+    assert!(
+        gaps.last().unwrap() > gaps.first().unwrap(),
+        "the wait grows: {seen}"
+    );
+    assert_eq!(seen["queued"], 1000, "the queue keeps the newest 1000");
+    let downs = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p.starts_with("/down"))
+        .count();
+    // What the page saw, plus at most its page-hide flush as Chromium
+    // closes it (the 1000 queued events in batches of 100).
+    assert!(
+        (at.len()..=at.len() + 10).contains(&downs),
+        "{downs} requests for {} answers seen",
+        at.len()
+    );
+}
+
 /// First-run setup through its form (owner@acme.io, workspace Acme, project
 /// Production), ending signed in on the activity page; `shot` names a
 /// screenshot of the empty form.
@@ -467,6 +665,7 @@ async fn workflow_trigger_form_in_a_real_browser(backend: Backend) {
 backend_tests!(
     workflow_trigger_form_in_a_real_browser,
     embed_js_tracks_from_a_real_browser,
+    embed_js_retries_and_backs_off_in_a_real_browser,
     dashboard_flow_in_a_real_browser,
     copy_works_on_a_plain_http_lan_address,
 );
