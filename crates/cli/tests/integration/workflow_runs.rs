@@ -661,6 +661,35 @@ async fn waits_outlive_their_instance_and_runs_can_be_cancelled(backend: Backend
         .unwrap()
         .to_string();
     run_until(&app, &t.key, &run_id, status_is("waiting")).await;
+    // The waiting run holds one job, due in an hour: /metrics shows it
+    // queued, not due; an hour and 100 s later it is due and 100 s old.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "keyflow_jobs_queued 1",
+        "keyflow_jobs_due 0",
+        "keyflow_jobs_running 0",
+        "keyflow_jobs_oldest_due_age_seconds 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+    let later = app
+        .store
+        .job_queue_stats(app.now_ms() + 3_700_000)
+        .await
+        .unwrap();
+    assert_eq!((later.queued, later.due, later.running), (1, 1, 0));
+    assert_eq!(
+        later.oldest_due_at.map(|at| app.now_ms() + 3_700_000 - at),
+        Some(100_000)
+    );
     let second = trigger(&app, &t.key, &workflow, ada.clone()).await;
     second.assert_error(409, "conflict");
     assert_eq!(second.body["error"]["details"]["reason"], "active_run");
