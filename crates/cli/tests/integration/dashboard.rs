@@ -886,7 +886,37 @@ pub(crate) mod keys_pages {
             form.extend(extra.iter().copied());
             let reply = post_form(&app, "/keys/new", Some(&cookie), &form).await;
             assert_eq!(reply.status, 422, "case {i}: {}", text(&reply));
-            assert!(text(&reply).contains("class=\"error\""), "case {i}");
+            // The summary links to the field, which says its message in
+            // words and is marked invalid for assistive technology.
+            let page = text(&reply);
+            let field = [
+                "name",
+                "name",
+                "cidr_0",
+                "cidr_1",
+                "expires_at",
+                "permissions",
+            ][i];
+            assert!(page.contains("class=\"error error-summary\""), "case {i}");
+            assert!(
+                page.contains(&format!("href=\"#{field}\"")),
+                "case {i}: {page}"
+            );
+            assert!(
+                page.contains(&format!(
+                    "aria-invalid=\"true\" aria-describedby=\"{field}-error\""
+                )),
+                "case {i}: {page}"
+            );
+            assert!(page.contains(&format!("id=\"{field}-error\"")), "case {i}");
+            assert!(!page.contains("ip_allowlist["), "case {i}: API paths shown");
+            // What was typed is still there.
+            for (name, value) in extra.iter().filter(|(n, _)| n.starts_with("cidr_")) {
+                assert!(
+                    page.contains(&format!("name=\"{name}\"")) && page.contains(value),
+                    "case {i}: {name} lost"
+                );
+            }
         }
         // Only the tenant's root key exists.
         let keys = app
@@ -1095,7 +1125,17 @@ pub(crate) mod keys_pages {
         )
         .await;
         assert_eq!(bad.status, 422);
-        assert!(text(&bad).contains("ip_allowlist[0].cidr"));
+        // In words, next to the field, with what was typed still there.
+        let page = text(&bad);
+        assert!(page.contains("IP allow-list, row 1: address"), "{page}");
+        assert!(!page.contains("ip_allowlist[0]"), "{page}");
+        assert!(page.contains(r#"id="cidr_0" name="cidr_0""#));
+        assert!(page.contains(r#"value="999.1.1.1""#), "{page}");
+        assert!(page.contains(r#"aria-invalid="true" aria-describedby="cidr_0-error""#));
+        assert!(
+            page.contains(r#"id="name" name="name" maxlength="64" value="ok""#),
+            "{page}"
+        );
         assert_eq!(
             app.store
                 .get_api_key(&project, &id)
@@ -1433,6 +1473,26 @@ pub(crate) mod keys_pages {
             form.extend(bad);
             let reply = post_form(&app, "/settings", Some(&cookie), &form).await;
             assert_eq!(reply.status, 422, "{bad:?}");
+            // The typed values stay; the field at fault says why.
+            let page = text(&reply);
+            for (name, value) in bad {
+                let id = if name == "metrics_cache_ttl_minutes" {
+                    "ttl"
+                } else {
+                    name
+                };
+                assert!(
+                    page.contains(&format!(r#"id="{id}" name="{name}""#))
+                        && page.contains(&format!(r#"value="{value}""#)),
+                    "{bad:?}: {name} lost: {page}"
+                );
+            }
+            let field = if bad[2].1 == "4" { "ttl" } else { "limit" };
+            assert!(
+                page.contains(&format!(r#"aria-describedby="{field}-error""#))
+                    && page.contains(&format!(r##"href="#{field}""##)),
+                "{bad:?}: {page}"
+            );
         }
         let saved = post_form(
             &app,
@@ -1580,6 +1640,11 @@ pub(crate) mod keys_pages {
             assert!(page.contains(&format!("value=\"{cidr}\"")), "{page}");
             assert!(page.contains("value=\"new office\""));
             assert!(page.contains(&format!("value=\"{ttl}\"")));
+            let field = if ttl == "abc" { "ttl" } else { "cidr_0" };
+            assert!(
+                page.contains(&format!(r#"aria-describedby="{field}-error""#)),
+                "{page}"
+            );
             let unchanged = app
                 .store
                 .metrics_credential(&project)
@@ -1612,7 +1677,14 @@ pub(crate) mod keys_pages {
         )
         .await;
         assert_eq!(refused.status, 422);
-        assert!(text(&refused).contains("ip_allowlist[0].cidr"));
+        // Both problems at once, each in words and linked from the summary.
+        let page = text(&refused);
+        assert!(page.contains("2 things need fixing"), "{page}");
+        assert!(
+            page.contains(r##"<a href="#cidr_0">IP allow-list, row 1: address"##),
+            "{page}"
+        );
+        assert!(page.contains(r##"<a href="#ttl">Cache TTL"##), "{page}");
         assert_eq!(
             app.store
                 .metrics_credential(&project)

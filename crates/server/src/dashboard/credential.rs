@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keyflow_store::MetricsCredential;
 
 use super::extract::{Manager, ManagerForm, Viewer};
+use super::form_errors::FormErrors;
 use super::keys::{IpRow, ip_rows_from_form};
-use super::page::{Chrome, PageResult, field_errors, relative_time, render};
+use super::page::{Chrome, PageResult, relative_time, render};
 use crate::operations::metrics_credential as credential_ops;
 use crate::state::SharedState;
 
@@ -29,6 +30,7 @@ struct CredentialPage<'a> {
     /// As stored, or as typed when the form came back with an error.
     ttl: String,
     message: Option<&'a str>,
+    errors: FormErrors,
 }
 
 /// The page, from what is stored, or (`typed`) from a form that came back
@@ -38,8 +40,12 @@ async fn show(
     viewer: &Viewer,
     status: StatusCode,
     message: Option<&str>,
-    typed: Option<&std::collections::HashMap<String, String>>,
+    typed: Option<(&std::collections::HashMap<String, String>, FormErrors)>,
 ) -> PageResult {
+    let (typed, errors) = match typed {
+        Some((values, errors)) => (Some(values), errors),
+        None => (None, FormErrors::default()),
+    };
     let credential = state.store.metrics_credential(&viewer.project.id).await?;
     let ttl = state
         .store
@@ -72,6 +78,7 @@ async fn show(
             .and_then(|values| values.get("cache_ttl_minutes").cloned())
             .unwrap_or_else(|| ttl.to_string()),
         message,
+        errors,
     };
     Ok(render(status, &page))
 }
@@ -132,19 +139,26 @@ pub async fn update(State(state): State<SharedState>, form: ManagerForm) -> Page
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let ip_rows = ip_rows_from_form(&form.values);
     let Ok(ttl) = form.field("cache_ttl_minutes").trim().parse::<i64>() else {
-        let message = Some("The cache TTL must be a whole number of minutes.");
-        return show(&state, viewer, unprocessable, message, Some(&form.values)).await;
+        let errors = FormErrors::one("ttl", "Cache TTL", "Must be a whole number of minutes.");
+        return show(
+            &state,
+            viewer,
+            unprocessable,
+            None,
+            Some((&form.values, errors)),
+        )
+        .await;
     };
     let change = match credential_ops::validate_change(Some(&ip_rows), Some(ttl)) {
         Ok(c) => c,
         Err(fields) => {
-            let message = field_errors(&fields);
+            let errors = FormErrors::from_fields(&fields);
             return show(
                 &state,
                 viewer,
                 unprocessable,
-                Some(&message),
-                Some(&form.values),
+                None,
+                Some((&form.values, errors)),
             )
             .await;
         }

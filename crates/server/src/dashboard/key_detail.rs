@@ -14,11 +14,12 @@ use keyflow_core::timefmt::format_rfc3339;
 use keyflow_store::{ApiKey, DailyUsage};
 
 use super::extract::{Manager, ManagerForm, Viewer};
+use super::form_errors::FormErrors;
 use super::keys::{
     IpRow, access_summary, expiry_from_form, ip_rows_from_form, key_of, list_field,
-    operator_authority,
+    operator_authority, row_count,
 };
-use super::page::{Chrome, PageResult, field_errors, relative_time, render};
+use super::page::{Chrome, PageResult, relative_time, render};
 use crate::error::ApiError;
 use crate::operations::keys as key_ops;
 use crate::state::SharedState;
@@ -102,8 +103,16 @@ struct DetailPage<'a> {
     allowed_events: String,
     /// Client keys only.
     allowed_origins: Option<String>,
-    message: Option<&'a str>,
+    /// The name field's value: the stored name, or what a refused form held.
+    form_name: String,
+    errors: FormErrors,
     state: super::keys::KeyState,
+}
+
+/// A settings form that was refused: what it held, and why.
+struct Refused<'a> {
+    values: &'a HashMap<String, String>,
+    errors: FormErrors,
 }
 
 fn detail_page(
@@ -112,9 +121,15 @@ fn detail_page(
     status: StatusCode,
     key: &ApiKey,
     usage: &[DailyUsage],
-    message: Option<&str>,
+    refused: Option<Refused<'_>>,
 ) -> Response {
     let s = &key.settings;
+    // A refused form shows what was typed, not what is stored.
+    let typed = |name: &str| {
+        refused
+            .as_ref()
+            .map(|r| r.values.get(name).cloned().unwrap_or_default())
+    };
     let now = state.now_ms();
     let pending = state.usage.pending(&key.id);
     let last_at = key.last_used_at.max(pending.as_ref().map(|p| p.0));
@@ -137,23 +152,31 @@ fn detail_page(
         chart: Chart::of(usage, now.div_euclid(DAY_MS)),
         expiry_final: expiry_is_final(s, key.rolled_at, now),
         // datetime-local wants minutes, no zone (the form says UTC).
-        expires_at: s
-            .expires_at
-            .map(|t| format_rfc3339(t).get(..16).unwrap_or("").to_string())
-            .unwrap_or_default(),
-        rows: IpRow::with_empty_row(&s.ip_allowlist),
-        allowed_events: s
-            .allowed_events
-            .as_ref()
-            .map(|e| e.join(", "))
-            .unwrap_or_default(),
-        allowed_origins: (key.key_type == KeyType::Client).then(|| {
-            s.allowed_origins
-                .as_ref()
-                .map(|o| o.join(", "))
+        expires_at: typed("expires_at").unwrap_or_else(|| {
+            s.expires_at
+                .map(|t| format_rfc3339(t).get(..16).unwrap_or("").to_string())
                 .unwrap_or_default()
         }),
-        message,
+        rows: match &refused {
+            Some(r) => IpRow::from_form(r.values, row_count(r.values).max(1)),
+            None => IpRow::with_empty_row(&s.ip_allowlist),
+        },
+        allowed_events: typed("allowed_events").unwrap_or_else(|| {
+            s.allowed_events
+                .as_ref()
+                .map(|e| e.join(", "))
+                .unwrap_or_default()
+        }),
+        allowed_origins: (key.key_type == KeyType::Client).then(|| {
+            typed("allowed_origins").unwrap_or_else(|| {
+                s.allowed_origins
+                    .as_ref()
+                    .map(|o| o.join(", "))
+                    .unwrap_or_default()
+            })
+        }),
+        form_name: typed("name").unwrap_or_else(|| s.name.clone()),
+        errors: refused.map(|r| r.errors).unwrap_or_default(),
         state: super::keys::key_state(key, now),
     };
     render(status, &page)
@@ -227,9 +250,12 @@ pub async fn edit(
         Ok(s) => s,
         Err(fields) => {
             let usage = usage_of(&state, &key).await.unwrap_or_default();
-            let message = field_errors(&fields);
+            let refused = Refused {
+                values,
+                errors: FormErrors::from_fields(&fields),
+            };
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            let page = detail_page(&state, viewer, status, &key, &usage, Some(&message));
+            let page = detail_page(&state, viewer, status, &key, &usage, Some(refused));
             return Ok(page);
         }
     };

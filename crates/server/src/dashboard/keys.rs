@@ -15,7 +15,8 @@ use keyflow_store::{ApiKey, Page, Project};
 
 use super::activity::Choice;
 use super::extract::{Manager, ManagerForm, Viewer};
-use super::page::{Chrome, PageError, PageResult, field_errors, refusal, relative_time, render};
+use super::form_errors::FormErrors;
+use super::page::{Chrome, PageError, PageResult, refusal, relative_time, render};
 use crate::error::ApiError;
 use crate::operations::keys as key_ops;
 use crate::state::SharedState;
@@ -305,7 +306,7 @@ struct NewKeyPage<'a> {
     scopes: Vec<ScopeChoice>,
     rows: Vec<IpRow>,
     values: &'a HashMap<String, String>,
-    message: Option<&'a str>,
+    errors: &'a FormErrors,
     /// This rendering's one-time nonce (see [`one_time`]).
     nonce: String,
     project_name: &'a str,
@@ -322,7 +323,7 @@ impl NewKeyPage<'_> {
 }
 
 /// The create form: fresh (`values` empty: default scopes checked), or as
-/// submitted with `message` next to it.
+/// submitted with what was wrong with it.
 fn new_key_page(
     viewer: &Viewer,
     status: StatusCode,
@@ -330,7 +331,7 @@ fn new_key_page(
     rows: usize,
     values: &HashMap<String, String>,
     scopes_sent: &[&str],
-    message: Option<&str>,
+    errors: &FormErrors,
 ) -> Response {
     let defaults = ScopeSet::default_for(key_type);
     let fresh = values.is_empty();
@@ -356,7 +357,7 @@ fn new_key_page(
             .collect(),
         rows: IpRow::from_form(values, rows),
         values,
-        message,
+        errors,
         nonce: form_nonce(),
         project_name: &viewer.project.name,
         environment: viewer.project.environment.as_str(),
@@ -425,7 +426,7 @@ pub async fn new_form(
         1,
         &HashMap::new(),
         &[],
-        None,
+        &FormErrors::default(),
     )
 }
 
@@ -439,12 +440,12 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
         .map(|(_, v)| v.as_str())
         .collect();
     let rows = row_count(values).max(1);
-    let again = |status, rows, message: Option<&str>| {
-        new_key_page(viewer, status, key_type, rows, values, &scopes, message)
+    let again = |status, rows, errors: &FormErrors| {
+        new_key_page(viewer, status, key_type, rows, values, &scopes, errors)
     };
     // "Add a row" re-renders the form with one more allow-list row; nothing is created.
     if let Ok(more) = form.field("more_rows").parse::<usize>() {
-        return Ok(again(StatusCode::OK, more.min(100), None));
+        return Ok(again(StatusCode::OK, more.min(100), &FormErrors::default()));
     }
     let request = CreateKeyRequest {
         name: values.get("name").cloned(),
@@ -459,7 +460,13 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let spec = match validate_create(&request, now) {
         Ok(spec) => spec,
-        Err(fields) => return Ok(again(unprocessable, rows, Some(&field_errors(&fields)))),
+        Err(fields) => {
+            return Ok(again(
+                unprocessable,
+                rows,
+                &FormErrors::from_fields(&fields),
+            ));
+        }
     };
     let nonce = form.field("form_nonce");
     if let Err(already) = one_time(&state, viewer, nonce).await? {
@@ -483,7 +490,7 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
         Err(e) => {
             // Nothing was made: the same form may be sent again.
             state.store.finish_form(nonce, None).await?;
-            again(unprocessable, rows, Some(&refusal(e)))
+            again(unprocessable, rows, &FormErrors::general(refusal(e)))
         }
     })
 }

@@ -6,6 +6,7 @@ mod activity;
 mod credential;
 mod customer_data;
 mod extract;
+mod form_errors;
 mod key_detail;
 pub mod keys;
 mod metrics;

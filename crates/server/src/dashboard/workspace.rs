@@ -12,6 +12,7 @@ use keyflow_store::{Membership, Operator, ProjectSettings, Workspace};
 
 use super::activity::Choice;
 use super::extract::{Manager, ManagerForm, Viewer};
+use super::form_errors::FormErrors;
 use super::page::{Chrome, PageError, PageResult, refusal, render};
 use crate::error::ApiError;
 use crate::operations::{OpError, OpResult, tenancy};
@@ -307,29 +308,54 @@ struct SettingsPage<'a> {
     project_name: &'a str,
     limit: String,
     period: String,
-    ttl: i64,
-    message: Option<&'a str>,
+    ttl: String,
+    errors: FormErrors,
+}
+
+/// The settings form's three values, as stored or as a refused form held them.
+struct SettingsForm {
+    limit: String,
+    period: String,
+    ttl: String,
+}
+
+impl SettingsForm {
+    fn stored(settings: &ProjectSettings) -> Self {
+        let (limit, period) = settings
+            .rate_limit
+            .map(|rl| (rl.limit.to_string(), rl.period_seconds.to_string()))
+            .unwrap_or_default();
+        Self {
+            limit,
+            period,
+            ttl: settings.metrics_cache_ttl_minutes.to_string(),
+        }
+    }
+
+    fn typed(form: &ManagerForm) -> Self {
+        Self {
+            limit: form.field("limit").to_string(),
+            period: form.field("period_seconds").to_string(),
+            ttl: form.field("metrics_cache_ttl_minutes").to_string(),
+        }
+    }
 }
 
 fn settings_page(
     viewer: &Viewer,
     status: StatusCode,
-    settings: &ProjectSettings,
-    message: Option<&str>,
+    values: SettingsForm,
+    errors: FormErrors,
 ) -> Response {
-    let (limit, period) = settings
-        .rate_limit
-        .map(|rl| (rl.limit.to_string(), rl.period_seconds.to_string()))
-        .unwrap_or_default();
     let page = SettingsPage {
         chrome: viewer.chrome("/settings", "Settings"),
         csrf: viewer.csrf(),
         project_id: &viewer.project.id,
         project_name: &viewer.project.name,
-        limit,
-        period,
-        ttl: settings.metrics_cache_ttl_minutes,
-        message,
+        limit: values.limit,
+        period: values.period,
+        ttl: values.ttl,
+        errors,
     };
     render(status, &page)
 }
@@ -337,7 +363,13 @@ fn settings_page(
 /// `/settings`: owners and admins set the project's rate limit and metrics cache TTL.
 pub async fn settings(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
     let settings = state.store.project_settings(&viewer.project.id).await?;
-    Ok(settings_page(&viewer, StatusCode::OK, &settings, None))
+    let values = SettingsForm::stored(&settings);
+    Ok(settings_page(
+        &viewer,
+        StatusCode::OK,
+        values,
+        FormErrors::default(),
+    ))
 }
 
 pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) -> PageResult {
@@ -350,14 +382,15 @@ pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) 
     let ceiling = state.config.plan_rate_limit(plan);
     let new = match parse_settings(&form, ceiling) {
         Ok(s) => s,
-        Err(message) => {
-            let current = state
-                .store
-                .project_settings(&viewer.project.id)
-                .await
-                .unwrap_or_default();
+        Err(errors) => {
+            // What was typed stays in the form; nothing is saved.
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            return Ok(settings_page(viewer, status, &current, Some(&message)));
+            return Ok(settings_page(
+                viewer,
+                status,
+                SettingsForm::typed(&form),
+                errors,
+            ));
         }
     };
     tenancy::change_project_settings(&form.ctx(&state), &viewer.project, &new).await?;
@@ -365,41 +398,71 @@ pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) 
     Ok(Redirect::to(&to).into_response())
 }
 
-/// The settings form, checked; the message to show otherwise.
-fn parse_settings(form: &ManagerForm, ceiling: RateLimit) -> Result<ProjectSettings, String> {
+/// The settings form, checked; what is wrong with it otherwise (every
+/// field's problem at once).
+fn parse_settings(form: &ManagerForm, ceiling: RateLimit) -> Result<ProjectSettings, FormErrors> {
     let field = |name: &str| form.field(name).trim();
+    let mut errors = FormErrors::default();
     let rate_limit = match (field("limit"), field("period_seconds")) {
         ("", "") => None,
         (l, p) => {
-            let rl = RateLimit {
-                limit: l
-                    .parse()
-                    .map_err(|_| "The limit must be a whole number.".to_string())?,
-                period_seconds: p
-                    .parse()
-                    .map_err(|_| "The period must be a whole number of seconds.".to_string())?,
-            };
-            if !rl.is_valid() {
-                return Err(format!(
-                    "The limit must be 1 to {} requests per 1 to {} seconds.",
-                    RateLimit::MAX_LIMIT,
-                    RateLimit::MAX_PERIOD_SECONDS
-                ));
+            let limit = l.parse::<u32>();
+            let period = p.parse::<u32>();
+            if limit.is_err() {
+                errors.push("limit", "Rate limit: requests", "Must be a whole number.");
             }
-            if !rl.at_most(ceiling) {
-                return Err(format!(
-                    "The limit must be at most the plan's {} requests per {} seconds.",
-                    ceiling.limit, ceiling.period_seconds
-                ));
+            if period.is_err() {
+                errors.push(
+                    "period_seconds",
+                    "Rate limit: period",
+                    "Must be a whole number of seconds.",
+                );
             }
-            Some(rl)
+            match (limit, period) {
+                (Ok(limit), Ok(period_seconds)) => {
+                    let rl = RateLimit {
+                        limit,
+                        period_seconds,
+                    };
+                    if !rl.is_valid() {
+                        errors.push(
+                            "limit",
+                            "Rate limit",
+                            format!(
+                                "Must be 1 to {} requests per 1 to {} seconds.",
+                                RateLimit::MAX_LIMIT,
+                                RateLimit::MAX_PERIOD_SECONDS
+                            ),
+                        );
+                    } else if !rl.at_most(ceiling) {
+                        errors.push(
+                            "limit",
+                            "Rate limit",
+                            format!(
+                                "Must be at most the plan's {} requests per {} seconds.",
+                                ceiling.limit, ceiling.period_seconds
+                            ),
+                        );
+                    }
+                    Some(rl)
+                }
+                _ => None,
+            }
         }
     };
-    let ttl: i64 = field("metrics_cache_ttl_minutes")
-        .parse()
-        .map_err(|_| "The cache TTL must be a whole number of minutes.".to_string())?;
-    if !(5..=10_080).contains(&ttl) {
-        return Err("The cache TTL must be 5 minutes to 7 days.".into());
+    let ttl = match field("metrics_cache_ttl_minutes").parse::<i64>() {
+        Ok(ttl) if (5..=10_080).contains(&ttl) => ttl,
+        Ok(_) => {
+            errors.push("ttl", "Cache TTL", "Must be 5 minutes to 7 days (10080).");
+            0
+        }
+        Err(_) => {
+            errors.push("ttl", "Cache TTL", "Must be a whole number of minutes.");
+            0
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(ProjectSettings {
         rate_limit,
