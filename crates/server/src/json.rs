@@ -100,6 +100,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("JSON is nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
+    // Every body is an object: serde would also build a struct from an
+    // array of its fields in order (`["team"]` as `{"plan": "team"}`).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ApiError::field("body", "must be a JSON object"),
+                Err(e) => ApiError::new(
+                    ErrorCode::InvalidJson,
+                    format!("The body is not valid JSON: {e}"),
+                ),
+            },
+        );
+    }
     // The common case, valid input, parses without tracking the path; only a
     // failure parses again with the tracker to name the field at fault.
     match serde_json::from_slice(bytes) {
@@ -196,7 +209,8 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmp
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let json = is_json(&req);
         let bytes = read_body(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body, or JSON's `null`: the defaults.
+        if bytes.iter().all(u8::is_ascii_whitespace) || (json && bytes.trim_ascii() == b"null") {
             return Ok(JsonOrEmpty(T::default()));
         }
         if !json {
@@ -211,6 +225,28 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonOrEmp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Plan {
+        plan: String,
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        assert!(parse_json::<Plan>(br#" {"plan": "team"}"#).is_ok());
+        // serde alone would take the array as the struct's fields in order.
+        for body in [&br#"["team"]"#[..], b"42", b"null", br#""team""#] {
+            let e = parse_json::<Plan>(body).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ValidationFailed, "{body:?}");
+            assert!(
+                e.message.ends_with("body: must be a JSON object"),
+                "{body:?}"
+            );
+        }
+        let broken = parse_json::<Plan>(b"[1,").unwrap_err();
+        assert_eq!(broken.code, ErrorCode::InvalidJson);
+    }
 
     #[test]
     fn escaped_nul_is_found_exactly() {
@@ -280,7 +316,12 @@ mod tests {
             let err = parse_json::<Body>(body.as_bytes()).unwrap_err();
             let text = serde_json::to_string(&err.details).unwrap() + &err.message;
             assert!(!text.contains(secret), "{text}");
-            assert!(text.contains("invalid type: string, expected"), "{text}");
+            // A bare string is not an object; a string field is the wrong type.
+            assert!(
+                text.contains("invalid type: string, expected")
+                    || text.contains("body: must be a JSON object"),
+                "{text}"
+            );
         }
     }
 }

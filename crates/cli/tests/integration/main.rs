@@ -15,6 +15,7 @@ mod cli_revoke;
 mod connections;
 mod contacts_api;
 mod contacts_csv;
+mod contract;
 mod dashboard;
 mod dashboard_workflows;
 mod events_api;

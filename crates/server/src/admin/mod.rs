@@ -117,8 +117,21 @@ const PLANS: &str = "free, pro or team";
 
 #[derive(Deserialize, ToSchema)]
 struct WorkspaceRequest {
+    /// 1–100 printable characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 100)]
     name: Option<String>,
+    #[schema(value_type = Option<PlanName>)]
     plan: Option<String>,
+}
+
+/// A workspace's plan.
+#[derive(ToSchema)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+#[schema(rename_all = "snake_case")]
+enum PlanName {
+    Free,
+    Pro,
+    Team,
 }
 
 #[utoipa::path(
@@ -151,6 +164,7 @@ async fn create_workspace(
 
 #[derive(Deserialize, ToSchema)]
 struct PlanRequest {
+    #[schema(required = true, nullable = false, value_type = PlanName)]
     plan: Option<String>,
 }
 
@@ -184,8 +198,20 @@ async fn set_plan(
 
 #[derive(Deserialize, ToSchema)]
 struct ProjectRequest {
+    /// 1–100 printable characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 100)]
     name: Option<String>,
+    /// `live` (default) or `test`.
+    #[schema(value_type = Option<EnvironmentName>)]
     environment: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+#[schema(rename_all = "snake_case")]
+enum EnvironmentName {
+    Live,
+    Test,
 }
 
 #[utoipa::path(
@@ -227,9 +253,23 @@ async fn create_project(
 
 #[derive(Deserialize, ToSchema)]
 struct OperatorRequest {
+    #[schema(required = true, nullable = false, format = Email, max_length = 254)]
     email: Option<String>,
+    /// At least 8 characters.
+    #[schema(required = true, nullable = false, min_length = 8)]
     password: Option<String>,
+    /// Default `member`.
+    #[schema(value_type = Option<RoleName>)]
     role: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+#[schema(rename_all = "snake_case")]
+enum RoleName {
+    Owner,
+    Admin,
+    Member,
 }
 
 #[utoipa::path(

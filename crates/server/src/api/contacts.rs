@@ -108,6 +108,13 @@ pub async fn list_contacts(
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
+    // The page parameters are checked whatever else is asked.
+    let page = page_from_query(&query)?;
+    for name in ["email", "external_id"] {
+        if query.get(name).is_some_and(|v| v.is_empty()) {
+            return Err(ApiError::field(name, "must not be empty"));
+        }
+    }
     let lookup = match (query.get("email"), query.get("external_id")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::field(
@@ -131,7 +138,6 @@ pub async fn list_contacts(
         };
         return Ok(Json(one).into_response());
     }
-    let page = page_from_query(&query)?;
     let contacts = state
         .store
         .list_contacts(caller.project_id(), false, &page)

@@ -170,8 +170,10 @@ fn with_headers(
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The client secret shown when the credential was created or rotated.
+    #[schema(required = true, nullable = false, min_length = 1)]
     client_secret: Option<String>,
     /// Lifetime in seconds, 60 to 3600 (default 900).
+    #[schema(minimum = 60, maximum = 3600)]
     expires_in: Option<i64>,
 }
 

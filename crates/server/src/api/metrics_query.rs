@@ -174,6 +174,7 @@ impl super::metrics::Cached for CachedAnswer {
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     /// One `SELECT` (or `WITH … SELECT`) over `events` and `contacts`, at most 100 KB.
+    #[schema(min_length = 1, max_length = 102_400)]
     sql: String,
 }
 

@@ -94,6 +94,28 @@ pub enum Invalid {
     Invalid(ErrorBody),
 }
 
+/// What a route with a body answers when the body cannot be read: not
+/// JSON, too large, or not declared as JSON.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // read only by the OpenAPI derive
+pub enum BodyRefusals {
+    #[response(
+        status = 400,
+        description = "The body is not valid JSON (invalid_json)"
+    )]
+    InvalidJson(ErrorBody),
+    #[response(
+        status = 413,
+        description = "The body is larger than 1 MiB (payload_too_large)"
+    )]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 415,
+        description = "The body is not sent as application/json (unsupported_media_type)"
+    )]
+    NotJson(ErrorBody),
+}
+
 /// `404`: no such object in the caller's project.
 #[derive(IntoResponses)]
 #[allow(dead_code)] // read only by the OpenAPI derive
@@ -108,6 +130,7 @@ pub enum NotFound {
 #[allow(dead_code)] // read only by the OpenAPI derive
 pub struct PageParams {
     /// 1-1000, default 100
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// next_cursor of the previous page
     cursor: Option<String>,

@@ -90,6 +90,16 @@ impl ApiRoutes {
         H: Handler<T, SharedState>,
         T: 'static,
     {
+        // Every route with a body can refuse it before reading it.
+        if operation.request_body.is_some() {
+            for (status, response) in super::openapi::BodyRefusals::responses() {
+                operation
+                    .responses
+                    .responses
+                    .entry(status)
+                    .or_insert(response);
+            }
+        }
         let (path, methods) = (P::path(), P::methods());
         // `tag = …` of the annotation (utoipa applies it only through its
         // own `OpenApi` derive, which this list replaces).

@@ -19,31 +19,146 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::state::SharedState;
 
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
+/// Segment's message types: `track` and `identify` are stored, the others
+/// acknowledged.
+const SEGMENT_TYPES: [&str; 6] = ["track", "identify", "page", "screen", "group", "alias"];
+const TYPE_MESSAGE: &str = "must be track, identify, page, screen, group or alias";
+
+/// A message's fields, read with Segment's names: a value of the wrong type
+/// is an error naming the field as the client sent it (`batch[2].userId`),
+/// never silently dropped.
+struct Message<'a> {
+    msg: &'a Value,
+    prefix: &'a str,
+    errors: Vec<FieldError>,
 }
 
-fn object(v: &Value) -> Option<Map<String, Value>> {
-    v.as_object().cloned()
+impl<'a> Message<'a> {
+    /// Checks the type of every field a message may carry, whatever its
+    /// type: a `page` with a broken `messageId` is refused like a `track`.
+    fn new(msg: &'a Value, prefix: &'a str) -> Self {
+        let mut m = Self {
+            msg,
+            prefix,
+            errors: Vec::new(),
+        };
+        if !msg.is_object() {
+            let field = prefix.trim_end_matches('.');
+            m.errors.push(FieldError::new(
+                if field.is_empty() { "body" } else { field },
+                "must be a JSON object",
+            ));
+            return m;
+        }
+        let known = match &msg["type"] {
+            Value::Null => true,
+            Value::String(t) => SEGMENT_TYPES.contains(&t.as_str()),
+            _ => false,
+        };
+        if !known {
+            m.wrong("type", TYPE_MESSAGE);
+        }
+        for id in ["userId", "anonymousId", "messageId"] {
+            if !matches!(msg[id], Value::Null | Value::String(_) | Value::Number(_)) {
+                m.wrong(id, "must be a string or a number");
+            }
+        }
+        if !matches!(msg["event"], Value::Null | Value::String(_)) {
+            m.wrong("event", "must be a string");
+        }
+        match &msg["timestamp"] {
+            Value::Null => {}
+            Value::String(t) if keyflow_core::timefmt::parse_rfc3339(t).is_some() => {}
+            _ => m.wrong(
+                "timestamp",
+                "must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z",
+            ),
+        }
+        for object in ["properties", "traits", "context"] {
+            if !matches!(msg[object], Value::Null | Value::Object(_)) {
+                m.wrong(object, "must be an object");
+            }
+        }
+        m
+    }
+
+    fn wrong(&mut self, name: &str, message: &str) {
+        self.errors
+            .push(FieldError::new(format!("{}{name}", self.prefix), message));
+    }
+
+    /// A field as text (ids may be numbers); `None` when absent or of
+    /// another type (already an error from [`Message::new`]).
+    fn text(&self, name: &str) -> Option<String> {
+        match &self.msg[name] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    fn object(&self, name: &str) -> Option<Map<String, Value>> {
+        self.msg[name].as_object().cloned()
+    }
+
+    /// The core's field errors renamed to the message's own fields.
+    fn renamed(&mut self, errors: Vec<FieldError>, names: &[(&str, &str)]) {
+        for e in errors {
+            let (field, message) = match e.field.as_str() {
+                "contact_id" => ("userId", "userId or anonymousId is required".to_string()),
+                other => (
+                    names
+                        .iter()
+                        .find(|(ours, _)| *ours == other)
+                        .map_or(other, |(_, theirs)| *theirs),
+                    e.message,
+                ),
+            };
+            self.errors
+                .push(FieldError::new(format!("{}{field}", self.prefix), message));
+        }
+    }
+
+    fn done<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.errors)
+        }
+    }
 }
 
 /// `event`→name, `userId`→external_id, `anonymousId`→anonymous_id,
 /// `messageId`→idempotency_key, `properties`, `timestamp`.
 fn track_to_event(msg: &Value, now: i64, prefix: &str) -> Result<NewEvent, Vec<FieldError>> {
+    let mut m = Message::new(msg, prefix);
     let input = EventInput {
-        name: text(&msg["event"]),
-        external_id: text(&msg["userId"]),
-        anonymous_id: text(&msg["anonymousId"]),
-        properties: object(&msg["properties"]),
-        timestamp: text(&msg["timestamp"]),
-        idempotency_key: text(&msg["messageId"]),
+        name: m.text("event"),
+        external_id: m.text("userId"),
+        anonymous_id: m.text("anonymousId"),
+        properties: m.object("properties"),
+        timestamp: m.text("timestamp"),
+        idempotency_key: m.text("messageId"),
         ..Default::default()
     };
-    validate_event(input, now, prefix)
+    if !m.errors.is_empty() {
+        return Err(m.errors);
+    }
+    match validate_event(input, now, "") {
+        Ok(event) => m.done(event),
+        Err(errors) => {
+            m.renamed(
+                errors,
+                &[
+                    ("name", "event"),
+                    ("external_id", "userId"),
+                    ("anonymous_id", "anonymousId"),
+                    ("idempotency_key", "messageId"),
+                ],
+            );
+            Err(m.errors)
+        }
+    }
 }
 
 /// `userId`→external_id, `traits.email`→email, first/last name traits, other traits→properties.
@@ -52,26 +167,53 @@ fn identify_to_contact(
     msg: &Value,
     prefix: &str,
 ) -> Result<Option<ContactChanges>, Vec<FieldError>> {
-    let mut traits = object(&msg["traits"]).unwrap_or_default();
-    let email = traits.remove("email").as_ref().and_then(text);
-    let first = traits
-        .remove("firstName")
-        .or_else(|| traits.remove("first_name"));
-    let last = traits
-        .remove("lastName")
-        .or_else(|| traits.remove("last_name"));
+    let mut m = Message::new(msg, prefix);
+    let external_id = m.text("userId");
+    let mut traits = m.object("traits").unwrap_or_default();
+    let mut trait_text = |m: &mut Message, names: &[&str]| {
+        let value = names.iter().find_map(|n| traits.remove(*n))?;
+        match value {
+            Value::Null => None,
+            Value::String(s) => Some(s),
+            _ => {
+                m.wrong(&format!("traits.{}", names[0]), "must be a string");
+                None
+            }
+        }
+    };
+    let email = trait_text(&mut m, &["email"]);
+    let first = trait_text(&mut m, &["firstName", "first_name"]);
+    let last = trait_text(&mut m, &["lastName", "last_name"]);
+    if !m.errors.is_empty() {
+        return Err(m.errors);
+    }
     let input = ContactInput {
         email,
-        external_id: text(&msg["userId"]),
-        first_name: first.as_ref().and_then(text).map(Some),
-        last_name: last.as_ref().and_then(text).map(Some),
+        external_id,
+        first_name: first.map(Some),
+        last_name: last.map(Some),
         properties: Some(traits),
         ..Default::default()
     };
     if input.email.is_none() && input.external_id.is_none() {
-        return Ok(None);
+        return m.done(None);
     }
-    validate_contact(&input, true, prefix).map(Some)
+    match validate_contact(&input, true, "") {
+        Ok(changes) => m.done(Some(changes)),
+        Err(errors) => {
+            m.renamed(
+                errors,
+                &[
+                    ("email", "traits.email"),
+                    ("external_id", "userId"),
+                    ("first_name", "traits.firstName"),
+                    ("last_name", "traits.lastName"),
+                    ("properties", "traits"),
+                ],
+            );
+            Err(m.errors)
+        }
+    }
 }
 
 /// `{"success": true}`, Segment's answer to every accepted call.
@@ -169,10 +311,10 @@ pub async fn batch(
     let Some(items) = body["batch"].as_array() else {
         return Err(ApiError::field("batch", "must be an array of messages"));
     };
-    if items.len() > MAX_BATCH {
+    if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::field(
             "batch",
-            format!("at most {MAX_BATCH} messages"),
+            format!("must hold 1 to {MAX_BATCH} messages"),
         ));
     }
     let now = state.now_ms();
@@ -191,7 +333,14 @@ pub async fn batch(
                 Ok(None) => {}
                 Err(mut e) => errors.append(&mut e),
             },
-            Some(_) => {}
+            // Acknowledged, not stored; still checked, so a broken
+            // message is not taken for a good one.
+            Some("page" | "screen" | "group" | "alias") => {
+                if let Err(mut e) = Message::new(msg, &prefix).done(()) {
+                    errors.append(&mut e);
+                }
+            }
+            Some(_) => errors.push(FieldError::new(format!("{prefix}type"), TYPE_MESSAGE)),
             None => errors.push(FieldError::new(format!("{prefix}type"), "type is required")),
         }
     }
