@@ -350,6 +350,70 @@ setInterval(function () {{
     );
 }
 
+/// At a phone's 390 px every dashboard page fits the width (nothing scrolls
+/// sideways) and lists keep every column and action: a key can be revoked
+/// from its card in the list.
+async fn dashboard_at_phone_width(backend: Backend) {
+    let Some(browser) = crate::webdriver::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    let base = app.base_url.clone();
+    set_up_first_owner(&browser, &base, &token, None).await;
+    browser.set_viewport(390, 844).await;
+    browser.goto(&format!("{base}/keys/new?type=secret")).await;
+    browser
+        .type_into("#name", "phone key with a rather long name to wrap")
+        .await;
+    browser.click("#create-key").await;
+    let key = browser.text("#new-key").await;
+    for page in [
+        "/keys",
+        "/activity",
+        "/members",
+        "/contacts",
+        "/events",
+        "/analytics",
+        "/workflows",
+        "/workflows/new",
+        "/plan",
+        "/metrics-credential",
+        "/settings",
+        "/keys/new",
+    ] {
+        browser.goto(&format!("{base}{page}")).await;
+        let widths = browser
+            .execute("return [document.documentElement.scrollWidth, window.innerWidth];")
+            .await;
+        let (content, viewport) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+        assert_eq!(viewport, 390, "{page}");
+        assert!(
+            content <= viewport,
+            "{page} scrolls sideways at 390 px: {content} px wide"
+        );
+    }
+    browser.goto(&format!("{base}/keys")).await;
+    browser.screenshot("phone-keys").await;
+    // Every column is there, labelled; the Revoke action is on screen.
+    let shown = browser
+        .execute(
+            "const cell = document.querySelector('td[data-label=\"Key\"]');
+             const revoke = document.querySelector(\"a[href*='/revoke']\");
+             const box = revoke.getBoundingClientRect();
+             return [getComputedStyle(cell).display, getComputedStyle(cell, '::before').content,
+                     box.width > 0 && box.right <= window.innerWidth];",
+        )
+        .await;
+    assert_eq!(shown, json!(["block", "\"Key: \"", true]), "{shown}");
+    browser.click("a[href*='/revoke']").await;
+    browser.click("button.danger").await;
+    browser.wait_for_url("/keys?project=").await;
+    app.get("/v1/keys/self", &key)
+        .await
+        .assert_error(401, "key_revoked");
+}
+
 /// First-run setup through its form (owner@acme.io, workspace Acme, project
 /// Production), ending signed in on the activity page; `shot` names a
 /// screenshot of the empty form.
@@ -667,5 +731,6 @@ backend_tests!(
     embed_js_tracks_from_a_real_browser,
     embed_js_retries_and_backs_off_in_a_real_browser,
     dashboard_flow_in_a_real_browser,
+    dashboard_at_phone_width,
     copy_works_on_a_plain_http_lan_address,
 );

@@ -181,6 +181,20 @@ impl Browser {
         .await
     }
 
+    /// Emulates a device's viewport (CSS pixels), as a phone shows pages.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(
+                json!({"cmd": "Emulation.setDeviceMetricsOverride", "params": {
+                    "width": width, "height": height, "deviceScaleFactor": 1, "mobile": true
+                }}),
+            ),
+        )
+        .await;
+    }
+
     pub async fn source(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None)
             .await
