@@ -297,7 +297,18 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
         lines,
         reader,
         _config,
-    } = spawn_server_with(&db, token, &[("KEYFLOW_METRICS_LISTEN", &metrics_address)]);
+    } = spawn_server_with(
+        &db,
+        token,
+        &[
+            ("KEYFLOW_METRICS_LISTEN", &metrics_address),
+            // The store's spans and the request span on too: no key in them either.
+            (
+                "KEYFLOW_LOG",
+                "info,keyflow_store=debug,keyflow_server::app=debug",
+            ),
+        ],
+    );
     let http = reqwest::Client::new();
     let admin = |path: &str, body: Value| {
         http.post(format!("{base}{path}"))
@@ -522,6 +533,30 @@ async fn serve_process_never_logs_or_stores_a_key(backend: Backend) {
     assert_eq!(fields["project_id"], project["id"]);
     assert_eq!(fields["key_prefix"], root["prefix"]);
     assert_eq!(fields["status"], 200);
+    // Store calls are spans, closed with their duration, under the request.
+    let store_span = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| {
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("keyflow_store::"))
+                && v["fields"]["message"] == "close"
+                && v["spans"][0]["name"] == "request"
+        })
+        .unwrap_or_else(|| panic!("no closed store span under a request: {log}"));
+    assert!(
+        store_span["fields"]["time.busy"].is_string(),
+        "{store_span}"
+    );
+    assert!(
+        store_span["spans"][0]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("req_")),
+        "{store_span}"
+    );
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("/v1/keys/self"), "requests are logged: {log}");
     let audit_text = audit.to_string();
