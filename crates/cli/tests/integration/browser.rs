@@ -414,6 +414,151 @@ async fn dashboard_at_phone_width(backend: Backend) {
         .assert_error(401, "key_revoked");
 }
 
+/// axe-core (npm, installed by scripts/test into target/axe; injected by
+/// WebDriver, no CDN) on the dashboard's pages as an owner sees them.
+fn axe_source() -> Option<String> {
+    let path = std::env::var("KEYFLOW_TEST_AXE").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/axe/node_modules/axe-core/axe.min.js"
+        )
+        .to_string()
+    });
+    match std::fs::read_to_string(&path) {
+        Ok(source) => Some(source),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!(
+                "the accessibility test needs axe-core at {path} under CI (scripts/test installs it)"
+            )
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no axe-core at {path}; run scripts/test or set KEYFLOW_TEST_AXE");
+            None
+        }
+    }
+}
+
+/// Every dashboard page an owner opens, with a key, a contact, an event, a
+/// workflow and a refused form among them, has no accessibility violation of
+/// serious or critical impact by axe-core's rules (WCAG 2.1 A and AA).
+/// axe-core's rules for WCAG 2.1 A and AA; the violations of serious or
+/// critical impact, for the page on screen.
+const AXE_RUN: &str = "const done = arguments[arguments.length - 1];
+    axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}})
+       .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+            .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map(n => ({target: n.target}))}))))
+       .catch(e => done([{id: 'axe-error', impact: 'critical', help: String(e), nodes: []}]));";
+
+async fn axe_violations(browser: &crate::webdriver::Browser, axe: &str) -> serde_json::Value {
+    browser.execute(&format!("{axe}\nreturn null;")).await;
+    browser.execute_async(AXE_RUN).await
+}
+
+async fn dashboard_pages_pass_axe(backend: Backend) {
+    let Some(axe) = axe_source() else { return };
+    let Some(browser) = crate::webdriver::Browser::start().await else {
+        return;
+    };
+    let app = TestApp::start(backend).await;
+    let token = app.state.issue_setup_token().unwrap();
+    let base = app.base_url.clone();
+    set_up_first_owner(&browser, &base, &token, None).await;
+    browser.goto(&format!("{base}/keys/new?type=secret")).await;
+    browser.type_into("#name", "server").await;
+    browser.click("#create-key").await;
+    let key = browser.text("#new-key").await;
+    // The one-time reveal, while it is on screen.
+    let reveal = axe_violations(&browser, &axe).await;
+    assert_eq!(
+        app.post(
+            "/v1/events",
+            &key,
+            json!({"name": "signup", "email": "ada@example.com"})
+        )
+        .await
+        .status,
+        202
+    );
+    let contact = app.get("/v1/contacts", &key).await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key_id = app.get("/v1/keys/self", &key).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pages = [
+        "/keys".to_string(),
+        "/keys/new?type=client".into(),
+        format!("/keys/{key_id}"),
+        format!("/keys/{key_id}/roll"),
+        format!("/keys/{key_id}/revoke"),
+        "/activity".into(),
+        "/members".into(),
+        "/contacts".into(),
+        format!("/contacts/{contact}"),
+        "/events".into(),
+        "/analytics".into(),
+        "/workflows".into(),
+        "/workflows/new".into(),
+        "/plan".into(),
+        "/metrics-credential".into(),
+        "/settings".into(),
+    ];
+    let mut found = Vec::new();
+    let mut check = |page: String, result: serde_json::Value| {
+        for v in result.as_array().unwrap() {
+            found.push(format!(
+                "{page}: {} ({}) {} at {}",
+                v["id"].as_str().unwrap_or(""),
+                v["impact"].as_str().unwrap_or(""),
+                v["help"].as_str().unwrap_or(""),
+                v["nodes"]
+                    .as_array()
+                    .map(|n| n
+                        .iter()
+                        .take(3)
+                        .map(|n| n["target"].to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ));
+        }
+    };
+
+    // axe really runs: an image without alt text on a page is found.
+    browser.goto(&format!("{base}/keys")).await;
+    browser
+        .execute(&format!(
+            "{axe}\ndocument.querySelector('main').insertAdjacentHTML('beforeend', '<img src=\"x.png\">');\nreturn null;"
+        ))
+        .await;
+    let canary = browser.execute_async(AXE_RUN).await;
+    assert!(
+        canary.to_string().contains("image-alt"),
+        "axe-core did not run: {canary}"
+    );
+    check("the reveal page".into(), reveal);
+    // A refused form: its summary and the messages next to the fields.
+    browser.goto(&format!("{base}/keys/new?type=secret")).await;
+    browser.type_into("#name", "bad").await;
+    browser.type_into("#cidr_0", "999.1.1.1").await;
+    browser.click("#create-key").await;
+    assert!(browser.source().await.contains("error-summary"));
+    check(
+        "the refused create form".into(),
+        axe_violations(&browser, &axe).await,
+    );
+    for page in pages.iter().map(String::as_str).chain(["/signin"]) {
+        if page == "/signin" {
+            browser.delete_cookies().await;
+        }
+        browser.goto(&format!("{base}{page}")).await;
+        check(page.to_string(), axe_violations(&browser, &axe).await);
+    }
+    assert!(found.is_empty(), "axe-core found:\n{}", found.join("\n"));
+}
+
 /// First-run setup through its form (owner@acme.io, workspace Acme, project
 /// Production), ending signed in on the activity page; `shot` names a
 /// screenshot of the empty form.
@@ -732,5 +877,6 @@ backend_tests!(
     embed_js_retries_and_backs_off_in_a_real_browser,
     dashboard_flow_in_a_real_browser,
     dashboard_at_phone_width,
+    dashboard_pages_pass_axe,
     copy_works_on_a_plain_http_lan_address,
 );

@@ -181,6 +181,17 @@ impl Browser {
         .await
     }
 
+    /// Runs `script` as an async function body; it answers by calling its
+    /// last argument (WebDriver's callback).
+    pub async fn execute_async(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
     /// Emulates a device's viewport (CSS pixels), as a phone shows pages.
     pub async fn set_viewport(&self, width: u32, height: u32) {
         self.call(
