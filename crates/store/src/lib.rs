@@ -23,6 +23,7 @@ pub use areas::audit::AuditStore;
 pub use areas::contacts::ContactStore;
 pub use areas::credentials::CredentialStore;
 pub use areas::events::EventStore;
+pub use areas::jobs::{CONTACT_JOB, EVENT_JOB, Job, JobQueueStats, JobStore, RUN_JOB};
 pub use areas::keys::KeyStore;
 pub use areas::members::MemberStore;
 pub use areas::metrics::{Buckets, MetricsStore, NamedPoint, Point};
@@ -30,8 +31,8 @@ pub use areas::schema::SchemaStore;
 pub use areas::sessions::{FormClaim, SessionStore};
 pub use areas::tenancy::TenancyStore;
 pub use areas::workflow_runs::{
-    CONTACT_JOB, EVENT_JOB, Job, JobNext, JobQueueStats, Progress, RUN_JOB, RunAttempt, RunFilter,
-    RunStep, StartOutcome, StartRefusal, WorkflowRun, WorkflowRunStore,
+    JobNext, Progress, RunAttempt, RunFilter, RunStep, StartOutcome, StartRefusal, WorkflowRun,
+    WorkflowRunStore,
 };
 pub use areas::workflows::{Workflow, WorkflowStore};
 
@@ -64,6 +65,7 @@ pub trait Store:
     + MetricsStore
     + WorkflowStore
     + WorkflowRunStore
+    + JobStore
     + tenant_sql::TenantSqlStore
     + 'static
 {

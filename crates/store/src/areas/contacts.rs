@@ -210,8 +210,7 @@ async fn upsert_contact_in<DB: Db>(
     };
     write_contact::<DB>(tx, &contact, !created).await?;
     let depth = audit.map_or(0, |a| a.workflow_depth);
-    super::workflow_runs::record_contact_triggers::<DB>(tx, &contact, before.as_ref(), depth)
-        .await?;
+    super::jobs::record_contact_triggers::<DB>(tx, &contact, before.as_ref(), depth).await?;
     // Subscribing an existing contact through the subscribers API is
     // recorded as a subscriber creation.
     let newly_subscribed = !was_subscribed
@@ -331,7 +330,7 @@ impl<B: Backend> ContactStore for B {
         };
         write_contact::<B::Db>(&mut tx, &contact, true).await?;
         let depth = audit.map_or(0, |a| a.workflow_depth);
-        super::workflow_runs::record_contact_triggers::<B::Db>(
+        super::jobs::record_contact_triggers::<B::Db>(
             &mut tx,
             &contact,
             Some(&current.fields),

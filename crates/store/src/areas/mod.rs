@@ -6,6 +6,7 @@ pub mod audit;
 pub mod contacts;
 pub mod credentials;
 pub mod events;
+pub mod jobs;
 pub mod keys;
 pub mod members;
 pub mod metrics;

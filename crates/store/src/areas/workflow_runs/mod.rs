@@ -1,9 +1,7 @@
-//! Workflow runs (SPEC §10) and the job queue that advances them.
-//!
-//! A run is started with its job in one transaction; a worker claims due
-//! jobs with a lease (`locked_until`) rather than a transaction held open
-//! during a webhook call, and saves each step's outcome together with the
-//! job's next time, only while the lease is still its own.
+//! Workflow runs (SPEC §10): started with their job (see [`super::jobs`])
+//! in one transaction; a worker that claimed the job saves each step's
+//! outcome together with the job's next time, only while its lease is still
+//! its own.
 
 use async_trait::async_trait;
 use keyflow_core::clock::UnixMillis;
@@ -12,18 +10,14 @@ use keyflow_core::workflows::runs::{RunStatus, StepPath};
 use serde_json::Value;
 
 use super::audit::{commit_if, write_audit};
-use crate::backend::{Backend, Run, WriteTx};
-use crate::columns::{from_json, page_limit, to_json};
-use crate::{AuditEntry, Page, StoreError, StoreResult};
+use super::jobs::{Job, RUN_JOB, schedule, unschedule};
 
-/// The job kind that advances a run.
-pub const RUN_JOB: &str = "workflow_run";
-/// The job kind an event trigger writes with the event (migration 0020):
-/// `subject_id` is `event id/workflow id`.
-pub const EVENT_JOB: &str = "workflow_event";
-/// The job kind a contact write makes for a contact trigger: `subject_id`
-/// is `contact id/workflow id/unique`, `payload` what changed.
-pub const CONTACT_JOB: &str = "workflow_contact";
+mod rows;
+use crate::backend::{Backend, Run, WriteTx};
+use crate::columns::{page_limit, to_json};
+use crate::{AuditEntry, Page, StoreResult};
+use rows::*;
+
 /// How long an API trigger's `Idempotency-Key` replays its first answer.
 pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
 
@@ -74,32 +68,6 @@ pub struct RunAttempt {
     /// The first 1 KiB of the answer.
     pub response: Option<String>,
     pub error: Option<String>,
-}
-
-/// The job queue at one moment, for `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct JobQueueStats {
-    /// Every job, due or not (a run's `wait` keeps its job until then).
-    pub queued: i64,
-    /// Jobs due now that no worker holds.
-    pub due: i64,
-    /// Jobs a worker holds under a live lease.
-    pub running: i64,
-    /// When the longest-waiting due job became due.
-    pub oldest_due_at: Option<UnixMillis>,
-}
-
-/// A claimed job.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Job {
-    pub id: String,
-    pub kind: String,
-    pub project_id: String,
-    pub subject_id: String,
-    /// Claims so far, this one included, that never finished.
-    pub claims: i64,
-    /// What a contact trigger saw (JSON), for `workflow_contact` jobs.
-    pub payload: Option<String>,
 }
 
 /// Why a run was not started.
@@ -161,23 +129,6 @@ pub trait WorkflowRunStore: Send + Sync {
         idempotency_key: Option<&str>,
         hourly_cap: i64,
     ) -> StoreResult<StartOutcome>;
-    /// Claims up to `limit` due jobs for `worker` until `now + lease_ms`,
-    /// none of the projects in `skip` (those with their share running).
-    async fn claim_jobs(
-        &self,
-        worker: &str,
-        now: UnixMillis,
-        lease_ms: i64,
-        limit: i64,
-        skip: &[String],
-    ) -> StoreResult<Vec<Job>>;
-    /// When the next job is due (to sleep until then), if any.
-    async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>>;
-    /// How many jobs wait, are due or are held, and the oldest due one.
-    async fn job_queue_stats(&self, now: UnixMillis) -> StoreResult<JobQueueStats>;
-    /// Wakes the worker when a commit queued jobs (this process's on
-    /// SQLite; any instance's on PostgreSQL).
-    fn job_signals(&self) -> crate::JobSignals;
     /// Saves a run's progress and its job's next time in one transaction,
     /// if `worker` still holds the job's lease (`false`: it does not; nothing
     /// written).
@@ -187,11 +138,6 @@ pub trait WorkflowRunStore: Send + Sync {
         worker: &str,
         progress: Progress<'_>,
     ) -> StoreResult<bool>;
-    /// Gives a job back without progress (its workflow is paused): due
-    /// again at `at`, its claims reset.
-    async fn release_job(&self, job: &Job, worker: &str, at: UnixMillis) -> StoreResult<()>;
-    /// Removes a job whose run is gone or over.
-    async fn drop_job(&self, job: &Job, worker: &str) -> StoreResult<()>;
     async fn workflow_run(&self, project_id: &str, id: &str) -> StoreResult<Option<WorkflowRun>>;
     /// The steps a run reached and every attempt, in order.
     async fn run_steps(&self, run_id: &str) -> StoreResult<(Vec<RunStep>, Vec<RunAttempt>)>;
@@ -243,259 +189,6 @@ pub trait WorkflowRunStore: Send + Sync {
         project_id: &str,
         event_id: &str,
     ) -> StoreResult<Option<(String, Option<String>, String)>>;
-}
-
-const RUN_COLUMNS: &str = "id, project_id, workflow_id, version, contact_id, trigger_json, \
-     facts_json, status, position, depth, error, created_at, updated_at, finished_at";
-
-#[derive(sqlx::FromRow)]
-struct RunRow {
-    id: String,
-    project_id: String,
-    workflow_id: String,
-    version: i64,
-    contact_id: String,
-    trigger_json: String,
-    facts_json: String,
-    status: String,
-    position: Option<String>,
-    depth: i64,
-    error: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-    finished_at: Option<i64>,
-}
-
-impl RunRow {
-    fn into_model(self) -> StoreResult<WorkflowRun> {
-        Ok(WorkflowRun {
-            status: RunStatus::parse(&self.status).ok_or_else(|| {
-                StoreError::Corrupt(format!("run {}: status {:?}", self.id, self.status))
-            })?,
-            trigger: from_json("trigger_json", &self.trigger_json)?,
-            facts: from_json("facts_json", &self.facts_json)?,
-            position: self
-                .position
-                .as_deref()
-                .map(|p| from_json("position", p))
-                .transpose()?,
-            id: self.id,
-            project_id: self.project_id,
-            workflow_id: self.workflow_id,
-            version: self.version,
-            contact_id: self.contact_id,
-            depth: self.depth,
-            error: self.error,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct StepRow {
-    path: String,
-    step_type: String,
-    status: String,
-    attempts: i64,
-    next_attempt_at: Option<i64>,
-    started_at: i64,
-    finished_at: Option<i64>,
-}
-
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    path: String,
-    attempt: i64,
-    at: i64,
-    status_code: Option<i64>,
-    duration_ms: i64,
-    response: Option<String>,
-    error: Option<String>,
-}
-
-#[derive(sqlx::FromRow)]
-struct JobRow {
-    id: String,
-    kind: String,
-    project_id: String,
-    subject_id: String,
-    claims: i64,
-    payload: Option<String>,
-}
-
-/// Records where a run's step is; `overwrite: false` keeps a record
-/// already there (another worker's).
-async fn write_step<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    run_id: &str,
-    step: &RunStep,
-    overwrite: bool,
-) -> StoreResult<()> {
-    macro_rules! insert_step {
-        () => {
-            "INSERT INTO workflow_run_steps (run_id, path, step_type, status, attempts, \
-             next_attempt_at, started_at, finished_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-             WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE id = $1) "
-        };
-    }
-    let sql = if overwrite {
-        concat!(
-            insert_step!(),
-            "ON CONFLICT (run_id, path) DO UPDATE SET status = $4, attempts = $5, \
-             next_attempt_at = $6, finished_at = $8"
-        )
-    } else {
-        concat!(insert_step!(), "ON CONFLICT DO NOTHING")
-    };
-    sqlx::query::<DB>(sql)
-        .arg(run_id)
-        .arg(&step.path)
-        .arg(&step.step_type)
-        .arg(&step.status)
-        .arg(step.attempts)
-        .arg(step.next_attempt_at)
-        .arg(step.started_at)
-        .arg(step.finished_at)
-        .run(conn)
-        .await?;
-    Ok(())
-}
-
-/// Keeps one webhook attempt with its run (if the run is still there; an
-/// attempt already kept under its number stays as it is).
-async fn insert_attempt<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    run_id: &str,
-    attempt: &RunAttempt,
-) -> StoreResult<()> {
-    sqlx::query::<DB>(
-        "INSERT INTO workflow_run_attempts (run_id, path, attempt, at, status_code, \
-         duration_ms, response, error) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM workflow_runs WHERE id = $1) \
-         ON CONFLICT DO NOTHING",
-    )
-    .arg(run_id)
-    .arg(&attempt.path)
-    .arg(attempt.attempt)
-    .arg(attempt.at)
-    .arg(attempt.status_code)
-    .arg(attempt.duration_ms)
-    .arg(&attempt.response)
-    .arg(&attempt.error)
-    .run(conn)
-    .await?;
-    Ok(())
-}
-
-/// Called in a contact write's transaction: a job for each active
-/// workflow whose contact trigger the write sets off (`before`: the fields
-/// before the write, `None` for a new contact).
-pub(crate) async fn record_contact_triggers<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    contact: &crate::Contact,
-    before: Option<&keyflow_core::contacts::ContactFields>,
-    depth: i64,
-) -> StoreResult<()> {
-    let triggers: Vec<(String, Option<String>, Option<bool>)> = sqlx::query::<DB>(
-        "SELECT workflow_id, property, subscribed FROM workflow_contact_triggers \
-         WHERE project_id = $1",
-    )
-    .arg(&contact.project_id)
-    .all(&mut *conn)
-    .await?;
-    for (workflow_id, property, subscribed) in triggers {
-        let payload = match (property, subscribed) {
-            (Some(property), _) => {
-                let old = before.and_then(|b| b.properties.get(&property));
-                let new = contact.fields.properties.get(&property);
-                if old == new {
-                    continue;
-                }
-                serde_json::json!({"depth": depth, "property": property, "value": new})
-            }
-            (None, Some(wanted)) => {
-                let was = before.is_some_and(|b| b.subscribed);
-                if was == contact.fields.subscribed || contact.fields.subscribed != wanted {
-                    continue;
-                }
-                serde_json::json!({"depth": depth, "subscribed": wanted})
-            }
-            (None, None) => continue,
-        };
-        sqlx::query::<DB>(
-            "INSERT INTO jobs (id, kind, project_id, subject_id, run_at, locked_until, \
-             locked_by, claims, created_at, payload) VALUES ($1, $2, $3, $4, $5, NULL, NULL, 0, $5, $6)",
-        )
-        .arg(crate::new_id())
-        .arg(CONTACT_JOB)
-        .arg(&contact.project_id)
-        .arg(format!("{}/{workflow_id}/{}", contact.id, crate::new_id()))
-        .arg(contact.updated_at)
-        .arg(payload.to_string())
-        .run(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-fn position_json(run: &WorkflowRun) -> StoreResult<Option<String>> {
-    run.position.as_ref().map(to_json).transpose()
-}
-
-/// The run's changing columns, written as they are in `run`.
-async fn write_run<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    run: &WorkflowRun,
-) -> StoreResult<()> {
-    sqlx::query::<DB>(
-        "UPDATE workflow_runs SET status = $2, position = $3, error = $4, updated_at = $5, \
-         finished_at = $6 WHERE id = $1",
-    )
-    .arg(&run.id)
-    .arg(run.status.as_str())
-    .arg(position_json(run)?)
-    .arg(&run.error)
-    .arg(run.updated_at)
-    .arg(run.finished_at)
-    .run(conn)
-    .await?;
-    Ok(())
-}
-
-async fn schedule<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    run: &WorkflowRun,
-    at: UnixMillis,
-) -> StoreResult<()> {
-    sqlx::query::<DB>(
-        "INSERT INTO jobs (id, kind, project_id, subject_id, run_at, locked_until, locked_by, \
-         claims, created_at) VALUES ($1, $2, $3, $4, $5, NULL, NULL, 0, $5) \
-         ON CONFLICT (kind, subject_id) DO UPDATE SET run_at = $5, locked_until = NULL, \
-         locked_by = NULL, claims = 0",
-    )
-    .arg(crate::new_id())
-    .arg(RUN_JOB)
-    .arg(&run.project_id)
-    .arg(&run.id)
-    .arg(at)
-    .run(conn)
-    .await?;
-    Ok(())
-}
-
-async fn unschedule<DB: crate::backend::Db>(
-    conn: &mut DB::Connection,
-    run_id: &str,
-) -> StoreResult<()> {
-    sqlx::query::<DB>("DELETE FROM jobs WHERE kind = $1 AND subject_id = $2")
-        .arg(RUN_JOB)
-        .arg(run_id)
-        .run(conn)
-        .await?;
-    Ok(())
 }
 
 #[async_trait]
@@ -604,105 +297,6 @@ impl<B: Backend> WorkflowRunStore for B {
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn claim_jobs(
-        &self,
-        worker: &str,
-        now: UnixMillis,
-        lease_ms: i64,
-        limit: i64,
-        skip: &[String],
-    ) -> StoreResult<Vec<Job>> {
-        let mut tx = self.begin_write().await?;
-        let skipped = (0..skip.len())
-            .map(|i| format!("${}", i + 5))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE jobs SET locked_until = $1, locked_by = $2, claims = claims + 1 \
-             WHERE id IN (SELECT id FROM jobs WHERE run_at <= $3 \
-             AND (locked_until IS NULL OR locked_until <= $3) {} ORDER BY run_at LIMIT $4 {}) \
-             RETURNING id, kind, project_id, subject_id, claims, payload",
-            if skip.is_empty() {
-                String::new()
-            } else {
-                format!("AND project_id NOT IN ({skipped})")
-            },
-            B::SKIP_LOCKED
-        );
-        let mut query = sqlx::query::<B::Db>(sqlx::AssertSqlSafe(sql))
-            .arg(now + lease_ms)
-            .arg(worker)
-            .arg(now)
-            .arg(limit);
-        for project in skip {
-            query = query.arg(project);
-        }
-        let rows: Vec<JobRow> = query.all(&mut tx).await?;
-        tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Job {
-                id: r.id,
-                kind: r.kind,
-                project_id: r.project_id,
-                subject_id: r.subject_id,
-                claims: r.claims,
-                payload: r.payload,
-            })
-            .collect())
-    }
-
-    fn job_signals(&self) -> crate::JobSignals {
-        B::job_signals(self)
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn next_job_at(&self) -> StoreResult<Option<UnixMillis>> {
-        let mut conn = self.pool().acquire().await?;
-        // Two reads an index answers (`jobs_due`, `jobs_leases`): the first
-        // free job, and the first lease to run out. (One MIN over an
-        // expression read the whole queue at every look of every worker.)
-        let (free,): (Option<i64>,) =
-            sqlx::query::<B::Db>("SELECT MIN(run_at) FROM jobs WHERE locked_until IS NULL")
-                .one(&mut conn)
-                .await?;
-        let (leased,): (Option<i64>,) = sqlx::query::<B::Db>(
-            "SELECT MIN(locked_until) FROM jobs WHERE locked_until IS NOT NULL",
-        )
-        .one(&mut conn)
-        .await?;
-        Ok(match (free, leased) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        })
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn job_queue_stats(&self, now: UnixMillis) -> StoreResult<JobQueueStats> {
-        let mut conn = self.pool().acquire().await?;
-        // One pass over the queue, at scrape time only.
-        let (queued, due, running, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) =
-            sqlx::query::<B::Db>(
-                "SELECT COUNT(*), \
-                 SUM(CASE WHEN run_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
-                     THEN 1 ELSE 0 END), \
-                 SUM(CASE WHEN locked_until > $1 THEN 1 ELSE 0 END), \
-                 MIN(CASE WHEN run_at <= $1 AND (locked_until IS NULL OR locked_until <= $1) \
-                     THEN run_at END) \
-                 FROM jobs",
-            )
-            .arg(now)
-            .one(&mut conn)
-            .await?;
-        Ok(JobQueueStats {
-            queued,
-            due: due.unwrap_or(0),
-            running: running.unwrap_or(0),
-            oldest_due_at: oldest,
-        })
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
     async fn save_progress(
         &self,
         job: &Job,
@@ -750,32 +344,6 @@ impl<B: Backend> WorkflowRunStore for B {
         }
         tx.commit().await?;
         Ok(true)
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn release_job(&self, job: &Job, worker: &str, at: UnixMillis) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query::<B::Db>(
-            "UPDATE jobs SET run_at = $3, locked_until = NULL, locked_by = NULL, claims = 0 \
-             WHERE id = $1 AND locked_by = $2",
-        )
-        .arg(&job.id)
-        .arg(worker)
-        .arg(at)
-        .run(&mut tx)
-        .await?;
-        tx.commit().await
-    }
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn drop_job(&self, job: &Job, worker: &str) -> StoreResult<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query::<B::Db>("DELETE FROM jobs WHERE id = $1 AND locked_by = $2")
-            .arg(&job.id)
-            .arg(worker)
-            .run(&mut tx)
-            .await?;
-        tx.commit().await
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
