@@ -29,7 +29,6 @@ struct CredentialPage<'a> {
     rows: Vec<IpRow>,
     /// As stored, or as typed when the form came back with an error.
     ttl: String,
-    message: Option<&'a str>,
     errors: FormErrors,
 }
 
@@ -39,7 +38,6 @@ async fn show(
     state: &SharedState,
     viewer: &Viewer,
     status: StatusCode,
-    message: Option<&str>,
     typed: Option<(&std::collections::HashMap<String, String>, FormErrors)>,
 ) -> PageResult {
     let (typed, errors) = match typed {
@@ -77,7 +75,6 @@ async fn show(
         ttl: typed
             .and_then(|values| values.get("cache_ttl_minutes").cloned())
             .unwrap_or_else(|| ttl.to_string()),
-        message,
         errors,
     };
     Ok(render(status, &page))
@@ -85,7 +82,7 @@ async fn show(
 
 /// `GET /metrics-credential`.
 pub async fn credential(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
-    show(&state, &viewer, StatusCode::OK, None, None).await
+    show(&state, &viewer, StatusCode::OK, None).await
 }
 
 #[derive(Template)]
@@ -138,29 +135,20 @@ pub async fn update(State(state): State<SharedState>, form: ManagerForm) -> Page
     let viewer = &form.viewer;
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     let ip_rows = ip_rows_from_form(&form.values);
-    let Ok(ttl) = form.field("cache_ttl_minutes").trim().parse::<i64>() else {
-        let errors = FormErrors::one("ttl", "Cache TTL", "Must be a whole number of minutes.");
-        return show(
-            &state,
-            viewer,
-            unprocessable,
-            None,
-            Some((&form.values, errors)),
-        )
-        .await;
+    let checked = match form.field("cache_ttl_minutes").trim().parse::<i64>() {
+        Ok(ttl) => credential_ops::validate_change(Some(&ip_rows), Some(ttl))
+            .map_err(|fields| FormErrors::from_fields(&fields)),
+        Err(_) => Err(FormErrors::one(
+            "ttl",
+            "Cache TTL",
+            "Must be a whole number of minutes.",
+        )),
     };
-    let change = match credential_ops::validate_change(Some(&ip_rows), Some(ttl)) {
-        Ok(c) => c,
-        Err(fields) => {
-            let errors = FormErrors::from_fields(&fields);
-            return show(
-                &state,
-                viewer,
-                unprocessable,
-                None,
-                Some((&form.values, errors)),
-            )
-            .await;
+    let change = match checked {
+        Ok(change) => change,
+        Err(errors) => {
+            let typed = Some((&form.values, errors));
+            return show(&state, viewer, unprocessable, typed).await;
         }
     };
     credential_ops::update(&form.ctx(&state), &viewer.project, &change, &[]).await?;
