@@ -539,6 +539,33 @@ async fn dashboard_pages_pass_axe(backend: Backend) {
         "axe-core did not run: {canary}"
     );
     check("the reveal page".into(), reveal);
+    // Beyond axe's rules: form control borders at 3:1 against the page, a
+    // focus ring, and a skip link as the first stop of the keyboard.
+    browser.goto(&format!("{base}/keys/new?type=secret")).await;
+    let looks = browser
+        .execute(
+            "const lum = c => { const [r, g, b] = c.match(/\\d+/g).slice(0, 3).map(v => {
+                 v = v / 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+               return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+             const input = document.querySelector('#name');
+             const border = lum(getComputedStyle(input).borderTopColor);
+             input.focus();
+             const ring = getComputedStyle(input).outlineStyle;
+             const first = document.querySelector('a[href], button, input:not([type=hidden]), select, textarea');
+             return [Math.round((1.05) / (border + 0.05) * 100) / 100, ring,
+                     first.className, first.getAttribute('href')];",
+        )
+        .await;
+    assert!(
+        looks[0].as_f64().unwrap() >= 3.0,
+        "input border contrast: {looks}"
+    );
+    assert_ne!(looks[1], "none", "no focus ring: {looks}");
+    assert_eq!(
+        (&looks[2], &looks[3]),
+        (&json!("skip-link"), &json!("#main")),
+        "{looks}"
+    );
     // A refused form: its summary and the messages next to the fields.
     browser.goto(&format!("{base}/keys/new?type=secret")).await;
     browser.type_into("#name", "bad").await;
