@@ -1,5 +1,6 @@
 /* Keyflow dashboard: the few lines of script it needs (copy to clipboard,
-   and showing only the chosen trigger kind's fields on a workflow's form;
+   focusing a one-time reveal, and showing only the chosen trigger kind's
+   fields on a workflow's form;
    without script every kind's fields show and the server reads the chosen
    one's).
    navigator.clipboard exists only in secure contexts (https, localhost): on a
@@ -62,5 +63,16 @@
   document.addEventListener("change", function (event) {
     if (event.target.id === "trigger_type") { showTriggerKind(); }
   });
-  document.addEventListener("DOMContentLoaded", showTriggerKind);
+  // A one-time reveal starts with the key focused and selected: screen
+  // readers read it out, and Ctrl+C copies it at once.
+  function focusReveal() {
+    var target = document.querySelector("[data-focus]");
+    if (!target) { return; }
+    target.focus();
+    select(target);
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    showTriggerKind();
+    focusReveal();
+  });
 })();

@@ -368,6 +368,10 @@ async fn dashboard_at_phone_width(backend: Backend) {
         .await;
     browser.click("#create-key").await;
     let key = browser.text("#new-key").await;
+    assert_eq!(
+        browser.text("#try-key").await,
+        format!("curl {base}/v1/keys/self -H \"Authorization: Bearer {key}\"")
+    );
     for page in [
         "/keys",
         "/activity",
@@ -817,6 +821,18 @@ async fn copy_works_on_a_plain_http_lan_address(backend: Backend) {
     browser.click("#create-key").await;
     let key = browser.text("#new-key").await;
     assert!(key.starts_with("ck_live_"), "{key}");
+    // The reveal starts focused on the key, and offers the page snippet
+    // with this address and this key.
+    assert_eq!(
+        browser.execute("return document.activeElement.id;").await,
+        json!("new-key")
+    );
+    let snippet = browser.text("#try-key").await;
+    assert!(
+        snippet.contains(&format!("<script src=\"{base}/embed.js\"></script>"))
+            && snippet.contains(&format!("keyflow.init(\"{key}\", {{ host: \"{base}\" }})")),
+        "{snippet}"
+    );
     browser.click("[data-copy=new-key]").await;
     let selected = browser
         .execute("return window.getSelection().toString().trim();")

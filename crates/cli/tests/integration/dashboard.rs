@@ -464,9 +464,10 @@ pub(crate) mod keys_pages {
 
     fn revealed_key(reply: &Reply) -> String {
         let page = text(reply);
-        page.split("id=\"new-key\">")
+        page.split("id=\"new-key\"")
             .nth(1)
-            .and_then(|rest| rest.split('<').next())
+            .and_then(|rest| rest.split_once('>'))
+            .and_then(|(_, rest)| rest.split('<').next())
             .expect("a revealed key")
             .to_string()
     }

@@ -142,6 +142,9 @@ pub struct ViewerForm {
     pub values: HashMap<String, String>,
     /// The client's address (per SPEC §2), for the audit log.
     pub ip: Option<String>,
+    /// The address the browser reached Keyflow at (`Origin`, checked equal
+    /// to `Host`), for copy-ready examples; `None` when it sent none.
+    pub origin: Option<String>,
 }
 
 impl ViewerForm {
@@ -169,6 +172,11 @@ impl FromRequest<SharedState> for ViewerForm {
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0);
         let ip = crate::auth::client_ip(state, peer, &headers).map(|ip| ip.to_string());
+        let origin = headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .filter(|o| o.starts_with("http://") || o.starts_with("https://"))
+            .map(str::to_string);
         let Form(pairs) = Form::<Vec<(String, String)>>::from_request(req, state)
             .await
             .map_err(|_| ApiError::field("form", "is not a valid form"))?;
@@ -185,6 +193,7 @@ impl FromRequest<SharedState> for ViewerForm {
             pairs,
             values,
             ip,
+            origin,
         })
     }
 }

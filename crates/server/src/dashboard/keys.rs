@@ -485,7 +485,7 @@ pub async fn create(State(state): State<SharedState>, form: ManagerForm) -> Page
     Ok(match created {
         Ok(issued) => {
             state.store.finish_form(nonce, Some(&issued.key.id)).await?;
-            reveal(viewer, &issued.key, &issued.secret)
+            reveal(viewer, &issued.key, &issued.secret, form.origin.as_deref())
         }
         Err(e) => {
             // Nothing was made: the same form may be sent again.
@@ -504,10 +504,23 @@ struct RevealPage<'a> {
     name: &'a str,
     access: String,
     project_id: &'a str,
+    /// A first use to paste: a curl call, or the page snippet of a client key.
+    try_it: String,
 }
 
-/// The one-time reveal: the only page that ever shows the full key.
-fn reveal(viewer: &Viewer, key: &ApiKey, secret: &str) -> Response {
+/// The one-time reveal: the only page that ever shows the full key, with a
+/// first use of it ready to paste (`origin`: where the browser reached
+/// Keyflow).
+fn reveal(viewer: &Viewer, key: &ApiKey, secret: &str, origin: Option<&str>) -> Response {
+    let base = origin.unwrap_or("https://your-keyflow-host");
+    let try_it = match key.key_type {
+        KeyType::Client => format!(
+            "<script src=\"{base}/embed.js\"></script>\n\
+             <script>keyflow.init(\"{secret}\", {{ host: \"{base}\" }});\n\
+             keyflow.track(\"page_view\", {{ path: location.pathname }});</script>"
+        ),
+        _ => format!("curl {base}/v1/keys/self -H \"Authorization: Bearer {secret}\""),
+    };
     let page = RevealPage {
         chrome: viewer.chrome("/keys", "New API key"),
         secret,
@@ -515,6 +528,7 @@ fn reveal(viewer: &Viewer, key: &ApiKey, secret: &str) -> Response {
         name: &key.settings.name,
         access: access_summary(key.key_type, key.scopes),
         project_id: &viewer.project.id,
+        try_it,
     };
     render(StatusCode::OK, &page)
 }
@@ -608,7 +622,12 @@ pub async fn act(
             match key_ops::roll_key(&ctx, &viewer.project, &key, grace, authority).await {
                 Ok(issued) => {
                     state.store.finish_form(nonce, Some(&issued.key.id)).await?;
-                    Ok(reveal(viewer, &issued.key, &issued.secret))
+                    Ok(reveal(
+                        viewer,
+                        &issued.key,
+                        &issued.secret,
+                        form.origin.as_deref(),
+                    ))
                 }
                 Err(e) => {
                     state.store.finish_form(nonce, None).await?;
