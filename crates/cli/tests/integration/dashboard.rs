@@ -129,6 +129,51 @@ async fn first_run_setup_creates_owner_and_signs_in(backend: Backend) {
         text(&bad)
     );
     assert_eq!(app.store.count_operators().await.unwrap(), 0);
+    // What was typed stays (never the password), the field at fault says so.
+    let page = text(&bad);
+    assert!(page.contains(r#"value="owner@x.io""#) && page.contains(r#"value="Acme""#));
+    assert!(
+        page.contains(r#"aria-describedby="password-error""#),
+        "{page}"
+    );
+    assert!(!page.contains("value=\"short\""));
+    // A bad project name is refused before anything is made: no workspace
+    // is left behind.
+    let bad_project = post_form(
+        &app,
+        "/setup",
+        None,
+        &[
+            ("token", &token),
+            ("email", "owner@x.io"),
+            ("password", PASSWORD),
+            ("workspace", "Acme"),
+            ("project", "   "),
+            ("plan", "pro"),
+        ],
+    )
+    .await;
+    assert_eq!(bad_project.status, 422);
+    let page = text(&bad_project);
+    assert!(
+        page.contains(r##"<a href="#project">First project: "##),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<option value="pro" selected>pro</option>"#),
+        "{page}"
+    );
+    let page_one = keyflow_store::Page {
+        limit: 10,
+        cursor: None,
+    };
+    assert!(
+        app.store
+            .list_workspaces(&page_one)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let done = post_form(
         &app,
         "/setup",
@@ -1172,6 +1217,28 @@ pub(crate) mod keys_pages {
         .await;
         let cookie = session_cookie(&setup).unwrap();
         let csrf = csrf_of(&text(&get_page(&app, "/members", Some(&cookie)).await));
+        // A refused add says why next to the field and keeps the email and
+        // role, never the password.
+        let refused = post_form(
+            &app,
+            "/members",
+            Some(&cookie),
+            &[
+                ("csrf", &csrf),
+                ("do", "add"),
+                ("email", "not-an-email"),
+                ("password", "short-secret-1"),
+                ("role", "admin"),
+            ],
+        )
+        .await;
+        assert_eq!(refused.status, 422);
+        let page = text(&refused);
+        assert!(page.contains(r##"<a href="#email">Email: "##), "{page}");
+        assert!(page.contains(r#"aria-describedby="email-error""#), "{page}");
+        assert!(page.contains(r#"value="not-an-email""#), "{page}");
+        assert!(page.contains("<option selected>admin</option>"), "{page}");
+        assert!(!page.contains("short-secret-1"));
         // Add a member, promote, refuse removing the last owner, remove the member.
         let added = post_form(
             &app,

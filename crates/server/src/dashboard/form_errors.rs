@@ -61,6 +61,26 @@ impl FormErrors {
         });
     }
 
+    /// An operation's refusal: its field errors on their inputs when it
+    /// has them, else its message in the summary.
+    pub fn from_refusal(e: crate::operations::OpError) -> Self {
+        if let crate::operations::OpError::Refused { details, .. } = &e
+            && let Some(fields) = details["fields"].as_array()
+        {
+            let fields: Vec<FieldError> = fields
+                .iter()
+                .map(|f| FieldError {
+                    field: f["field"].as_str().unwrap_or_default().to_string(),
+                    message: f["message"].as_str().unwrap_or_default().to_string(),
+                })
+                .collect();
+            if !fields.is_empty() {
+                return Self::from_fields(&fields);
+            }
+        }
+        Self::general(super::page::refusal(e))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -128,6 +148,12 @@ fn input_of(field: &str) -> (String, String) {
         ("allowed_events", _) => fixed("allowed_events", "Allowed events"),
         ("allowed_origins", _) => fixed("allowed_origins", "Allowed origins"),
         ("rate_limit", _) => fixed("limit", "Rate limit"),
+        ("email", _) => fixed("email", "Email"),
+        ("password", _) => fixed("password", "Password"),
+        ("role", _) => fixed("role", "Role"),
+        ("workspace", _) => fixed("workspace", "Workspace"),
+        ("project", _) => fixed("project", "First project"),
+        ("plan", _) => fixed("plan", "Plan"),
         ("cache_ttl_minutes" | "metrics_cache_ttl_minutes", _) => fixed("ttl", "Cache TTL"),
         (other, _) => (other.to_string(), other.replace('_', " ")),
     }

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use keyflow_core::{Environment, Plan};
 
-use super::page::{Chrome, MessagePage, PageError, PageResult, refusal, render};
+use super::form_errors::FormErrors;
+use super::page::{Chrome, MessagePage, PageError, PageResult, render};
 use super::{client_ip, session, start_session};
 use crate::operations::tenancy;
 use crate::state::SharedState;
@@ -19,14 +20,31 @@ use crate::state::SharedState;
 struct SetupPage<'a> {
     chrome: Chrome,
     token: &'a str,
-    message: Option<&'a str>,
+    errors: FormErrors,
+    /// What a refused form held (never the password).
+    typed: &'a HashMap<String, String>,
 }
 
-fn setup_page(status: StatusCode, token: &str, message: Option<&str>) -> Response {
+impl SetupPage<'_> {
+    fn typed(&self, name: &str, default: &'static str) -> String {
+        self.typed
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+}
+
+fn setup_page(
+    status: StatusCode,
+    token: &str,
+    errors: FormErrors,
+    typed: &HashMap<String, String>,
+) -> Response {
     let page = SetupPage {
         chrome: Chrome::public("Set up"),
         token,
-        message,
+        errors,
+        typed,
     };
     render(status, &page)
 }
@@ -56,7 +74,12 @@ pub async fn form(
 ) -> Response {
     match query.get("token") {
         Some(token) if state.setup_token_matches(token) && no_operators_yet(&state).await => {
-            setup_page(StatusCode::OK, token, None)
+            setup_page(
+                StatusCode::OK,
+                token,
+                FormErrors::default(),
+                &HashMap::new(),
+            )
         }
         _ => unavailable(),
     }
@@ -89,11 +112,12 @@ pub async fn submit(
     };
     let Some(plan) = plan else {
         state.restore_setup_token(token.clone());
-        let message = Some("Choose a plan: free, pro or team.");
+        let errors = FormErrors::one("plan", "Plan", "Choose free, pro or team.");
         return Ok(setup_page(
             StatusCode::UNPROCESSABLE_ENTITY,
             &token,
-            message,
+            errors,
+            &form,
         ));
     };
     let new = tenancy::NewInstance {
@@ -112,9 +136,13 @@ pub async fn submit(
         }
         Err(e) => {
             state.restore_setup_token(token.clone());
-            let message = refusal(e);
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(setup_page(status, &token, Some(&message)))
+            Ok(setup_page(
+                status,
+                &token,
+                FormErrors::from_refusal(e),
+                &form,
+            ))
         }
     }
 }

@@ -13,7 +13,7 @@ use keyflow_store::{Membership, Operator, ProjectSettings, Workspace};
 use super::activity::Choice;
 use super::extract::{Manager, ManagerForm, Viewer};
 use super::form_errors::FormErrors;
-use super::page::{Chrome, PageError, PageResult, refusal, render};
+use super::page::{Chrome, PageError, PageResult, render};
 use crate::error::ApiError;
 use crate::operations::{OpError, OpResult, tenancy};
 use crate::state::SharedState;
@@ -36,7 +36,10 @@ struct MembersPage<'a> {
     chrome: Chrome,
     csrf: &'a str,
     members: Vec<MemberRow>,
-    message: Option<&'a str>,
+    /// Why the last change was refused (a refused add keeps its email and role).
+    errors: FormErrors,
+    typed_email: &'a str,
+    typed_role: &'a str,
     /// What the last change did, in words.
     notice: Option<&'static str>,
     /// The roles the viewer may give a new member.
@@ -61,10 +64,15 @@ fn members_page(
     viewer: &Viewer,
     status: StatusCode,
     members: &[(Operator, Membership)],
-    message: Option<&str>,
+    refused: Option<(FormErrors, &ManagerForm)>,
     notice: Option<&'static str>,
 ) -> Response {
     let me = viewer.membership.role;
+    // A refused add keeps its email and role (never the password).
+    let (errors, added) = match refused {
+        Some((errors, form)) => (errors, Some(form).filter(|f| f.field("do") == "add")),
+        None => (FormErrors::default(), None),
+    };
     let rows = members
         .iter()
         .map(|(op, m)| {
@@ -93,7 +101,9 @@ fn members_page(
         chrome: viewer.chrome("/members", "Members"),
         csrf: viewer.csrf(),
         members: rows,
-        message,
+        typed_email: added.map_or("", |form| form.field("email")),
+        typed_role: added.map_or("", |form| form.field("role")),
+        errors,
         notice,
         new_roles: assignable(me).into_iter().map(Role::as_str).collect(),
     };
@@ -179,9 +189,9 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
         }
         Err(e) => {
             let list = state.store.list_members(workspace).await.unwrap_or(members);
-            let message = refusal(e);
+            let refused = Some((FormErrors::from_refusal(e), &form));
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(members_page(viewer, status, &list, Some(&message), None))
+            Ok(members_page(viewer, status, &list, refused, None))
         }
     }
 }

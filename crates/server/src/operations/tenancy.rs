@@ -412,7 +412,11 @@ pub async fn bootstrap(
         environment,
         plan,
     } = new;
+    // Every field is checked before anything is created: a refused project
+    // name once left its workspace behind.
     let email = check_email(email)?;
+    let workspace_name = check_name("workspace", workspace_name)?;
+    let project_name = check_name("project", project_name)?;
     let password_hash = hash_password(password).await?;
     if store.find_operator_by_email(&email).await?.is_some() {
         return Err(OpError::new(
@@ -420,8 +424,8 @@ pub async fn bootstrap(
             "An operator with this email already exists.",
         ));
     }
-    let workspace = create_workspace(store, workspace_name, plan, now).await?;
-    let project = create_project(store, &workspace.id, project_name, environment, now).await?;
+    let workspace = create_workspace(store, &workspace_name, plan, now).await?;
+    let project = create_project(store, &workspace.id, &project_name, environment, now).await?;
     let owner = Operator {
         id: new_id(),
         email,
