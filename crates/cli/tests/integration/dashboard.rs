@@ -527,6 +527,36 @@ pub(crate) mod keys_pages {
         (cookie, project, csrf_of(&page))
     }
 
+    /// A plan without API access suspends every key: the keys page says
+    /// so, with the count, before the list; a plan with access says nothing.
+    async fn a_suspending_plan_is_said_on_the_keys_page(backend: Backend) {
+        let app = TestApp::start(backend).await;
+        let (cookie, project, _) = signed_in_admin(&app).await;
+        let keys = text(&get_page(&app, "/keys", Some(&cookie)).await);
+        assert!(!keys.contains("feature_not_allowed"), "{keys}");
+        let workspace = app
+            .store
+            .get_project(&project)
+            .await
+            .unwrap()
+            .unwrap()
+            .workspace_id;
+        let changed = app
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/v1/workspaces/{workspace}/plan"),
+                json!({"plan": "free"}),
+            )
+            .await;
+        assert_eq!(changed.status, 200);
+        let keys = text(&get_page(&app, "/keys", Some(&cookie)).await);
+        assert!(
+            keys.contains("<strong>free</strong> plan")
+                && keys.contains("its 1 active key answers <code>403 feature_not_allowed</code>"),
+            "{keys}"
+        );
+    }
+
     async fn create_reveal_use_revoke(backend: Backend) {
         let app = TestApp::start(backend).await;
         let (cookie, project, csrf) = signed_in_admin(&app).await;
@@ -1919,6 +1949,7 @@ pub(crate) mod keys_pages {
         roll_reveals_a_successor,
         a_reposted_create_form_makes_one_key,
         keys_show_their_state,
+        a_suspending_plan_is_said_on_the_keys_page,
         bad_input_shows_a_message_and_changes_nothing,
         members_cannot_open_the_keys_pages,
     );

@@ -208,6 +208,9 @@ struct ListPage<'a> {
     /// The tab shown: `active`, `expired` or `revoked`.
     shown: &'static str,
     tabs: Vec<Tab>,
+    /// Set when the workspace's plan suspends every key: the plan, and how
+    /// many active keys now answer 403 `feature_not_allowed`.
+    suspended: Option<(&'static str, usize)>,
 }
 
 pub async fn list(
@@ -258,7 +261,14 @@ pub async fn list(
             state: state_now,
         });
     }
+    // A plan without API access suspends every key: say so before the list.
+    let plan = state.plan_of(viewer.workspace_id()).await?;
+    let active = counts[0].1;
+    let suspended = plan
+        .filter(|p| !p.allows_api())
+        .map(|p| (p.as_str(), active));
     let page = ListPage {
+        suspended,
         chrome: viewer.chrome("/keys", "API keys"),
         project: &viewer.project,
         projects: &viewer.projects,
