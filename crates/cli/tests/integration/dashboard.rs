@@ -631,6 +631,13 @@ pub(crate) mod keys_pages {
         app.get("/v1/keys/self", &key)
             .await
             .assert_error(401, "key_revoked");
+        // The list it lands on says what happened; a made-up `done` says nothing.
+        let to = revoked.header("location").unwrap().to_string();
+        assert!(to.ends_with("&done=revoked"), "{to}");
+        let list = text(&get_page(&app, &to, Some(&cookie)).await);
+        assert!(list.contains("role=\"status\">Key revoked"), "{list}");
+        let forged = text(&get_page(&app, "/keys?done=%3Cscript%3E", Some(&cookie)).await);
+        assert!(!forged.contains("class=\"notice\"") && !forged.contains("<script>"));
         // The activity log shows both, with the operator's name.
         let activity = text(&get_page(&app, "/activity", Some(&cookie)).await);
         assert!(activity.contains("api_key.created") && activity.contains("api_key.revoked"));
@@ -1606,6 +1613,9 @@ pub(crate) mod keys_pages {
         )
         .await;
         assert_eq!(saved.status, 303, "{}", text(&saved));
+        let to = saved.header("location").unwrap().to_string();
+        let page = text(&get_page(&app, &to, Some(&cookie)).await);
+        assert!(page.contains("role=\"status\">Saved."), "{page}");
         // Keys without their own limit now get the project's.
         let me = app.get("/v1/keys/self", &key).await;
         assert_eq!(me.header("x-ratelimit-limit"), Some("7"));

@@ -152,6 +152,9 @@ pub async fn update(State(state): State<SharedState>, form: ManagerForm) -> Page
         }
     };
     credential_ops::update(&form.ctx(&state), &viewer.project, &change, &[]).await?;
-    let to = format!("/metrics-credential?project={}", viewer.project.id);
+    let to = format!(
+        "/metrics-credential?project={}&done=saved",
+        viewer.project.id
+    );
     Ok(Redirect::to(&to).into_response())
 }

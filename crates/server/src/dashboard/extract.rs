@@ -27,6 +27,9 @@ pub struct Viewer {
     pub membership: Membership,
     pub project: Project,
     pub projects: Vec<Project>,
+    /// What the change that redirected here did (`?done=`), shown at the
+    /// top of the page: fixed words, never text from the URL.
+    pub notice: Option<&'static str>,
 }
 
 impl Viewer {
@@ -58,12 +61,14 @@ impl Viewer {
             membership,
             project,
             projects,
+            notice: None,
         })
     }
 
     /// The layout of a signed-in page titled `title`, with `current` marked.
     pub fn chrome(&self, current: &'static str, title: &str) -> Chrome {
         let mut chrome = chrome_of(&self.signed_in, current, title);
+        chrome.notice = self.notice;
         if let Some(operator) = chrome.operator.as_mut() {
             operator.project = Some(self.project.id.clone());
         }
@@ -106,6 +111,7 @@ fn chrome_of(signed_in: &SignedIn, current: &'static str, title: &str) -> Chrome
             csrf: signed_in.session.csrf_token.clone(),
             project: None,
         }),
+        notice: None,
     }
 }
 
@@ -116,7 +122,9 @@ impl FromRequestParts<SharedState> for Viewer {
         let Query(query) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .unwrap_or_default();
-        Self::load(state, &parts.headers, query.get("project")).await
+        let mut viewer = Self::load(state, &parts.headers, query.get("project")).await?;
+        viewer.notice = super::page::done_notice(&query);
+        Ok(viewer)
     }
 }
 

@@ -268,6 +268,6 @@ pub async fn edit(
         authority,
     )
     .await?;
-    let to = format!("/keys/{}?project={}", key.id, viewer.project.id);
+    let to = format!("/keys/{}?project={}&done=saved", key.id, viewer.project.id);
     Ok(Redirect::to(&to).into_response())
 }

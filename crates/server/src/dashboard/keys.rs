@@ -616,7 +616,7 @@ pub async fn act(
     match action.as_str() {
         "revoke" => {
             key_ops::revoke_key(&ctx, viewer.workspace_id(), &key, authority).await?;
-            let to = format!("/keys?project={}", viewer.project.id);
+            let to = format!("/keys?project={}&done=revoked", viewer.project.id);
             Ok(Redirect::to(&to).into_response())
         }
         "roll" => {

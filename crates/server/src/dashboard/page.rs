@@ -32,6 +32,8 @@ pub struct Chrome {
     pub title: String,
     pub current: &'static str,
     pub operator: Option<OperatorChrome>,
+    /// What the last change did (see [`done_notice`]), above the page.
+    pub notice: Option<&'static str>,
 }
 
 pub struct OperatorChrome {
@@ -48,6 +50,7 @@ impl Chrome {
             title: title.to_string(),
             current: "",
             operator: None,
+            notice: None,
         }
     }
 
@@ -218,6 +221,20 @@ pub fn relative_time(at: i64, now: i64) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
+/// The message a page shows after a change that redirected to it with
+/// `?done=WHAT`: fixed words per change, never text from the URL.
+pub fn done_notice(query: &std::collections::HashMap<String, String>) -> Option<&'static str> {
+    Some(match query.get("done")?.as_str() {
+        "saved" => "Saved.",
+        "revoked" => "Key revoked: every request with it is refused from now on (401 key_revoked).",
+        "plan" => "Plan changed.",
+        "added" => "Member added.",
+        "role" => "Role changed.",
+        "removed" => "Member removed: they can no longer sign in to this workspace.",
+        _ => return None,
+    })
+}
+
 /// The words of an operation's refusal, for the message next to a form.
 pub fn refusal(e: OpError) -> String {
     ApiError::from(e).message
@@ -262,6 +279,7 @@ mod tests {
                     csrf: "tok".into(),
                     project: Some("\"><p>".into()),
                 }),
+                notice: None,
             },
             heading: "<h>",
             text: "<script>alert('x')</script> & \"q\"",

@@ -40,8 +40,6 @@ struct MembersPage<'a> {
     errors: FormErrors,
     typed_email: &'a str,
     typed_role: &'a str,
-    /// What the last change did, in words.
-    notice: Option<&'static str>,
     /// The roles the viewer may give a new member.
     new_roles: Vec<&'static str>,
 }
@@ -65,7 +63,6 @@ fn members_page(
     status: StatusCode,
     members: &[(Operator, Membership)],
     refused: Option<(FormErrors, &ManagerForm)>,
-    notice: Option<&'static str>,
 ) -> Response {
     let me = viewer.membership.role;
     // A refused add keeps its email and role (never the password).
@@ -104,7 +101,6 @@ fn members_page(
         typed_email: added.map_or("", |form| form.field("email")),
         typed_role: added.map_or("", |form| form.field("role")),
         errors,
-        notice,
         new_roles: assignable(me).into_iter().map(Role::as_str).collect(),
     };
     render(status, &page)
@@ -119,19 +115,9 @@ struct RemovePage<'a> {
     email: &'a str,
 }
 
-pub async fn members(
-    Manager(viewer): Manager,
-    State(state): State<SharedState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> PageResult {
+pub async fn members(Manager(viewer): Manager, State(state): State<SharedState>) -> PageResult {
     let list = state.store.list_members(viewer.workspace_id()).await?;
-    let notice = match query.get("done").map(String::as_str) {
-        Some("added") => Some("Member added."),
-        Some("role") => Some("Role changed."),
-        Some("removed") => Some("Member removed: they can no longer sign in to this workspace."),
-        _ => None,
-    };
-    Ok(members_page(&viewer, StatusCode::OK, &list, None, notice))
+    Ok(members_page(&viewer, StatusCode::OK, &list, None))
 }
 
 /// Add, change the role of, or remove a member. The rules (only owners touch
@@ -191,7 +177,7 @@ pub async fn change_members(State(state): State<SharedState>, form: ManagerForm)
             let list = state.store.list_members(workspace).await.unwrap_or(members);
             let refused = Some((FormErrors::from_refusal(e), &form));
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            Ok(members_page(viewer, status, &list, refused, None))
+            Ok(members_page(viewer, status, &list, refused))
         }
     }
 }
@@ -306,7 +292,7 @@ pub async fn change_plan(State(state): State<SharedState>, form: ManagerForm) ->
     let plan = Plan::parse(form.field("plan"))
         .ok_or_else(|| ApiError::field("plan", "must be free, pro or team"))?;
     tenancy::change_plan(&form.ctx(&state), viewer.workspace_id(), plan).await?;
-    Ok(Redirect::to("/plan").into_response())
+    Ok(Redirect::to("/plan?done=plan").into_response())
 }
 
 #[derive(Template)]
@@ -404,7 +390,7 @@ pub async fn save_settings(State(state): State<SharedState>, form: ManagerForm) 
         }
     };
     tenancy::change_project_settings(&form.ctx(&state), &viewer.project, &new).await?;
-    let to = format!("/settings?project={}", viewer.project.id);
+    let to = format!("/settings?project={}&done=saved", viewer.project.id);
     Ok(Redirect::to(&to).into_response())
 }
 
