@@ -392,6 +392,71 @@ async fn cross_site_posts_and_missing_csrf_are_refused(backend: Backend) {
     );
 }
 
+/// Sign-in comes back to the page asked for, and only to a page of this site.
+async fn sign_in_returns_to_the_page_asked_for(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let workspace = operator(&app, "ops@acme.io").await;
+    let project = app.store.list_projects(&workspace).await.unwrap()[0]
+        .id
+        .clone();
+    let asked = format!("/settings?project={project}");
+    let away = get_page(&app, &asked, None).await;
+    assert_eq!(away.status, 303);
+    let to = away.header("location").unwrap().to_string();
+    assert_eq!(
+        to,
+        format!("/signin?next=%2Fsettings%3Fproject%3D{project}")
+    );
+    let form = text(&get_page(&app, &to, None).await);
+    assert!(
+        form.contains(&format!(r#"name="next" value="{asked}""#)),
+        "{form}"
+    );
+    let sign_in_with = |next: String| {
+        let app = &app;
+        async move {
+            post_form(
+                app,
+                "/signin",
+                None,
+                &[
+                    ("email", "ops@acme.io"),
+                    ("password", PASSWORD),
+                    ("next", &next),
+                ],
+            )
+            .await
+        }
+    };
+    let back = sign_in_with(asked.clone()).await;
+    assert_eq!(back.status, 303);
+    assert_eq!(back.header("location"), Some(asked.as_str()));
+    // Never another site, nor a path that browsers read as one.
+    for next in [
+        "//evil.example/x",
+        "/\\evil.example",
+        "https://evil.example",
+        "/signin",
+    ] {
+        let landed = sign_in_with(next.to_string()).await;
+        assert_eq!(landed.header("location"), Some("/activity"), "{next}");
+    }
+    // A failed attempt keeps where to go.
+    let failed = post_form(
+        &app,
+        "/signin",
+        None,
+        &[
+            ("email", "ops@acme.io"),
+            ("password", "wrong password"),
+            ("next", &asked),
+        ],
+    )
+    .await;
+    assert_eq!(failed.status, 401);
+    assert!(text(&failed).contains(&format!(r#"name="next" value="{asked}""#)));
+}
+
 async fn sessions_expire_idle_and_absolute(backend: Backend) {
     let app = TestApp::start(backend).await;
     operator(&app, "ops@acme.io").await;
@@ -399,7 +464,7 @@ async fn sessions_expire_idle_and_absolute(backend: Backend) {
     app.clock.advance_ms(61 * 60 * 1000);
     let idle = get_page(&app, "/activity", Some(&cookie)).await;
     assert_eq!(idle.status, 303);
-    assert_eq!(idle.header("location"), Some("/signin"));
+    assert_eq!(idle.header("location"), Some("/signin?next=%2Factivity"));
     // Active use keeps a session up to 24 hours, not beyond.
     let cookie = sign_in(&app, "ops@acme.io").await;
     for _ in 0..47 {
@@ -501,6 +566,7 @@ backend_tests!(
     sign_in_is_audited_and_rate_limited,
     cross_site_posts_and_missing_csrf_are_refused,
     sessions_expire_idle_and_absolute,
+    sign_in_returns_to_the_page_asked_for,
     pages_escape_user_text_and_send_security_headers,
 );
 

@@ -40,7 +40,7 @@ impl Viewer {
     ) -> Result<Self, PageError> {
         let signed_in = session::current(state, headers)
             .await?
-            .ok_or(PageError::SignIn)?;
+            .ok_or(PageError::SignIn(None))?;
         let memberships = state.store.list_memberships(&signed_in.operator.id).await?;
         let Some(membership) = memberships.into_iter().next() else {
             // Signed in, but removed from every workspace since.
@@ -122,7 +122,16 @@ impl FromRequestParts<SharedState> for Viewer {
         let Query(query) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .unwrap_or_default();
-        let mut viewer = Self::load(state, &parts.headers, query.get("project")).await?;
+        let mut viewer = match Self::load(state, &parts.headers, query.get("project")).await {
+            // A page asked for without a session comes back after sign-in.
+            Err(PageError::SignIn(_)) if parts.method == axum::http::Method::GET => {
+                let asked = parts.uri.path_and_query().map(|p| p.as_str().to_string());
+                return Err(PageError::SignIn(
+                    asked.filter(|p| super::page::safe_next(p).is_some()),
+                ));
+            }
+            other => other?,
+        };
         viewer.notice = super::page::done_notice(&query);
         Ok(viewer)
     }

@@ -21,7 +21,7 @@ mod workspace;
 use std::collections::HashMap;
 
 use askama::Template;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -144,20 +144,29 @@ async fn stylesheet() -> Response {
 struct SigninPage<'a> {
     chrome: Chrome,
     email: &'a str,
+    /// Where to go after signing in (a path of this site), carried by the form.
+    next: &'a str,
     message: Option<&'a str>,
 }
 
-pub(crate) fn signin_page(status: StatusCode, email: &str, message: Option<&str>) -> Response {
+pub(crate) fn signin_page(
+    status: StatusCode,
+    email: &str,
+    next: &str,
+    message: Option<&str>,
+) -> Response {
     let page = SigninPage {
         chrome: Chrome::public("Sign in"),
         email,
+        next: page::safe_next(next).unwrap_or(""),
         message,
     };
     render(status, &page)
 }
 
-async fn signin_form() -> Response {
-    signin_page(StatusCode::OK, "", None)
+async fn signin_form(Query(query): Query<HashMap<String, String>>) -> Response {
+    let next = query.get("next").map(String::as_str).unwrap_or("");
+    signin_page(StatusCode::OK, "", next, None)
 }
 
 async fn home(State(state): State<SharedState>, headers: HeaderMap) -> PageResult {
@@ -168,18 +177,21 @@ async fn home(State(state): State<SharedState>, headers: HeaderMap) -> PageResul
 }
 
 /// Creates a session for `operator_id` (rotating any previous one), audits the
-/// sign-in in each of the operator's workspaces, and redirects to the dashboard.
+/// sign-in in each of the operator's workspaces, and redirects to `to` (a
+/// checked path of this site) or the dashboard.
 async fn start_session(
     state: &SharedState,
     headers: &HeaderMap,
     operator: &keyflow_store::Operator,
     ip: Option<String>,
+    to: Option<&str>,
 ) -> Result<Response, ApiError> {
     let actor = sessions::operator_actor(operator);
     let ctx = state.ctx(actor, ip, state.now_ms());
     let replaced = session::cookie_value(headers);
     let NewSession { id, .. } = sessions::sign_in(&ctx, operator, replaced.as_deref()).await?;
-    let mut response = Redirect::to("/activity").into_response();
+    let to = to.and_then(page::safe_next).unwrap_or("/activity");
+    let mut response = Redirect::to(to).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
         session::set_cookie(&id, session::is_https(headers)),

@@ -99,8 +99,9 @@ pub struct MessagePage<'a> {
 
 /// Why a page could not be shown; each renders as a page of its own.
 pub enum PageError {
-    /// Not signed in (or the session ended): to the sign-in page.
-    SignIn,
+    /// Not signed in (or the session ended): to the sign-in page, which
+    /// comes back to the page asked for (`next`, a path of this site).
+    SignIn(Option<String>),
     /// A form posted from another site, or without this session's token.
     CrossSite,
     /// Signed in, but the role does not allow the page.
@@ -117,7 +118,13 @@ pub enum PageError {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
-            Self::SignIn => Redirect::to("/signin").into_response(),
+            Self::SignIn(None) => Redirect::to("/signin").into_response(),
+            Self::SignIn(Some(next)) => {
+                let query: String = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("next", &next)
+                    .finish();
+                Redirect::to(&format!("/signin?{query}")).into_response()
+            }
             Self::CrossSite => render(
                 StatusCode::FORBIDDEN,
                 &MessagePage {
@@ -233,6 +240,19 @@ pub fn done_notice(query: &std::collections::HashMap<String, String>) -> Option<
         "removed" => "Member removed: they can no longer sign in to this workspace.",
         _ => return None,
     })
+}
+
+/// Where sign-in may send the browser afterwards: a path of this site
+/// (`/keys?project=…`), never another site (`//evil.example`, `/\\evil`),
+/// nor sign-in itself.
+pub fn safe_next(next: &str) -> Option<&str> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control)
+        && next.len() <= 2000
+        && !next.starts_with("/signin");
+    ok.then_some(next)
 }
 
 /// The words of an operation's refusal, for the message next to a form.

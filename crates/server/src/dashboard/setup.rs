@@ -132,7 +132,7 @@ pub async fn submit(
     match created {
         Ok(boot) => {
             let ip = client_ip(&state, &headers, peer);
-            Ok(start_session(&state, &headers, &boot.owner, ip).await?)
+            Ok(start_session(&state, &headers, &boot.owner, ip, None).await?)
         }
         Err(e) => {
             state.restore_setup_token(token.clone());

@@ -171,10 +171,11 @@ fn normalised_email(raw: &str) -> Option<String> {
     Some(keyflow_core::text::nfc_email(trimmed).to_lowercase())
 }
 
-fn busy(email: &str) -> Response {
+fn busy(email: &str, next: &str) -> Response {
     let mut response = signin_page(
         StatusCode::SERVICE_UNAVAILABLE,
         email,
+        next,
         Some("Too many sign-ins at once. Try again in a moment."),
     );
     response
@@ -193,10 +194,12 @@ pub async fn signin(
         return PageError::CrossSite.into_response();
     }
     let raw_email = form.get("email").map(String::as_str).unwrap_or_default();
+    let next = form.get("next").map(String::as_str).unwrap_or_default();
     let Some(email) = normalised_email(raw_email) else {
         return signin_page(
             StatusCode::UNPROCESSABLE_ENTITY,
             "",
+            next,
             Some("That is not an email address (at most 254 characters, no control characters)."),
         );
     };
@@ -209,6 +212,7 @@ pub async fn signin(
         signin_page(
             StatusCode::TOO_MANY_REQUESTS,
             &email,
+            next,
             Some("Too many failed sign-ins. Wait a few minutes and try again."),
         )
     };
@@ -226,7 +230,7 @@ pub async fn signin(
     // Then a hashing turn: without one the attempt is given back, unchecked.
     let Some(permit) = tenancy::try_hashing_permit() else {
         throttle.refund_all(&charges, now);
-        return busy(&email);
+        return busy(&email, next);
     };
     let operator = match state.store.find_operator_by_email(&email).await {
         Ok(op) => op,
@@ -251,17 +255,17 @@ pub async fn signin(
     match operator {
         Some(op) if verified => {
             throttle.refund_accounts(&charges, now);
-            let mut response =
-                match start_session(&state, &headers, &op, ip.map(|i| i.to_string())).await {
-                    Ok(r) => r,
-                    Err(e) => return PageError::from(e).into_response(),
-                };
+            let ip = ip.map(|i| i.to_string());
+            let mut response = match start_session(&state, &headers, &op, ip, Some(next)).await {
+                Ok(r) => r,
+                Err(e) => return PageError::from(e).into_response(),
+            };
             if let Some(cookie) = device_set_cookie(&op, now, session::is_https(&headers)) {
                 response.headers_mut().append(header::SET_COOKIE, cookie);
             }
             response
         }
-        _ => signin_page(StatusCode::UNAUTHORIZED, &email, Some(MISMATCH)),
+        _ => signin_page(StatusCode::UNAUTHORIZED, &email, next, Some(MISMATCH)),
     }
 }
 
