@@ -592,7 +592,7 @@ async fn dashboard_pages_pass_axe(backend: Backend) {
 }
 
 /// First-run setup through its form (owner@acme.io, workspace Acme, project
-/// Production), ending signed in on the activity page; `shot` names a
+/// Production), ending signed in on the first key's form; `shot` names a
 /// screenshot of the empty form.
 async fn set_up_first_owner(
     browser: &crate::webdriver::Browser,
@@ -611,7 +611,9 @@ async fn set_up_first_owner(
     browser.type_into("#workspace", "Acme").await;
     browser.type_into("#project", "Production").await;
     browser.click("button[type=submit]").await;
-    browser.wait_for_url("/activity").await;
+    browser
+        .wait_for_url("/keys/new?type=secret&done=welcome-team")
+        .await;
 }
 
 /// The dashboard in a real browser (chromedriver + headless Chromium): setup →
@@ -633,10 +635,14 @@ async fn dashboard_flow_in_a_real_browser(backend: Backend) {
 
     set_up_first_owner(&browser, &base, &token, Some(&format!("{name}-setup"))).await;
     assert!(
-        browser.url().await.ends_with("/activity"),
+        browser
+            .url()
+            .await
+            .ends_with("/keys/new?type=secret&done=welcome-team"),
         "{}",
         browser.url().await
     );
+    assert!(browser.source().await.contains("Keyflow is set up"));
     // API access needs pro: the instance operator upgrades the workspace.
     let operator = app
         .store

@@ -189,13 +189,20 @@ async fn first_run_setup_creates_owner_and_signs_in(backend: Backend) {
     )
     .await;
     assert_eq!(done.status, 303, "{}", text(&done));
-    assert_eq!(done.header("location"), Some("/activity"));
+    // Setup lands on the first key's form, saying the plan (team by default).
+    let landed = done.header("location").unwrap().to_string();
+    assert_eq!(landed, "/keys/new?type=secret&done=welcome-team");
     let set_cookie = done.header("set-cookie").unwrap();
     assert!(
         set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
         "{set_cookie}"
     );
     let cookie = session_cookie(&done).unwrap();
+    let welcome = text(&get_page(&app, &landed, Some(&cookie)).await);
+    assert!(
+        welcome.contains("on the team plan") && welcome.contains("Create API key"),
+        "{welcome}"
+    );
     let activity = get_page(&app, "/activity", Some(&cookie)).await;
     assert_eq!(activity.status, 200);
     let page = text(&activity);

@@ -233,6 +233,19 @@ pub fn relative_time(at: i64, now: i64) -> String {
 pub fn done_notice(query: &std::collections::HashMap<String, String>) -> Option<&'static str> {
     Some(match query.get("done")?.as_str() {
         "saved" => "Saved.",
+        "welcome-free" => {
+            "Keyflow is set up. The workspace is on the free plan, which has no API \
+                           access: its keys answer 403 until it moves to pro or team (Plan). \
+                           Create its first API key here."
+        }
+        "welcome-pro" => {
+            "Keyflow is set up. The workspace is on the pro plan. Create its first \
+                          API key here."
+        }
+        "welcome-team" => {
+            "Keyflow is set up. The workspace is on the team plan. Create its first \
+                           API key here."
+        }
         "revoked" => "Key revoked: every request with it is refused from now on (401 key_revoked).",
         "plan" => "Plan changed.",
         "added" => "Member added.",

@@ -132,7 +132,13 @@ pub async fn submit(
     match created {
         Ok(boot) => {
             let ip = client_ip(&state, &headers, peer);
-            Ok(start_session(&state, &headers, &boot.owner, ip, None).await?)
+            // Straight to the first key, with the plan said (free has no API).
+            let welcome = match boot.workspace.plan {
+                keyflow_core::Plan::Free => "/keys/new?type=secret&done=welcome-free",
+                keyflow_core::Plan::Pro => "/keys/new?type=secret&done=welcome-pro",
+                keyflow_core::Plan::Team => "/keys/new?type=secret&done=welcome-team",
+            };
+            Ok(start_session(&state, &headers, &boot.owner, ip, Some(welcome)).await?)
         }
         Err(e) => {
             state.restore_setup_token(token.clone());
