@@ -137,6 +137,14 @@ fn check_on_this_thread(sql: String, dialect: Dialect) -> Result<CheckedQuery, Q
             position: position(at),
         });
     }
+    if dialect == Dialect::Postgres
+        && let Some((at, reason)) = read_otherwise_by_postgres(&tokens)
+    {
+        return Err(QueryFailure::Refused {
+            reason: reason.into(),
+            position: position(at),
+        });
+    }
     let parsed = match dialect {
         Dialect::Sqlite => parse(&SQLiteDialect {}, &sql),
         Dialect::Postgres => parse(&PostgreSqlDialect {}, &sql),
@@ -201,6 +209,46 @@ fn using_an_operator(tokens: &[TokenWithSpan]) -> Option<Span> {
         }
     }
     None
+}
+
+/// Spellings PostgreSQL reads differently from the parser, so this check
+/// would judge a different query from the one that runs (attack round 11):
+/// - `U&"\0065"`, a Unicode-escaped name: the parser reads `U & "\0065"`
+///   (a column, a bitwise AND, a name with a backslash in it) where
+///   PostgreSQL reads the name `e` — a whole row, or `e.U&"row_to_json"`, a
+///   function the list refuses. (`U&'…'` strings the parser reads as
+///   PostgreSQL does.)
+/// - `$1$…$1$`: the parser takes a dollar-quoted string, PostgreSQL a
+///   parameter then `$…$` (a tag may not start with a digit there).
+fn read_otherwise_by_postgres(tokens: &[TokenWithSpan]) -> Option<(Span, &'static str)> {
+    for pair in tokens.windows(2) {
+        if let [first, second] = pair
+            && let Token::Word(word) = &first.token
+            && word.quote_style.is_none()
+            && word.value.eq_ignore_ascii_case("u")
+            && second.token == Token::Ampersand
+        {
+            return Some((
+                first.span,
+                "Unicode-escaped names (U&\"…\") are not allowed: write the name as it is",
+            ));
+        }
+    }
+    tokens.iter().find_map(|t| match &t.token {
+        Token::DollarQuotedString(quoted)
+            if quoted
+                .tag
+                .as_deref()
+                .is_some_and(|tag| tag.starts_with(|c: char| c.is_ascii_digit())) =>
+        {
+            Some((
+                t.span,
+                "a dollar-quoted string's tag may not start with a digit ($1$ reads as a \
+                 parameter): use '…' or $$…$$",
+            ))
+        }
+        _ => None,
+    })
 }
 
 fn too_complex_once_prepared(nodes: u64) -> String {

@@ -761,3 +761,29 @@ fn substring_takes_integer_positions_on_postgres() {
     }
     assert!(check("SELECT substr(name, 2, 3) FROM events", Dialect::Sqlite).is_ok());
 }
+
+/// Round 11: spellings PostgreSQL reads otherwise than the parser are
+/// refused before the parser judges them (the whole row as text, a record
+/// function through `alias.U&"…"`); the same text stays plain SQL on SQLite.
+#[test]
+fn postgres_spellings_the_parser_reads_otherwise_are_refused() {
+    for sql in [
+        r#"SELECT U&"\0065"::text FROM events e LIMIT 1"#,
+        r#"SELECT e.U&"row_to_json" FROM events e LIMIT 1"#,
+        r#"SELECT u&"\0065" FROM events e"#,
+    ] {
+        let refused = refusal(sql, Dialect::Postgres);
+        assert!(refused.contains("Unicode-escaped"), "{sql}: {refused}");
+    }
+    let refused = refusal("SELECT $1$$ a $$ , 2 -- $1$", Dialect::Postgres);
+    assert!(refused.contains("may not start with a digit"), "{refused}");
+    // A bitwise AND with spacing, ordinary dollar quotes and Unicode-escaped
+    // strings (which the parser decodes as PostgreSQL does) still run.
+    check("SELECT count(*) & 1 FROM events", Dialect::Postgres).unwrap();
+    check(r#"SELECT U&'\0041' FROM events LIMIT 1"#, Dialect::Postgres).unwrap();
+    check(
+        "SELECT $a$x$a$, $$y$$ FROM events LIMIT 1",
+        Dialect::Postgres,
+    )
+    .unwrap();
+}
