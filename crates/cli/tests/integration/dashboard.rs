@@ -1152,8 +1152,28 @@ pub(crate) mod keys_pages {
                 "{page}"
             );
         }
+        // The navigation shows a member only the pages they may open.
+        let activity = text(&get_page(&app, "/activity", Some(&cookie)).await);
+        for shown in [
+            "/contacts",
+            "/events",
+            "/analytics",
+            "/workflows",
+            "/activity",
+        ] {
+            assert!(activity.contains(&format!("href=\"{shown}?")), "{shown}");
+        }
+        for hidden in [
+            "/keys",
+            "/members",
+            "/plan",
+            "/metrics-credential",
+            "/settings",
+        ] {
+            assert!(!activity.contains(&format!("href=\"{hidden}?")), "{hidden}");
+        }
         // Nor can they post to the credential forms, even with their own valid token.
-        let csrf = csrf_of(&text(&get_page(&app, "/activity", Some(&cookie)).await));
+        let csrf = csrf_of(&activity);
         for path in ["/metrics-credential/rotate", "/metrics-credential"] {
             let reply = post_form(
                 &app,

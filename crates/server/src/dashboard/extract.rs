@@ -71,6 +71,7 @@ impl Viewer {
         chrome.notice = self.notice;
         if let Some(operator) = chrome.operator.as_mut() {
             operator.project = Some(self.project.id.clone());
+            operator.manager = self.membership.role.can_manage();
         }
         chrome
     }
@@ -110,6 +111,7 @@ fn chrome_of(signed_in: &SignedIn, current: &'static str, title: &str) -> Chrome
             email: signed_in.operator.email.clone(),
             csrf: signed_in.session.csrf_token.clone(),
             project: None,
+            manager: false,
         }),
         notice: None,
     }

@@ -12,18 +12,19 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use crate::error::ApiError;
 use crate::operations::OpError;
 
-/// Navigation entries: (path, label).
-const NAV: [(&str, &str); 10] = [
-    ("/contacts", "Contacts"),
-    ("/events", "Events"),
-    ("/analytics", "Metrics"),
-    ("/workflows", "Workflows"),
-    ("/keys", "API keys"),
-    ("/activity", "Activity"),
-    ("/members", "Members"),
-    ("/plan", "Plan"),
-    ("/metrics-credential", "Metrics credential"),
-    ("/settings", "Settings"),
+/// Navigation entries: (path, label, for owners and admins only). A member
+/// is not shown the pages that would answer them 403.
+const NAV: [(&str, &str, bool); 10] = [
+    ("/contacts", "Contacts", false),
+    ("/events", "Events", false),
+    ("/analytics", "Metrics", false),
+    ("/workflows", "Workflows", false),
+    ("/keys", "API keys", true),
+    ("/activity", "Activity", false),
+    ("/members", "Members", true),
+    ("/plan", "Plan", true),
+    ("/metrics-credential", "Metrics credential", true),
+    ("/settings", "Settings", true),
 ];
 
 /// What the layout shows around a page: its title, the navigation entry to
@@ -41,6 +42,8 @@ pub struct OperatorChrome {
     pub csrf: String,
     /// The project being looked at, kept by the navigation's links.
     pub project: Option<String>,
+    /// An owner or admin (who sees every page in the navigation).
+    pub manager: bool,
 }
 
 impl Chrome {
@@ -54,8 +57,12 @@ impl Chrome {
         }
     }
 
-    pub fn nav(&self) -> &'static [(&'static str, &'static str)] {
-        &NAV
+    pub fn nav(&self) -> Vec<(&'static str, &'static str)> {
+        let manager = self.operator.as_ref().is_some_and(|o| o.manager);
+        NAV.iter()
+            .filter(|(_, _, managers_only)| manager || !managers_only)
+            .map(|(path, label, _)| (*path, *label))
+            .collect()
     }
 
     pub fn is_current(&self, path: &str) -> bool {
@@ -311,6 +318,7 @@ mod tests {
                     email: "<i>@x.io".into(),
                     csrf: "tok".into(),
                     project: Some("\"><p>".into()),
+                    manager: true,
                 }),
                 notice: None,
             },
