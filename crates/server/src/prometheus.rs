@@ -69,29 +69,39 @@ struct RouteStats {
     latency: Histogram,
 }
 
+fn find<'m>(map: &'m RouteMap, route: &str, method: &Method) -> Option<&'m Arc<RouteStats>> {
+    map.get(route)?
+        .iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, stats)| stats)
+}
+
 impl Routes {
-    fn stats(&self, route: &str, method: &Method) -> Arc<RouteStats> {
-        let find = |map: &RouteMap| {
-            map.get(route)?
-                .iter()
-                .find(|(m, _)| m == method)
-                .map(|(_, s)| s.clone())
-        };
-        if let Some(found) = find(&self.0.read().unwrap_or_else(|p| p.into_inner())) {
-            return found;
+    /// Runs `count` on the stats of `route` and `method` under the read lock
+    /// (no reference count touched on the request path); the write lock
+    /// only the first time they are seen.
+    fn with_stats(&self, route: &str, method: &Method, count: impl Fn(&RouteStats)) {
+        if let Some(stats) = find(
+            &self.0.read().unwrap_or_else(|p| p.into_inner()),
+            route,
+            method,
+        ) {
+            count(stats);
+            return;
         }
         let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(found) = find(&map) {
-            return found;
+        if find(&map, route, method).is_none() {
+            let stats = Arc::new(RouteStats {
+                classes: Default::default(),
+                latency: Histogram::new(SECONDS),
+            });
+            map.entry(route.into())
+                .or_default()
+                .push((method.clone(), stats));
         }
-        let stats = Arc::new(RouteStats {
-            classes: Default::default(),
-            latency: Histogram::new(SECONDS),
-        });
-        map.entry(route.into())
-            .or_default()
-            .push((method.clone(), stats.clone()));
-        stats
+        if let Some(stats) = find(&map, route, method) {
+            count(stats);
+        }
     }
 
     /// Every (route, method, stats), sorted so scrapes read alike.
@@ -113,13 +123,14 @@ impl Routes {
 impl Prometheus {
     /// Counts one answered request under its route template.
     pub fn count_request(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
-        let stats = self.routes.stats(route, method);
-        if let Some(class) = (status / 100).checked_sub(1).map(usize::from)
-            && let Some(counter) = stats.classes.get(class)
-        {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        stats.latency.observe_duration(elapsed);
+        self.routes.with_stats(route, method, |stats| {
+            if let Some(class) = (status / 100).checked_sub(1).map(usize::from)
+                && let Some(counter) = stats.classes.get(class)
+            {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            stats.latency.observe_duration(elapsed);
+        });
     }
 
     pub fn count_auth_rejection(&self, code: ErrorCode) {

@@ -36,6 +36,19 @@ async fn workflows_pages(backend: Backend) {
     assert_eq!(form.status, 200);
     let csrf = csrf_of(&text(&form));
 
+    // An id that is no workflow's, even one a Location header cannot carry
+    // as it is, is a 404 page, not a 500.
+    for id in ["%C3%A9", "a%0Ab", "%7F", "nope"] {
+        let missing = post_form(
+            &app,
+            &format!("/workflows/{id}"),
+            Some(&cookie),
+            &[("csrf", &csrf), ("project", &project), ("action", "pause")],
+        )
+        .await;
+        assert_eq!(missing.status, 404, "{id}: {}", text(&missing));
+    }
+
     // The trigger is a form; a new workflow's starts on an API call.
     let page = text(&form);
     assert!(page.contains("<option value=\"api\" selected>"), "{page}");
