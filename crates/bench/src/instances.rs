@@ -84,14 +84,11 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
             body: None,
             script: None,
         })?;
-        let pid = std::process::id();
-        let batches = spread(wrk, &servers, 16, |i, server| Load {
+        let batches = spread(wrk, &servers, 16, |_, server| Load {
             url: format!("{}/v1/events/batch", server.base),
             key: Some(key),
             body: None,
-            script: Some(crate::wrk::generated(&identified_batch(&format!(
-                "i{pid}-{n}-{shared}-{i}"
-            )))),
+            script: Some(crate::wrk::generated(&identified_batch())),
         })?;
         println!(
             "| {n}{} | {:.0} req/s | {:.1} ms | {:.0} events/s | {:.1} ms |",

@@ -77,20 +77,28 @@ const ANONYMOUS_ID: &str = "visitor-1";
 const PROPERTIES: &str = r#"{"path":"/pricing","plan":"pro"}"#;
 
 /// What server-side clients send (SPEC §3, Segment's libraries): an
-/// `external_id` from a population of 1 000 users and a fresh idempotency key
-/// per event (`run` keeps keys of different runs apart), two properties.
-/// A Lua expression over `n` and `t` (see `wrk::generated`).
-fn identified_event(run: &str, index: &str) -> String {
+/// `external_id` from a population of 1 000 users (`index`, a Lua expression
+/// over `n`, `t` and `i`), an idempotency key (`key`, a Lua expression: a
+/// fresh random UUID per event, as those libraries make them, or a repeat),
+/// two properties. See `wrk::generated`.
+fn identified_event(index: &str, key: &str) -> String {
     format!(
         "string.format('{{\"name\":\"purchase\",\"external_id\":\"user-%d\",\
-         \"idempotency_key\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
-         ({index}) % 1000, t, n, {index}, n)"
+         \"idempotency_key\":\"%s\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
+         ({index}) % 1000, {key}, n)"
     )
 }
 
-/// 100 identified events per request, as `/v1/events/batch` takes them.
-fn identified_batch(run: &str) -> String {
-    let one = identified_event(run, "n * 100 + i");
+/// A fresh random idempotency key per event (see `wrk::generated`).
+const FRESH_KEY: &str = "uuid()";
+/// One of 1 000 keys sent over and over (retries, replays): after the first
+/// 1 000 requests every event is a duplicate.
+const SEEN_KEY: &str = "string.format('seen-%d', n % 1000)";
+
+/// 100 identified events per request with fresh keys, as `/v1/events/batch`
+/// takes them.
+fn identified_batch() -> String {
+    let one = identified_event("n * 100 + i", FRESH_KEY);
     format!(
         "(function() local e = {{}}; for i = 1, 100 do e[i] = {one} end; \
          return '{{\"events\":[' .. table.concat(e, ',') .. ']}}' end)()"
@@ -104,21 +112,20 @@ fn fresh_users_batch(run: &str) -> String {
     format!(
         "(function() local e = {{}}; for i = 1, 100 do e[i] = string.format(\
          '{{\"name\":\"purchase\",\"external_id\":\"{run}-%d-%d-%d\",\
-         \"idempotency_key\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
-         t, n, i, t, n, i, n) end; \
+         \"idempotency_key\":\"%s\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
+         t, n, i, uuid(), n) end; \
          return '{{\"events\":[' .. table.concat(e, ',') .. ']}}' end)()"
     )
 }
 
 /// The same 100 events as Segment `track` messages (`userId`, `messageId`).
-fn segment_batch(run: &str) -> String {
-    format!(
-        "(function() local e = {{}}; for i = 1, 100 do e[i] = string.format(\
-         '{{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"user-%d\",\
-         \"messageId\":\"{run}-%d-%d-%d\",\"properties\":{{\"plan\":\"pro\",\"amount\":%d}}}}', \
-         (n * 100 + i) % 1000, t, n, i, n) end; \
-         return '{{\"batch\":[' .. table.concat(e, ',') .. ']}}' end)()"
-    )
+fn segment_batch() -> String {
+    "(function() local e = {}; for i = 1, 100 do e[i] = string.format(\
+     '{\"type\":\"track\",\"event\":\"purchase\",\"userId\":\"user-%d\",\
+     \"messageId\":\"%s\",\"properties\":{\"plan\":\"pro\",\"amount\":%d}}', \
+     (n * 100 + i) % 1000, uuid(), n) end; \
+     return '{\"batch\":[' .. table.concat(e, ',') .. ']}' end)()"
+        .to_string()
 }
 
 /// A route measured against `/livez` in alternating rounds (see `--rounds`).
@@ -220,7 +227,6 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
         body: Some(format!("{{\"events\":[{}]}}", vec![EVENT; 100].join(","))),
         script: None,
     })?;
-    let run = format!("r{}", std::process::id());
     let script = |lua_body: String, path: &str| Load {
         url: url(path),
         key,
@@ -231,22 +237,22 @@ async fn measure(args: &Args, wrk: &Wrk<'_>, backend: &Backend) -> Result<Backen
         wrk,
         args.rounds,
         &livez,
-        &script(identified_event(&run, "n * 7 + t"), "/v1/events"),
+        &script(identified_event("n * 7 + t", FRESH_KEY), "/v1/events"),
     )?;
     // Keys already seen: 1 000 of them, over and over (retries, replays).
     let repeats = paired(
         wrk,
         args.rounds,
         &livez,
-        &script(identified_event("seen", "n % 1000"), "/v1/events"),
+        &script(identified_event("n", SEEN_KEY), "/v1/events"),
     )?;
     // Batches at 16 connections, as issue 12 states its p99 target.
     let batches = Wrk {
         connections: 16,
         ..*wrk
     };
-    let identified_batch = batches.run(&script(identified_batch(&run), "/v1/events/batch"))?;
-    let segment_batch = batches.run(&script(segment_batch(&run), "/v1/batch"))?;
+    let identified_batch = batches.run(&script(identified_batch(), "/v1/events/batch"))?;
+    let segment_batch = batches.run(&script(segment_batch(), "/v1/batch"))?;
     let (_, rss_peak) = server.rss()?;
     Ok(BackendFigures {
         key_self,

@@ -194,14 +194,14 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
             connections: 16,
             ..*wrk
         };
-        let load = |run: &str| Load {
+        let load = || Load {
             url: format!("{}/v1/events/batch", server.base),
             key: Some(key),
             body: None,
-            script: Some(generated(&identified_batch(run))),
+            script: Some(generated(&identified_batch())),
         };
         let per_event = |f: &crate::wrk::Figure| f.requests_per_second * 100.0;
-        let none = batches.run(&load("wf-none"))?;
+        let none = batches.run(&load())?;
         let mut others = Vec::new();
         for i in 0..10 {
             let id = create(
@@ -215,7 +215,7 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
             .await?;
             others.push(id);
         }
-        let ten = batches.run(&load("wf-ten"))?;
+        let ten = batches.run(&load())?;
         // The same load with the 10 archived: the database is as large as
         // for the run with them, so this separates their cost from growth.
         for id in &others {
@@ -226,7 +226,7 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
                 .await?
                 .error_for_status()?;
         }
-        let none_again = batches.run(&load("wf-none-again"))?;
+        let none_again = batches.run(&load())?;
 
         // Latency on an idle instance: one run at a time.
         let (receiver, hook) = Receiver::start().await?;
@@ -307,7 +307,7 @@ pub async fn run(args: &Args, wrk: &Wrk<'_>) -> Result<()> {
                    "steps": [{"type": "exit"}]}),
         )
         .await?;
-        let matching = batches.run(&load("wf-one"))?;
+        let matching = batches.run(&load())?;
         let fresh_one = batches.run(&fresh_load("wf-fresh-one"))?;
         second_table.push(format!(
             "| {name} | {:.0} ev/s, then {:.0} ev/s with them archived ({:.2}×) | {:.0} ev/s (p99 {:.0} ms) | {:.0} ev/s (p99 {:.0} ms), {:.2}× | {:.1} / {:.1} ms |",

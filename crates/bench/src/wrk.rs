@@ -30,7 +30,12 @@ pub fn generated(lua_body: &str) -> String {
     format!(
         "local threads = 0\n\
          function setup(thread) threads = threads + 1; thread:set(\"t\", threads) end\n\
-         function init() n = 0 end\n\
+         function init() n = 0; math.randomseed(os.time() * 100 + t) end\n\
+         -- A random version-4 UUID, as Segment's libraries and Stripe's\n\
+         -- clients make idempotency keys (random keys spread over the index).\n\
+         function uuid() local r = math.random; return string.format(\
+         '%08x-%04x-4%03x-%04x-%06x%06x', r(0, 0xffffffff), r(0, 0xffff), r(0, 0xfff), \
+         0x8000 + r(0, 0x3fff), r(0, 0xffffff), r(0, 0xffffff)) end\n\
          wrk.method = \"POST\"\n\
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
          function request() n = n + 1; return wrk.format(nil, nil, nil, {lua_body}) end\n"

@@ -185,7 +185,7 @@ async fn copy_table(
         }
     }
     let names: Vec<String> = columns.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-    let select = format!("SELECT {} FROM \"{table}\"", names.join(", "));
+    let select = format!("SELECT {} FROM {}", names.join(", "), source_of(table));
     let casts: Vec<String> = columns
         .iter()
         .enumerate()
@@ -271,4 +271,23 @@ fn text_of(row: &sqlx::sqlite::SqliteRow, i: usize, table: &str) -> StoreResult<
             )));
         }
     }))
+}
+
+/// Where a table's rows are read in SQLite. SQLite's event writer keeps no
+/// row per idempotency claim: a stored event with a key is its claim
+/// (migration 0024; `event_idempotency` holds older claims). PostgreSQL
+/// keeps every claim in `event_idempotency`, so the copy makes one row per
+/// key from both, the newest claim winning (SQLite gives a bare column the
+/// value of the row that holds the `max`).
+fn source_of(table: &str) -> String {
+    if table == "event_idempotency" {
+        "(SELECT project_id, key, event_id, max(created_at) AS created_at FROM ( \
+         SELECT project_id, key, event_id, created_at FROM event_idempotency UNION ALL \
+         SELECT project_id, idempotency_key, id, received_at FROM events \
+         WHERE idempotency_key IS NOT NULL) \
+         GROUP BY project_id, key)"
+            .to_string()
+    } else {
+        format!("\"{table}\"")
+    }
 }

@@ -645,5 +645,8 @@ pub fn migration_names(backend: Backend) -> Vec<&'static str> {
     }
     names.push("0022_workflow_entries");
     names.push("0023_contacts_by_project");
+    if backend == Backend::Sqlite {
+        names.push("0024_idempotency_runs");
+    }
     names
 }

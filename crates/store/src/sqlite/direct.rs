@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::writer::fail_all;
-use super::{lookups, rollups};
+use super::{claims, lookups, rollups};
 use crate::areas::events::{EVENT_CHUNKS, event_chunks, insert_events_sql};
 use crate::columns::EventRow;
 use crate::ingest_queue::IngestJob;
@@ -31,6 +31,8 @@ pub(crate) struct DirectWriter {
     identities: lookups::Identities,
     /// Presences known to be stored (see [`rollups::Presences`]).
     presences: rollups::Presences,
+    /// Idempotency claims (see [`claims::Claims`]).
+    claims: claims::Claims,
     /// Notes rows entering `jobs` (the event trigger's), for the worker.
     queued_jobs: Arc<QueuedJobs>,
 }
@@ -47,6 +49,7 @@ impl DirectWriter {
             inserts,
             identities: lookups::Identities::default(),
             presences: rollups::Presences::default(),
+            claims: claims::Claims::new(),
             queued_jobs,
         }
     }
@@ -56,6 +59,7 @@ impl DirectWriter {
         self.conn = None;
         self.identities.forget_all();
         self.presences.forget_all();
+        self.claims.forget_all();
     }
 
     /// Commits a lookup-free batch and answers its jobs. Should SQLite refuse
@@ -124,6 +128,16 @@ impl DirectWriter {
         }
     }
 
+    /// Moves the idempotency log into a run once it is long enough, and
+    /// drops runs older than the window as of `now` (see [`claims::Claims`]).
+    pub(crate) fn move_claims_if_due(&mut self, now: i64) {
+        let mut claims = std::mem::take(&mut self.claims);
+        if let Ok(conn) = self.connection() {
+            claims.move_if_due(conn, now);
+        }
+        self.claims = claims;
+    }
+
     fn connection(&mut self) -> rusqlite::Result<&mut Connection> {
         match &mut self.conn {
             Some(conn) => Ok(conn),
@@ -163,21 +177,30 @@ impl DirectWriter {
         let inserts = std::mem::take(&mut self.inserts);
         let mut identities = std::mem::take(&mut self.identities);
         let mut presences = std::mem::take(&mut self.presences);
+        let mut claims = std::mem::take(&mut self.claims);
         let done = self.connection().and_then(|conn| {
-            prepare_and_insert(conn, &mut identities, &mut presences, &inserts, &batch)
+            let mut state = BatchState {
+                identities: &mut identities,
+                presences: &mut presences,
+                claims: &mut claims,
+            };
+            prepare_and_insert(conn, &mut state, &inserts, &batch)
         });
         match &done {
             Ok(_) => {
                 identities.committed();
                 presences.committed();
+                claims.committed();
             }
             Err(_) => {
                 identities.rolled_back(0);
                 presences.rolled_back();
+                claims.rolled_back();
             }
         }
         self.identities = identities;
         self.presences = presences;
+        self.claims = claims;
         self.inserts = inserts;
         match done {
             Ok(results) => {
@@ -216,26 +239,42 @@ pub(crate) fn move_contact_notes(conn: &mut Connection) -> rusqlite::Result<()> 
     moved
 }
 
+/// What the writer remembers across batches, lent to one batch.
+struct BatchState<'a> {
+    identities: &'a mut lookups::Identities,
+    presences: &'a mut rollups::Presences,
+    claims: &'a mut claims::Claims,
+}
+
 /// One transaction: each job prepared in a savepoint, every accepted job's
 /// rows inserted, committed. Rolled back on any SQLite failure.
 fn prepare_and_insert(
     conn: &mut Connection,
-    identities: &mut lookups::Identities,
-    presences: &mut rollups::Presences,
+    state: &mut BatchState<'_>,
     inserts: &[(usize, String)],
     batch: &[IngestJob],
 ) -> rusqlite::Result<Vec<StoreResult<Vec<EventOutcome>>>> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let written = (|| {
-        // Holding the write lock: any contact write, from any process, has
-        // committed (and counted) or not begun.
-        identities.check_generation(conn)?;
+        // Holding the write lock: any contact write or claim, from any
+        // process, has committed (and counted) or not begun.
+        state.identities.check_generation(conn)?;
+        state.claims.check_generation(conn)?;
         let mut results = Vec::with_capacity(batch.len());
         let mut rows = Vec::new();
         for job in batch {
             conn.execute_batch("SAVEPOINT ingest_job")?;
-            let mark = identities.pending_len();
-            match lookups::prepare(conn, identities, &job.project_id, &job.events, job.now) {
+            let mark = state.identities.pending_len();
+            let claims_mark = state.claims.mark();
+            let prepared = lookups::prepare(
+                conn,
+                state.identities,
+                state.claims,
+                &job.project_id,
+                &job.events,
+                job.now,
+            );
+            match prepared {
                 Ok((outcomes, mut job_rows)) => {
                     conn.execute_batch("RELEASE ingest_job")?;
                     rows.append(&mut job_rows);
@@ -244,13 +283,15 @@ fn prepare_and_insert(
                 Err(StoreError::Sqlite(e)) => return Err(e),
                 Err(refused) => {
                     conn.execute_batch("ROLLBACK TO ingest_job; RELEASE ingest_job")?;
-                    identities.rolled_back(mark);
+                    state.identities.rolled_back(mark);
+                    state.claims.rolled_back_to(claims_mark);
                     results.push(Err(refused));
                 }
             }
         }
         let rows: Vec<&EventRow> = rows.iter().collect();
-        insert(conn, inserts, presences, &rows)?;
+        insert(conn, inserts, state.presences, &rows)?;
+        state.claims.before_commit(conn)?;
         conn.execute_batch("COMMIT")?;
         Ok(results)
     })();

@@ -1,5 +1,5 @@
-//! Preparing events that need lookups — idempotency keys to claim, contacts
-//! to find or create — on the writer's own connection, inside its open
+//! Preparing events that need lookups — idempotency keys to claim
+//! ([`super::claims`]), contacts to find or create — on the writer's own connection, inside its open
 //! transaction. The same statements as `areas::events::prepare_events`
 //! (which serves in-memory databases through sqlx), run in-process: each is
 //! a few microseconds here, against a round trip to a sqlx worker thread
@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use keyflow_core::contacts::{ContactLookup, email_key};
-use keyflow_core::events::{EventIdentity, IDEMPOTENCY_WINDOW_MS, NewEvent};
+use keyflow_core::events::{EventIdentity, NewEvent};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::columns::{EventRow, contact_conflict, lookup_column};
@@ -69,17 +69,6 @@ impl Identities {
     }
 }
 
-/// Claims a key unless an event within the window holds it. No `RETURNING`:
-/// SQLite builds a temporary table for it on every run; the number of rows
-/// changed says the same (0 when the conflict's `WHERE` kept the old row).
-const CLAIM: &str = "INSERT INTO event_idempotency (project_id, key, event_id, created_at) \
-     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project_id, key) DO UPDATE SET \
-     event_id = excluded.event_id, created_at = excluded.created_at \
-     WHERE event_idempotency.created_at < ?5";
-
-const FIRST_CLAIM: &str =
-    "SELECT event_id FROM event_idempotency WHERE project_id = ?1 AND key = ?2";
-
 const CREATE_CONTACT: &str = "INSERT INTO contacts (id, project_id, email, email_key, \
      external_id, subscribed, properties, created_at, updated_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, 0, '{}', ?6, ?6) ON CONFLICT DO NOTHING";
@@ -90,6 +79,7 @@ const CREATE_CONTACT: &str = "INSERT INTO contacts (id, project_id, email, email
 pub(crate) fn prepare(
     conn: &Connection,
     identities: &mut Identities,
+    claims: &mut super::claims::Claims,
     project_id: &str,
     events: &[NewEvent],
     now: i64,
@@ -100,7 +90,7 @@ pub(crate) fn prepare(
     for (i, event) in events.iter().enumerate() {
         let id = new_id();
         if let Some(key) = &event.idempotency_key
-            && let Some(first) = claim(conn, project_id, key, &id, now)?
+            && let Some(first) = claims.claim(conn, project_id, key, &id, now)?
         {
             outcomes.push(EventOutcome {
                 id: first,
@@ -130,28 +120,6 @@ pub(crate) fn prepare(
         });
     }
     Ok((outcomes, rows))
-}
-
-/// Claims `key` for the event `id`; `Some(first id)` when an event within the
-/// idempotency window already holds it.
-fn claim(
-    conn: &Connection,
-    project_id: &str,
-    key: &str,
-    id: &str,
-    now: i64,
-) -> StoreResult<Option<String>> {
-    let cutoff = now - IDEMPOTENCY_WINDOW_MS;
-    let claimed = conn
-        .prepare_cached(CLAIM)?
-        .execute(params![project_id, key, id, now, cutoff])?;
-    if claimed == 1 {
-        return Ok(None);
-    }
-    let first: String = conn
-        .prepare_cached(FIRST_CLAIM)?
-        .query_row(params![project_id, key], |r| r.get(0))?;
-    Ok(Some(first))
 }
 
 fn contact_id(

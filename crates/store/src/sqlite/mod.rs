@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use crate::backend::{Backend, Migration};
 use crate::ingest_queue::{self, IngestJob};
 
+mod claim_filter;
+mod claims;
 mod direct;
 pub mod files;
 mod lookups;
@@ -151,6 +153,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 23,
         name: "0023_contacts_by_project",
         sql: include_str!("../../migrations/sqlite/0023_contacts_by_project.sql"),
+    },
+    Migration {
+        version: 24,
+        name: "0024_idempotency_runs",
+        sql: include_str!("../../migrations/sqlite/0024_idempotency_runs.sql"),
     },
 ];
 

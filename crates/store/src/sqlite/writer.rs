@@ -86,6 +86,7 @@ impl Writer {
             previous_jobs = batch.len();
             let turn = write_turn.blocking_lock();
             let committing = std::time::Instant::now();
+            let newest = batch.iter().map(|job| job.now).max().unwrap_or_default();
             let lookups = batch.iter().any(|job| {
                 job.events
                     .iter()
@@ -104,6 +105,7 @@ impl Writer {
                     // Only events naming a contact add notes, and only they
                     // need lookups: anonymous batches skip the check.
                     direct.move_contact_notes_if_due();
+                    direct.move_claims_if_due(newest);
                 }
                 stats.record(count, committing);
                 // Still holding the write turn: the flag is this batch's.
