@@ -306,21 +306,9 @@ where
     };
     let origin = origin_of(req.headers());
     let now = state.now_ms();
-    let plan = match state.plan_of(&key.workspace_id).await {
-        Ok(Some(plan)) => plan,
-        Ok(None) => {
-            return ApiError::new(
-                ErrorCode::InvalidApiKey,
-                "This API key's workspace no longer exists.",
-            )
-            .into_response();
-        }
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    // A key's own limit, else its project's, else the plan's default.
-    let project_limit = match state.project_rate_limit(&key.key.project_id).await {
-        Ok(limit) => limit,
-        Err(e) => return ApiError::from(e).into_response(),
+    let (plan, project_limit) = match plan_and_project_limit(state, &key, now).await {
+        Ok(limits) => limits,
+        Err(refused) => return refused.into_response(),
     };
     let plan_limit = state.config.plan_rate_limit(plan);
     let limits = CallerLimits {
@@ -391,6 +379,37 @@ where
     }
     response.extensions_mut().insert(AuthenticatedKey(counted));
     response
+}
+
+/// The workspace's plan and the project's quota override: carried on the
+/// cached key from a request less than a second ago (the plan and quota
+/// caches' lifetime) unless either was invalidated since, else looked up.
+async fn plan_and_project_limit(
+    state: &SharedState,
+    key: &CachedKey,
+    now: i64,
+) -> Result<(keyflow_core::Plan, Option<RateLimit>), ApiError> {
+    let epoch = state.cache.limits_epoch();
+    if let Some(carried) = key.limits(now, epoch) {
+        return Ok(carried);
+    }
+    let plan = match state.plan_of(&key.workspace_id).await {
+        Ok(Some(plan)) => plan,
+        Ok(None) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidApiKey,
+                "This API key's workspace no longer exists.",
+            ));
+        }
+        Err(e) => return Err(ApiError::from(e)),
+    };
+    // A key's own limit, else its project's, else the plan's default.
+    let project_limit = state
+        .project_rate_limit(&key.key.project_id)
+        .await
+        .map_err(ApiError::from)?;
+    key.carry_limits(plan, project_limit, now, epoch);
+    Ok((plan, project_limit))
 }
 
 /// The key a request authenticated with, on its response, for the request
@@ -496,11 +515,7 @@ pub async fn authenticate(
                 .fetch_add(1, Ordering::Relaxed);
             match state.store.find_key_for_auth(&digest).await? {
                 Some(found) => {
-                    let cached = Arc::new(CachedKey {
-                        allowlist: IpAllowList::from_rules(&found.key.settings.ip_allowlist),
-                        workspace_id: found.workspace_id,
-                        key: found.key,
-                    });
+                    let cached = Arc::new(CachedKey::new(found.key, found.workspace_id));
                     state.cache.insert(digest, cached.clone());
                     cached
                 }

@@ -18,6 +18,72 @@ pub struct CachedKey {
     pub key: ApiKey,
     pub workspace_id: String,
     pub allowlist: IpAllowList,
+    /// The key object's JSON, made on first use (`GET /v1/keys/self`).
+    json: std::sync::OnceLock<Option<crate::api::views::KeyJsonParts>>,
+    /// The workspace's plan and the project's quota override as last read
+    /// for this key (see [`CachedKey::limits`]).
+    limits: std::sync::Mutex<Option<CarriedLimits>>,
+}
+
+/// A plan and quota override carried on a cached key, so that a request
+/// needs no lookup of either: valid as long as they would have been in the
+/// plan and quota caches (1 s), and not past any invalidation of those.
+#[derive(Debug, Clone, Copy)]
+struct CarriedLimits {
+    plan: Plan,
+    project_limit: Option<keyflow_core::RateLimit>,
+    read_at: i64,
+    epoch: u64,
+}
+
+/// How long a carried plan and quota serve: the plan and quota caches' TTL.
+const CARRIED_LIMITS_MS: i64 = 1_000;
+
+impl CachedKey {
+    pub fn new(key: ApiKey, workspace_id: String) -> Self {
+        Self {
+            allowlist: IpAllowList::from_rules(&key.settings.ip_allowlist),
+            workspace_id,
+            key,
+            json: std::sync::OnceLock::new(),
+            limits: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The plan and quota override carried from an earlier request, if still
+    /// valid at `now` under the caches' `epoch`.
+    pub fn limits(&self, now: i64, epoch: u64) -> Option<(Plan, Option<keyflow_core::RateLimit>)> {
+        let carried = (*self.limits.lock().unwrap_or_else(|p| p.into_inner()))?;
+        (carried.epoch == epoch && (0..CARRIED_LIMITS_MS).contains(&(now - carried.read_at)))
+            .then_some((carried.plan, carried.project_limit))
+    }
+
+    pub fn carry_limits(
+        &self,
+        plan: Plan,
+        project_limit: Option<keyflow_core::RateLimit>,
+        now: i64,
+        epoch: u64,
+    ) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = Some(CarriedLimits {
+            plan,
+            project_limit,
+            read_at: now,
+            epoch,
+        });
+    }
+
+    /// The key object as JSON, with last-used data from `usage`.
+    pub fn json(&self, usage: &UsageTracker) -> String {
+        match self
+            .json
+            .get_or_init(|| crate::api::views::KeyJsonParts::of(&self.key))
+        {
+            Some(parts) => parts.body(&self.key, usage),
+            None => serde_json::to_string(&crate::api::views::key_json(&self.key, usage))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// `digest → key` and `workspace → plan`, bounded, invalidated on this
@@ -49,6 +115,9 @@ pub struct KeyCache {
     /// life, so kept up to the longest lifetime; a rotation is seen through
     /// `credentials` (the old id is gone).
     tokens: Cache<KeyDigest, (String, i64)>,
+    /// Moves on every plan or quota invalidation: plans and quotas carried
+    /// on cached keys are dropped with the caches'.
+    limits_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl KeyCache {
@@ -90,6 +159,7 @@ impl KeyCache {
                 .max_capacity(capacity)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            limits_epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -112,6 +182,16 @@ impl KeyCache {
         self.plans.invalidate_all();
         self.project_limits.invalidate_all();
         self.credentials.invalidate_all();
+        self.next_limits_epoch();
+    }
+
+    /// See [`CachedKey::limits`].
+    pub fn limits_epoch(&self) -> u64 {
+        self.limits_epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+    fn next_limits_epoch(&self) {
+        self.limits_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Forget everything about one key (it changed or was just created).
@@ -122,6 +202,7 @@ impl KeyCache {
     pub fn invalidate_plan(&self, workspace_id: &str) {
         self.plans.invalidate(workspace_id);
         self.plans_known.invalidate(workspace_id);
+        self.next_limits_epoch();
     }
     pub fn cached_plan(&self, workspace_id: &str) -> Option<Plan> {
         self.plans.get(workspace_id)
@@ -133,6 +214,7 @@ impl KeyCache {
     pub fn invalidate_project(&self, project_id: &str) {
         self.project_limits.invalidate(project_id);
         self.project_limits_known.invalidate(project_id);
+        self.next_limits_epoch();
     }
     pub fn credential(
         &self,

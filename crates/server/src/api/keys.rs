@@ -202,7 +202,14 @@ pub async fn get_self(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    Json(key_json(&caller.key.key, &state.usage)).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        caller.key.json(&state.usage),
+    )
+        .into_response()
 }
 
 #[utoipa::path(
