@@ -45,8 +45,9 @@ pub(crate) const MOVE_AT: usize = 50_000;
 /// Entries per blob of a run (4 KiB).
 const CHUNK: usize = 128;
 /// Runs are merged up to this many entries; larger ones are left alone (a
-/// merge happens on the writer thread, and this bounds its pause).
-const MAX_MERGED: usize = 800_000;
+/// merge happens on the writer thread, and this bounds its pause: merging
+/// to 800 000 paused batches for ~100 ms).
+const MAX_MERGED: usize = 200_000;
 const ENTRY: usize = 32;
 
 #[derive(Clone)]

@@ -263,7 +263,8 @@ fn prepare_and_insert(
         let mut results = Vec::with_capacity(batch.len());
         let mut rows = Vec::new();
         for job in batch {
-            conn.execute_batch("SAVEPOINT ingest_job")?;
+            // Prepared once: `execute_batch` would parse them per job.
+            conn.prepare_cached("SAVEPOINT ingest_job")?.execute([])?;
             let mark = state.identities.pending_len();
             let claims_mark = state.claims.mark();
             let prepared = lookups::prepare(
@@ -276,7 +277,7 @@ fn prepare_and_insert(
             );
             match prepared {
                 Ok((outcomes, mut job_rows)) => {
-                    conn.execute_batch("RELEASE ingest_job")?;
+                    conn.prepare_cached("RELEASE ingest_job")?.execute([])?;
                     rows.append(&mut job_rows);
                     results.push(Ok(outcomes));
                 }
