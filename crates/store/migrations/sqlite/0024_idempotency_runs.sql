@@ -32,3 +32,16 @@ INSERT INTO idempotency_run_info (run, newest, watermark, claims, filter)
             X'0100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000');
 
 INSERT INTO keyflow_generations (name, value) VALUES ('claims', 0);
+
+-- The secret of the runs' key hash (SHA-256 of secret, project, key): no
+-- tenant can choose keys whose hashes collide. Fixed for the database, as
+-- the filters stored with the runs depend on it.
+CREATE TABLE idempotency_hash_key (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    secret  BLOB NOT NULL
+);
+INSERT INTO idempotency_hash_key (id, secret) VALUES (1, randomblob(16));
+
+-- After a restart the writer reads back the claims of the events since the
+-- newest run's watermark: the keyed ones only, newest ids appended.
+CREATE INDEX events_keyed ON events (project_id, id) WHERE idempotency_key IS NOT NULL;

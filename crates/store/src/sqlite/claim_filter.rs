@@ -2,12 +2,16 @@
 //! a blocked Bloom filter, so that a key that is in no run (every fresh
 //! key) is looked up in almost none of them.
 //!
-//! Each key sets 8 bits inside one 512-bit block chosen by its hash: one
-//! cache line per run and key. At 12 bits per key about 1 key in 200 not
-//! in a run still probes it (measured by the test below). The filter is
-//! stored with its run, so its hash must never change: FNV-1a with a
-//! SplitMix64 finaliser, written out here, and a format byte that any
-//! other code reads as "no filter" (probe the run).
+//! Each key sets 8 bits inside one 512-bit block chosen by its hash (two
+//! 256-bit halves, 8 bits of a second hash each): one cache line per run and
+//! key. At 12 bits per key about 1 key in 200 not in a run still probes it
+//! (measured by the test below). The filter is stored with its run, so its
+//! hash must never change for a database: SHA-256 under a random secret the
+//! database keeps (migration 0024), so that no tenant can choose keys whose
+//! hashes collide (a run's entries of one hash are all read and checked), and
+//! a format byte that any other code reads as "no filter" (probe the run).
+
+use sha2::{Digest, Sha256};
 
 /// Bits per key.
 const BITS_PER_KEY: usize = 12;
@@ -17,17 +21,21 @@ pub(crate) struct ClaimFilter {
     blocks: Vec<[u64; 8]>,
 }
 
-/// The hash of (project, key) that filters use; stable across builds.
-pub(crate) fn key_hash(project_id: &str, key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = project_id.bytes().chain([0xff]).chain(key.bytes());
-    for b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+/// The hash of (project, key) under the database's `secret`; stable for a
+/// database. Project ids are UTF-8, which never holds the byte 0xff.
+pub(crate) fn key_hash(secret: &[u8], project_id: &str, key: &str) -> u64 {
+    let mut digest = Sha256::new();
+    digest.update(secret);
+    digest.update(project_id.as_bytes());
+    digest.update([0xff]);
+    digest.update(key.as_bytes());
+    let digest = digest.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
+/// A second hash of a hash, for the bits inside its block.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -43,7 +51,8 @@ impl ClaimFilter {
         }
     }
 
-    /// The block and the 8 bits (9 bits each of a second hash) of `hash`.
+    /// The block and the 8 bits (a byte of a second hash each, alternating
+    /// between the block's halves) of `hash`.
     fn place(blocks: usize, hash: u64) -> (usize, impl Iterator<Item = usize>) {
         let block = ((u128::from(hash) * blocks as u128) >> 64) as usize;
         let bits = mix(hash);
@@ -102,34 +111,39 @@ impl ClaimFilter {
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"0123456789abcdef";
+    const HASH_P_K: u64 = 0x99bb_b672_f7a7_28a1;
+
     #[test]
     fn holds_every_key_inserted_and_few_others() {
         let mut filter = ClaimFilter::with_capacity(50_000);
         for i in 0..50_000 {
-            filter.insert(key_hash("p1", &format!("key-{i}")));
+            filter.insert(key_hash(SECRET, "p1", &format!("key-{i}")));
         }
         let filter = ClaimFilter::from_bytes(&filter.to_bytes()).unwrap();
         for i in 0..50_000 {
-            assert!(filter.may_hold(key_hash("p1", &format!("key-{i}"))));
+            assert!(filter.may_hold(key_hash(SECRET, "p1", &format!("key-{i}"))));
         }
         let others = (0..100_000)
-            .filter(|i| filter.may_hold(key_hash("p1", &format!("other-{i}"))))
+            .filter(|i| filter.may_hold(key_hash(SECRET, "p1", &format!("other-{i}"))))
             .count();
         // 12 bits and 8 of them per key in a block: well under 1 %.
         assert!(others < 1_000, "{others} of 100 000 other keys pass");
         // The project is part of the key.
         let same_key_elsewhere = (0..50_000)
-            .filter(|i| filter.may_hold(key_hash("p2", &format!("key-{i}"))))
+            .filter(|i| filter.may_hold(key_hash(SECRET, "p2", &format!("key-{i}"))))
             .count();
         assert!(same_key_elsewhere < 500, "{same_key_elsewhere}");
     }
 
     #[test]
-    fn the_hash_never_changes() {
+    fn the_hash_never_changes_and_depends_on_the_secret() {
         // Filters are stored with their runs: a new hash would make stored
-        // filters miss keys they hold.
-        // FNV-1a and SplitMix64 computed independently (Python).
-        assert_eq!(key_hash("p", "k"), 0xa0b2_5b40_8a40_61e7);
+        // filters miss keys they hold. Computed independently (Python's
+        // hashlib: SHA-256 of secret, project, 0xff, key; first 8 bytes, LE).
+        assert_eq!(key_hash(b"secret", "p", "k"), HASH_P_K);
+        assert_ne!(key_hash(b"other", "p", "k"), HASH_P_K);
+        assert_ne!(key_hash(b"secret", "pk", ""), HASH_P_K);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //!   sorted by hash, in blobs of [`CHUNK`] entries keyed by their first hash
 //!   (a few sequential pages), with a filter of its hashes
 //!   ([`super::claim_filter`]). Four runs of one size merge into one of the
-//!   next size (up to [`MAX_MERGED`] entries), dropping expired entries; a
+//!   next size (up to [`MERGED_RUNS`] × [`MOVE_AT`]), dropping expired entries; a
 //!   run whose newest claim left the window is dropped whole.
 //! - **A hash is never trusted alone**: a run's entry names an event, and the
 //!   claim holds only if that event has the same project and key.
@@ -44,10 +44,13 @@ use crate::StoreResult;
 pub(crate) const MOVE_AT: usize = 50_000;
 /// Entries per blob of a run (4 KiB).
 const CHUNK: usize = 128;
-/// Runs are merged up to this many entries; larger ones are left alone (a
-/// merge happens on the writer thread, and this bounds its pause: merging
-/// to 800 000 paused batches for ~100 ms).
-const MAX_MERGED: usize = 200_000;
+/// Runs merge into runs of four times `move_at` (four of 50 000 make one of
+/// about 200 000), which are left alone: a merge happens on the writer
+/// thread, and this bounds its pause (merging on to 800 000 paused batches
+/// ~100 ms).
+const MERGED_RUNS: usize = 4;
+/// How long past the window claims are kept (see `write_run`).
+const EXPIRY_MARGIN_MS: i64 = 300_000;
 const ENTRY: usize = 32;
 
 #[derive(Clone)]
@@ -96,11 +99,6 @@ fn entries_of(blob: &[u8]) -> impl Iterator<Item = Entry> + '_ {
     blob.chunks_exact(ENTRY).filter_map(Entry::read)
 }
 
-/// Runs' hashes are compared as `i64` (SQLite's integers) everywhere.
-fn hash_of(project_id: &str, key: &str) -> i64 {
-    key_hash(project_id, key) as i64
-}
-
 type KeyOf = (String, String);
 
 #[derive(Default)]
@@ -114,6 +112,8 @@ pub(crate) struct Claims {
     runs: Vec<Run>,
     /// `event_idempotency` still has rows.
     legacy: bool,
+    /// The database's secret of `key_hash`.
+    secret: Vec<u8>,
     /// The `claims` generation the above reflects; `None`: reload.
     generation: Option<i64>,
     /// Claims in `recent` that make it a run (see `move_if_due`).
@@ -153,6 +153,9 @@ impl Claims {
     }
 
     fn reload(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.secret = conn
+            .prepare_cached("SELECT secret FROM idempotency_hash_key")?
+            .query_row([], |r| r.get(0))?;
         self.runs.clear();
         let mut watermark = 0;
         let mut info = conn.prepare(
@@ -177,7 +180,7 @@ impl Claims {
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut tail = conn.prepare(
-            "SELECT idempotency_key, id, received_at FROM events \
+            "SELECT idempotency_key, id, received_at FROM events INDEXED BY events_keyed \
              WHERE project_id = ?1 AND id >= ?2 AND idempotency_key IS NOT NULL ORDER BY id",
         )?;
         let from = first_id_at(watermark);
@@ -241,7 +244,7 @@ impl Claims {
         if let Some(held) = self.recent.get(key_of) {
             return Ok(Some(held.clone()));
         }
-        let hash = hash_of(&key_of.0, &key_of.1);
+        let hash = self.hash_of(&key_of.0, &key_of.1);
         let mut newest: Option<Held> = None;
         for run in &self.runs {
             if run
@@ -281,6 +284,11 @@ impl Claims {
                 .optional()?;
         }
         Ok(newest)
+    }
+
+    /// Runs' hashes are compared as `i64` (SQLite's integers) everywhere.
+    fn hash_of(&self, project_id: &str, key: &str) -> i64 {
+        key_hash(&self.secret, project_id, key) as i64
     }
 
     /// Where a job's savepoint starts.
@@ -345,7 +353,9 @@ impl Claims {
         if self.recent.is_empty() {
             return Ok(());
         }
-        let cutoff = now - IDEMPOTENCY_WINDOW_MS;
+        // A job of a later batch may carry an older `now` (queued behind this
+        // one, or from another process): keep claims a while past the window.
+        let cutoff = now - IDEMPOTENCY_WINDOW_MS - EXPIRY_MARGIN_MS;
         let mut entries = Vec::with_capacity(self.recent.len());
         for ((project_id, key), held) in &self.recent {
             let Ok(event) = uuid::Uuid::parse_str(&held.event_id) else {
@@ -357,7 +367,7 @@ impl Claims {
                 )));
             };
             entries.push(Entry {
-                hash: hash_of(project_id, key),
+                hash: self.hash_of(project_id, key),
                 created_at: held.created_at,
                 event: *event.as_bytes(),
             });
@@ -376,17 +386,18 @@ impl Claims {
             delete_run(conn, run.id)?;
         }
         let mut written = insert_run(conn, run, entries, watermark)?;
-        // Four runs of one size make one of the next.
+        // Four runs of one size make one of the next, up to MERGED_RUNS × move_at.
+        let top = tier(self.move_at * MERGED_RUNS, self.move_at);
         loop {
-            let tier = tier(written.claims, self.move_at);
+            let class = tier(written.claims, self.move_at);
             let same: Vec<usize> = runs
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| tier_of(r, self.move_at) == Some(tier))
+                .filter(|(_, r)| tier(r.claims, self.move_at) == class)
                 .map(|(i, _)| i)
                 .take(3)
                 .collect();
-            if same.len() < 3 || written.claims * 4 > MAX_MERGED {
+            if class >= top || same.len() < 3 {
                 break;
             }
             let mut merged: Vec<Entry> = read_run(conn, written.id)?;
@@ -426,7 +437,8 @@ impl Claims {
     }
 }
 
-/// 0 below 4 × `move_at` entries, 1 below 16 ×, and so on.
+/// 0 below 4 × `move_at` entries, 1 below 16 ×, and so on. Runs are written
+/// at `move_at` claims or a little more (a batch adds up to 20 000).
 fn tier(claims: usize, move_at: usize) -> u32 {
     let mut tier = 0;
     let mut bound = move_at.max(1) * 4;
@@ -435,11 +447,6 @@ fn tier(claims: usize, move_at: usize) -> u32 {
         bound = bound.saturating_mul(4);
     }
     tier
-}
-
-/// A run's tier, `None` for runs never merged again (too large).
-fn tier_of(run: &Run, move_at: usize) -> Option<u32> {
-    (run.claims * 4 <= MAX_MERGED).then(|| tier(run.claims, move_at))
 }
 
 /// Writes `entries` as run `run`, sorted by hash, in blobs of [`CHUNK`]
@@ -687,19 +694,43 @@ mod tests {
         }
     }
 
+    /// Runs are written at `move_at` claims or a little more (a batch
+    /// passes the mark): they merge all the same, and runs stay few.
+    #[test]
+    fn runs_a_little_over_the_mark_merge_too() {
+        let (_dir, mut conn) = migrated();
+        let mut claims = Claims::with_move_at(10);
+        for round in 0..60 {
+            let keys: Vec<String> = (0..7).map(|i| format!("k{round}-{i}")).collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            batch(&mut conn, &mut claims, 1_000, &keys);
+        }
+        // 30 runs of 14 written, merged four at a time into runs of about
+        // 4 × 10 (the empty run 0 in the first merge), which stay: without
+        // merging there would be 30.
+        let runs = count(&conn, "SELECT count(*) FROM idempotency_run_info");
+        assert!(runs <= 11, "{runs} runs");
+        assert_eq!(
+            count(&conn, "SELECT sum(claims) FROM idempotency_run_info"),
+            420
+        );
+        let largest = count(&conn, "SELECT max(claims) FROM idempotency_run_info");
+        assert!((40..=4 * 14).contains(&largest), "{largest}");
+        let got = batch(&mut conn, &mut claims, 1_000, &["k0-0", "k59-6"]);
+        assert!(
+            matches!(got[..], [Got::Duplicate(_), Got::Duplicate(_)]),
+            "{got:?}"
+        );
+    }
+
     #[test]
     fn expired_claims_are_taken_over_and_their_runs_dropped() {
         let (_dir, mut conn) = migrated();
         let mut claims = Claims::with_move_at(2);
         let a = batch(&mut conn, &mut claims, 1_000, &["a", "b"]);
         let a = stored(&a[0]).to_string();
-        assert_eq!(
-            count(
-                &conn,
-                "SELECT count(*) FROM idempotency_run_info WHERE run > 0"
-            ),
-            1
-        );
+        let runs = |conn: &Connection| count(conn, "SELECT count(*) FROM idempotency_run_info");
+        assert_eq!(runs(&conn), 2, "migration 0024's empty run 0 and the first");
         // Within the window: held. Past it: taken over by a new event.
         assert_eq!(
             batch(&mut conn, &mut claims, 1_000 + DAY, &["a"]),
@@ -709,17 +740,19 @@ mod tests {
         let taken = batch(&mut conn, &mut claims, later, &["a", "c"]);
         let new_a = stored(&taken[0]).to_string();
         assert_ne!(new_a, a);
-        // That run replaced the first, whose newest claim had expired (and
-        // migration 0024's empty run 0).
-        assert_eq!(count(&conn, "SELECT count(*) FROM idempotency_run_info"), 1);
-        let again = batch(&mut conn, &mut claims, later, &["a", "b"]);
-        assert_eq!(again[0], Got::Duplicate(new_a.clone()));
-        stored(&again[1]);
+        // Runs are dropped once their newest claim is past the window and a
+        // margin (a queued job may carry an older time).
+        assert_eq!(runs(&conn), 3);
+        let much_later = later + EXPIRY_MARGIN_MS;
+        let got = batch(&mut conn, &mut claims, much_later, &["a", "b", "x"]);
+        assert_eq!(got[0], Got::Duplicate(new_a.clone()));
+        let b = stored(&got[1]).to_string();
+        assert_eq!(runs(&conn), 2, "runs 0 and 1 dropped, the last two kept");
         // A new writer agrees.
         let mut fresh = Claims::with_move_at(2);
-        let got = batch(&mut conn, &mut fresh, later, &["a", "b", "c"]);
+        let got = batch(&mut conn, &mut fresh, much_later, &["a", "b", "c"]);
         assert_eq!(got[0], Got::Duplicate(new_a));
-        assert_eq!(got[1], Got::Duplicate(stored(&again[1]).to_string()));
+        assert_eq!(got[1], Got::Duplicate(b));
         assert_eq!(got[2], Got::Duplicate(stored(&taken[1]).to_string()));
     }
 
@@ -793,7 +826,7 @@ mod tests {
         let real = stored(&got[0]).to_string();
         // Forge the run's entry for another key: its hash, the same event.
         let forged = Entry {
-            hash: hash_of("p1", "forged"),
+            hash: claims.hash_of("p1", "forged"),
             created_at: 1_000,
             event: *uuid::Uuid::parse_str(&real).unwrap().as_bytes(),
         };
@@ -831,7 +864,7 @@ mod tests {
             batch(&mut conn, &mut claims, 1_000, &["old"]),
             vec![Got::Duplicate("e0".into())]
         );
-        let later = 501 + DAY;
+        let later = 501 + DAY + EXPIRY_MARGIN_MS;
         let got = batch(&mut conn, &mut claims, later, &["old", "x"]);
         let old = stored(&got[0]).to_string();
         assert_eq!(count(&conn, "SELECT count(*) FROM event_idempotency"), 0);
