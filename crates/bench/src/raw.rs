@@ -7,15 +7,36 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use sqlx::{ConnectOptions, Connection};
 
-/// `INSERT INTO events … VALUES (…), (…)` with 100 rows of 3 parameters each.
+/// What a raw insert writes: the rows of the bench's anonymous events, or
+/// of its identified ones (a contact among 1 000, a fresh random idempotency
+/// key), with the same properties.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    Anonymous {
+        anonymous_id: &'a str,
+        properties: &'a str,
+    },
+    Identified {
+        properties: &'a str,
+    },
+}
+
+/// Parameters per row of [`insert_100_rows_sql`].
+const PER_ROW: usize = 5;
+
+/// `INSERT INTO events … VALUES (…), (…)` with 100 rows of [`PER_ROW`]
+/// parameters each.
 fn insert_100_rows_sql() -> String {
     let values: Vec<String> = (0..100)
         .map(|r| {
+            let at = r * PER_ROW;
             format!(
-                "(${}, 'p', 'page_view', NULL, ${}, ${}, 0, 0, NULL)",
-                r * 3 + 1,
-                r * 3 + 2,
-                r * 3 + 3
+                "(${}, 'p', 'page_view', ${}, ${}, ${}, 0, 0, ${})",
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4,
+                at + 5
             )
         })
         .collect();
@@ -25,6 +46,48 @@ fn insert_100_rows_sql() -> String {
     )
 }
 
+/// Binds 100 rows of `rows` to `query`; identified rows name `contacts` in turn.
+fn bind_100<'q, DB: sqlx::Database>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    rows: Rows<'q>,
+    contacts: &[String],
+    next: &mut usize,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for _ in 0..100 {
+        *next += 1;
+        query = query.bind(uuid::Uuid::now_v7().to_string());
+        query = match rows {
+            Rows::Anonymous {
+                anonymous_id,
+                properties,
+            } => query
+                .bind(None::<String>)
+                .bind(Some(anonymous_id))
+                .bind(properties)
+                .bind(None::<String>),
+            Rows::Identified { properties } => query
+                .bind(Some(contacts[*next % contacts.len()].clone()))
+                .bind(None::<&str>)
+                .bind(properties)
+                .bind(Some(uuid::Uuid::new_v4().to_string())),
+        };
+    }
+    query
+}
+
+/// 1 000 contact ids (events' `contact_id` is not a foreign key).
+fn contacts() -> Vec<String> {
+    (0..1_000)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect()
+}
+
 const SEED: [&str; 2] = [
     "INSERT INTO workspaces (id, name, plan, created_at) VALUES ('w', 'w', 'pro', 0)",
     "INSERT INTO projects (id, workspace_id, name, environment, created_at) VALUES ('p', 'w', 'p', 'live', 0)",
@@ -32,11 +95,7 @@ const SEED: [&str; 2] = [
 
 /// SQLite: one connection, one transaction per 100 rows, WAL and
 /// `synchronous=FULL` (the durability Keyflow acknowledges with).
-pub async fn sqlite_events_per_second(
-    seconds: u64,
-    anonymous_id: &str,
-    properties: &str,
-) -> Result<f64> {
+pub async fn sqlite_events_per_second(seconds: u64, rows: Rows<'_>) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("raw.db").display());
     keyflow_store::connect(&url).await?.migrate().await?;
@@ -49,23 +108,21 @@ pub async fn sqlite_events_per_second(
         sqlx::query(sql).execute(&mut conn).await?;
     }
     let sql = insert_100_rows_sql();
+    let contacts = contacts();
+    let mut next = 0;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
-    let mut rows = 0u64;
+    let mut written = 0u64;
     while Instant::now() < deadline {
         let mut tx = conn.begin().await?;
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for _ in 0..100 {
-            q = q
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(anonymous_id)
-                .bind(properties);
-        }
-        q.execute(&mut *tx).await?;
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        bind_100(q, rows, &contacts, &mut next)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        rows += 100;
+        written += 100;
     }
-    Ok(rows as f64 / started.elapsed().as_secs_f64())
+    Ok(written as f64 / started.elapsed().as_secs_f64())
 }
 
 /// PostgreSQL: `tasks` connections each committing 100-row INSERTs (one
@@ -74,8 +131,7 @@ pub async fn postgres_events_per_second(
     url: &str,
     seconds: u64,
     tasks: usize,
-    anonymous_id: &str,
-    properties: &str,
+    rows: Rows<'_>,
 ) -> Result<f64> {
     keyflow_store::connect(url).await?.migrate().await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -89,27 +145,38 @@ pub async fn postgres_events_per_second(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut workers = Vec::new();
-    for _ in 0..tasks {
-        let (pool, sql, anonymous_id, properties) = (
-            pool.clone(),
-            sql.clone(),
-            anonymous_id.to_string(),
-            properties.to_string(),
-        );
+    let contacts = contacts();
+    for task in 0..tasks {
+        let (pool, sql, contacts) = (pool.clone(), sql.clone(), contacts.clone());
+        // Owned copies for the task.
+        let (anonymous_id, properties, identified) = match rows {
+            Rows::Anonymous {
+                anonymous_id,
+                properties,
+            } => (anonymous_id.to_string(), properties.to_string(), false),
+            Rows::Identified { properties } => (String::new(), properties.to_string(), true),
+        };
         workers.push(tokio::spawn(async move {
-            let mut rows = 0u64;
-            while Instant::now() < deadline {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for _ in 0..100 {
-                    q = q
-                        .bind(uuid::Uuid::now_v7().to_string())
-                        .bind(&anonymous_id)
-                        .bind(&properties);
+            let rows = if identified {
+                Rows::Identified {
+                    properties: &properties,
                 }
-                q.execute(&pool).await?;
-                rows += 100;
+            } else {
+                Rows::Anonymous {
+                    anonymous_id: &anonymous_id,
+                    properties: &properties,
+                }
+            };
+            let mut next = task * 100;
+            let mut written = 0u64;
+            while Instant::now() < deadline {
+                let q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+                bind_100(q, rows, &contacts, &mut next)
+                    .execute(&pool)
+                    .await?;
+                written += 100;
             }
-            Ok::<u64, anyhow::Error>(rows)
+            Ok::<u64, anyhow::Error>(written)
         }));
     }
     let mut rows = 0;

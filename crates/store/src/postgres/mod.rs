@@ -352,14 +352,18 @@ async fn run_committer(
             (batch, rows)
         };
         let committing = std::time::Instant::now();
-        commit_jobs(&pool, batch).await;
-        stats.record(rows, committing);
+        // Recorded before the jobs are answered: a client that has its
+        // answer finds its commit in `/metrics`.
+        commit_jobs(&pool, batch, || stats.record(rows, committing)).await;
     }
 }
 
-async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>) {
+/// Writes `batch` and answers its jobs; `answering` runs once the write is
+/// over, before the first answer.
+async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>, answering: impl FnOnce()) {
     let error = match write_jobs(pool, &batch).await {
         Ok(outcomes) => {
+            answering();
             for (job, outcomes) in batch.into_iter().zip(outcomes) {
                 let _ = job.reply.send(Ok(outcomes));
             }
@@ -371,8 +375,10 @@ async fn commit_jobs(pool: &sqlx::PgPool, batch: Vec<IngestJob>) {
     // one by one would hold each for another acquire timeout. Otherwise one
     // job's rows may be at fault: retry each alone so only it fails.
     if batch.len() == 1 || error.is_unavailable() {
+        answering();
         return fail_all(batch, error);
     }
+    answering();
     for job in batch {
         let answer = write_jobs(pool, std::slice::from_ref(&job))
             .await

@@ -67,7 +67,14 @@ impl DirectWriter {
     /// that cannot be stored (say, its project was just deleted) fails alone
     /// and stores nothing. Returns the last error, if any, so the caller can
     /// open a fresh connection.
-    pub(crate) fn commit(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
+    ///
+    /// `answering` runs once the commit is over, before any job is answered
+    /// (so what it records is there for a client that has its answer).
+    pub(crate) fn commit(
+        &mut self,
+        batch: Vec<IngestJob>,
+        answering: impl FnOnce(),
+    ) -> rusqlite::Result<()> {
         let prepared: Vec<_> = batch
             .iter()
             .map(|job| EventRow::lookup_free(&job.project_id, &job.events, job.now))
@@ -75,6 +82,7 @@ impl DirectWriter {
         let rows: Vec<&EventRow> = prepared.iter().flat_map(|(_, rows)| rows).collect();
         let first_try = self.write(&rows);
         if first_try.is_ok() || batch.len() == 1 {
+            answering();
             match first_try {
                 Ok(()) => {
                     for (job, (ids, _)) in batch.into_iter().zip(prepared) {
@@ -89,6 +97,7 @@ impl DirectWriter {
             }
         }
         let mut last_error = first_try;
+        answering();
         for (job, (ids, rows)) in batch.into_iter().zip(prepared) {
             let rows: Vec<&EventRow> = rows.iter().collect();
             match self.write(&rows) {
@@ -173,7 +182,12 @@ impl DirectWriter {
     /// conflict) fails alone, its writes undone by its savepoint; a failure
     /// of SQLite itself fails the whole batch, nothing of it kept, and is
     /// returned so the caller opens a fresh connection.
-    pub(crate) fn commit_with_lookups(&mut self, batch: Vec<IngestJob>) -> rusqlite::Result<()> {
+    /// `answering` runs as in [`DirectWriter::commit`].
+    pub(crate) fn commit_with_lookups(
+        &mut self,
+        batch: Vec<IngestJob>,
+        answering: impl FnOnce(),
+    ) -> rusqlite::Result<()> {
         let inserts = std::mem::take(&mut self.inserts);
         let mut identities = std::mem::take(&mut self.identities);
         let mut presences = std::mem::take(&mut self.presences);
@@ -202,6 +216,7 @@ impl DirectWriter {
         self.presences = presences;
         self.claims = claims;
         self.inserts = inserts;
+        answering();
         match done {
             Ok(results) => {
                 for (job, result) in batch.into_iter().zip(results) {

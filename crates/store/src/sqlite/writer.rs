@@ -93,10 +93,13 @@ impl Writer {
                     .any(crate::columns::EventRow::needs_lookups)
             });
             if let Some(direct) = direct.as_mut() {
+                // Recorded before the jobs are answered: a client that has its
+                // answer finds its commit in `/metrics`.
+                let record = || stats.record(count, committing);
                 let committed = if lookups {
-                    direct.commit_with_lookups(batch)
+                    direct.commit_with_lookups(batch, record)
                 } else {
-                    direct.commit(batch)
+                    direct.commit(batch, record)
                 };
                 if let Err(e) = committed {
                     tracing::warn!(error = %e, "direct SQLite commit failed; reopening");
@@ -107,7 +110,6 @@ impl Writer {
                     direct.move_contact_notes_if_due();
                     direct.move_claims_if_due(newest);
                 }
-                stats.record(count, committing);
                 // Still holding the write turn: the flag is this batch's.
                 queued_jobs.committed();
                 drop(turn);
@@ -119,14 +121,17 @@ impl Writer {
                     None => match pool.acquire().await {
                         Ok(c) => c,
                         Err(e) => {
+                            stats.record(count, committing);
                             fail_all(batch, &e.to_string());
                             return None;
                         }
                     },
                 };
-                commit_batch(connection, batch, lookups).await
+                commit_batch(connection, batch, lookups, || {
+                    stats.record(count, committing)
+                })
+                .await
             });
-            stats.record(count, committing);
             queued_jobs.committed();
             drop(turn);
         }
@@ -234,9 +239,11 @@ async fn abandon(
     mut conn: PoolConnection<Sqlite>,
     batch: Vec<IngestJob>,
     reason: &str,
+    answering: impl FnOnce(),
 ) -> Option<PoolConnection<Sqlite>> {
     let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
     conn.close_on_drop();
+    answering();
     fail_all(batch, reason);
     None
 }
@@ -273,10 +280,14 @@ pub(crate) const INSERT_EVENTS: &str = "INSERT INTO events (id, project_id, name
 
 /// Commits one batch and answers its jobs. Returns the connection for the
 /// next batch, or `None` after a failure (the next batch takes a fresh one).
+///
+/// `answering` runs once the batch is committed or given up, before any job
+/// is answered.
 async fn commit_batch(
     mut conn: PoolConnection<Sqlite>,
     batch: Vec<IngestJob>,
     with_lookups: bool,
+    answering: impl FnOnce(),
 ) -> Option<PoolConnection<Sqlite>> {
     let mut results = Vec::with_capacity(batch.len());
     let mut rows = Vec::new();
@@ -290,7 +301,7 @@ async fn commit_batch(
         "BEGIN IMMEDIATE; "
     };
     if with_lookups && let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        return abandon(conn, batch, &e.to_string()).await;
+        return abandon(conn, batch, &e.to_string(), answering).await;
     }
     for job in &batch {
         match prepare_job(&mut conn, job).await {
@@ -299,13 +310,15 @@ async fn commit_batch(
                 results.push(Ok(outcomes));
             }
             Err(JobFailure::Rejected(e)) => results.push(Err(e)),
-            Err(JobFailure::Broken(e)) => return abandon(conn, batch, &e.to_string()).await,
+            Err(JobFailure::Broken(e)) => {
+                return abandon(conn, batch, &e.to_string(), answering).await;
+            }
         }
     }
     // Without lookups every job yields rows, so `rows` is empty only after
     // a transaction was begun above.
     let written = match RollUps::of(&rows) {
-        Err(e) => return abandon(conn, batch, &e.to_string()).await,
+        Err(e) => return abandon(conn, batch, &e.to_string(), answering).await,
         Ok(None) => sqlx::raw_sql("COMMIT")
             .execute(&mut *conn)
             .await
@@ -330,8 +343,9 @@ async fn commit_batch(
         }
     };
     if let Err(e) = written {
-        return abandon(conn, batch, &e.to_string()).await;
+        return abandon(conn, batch, &e.to_string(), answering).await;
     }
+    answering();
     for (job, result) in batch.into_iter().zip(results) {
         let _ = job.reply.send(result);
     }
