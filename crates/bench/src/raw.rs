@@ -131,7 +131,7 @@ pub async fn postgres_events_per_second(
     url: &str,
     seconds: u64,
     tasks: usize,
-    rows: Rows<'_>,
+    rows: Rows<'static>,
 ) -> Result<f64> {
     keyflow_store::connect(url).await?.migrate().await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -148,25 +148,7 @@ pub async fn postgres_events_per_second(
     let contacts = contacts();
     for task in 0..tasks {
         let (pool, sql, contacts) = (pool.clone(), sql.clone(), contacts.clone());
-        // Owned copies for the task.
-        let (anonymous_id, properties, identified) = match rows {
-            Rows::Anonymous {
-                anonymous_id,
-                properties,
-            } => (anonymous_id.to_string(), properties.to_string(), false),
-            Rows::Identified { properties } => (String::new(), properties.to_string(), true),
-        };
         workers.push(tokio::spawn(async move {
-            let rows = if identified {
-                Rows::Identified {
-                    properties: &properties,
-                }
-            } else {
-                Rows::Anonymous {
-                    anonymous_id: &anonymous_id,
-                    properties: &properties,
-                }
-            };
             let mut next = task * 100;
             let mut written = 0u64;
             while Instant::now() < deadline {

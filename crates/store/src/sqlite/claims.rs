@@ -196,9 +196,7 @@ impl Claims {
                 );
             }
         }
-        self.legacy = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM event_idempotency)")?
-            .query_row([], |r| r.get(0))?;
+        self.legacy = legacy_rows(conn)?;
         Ok(())
     }
 
@@ -385,11 +383,11 @@ impl Claims {
         for run in expired {
             delete_run(conn, run.id)?;
         }
-        let mut written = insert_run(conn, run, entries, watermark)?;
-        // Four runs of one size make one of the next, up to MERGED_RUNS × move_at.
+        // Four runs of one size make one of the next, up to MERGED_RUNS ×
+        // move_at: merged in memory with the new claims, written once.
         let top = tier(self.move_at * MERGED_RUNS, self.move_at);
         loop {
-            let class = tier(written.claims, self.move_at);
+            let class = tier(entries.len(), self.move_at);
             let same: Vec<usize> = runs
                 .iter()
                 .enumerate()
@@ -400,22 +398,14 @@ impl Claims {
             if class >= top || same.len() < 3 {
                 break;
             }
-            let mut merged: Vec<Entry> = read_run(conn, written.id)?;
-            for &i in &same {
-                merged.extend(read_run(conn, runs[i].id)?);
-            }
-            merged.retain(|e| e.created_at >= cutoff);
-            let ids: Vec<i64> = std::iter::once(written.id)
-                .chain(same.iter().map(|&i| runs[i].id))
-                .collect();
-            for id in &ids {
-                delete_run(conn, *id)?;
-            }
             for &i in same.iter().rev() {
-                runs.remove(i);
+                let merged = runs.remove(i);
+                entries.extend(read_run(conn, merged.id)?);
+                delete_run(conn, merged.id)?;
             }
-            written = insert_run(conn, run, merged, watermark)?;
+            entries.retain(|e| e.created_at >= cutoff);
         }
+        let written = insert_run(conn, run, entries, watermark)?;
         runs.insert(0, written);
         if self.legacy {
             conn.execute(
@@ -429,9 +419,7 @@ impl Claims {
         self.recent.clear();
         self.generation = Some(generation);
         if self.legacy {
-            self.legacy = conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM event_idempotency)")?
-                .query_row([], |r| r.get(0))?;
+            self.legacy = legacy_rows(conn)?;
         }
         Ok(())
     }
@@ -566,6 +554,12 @@ fn watermark_now() -> i64 {
 fn first_id_at(ms: i64) -> String {
     let ms = ms.clamp(0, (1 << 48) - 1);
     format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
+/// `event_idempotency` still holds claims from before migration 0024.
+fn legacy_rows(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM event_idempotency)")?
+        .query_row([], |r| r.get(0))
 }
 
 fn generation(conn: &Connection) -> rusqlite::Result<i64> {
