@@ -540,13 +540,11 @@ fn event_holds(
 const ID_MARGIN_MS: i64 = 10_000;
 
 /// The watermark of a run written now: claims of events whose id time is at
-/// or after it are read back from `events` at a reload.
+/// or after it are read back from `events` at a reload. The wall clock, as
+/// event ids (`new_id`) take it, not the requests' clock.
 fn watermark_now() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    now - ID_MARGIN_MS
+    use keyflow_core::Clock;
+    keyflow_core::SystemClock.now_ms() - ID_MARGIN_MS
 }
 
 /// The smallest UUIDv7 text of millisecond `ms` (its first 48 bits), as a
